@@ -1,0 +1,36 @@
+# fhirgoal developer commands. `make run` and `make test` work on a fresh machine.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: run test lint format typecheck bench install clean
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[embedded,test,dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(BIN)/fhirgoal serve --host 127.0.0.1 --port 8080 --data-dir ./fhirgoal-data --demo
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check fhirgoal tests bench scripts
+	$(BIN)/ruff format --check fhirgoal tests bench scripts
+	$(BIN)/mypy fhirgoal
+
+format: $(STAMP)
+	$(BIN)/ruff format fhirgoal tests bench scripts
+	$(BIN)/ruff check --fix fhirgoal tests bench scripts
+
+bench: $(STAMP)
+	$(BIN)/python bench/rest_core.py
+
+clean:
+	rm -rf $(VENV) fhirgoal-data

@@ -1,0 +1,180 @@
+"""The ASGI application: routers, lifespan (database, indexes), one error path.
+
+FHIR base at /fhir (https://hl7.org/fhir/R4/http.html#general), operational probes at /healthz
+(the process is up) and /readyz (the database answers).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from functools import cache
+from typing import Any
+
+import structlog
+from fastapi import FastAPI, Request, Response
+from fastapi.exceptions import RequestValidationError
+from pymongo import AsyncMongoClient
+from pymongo.errors import PyMongoError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Receive, Scope, Send
+
+from fhirgoal import __version__
+from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.config import Settings
+from fhirgoal.fhir.capability import build_capability
+from fhirgoal.fhir.conformance import Conformance, load_conformance
+from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.rest import FHIR_JSON, base_url, negotiate
+from fhirgoal.fhir.rest import router as fhir_router
+from fhirgoal.fhir.search.registry import SearchRegistry
+from fhirgoal.fhir.service import FhirService
+from fhirgoal.fhir.validation import Validator
+from fhirgoal.store.embedded import EmbeddedDatabase
+from fhirgoal.store.mongo import connect
+from fhirgoal.store.repository import Repository
+
+log = structlog.get_logger(__name__)
+
+_STATUS_CATEGORY = {404: "not-found", 405: "method-not-allowed", 406: "not-acceptable", 413: "too-large",
+                    415: "unsupported-media-type", 401: "unauthorized", 403: "forbidden"}
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def error_response(error: FhirError) -> Response:
+    return Response(error.body(), status_code=error.status, media_type=FHIR_JSON, headers=error.headers)
+
+
+class LoopbackOnly:
+    """Refuse every caller that is not on this machine (pure ASGI: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            client = scope.get("client")
+            if client and not is_loopback(client[0]):
+                error = FhirError("forbidden", "authorization is off: only loopback callers are served")
+                await error_response(error)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
+async def build_service(settings: Settings, client: AsyncMongoClient[dict[str, Any]]) -> FhirService:
+    """The FHIR service over a connected database, indexes ensured (shared by app, CLI, demo)."""
+    conformance = load_conformance(settings.conformance_dir)
+    registry = _registry(conformance)
+    repository = Repository(client, settings.db)
+    await repository.ensure_indexes(list(conformance.stored_types))
+    return FhirService(settings, conformance, registry, _validator(conformance), repository)
+
+
+@cache
+def _validator(conformance: Conformance) -> Validator:
+    return Validator(conformance)
+
+
+@cache
+def _registry(conformance: Conformance) -> SearchRegistry:
+    return SearchRegistry(conformance)
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    conformance = load_conformance(settings.conformance_dir)
+    registry = _registry(conformance)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        embedded = None
+        uri = settings.mongodb_uri
+        if uri is None:
+            embedded = EmbeddedDatabase(settings.data_dir)
+            uri = embedded.start()
+            log.info("embedded database started", uri=uri, data_dir=str(settings.data_dir))
+        client = connect(uri)
+        try:
+            app.state.fhir = await build_service(settings, client)
+            app.state.repository = app.state.fhir.repo
+            yield
+        finally:
+            await client.close()
+            if embedded is not None:
+                embedded.stop()
+
+    app = FastAPI(
+        title="fhirgoal",
+        version=__version__,
+        description="FHIR R4 server for goals, Goal Attainment Scaling and session measures",
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    if settings.auth != "off":
+        raise RuntimeError(
+            f"FHIRGOAL_AUTH={settings.auth} is not available in this version; use FHIRGOAL_AUTH=off on loopback"
+        )
+
+    # FHIRGOAL_AUTH=off: everything is allowed, but only to callers on this machine.
+    app.add_middleware(LoopbackOnly)
+    app.state.access_for = lambda request: UNRESTRICTED
+
+    @app.exception_handler(FhirError)
+    async def fhir_error(_: Request, exc: FhirError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
+        category = _STATUS_CATEGORY.get(exc.status_code, "bad-request")
+        return error_response(FhirError(category, str(exc.detail)))
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(_: Request, exc: RequestValidationError) -> Response:
+        return error_response(FhirError("bad-request", "the request is malformed"))
+
+    @app.exception_handler(PyMongoError)
+    async def database_error(request: Request, exc: PyMongoError) -> Response:
+        correlation = str(uuid.uuid4())
+        log.error("database error", correlation_id=correlation, path=request.url.path, error=repr(exc))
+        return error_response(FhirError("unavailable", f"the database is unavailable (correlation id {correlation})"))
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> Response:
+        correlation = str(uuid.uuid4())
+        log.exception("unhandled error", correlation_id=correlation, path=request.url.path)
+        return error_response(FhirError("internal", f"internal error (correlation id {correlation})"))
+
+    @app.get("/fhir/metadata", summary="capabilities")
+    async def metadata(request: Request) -> Response:
+        negotiate(request)
+        from fhirgoal.fhir.jsonio import dumps
+
+        return Response(dumps(build_capability(conformance, registry, base_url(request))), media_type=FHIR_JSON)
+
+    @app.get("/healthz", include_in_schema=False)
+    async def healthz() -> Response:
+        return Response(b'{"status":"ok"}', media_type="application/json")
+
+    @app.get("/readyz", include_in_schema=False)
+    async def readyz(request: Request) -> Response:
+        try:
+            await request.app.state.repository.db.command("ping")
+        except (PyMongoError, AttributeError):
+            return Response(b'{"status":"unavailable"}', status_code=503, media_type="application/json")
+        return Response(b'{"status":"ready"}', media_type="application/json")
+
+    app.include_router(fhir_router, prefix="/fhir")
+    return app
+
+
+__all__ = ["create_app", "is_loopback"]

@@ -1,0 +1,36 @@
+"""Settings from the environment (prefix FHIRGOAL_, plus the conventional MONGODB_URI)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+class Settings(BaseSettings):
+    """Runtime configuration. Every field can be set as FHIRGOAL_<NAME> in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="FHIRGOAL_", extra="ignore")
+
+    mongodb_uri: str | None = Field(
+        default=None, validation_alias=AliasChoices("MONGODB_URI", "FHIRGOAL_MONGODB_URI")
+    )
+    db: str = "fhirgoal"
+    # `off` is accepted on loopback only; the SMART issue adds the secure modes.
+    auth: Literal["off", "smart", "external"] = "off"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: Path = Path("./fhirgoal-data")
+    # Public base URL when behind a proxy; otherwise taken from each request.
+    base_url: str | None = None
+    max_body_bytes: int = 4 * 1024 * 1024
+    default_page_size: int = 20
+    max_page_size: int = 500
+    conformance_dir: Path = PROJECT_ROOT / "conformance"
+    # How many times an update without If-Match re-reads and retries after losing a race.
+    write_retries: int = 5
+    log_level: str = "INFO"

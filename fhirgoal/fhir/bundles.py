@@ -1,0 +1,78 @@
+"""Searchset and history Bundles: https://hl7.org/fhir/R4/bundle.html ,
+https://hl7.org/fhir/R4/search.html#bundle , https://hl7.org/fhir/R4/http.html#history
+"""
+
+from __future__ import annotations
+
+from datetime import UTC
+from email.utils import format_datetime
+from typing import Any
+from urllib.parse import urlencode
+
+from fhirgoal.fhir.errors import informational_outcome
+from fhirgoal.fhir.instants import instant_text
+from fhirgoal.store.repository import Version
+
+_STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "204 No Content"}
+
+
+def http_date(version: Version) -> str:
+    return format_datetime(version.last_updated.astimezone(UTC), usegmt=True)
+
+
+def link(url: str, params: list[tuple[str, str]]) -> str:
+    return f"{url}?{urlencode(params)}" if params else url
+
+
+def searchset(
+    base: str,
+    url: str,
+    versions: list[Version],
+    total: int | None,
+    links: dict[str, list[tuple[str, str]]],
+    warnings: list[str],
+) -> dict[str, Any]:
+    entries: list[dict[str, Any]] = [
+        {
+            "fullUrl": f"{base}/{v.resource_type}/{v.id}",
+            "resource": v.resource,
+            "search": {"mode": "match"},
+        }
+        for v in versions
+    ]
+    if warnings:
+        outcome = informational_outcome("; ".join(warnings), severity="warning", code="not-supported")
+        entries.append({"resource": outcome, "search": {"mode": "outcome"}})
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
+    if total is not None:
+        bundle["total"] = total
+    bundle["link"] = [{"relation": rel, "url": link(url, params)} for rel, params in links.items()]
+    if entries:
+        bundle["entry"] = entries
+    return bundle
+
+
+def history(
+    base: str, url: str, versions: list[Version], total: int, links: dict[str, list[tuple[str, str]]]
+) -> dict[str, Any]:
+    entries = []
+    for v in versions:
+        entry: dict[str, Any] = {"fullUrl": f"{base}/{v.resource_type}/{v.id}"}
+        if v.resource is not None:
+            entry["resource"] = v.resource
+        method = v.method
+        entry["request"] = {
+            "method": method,
+            "url": v.resource_type if method == "POST" else f"{v.resource_type}/{v.id}",
+        }
+        entry["response"] = {
+            "status": "201 Created" if v.version == 1 and method != "DELETE" else _STATUS[method],
+            "etag": f'W/"{v.version}"',
+            "lastModified": instant_text(v.last_updated),
+        }
+        entries.append(entry)
+    bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "total": total}
+    bundle["link"] = [{"relation": rel, "url": link(url, params)} for rel, params in links.items()]
+    if entries:
+        bundle["entry"] = entries
+    return bundle

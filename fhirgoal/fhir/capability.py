@@ -1,0 +1,48 @@
+"""The CapabilityStatement, built from the same data that builds the routes and the search index.
+
+https://hl7.org/fhir/R4/capabilitystatement.html . conformance/capability.json holds what is not
+derived (software, formats, interaction set, defaults); the resource list comes from
+resource-types.json and each type's search parameters from the registry, listing only those that
+work, so the statement cannot promise what the server does not do.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from fhirgoal import __version__
+from fhirgoal.fhir.conformance import Conformance
+from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.search.registry import SearchRegistry
+
+
+def build_capability(conformance: Conformance, registry: SearchRegistry, base: str) -> dict[str, Any]:
+    with open(conformance.directory / "capability.json", encoding="utf-8") as fh:
+        template = json.load(fh)
+    statement = copy.deepcopy(template)
+    statement["date"] = instant_text(now())
+    statement["software"]["version"] = __version__
+    statement["implementation"] = {"description": "fhirgoal", "url": base}
+    rest = statement["rest"][0]
+    interactions = rest.pop("resourceInteractions")
+    defaults = rest.pop("resourceDefaults")
+    resources = []
+    for rt in conformance.stored_types:
+        params = [
+            {"name": p.code, "definition": p.url, "type": p.type, "documentation": p.documentation}
+            for p in sorted(registry.for_type(rt).params.values(), key=lambda p: p.code)
+            if p.supported
+        ]
+        resources.append(
+            {
+                "type": rt,
+                "profile": f"http://hl7.org/fhir/StructureDefinition/{rt}",
+                "interaction": [{"code": code} for code in interactions],
+                **defaults,
+                "searchParam": params,
+            }
+        )
+    rest["resource"] = resources
+    return statement

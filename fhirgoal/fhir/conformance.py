@@ -1,0 +1,58 @@
+"""The server's conformance data, loaded once from conformance/ (vendored by
+scripts/vendor_conformance.py from the R4 definitions: https://hl7.org/fhir/R4/downloads.html).
+
+Everything the server knows about resource types (which are stored, their structure, their search
+parameters, their patient compartment membership) comes from here, so adding a type is data.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+
+@dataclass(frozen=True, eq=False)  # identity hash: one instance per directory (cached)
+class Conformance:
+    directory: Path
+    stored_types: tuple[str, ...]
+    wire_types: tuple[str, ...]
+    schema: dict[str, Any]
+    structure: dict[str, Any]
+    search_parameters: list[dict[str, Any]]
+    patient_compartment: dict[str, list[str]]
+
+    def is_stored(self, resource_type: str) -> bool:
+        return resource_type in self._stored_set
+
+    @property
+    def _stored_set(self) -> frozenset[str]:
+        return _as_set(self.stored_types)
+
+
+@cache
+def _as_set(items: tuple[str, ...]) -> frozenset[str]:
+    return frozenset(items)
+
+
+def _read(directory: Path, name: str) -> Any:
+    with open(directory / name, encoding="utf-8") as fh:
+        return json.load(fh)
+
+
+@cache
+def load_conformance(directory: Path) -> Conformance:
+    types = _read(directory, "resource-types.json")
+    bundle = _read(directory, "search-parameters.json")
+    compartment = _read(directory, "compartment-patient.json")
+    return Conformance(
+        directory=directory,
+        stored_types=tuple(types["stored"]),
+        wire_types=tuple(types["other"]),
+        schema=_read(directory, "fhir.schema.json"),
+        structure=_read(directory, "structure.json"),
+        search_parameters=[e["resource"] for e in bundle.get("entry", [])],
+        patient_compartment={k: v for k, v in compartment.items() if not k.startswith("_")},
+    )

@@ -1,0 +1,77 @@
+"""Lossless FHIR JSON in and out: https://hl7.org/fhir/R4/json.html
+
+R4 decimals carry their precision in their text (`72.50` is not `72.5`, json.html#primitive), so
+request bodies are parsed with `Decimal` for every non-integer number, stored as BSON Decimal128
+(which keeps the digits and exponent), and written back from that text. orjson serializes
+everything else; decimals reach it as pre-rendered `orjson.Fragment`s. Duplicate keys are rejected
+rather than letting the last one silently win. NaN / Infinity are not JSON and are rejected too.
+"""
+
+from __future__ import annotations
+
+import json
+from decimal import Decimal
+from typing import Any
+
+import orjson
+from bson.decimal128 import Decimal128
+
+from fhirgoal.fhir.errors import FhirError
+
+
+class _DuplicateKey(ValueError):
+    pass
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a valid JSON number")
+
+
+def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise _DuplicateKey(f"duplicate JSON property {key!r}")
+            seen.add(key)
+    return obj
+
+
+_decoder = json.JSONDecoder(
+    parse_float=Decimal, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates
+)
+
+
+def loads(body: bytes | str) -> Any:
+    """Parse JSON keeping decimal text; raise a 400 FhirError on anything malformed."""
+    try:
+        text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
+        value, end = _decoder.raw_decode(text.lstrip())
+        if text.lstrip()[end:].strip():
+            raise ValueError("extra data after the JSON value")
+    except UnicodeDecodeError:
+        raise FhirError("bad-request", "request body is not UTF-8") from None
+    except _DuplicateKey as exc:
+        raise FhirError("bad-request", f"malformed JSON: {exc}") from None
+    except ValueError as exc:
+        raise FhirError("bad-request", f"malformed JSON: {exc}") from None
+    return value
+
+
+def _default(obj: Any) -> Any:
+    if isinstance(obj, Decimal128):
+        return orjson.Fragment(_decimal_text(obj.to_decimal()))
+    if isinstance(obj, Decimal):
+        return orjson.Fragment(_decimal_text(obj))
+    raise TypeError(f"cannot serialize {type(obj).__name__}")
+
+
+def _decimal_text(value: Decimal) -> str:
+    # str(Decimal) is the shortest exact text: '72.50', '1E+2', '-0.5'; all are valid JSON numbers.
+    return str(value)
+
+
+def dumps(value: Any) -> bytes:
+    """Serialize to JSON bytes, writing decimals exactly as they were received."""
+    return orjson.dumps(value, default=_default)

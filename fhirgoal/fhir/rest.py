@@ -1,0 +1,291 @@
+"""HTTP interactions -> service calls: https://hl7.org/fhir/R4/http.html
+
+Handlers stay thin: negotiate the format, read the body within the size limit, call the service,
+render its Outcome. Responses are pre-serialized bytes (never a pydantic re-dump, which would turn
+72.50 into 72.5 and emit nulls).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import parse_qsl
+
+from fastapi import APIRouter, Request, Response
+
+from fhirgoal.auth.context import AccessContext
+from fhirgoal.fhir import bundles, jsonio
+from fhirgoal.fhir.errors import FhirError, informational_outcome
+from fhirgoal.fhir.search.query import encode_cursor
+from fhirgoal.fhir.service import FhirService, Outcome
+from fhirgoal.fhir.bundles import http_date
+
+FHIR_JSON = "application/fhir+json"
+_JSON_TYPES = {"application/fhir+json", "application/json", "text/json"}
+_PATCH_TYPES = {"application/json-patch+json"}
+_ACCEPTABLE = {"*/*", "application/*", "application/fhir+json", "application/json", "text/json", "json"}
+_FORMATS = {"json", "application/json", "application/fhir+json"}
+_SERVICE_PARAMS = {"_format", "_pretty"}
+
+router = APIRouter()
+
+
+# ---- request plumbing ------------------------------------------------------------------------
+def service(request: Request) -> FhirService:
+    return request.app.state.fhir  # type: ignore[no-any-return]
+
+
+def access(request: Request) -> AccessContext:
+    return request.app.state.access_for(request)  # type: ignore[no-any-return]
+
+
+def base_url(request: Request) -> str:
+    configured = request.app.state.settings.base_url
+    return configured.rstrip("/") if configured else f"{str(request.base_url).rstrip('/')}/fhir"
+
+
+def negotiate(request: Request) -> None:
+    """406 unless the client accepts FHIR JSON (Accept header or _format, http.html#mime-type)."""
+    fmt = request.query_params.get("_format")
+    if fmt is not None and fmt.split(";")[0].strip() not in _FORMATS:
+        raise FhirError("not-acceptable", f"_format={fmt} is not supported; this server speaks JSON")
+    accept = request.headers.get("accept")
+    if not accept:
+        return
+    kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
+    if not kinds & _ACCEPTABLE:
+        raise FhirError("not-acceptable", f"cannot answer with {accept}; use {FHIR_JSON}")
+
+
+def _media_type(request: Request) -> str:
+    content_type = request.headers.get("content-type", "")
+    media, _, params = content_type.partition(";")
+    charset = params.lower().replace(" ", "")
+    if "charset=" in charset and "charset=utf-8" not in charset:
+        raise FhirError("unsupported-media-type", "only UTF-8 bodies are accepted")
+    return media.strip().lower()
+
+
+async def read_body(request: Request, allowed: set[str]) -> bytes:
+    media = _media_type(request)
+    if media not in allowed:
+        raise FhirError(
+            "unsupported-media-type",
+            f"Content-Type '{media or '(none)'}' is not accepted here; send {' or '.join(sorted(allowed))}",
+        )
+    limit = request.app.state.settings.max_body_bytes
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise FhirError("too-large", f"the body exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise FhirError("too-large", f"the body exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def read_resource(request: Request) -> Any:
+    negotiate(request)
+    body = await read_body(request, _JSON_TYPES)
+    if not body.strip():
+        raise FhirError("bad-request", "the request has no body")
+    return jsonio.loads(body)
+
+
+def search_params(request: Request) -> list[tuple[str, str]]:
+    return [(k, v) for k, v in request.query_params.multi_items() if k not in _SERVICE_PARAMS]
+
+
+def prefer(request: Request, name: str) -> str | None:
+    for part in request.headers.get("prefer", "").split(";"):
+        for item in part.split(","):
+            key, _, value = item.strip().partition("=")
+            if key.strip().lower() == name:
+                return value.strip().strip('"').lower()
+    return None
+
+
+# ---- rendering -------------------------------------------------------------------------------
+def fhir_response(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Response:
+    content = b"" if body is None else jsonio.dumps(body)
+    return Response(content, status_code=status, headers=headers, media_type=FHIR_JSON if body is not None else None)
+
+
+def render(request: Request, outcome: Outcome) -> Response:
+    """Status, ETag/Last-Modified/Location and the body the client's Prefer asks for."""
+    headers = dict(outcome.headers)
+    version = outcome.version
+    if version is not None:
+        headers["ETag"] = f'W/"{version.version}"'
+        headers["Last-Modified"] = http_date(version)
+        location = f"{base_url(request)}/{version.resource_type}/{version.id}/_history/{version.version}"
+        if outcome.status == 201:
+            headers["Location"] = location
+        elif request.method in ("PUT", "PATCH"):
+            headers["Content-Location"] = location
+    if outcome.body is not None:
+        return fhir_response(outcome.status, outcome.body, headers)
+    wanted = prefer(request, "return") if request.method != "GET" else None
+    resource = version.resource if version is not None else None
+    if wanted == "operationoutcome":
+        text = outcome.message or (
+            f"{version.resource_type}/{version.id} version {version.version}" if version else "done"
+        )
+        status = 200 if outcome.status == 204 else outcome.status
+        return fhir_response(status, informational_outcome(text), headers)
+    if resource is None or request.method == "DELETE" or wanted == "minimal":
+        return Response(status_code=outcome.status, headers=headers)
+    return fhir_response(outcome.status, resource, headers)
+
+
+def _lenient(request: Request) -> bool:
+    return prefer(request, "handling") == "lenient"
+
+
+# ---- routes ------------------------------------------------------------------------------------
+def _history_params(request: Request) -> dict[str, str]:
+    allowed = {"_since", "_count", "_offset", "_until", "_format", "_pretty"}
+    params = dict(request.query_params)
+    unknown = set(params) - allowed
+    if unknown and not _lenient(request):
+        raise FhirError("not-supported", f"unsupported history parameter(s): {', '.join(sorted(unknown))}")
+    return params
+
+
+async def _history(request: Request, rt: str | None, rid: str | None) -> Response:
+    negotiate(request)
+    svc = service(request)
+    if rt is not None:
+        svc.require_type(rt)
+    base = base_url(request)
+    params = _history_params(request)
+    versions, total, links = await svc.history(access(request), rt, rid, params)
+    url = "/".join(p for p in (base, rt, rid, "_history") if p)
+    return fhir_response(200, bundles.history(base, url, versions, total, links))
+
+
+@router.get("/_history", summary="history (system)")
+async def system_history(request: Request) -> Response:
+    return await _history(request, None, None)
+
+
+@router.get("/{rt}/_history", summary="history (type)")
+async def type_history(rt: str, request: Request) -> Response:
+    return await _history(request, rt, None)
+
+
+@router.get("/{rt}/{rid}/_history", summary="history (instance)")
+async def instance_history(rt: str, rid: str, request: Request) -> Response:
+    return await _history(request, rt, rid)
+
+
+@router.get("/{rt}/{rid}", summary="read")
+async def read(rt: str, rid: str, request: Request) -> Response:
+    negotiate(request)
+    svc = service(request)
+    svc.require_type(rt)
+    return render(request, await svc.read(access(request), rt, rid))
+
+
+@router.get("/{rt}/{rid}/_history/{vid}", summary="vread")
+async def vread(rt: str, rid: str, vid: str, request: Request) -> Response:
+    negotiate(request)
+    svc = service(request)
+    svc.require_type(rt)
+    return render(request, await svc.vread(access(request), rt, rid, vid))
+
+
+@router.post("/{rt}", summary="create")
+async def create(rt: str, request: Request) -> Response:
+    svc = service(request)
+    svc.require_type(rt)
+    resource = await read_resource(request)
+    condition = request.headers.get("if-none-exist")
+    criteria = None
+    if condition is not None:  # "identifier=x|1", "?identifier=..." or "Patient?identifier=..."
+        criteria = parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
+    outcome = await svc.create(access(request), rt, resource, criteria, base_url(request))
+    return render(request, outcome)
+
+
+@router.put("/{rt}/{rid}", summary="update")
+async def update(rt: str, rid: str, request: Request) -> Response:
+    svc = service(request)
+    svc.require_type(rt)
+    resource = await read_resource(request)
+    outcome = await svc.update(access(request), rt, rid, resource, request.headers.get("if-match"))
+    return render(request, outcome)
+
+
+@router.put("/{rt}", summary="conditional update")
+async def conditional_update(rt: str, request: Request) -> Response:
+    svc = service(request)
+    svc.require_type(rt)
+    resource = await read_resource(request)
+    outcome = await svc.conditional_update(
+        access(request), rt, search_params(request), resource, request.headers.get("if-match"), base_url(request)
+    )
+    return render(request, outcome)
+
+
+@router.patch("/{rt}/{rid}", summary="patch (JSON Patch)")
+async def patch(rt: str, rid: str, request: Request) -> Response:
+    svc = service(request)
+    svc.require_type(rt)
+    negotiate(request)
+    operations = jsonio.loads(await read_body(request, _PATCH_TYPES))
+    outcome = await svc.patch(access(request), rt, rid, operations, request.headers.get("if-match"))
+    return render(request, outcome)
+
+
+@router.delete("/{rt}/{rid}", summary="delete")
+async def delete(rt: str, rid: str, request: Request) -> Response:
+    negotiate(request)
+    svc = service(request)
+    svc.require_type(rt)
+    return render(request, await svc.delete(access(request), rt, rid))
+
+
+@router.delete("/{rt}", summary="conditional delete")
+async def conditional_delete(rt: str, request: Request) -> Response:
+    negotiate(request)
+    svc = service(request)
+    svc.require_type(rt)
+    outcome = await svc.conditional_delete(access(request), rt, search_params(request), base_url(request))
+    return render(request, outcome)
+
+
+async def _search(rt: str, request: Request, params: list[tuple[str, str]]) -> Response:
+    negotiate(request)
+    svc = service(request)
+    svc.require_type(rt)
+    base = base_url(request)
+    compiled, rows, total, has_prev, has_next = await svc.search(
+        access(request), rt, params, base, _lenient(request)
+    )
+    url = f"{base}/{rt}"
+    kept = [*compiled.used, ("_count", str(compiled.count))]
+    here = [("_cursor", encode_cursor(*compiled.cursor))] if compiled.cursor else []
+    links: dict[str, list[tuple[str, str]]] = {"self": kept + here}
+    if has_next and rows:
+        links["next"] = [*kept, ("_cursor", encode_cursor("a", rows[-1].id))]
+    if has_prev and rows:
+        links["previous"] = [*kept, ("_cursor", encode_cursor("b", rows[0].id))]
+    bundle = bundles.searchset(base, url, rows, total, links, compiled.warnings)
+    return fhir_response(200, bundle)
+
+
+@router.get("/{rt}", summary="search")
+async def search(rt: str, request: Request) -> Response:
+    return await _search(rt, request, search_params(request))
+
+
+@router.post("/{rt}/_search", summary="search (POST form)")
+async def search_post(rt: str, request: Request) -> Response:
+    body = await read_body(request, {"application/x-www-form-urlencoded"})
+    try:
+        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
+    except (UnicodeDecodeError, ValueError):
+        raise FhirError("bad-request", "the _search body is not a valid form") from None
+    return await _search(rt, request, search_params(request) + form)

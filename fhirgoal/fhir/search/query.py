@@ -1,0 +1,155 @@
+"""Compile FHIR search parameters into a MongoDB filter: https://hl7.org/fhir/R4/search.html
+
+Values only ever become string operands of equality / `$in` / range conditions on fields this
+module names, so no search input can reach MongoDB as an operator or a field name.
+Comma-separated values are OR (`$in`); a repeated parameter is AND (`$and`).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.search.dates import instant_filter, split_prefix
+from fhirgoal.fhir.search.index import local_reference
+from fhirgoal.fhir.search.registry import SearchParam, TypeParams
+
+# Result parameters (search.html#return) understood today; the search-engine issue adds the rest.
+RESULT_PARAMS = {"_count", "_cursor", "_format", "_pretty"}
+
+
+@dataclass
+class CompiledSearch:
+    filter: dict[str, Any]
+    count: int
+    cursor: tuple[str, str] | None = None  # ("a", id) = after id, ("b", id) = before id
+    warnings: list[str] = field(default_factory=list)
+    used: list[tuple[str, str]] = field(default_factory=list)  # the parameters applied, for `self`
+
+
+def encode_cursor(direction: str, rid: str) -> str:
+    return base64.urlsafe_b64encode(orjson.dumps([direction, rid])).decode().rstrip("=")
+
+
+def _decode_cursor(token: str) -> tuple[str, str]:
+    try:
+        direction, rid = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
+        if direction in ("a", "b") and isinstance(rid, str):
+            return direction, rid
+    except (ValueError, binascii.Error, TypeError):
+        pass
+    raise FhirError("bad-request", "invalid _cursor: use the links the server returned", "_cursor")
+
+
+def _split_or(value: str) -> list[str]:
+    """Split on commas not escaped with a backslash (search.html#escaping)."""
+    parts, current, escaped = [], [], False
+    for ch in value:
+        if escaped:
+            current.append(ch)
+            escaped = False
+        elif ch == "\\":
+            escaped = True
+        elif ch == ",":
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(ch)
+    parts.append("".join(current))
+    if any(p == "" for p in parts):
+        raise FhirError("bad-request", f"empty value in '{value}'")
+    return parts
+
+
+def _token_entry(code: str, value: str) -> str:
+    if "|" not in value:
+        return f"{code}#{value}"
+    system, _, token = value.partition("|")
+    if token == "":
+        return f"{code}@{system}"
+    return f"{code}|{system}|{token}"
+
+
+def _reference_entries(param: SearchParam, value: str, base_url: str) -> list[str]:
+    if base_url and value.startswith(base_url.rstrip("/") + "/"):
+        value = value[len(base_url.rstrip("/")) + 1 :]
+    local = local_reference(value)
+    if local:
+        return [f"{param.code}={local}"]
+    if "/" not in value and ":" not in value:  # a bare id: any of the parameter's target types
+        return [f"{param.code}={t}/{value}" for t in param.targets] or [f"{param.code}={value}"]
+    return [f"{param.code}={value}"]
+
+
+class SearchCompiler:
+    def __init__(self, table: TypeParams, max_count: int, default_count: int) -> None:
+        self.table = table
+        self.max_count = max_count
+        self.default_count = default_count
+
+    def compile(
+        self, params: list[tuple[str, str]], base_url: str, lenient: bool = False
+    ) -> CompiledSearch:
+        clauses: list[dict[str, Any]] = []
+        result = CompiledSearch(filter={}, count=self.default_count)
+        for name, value in params:
+            try:
+                clause = self._parameter(name, value, base_url, result)
+            except FhirError as error:
+                if lenient and error.category == "not-supported":
+                    result.warnings.append(error.issues[0].diagnostics)
+                    continue
+                raise
+            if clause is not None:
+                clauses.append(clause)
+                result.used.append((name, value))
+        if clauses:
+            result.filter = clauses[0] if len(clauses) == 1 else {"$and": clauses}
+        return result
+
+    def _parameter(
+        self, name: str, value: str, base_url: str, result: CompiledSearch
+    ) -> dict[str, Any] | None:
+        if name in RESULT_PARAMS:
+            self._result_parameter(name, value, result)
+            return None
+        code, _, modifier = name.partition(":")
+        param = self.table.params.get(code)
+        if param is None:
+            raise FhirError(
+                "not-supported", f"unknown search parameter '{code}' for {self.table.resource_type}", name
+            )
+        if not param.supported:
+            raise FhirError(
+                "not-supported", f"search parameter '{code}' ({param.type}) is not supported yet", name
+            )
+        if modifier:
+            raise FhirError("not-supported", f"modifier ':{modifier}' is not supported on '{code}'", name)
+        values = _split_or(value)
+        if code == "_id":
+            return {"_id": {"$in": values}}
+        if code == "_lastUpdated":
+            if len(values) > 1:
+                return {"$or": [{"lu": instant_filter(*split_prefix(v))} for v in values]}
+            return {"lu": instant_filter(*split_prefix(values[0]))}
+        if param.type == "reference":
+            entries = [e for v in values for e in _reference_entries(param, v, base_url)]
+            return {"ref": {"$in": entries}}
+        if param.type == "uri":
+            return {"tok": {"$in": [f"{code}#{v}" for v in values]}}
+        return {"tok": {"$in": [_token_entry(code, v) for v in values]}}
+
+    def _result_parameter(self, name: str, value: str, result: CompiledSearch) -> None:
+        if name == "_count":
+            if not value.isdigit():
+                raise FhirError("bad-request", "_count must be a non-negative integer", "_count")
+            result.count = min(int(value), self.max_count)
+        elif name == "_cursor":
+            result.cursor = _decode_cursor(value)
+        elif name == "_format" and value not in ("json", "application/json", "application/fhir+json"):
+            raise FhirError("not-acceptable", f"_format={value} is not supported; use json")

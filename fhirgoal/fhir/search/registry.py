@@ -1,0 +1,102 @@
+"""SearchParameter registry built from data: https://hl7.org/fhir/R4/searchparameter.html
+
+The R4 definitions vendored in conformance/search-parameters.json (and, later, the project's own
+SearchParameters) are compiled once into per-type tables. The same table drives index extraction at
+write time, query compilation at search time and the CapabilityStatement, so the three cannot
+disagree.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from fhirgoal.fhir.conformance import Conformance
+from fhirgoal.fhir.search.index import (
+    compartment_members,
+    reference_entries,
+    token_entries,
+    uri_entries,
+)
+from fhirgoal.fhir.search.paths import Extractor, compile_expression
+
+# Parameter types whose values are indexed and searchable today. The others are registered (so
+# strict mode can tell "unsupported" from "unknown") but not yet advertised.
+INDEXED_TYPES = {"token", "reference", "uri"}
+# Handled by dedicated document fields rather than the generic index.
+SPECIAL = {"_id", "_lastUpdated"}
+
+
+@dataclass(frozen=True)
+class SearchParam:
+    code: str
+    type: str
+    url: str
+    expression: str
+    extractor: Extractor | None
+    targets: tuple[str, ...] = ()
+    documentation: str = ""
+
+    @property
+    def supported(self) -> bool:
+        return self.code in SPECIAL or (self.type in INDEXED_TYPES and self.extractor is not None)
+
+
+@dataclass
+class TypeParams:
+    resource_type: str
+    params: dict[str, SearchParam] = field(default_factory=dict)
+    compartment_params: list[str] = field(default_factory=list)
+    in_compartment_as_self: bool = False
+
+    def index_fields(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """Normalized index entries for one resource (stored beside it)."""
+        tokens: set[str] = set()
+        refs: set[str] = set()
+        for param in self.params.values():
+            if param.extractor is None or param.code in SPECIAL:
+                continue
+            if param.type == "token":
+                tokens |= token_entries(param.code, param.extractor(resource))
+            elif param.type == "uri":
+                tokens |= uri_entries(param.code, param.extractor(resource))
+            elif param.type == "reference":
+                refs |= reference_entries(param.code, param.extractor(resource))
+        compartment = compartment_members(refs, self.compartment_params)
+        if self.in_compartment_as_self and "id" in resource:
+            compartment = sorted({*compartment, f"Patient/{resource['id']}"})
+        return {"tok": sorted(tokens), "ref": sorted(refs), "comp": compartment}
+
+
+class SearchRegistry:
+    def __init__(self, conformance: Conformance) -> None:
+        self.types: dict[str, TypeParams] = {}
+        for resource_type in conformance.stored_types:
+            table = TypeParams(resource_type)
+            members = conformance.patient_compartment.get(resource_type, [])
+            table.in_compartment_as_self = resource_type == "Patient"
+            table.compartment_params = [p for p in members if not p.startswith("{")]
+            self.types[resource_type] = table
+        for definition in conformance.search_parameters:
+            self._add(definition)
+
+    def _add(self, definition: dict[str, Any]) -> None:
+        bases = definition.get("base", [])
+        for resource_type, table in self.types.items():
+            generic = any(b in ("Resource", "DomainResource") for b in bases)
+            if resource_type not in bases and not generic:
+                continue
+            expression = definition.get("expression", "")
+            extractor = compile_expression(expression, resource_type) if expression else None
+            table.params[definition["code"]] = SearchParam(
+                code=definition["code"],
+                type=definition["type"],
+                url=definition.get("url", ""),
+                expression=expression,
+                extractor=extractor,
+                targets=tuple(definition.get("target", [])),
+                documentation=definition.get("description", ""),
+            )
+
+    def for_type(self, resource_type: str) -> TypeParams:
+        return self.types[resource_type]

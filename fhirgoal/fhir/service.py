@@ -1,0 +1,370 @@
+"""FHIR interactions over the repository: one place for the write rules.
+
+https://hl7.org/fhir/R4/http.html : create (server-assigned id, If-None-Exist), read, vread,
+update (update-as-create, If-Match), conditional update and delete, patch (JSON Patch), delete
+(history kept, reads answer 410), history. The service stamps meta, validates, extracts the search
+index and speaks to the repository; it never formats HTTP (rest.py does).
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import jsonpatch  # type: ignore[import-untyped]
+import jsonpointer  # type: ignore[import-untyped]
+from bson.errors import BSONError
+
+from fhirgoal.auth.context import AccessContext
+from fhirgoal.config import Settings
+from fhirgoal.fhir.conformance import Conformance
+from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.search.dates import parse_range
+from fhirgoal.fhir.search.query import CompiledSearch, SearchCompiler
+from fhirgoal.fhir.search.registry import SearchRegistry
+from fhirgoal.fhir.validation import Validator
+from fhirgoal.store.repository import AlreadyExists, Repository, Version
+
+ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
+_ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
+
+
+@dataclass
+class Outcome:
+    """What an interaction produced; rest.py turns it into status, headers and body."""
+
+    status: int
+    version: Version | None = None
+    body: dict[str, Any] | None = None  # Bundles and OperationOutcomes
+    message: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+def parse_etag(value: str | None) -> int | None:
+    if value is None:
+        return None
+    m = _ETAG.match(value.strip())
+    if not m:
+        raise FhirError("bad-request", f"malformed If-Match value {value!r}; expected W/\"<version>\"")
+    return int(m.group(1))
+
+
+def stamp(resource: dict[str, Any], rid: str, vid: int, moment: datetime) -> dict[str, Any]:
+    """The resource as stored: id and meta set by the server, everything else as sent."""
+    meta = dict(resource.get("meta") or {})
+    meta["versionId"] = str(vid)
+    meta["lastUpdated"] = instant_text(moment)
+    out: dict[str, Any] = {"resourceType": resource["resourceType"], "id": rid, "meta": meta}
+    for key, value in resource.items():
+        if key not in out:
+            out[key] = value
+    return out
+
+
+class FhirService:
+    def __init__(
+        self,
+        settings: Settings,
+        conformance: Conformance,
+        registry: SearchRegistry,
+        validator: Validator,
+        repository: Repository,
+    ) -> None:
+        self.settings = settings
+        self.conformance = conformance
+        self.registry = registry
+        self.validator = validator
+        self.repo = repository
+
+    # ---- helpers -----------------------------------------------------------------------------
+    def require_type(self, rt: str) -> None:
+        if not self.conformance.is_stored(rt):
+            raise FhirError("not-found", f"unknown or unsupported resource type '{rt}'")
+
+    def _check_body(self, rt: str, resource: Any) -> dict[str, Any]:
+        if not isinstance(resource, dict):
+            raise FhirError("invalid", "the body must be a JSON object (a FHIR resource)")
+        body_type = resource.get("resourceType")
+        if body_type != rt:
+            raise FhirError(
+                "invalid", f"resourceType '{body_type}' does not match the URL type '{rt}'", "resourceType"
+            )
+        return resource
+
+    def _prepare(self, resource: dict[str, Any], rid: str, vid: int, moment: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+        stored = stamp(resource, rid, vid, moment)
+        self.validator.validate(stored)
+        index = self.registry.for_type(stored["resourceType"]).index_fields(stored)
+        return stored, index
+
+    def compiler(self, rt: str) -> SearchCompiler:
+        return SearchCompiler(
+            self.registry.for_type(rt), self.settings.max_page_size, self.settings.default_page_size
+        )
+
+    async def _matches(
+        self, access: AccessContext, rt: str, params: list[tuple[str, str]], base_url: str
+    ) -> list[Version]:
+        if not params:
+            raise FhirError("bad-request", "a conditional interaction needs search criteria")
+        compiled = self.compiler(rt).compile(params, base_url)
+        return await self.repo.find(access, rt, compiled.filter, [("_id", 1)], 2)
+
+    # ---- create ------------------------------------------------------------------------------
+    async def create(
+        self,
+        access: AccessContext,
+        rt: str,
+        resource: Any,
+        if_none_exist: list[tuple[str, str]] | None,
+        base_url: str,
+    ) -> Outcome:
+        resource = self._check_body(rt, resource)
+        if if_none_exist is not None:
+            matches = await self._matches(access, rt, if_none_exist, base_url)
+            if len(matches) > 1:
+                raise FhirError("precondition-failed", "If-None-Exist criteria match several resources")
+            if matches:
+                return Outcome(200, matches[0], message="a matching resource exists; nothing created")
+        moment = now()
+        rid = str(uuid.uuid4())
+        stored, index = self._prepare(resource, rid, 1, moment)
+        version = Version(rt, rid, 1, moment, "POST", stored)
+        await self._insert(access, version, index)
+        return Outcome(201, version)
+
+    async def _insert(self, access: AccessContext, version: Version, index: dict[str, Any]) -> None:
+        try:
+            await self.repo.insert(access, version, index)
+        except BSONError as exc:
+            raise FhirError("invalid", f"the resource cannot be stored: {exc}") from None
+
+    # ---- read --------------------------------------------------------------------------------
+    async def read(self, access: AccessContext, rt: str, rid: str) -> Outcome:
+        version = await self.repo.current(access, rt, rid)
+        if version is None:
+            raise FhirError("not-found", f"{rt}/{rid} is not known")
+        if version.deleted:
+            raise FhirError(
+                "gone", f"{rt}/{rid} was deleted", headers={"ETag": f'W/"{version.version}"'}
+            )
+        return Outcome(200, version)
+
+    async def vread(self, access: AccessContext, rt: str, rid: str, vid: str) -> Outcome:
+        if not vid.isdigit():
+            raise FhirError("not-found", f"{rt}/{rid} has no version '{vid}'")
+        version = await self.repo.version(access, rt, rid, int(vid))
+        if version is None:
+            raise FhirError("not-found", f"{rt}/{rid} has no version {vid}")
+        if version.deleted:
+            raise FhirError("gone", f"version {vid} of {rt}/{rid} is a deletion")
+        return Outcome(200, version)
+
+    # ---- update ------------------------------------------------------------------------------
+    async def update(
+        self, access: AccessContext, rt: str, rid: str, resource: Any, if_match: str | None, method: str = "PUT"
+    ) -> Outcome:
+        resource = self._check_body(rt, resource)
+        if not ID_PATTERN.match(rid):
+            raise FhirError("invalid", f"'{rid}' is not a valid FHIR id ([A-Za-z0-9-.], 1-64)", "id")
+        body_id = resource.get("id")
+        if body_id != rid:
+            raise FhirError(
+                "invalid",
+                "the resource id must be present and equal the id in the URL"
+                if body_id is None
+                else f"the resource id '{body_id}' does not match the URL id '{rid}'",
+                f"{rt}.id",
+            )
+        expected = parse_etag(if_match)
+        for _ in range(self.settings.write_retries):
+            outcome = await self._try_update(access, rt, rid, resource, expected, method)
+            if outcome is not None:
+                return outcome
+        raise FhirError("conflict", f"{rt}/{rid} is being changed concurrently; retry the update")
+
+    async def _try_update(
+        self,
+        access: AccessContext,
+        rt: str,
+        rid: str,
+        resource: dict[str, Any],
+        expected: int | None,
+        method: str,
+    ) -> Outcome | None:
+        current = await self.repo.current(access, rt, rid)
+        if current is None:
+            if expected is not None:
+                raise FhirError("precondition-failed", f"{rt}/{rid} does not exist (If-Match given)")
+            moment = now()
+            stored, index = self._prepare(resource, rid, 1, moment)
+            version = Version(rt, rid, 1, moment, method, stored)
+            try:
+                await self._insert(access, version, index)
+            except AlreadyExists:
+                return None  # created meanwhile: go round again as an update
+            return Outcome(201, version)
+        if expected is not None and expected != current.version:
+            raise FhirError(
+                "precondition-failed",
+                f"version conflict: If-Match is {expected}, the current version is {current.version}",
+            )
+        moment = max(now(), current.last_updated)
+        stored, index = self._prepare(resource, rid, current.version + 1, moment)
+        version = Version(rt, rid, current.version + 1, moment, method, stored)
+        if await self.repo.replace(access, current, version, index):
+            return Outcome(200, version)
+        if expected is not None:
+            raise FhirError("precondition-failed", f"{rt}/{rid} was changed by another request")
+        return None
+
+    async def conditional_update(
+        self,
+        access: AccessContext,
+        rt: str,
+        params: list[tuple[str, str]],
+        resource: Any,
+        if_match: str | None,
+        base_url: str,
+    ) -> Outcome:
+        resource = self._check_body(rt, resource)
+        matches = await self._matches(access, rt, params, base_url)
+        if len(matches) > 1:
+            raise FhirError("precondition-failed", "the criteria match several resources")
+        if matches:
+            rid = matches[0].id
+            if resource.get("id") not in (None, rid):
+                raise FhirError("invalid", f"the resource id does not match the matched {rt}/{rid}", f"{rt}.id")
+            return await self.update(access, rt, rid, {**resource, "id": rid}, if_match)
+        if "id" in resource:
+            return await self.update(access, rt, resource["id"], resource, if_match)
+        return await self.create(access, rt, resource, None, base_url)
+
+    # ---- patch -------------------------------------------------------------------------------
+    async def patch(
+        self, access: AccessContext, rt: str, rid: str, operations: Any, if_match: str | None
+    ) -> Outcome:
+        if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+            raise FhirError("bad-request", "a JSON Patch document is an array of operation objects")
+        current = (await self.read(access, rt, rid)).version
+        assert current is not None and current.resource is not None
+        expected = parse_etag(if_match)
+        if expected is not None and expected != current.version:
+            raise FhirError(
+                "precondition-failed",
+                f"version conflict: If-Match is {expected}, the current version is {current.version}",
+            )
+        try:
+            patched = jsonpatch.JsonPatch(operations).apply(current.resource)
+        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
+            raise FhirError("processing", f"the patch cannot be applied: {exc}") from None
+        except (KeyError, TypeError, ValueError) as exc:
+            raise FhirError("bad-request", f"malformed JSON Patch operation: {exc}") from None
+        if not isinstance(patched, dict) or patched.get("id") != rid:
+            raise FhirError("processing", "a patch may not change the resource id", f"{rt}.id")
+        return await self.update(access, rt, rid, patched, f'W/"{current.version}"', method="PATCH")
+
+    # ---- delete ------------------------------------------------------------------------------
+    async def delete(self, access: AccessContext, rt: str, rid: str) -> Outcome:
+        for _ in range(self.settings.write_retries):
+            current = await self.repo.current(access, rt, rid)
+            if current is None:
+                raise FhirError("not-found", f"{rt}/{rid} is not known")
+            if current.deleted:
+                return Outcome(204, current, message="already deleted")
+            moment = max(now(), current.last_updated)
+            tombstone = Version(rt, rid, current.version + 1, moment, "DELETE", None)
+            if await self.repo.replace(access, current, tombstone, {}):
+                return Outcome(204, tombstone)
+        raise FhirError("conflict", f"{rt}/{rid} is being changed concurrently; retry the delete")
+
+    async def conditional_delete(
+        self, access: AccessContext, rt: str, params: list[tuple[str, str]], base_url: str
+    ) -> Outcome:
+        matches = await self._matches(access, rt, params, base_url)
+        if len(matches) > 1:
+            raise FhirError("precondition-failed", "the criteria match several resources; delete one by id")
+        if not matches:
+            return Outcome(204, message="no resource matched; nothing deleted")
+        return await self.delete(access, rt, matches[0].id)
+
+    # ---- search ------------------------------------------------------------------------------
+    async def search(
+        self,
+        access: AccessContext,
+        rt: str,
+        params: list[tuple[str, str]],
+        base_url: str,
+        lenient: bool,
+    ) -> tuple[CompiledSearch, list[Version], int, bool, bool]:
+        """Matches for one page: (query, versions, total, has_previous, has_next)."""
+        compiled = self.compiler(rt).compile(params, base_url, lenient)
+        total = await self.repo.count(access, rt, compiled.filter)
+        if compiled.count == 0:
+            return compiled, [], total, False, False
+        query = compiled.filter
+        direction, boundary = compiled.cursor or ("a", None)
+        if boundary is not None:
+            op = "$gt" if direction == "a" else "$lt"
+            query = {"$and": [query, {"_id": {op: boundary}}]} if query else {"_id": {op: boundary}}
+        order = 1 if direction == "a" else -1
+        rows = await self.repo.find(access, rt, query, [("_id", order)], compiled.count + 1)
+        more = len(rows) > compiled.count
+        rows = rows[: compiled.count]
+        if direction == "b":
+            rows.reverse()
+            return compiled, rows, total, more, True
+        return compiled, rows, total, boundary is not None, more
+
+    # ---- history -----------------------------------------------------------------------------
+    async def history(
+        self, access: AccessContext, rt: str | None, rid: str | None, params: dict[str, str]
+    ) -> tuple[list[Version], int, dict[str, list[tuple[str, str]]]]:
+        """One page of history, newest first, with the links to walk it (http.html#history).
+
+        Pages are offsets inside a window fixed by `_until` (the time of the first page), so a
+        write that lands while a client pages does not shift the pages it has not seen yet.
+        """
+        count = self._int_param(params, "_count", self.settings.default_page_size)
+        count = min(count, self.settings.max_page_size)
+        offset = self._int_param(params, "_offset", 0)
+        since = self._instant_param(params, "_since")
+        until = self._instant_param(params, "_until") or now()
+        if rid is not None and rt is not None:
+            versions, total = await self.repo.instance_history(access, rt, rid, since, count, offset)
+            if total == 0:
+                raise FhirError("not-found", f"{rt}/{rid} is not known")
+            versions = [v for v in versions if v.last_updated <= until]
+        else:
+            types = [rt] if rt else list(self.conformance.stored_types)
+            versions, total = await self.repo.type_history(access, types, since, until, count, offset)
+        window = [("_until", instant_text(until))]
+        if since:
+            window.insert(0, ("_since", instant_text(since)))
+        page = [*window, ("_count", str(count))]
+        links = {"self": [*page, ("_offset", str(offset))]}
+        if offset + count < total:
+            links["next"] = [*page, ("_offset", str(offset + count))]
+        if offset > 0:
+            links["previous"] = [*page, ("_offset", str(max(0, offset - count)))]
+        return versions, total, links
+
+    @staticmethod
+    def _int_param(params: dict[str, str], name: str, default: int) -> int:
+        value = params.get(name)
+        if value is None:
+            return default
+        if not value.isdigit():
+            raise FhirError("bad-request", f"{name} must be a non-negative integer", name)
+        return int(value)
+
+    @staticmethod
+    def _instant_param(params: dict[str, str], name: str) -> datetime | None:
+        value = params.get(name)
+        if value is None:
+            return None
+        return parse_range(value)[0]

@@ -1,0 +1,153 @@
+"""Structural check of a resource against the R4 StructureDefinitions (element definitions).
+
+https://hl7.org/fhir/R4/elementdefinition.html and https://hl7.org/fhir/R4/json.html . The R4 JSON
+schema cannot express what this checks: required elements that are primitives (they may come as
+`status` or `_status`), at most one variant of a choice element (`value[x]`), array versus single
+value, and empty objects or arrays. The table comes from conformance/structure.json, generated from
+the official snapshots, so the check is exactly R4 (the fhir.resources models are R4B).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from typing import Any
+
+from fhirgoal.fhir.errors import Issue
+
+_SAME_TYPE = {"BackboneElement", "Element"}
+
+
+@dataclass(frozen=True, slots=True)
+class Child:
+    name: str  # element name without [x]
+    path: str  # path relative to the owning type
+    type_code: str | None  # the concrete type for this JSON key
+    repeats: bool
+    min: int
+    choice: bool
+    content_path: str | None  # where children live when defined elsewhere (contentReference)
+
+
+@dataclass
+class TypeTable:
+    children: dict[str, dict[str, Child]]  # parent path -> JSON key -> child
+    required: dict[str, list[tuple[str, tuple[str, ...]]]]  # parent path -> (name, json keys)
+
+
+def _upper_first(code: str) -> str:
+    return code[0].upper() + code[1:]
+
+
+class StructureChecker:
+    def __init__(self, structure: dict[str, Any]) -> None:
+        self.structure = structure
+
+    @cache  # noqa: B019 (one checker per conformance set, lives for the process)
+    def table(self, type_name: str) -> TypeTable:
+        elements: dict[str, Any] = self.structure[type_name].get("elements", {})
+        children: dict[str, dict[str, Child]] = {}
+        required: dict[str, list[tuple[str, tuple[str, ...]]]] = {}
+        for path, element in elements.items():
+            parent, _, name = path.rpartition(".")
+            content = element.get("contentReference")
+            content_path = content.split(".", 1)[1] if content else None
+            types = element.get("types") or []
+            choice = bool(element.get("choice"))
+            keys: list[str] = []
+            slot = children.setdefault(parent, {})
+            for code in types if choice else (types[:1] or [None]):
+                key = name + _upper_first(code) if choice else name
+                keys.append(key)
+                slot[key] = Child(
+                    name=name,
+                    path=path,
+                    type_code=code,
+                    repeats=element.get("max", "1") != "1",
+                    min=int(element.get("min", 0)),
+                    choice=choice,
+                    content_path=content_path,
+                )
+            if int(element.get("min", 0)) >= 1:
+                required.setdefault(parent, []).append((name, tuple(keys)))
+        return TypeTable(children, required)
+
+    def check(self, resource: dict[str, Any]) -> list[Issue]:
+        issues: list[Issue] = []
+        rt = resource.get("resourceType")
+        if isinstance(rt, str) and rt in self.structure:
+            self._walk(resource, rt, "", rt, issues, is_resource=True)
+        return issues
+
+    def _is_complex(self, code: str | None) -> bool:
+        if code is None:
+            return False
+        entry = self.structure.get(code)
+        return entry is not None and not entry.get("primitive")
+
+    def _walk(
+        self,
+        node: dict[str, Any],
+        type_name: str,
+        parent: str,
+        expr: str,
+        issues: list[Issue],
+        is_resource: bool = False,
+    ) -> None:
+        table = self.table(type_name)
+        children = table.children.get(parent, {})
+        choices_seen: dict[str, str] = {}
+        for key, value in node.items():
+            if is_resource and key == "resourceType":
+                continue
+            base = key[1:] if key.startswith("_") else key
+            child = children.get(base)
+            where = f"{expr}.{key}"
+            if child is None:
+                issues.append(Issue(f"unknown element '{key}'", where, "structure"))
+                continue
+            if child.choice and not key.startswith("_"):
+                other = choices_seen.get(child.name)
+                if other and other != key:
+                    issues.append(
+                        Issue(f"only one of {child.name}[x] is allowed ({other}, {key})", where, "structure")
+                    )
+                choices_seen[child.name] = key
+            if key.startswith("_"):  # extensions/id of a primitive: an object, or an array of them
+                if not isinstance(value, dict | list):
+                    issues.append(Issue(f"'{key}' must be an object or array", where, "structure"))
+                continue
+            if isinstance(value, list) != child.repeats:
+                shape = "an array" if child.repeats else "a single value, not an array"
+                issues.append(Issue(f"'{key}' must be {shape}", where, "structure"))
+                continue
+            if isinstance(value, list) and not value:
+                issues.append(Issue(f"'{key}' must not be an empty array", where, "structure"))
+            items = value if isinstance(value, list) else [value]
+            for i, item in enumerate(items):
+                item_expr = f"{where}[{i}]" if isinstance(value, list) else where
+                if item is None or item == {} or item == "":
+                    issues.append(Issue(f"'{key}' must not be empty", item_expr, "structure"))
+                    continue
+                self._descend(child, item, type_name, item_expr, issues)
+        for name, keys in table.required.get(parent, []):
+            if not any(k in node or f"_{k}" in node for k in keys):
+                label = f"{name}[x]" if len(keys) > 1 or (keys and keys[0] != name) else name
+                issues.append(Issue(f"missing required element '{label}'", f"{expr}.{name}", "required"))
+
+    def _descend(self, child: Child, item: Any, type_name: str, expr: str, issues: list[Issue]) -> None:
+        if not isinstance(item, dict):
+            return  # primitives: their lexical form is checked by the JSON schema
+        if child.content_path is not None:
+            self._walk(item, type_name, child.content_path, expr, issues)
+        elif child.type_code in _SAME_TYPE:
+            self._walk(item, type_name, child.path, expr, issues)
+        elif child.type_code == "Resource":
+            inner = item.get("resourceType")
+            if isinstance(inner, str) and inner in self.structure:
+                self._walk(item, inner, "", expr, issues, is_resource=True)
+            else:
+                issues.append(Issue(f"unknown or unsupported resourceType {inner!r}", expr, "structure"))
+        elif self._is_complex(child.type_code):
+            assert child.type_code is not None
+            self._walk(item, child.type_code, "", expr, issues)

@@ -1,0 +1,87 @@
+"""Validation of every write: https://hl7.org/fhir/R4/validation.html
+
+Three layers, cheapest first, each stopping the write with an OperationOutcome whose issues carry
+FHIRPath `expression`s:
+1. the official R4 JSON schema (jsonschema-rs; value-set enums, regexes, unknown elements),
+2. the structural check against the StructureDefinitions (structure.py),
+3. the FHIRPath invariants (invariants.py).
+Profile rules (profiles/) join as a fourth layer with the clinical profiles.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+import jsonschema_rs
+
+from fhirgoal.fhir.conformance import Conformance
+from fhirgoal.fhir.errors import FhirError, Issue
+from fhirgoal.fhir.invariants import InvariantChecker
+from fhirgoal.fhir.structure import StructureChecker
+
+_UNEXPECTED = re.compile(r"'([^']+)'")
+_REQUIRED = re.compile(r'^"([^"]+)" is a required property')
+MAX_ISSUES = 20
+
+
+def fhirpath_of(resource_type: str, instance_path: list[str | int]) -> str:
+    expr = resource_type
+    for part in instance_path:
+        expr += f"[{part}]" if isinstance(part, int) else f".{part}"
+    return expr
+
+
+class Validator:
+    def __init__(self, conformance: Conformance) -> None:
+        self.conformance = conformance
+        self.structure = StructureChecker(conformance.structure)
+        self.invariants = InvariantChecker(conformance.structure)
+
+    @cache  # noqa: B019 (one validator per conformance set, lives for the process)
+    def schema_for(self, resource_type: str) -> Any:
+        schema = self.conformance.schema
+        return jsonschema_rs.Draft6Validator(
+            {"definitions": schema["definitions"], "$ref": f"#/definitions/{resource_type}"}
+        )
+
+    def schema_issues(self, resource: dict[str, Any]) -> list[Issue]:
+        rt = resource["resourceType"]
+        validator = self.schema_for(rt)
+        if validator.is_valid(resource):
+            return []
+        issues = []
+        for error in validator.iter_errors(resource):
+            path = list(error.instance_path)
+            message = error.message
+            if "Additional properties" in message or "was unexpected" in message:
+                for name in _UNEXPECTED.findall(message.split("(", 1)[-1]):
+                    issues.append(
+                        Issue(f"unknown element '{name}'", fhirpath_of(rt, [*path, name]), "structure")
+                    )
+                continue
+            required = _REQUIRED.match(message)
+            if required:
+                where = fhirpath_of(rt, [*path, required.group(1)])
+                issues.append(Issue(f"missing required element '{required.group(1)}'", where, "required"))
+                continue
+            issues.append(Issue(message, fhirpath_of(rt, path), "value"))
+            if len(issues) >= MAX_ISSUES:
+                break
+        return issues
+
+    def validate(self, resource: dict[str, Any]) -> None:
+        """Raise FhirError(invalid) with every problem found by the first failing layer."""
+        rt = resource.get("resourceType")
+        if not isinstance(rt, str) or not self.conformance.is_stored(rt):
+            raise FhirError("invalid", f"unsupported resourceType {rt!r}", "resourceType")
+        # The schema and the structural check see different things; report both together
+        # (once per location). Invariants assume a well-formed resource, so they run last.
+        issues = self.schema_issues(resource)
+        located = {(i.expression, i.code) for i in issues}
+        issues += [i for i in self.structure.check(resource) if (i.expression, i.code) not in located]
+        if not issues:
+            issues = self.invariants.check(resource)
+        if issues:
+            raise FhirError("invalid", issues=issues[:MAX_ISSUES])

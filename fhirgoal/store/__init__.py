@@ -1,0 +1,1 @@
+"""MongoDB storage: current versions, history, indexes, the embedded server."""

@@ -1,0 +1,75 @@
+"""Test fixtures: a real MongoDB wire-protocol server over TCP and the app over real HTTP.
+
+The session starts SecantusDB on a free loopback port unless MONGODB_URI names a real MongoDB.
+Each test that asks for `fhir` gets its own database and its own uvicorn server on a free port.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import uvicorn
+
+from fhirgoal.app import create_app
+from fhirgoal.config import Settings
+from fhirgoal.store.embedded import EmbeddedDatabase
+from fhirgoal.store.mongo import connect
+
+
+@pytest.fixture(scope="session")
+def mongo_uri(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    if os.environ.get("MONGODB_URI"):
+        yield os.environ["MONGODB_URI"]
+        return
+    embedded = EmbeddedDatabase(tmp_path_factory.mktemp("embedded-db"))
+    yield embedded.start()
+    embedded.stop()
+
+
+@dataclass
+class RunningServer:
+    base: str  # the FHIR base URL
+    settings: Settings
+    client: httpx.AsyncClient
+
+
+def _bound_socket() -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    return sock
+
+
+async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    sock = _bound_socket()
+    port = sock.getsockname()[1]
+    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", access_log=False)
+    server = uvicorn.Server(config)
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    return server, task, port
+
+
+@pytest.fixture
+async def fhir(mongo_uri: str) -> AsyncIterator[RunningServer]:
+    settings = Settings(mongodb_uri=mongo_uri, db=f"test_{uuid.uuid4().hex[:12]}", max_body_bytes=256 * 1024)
+    server, task, port = await start_server(settings)
+    base = f"http://127.0.0.1:{port}/fhir"
+    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+        yield RunningServer(base, settings, client)
+    server.should_exit = True
+    await task
+    mongo = connect(mongo_uri)
+    await mongo.drop_database(settings.db)
+    await mongo.close()

@@ -1,0 +1,89 @@
+"""`fhirgoal serve` as a real process: kill it mid-write, restart it, find consistent data."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from fhirgoal.store.embedded import free_port
+
+pytestmark = pytest.mark.skipif(bool(os.environ.get("MONGODB_URI")), reason="exercises the embedded database")
+
+
+def start_serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
+    env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
+    log_path = data_dir / "serve.log"
+    with open(log_path, "ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fhirgoal.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
+            env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise AssertionError(f"serve exited: {log_path.read_text()}")
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    process.kill()
+    raise AssertionError("serve did not become ready")
+
+
+async def test_kill_mid_write_then_restart_keeps_history_consistent(tmp_path: Path) -> None:
+    port = free_port()
+    server = start_serve(tmp_path, port)
+    base = f"http://127.0.0.1:{port}/fhir"
+    headers = {"Content-Type": "application/fhir+json"}
+    ids = []
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            for n in range(4):
+                created = await client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": f"P{n}"}]}, headers=headers)
+                ids.append(created.json()["id"])
+
+            async def keep_updating(pid: str) -> None:
+                n = 0
+                while True:
+                    n += 1
+                    body = {"resourceType": "Patient", "id": pid, "name": [{"family": f"U{n}"}]}
+                    await client.put(f"/Patient/{pid}", json=body, headers=headers)
+
+            writers = [asyncio.create_task(keep_updating(pid)) for pid in ids]
+            await asyncio.sleep(1.5)
+            server.send_signal(signal.SIGKILL)  # no clean shutdown: requests are in flight
+            server.wait()
+            results = await asyncio.gather(*writers, return_exceptions=True)
+            assert all(isinstance(r, httpx.HTTPError) for r in results)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    server = start_serve(tmp_path, port)
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=10) as client:
+            for pid in ids:
+                current = await client.get(f"/Patient/{pid}")
+                assert current.status_code == 200
+                latest = int(current.json()["meta"]["versionId"])
+                assert latest > 1
+                history = (await client.get(f"/Patient/{pid}/_history", params={"_count": "500"})).json()
+                versions = [int(e["resource"]["meta"]["versionId"]) for e in history["entry"]]
+                assert versions == list(range(latest, 0, -1))
+                assert history["total"] == latest
+                updated = await client.put(
+                    f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}, headers={**headers, "If-Match": f'W/"{latest}"'}
+                )
+                assert updated.status_code == 200
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
