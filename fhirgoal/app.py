@@ -38,8 +38,15 @@ from fhirgoal.store.repository import Repository
 
 log = structlog.get_logger(__name__)
 
-_STATUS_CATEGORY = {404: "not-found", 405: "method-not-allowed", 406: "not-acceptable", 413: "too-large",
-                    415: "unsupported-media-type", 401: "unauthorized", 403: "forbidden"}
+_STATUS_CATEGORY = {
+    404: "not-found",
+    405: "method-not-allowed",
+    406: "not-acceptable",
+    413: "too-large",
+    415: "unsupported-media-type",
+    401: "unauthorized",
+    403: "forbidden",
+}
 
 
 def is_loopback(host: str) -> bool:
@@ -52,7 +59,9 @@ def is_loopback(host: str) -> bool:
 
 
 def error_response(error: FhirError) -> Response:
-    return Response(error.body(), status_code=error.status, media_type=FHIR_JSON, headers=error.headers)
+    return Response(
+        error.body(), status_code=error.status, media_type=FHIR_JSON, headers=error.headers
+    )
 
 
 class LoopbackOnly:
@@ -65,13 +74,17 @@ class LoopbackOnly:
         if scope["type"] == "http":
             client = scope.get("client")
             if client and not is_loopback(client[0]):
-                error = FhirError("forbidden", "authorization is off: only loopback callers are served")
+                error = FhirError(
+                    "forbidden", "authorization is off: only loopback callers are served"
+                )
                 await error_response(error)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 
 
-async def build_service(settings: Settings, client: AsyncMongoClient[dict[str, Any]]) -> FhirService:
+async def build_service(
+    settings: Settings, client: AsyncMongoClient[dict[str, Any]]
+) -> FhirService:
     """The FHIR service over a connected database, indexes ensured (shared by app, CLI, demo)."""
     conformance = load_conformance(settings.conformance_dir)
     registry = _registry(conformance)
@@ -145,21 +158,29 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(PyMongoError)
     async def database_error(request: Request, exc: PyMongoError) -> Response:
         correlation = str(uuid.uuid4())
-        log.error("database error", correlation_id=correlation, path=request.url.path, error=repr(exc))
-        return error_response(FhirError("unavailable", f"the database is unavailable (correlation id {correlation})"))
+        log.error(
+            "database error", correlation_id=correlation, path=request.url.path, error=repr(exc)
+        )
+        return error_response(
+            FhirError("unavailable", f"the database is unavailable (correlation id {correlation})")
+        )
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, exc: Exception) -> Response:
         correlation = str(uuid.uuid4())
         log.exception("unhandled error", correlation_id=correlation, path=request.url.path)
-        return error_response(FhirError("internal", f"internal error (correlation id {correlation})"))
+        return error_response(
+            FhirError("internal", f"internal error (correlation id {correlation})")
+        )
 
     @app.get("/fhir/metadata", summary="capabilities")
     async def metadata(request: Request) -> Response:
         negotiate(request)
         from fhirgoal.fhir.jsonio import dumps
 
-        return Response(dumps(build_capability(conformance, registry, base_url(request))), media_type=FHIR_JSON)
+        return Response(
+            dumps(build_capability(conformance, registry, base_url(request))), media_type=FHIR_JSON
+        )
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -170,7 +191,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             await request.app.state.repository.db.command("ping")
         except (PyMongoError, AttributeError):
-            return Response(b'{"status":"unavailable"}', status_code=503, media_type="application/json")
+            return Response(
+                b'{"status":"unavailable"}', status_code=503, media_type="application/json"
+            )
         return Response(b'{"status":"ready"}', media_type="application/json")
 
     app.include_router(fhir_router, prefix="/fhir")

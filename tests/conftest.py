@@ -50,7 +50,9 @@ def _bound_socket() -> socket.socket:
 async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     sock = _bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(create_app(settings), log_level="warning", lifespan="on", access_log=False)
+    config = uvicorn.Config(
+        create_app(settings), log_level="warning", lifespan="on", access_log=False
+    )
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
@@ -63,7 +65,9 @@ async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task
 
 @pytest.fixture
 async def fhir(mongo_uri: str) -> AsyncIterator[RunningServer]:
-    settings = Settings(mongodb_uri=mongo_uri, db=f"test_{uuid.uuid4().hex[:12]}", max_body_bytes=256 * 1024)
+    settings = Settings(
+        mongodb_uri=mongo_uri, db=f"test_{uuid.uuid4().hex[:12]}", max_body_bytes=256 * 1024
+    )
     server, task, port = await start_server(settings)
     base = f"http://127.0.0.1:{port}/fhir"
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:

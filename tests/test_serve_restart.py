@@ -15,7 +15,9 @@ import pytest
 
 from fhirgoal.store.embedded import free_port
 
-pytestmark = pytest.mark.skipif(bool(os.environ.get("MONGODB_URI")), reason="exercises the embedded database")
+pytestmark = pytest.mark.skipif(
+    bool(os.environ.get("MONGODB_URI")), reason="exercises the embedded database"
+)
 
 
 def start_serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -49,7 +51,11 @@ async def test_kill_mid_write_then_restart_keeps_history_consistent(tmp_path: Pa
     try:
         async with httpx.AsyncClient(base_url=base, timeout=10) as client:
             for n in range(4):
-                created = await client.post("/Patient", json={"resourceType": "Patient", "name": [{"family": f"P{n}"}]}, headers=headers)
+                created = await client.post(
+                    "/Patient",
+                    json={"resourceType": "Patient", "name": [{"family": f"P{n}"}]},
+                    headers=headers,
+                )
                 ids.append(created.json()["id"])
 
             async def keep_updating(pid: str) -> None:
@@ -76,12 +82,16 @@ async def test_kill_mid_write_then_restart_keeps_history_consistent(tmp_path: Pa
                 assert current.status_code == 200
                 latest = int(current.json()["meta"]["versionId"])
                 assert latest > 1
-                history = (await client.get(f"/Patient/{pid}/_history", params={"_count": "500"})).json()
+                history = (
+                    await client.get(f"/Patient/{pid}/_history", params={"_count": "500"})
+                ).json()
                 versions = [int(e["resource"]["meta"]["versionId"]) for e in history["entry"]]
                 assert versions == list(range(latest, 0, -1))
                 assert history["total"] == latest
                 updated = await client.put(
-                    f"/Patient/{pid}", json={"resourceType": "Patient", "id": pid}, headers={**headers, "If-Match": f'W/"{latest}"'}
+                    f"/Patient/{pid}",
+                    json={"resourceType": "Patient", "id": pid},
+                    headers={**headers, "If-Match": f'W/"{latest}"'},
                 )
                 assert updated.status_code == 200
     finally:

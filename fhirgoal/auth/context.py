@@ -22,7 +22,9 @@ class AccessContext:
     client_id: str | None = None
     unrestricted: bool = False
 
-    def constrain(self, resource_type: str, interaction: str, query: dict[str, Any]) -> dict[str, Any]:
+    def constrain(
+        self, resource_type: str, interaction: str, query: dict[str, Any]
+    ) -> dict[str, Any]:
         """Return `query` narrowed to what this context may see; raise FhirError when denied."""
         if interaction not in INTERACTIONS:
             raise ValueError(f"unknown interaction {interaction!r}")

@@ -41,7 +41,9 @@ def searchset(
         for v in versions
     ]
     if warnings:
-        outcome = informational_outcome("; ".join(warnings), severity="warning", code="not-supported")
+        outcome = informational_outcome(
+            "; ".join(warnings), severity="warning", code="not-supported"
+        )
         entries.append({"resource": outcome, "search": {"mode": "outcome"}})
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "searchset"}
     if total is not None:
@@ -53,7 +55,11 @@ def searchset(
 
 
 def history(
-    base: str, url: str, versions: list[Version], total: int, links: dict[str, list[tuple[str, str]]]
+    base: str,
+    url: str,
+    versions: list[Version],
+    total: int,
+    links: dict[str, list[tuple[str, str]]],
 ) -> dict[str, Any]:
     entries = []
     for v in versions:

@@ -18,7 +18,9 @@ from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.search.registry import SearchRegistry
 
 
-def build_capability(conformance: Conformance, registry: SearchRegistry, base: str) -> dict[str, Any]:
+def build_capability(
+    conformance: Conformance, registry: SearchRegistry, base: str
+) -> dict[str, Any]:
     with open(conformance.directory / "capability.json", encoding="utf-8") as fh:
         template = json.load(fh)
     statement = copy.deepcopy(template)

@@ -86,7 +86,9 @@ class FhirError(Exception):
         return orjson.dumps(self.outcome())
 
 
-def informational_outcome(text: str, severity: str = "information", code: str = "informational") -> dict[str, Any]:
+def informational_outcome(
+    text: str, severity: str = "information", code: str = "informational"
+) -> dict[str, Any]:
     """An OperationOutcome that reports success or a warning (Prefer: return=OperationOutcome)."""
     return {
         "resourceType": "OperationOutcome",

@@ -14,15 +14,22 @@ from fastapi import APIRouter, Request, Response
 
 from fhirgoal.auth.context import AccessContext
 from fhirgoal.fhir import bundles, jsonio
+from fhirgoal.fhir.bundles import http_date
 from fhirgoal.fhir.errors import FhirError, informational_outcome
 from fhirgoal.fhir.search.query import encode_cursor
 from fhirgoal.fhir.service import FhirService, Outcome
-from fhirgoal.fhir.bundles import http_date
 
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = {"application/fhir+json", "application/json", "text/json"}
 _PATCH_TYPES = {"application/json-patch+json"}
-_ACCEPTABLE = {"*/*", "application/*", "application/fhir+json", "application/json", "text/json", "json"}
+_ACCEPTABLE = {
+    "*/*",
+    "application/*",
+    "application/fhir+json",
+    "application/json",
+    "text/json",
+    "json",
+}
 _FORMATS = {"json", "application/json", "application/fhir+json"}
 _SERVICE_PARAMS = {"_format", "_pretty"}
 
@@ -31,11 +38,13 @@ router = APIRouter()
 
 # ---- request plumbing ------------------------------------------------------------------------
 def service(request: Request) -> FhirService:
-    return request.app.state.fhir  # type: ignore[no-any-return]
+    service: FhirService = request.app.state.fhir
+    return service
 
 
 def access(request: Request) -> AccessContext:
-    return request.app.state.access_for(request)  # type: ignore[no-any-return]
+    context: AccessContext = request.app.state.access_for(request)
+    return context
 
 
 def base_url(request: Request) -> str:
@@ -47,7 +56,9 @@ def negotiate(request: Request) -> None:
     """406 unless the client accepts FHIR JSON (Accept header or _format, http.html#mime-type)."""
     fmt = request.query_params.get("_format")
     if fmt is not None and fmt.split(";")[0].strip() not in _FORMATS:
-        raise FhirError("not-acceptable", f"_format={fmt} is not supported; this server speaks JSON")
+        raise FhirError(
+            "not-acceptable", f"_format={fmt} is not supported; this server speaks JSON"
+        )
     accept = request.headers.get("accept")
     if not accept:
         return
@@ -109,7 +120,12 @@ def prefer(request: Request, name: str) -> str | None:
 # ---- rendering -------------------------------------------------------------------------------
 def fhir_response(status: int, body: Any = None, headers: dict[str, str] | None = None) -> Response:
     content = b"" if body is None else jsonio.dumps(body)
-    return Response(content, status_code=status, headers=headers, media_type=FHIR_JSON if body is not None else None)
+    return Response(
+        content,
+        status_code=status,
+        headers=headers,
+        media_type=FHIR_JSON if body is not None else None,
+    )
 
 
 def render(request: Request, outcome: Outcome) -> Response:
@@ -119,7 +135,9 @@ def render(request: Request, outcome: Outcome) -> Response:
     if version is not None:
         headers["ETag"] = f'W/"{version.version}"'
         headers["Last-Modified"] = http_date(version)
-        location = f"{base_url(request)}/{version.resource_type}/{version.id}/_history/{version.version}"
+        location = (
+            f"{base_url(request)}/{version.resource_type}/{version.id}/_history/{version.version}"
+        )
         if outcome.status == 201:
             headers["Location"] = location
         elif request.method in ("PUT", "PATCH"):
@@ -149,7 +167,9 @@ def _history_params(request: Request) -> dict[str, str]:
     params = dict(request.query_params)
     unknown = set(params) - allowed
     if unknown and not _lenient(request):
-        raise FhirError("not-supported", f"unsupported history parameter(s): {', '.join(sorted(unknown))}")
+        raise FhirError(
+            "not-supported", f"unsupported history parameter(s): {', '.join(sorted(unknown))}"
+        )
     return params
 
 
@@ -224,7 +244,12 @@ async def conditional_update(rt: str, request: Request) -> Response:
     svc.require_type(rt)
     resource = await read_resource(request)
     outcome = await svc.conditional_update(
-        access(request), rt, search_params(request), resource, request.headers.get("if-match"), base_url(request)
+        access(request),
+        rt,
+        search_params(request),
+        resource,
+        request.headers.get("if-match"),
+        base_url(request),
     )
     return render(request, outcome)
 
@@ -252,7 +277,9 @@ async def conditional_delete(rt: str, request: Request) -> Response:
     negotiate(request)
     svc = service(request)
     svc.require_type(rt)
-    outcome = await svc.conditional_delete(access(request), rt, search_params(request), base_url(request))
+    outcome = await svc.conditional_delete(
+        access(request), rt, search_params(request), base_url(request)
+    )
     return render(request, outcome)
 
 

@@ -14,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import jsonpatch  # type: ignore[import-untyped]
-import jsonpointer  # type: ignore[import-untyped]
+import jsonpatch
+import jsonpointer
 from bson.errors import BSONError
 
 from fhirgoal.auth.context import AccessContext
@@ -49,7 +49,9 @@ def parse_etag(value: str | None) -> int | None:
         return None
     m = _ETAG.match(value.strip())
     if not m:
-        raise FhirError("bad-request", f"malformed If-Match value {value!r}; expected W/\"<version>\"")
+        raise FhirError(
+            "bad-request", f'malformed If-Match value {value!r}; expected W/"<version>"'
+        )
     return int(m.group(1))
 
 
@@ -91,11 +93,15 @@ class FhirService:
         body_type = resource.get("resourceType")
         if body_type != rt:
             raise FhirError(
-                "invalid", f"resourceType '{body_type}' does not match the URL type '{rt}'", "resourceType"
+                "invalid",
+                f"resourceType '{body_type}' does not match the URL type '{rt}'",
+                "resourceType",
             )
         return resource
 
-    def _prepare(self, resource: dict[str, Any], rid: str, vid: int, moment: datetime) -> tuple[dict[str, Any], dict[str, Any]]:
+    def _prepare(
+        self, resource: dict[str, Any], rid: str, vid: int, moment: datetime
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         stored = stamp(resource, rid, vid, moment)
         self.validator.validate(stored)
         index = self.registry.for_type(stored["resourceType"]).index_fields(stored)
@@ -127,9 +133,13 @@ class FhirService:
         if if_none_exist is not None:
             matches = await self._matches(access, rt, if_none_exist, base_url)
             if len(matches) > 1:
-                raise FhirError("precondition-failed", "If-None-Exist criteria match several resources")
+                raise FhirError(
+                    "precondition-failed", "If-None-Exist criteria match several resources"
+                )
             if matches:
-                return Outcome(200, matches[0], message="a matching resource exists; nothing created")
+                return Outcome(
+                    200, matches[0], message="a matching resource exists; nothing created"
+                )
         moment = now()
         rid = str(uuid.uuid4())
         stored, index = self._prepare(resource, rid, 1, moment)
@@ -166,11 +176,19 @@ class FhirService:
 
     # ---- update ------------------------------------------------------------------------------
     async def update(
-        self, access: AccessContext, rt: str, rid: str, resource: Any, if_match: str | None, method: str = "PUT"
+        self,
+        access: AccessContext,
+        rt: str,
+        rid: str,
+        resource: Any,
+        if_match: str | None,
+        method: str = "PUT",
     ) -> Outcome:
         resource = self._check_body(rt, resource)
         if not ID_PATTERN.match(rid):
-            raise FhirError("invalid", f"'{rid}' is not a valid FHIR id ([A-Za-z0-9-.], 1-64)", "id")
+            raise FhirError(
+                "invalid", f"'{rid}' is not a valid FHIR id ([A-Za-z0-9-.], 1-64)", "id"
+            )
         body_id = resource.get("id")
         if body_id != rid:
             raise FhirError(
@@ -199,7 +217,9 @@ class FhirService:
         current = await self.repo.current(access, rt, rid)
         if current is None:
             if expected is not None:
-                raise FhirError("precondition-failed", f"{rt}/{rid} does not exist (If-Match given)")
+                raise FhirError(
+                    "precondition-failed", f"{rt}/{rid} does not exist (If-Match given)"
+                )
             moment = now()
             stored, index = self._prepare(resource, rid, 1, moment)
             version = Version(rt, rid, 1, moment, method, stored)
@@ -238,7 +258,9 @@ class FhirService:
         if matches:
             rid = matches[0].id
             if resource.get("id") not in (None, rid):
-                raise FhirError("invalid", f"the resource id does not match the matched {rt}/{rid}", f"{rt}.id")
+                raise FhirError(
+                    "invalid", f"the resource id does not match the matched {rt}/{rid}", f"{rt}.id"
+                )
             return await self.update(access, rt, rid, {**resource, "id": rid}, if_match)
         if "id" in resource:
             return await self.update(access, rt, resource["id"], resource, if_match)
@@ -287,7 +309,9 @@ class FhirService:
     ) -> Outcome:
         matches = await self._matches(access, rt, params, base_url)
         if len(matches) > 1:
-            raise FhirError("precondition-failed", "the criteria match several resources; delete one by id")
+            raise FhirError(
+                "precondition-failed", "the criteria match several resources; delete one by id"
+            )
         if not matches:
             return Outcome(204, message="no resource matched; nothing deleted")
         return await self.delete(access, rt, matches[0].id)
@@ -335,13 +359,17 @@ class FhirService:
         since = self._instant_param(params, "_since")
         until = self._instant_param(params, "_until") or now()
         if rid is not None and rt is not None:
-            versions, total = await self.repo.instance_history(access, rt, rid, since, count, offset)
+            versions, total = await self.repo.instance_history(
+                access, rt, rid, since, count, offset
+            )
             if total == 0:
                 raise FhirError("not-found", f"{rt}/{rid} is not known")
             versions = [v for v in versions if v.last_updated <= until]
         else:
             types = [rt] if rt else list(self.conformance.stored_types)
-            versions, total = await self.repo.type_history(access, types, since, until, count, offset)
+            versions, total = await self.repo.type_history(
+                access, types, since, until, count, offset
+            )
         window = [("_until", instant_text(until))]
         if since:
             window.insert(0, ("_since", instant_text(since)))

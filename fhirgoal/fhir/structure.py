@@ -110,7 +110,11 @@ class StructureChecker:
                 other = choices_seen.get(child.name)
                 if other and other != key:
                     issues.append(
-                        Issue(f"only one of {child.name}[x] is allowed ({other}, {key})", where, "structure")
+                        Issue(
+                            f"only one of {child.name}[x] is allowed ({other}, {key})",
+                            where,
+                            "structure",
+                        )
                     )
                 choices_seen[child.name] = key
             if key.startswith("_"):  # extensions/id of a primitive: an object, or an array of them
@@ -133,9 +137,13 @@ class StructureChecker:
         for name, keys in table.required.get(parent, []):
             if not any(k in node or f"_{k}" in node for k in keys):
                 label = f"{name}[x]" if len(keys) > 1 or (keys and keys[0] != name) else name
-                issues.append(Issue(f"missing required element '{label}'", f"{expr}.{name}", "required"))
+                issues.append(
+                    Issue(f"missing required element '{label}'", f"{expr}.{name}", "required")
+                )
 
-    def _descend(self, child: Child, item: Any, type_name: str, expr: str, issues: list[Issue]) -> None:
+    def _descend(
+        self, child: Child, item: Any, type_name: str, expr: str, issues: list[Issue]
+    ) -> None:
         if not isinstance(item, dict):
             return  # primitives: their lexical form is checked by the JSON schema
         if child.content_path is not None:
@@ -147,7 +155,9 @@ class StructureChecker:
             if isinstance(inner, str) and inner in self.structure:
                 self._walk(item, inner, "", expr, issues, is_resource=True)
             else:
-                issues.append(Issue(f"unknown or unsupported resourceType {inner!r}", expr, "structure"))
+                issues.append(
+                    Issue(f"unknown or unsupported resourceType {inner!r}", expr, "structure")
+                )
         elif self._is_complex(child.type_code):
             assert child.type_code is not None
             self._walk(item, child.type_code, "", expr, issues)

@@ -58,13 +58,17 @@ class Validator:
             if "Additional properties" in message or "was unexpected" in message:
                 for name in _UNEXPECTED.findall(message.split("(", 1)[-1]):
                     issues.append(
-                        Issue(f"unknown element '{name}'", fhirpath_of(rt, [*path, name]), "structure")
+                        Issue(
+                            f"unknown element '{name}'", fhirpath_of(rt, [*path, name]), "structure"
+                        )
                     )
                 continue
             required = _REQUIRED.match(message)
             if required:
                 where = fhirpath_of(rt, [*path, required.group(1)])
-                issues.append(Issue(f"missing required element '{required.group(1)}'", where, "required"))
+                issues.append(
+                    Issue(f"missing required element '{required.group(1)}'", where, "required")
+                )
                 continue
             issues.append(Issue(message, fhirpath_of(rt, path), "value"))
             if len(issues) >= MAX_ISSUES:
@@ -80,7 +84,9 @@ class Validator:
         # (once per location). Invariants assume a well-formed resource, so they run last.
         issues = self.schema_issues(resource)
         located = {(i.expression, i.code) for i in issues}
-        issues += [i for i in self.structure.check(resource) if (i.expression, i.code) not in located]
+        issues += [
+            i for i in self.structure.check(resource) if (i.expression, i.code) not in located
+        ]
         if not issues:
             issues = self.invariants.check(resource)
         if issues:

@@ -26,13 +26,16 @@ from datetime import datetime
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from fhirgoal.auth.context import AccessContext
+from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
 
 INDEX_FIELDS = ("tok", "ref", "comp")
+_NO_INDEX = {"tok": 0, "ref": 0}
 
 
 class AlreadyExists(Exception):
@@ -67,27 +70,37 @@ def history_collection(resource_type: str) -> str:
 class Repository:
     """All reads and writes of FHIR resources, narrowed by the caller's AccessContext."""
 
-    def __init__(self, client: AsyncMongoClient[dict[str, Any]], db_name: str) -> None:
+    def __init__(
+        self, client: AsyncMongoClient[dict[str, Any]], db_name: str, batch_in_flight: int = 1
+    ) -> None:
         self.client = client
         self.db: AsyncDatabase[dict[str, Any]] = client.get_database(
             db_name, codec_options=CODEC_OPTIONS
         )
+        self.batched = BatchedCollectionOps(batch_in_flight)
+        self._collections: dict[str, AsyncCollection[dict[str, Any]]] = {}
+
+    def collection(self, name: str) -> AsyncCollection[dict[str, Any]]:
+        found = self._collections.get(name)
+        if found is None:
+            found = self._collections[name] = self.db[name]
+        return found
 
     # ---- schema ---------------------------------------------------------------------------
     async def ensure_indexes(self, resource_types: list[str]) -> None:
         for rt in resource_types:
-            current = self.db[rt]
+            current = self.collection(rt)
             await current.create_index([("lu", DESCENDING)], name="lastUpdated")
             for name in INDEX_FIELDS:
                 await current.create_index([(name, ASCENDING)], name=name)
-            history = self.db[history_collection(rt)]
+            history = self.collection(history_collection(rt))
             await history.create_index([("id", ASCENDING), ("v", DESCENDING)], name="id_version")
             await history.create_index([("lu", DESCENDING)], name="lastUpdated")
 
     # ---- single resources ------------------------------------------------------------------
     async def current(self, access: AccessContext, rt: str, rid: str) -> Version | None:
-        query = access.constrain(rt, "r", {"_id": rid})
-        doc = await self.db[rt].find_one(query, {"tok": 0, "ref": 0})
+        extra = access.constrain(rt, "r", {})
+        doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _NO_INDEX)
         return _version(rt, doc) if doc else None
 
     async def version(self, access: AccessContext, rt: str, rid: str, vid: int) -> Version | None:
@@ -96,16 +109,14 @@ class Repository:
             return None
         if vid == current.version:
             return current
-        doc = await self.db[history_collection(rt)].find_one({"_id": f"{rid}/{vid}"})
+        doc = await self.collection(history_collection(rt)).find_one({"_id": f"{rid}/{vid}"})
         return _version(rt, doc) if doc else None
 
-    async def insert(
-        self, access: AccessContext, version: Version, index: dict[str, Any]
-    ) -> None:
+    async def insert(self, access: AccessContext, version: Version, index: dict[str, Any]) -> None:
         access.constrain(version.resource_type, "c", {})
         doc = _current_doc(version, index)
         try:
-            await self.db[version.resource_type].insert_one(doc)
+            await self.batched.insert(self.collection(version.resource_type), doc)
         except DuplicateKeyError:
             raise AlreadyExists(version.id) from None
 
@@ -114,11 +125,15 @@ class Repository:
     ) -> bool:
         """Make `new` current if `previous` still is; False when another writer got there first."""
         interaction = "d" if new.deleted else "u"
-        query = access.constrain(new.resource_type, interaction, {"_id": new.id, "v": previous.version})
-        await self.db[history_collection(previous.resource_type)].replace_one(
+        query = access.constrain(
+            new.resource_type, interaction, {"_id": new.id, "v": previous.version}
+        )
+        await self.collection(history_collection(previous.resource_type)).replace_one(
             {"_id": f"{previous.id}/{previous.version}"}, _history_doc(previous), upsert=True
         )
-        result = await self.db[new.resource_type].replace_one(query, _current_doc(new, index))
+        result = await self.collection(new.resource_type).replace_one(
+            query, _current_doc(new, index)
+        )
         return result.matched_count == 1
 
     # ---- search ----------------------------------------------------------------------------
@@ -131,16 +146,24 @@ class Repository:
         limit: int,
     ) -> list[Version]:
         query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
-        cursor = self.db[rt].find(query, {"tok": 0, "ref": 0, "comp": 0}, sort=sort, limit=limit)
+        cursor = self.collection(rt).find(
+            query, {"tok": 0, "ref": 0, "comp": 0}, sort=sort, limit=limit
+        )
         return [_version(rt, doc) async for doc in cursor]
 
     async def count(self, access: AccessContext, rt: str, query: dict[str, Any]) -> int:
         query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
-        return await self.db[rt].count_documents(query)
+        return await self.collection(rt).count_documents(query)
 
     # ---- history ---------------------------------------------------------------------------
     async def instance_history(
-        self, access: AccessContext, rt: str, rid: str, since: datetime | None, limit: int, skip: int
+        self,
+        access: AccessContext,
+        rt: str,
+        rid: str,
+        since: datetime | None,
+        limit: int,
+        skip: int,
     ) -> tuple[list[Version], int]:
         current = await self.current(access, rt, rid)
         if current is None:
@@ -148,7 +171,7 @@ class Repository:
         query: dict[str, Any] = {"id": rid, "v": {"$lt": current.version}}
         if since:
             query["lu"] = {"$gte": since}
-        older = self.db[history_collection(rt)]
+        older = self.collection(history_collection(rt))
         total = await older.count_documents(query) + int(not since or current.last_updated >= since)
         versions: list[Version] = []
         if not since or current.last_updated >= since:
@@ -174,10 +197,13 @@ class Repository:
         for rt in resource_types:
             query = access.constrain(rt, "r", {"lu": window})
             for name in (rt, history_collection(rt)):
-                collection = self.db[name]
+                collection = self.collection(name)
                 total += await collection.count_documents(query)
                 cursor = collection.find(
-                    query, {"tok": 0, "ref": 0, "comp": 0}, sort=[("lu", DESCENDING)], limit=skip + limit
+                    query,
+                    {"tok": 0, "ref": 0, "comp": 0},
+                    sort=[("lu", DESCENDING)],
+                    limit=skip + limit,
                 )
                 streams.append([_version(rt, doc) async for doc in cursor])
         merged = heapq.merge(*streams, key=lambda v: v.last_updated, reverse=True)

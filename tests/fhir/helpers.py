@@ -15,10 +15,18 @@ def observation(patient_id: str, value: str = "72.50", **extra: Any) -> dict[str
     return {
         "resourceType": "Observation",
         "status": "final",
-        "code": {"coding": [{"system": "http://loinc.org", "code": "29463-7"}], "text": "Body weight"},
+        "code": {
+            "coding": [{"system": "http://loinc.org", "code": "29463-7"}],
+            "text": "Body weight",
+        },
         "subject": {"reference": f"Patient/{patient_id}"},
         "effectiveDateTime": "2026-01-05T10:00:00.120+01:00",
-        "valueQuantity": {"value": float(value), "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"},
+        "valueQuantity": {
+            "value": float(value),
+            "unit": "kg",
+            "system": "http://unitsofmeasure.org",
+            "code": "kg",
+        },
         **extra,
     }
 

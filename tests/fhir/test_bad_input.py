@@ -18,7 +18,13 @@ INVALID = [
     ({"resourceType": "Patient", "colour": "blue"}, ["Patient.colour"]),
     ({"resourceType": "Patient", "gender": "robot"}, ["Patient.gender"]),
     (
-        {"resourceType": "Observation", "status": "final", "code": {"text": "x"}, "valueString": "a", "valueBoolean": True},
+        {
+            "resourceType": "Observation",
+            "status": "final",
+            "code": {"text": "x"},
+            "valueString": "a",
+            "valueBoolean": True,
+        },
         ["Observation.valueBoolean"],
     ),
     ({"resourceType": "Patient", "name": {"family": "NotAnArray"}}, ["Patient.name"]),
@@ -30,7 +36,9 @@ INVALID = [
 
 
 @pytest.mark.parametrize(("resource", "where"), INVALID)
-async def test_invalid_resource_is_400_with_expression(fhir: RunningServer, resource: dict, where: list[str]) -> None:
+async def test_invalid_resource_is_400_with_expression(
+    fhir: RunningServer, resource: dict, where: list[str]
+) -> None:
     rt = resource["resourceType"]
     response = await fhir.client.post(f"/{rt}", json=resource, headers=FHIR_JSON)
     assert response.status_code == 400, response.text
@@ -74,7 +82,9 @@ async def test_malformed_json_is_400(fhir: RunningServer, body: bytes) -> None:
 
 async def test_wrong_content_type_is_415(fhir: RunningServer) -> None:
     xml = b'<Patient xmlns="http://hl7.org/fhir"/>'
-    response = await fhir.client.post("/Patient", content=xml, headers={"Content-Type": "application/fhir+xml"})
+    response = await fhir.client.post(
+        "/Patient", content=xml, headers={"Content-Type": "application/fhir+xml"}
+    )
     assert response.status_code == 415
     assert issues(response.json())
     no_type = await fhir.client.post("/Patient", content=b'{"resourceType":"Patient"}')
@@ -89,7 +99,10 @@ async def test_xml_only_accept_is_406(fhir: RunningServer) -> None:
 
 
 async def test_body_over_the_limit_is_413(fhir: RunningServer) -> None:
-    big = {"resourceType": "Patient", "name": [{"family": "x" * (fhir.settings.max_body_bytes + 10)}]}
+    big = {
+        "resourceType": "Patient",
+        "name": [{"family": "x" * (fhir.settings.max_body_bytes + 10)}],
+    }
     response = await fhir.client.post("/Patient", json=big, headers=FHIR_JSON)
     assert response.status_code == 413
     assert issues(response.json())

@@ -31,17 +31,23 @@ async def test_conditional_create_with_several_matches_is_412(fhir: RunningServe
     for _ in range(2):
         await fhir.client.post("/Patient", json=with_mrn("DUP"), headers=FHIR_JSON)
     response = await fhir.client.post(
-        "/Patient", json=with_mrn("DUP"), headers={**FHIR_JSON, "If-None-Exist": f"identifier={MRN}|DUP"}
+        "/Patient",
+        json=with_mrn("DUP"),
+        headers={**FHIR_JSON, "If-None-Exist": f"identifier={MRN}|DUP"},
     )
     assert response.status_code == 412
     assert await total(fhir, identifier=f"{MRN}|DUP") == 2
 
 
 async def test_conditional_update_updates_the_single_match_or_creates(fhir: RunningServer) -> None:
-    created = await fhir.client.put(f"/Patient?identifier={MRN}|C1", json=with_mrn("C1", "First"), headers=FHIR_JSON)
+    created = await fhir.client.put(
+        f"/Patient?identifier={MRN}|C1", json=with_mrn("C1", "First"), headers=FHIR_JSON
+    )
     assert created.status_code == 201
     pid = created.json()["id"]
-    updated = await fhir.client.put(f"/Patient?identifier={MRN}|C1", json=with_mrn("C1", "Second"), headers=FHIR_JSON)
+    updated = await fhir.client.put(
+        f"/Patient?identifier={MRN}|C1", json=with_mrn("C1", "Second"), headers=FHIR_JSON
+    )
     assert updated.status_code == 200
     assert updated.json()["id"] == pid and updated.json()["meta"]["versionId"] == "2"
 
@@ -49,9 +55,14 @@ async def test_conditional_update_updates_the_single_match_or_creates(fhir: Runn
 async def test_conditional_update_with_several_matches_is_412(fhir: RunningServer) -> None:
     for _ in range(2):
         await fhir.client.post("/Patient", json=with_mrn("M"), headers=FHIR_JSON)
-    response = await fhir.client.put(f"/Patient?identifier={MRN}|M", json=with_mrn("M", "X"), headers=FHIR_JSON)
+    response = await fhir.client.put(
+        f"/Patient?identifier={MRN}|M", json=with_mrn("M", "X"), headers=FHIR_JSON
+    )
     assert response.status_code == 412
-    families = {e["resource"]["name"][0]["family"] for e in (await fhir.client.get("/Patient")).json()["entry"]}
+    families = {
+        e["resource"]["name"][0]["family"]
+        for e in (await fhir.client.get("/Patient")).json()["entry"]
+    }
     assert families == {"Rivera"}
 
 
@@ -72,8 +83,13 @@ async def test_conditional_interaction_without_criteria_is_400(fhir: RunningServ
 
 async def test_json_patch_changes_one_element_and_bumps_the_version(fhir: RunningServer) -> None:
     pid = (await fhir.client.post("/Patient", json=patient(), headers=FHIR_JSON)).json()["id"]
-    ops = [{"op": "replace", "path": "/name/0/family", "value": "Patched"}, {"op": "add", "path": "/gender", "value": "female"}]
-    response = await fhir.client.patch(f"/Patient/{pid}", json=ops, headers={**PATCH, "If-Match": 'W/"1"'})
+    ops = [
+        {"op": "replace", "path": "/name/0/family", "value": "Patched"},
+        {"op": "add", "path": "/gender", "value": "female"},
+    ]
+    response = await fhir.client.patch(
+        f"/Patient/{pid}", json=ops, headers={**PATCH, "If-Match": 'W/"1"'}
+    )
     assert response.status_code == 200, response.text
     body = response.json()
     assert body["name"][0]["family"] == "Patched" and body["gender"] == "female"
@@ -86,7 +102,10 @@ async def test_json_patch_failures_store_nothing(fhir: RunningServer) -> None:
     pid = (await fhir.client.post("/Patient", json=patient(), headers=FHIR_JSON)).json()["id"]
     cases = [
         ([{"op": "replace", "path": "/nothing/here", "value": 1}], 422),
-        ([{"op": "add", "path": "/gender", "value": "robot"}], 400),  # outside the required value set
+        (
+            [{"op": "add", "path": "/gender", "value": "robot"}],
+            400,
+        ),  # outside the required value set
         ([{"op": "replace", "path": "/id", "value": "other"}], 422),
         ([{"op": "jump", "path": "/gender"}], 422),
         ({"op": "add"}, 400),
@@ -96,7 +115,9 @@ async def test_json_patch_failures_store_nothing(fhir: RunningServer) -> None:
         assert response.status_code == status, (ops, response.text)
         assert issues(response.json())
     stale = await fhir.client.patch(
-        f"/Patient/{pid}", json=[{"op": "add", "path": "/gender", "value": "male"}], headers={**PATCH, "If-Match": 'W/"7"'}
+        f"/Patient/{pid}",
+        json=[{"op": "add", "path": "/gender", "value": "male"}],
+        headers={**PATCH, "If-Match": 'W/"7"'},
     )
     assert stale.status_code == 412
     wrong_type = await fhir.client.patch(f"/Patient/{pid}", json=[], headers=FHIR_JSON)

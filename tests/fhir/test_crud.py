@@ -9,13 +9,19 @@ from tests.fhir.helpers import FHIR_JSON, issues, patient, raw_observation
 
 
 async def create(client: httpx.AsyncClient, resource: dict, **headers: str) -> httpx.Response:
-    response = await client.post(f"/{resource['resourceType']}", json=resource, headers={**FHIR_JSON, **headers})
+    response = await client.post(
+        f"/{resource['resourceType']}", json=resource, headers={**FHIR_JSON, **headers}
+    )
     assert response.status_code in (200, 201), response.text
     return response
 
 
-async def test_create_assigns_id_and_version_and_returns_absolute_location(fhir: RunningServer) -> None:
-    response = await fhir.client.post("/Patient", json={**patient(), "id": "ignored"}, headers=FHIR_JSON)
+async def test_create_assigns_id_and_version_and_returns_absolute_location(
+    fhir: RunningServer,
+) -> None:
+    response = await fhir.client.post(
+        "/Patient", json={**patient(), "id": "ignored"}, headers=FHIR_JSON
+    )
     assert response.status_code == 201
     body = response.json()
     assert body["id"] != "ignored"
@@ -54,7 +60,9 @@ async def test_unknown_resource_type_is_404(fhir: RunningServer) -> None:
 async def test_update_increments_version_and_vread_keeps_old_ones(fhir: RunningServer) -> None:
     created = (await create(fhir.client, patient("One"))).json()
     pid = created["id"]
-    updated = await fhir.client.put(f"/Patient/{pid}", json={**patient("Two"), "id": pid}, headers=FHIR_JSON)
+    updated = await fhir.client.put(
+        f"/Patient/{pid}", json={**patient("Two"), "id": pid}, headers=FHIR_JSON
+    )
     assert updated.status_code == 200
     assert updated.json()["meta"]["versionId"] == "2"
     assert updated.headers["ETag"] == 'W/"2"'
@@ -65,32 +73,44 @@ async def test_update_increments_version_and_vread_keeps_old_ones(fhir: RunningS
     assert (await fhir.client.get(f"/Patient/{pid}/_history/3")).status_code == 404
 
 
-async def test_update_with_stale_if_match_returns_412_and_changes_nothing(fhir: RunningServer) -> None:
+async def test_update_with_stale_if_match_returns_412_and_changes_nothing(
+    fhir: RunningServer,
+) -> None:
     pid = (await create(fhir.client, patient("One"))).json()["id"]
     await fhir.client.put(f"/Patient/{pid}", json={**patient("Two"), "id": pid}, headers=FHIR_JSON)
     stale = await fhir.client.put(
-        f"/Patient/{pid}", json={**patient("Three"), "id": pid}, headers={**FHIR_JSON, "If-Match": 'W/"1"'}
+        f"/Patient/{pid}",
+        json={**patient("Three"), "id": pid},
+        headers={**FHIR_JSON, "If-Match": 'W/"1"'},
     )
     assert stale.status_code == 412
     assert issues(stale.json())
     current = await fhir.client.get(f"/Patient/{pid}")
     assert current.json()["name"][0]["family"] == "Two"
     fresh = await fhir.client.put(
-        f"/Patient/{pid}", json={**patient("Three"), "id": pid}, headers={**FHIR_JSON, "If-Match": 'W/"2"'}
+        f"/Patient/{pid}",
+        json={**patient("Three"), "id": pid},
+        headers={**FHIR_JSON, "If-Match": 'W/"2"'},
     )
     assert fresh.status_code == 200 and fresh.json()["meta"]["versionId"] == "3"
 
 
 async def test_update_as_create_uses_the_client_id(fhir: RunningServer) -> None:
-    response = await fhir.client.put("/Patient/client-chosen.1", json={**patient(), "id": "client-chosen.1"}, headers=FHIR_JSON)
+    response = await fhir.client.put(
+        "/Patient/client-chosen.1", json={**patient(), "id": "client-chosen.1"}, headers=FHIR_JSON
+    )
     assert response.status_code == 201
     assert response.headers["Location"].endswith("/Patient/client-chosen.1/_history/1")
 
 
 async def test_update_rejects_invalid_or_mismatched_ids(fhir: RunningServer) -> None:
-    bad_id = await fhir.client.put("/Patient/bad_id!", json={**patient(), "id": "bad_id!"}, headers=FHIR_JSON)
+    bad_id = await fhir.client.put(
+        "/Patient/bad_id!", json={**patient(), "id": "bad_id!"}, headers=FHIR_JSON
+    )
     assert bad_id.status_code == 400
-    mismatch = await fhir.client.put("/Patient/a1", json={**patient(), "id": "b2"}, headers=FHIR_JSON)
+    mismatch = await fhir.client.put(
+        "/Patient/a1", json={**patient(), "id": "b2"}, headers=FHIR_JSON
+    )
     assert mismatch.status_code == 400
     assert "Patient.id" in issues(mismatch.json())[0]["expression"]
     missing = await fhir.client.put("/Patient/a1", json=patient(), headers=FHIR_JSON)
@@ -113,7 +133,9 @@ async def test_delete_keeps_history_and_read_answers_410(fhir: RunningServer) ->
     assert [e["request"]["method"] for e in history["entry"]] == ["DELETE", "POST"]
     search = (await fhir.client.get("/Patient", params={"_id": pid})).json()
     assert search["total"] == 0
-    revived = await fhir.client.put(f"/Patient/{pid}", json={**patient(), "id": pid}, headers=FHIR_JSON)
+    revived = await fhir.client.put(
+        f"/Patient/{pid}", json={**patient(), "id": pid}, headers=FHIR_JSON
+    )
     assert revived.status_code in (200, 201) and revived.json()["meta"]["versionId"] == "3"
 
 
@@ -122,7 +144,9 @@ async def test_delete_unknown_is_404(fhir: RunningServer) -> None:
 
 
 async def test_prefer_return_minimal_and_operation_outcome(fhir: RunningServer) -> None:
-    minimal = await fhir.client.post("/Patient", json=patient(), headers={**FHIR_JSON, "Prefer": "return=minimal"})
+    minimal = await fhir.client.post(
+        "/Patient", json=patient(), headers={**FHIR_JSON, "Prefer": "return=minimal"}
+    )
     assert minimal.status_code == 201 and minimal.content == b""
     assert minimal.headers["Location"]
     outcome = await fhir.client.post(
@@ -134,5 +158,7 @@ async def test_prefer_return_minimal_and_operation_outcome(fhir: RunningServer) 
 
 
 async def test_json_content_type_is_also_accepted(fhir: RunningServer) -> None:
-    response = await fhir.client.post("/Patient", json=patient(), headers={"Content-Type": "application/json; charset=utf-8"})
+    response = await fhir.client.post(
+        "/Patient", json=patient(), headers={"Content-Type": "application/json; charset=utf-8"}
+    )
     assert response.status_code == 201

@@ -11,7 +11,9 @@ from tests.fhir.helpers import FHIR_JSON, patient
 async def test_instance_history_lists_every_version_newest_first(fhir: RunningServer) -> None:
     pid = (await fhir.client.post("/Patient", json=patient("V1"), headers=FHIR_JSON)).json()["id"]
     for family in ("V2", "V3"):
-        await fhir.client.put(f"/Patient/{pid}", json={**patient(family), "id": pid}, headers=FHIR_JSON)
+        await fhir.client.put(
+            f"/Patient/{pid}", json={**patient(family), "id": pid}, headers=FHIR_JSON
+        )
     bundle = (await fhir.client.get(f"/Patient/{pid}/_history")).json()
     assert bundle["type"] == "history" and bundle["total"] == 3
     assert [e["resource"]["meta"]["versionId"] for e in bundle["entry"]] == ["3", "2", "1"]
@@ -23,7 +25,9 @@ async def test_instance_history_lists_every_version_newest_first(fhir: RunningSe
 async def test_history_since_and_count_paging(fhir: RunningServer) -> None:
     pid = (await fhir.client.post("/Patient", json=patient("V1"), headers=FHIR_JSON)).json()["id"]
     await asyncio.sleep(0.05)
-    v2 = await fhir.client.put(f"/Patient/{pid}", json={**patient("V2"), "id": pid}, headers=FHIR_JSON)
+    v2 = await fhir.client.put(
+        f"/Patient/{pid}", json={**patient("V2"), "id": pid}, headers=FHIR_JSON
+    )
     since = v2.json()["meta"]["lastUpdated"]
     recent = (await fhir.client.get(f"/Patient/{pid}/_history", params={"_since": since})).json()
     assert [e["resource"]["meta"]["versionId"] for e in recent["entry"]] == ["2"]
@@ -53,5 +57,7 @@ async def test_system_history_spans_types(fhir: RunningServer) -> None:
 
 async def test_history_rejects_unknown_parameters(fhir: RunningServer) -> None:
     assert (await fhir.client.get("/Patient/_history", params={"colour": "x"})).status_code == 400
-    assert (await fhir.client.get("/Patient/_history", params={"_since": "soon"})).status_code == 400
+    assert (
+        await fhir.client.get("/Patient/_history", params={"_since": "soon"})
+    ).status_code == 400
     assert (await fhir.client.get("/Patient/nope/_history")).status_code == 404

@@ -9,7 +9,9 @@ from tests.fhir.helpers import FHIR_JSON, issues, observation, patient
 
 
 async def make(fhir: RunningServer, resource: dict) -> dict:
-    response = await fhir.client.post(f"/{resource['resourceType']}", json=resource, headers=FHIR_JSON)
+    response = await fhir.client.post(
+        f"/{resource['resourceType']}", json=resource, headers=FHIR_JSON
+    )
     assert response.status_code == 201, response.text
     return response.json()
 
@@ -26,20 +28,33 @@ async def test_search_by_patient_and_subject_references(fhir: RunningServer) -> 
         assert bundle["total"] == 3, params
         assert all(e["search"]["mode"] == "match" for e in bundle["entry"])
         assert all(e["fullUrl"].startswith(f"{fhir.base}/Observation/") for e in bundle["entry"])
-    both = (await fhir.client.get("/Observation", params={"patient": f"{a['id']},{b['id']}"})).json()
+    both = (
+        await fhir.client.get("/Observation", params={"patient": f"{a['id']},{b['id']}"})
+    ).json()
     assert both["total"] == 4
 
 
 async def test_search_by_id_and_token(fhir: RunningServer) -> None:
-    a, b = await make(fhir, patient("A", gender="female")), await make(fhir, patient("B", gender="male"))
+    a, b = (
+        await make(fhir, patient("A", gender="female")),
+        await make(fhir, patient("B", gender="male")),
+    )
     assert (await fhir.client.get("/Patient", params={"_id": a["id"]})).json()["total"] == 1
-    assert (await fhir.client.get("/Patient", params={"_id": f"{a['id']},{b['id']}"})).json()["total"] == 2
-    assert (await fhir.client.get("/Patient", params={"gender": "male"})).json()["entry"][0]["resource"]["id"] == b["id"]
+    assert (await fhir.client.get("/Patient", params={"_id": f"{a['id']},{b['id']}"})).json()[
+        "total"
+    ] == 2
+    assert (await fhir.client.get("/Patient", params={"gender": "male"})).json()["entry"][0][
+        "resource"
+    ]["id"] == b["id"]
     obs = await make(fhir, observation(a["id"]))
     for code in ("29463-7", "http://loinc.org|29463-7"):
         assert (await fhir.client.get("/Observation", params={"code": code})).json()["total"] == 1
-    assert (await fhir.client.get("/Observation", params={"code": "http://snomed.info/sct|29463-7"})).json()["total"] == 0
-    assert (await fhir.client.get("/Observation", params={"code": "http://loinc.org|"})).json()["total"] == 1
+    assert (
+        await fhir.client.get("/Observation", params={"code": "http://snomed.info/sct|29463-7"})
+    ).json()["total"] == 0
+    assert (await fhir.client.get("/Observation", params={"code": "http://loinc.org|"})).json()[
+        "total"
+    ] == 1
     assert (await fhir.client.get("/Observation", params={"code": "|29463-7"})).json()["total"] == 0
     assert obs["id"]
 
@@ -62,7 +77,9 @@ async def test_last_updated_prefixes(fhir: RunningServer) -> None:
     assert [e["resource"]["id"] for e in earlier["entry"]] == [first["id"]]
     day = boundary[:10]
     assert (await fhir.client.get("/Patient", params={"_lastUpdated": day})).json()["total"] == 2
-    assert (await fhir.client.get("/Patient", params={"_lastUpdated": "gt2999"})).json()["total"] == 0
+    assert (await fhir.client.get("/Patient", params={"_lastUpdated": "gt2999"})).json()[
+        "total"
+    ] == 0
     bad = await fhir.client.get("/Patient", params={"_lastUpdated": "yesterday"})
     assert bad.status_code == 400
 
@@ -94,7 +111,9 @@ async def test_unknown_parameter_is_400_unless_lenient(fhir: RunningServer) -> N
     strict = await fhir.client.get("/Patient", params={"colour": "blue"})
     assert strict.status_code == 400
     assert "colour" in issues(strict.json())[0]["diagnostics"]
-    lenient = await fhir.client.get("/Patient", params={"colour": "blue"}, headers={"Prefer": "handling=lenient"})
+    lenient = await fhir.client.get(
+        "/Patient", params={"colour": "blue"}, headers={"Prefer": "handling=lenient"}
+    )
     assert lenient.status_code == 200
     outcome = [e for e in lenient.json()["entry"] if e["search"]["mode"] == "outcome"]
     assert "colour" in outcome[0]["resource"]["issue"][0]["diagnostics"]
@@ -104,8 +123,15 @@ async def test_unknown_parameter_is_400_unless_lenient(fhir: RunningServer) -> N
 
 async def test_injection_attempts_match_nothing_or_fail_cleanly(fhir: RunningServer) -> None:
     await make(fhir, patient("A", gender="female"))
-    for params in ({"_id": '{"$ne": null}'}, {"gender": '{"$gt": ""}'}, {"_id": "$where"}, {"subject": "Patient/$ne"}):
-        response = await fhir.client.get("/Patient" if "subject" not in params else "/Observation", params=params)
+    for params in (
+        {"_id": '{"$ne": null}'},
+        {"gender": '{"$gt": ""}'},
+        {"_id": "$where"},
+        {"subject": "Patient/$ne"},
+    ):
+        response = await fhir.client.get(
+            "/Patient" if "subject" not in params else "/Observation", params=params
+        )
         assert response.status_code == 200, params
         assert response.json()["total"] == 0
     assert (await fhir.client.get("/Patient?gender[$ne]=x")).status_code == 400
@@ -115,7 +141,9 @@ async def test_injection_attempts_match_nothing_or_fail_cleanly(fhir: RunningSer
 async def test_post_search_with_form_body(fhir: RunningServer) -> None:
     a = await make(fhir, patient("A", gender="female"))
     response = await fhir.client.post(
-        "/Patient/_search", content=f"_id={a['id']}", headers={"Content-Type": "application/x-www-form-urlencoded"}
+        "/Patient/_search",
+        content=f"_id={a['id']}",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
     )
     assert response.status_code == 200 and response.json()["total"] == 1
 

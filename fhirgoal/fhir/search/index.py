@@ -17,7 +17,6 @@ from typing import Any
 
 from fhirgoal.fhir.search.paths import reference_type
 
-
 _CONTACT_SYSTEMS = {"phone", "fax", "email", "pager", "url", "sms", "other"}
 
 
@@ -73,7 +72,9 @@ def reference_entries(code: str, values: Iterable[Any]) -> set[str]:
                 continue
             local = local_reference(target)
             entries.add(f"{code}={local or target}")
-        elif isinstance(value, str):  # canonical / uri references (e.g. QuestionnaireResponse.questionnaire)
+        elif isinstance(
+            value, str
+        ):  # canonical / uri references (e.g. QuestionnaireResponse.questionnaire)
             entries.add(f"{code}={value}")
     return entries
 

@@ -14,8 +14,8 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from fhirpathpy import compile as fhirpath_compile  # type: ignore[import-untyped]
-from fhirpathpy.models import models as fhirpath_models  # type: ignore[import-untyped]
+from fhirpathpy import compile as fhirpath_compile
+from fhirpathpy.models import models as fhirpath_models
 
 # A node is (value, type-hint): the hint is the choice suffix ("Quantity" for valueQuantity).
 Node = tuple[Any, str | None]
@@ -26,29 +26,38 @@ _IDENT = re.compile(r"^[a-z][A-Za-z0-9]*$")
 _RESOLVE_IS = re.compile(r"^where\(resolve\(\) is ([A-Z][A-Za-z]+)\)$")
 _CAST = re.compile(r"^(?:as|ofType)\(([A-Za-z]+)\)$")
 _WHERE_EQ = re.compile(r"^where\(([a-z][A-Za-z]*)\s*=\s*'([^']*)'\)$")
+_EXTENSION = re.compile(r"^extension\('([^']+)'\)$")
 _TRAILING_AS = re.compile(r"^(.*\S)\s+as\s+([A-Za-z]+)$")
 
 
 def split_top_level(expression: str, separator: str = "|") -> list[str]:
-    """Split on a separator that is not inside parentheses or quotes."""
-    parts, depth, quote, current = [], 0, False, []
-    for ch in expression:
+    """Split on a separator (one or more characters) that is not inside parentheses or quotes."""
+    parts: list[str] = []
+    depth, quote, start, i = 0, False, 0, 0
+    while i < len(expression):
+        ch = expression[i]
         if ch == "'":
             quote = not quote
         elif not quote and ch == "(":
             depth += 1
         elif not quote and ch == ")":
             depth -= 1
-        if ch == separator and depth == 0 and not quote:
-            parts.append("".join(current).strip())
-            current = []
-        else:
-            current.append(ch)
-    parts.append("".join(current).strip())
+        elif depth == 0 and not quote and expression.startswith(separator, i):
+            parts.append(expression[start:i].strip())
+            i += len(separator)
+            start = i
+            continue
+        i += 1
+    parts.append(expression[start:].strip())
     return [p for p in parts if p]
 
 
-def _strip_parens(text: str) -> str:
+def top_level_has_space(expression: str) -> bool:
+    """True when an operator (FHIRPath writes them between spaces) sits outside parentheses."""
+    return len(split_top_level(expression, " ")) > 1
+
+
+def strip_parens(text: str) -> str:
     while text.startswith("(") and text.endswith(")") and _balanced(text[1:-1]):
         text = text[1:-1].strip()
     return text
@@ -67,9 +76,11 @@ def branches_for_type(expression: str, resource_type: str) -> list[str]:
     """The union branches of a (possibly shared) expression that apply to one resource type."""
     result = []
     for branch in split_top_level(expression):
-        branch = _strip_parens(branch)
-        if branch == resource_type or branch.startswith(resource_type + ".") or branch.startswith(
-            f"({resource_type}."
+        branch = strip_parens(branch)
+        if (
+            branch == resource_type
+            or branch.startswith(resource_type + ".")
+            or branch.startswith(f"({resource_type}.")
         ):
             result.append(branch)
         elif branch.startswith(("Resource.", "DomainResource.")):
@@ -144,7 +155,7 @@ def _compile_steps(branch: str, resource_type: str) -> list[Step] | None:
     cast_tail = None
     match = _TRAILING_AS.match(branch)
     if match:
-        branch, cast_tail = _strip_parens(match.group(1)), match.group(2)
+        branch, cast_tail = strip_parens(match.group(1)), match.group(2)
     segments = split_top_level(branch, ".")
     if not segments or segments[0] != resource_type:
         return None
@@ -158,6 +169,8 @@ def _compile_steps(branch: str, resource_type: str) -> list[Step] | None:
             steps.append(_cast(m.group(1)))
         elif m := _WHERE_EQ.match(segment):
             steps.append(_where_equals(m.group(1), m.group(2)))
+        elif m := _EXTENSION.match(segment):
+            steps += [_navigate("extension"), _where_equals("url", m.group(1))]
         else:
             return None
     if cast_tail:
@@ -182,7 +195,7 @@ def _fhirpath_fallback(branch: str) -> Extractor:
 
     def extract(resource: dict[str, Any]) -> list[Any]:
         try:
-            return list(compiled(resource))
+            return list(compiled(resource, None))
         except Exception:  # a malformed resource never reaches here; be safe on odd shapes
             return []
 

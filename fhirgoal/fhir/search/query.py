@@ -122,14 +122,20 @@ class SearchCompiler:
         param = self.table.params.get(code)
         if param is None:
             raise FhirError(
-                "not-supported", f"unknown search parameter '{code}' for {self.table.resource_type}", name
+                "not-supported",
+                f"unknown search parameter '{code}' for {self.table.resource_type}",
+                name,
             )
         if not param.supported:
             raise FhirError(
-                "not-supported", f"search parameter '{code}' ({param.type}) is not supported yet", name
+                "not-supported",
+                f"search parameter '{code}' ({param.type}) is not supported yet",
+                name,
             )
         if modifier:
-            raise FhirError("not-supported", f"modifier ':{modifier}' is not supported on '{code}'", name)
+            raise FhirError(
+                "not-supported", f"modifier ':{modifier}' is not supported on '{code}'", name
+            )
         values = _split_or(value)
         if code == "_id":
             return {"_id": {"$in": values}}
@@ -151,5 +157,9 @@ class SearchCompiler:
             result.count = min(int(value), self.max_count)
         elif name == "_cursor":
             result.cursor = _decode_cursor(value)
-        elif name == "_format" and value not in ("json", "application/json", "application/fhir+json"):
+        elif name == "_format" and value not in (
+            "json",
+            "application/json",
+            "application/fhir+json",
+        ):
             raise FhirError("not-acceptable", f"_format={value} is not supported; use json")

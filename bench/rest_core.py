@@ -1,0 +1,234 @@
+"""Benchmark the REST core (issue 2): create / read / update throughput, p50/p99 latency with 1
+and 8 concurrent clients, the server process's CPU time per request, and, in the same run, the raw
+PyMongo insert_one / find_one rate on the same database.
+
+    python bench/rest_core.py [--requests 2000] [--concurrency 1 8]
+
+With MONGODB_URI unset it starts the embedded database in a temporary directory. The server runs
+as its own process (`fhirgoal serve`), so its CPU time is read from /proc without the load
+generator's. Targets: server CPU per read <= 0.5 ms, per create <= 1.5 ms; create throughput >= 60%
+and read throughput >= 70% of the raw driver rate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import Result, render_request, run
+
+from fhirgoal.store.embedded import EmbeddedDatabase, free_port
+from fhirgoal.store.mongo import connect
+
+TICKS = os.sysconf("SC_CLK_TCK")
+
+
+def observation(n: int, rid: str | None = None) -> dict[str, Any]:
+    resource: dict[str, Any] = {"resourceType": "Observation"}
+    if rid:
+        resource["id"] = rid
+    resource.update(
+        {
+            "status": "final",
+            "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}]}],
+            "code": {"coding": [{"system": "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures", "code": "ors-total"}], "text": "ORS total"},
+            "subject": {"reference": f"Patient/p{n % 500}"},
+            "encounter": {"reference": f"Encounter/e{n}"},
+            "effectiveDateTime": f"2026-{1 + n % 12:02d}-{1 + n % 28:02d}T10:00:00+01:00",
+            "performer": [{"reference": f"Patient/p{n % 500}"}],
+            "valueQuantity": {"value": 23.5, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"},
+            "component": [
+                {"code": {"coding": [{"system": "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures", "code": f"ors-{item}"}]},
+                 "valueQuantity": {"value": 5.9, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"}}
+                for item in ("individually", "interpersonally", "socially", "overall")
+            ],
+        }
+    )  # fmt: skip
+    return resource
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
+
+
+def start_server(uri: str, port: int, db: str) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "MONGODB_URI": uri, "FHIRGOAL_DB": db, "FHIRGOAL_LOG_LEVEL": "WARNING"}
+    command = [sys.executable, "-m", "fhirgoal.cli", "serve", "--port", str(port)]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the server did not start")
+
+
+def summarize(name: str, clients: int, result: Result, cpu: float | None) -> dict[str, Any]:
+    row = {
+        "operation": name,
+        "clients": clients,
+        "requests": len(result.latencies),
+        "throughput_per_s": round(result.rate, 1),
+        "p50_ms": round(result.percentile(0.50), 2),
+        "p99_ms": round(result.percentile(0.99), 2),
+        "statuses": result.statuses,
+    }
+    if cpu is not None:
+        row["server_cpu_ms_per_request"] = round(cpu * 1000 / max(1, len(result.latencies)), 3)
+    return row
+
+
+async def measured(pid: int, coro: Any) -> tuple[Result, float]:
+    before = cpu_seconds(pid)
+    result = await coro
+    return result, cpu_seconds(pid) - before
+
+
+async def raw_driver(uri: str, db: str, total: int, clients: int) -> tuple[Result, Result]:
+    client = connect(uri)
+    collection = client[db]["raw_bench"]
+    await collection.drop()
+    insert, find = Result(), Result()
+    docs = [{"_id": f"raw-{clients}-{n}", "res": observation(n)} for n in range(total)]
+
+    async def timed(result: Result, make: Any) -> None:
+        async def worker(indices: range) -> None:
+            for n in indices:
+                started = time.perf_counter()
+                await make(n)
+                result.latencies.append(time.perf_counter() - started)
+
+        started = time.perf_counter()
+        await asyncio.gather(*(worker(range(i, total, clients)) for i in range(clients)))
+        result.elapsed = time.perf_counter() - started
+
+    await timed(insert, lambda n: collection.insert_one(docs[n]))
+    await timed(find, lambda n: collection.find_one({"_id": docs[n]["_id"]}))
+    await client.close()
+    return insert, find
+
+
+async def bench(uri: str, total: int, concurrency: list[int]) -> list[dict[str, Any]]:
+    db = f"bench_rest_{int(time.time())}"
+    port = free_port()
+    host = f"127.0.0.1:{port}"
+    server = start_server(uri, port, db)
+    rows: list[dict[str, Any]] = []
+    try:
+        warm = [
+            render_request("POST", "/fhir/Observation", host, orjson.dumps(observation(n)))
+            for n in range(200)
+        ]
+        await run("127.0.0.1", port, warm, 200, 4)
+        for clients in concurrency:
+            creates = [
+                render_request("POST", "/fhir/Observation", host, orjson.dumps(observation(n)))
+                for n in range(total)
+            ]
+            result, cpu = await measured(
+                server.pid, run("127.0.0.1", port, creates, total, clients, keep_bodies=True)
+            )
+            rows.append(summarize("create", clients, result, cpu))
+            ids = [orjson.loads(body)["id"] for body in result.bodies]
+            reads = [render_request("GET", f"/fhir/Observation/{rid}", host) for rid in ids]
+            result, cpu = await measured(server.pid, run("127.0.0.1", port, reads, total, clients))
+            rows.append(summarize("read", clients, result, cpu))
+            updates = [
+                render_request(
+                    "PUT", f"/fhir/Observation/{rid}", host, orjson.dumps(observation(n, rid))
+                )
+                for n, rid in enumerate(ids)
+            ]
+            result, cpu = await measured(
+                server.pid, run("127.0.0.1", port, updates, total, clients)
+            )
+            rows.append(summarize("update", clients, result, cpu))
+            insert, find = await raw_driver(uri, db, total, clients)
+            rows.append(summarize("raw insert_one", clients, insert, None))
+            rows.append(summarize("raw find_one", clients, find, None))
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        client = connect(uri)
+        await client.drop_database(db)
+        await client.close()
+    return rows
+
+
+def report(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    print(
+        f"{'operation':<16}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}"
+    )
+    for row in rows:
+        cpu = row.get("server_cpu_ms_per_request")
+        print(
+            f"{row['operation']:<16}{row['clients']:>8}{row['throughput_per_s']:>10}{row['p50_ms']:>9}"
+            f"{row['p99_ms']:>9}{'' if cpu is None else cpu:>12}"
+        )
+    by = {(r["operation"], r["clients"]): r for r in rows}
+    checks = {}
+    for clients in sorted({r["clients"] for r in rows}):
+        create, read = by[("create", clients)], by[("read", clients)]
+        checks[f"create/raw insert ({clients} clients)"] = round(
+            create["throughput_per_s"] / by[("raw insert_one", clients)]["throughput_per_s"], 2
+        )
+        checks[f"read/raw find ({clients} clients)"] = round(
+            read["throughput_per_s"] / by[("raw find_one", clients)]["throughput_per_s"], 2
+        )
+        checks[f"server CPU per create ms ({clients} clients)"] = create[
+            "server_cpu_ms_per_request"
+        ]
+        checks[f"server CPU per read ms ({clients} clients)"] = read["server_cpu_ms_per_request"]
+    print()
+    for name, value in checks.items():
+        print(f"{name:<45}{value}")
+    print(
+        "targets: create/raw >= 0.60, read/raw >= 0.70, CPU per create <= 1.5 ms, per read <= 0.5 ms"
+    )
+    return checks
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, default=2000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    args = parser.parse_args()
+    uri = os.environ.get("MONGODB_URI")
+    with tempfile.TemporaryDirectory() as tmp:
+        embedded = None if uri else EmbeddedDatabase(Path(tmp))
+        uri = uri or embedded.start()  # type: ignore[union-attr]
+        try:
+            rows = asyncio.run(bench(uri, args.requests, args.concurrency))
+        finally:
+            if embedded:
+                embedded.stop()
+    checks = report(rows)
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    (out / f"rest_core-{stamp}.json").write_text(
+        json.dumps({"rows": rows, "checks": checks}, indent=1)
+    )
+
+
+if __name__ == "__main__":
+    main()

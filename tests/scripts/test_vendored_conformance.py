@@ -1,0 +1,151 @@
+"""The vendored R4 definitions (conformance/, written by scripts/vendor_conformance.py) cover
+every type listed in conformance/resource-types.json and have the shape the server reads."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonschema_rs
+
+CONFORMANCE = Path(__file__).resolve().parents[2] / "conformance"
+GENERIC_BASES = {"Resource", "DomainResource"}
+NO_OWN_PARAMETERS = {"Binary"}  # R4 defines only the Resource-level ones (_id, ...) for Binary
+
+
+@cache
+def load(name: str) -> Any:
+    return json.loads((CONFORMANCE / name).read_text(encoding="utf-8"))
+
+
+def stored_types() -> list[str]:
+    return list(load("resource-types.json")["stored"])
+
+
+def all_types() -> list[str]:
+    types = load("resource-types.json")
+    return [*types["stored"], *types["other"]]
+
+
+def search_parameters() -> list[dict[str, Any]]:
+    return [entry["resource"] for entry in load("search-parameters.json")["entry"]]
+
+
+def validator_for(resource_type: str) -> Any:
+    definitions = load("fhir.schema.json")["definitions"]
+    return jsonschema_rs.Draft6Validator(
+        {"definitions": definitions, "$ref": f"#/definitions/{resource_type}"}
+    )
+
+
+def test_every_type_has_a_schema_definition() -> None:
+    definitions = load("fhir.schema.json")["definitions"]
+    assert [t for t in all_types() if t not in definitions] == []
+
+
+def test_schema_resource_list_is_exactly_the_listed_types() -> None:
+    schema = load("fhir.schema.json")
+    listed = {
+        alt["$ref"].rsplit("/", 1)[-1] for alt in schema["definitions"]["ResourceList"]["oneOf"]
+    }
+    assert listed == set(all_types())
+    assert set(schema["discriminator"]["mapping"]) == set(all_types())
+
+
+def test_schema_refs_all_resolve() -> None:
+    schema = load("fhir.schema.json")
+    text = json.dumps(schema["definitions"])
+    refs = {part.split('"', 1)[0] for part in text.split('"$ref": "#/definitions/')[1:]}
+    assert refs - set(schema["definitions"]) == set()
+
+
+def test_every_type_has_a_structure_entry() -> None:
+    structure = load("structure.json")
+    assert [t for t in all_types() if "elements" not in structure.get(t, {})] == []
+
+
+def test_structure_types_are_all_described() -> None:
+    structure = load("structure.json")
+    used = {
+        code
+        for entry in structure.values()
+        for element in entry.get("elements", {}).values()
+        for code in element["types"]
+    }
+    assert used - set(structure) == set()
+
+
+def test_every_stored_type_has_search_parameters() -> None:
+    bases = {base for sp in search_parameters() for base in sp["base"]}
+    assert {t for t in stored_types() if t not in bases} <= NO_OWN_PARAMETERS
+    generic = {sp["code"] for sp in search_parameters() if "Resource" in sp["base"]}
+    assert {"_id", "_lastUpdated", "_tag", "_profile", "_security", "_source"} <= generic
+
+
+def test_search_parameter_bases_are_stored_or_generic() -> None:
+    allowed = set(stored_types()) | GENERIC_BASES
+    assert [sp["id"] for sp in search_parameters() if not set(sp["base"]) <= allowed] == []
+
+
+def test_search_parameter_codes_are_unique_per_type() -> None:
+    seen: set[tuple[str, str]] = set()
+    for sp in search_parameters():
+        for base in sp["base"]:
+            assert (base, sp["code"]) not in seen, (base, sp["code"])
+            seen.add((base, sp["code"]))
+
+
+def test_compartment_params_are_search_parameters_of_their_type() -> None:
+    compartment = {k: v for k, v in load("compartment-patient.json").items() if k[0] != "_"}
+    assert set(compartment) <= set(stored_types())
+    codes = {(base, sp["code"]) for sp in search_parameters() for base in sp["base"]}
+    missing = [(t, p) for t, params in compartment.items() for p in params if (t, p) not in codes]
+    assert missing == []
+
+
+def test_observation_structure() -> None:
+    observation = load("structure.json")["Observation"]
+    elements = observation["elements"]
+    assert elements["value"]["choice"] is True
+    assert "Quantity" in elements["value"]["types"]
+    assert elements["status"]["min"] == 1
+    assert elements["component.value"]["choice"] is True
+    assert elements["component.referenceRange"]["contentReference"] == "#Observation.referenceRange"
+    keys = {c["key"] for c in observation["constraints"]}
+    assert {"dom-2", "obs-6", "obs-7"} <= keys
+    assert keys.isdisjoint({"ele-1", "ext-1"})
+
+
+def test_primitives_carry_their_regex() -> None:
+    structure = load("structure.json")
+    assert structure["code"] == {"primitive": True, "regex": "[^\\s]+(\\s[^\\s]+)*"}
+    assert structure["boolean"]["regex"] == "true|false"
+
+
+def test_schema_accepts_a_minimal_observation() -> None:
+    observation = {"resourceType": "Observation", "status": "final", "code": {"text": "x"}}
+    assert validator_for("Observation").is_valid(observation)
+
+
+def test_schema_rejects_an_unknown_element() -> None:
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "colour": "blue",
+    }
+    assert not validator_for("Observation").is_valid(observation)
+
+
+def test_schema_rejects_contained_resources_of_unlisted_types() -> None:
+    observation = {
+        "resourceType": "Observation",
+        "status": "final",
+        "code": {"text": "x"},
+        "contained": [{"resourceType": "Medication", "id": "m"}],
+    }
+    assert not validator_for("Observation").is_valid(observation)
+    observation["contained"] = [{"resourceType": "Patient", "id": "p"}]
+    assert validator_for("Observation").is_valid(observation)
