@@ -9,6 +9,8 @@ from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlencode
 
+import orjson
+
 from fhirgoal.fhir.errors import informational_outcome
 from fhirgoal.fhir.instants import instant_text
 from fhirgoal.store.repository import Version
@@ -35,7 +37,7 @@ def searchset(
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"{base}/{v.resource_type}/{v.id}",
-            "resource": v.resource,
+            "resource": orjson.Fragment(v.text or "null"),  # searches never match deletions
             "search": {"mode": "match"},
         }
         for v in versions
@@ -64,8 +66,8 @@ def history(
     entries = []
     for v in versions:
         entry: dict[str, Any] = {"fullUrl": f"{base}/{v.resource_type}/{v.id}"}
-        if v.resource is not None:
-            entry["resource"] = v.resource
+        if v.text is not None:
+            entry["resource"] = orjson.Fragment(v.text)
         method = v.method
         entry["request"] = {
             "method": method,

@@ -145,16 +145,18 @@ def render(request: Request, outcome: Outcome) -> Response:
     if outcome.body is not None:
         return fhir_response(outcome.status, outcome.body, headers)
     wanted = prefer(request, "return") if request.method != "GET" else None
-    resource = version.resource if version is not None else None
+    text = version.text if version is not None else None
     if wanted == "operationoutcome":
         text = outcome.message or (
             f"{version.resource_type}/{version.id} version {version.version}" if version else "done"
         )
         status = 200 if outcome.status == 204 else outcome.status
         return fhir_response(status, informational_outcome(text), headers)
-    if resource is None or request.method == "DELETE" or wanted == "minimal":
+    if text is None or request.method == "DELETE" or wanted == "minimal":
         return Response(status_code=outcome.status, headers=headers)
-    return fhir_response(outcome.status, resource, headers)
+    return Response(
+        text.encode(), status_code=outcome.status, headers=headers, media_type=FHIR_JSON
+    )
 
 
 def _lenient(request: Request) -> bool:

@@ -23,6 +23,7 @@ from fhirgoal.config import Settings
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.query import CompiledSearch, SearchCompiler
 from fhirgoal.fhir.search.registry import SearchRegistry
@@ -107,6 +108,12 @@ class FhirService:
         index = self.registry.for_type(stored["resourceType"]).index_fields(stored)
         return stored, index
 
+    @staticmethod
+    def _version(
+        rt: str, rid: str, vid: int, moment: datetime, method: str, stored: dict[str, Any]
+    ) -> Version:
+        return Version(rt, rid, vid, moment, method, dumps(stored).decode(), parsed=stored)
+
     def compiler(self, rt: str) -> SearchCompiler:
         return SearchCompiler(
             self.registry.for_type(rt), self.settings.max_page_size, self.settings.default_page_size
@@ -143,7 +150,7 @@ class FhirService:
         moment = now()
         rid = str(uuid.uuid4())
         stored, index = self._prepare(resource, rid, 1, moment)
-        version = Version(rt, rid, 1, moment, "POST", stored)
+        version = self._version(rt, rid, 1, moment, "POST", stored)
         await self._insert(access, version, index)
         return Outcome(201, version)
 
@@ -222,7 +229,7 @@ class FhirService:
                 )
             moment = now()
             stored, index = self._prepare(resource, rid, 1, moment)
-            version = Version(rt, rid, 1, moment, method, stored)
+            version = self._version(rt, rid, 1, moment, method, stored)
             try:
                 await self._insert(access, version, index)
             except AlreadyExists:
@@ -235,7 +242,7 @@ class FhirService:
             )
         moment = max(now(), current.last_updated)
         stored, index = self._prepare(resource, rid, current.version + 1, moment)
-        version = Version(rt, rid, current.version + 1, moment, method, stored)
+        version = self._version(rt, rid, current.version + 1, moment, method, stored)
         if await self.repo.replace(access, current, version, index):
             return Outcome(200, version)
         if expected is not None:

@@ -21,8 +21,9 @@ here, where no route can skip it.
 from __future__ import annotations
 
 import heapq
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from typing import Any
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
@@ -31,6 +32,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from fhirgoal.auth.context import AccessContext
+from fhirgoal.fhir.jsonio import loads
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
 
@@ -42,25 +44,40 @@ class AlreadyExists(Exception):
     """A create collided with an existing id."""
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True)
 class Version:
-    """One stored version of a resource."""
+    """One stored version of a resource.
+
+    `text` is the resource's JSON exactly as served (None for a deletion). Keeping the text rather
+    than a nested BSON document makes storage lossless by construction (decimal digits, key
+    order) and lets reads and Bundles embed it without decoding and re-encoding: on the reference
+    machine the nested form cost more CPU per read than the whole of the HTTP layer.
+    """
 
     resource_type: str
     id: str
     version: int
     last_updated: datetime
     method: str  # POST | PUT | PATCH | DELETE: how this version came to be
-    resource: dict[str, Any] | None  # None for a deletion
+    text: str | None
+    parsed: dict[str, Any] | None = field(default=None, repr=False, compare=False)
 
     @property
     def deleted(self) -> bool:
-        return self.resource is None
+        return self.text is None
+
+    @cached_property
+    def resource(self) -> dict[str, Any] | None:
+        """The resource as a dict (decimals as Decimal), parsed on first use."""
+        if self.parsed is not None or self.text is None:
+            return self.parsed
+        parsed: dict[str, Any] = loads(self.text)
+        return parsed
 
 
 def _version(resource_type: str, doc: dict[str, Any]) -> Version:
     rid = doc["id"] if "id" in doc else doc["_id"]
-    return Version(resource_type, rid, doc["v"], doc["lu"], doc["op"], doc.get("res"))
+    return Version(resource_type, rid, doc["v"], doc["lu"], doc["op"], doc.get("json"))
 
 
 def history_collection(resource_type: str) -> str:
@@ -227,7 +244,7 @@ def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:
         "v": version.version,
         "lu": version.last_updated,
         "op": version.method,
-        "res": version.resource,
+        "json": version.text,
     }
     if version.deleted:
         doc["del"] = True
@@ -244,7 +261,7 @@ def _history_doc(version: Version) -> dict[str, Any]:
         "v": version.version,
         "lu": version.last_updated,
         "op": version.method,
-        "res": version.resource,
+        "json": version.text,
     }
     if version.deleted:
         doc["del"] = True
