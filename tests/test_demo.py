@@ -1,0 +1,46 @@
+"""The demo data set loads through the validating service, is complete, and loads only once."""
+
+from __future__ import annotations
+
+import uuid
+
+from fhirgoal.app import build_service
+from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.config import Settings
+from fhirgoal.demo import CLIENTS, demo_resources, write_demo
+from fhirgoal.store.mongo import connect
+
+
+async def test_demo_data_loads_once_and_every_client_has_a_plan_goals_and_sessions(
+    mongo_uri: str,
+) -> None:
+    settings = Settings(mongodb_uri=mongo_uri, db=f"demo_{uuid.uuid4().hex[:10]}")
+    client = connect(mongo_uri)
+    try:
+        service = await build_service(settings, client)
+        written = await write_demo(service)
+        assert written == len(demo_resources()) > 100
+        assert await write_demo(service) == 0
+        for person in CLIENTS:
+            pid = person["id"]
+            for rt, minimum in (
+                ("CarePlan", 1),
+                ("Goal", 2),
+                ("Encounter", 12),
+                ("Observation", 24 + 2 * 5),
+            ):
+                _, _rows, total, _, _ = await service.search(
+                    UNRESTRICTED,
+                    rt,
+                    [("patient", pid), ("_count", "100")],
+                    "http://test/fhir",
+                    False,
+                )
+                assert total >= minimum, (pid, rt, total)
+            plan = (await service.read(UNRESTRICTED, "CarePlan", f"{pid}-plan")).version
+            assert plan is not None and plan.resource is not None
+            assert plan.resource["category"][0]["coding"][0]["code"] == "assess-plan"
+            assert plan.resource["text"]["status"] == "generated"
+    finally:
+        await client.drop_database(settings.db)
+        await client.close()
