@@ -21,7 +21,12 @@ from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
 from fhirgoal.fhir.errors import Issue
-from fhirgoal.fhir.search.paths import split_top_level, strip_parens, top_level_has_space
+from fhirgoal.fhir.search.paths import (
+    CHOICE_TYPE_SUFFIXES,
+    split_top_level,
+    strip_parens,
+    top_level_has_space,
+)
 
 log = structlog.get_logger(__name__)
 _SKIPPED = {"ele-1", "ext-1"}
@@ -111,4 +116,4 @@ def _present(resource: dict[str, Any], name: str) -> bool:
     if name in resource or f"_{name}" in resource:
         return True
     # choice elements: value -> valueQuantity
-    return any(k.startswith(name) and k[len(name) : len(name) + 1].isupper() for k in resource)
+    return any(k.startswith(name) and k[len(name) :] in CHOICE_TYPE_SUFFIXES for k in resource)

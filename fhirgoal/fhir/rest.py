@@ -285,15 +285,17 @@ async def conditional_delete(rt: str, request: Request) -> Response:
     return render(request, outcome)
 
 
-async def _search(rt: str, request: Request, params: list[tuple[str, str]]) -> Response:
+async def _search(
+    rt: str, request: Request, params: list[tuple[str, str]], compartment: str | None = None
+) -> Response:
     negotiate(request)
     svc = service(request)
     svc.require_type(rt)
     base = base_url(request)
     compiled, rows, total, has_prev, has_next = await svc.search(
-        access(request), rt, params, base, _lenient(request)
+        access(request), rt, params, base, _lenient(request), compartment
     )
-    url = f"{base}/{rt}"
+    url = f"{base}/{compartment}/{rt}" if compartment else f"{base}/{rt}"
     kept = [*compiled.used, ("_count", str(compiled.count))]
     here = [("_cursor", encode_cursor(*compiled.cursor))] if compiled.cursor else []
     links: dict[str, list[tuple[str, str]]] = {"self": kept + here}
@@ -303,6 +305,17 @@ async def _search(rt: str, request: Request, params: list[tuple[str, str]]) -> R
         links["previous"] = [*kept, ("_cursor", encode_cursor("b", rows[0].id))]
     bundle = bundles.searchset(base, url, rows, total, links, compiled.warnings)
     return fhir_response(200, bundle)
+
+
+@router.get("/{compartment_type}/{cid}/{rt}", summary="compartment search")
+async def compartment_search(
+    compartment_type: str, cid: str, rt: str, request: Request
+) -> Response:
+    if compartment_type != "Patient":
+        raise FhirError(
+            "not-found", f"no {compartment_type} compartment; the Patient compartment is supported"
+        )
+    return await _search(rt, request, search_params(request), compartment=f"Patient/{cid}")
 
 
 @router.get("/{rt}", summary="search")

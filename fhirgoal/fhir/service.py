@@ -331,11 +331,21 @@ class FhirService:
         params: list[tuple[str, str]],
         base_url: str,
         lenient: bool,
-    ) -> tuple[CompiledSearch, list[Version], int, bool, bool]:
-        """Matches for one page: (query, versions, total, has_previous, has_next)."""
+        compartment: str | None = None,
+    ) -> tuple[CompiledSearch, list[Version], int | None, bool, bool]:
+        """Matches for one page: (query, versions, total, has_previous, has_next).
+
+        `compartment` ("Patient/123") confines the search to that patient's compartment
+        (https://hl7.org/fhir/R4/compartmentdefinition.html#search).
+        """
         compiled = self.compiler(rt).compile(params, base_url, lenient)
-        total = await self.repo.count(access, rt, compiled.filter)
-        if compiled.count == 0:
+        if compartment is not None:
+            inside = {"comp": compartment}
+            compiled.filter = {"$and": [compiled.filter, inside]} if compiled.filter else inside
+        total = None
+        if compiled.total != "none" or compiled.summary_count:
+            total = await self.repo.count(access, rt, compiled.filter)
+        if compiled.count == 0 or compiled.summary_count:
             return compiled, [], total, False, False
         query = compiled.filter
         direction, boundary = compiled.cursor or ("a", None)

@@ -94,7 +94,8 @@ class BatchedCollectionOps:
                 if len(ids) > 1
                 else {"_id": ids[0], **extra}
             )
-            found = {doc["_id"]: doc async for doc in collection.find(query, projection)}
+            cursor = collection.find(query, projection, hint="_id_")
+            found = {doc["_id"]: doc async for doc in cursor}
             return [found.get(i) for i in ids]
 
         return await self.readers.submit(key, rid, run)

@@ -35,9 +35,14 @@ from fhirgoal.auth.context import AccessContext
 from fhirgoal.fhir.jsonio import loads
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
+from fhirgoal.store.planner import FULL_SCAN_INDEX, ID_INDEX, choose_index
 
-INDEX_FIELDS = ("tok", "ref", "comp")
-_NO_INDEX = {"tok": 0, "ref": 0}
+# Multikey string indexes, one per kind of search value (fhir/search/index.py). `dt` is not
+# indexed: it is the exact check applied after `dtlo` / `dthi` have narrowed the candidates.
+INDEX_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi", "miss")
+_SEARCH_FIELDS = (*INDEX_FIELDS, "dt")
+_NO_INDEX = {name: 0 for name in _SEARCH_FIELDS if name != "comp"}
+_RESOURCE_ONLY = {name: 0 for name in _SEARCH_FIELDS}
 
 
 class AlreadyExists(Exception):
@@ -163,14 +168,17 @@ class Repository:
         limit: int,
     ) -> list[Version]:
         query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
-        cursor = self.collection(rt).find(
-            query, {"tok": 0, "ref": 0, "comp": 0}, sort=sort, limit=limit
+        # No usable condition: walk the index that matches the sort, so at least no sort is needed.
+        hint = choose_index(query) or (
+            ID_INDEX if sort and sort[0][0] == "_id" else FULL_SCAN_INDEX
         )
+        cursor = self.collection(rt).find(query, _RESOURCE_ONLY, sort=sort, limit=limit, hint=hint)
         return [_version(rt, doc) async for doc in cursor]
 
     async def count(self, access: AccessContext, rt: str, query: dict[str, Any]) -> int:
         query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
-        return await self.collection(rt).count_documents(query)
+        hint = choose_index(query) or FULL_SCAN_INDEX
+        return await self.collection(rt).count_documents(query, hint=hint)
 
     # ---- history ---------------------------------------------------------------------------
     async def instance_history(
@@ -189,11 +197,12 @@ class Repository:
         if since:
             query["lu"] = {"$gte": since}
         older = self.collection(history_collection(rt))
-        total = await older.count_documents(query) + int(not since or current.last_updated >= since)
+        total = await older.count_documents(query, hint="id_version")
+        total += int(not since or current.last_updated >= since)
         versions: list[Version] = []
         if not since or current.last_updated >= since:
             versions.append(current)
-        cursor = older.find(query, sort=[("v", DESCENDING)], limit=skip + limit)
+        cursor = older.find(query, sort=[("v", DESCENDING)], limit=skip + limit, hint="id_version")
         versions += [_version(rt, doc) async for doc in cursor]
         return versions[skip : skip + limit], total
 
@@ -215,12 +224,13 @@ class Repository:
             query = access.constrain(rt, "r", {"lu": window})
             for name in (rt, history_collection(rt)):
                 collection = self.collection(name)
-                total += await collection.count_documents(query)
+                total += await collection.count_documents(query, hint="lastUpdated")
                 cursor = collection.find(
                     query,
-                    {"tok": 0, "ref": 0, "comp": 0},
+                    _RESOURCE_ONLY,
                     sort=[("lu", DESCENDING)],
                     limit=skip + limit,
+                    hint="lastUpdated",
                 )
                 streams.append([_version(rt, doc) async for doc in cursor])
         merged = heapq.merge(*streams, key=lambda v: v.last_updated, reverse=True)
@@ -248,7 +258,7 @@ def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:
     }
     if version.deleted:
         doc["del"] = True
-        doc.update({name: [] for name in INDEX_FIELDS})
+        doc.update({name: [] for name in _SEARCH_FIELDS})
     else:
         doc.update(index)
     return doc

@@ -24,6 +24,20 @@ def split_prefix(value: str) -> tuple[str, str]:
     return "eq", value
 
 
+_END_OF_TIME = datetime.max.replace(tzinfo=UTC)
+
+
+def _after(
+    start: datetime, step: timedelta | None = None, year: int = 0, month: int = 1
+) -> datetime:
+    """The end of a range starting at `start` (a step, or the first of a later year/month); a
+    range ending after year 9999 is open-ended."""
+    try:
+        return start + step if step is not None else start.replace(year=year, month=month)
+    except (OverflowError, ValueError):
+        return _END_OF_TIME
+
+
 def parse_range(text: str) -> tuple[datetime, datetime]:
     """'2026-03' -> [2026-03-01T00:00Z, 2026-04-01T00:00Z)."""
     m = _DATE.match(text)
@@ -32,33 +46,35 @@ def parse_range(text: str) -> tuple[datetime, datetime]:
     try:
         year = int(m["y"])
         if m["m"] is None:
-            return datetime(year, 1, 1, tzinfo=UTC), datetime(year + 1, 1, 1, tzinfo=UTC)
+            start = datetime(year, 1, 1, tzinfo=UTC)
+            return start, _after(start, year=year + 1)
         month = int(m["m"])
         if m["d"] is None:
             start = datetime(year, month, 1, tzinfo=UTC)
-            end = datetime(year + (month == 12), month % 12 + 1, 1, tzinfo=UTC)
-            return start, end
+            return start, _after(start, year=year + (month == 12), month=month % 12 + 1)
         day = int(m["d"])
         if m["H"] is None:
             start = datetime(year, month, day, tzinfo=UTC)
-            return start, start + timedelta(days=1)
+            return start, _after(start, timedelta(days=1))
         tz: timezone = UTC
         if m["tz"] and m["tz"] != "Z":
             sign = 1 if m["tz"][0] == "+" else -1
             hours, minutes = int(m["tz"][1:3]), int(m["tz"][4:6])
+            if hours > 14 or minutes > 59:
+                raise ValueError(f"time-zone offset {m['tz']} is out of range")
             tz = timezone(sign * timedelta(hours=hours, minutes=minutes))
         seconds = int(m["S"]) if m["S"] else 0
         micros = int((m["f"] or ".0")[1:7].ljust(6, "0"))
         start = datetime(year, month, day, int(m["H"]), int(m["M"]), seconds, micros, tzinfo=tz)
-    except ValueError as exc:
+        if m["f"]:
+            step = timedelta(microseconds=10 ** (6 - min(len(m["f"]) - 1, 6)))
+        elif m["S"]:
+            step = timedelta(seconds=1)
+        else:
+            step = timedelta(minutes=1)
+        return start.astimezone(UTC), _after(start, step).astimezone(UTC)
+    except (ValueError, OverflowError) as exc:
         raise FhirError("bad-request", f"'{text}' is not a valid date: {exc}") from None
-    if m["f"]:
-        step = timedelta(microseconds=10 ** (6 - min(len(m["f"]) - 1, 6)))
-    elif m["S"]:
-        step = timedelta(seconds=1)
-    else:
-        step = timedelta(minutes=1)
-    return start.astimezone(UTC), (start + step).astimezone(UTC)
 
 
 def instant_filter(prefix: str, text: str) -> dict[str, object]:

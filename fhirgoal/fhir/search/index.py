@@ -1,5 +1,13 @@
 """Write-time search index: SearchParameter values normalized into indexable strings.
 
+Field by field (each has one multikey index; keys.py explains the orderings):
+  str        "name|eric" (folded, for the default starts-with match) and "name=Éric" (:exact)
+  dtlo/dthi  "date|2026-03-01T00:00:00.000000Z": the low and high ends of each date range, and
+  dt         [{p, lo, hi}]: the same ranges paired, for the exact check after the index narrows
+  num        "value-quantity|<number key>", with "|system|code|" and "||unit|" variants
+  miss       the supported parameters a resource has no value for (`:missing=true`; `false` is a
+             range over the parameter's own keys)
+
 https://hl7.org/fhir/R4/search.html#token , #reference , #uri . Each supported parameter's values
 go into one of a few multikey arrays of the stored document, so one MongoDB index per array serves
 every parameter of that kind and a custom SearchParameter needs no new index:
@@ -13,8 +21,12 @@ every parameter of that kind and a custom SearchParameter needs no new index:
 from __future__ import annotations
 
 from collections.abc import Iterable
+from decimal import Decimal
 from typing import Any
 
+from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.search.dates import parse_range
+from fhirgoal.fhir.search.keys import NEG_INFINITY, POS_INFINITY, fold, instant_key, number_key
 from fhirgoal.fhir.search.paths import reference_type
 
 _CONTACT_SYSTEMS = {"phone", "fax", "email", "pager", "url", "sms", "other"}
@@ -90,3 +102,97 @@ def compartment_members(refs: set[str], params: list[str]) -> list[str]:
                 if reference_type(target) == "Patient":
                     members.add(target)
     return sorted(members)
+
+
+# ---- string, date, number, quantity ----------------------------------------------------------
+_NAME_PARTS = ("text", "family", "given", "prefix", "suffix")
+_ADDRESS_PARTS = ("text", "line", "city", "district", "state", "postalCode", "country")
+
+
+def string_values(value: Any) -> Iterable[str]:
+    """The strings a string parameter matches: HumanName and Address parts, or the string itself."""
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, dict):
+        parts = _NAME_PARTS if ("family" in value or "given" in value) else _ADDRESS_PARTS
+        for part in parts:
+            item = value.get(part)
+            for text in item if isinstance(item, list) else [item]:
+                if isinstance(text, str):
+                    yield text
+
+
+def string_entries(code: str, values: Iterable[Any]) -> set[str]:
+    """'code|folded' for the default starts-with match, 'code=text' for :exact."""
+    entries: set[str] = set()
+    for value in values:
+        for text in string_values(value):
+            entries.add(f"{code}|{fold(text)}")
+            entries.add(f"{code}={text}")
+    return entries
+
+
+def date_ranges(value: Any) -> Iterable[tuple[str, str]]:
+    """[low, high) instant keys of a date, dateTime, instant, Period or Timing value."""
+    if isinstance(value, str):
+        try:
+            lo, hi = parse_range(value)
+        except FhirError:
+            return
+        yield instant_key(lo), instant_key(hi)
+    elif isinstance(value, dict):
+        if "start" in value or "end" in value:  # Period: an open end is unbounded
+            yield (
+                _bound(value.get("start"), 0, NEG_INFINITY),
+                _bound(value.get("end"), 1, POS_INFINITY),
+            )
+        for event in value.get("event", []):  # Timing
+            yield from date_ranges(event)
+
+
+def _bound(text: Any, side: int, default: str) -> str:
+    if not isinstance(text, str):
+        return default
+    try:
+        return instant_key(parse_range(text)[side])
+    except FhirError:
+        return default
+
+
+def date_entries(
+    code: str, values: Iterable[Any]
+) -> tuple[set[str], set[str], list[dict[str, str]]]:
+    lows, highs, ranges = set(), set(), []
+    for value in values:
+        for lo, hi in date_ranges(value):
+            lows.add(f"{code}|{lo}")
+            highs.add(f"{code}|{hi}")
+            ranges.append({"p": code, "lo": lo, "hi": hi})
+    return lows, highs, ranges
+
+
+def number_entries(code: str, values: Iterable[Any]) -> set[str]:
+    return {
+        f"{code}|#{number_key(v)}"
+        for v in values
+        if isinstance(v, int | float | Decimal) and not isinstance(v, bool)
+    }
+
+
+def quantity_entries(code: str, values: Iterable[Any]) -> set[str]:
+    """'code|#n', 'code|system|unitcode|#n' and 'code||unit|#n' per Quantity (n = number key).
+
+    The '#' keeps number keys apart from system URLs in range scans ('#' sorts before them).
+    """
+    entries: set[str] = set()
+    for value in values:
+        if not isinstance(value, dict) or not isinstance(value.get("value"), int | float | Decimal):
+            continue
+        key = "#" + number_key(value["value"])
+        entries.add(f"{code}|{key}")
+        system, unit_code, unit = value.get("system", ""), value.get("code"), value.get("unit")
+        if unit_code:
+            entries.add(f"{code}|{system}|{unit_code}|{key}")
+        for label in {unit_code, unit} - {None}:
+            entries.add(f"{code}||{label}|{key}")
+    return entries

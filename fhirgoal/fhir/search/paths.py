@@ -22,6 +22,62 @@ Node = tuple[Any, str | None]
 Step = Callable[[list[Node]], list[Node]]
 Extractor = Callable[[dict[str, Any]], list[Any]]
 
+# The data types a choice element ([x]) may take in R4 (https://hl7.org/fhir/R4/datatypes.html),
+# as they appear after the element name in JSON.
+CHOICE_TYPE_SUFFIXES = frozenset(
+    [
+        "Base64Binary",
+        "Boolean",
+        "Canonical",
+        "Code",
+        "Date",
+        "DateTime",
+        "Decimal",
+        "Id",
+        "Instant",
+        "Integer",
+        "Markdown",
+        "Oid",
+        "PositiveInt",
+        "String",
+        "Time",
+        "UnsignedInt",
+        "Uri",
+        "Url",
+        "Uuid",
+        "Address",
+        "Age",
+        "Annotation",
+        "Attachment",
+        "CodeableConcept",
+        "Coding",
+        "ContactPoint",
+        "Count",
+        "Distance",
+        "Duration",
+        "HumanName",
+        "Identifier",
+        "Money",
+        "Period",
+        "Quantity",
+        "Range",
+        "Ratio",
+        "Reference",
+        "SampledData",
+        "Signature",
+        "Timing",
+        "ContactDetail",
+        "Contributor",
+        "DataRequirement",
+        "Expression",
+        "ParameterDefinition",
+        "RelatedArtifact",
+        "TriggerDefinition",
+        "UsageContext",
+        "Dosage",
+        "Meta",
+    ]
+)
 _IDENT = re.compile(r"^[a-z][A-Za-z0-9]*$")
 _RESOLVE_IS = re.compile(r"^where\(resolve\(\) is ([A-Z][A-Za-z]+)\)$")
 _CAST = re.compile(r"^(?:as|ofType)\(([A-Za-z]+)\)$")
@@ -101,9 +157,9 @@ def _navigate(name: str) -> Step:
                 else:
                     out.append((child, None))
                 continue
-            # choice element: valueQuantity, effectiveDateTime, ...
+            # choice element: valueQuantity, effectiveDateTime, ... (not statusReason for status)
             for key, child in value.items():
-                if key.startswith(name) and len(key) > len(name) and key[len(name)].isupper():
+                if key.startswith(name) and key[len(name) :] in CHOICE_TYPE_SUFFIXES:
                     hint = key[len(name) :]
                     if isinstance(child, list):
                         out.extend((c, hint) for c in child)

@@ -15,12 +15,21 @@ from typing import Any
 import orjson
 
 from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.search import conditions
 from fhirgoal.fhir.search.dates import instant_filter, split_prefix
-from fhirgoal.fhir.search.index import local_reference
-from fhirgoal.fhir.search.registry import SearchParam, TypeParams
+from fhirgoal.fhir.search.registry import TypeParams
 
-# Result parameters (search.html#return) understood today; the search-engine issue adds the rest.
-RESULT_PARAMS = {"_count", "_cursor", "_format", "_pretty"}
+# Result parameters (search.html#return) understood today.
+RESULT_PARAMS = {"_count", "_cursor", "_format", "_pretty", "_summary", "_total"}
+
+_BUILDERS = {
+    "token": conditions.token,
+    "uri": conditions.uri,
+    "string": conditions.string,
+    "date": conditions.date,
+    "number": conditions.number,
+    "quantity": conditions.quantity,
+}
 
 
 @dataclass
@@ -29,6 +38,8 @@ class CompiledSearch:
     count: int
     cursor: tuple[str, str] | None = None  # ("a", id) = after id, ("b", id) = before id
     warnings: list[str] = field(default_factory=list)
+    total: str = "accurate"  # _total: none | estimate | accurate
+    summary_count: bool = False  # _summary=count: the total only
     used: list[tuple[str, str]] = field(default_factory=list)  # the parameters applied, for `self`
 
 
@@ -64,26 +75,6 @@ def _split_or(value: str) -> list[str]:
     if any(p == "" for p in parts):
         raise FhirError("bad-request", f"empty value in '{value}'")
     return parts
-
-
-def _token_entry(code: str, value: str) -> str:
-    if "|" not in value:
-        return f"{code}#{value}"
-    system, _, token = value.partition("|")
-    if token == "":
-        return f"{code}@{system}"
-    return f"{code}|{system}|{token}"
-
-
-def _reference_entries(param: SearchParam, value: str, base_url: str) -> list[str]:
-    if base_url and value.startswith(base_url.rstrip("/") + "/"):
-        value = value[len(base_url.rstrip("/")) + 1 :]
-    local = local_reference(value)
-    if local:
-        return [f"{param.code}={local}"]
-    if "/" not in value and ":" not in value:  # a bare id: any of the parameter's target types
-        return [f"{param.code}={t}/{value}" for t in param.targets] or [f"{param.code}={value}"]
-    return [f"{param.code}={value}"]
 
 
 class SearchCompiler:
@@ -132,23 +123,27 @@ class SearchCompiler:
                 f"search parameter '{code}' ({param.type}) is not supported yet",
                 name,
             )
-        if modifier:
-            raise FhirError(
-                "not-supported", f"modifier ':{modifier}' is not supported on '{code}'", name
-            )
         values = _split_or(value)
+        if modifier == "missing" and code not in ("_id", "_lastUpdated"):
+            return conditions.missing(param, values)
         if code == "_id":
+            if modifier:
+                raise FhirError(
+                    "not-supported", f"modifier ':{modifier}' is not supported on '_id'", name
+                )
             return {"_id": {"$in": values}}
         if code == "_lastUpdated":
-            if len(values) > 1:
-                return {"$or": [{"lu": instant_filter(*split_prefix(v))} for v in values]}
-            return {"lu": instant_filter(*split_prefix(values[0]))}
+            if modifier:
+                raise FhirError(
+                    "not-supported",
+                    f"modifier ':{modifier}' is not supported on '_lastUpdated'",
+                    name,
+                )
+            return conditions.any_of([{"lu": instant_filter(*split_prefix(v))} for v in values])
         if param.type == "reference":
-            entries = [e for v in values for e in _reference_entries(param, v, base_url)]
-            return {"ref": {"$in": entries}}
-        if param.type == "uri":
-            return {"tok": {"$in": [f"{code}#{v}" for v in values]}}
-        return {"tok": {"$in": [_token_entry(code, v) for v in values]}}
+            return conditions.reference(param, modifier, values, base_url)
+        builder = _BUILDERS[param.type]
+        return builder(param, modifier, values)
 
     def _result_parameter(self, name: str, value: str, result: CompiledSearch) -> None:
         if name == "_count":
@@ -163,3 +158,17 @@ class SearchCompiler:
             "application/fhir+json",
         ):
             raise FhirError("not-acceptable", f"_format={value} is not supported; use json")
+        elif name == "_total":
+            if value not in ("none", "estimate", "accurate"):
+                raise FhirError(
+                    "bad-request", "_total must be none, estimate or accurate", "_total"
+                )
+            result.total = value
+            result.used.append((name, value))
+        elif name == "_summary":
+            if value != "count":  # true/text/data need element filtering: not yet
+                raise FhirError(
+                    "not-supported", f"_summary={value} is not supported yet (count is)", "_summary"
+                )
+            result.summary_count = True
+            result.used.append((name, value))

@@ -14,7 +14,11 @@ from typing import Any
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.search.index import (
     compartment_members,
+    date_entries,
+    number_entries,
+    quantity_entries,
     reference_entries,
+    string_entries,
     token_entries,
     uri_entries,
 )
@@ -22,7 +26,7 @@ from fhirgoal.fhir.search.paths import Extractor, compile_expression
 
 # Parameter types whose values are indexed and searchable today. The others are registered (so
 # strict mode can tell "unsupported" from "unknown") but not yet advertised.
-INDEXED_TYPES = {"token", "reference", "uri"}
+INDEXED_TYPES = {"token", "reference", "uri", "string", "date", "number", "quantity"}
 # Handled by dedicated document fields rather than the generic index.
 SPECIAL = {"_id", "_lastUpdated"}
 
@@ -50,22 +54,47 @@ class TypeParams:
     in_compartment_as_self: bool = False
 
     def index_fields(self, resource: dict[str, Any]) -> dict[str, Any]:
-        """Normalized index entries for one resource (stored beside it)."""
-        tokens: set[str] = set()
-        refs: set[str] = set()
+        """Normalized index entries for one resource (stored beside it, see index.py)."""
+        tok: set[str] = set()
+        ref: set[str] = set()
+        text: set[str] = set()
+        num: set[str] = set()
+        lows: set[str] = set()
+        highs: set[str] = set()
+        ranges: list[dict[str, str]] = []
+        miss: list[str] = []
         for param in self.params.values():
-            if param.extractor is None or param.code in SPECIAL:
+            if param.extractor is None or param.code in SPECIAL or param.type not in INDEXED_TYPES:
+                continue
+            values = param.extractor(resource)
+            if not values:
+                miss.append(param.code)
                 continue
             if param.type == "token":
-                tokens |= token_entries(param.code, param.extractor(resource))
+                tok |= token_entries(param.code, values)
             elif param.type == "uri":
-                tokens |= uri_entries(param.code, param.extractor(resource))
+                tok |= uri_entries(param.code, values)
             elif param.type == "reference":
-                refs |= reference_entries(param.code, param.extractor(resource))
-        compartment = compartment_members(refs, self.compartment_params)
+                ref |= reference_entries(param.code, values)
+            elif param.type == "string":
+                text |= string_entries(param.code, values)
+            elif param.type == "number":
+                num |= number_entries(param.code, values)
+            elif param.type == "quantity":
+                num |= quantity_entries(param.code, values)
+            elif param.type == "date":
+                lo, hi, pairs = date_entries(param.code, values)
+                lows |= lo
+                highs |= hi
+                ranges += pairs
+        compartment = compartment_members(ref, self.compartment_params)
         if self.in_compartment_as_self and "id" in resource:
             compartment = sorted({*compartment, f"Patient/{resource['id']}"})
-        return {"tok": sorted(tokens), "ref": sorted(refs), "comp": compartment}
+        return {
+            "tok": sorted(tok), "ref": sorted(ref), "comp": compartment, "str": sorted(text),
+            "num": sorted(num), "dtlo": sorted(lows), "dthi": sorted(highs), "dt": ranges,
+            "miss": miss,
+        }  # fmt: skip
 
 
 class SearchRegistry:

@@ -1,0 +1,243 @@
+"""One MongoDB condition per search parameter type and modifier.
+
+https://hl7.org/fhir/R4/search.html#ptypes and #modifiers . Each builder turns the comma-separated
+(OR) values of one parameter into one condition. Conditions only ever compare the string keys
+built by index.py / keys.py, so every condition is a range or equality on an indexed field, and a
+user value can never become an operator or a field name. Where a range can only narrow (dates,
+`:contains`, `ne`), an exact residual check on the same document follows it.
+"""
+
+from __future__ import annotations
+
+import re
+from decimal import Decimal, InvalidOperation
+from typing import Any
+
+from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.search.dates import parse_range, split_prefix
+from fhirgoal.fhir.search.index import local_reference
+from fhirgoal.fhir.search.keys import fold, instant_key, number_key
+from fhirgoal.fhir.search.registry import SearchParam
+
+Condition = dict[str, Any]
+
+
+def starts_with(field: str, prefix: str) -> Condition:
+    """Keys that start with `prefix`: [prefix, prefix with its last character incremented)."""
+    return _between(field, prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+
+
+def any_of(conditions: list[Condition]) -> Condition:
+    return conditions[0] if len(conditions) == 1 else {"$or": conditions}
+
+
+def _between(
+    field: str, low: str, high: str, low_op: str = "$gte", high_op: str = "$lt"
+) -> Condition:
+    # $elemMatch: on an array, both bounds must hold for the same key (a bare range on a multikey
+    # field is satisfied by one key above `low` and another below `high`).
+    return {field: {"$elemMatch": {low_op: low, high_op: high}}}
+
+
+def _unsupported(param: SearchParam, modifier: str) -> FhirError:
+    return FhirError(
+        "not-supported", f"modifier ':{modifier}' is not supported on '{param.code}' ({param.type})"
+    )
+
+
+# ---- :missing ---------------------------------------------------------------------------------
+def _present(param: SearchParam) -> Condition:
+    c = param.code
+    if param.type in ("token", "uri"):
+        return any_of([_between("tok", f"{c}#", f"{c}$"), _between("tok", f"{c}|", f"{c}}}")])
+    if param.type == "reference":
+        return _between("ref", f"{c}=", f"{c}>")
+    if param.type == "date":
+        return _between("dtlo", f"{c}|", f"{c}}}")
+    if param.type == "string":
+        return _between("str", f"{c}|", f"{c}}}")
+    return _between("num", f"{c}|", f"{c}}}")
+
+
+def missing(param: SearchParam, values: list[str]) -> Condition:
+    if values not in (["true"], ["false"]):
+        raise FhirError("bad-request", f"{param.code}:missing takes true or false")
+    return {"miss": param.code} if values == ["true"] else _present(param)
+
+
+# ---- token, uri, reference ---------------------------------------------------------------------
+def token_key(code: str, value: str) -> str:
+    if "|" not in value:
+        return f"{code}#{value}"
+    system, _, token = value.partition("|")
+    return f"{code}@{system}" if token == "" else f"{code}|{system}|{token}"
+
+
+def token(param: SearchParam, modifier: str, values: list[str]) -> Condition:
+    keys = [token_key(param.code, v) for v in values]
+    if modifier == "":
+        return {"tok": {"$in": keys}}
+    if modifier == "not":  # search.html#token: also matches resources with no value at all
+        return {"tok": {"$nin": keys}}
+    raise _unsupported(param, modifier)
+
+
+def uri(param: SearchParam, modifier: str, values: list[str]) -> Condition:
+    if modifier:
+        raise _unsupported(param, modifier)
+    return {"tok": {"$in": [f"{param.code}#{v}" for v in values]}}
+
+
+def reference(param: SearchParam, modifier: str, values: list[str], base_url: str) -> Condition:
+    if modifier and not (modifier[:1].isupper() and modifier in param.targets):
+        raise _unsupported(param, modifier)
+    keys: list[str] = []
+    for value in values:
+        if base_url and value.startswith(base_url.rstrip("/") + "/"):
+            value = value[len(base_url.rstrip("/")) + 1 :]
+        if modifier and "/" not in value:
+            value = f"{modifier}/{value}"
+        local = local_reference(value)
+        if local:
+            if modifier and not local.startswith(f"{modifier}/"):
+                raise FhirError("bad-request", f"'{value}' is not a {modifier} reference")
+            keys.append(f"{param.code}={local}")
+        elif "/" not in value and ":" not in value:  # a bare id: any of the target types
+            keys += [f"{param.code}={t}/{value}" for t in param.targets] or [
+                f"{param.code}={value}"
+            ]
+        else:
+            keys.append(f"{param.code}={value}")
+    return {"ref": {"$in": keys}}
+
+
+# ---- string ------------------------------------------------------------------------------------
+def string(param: SearchParam, modifier: str, values: list[str]) -> Condition:
+    c = param.code
+    if modifier == "exact":
+        return {"str": {"$in": [f"{c}={v}" for v in values]}}
+    if modifier == "contains":
+        low, high = f"{c}|", f"{c}}}"
+        pattern = "|".join(re.escape(fold(v)) for v in values)
+        return {
+            "$and": [
+                _between("str", low, high),
+                {"str": {"$regex": f"^{re.escape(c)}\\|.*({pattern})"}},
+            ]
+        }
+    if modifier:
+        raise _unsupported(param, modifier)
+    return any_of([starts_with("str", f"{c}|{fold(v)}") for v in values])
+
+
+# ---- date --------------------------------------------------------------------------------------
+def date(param: SearchParam, modifier: str, values: list[str]) -> Condition:
+    if modifier:
+        raise _unsupported(param, modifier)
+    return any_of([_date_value(param.code, value) for value in values])
+
+
+def _date_value(c: str, value: str) -> Condition:
+    """Resource range [lo, hi) against the search range [qlo, qhi), per prefix (search.html#prefix)."""
+    prefix, text = split_prefix(value)
+    qlo_dt, qhi_dt = parse_range(text)
+    qlo, qhi = instant_key(qlo_dt), instant_key(qhi_dt)
+    low, high = f"{c}|", f"{c}}}"
+
+    def exact(**bounds: Any) -> Condition:
+        return {"dt": {"$elemMatch": {"p": c, **bounds}}}
+
+    if prefix == "eq":
+        narrow, check = (
+            _between("dtlo", f"{c}|{qlo}", f"{c}|{qhi}"),
+            exact(lo={"$gte": qlo}, hi={"$lte": qhi}),
+        )
+    elif prefix == "gt":
+        narrow, check = _between("dthi", f"{c}|{qhi}", high, "$gt"), exact(hi={"$gt": qhi})
+    elif prefix == "lt":
+        narrow, check = _between("dtlo", low, f"{c}|{qlo}"), exact(lo={"$lt": qlo})
+    elif prefix == "ge":
+        narrow, check = _between("dthi", f"{c}|{qlo}", high, "$gt"), exact(hi={"$gt": qlo})
+    elif prefix == "le":
+        narrow, check = _between("dtlo", low, f"{c}|{qhi}"), exact(lo={"$lt": qhi})
+    elif prefix == "sa":
+        narrow, check = _between("dtlo", f"{c}|{qhi}", high), exact(lo={"$gte": qhi})
+    elif prefix == "eb":
+        narrow, check = _between("dthi", low, f"{c}|{qlo}", "$gte", "$lte"), exact(hi={"$lte": qlo})
+    elif prefix == "ap":  # overlaps the search range widened by 10% of its distance from now
+        from fhirgoal.fhir.instants import now
+
+        slack = max(abs(now() - qlo_dt) * 0.1, qhi_dt - qlo_dt)
+        alo, ahi = instant_key(qlo_dt - slack), instant_key(qhi_dt + slack)
+        narrow, check = _between("dtlo", low, f"{c}|{ahi}"), exact(lo={"$lt": ahi}, hi={"$gt": alo})
+    else:  # ne: no range of the resource lies within the search range
+        narrow = _between("dtlo", low, high)
+        check = {"dt": {"$not": {"$elemMatch": {"p": c, "lo": {"$gte": qlo}, "hi": {"$lte": qhi}}}}}
+    return {"$and": [narrow, check]}
+
+
+# ---- number and quantity -------------------------------------------------------------------------
+def _decimal(text: str, code: str) -> Decimal:
+    try:
+        value = Decimal(text)
+    except InvalidOperation:
+        raise FhirError("bad-request", f"'{text}' is not a number (parameter {code})") from None
+    if not value.is_finite():
+        raise FhirError("bad-request", f"'{text}' is not a finite number (parameter {code})")
+    return value
+
+
+def _numeric(field_prefix: str, prefix: str, value: Decimal) -> Condition:
+    """Keys under `field_prefix` (ending in '#') compared with `value` and its implicit precision."""
+    half = Decimal(5).scaleb(value.as_tuple().exponent - 1)  # type: ignore[operator]
+    low, high = field_prefix, field_prefix[:-1] + "$"  # '$' follows '#'
+
+    def key(number: Decimal) -> str:
+        return field_prefix + number_key(number)
+
+    if prefix == "eq":
+        return _between("num", key(value - half), key(value + half))
+    if prefix in ("gt", "sa"):
+        return _between("num", key(value), high, "$gt")
+    if prefix in ("lt", "eb"):
+        return _between("num", low, key(value))
+    if prefix == "ge":
+        return _between("num", key(value), high)
+    if prefix == "le":
+        return _between("num", low, key(value), "$gte", "$lte")
+    if prefix == "ap":
+        slack = max(abs(value) * Decimal("0.1"), half)
+        return _between("num", key(value - slack), key(value + slack), "$gte", "$lte")
+    inside = _between("num", key(value - half), key(value + half))  # ne
+    return {"$and": [_between("num", low, high), {"$nor": [inside]}]}
+
+
+def number(param: SearchParam, modifier: str, values: list[str]) -> Condition:
+    if modifier:
+        raise _unsupported(param, modifier)
+    conditions = []
+    for value in values:
+        prefix, text = split_prefix(value)
+        conditions.append(_numeric(f"{param.code}|#", prefix, _decimal(text, param.code)))
+    return any_of(conditions)
+
+
+def quantity(param: SearchParam, modifier: str, values: list[str]) -> Condition:
+    """`[prefix]number|system|code`, `[prefix]number||code` or `[prefix]number` (search.html#quantity)."""
+    if modifier:
+        raise _unsupported(param, modifier)
+    conditions = []
+    for value in values:
+        parts = value.split("|")
+        if len(parts) not in (1, 3):
+            raise FhirError(
+                "bad-request", f"'{value}' is not number, number|system|code or number||code"
+            )
+        number_text, system, unit = (parts[0], "", "") if len(parts) == 1 else parts
+        prefix, text = split_prefix(number_text)
+        c = param.code
+        field_prefix = f"{c}|{system}|{unit}|#" if unit else f"{c}|#"
+        if system and not unit:
+            raise FhirError("bad-request", f"'{value}': a quantity system needs a code")
+        conditions.append(_numeric(field_prefix, prefix, _decimal(text, c)))
+    return any_of(conditions)

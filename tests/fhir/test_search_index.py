@@ -1,0 +1,182 @@
+"""Write-time search index entries (fhirgoal.fhir.search.index)."""
+
+from __future__ import annotations
+
+from fhirgoal.fhir.search.index import (
+    compartment_members,
+    local_reference,
+    reference_entries,
+    token_entries,
+    uri_entries,
+)
+
+LOINC = "http://loinc.org"
+
+# --- token_entries ------------------------------------------------------------------------------
+
+
+def test_coding_gives_code_system_code_and_system_only_entries() -> None:
+    assert token_entries("code", [{"system": LOINC, "code": "1234-5", "display": "x"}]) == {
+        "code#1234-5",
+        f"code|{LOINC}|1234-5",
+        f"code@{LOINC}",
+    }
+
+
+def test_coding_without_system_is_indexed_as_explicitly_no_system() -> None:
+    assert token_entries("code", [{"code": "abc"}]) == {"code#abc", "code||abc"}
+
+
+def test_codeable_concept_indexes_every_coding() -> None:
+    concept = {
+        "coding": [
+            {"system": LOINC, "code": "1234-5"},
+            {"system": "http://snomed.info/sct", "code": "987"},
+        ],
+        "text": "ignored",
+    }
+    assert token_entries("code", [concept]) == {
+        "code#1234-5",
+        f"code|{LOINC}|1234-5",
+        f"code@{LOINC}",
+        "code#987",
+        "code|http://snomed.info/sct|987",
+        "code@http://snomed.info/sct",
+    }
+
+
+def test_codeable_concept_with_only_text_gives_no_entries() -> None:
+    assert token_entries("code", [{"text": "free text"}]) == set()
+
+
+def test_identifier_uses_system_and_value() -> None:
+    identifier = {"system": "urn:oid:1.2.3", "value": "MRN-1", "use": "official"}
+    assert token_entries("identifier", [identifier]) == {
+        "identifier#MRN-1",
+        "identifier|urn:oid:1.2.3|MRN-1",
+        "identifier@urn:oid:1.2.3",
+    }
+
+
+def test_identifier_without_value_gives_no_entries() -> None:
+    assert token_entries("identifier", [{"system": "urn:oid:1.2.3"}]) == set()
+
+
+def test_contact_point_matches_on_value_only_not_on_its_kind() -> None:
+    entries = token_entries("telecom", [{"system": "phone", "value": "555-1", "use": "home"}])
+    assert entries == {"telecom#555-1", "telecom||555-1"}
+    assert not any(entry.startswith("telecom@") for entry in entries)
+
+
+def test_code_string_is_a_token_without_system() -> None:
+    assert token_entries("status", ["final"]) == {"status#final", "status||final"}
+
+
+def test_booleans_are_indexed_as_true_and_false_text() -> None:
+    assert token_entries("active", [True]) == {"active#true", "active||true"}
+    assert token_entries("active", [False]) == {"active#false", "active||false"}
+
+
+def test_non_token_values_are_ignored() -> None:
+    assert token_entries("x", [42, None, {"value": 5}, {"code": 7}]) == set()
+
+
+def test_token_entries_merge_values_of_several_elements() -> None:
+    assert token_entries("status", ["final", "amended", "final"]) == {
+        "status#final",
+        "status||final",
+        "status#amended",
+        "status||amended",
+    }
+
+
+def test_uri_entries_keep_strings_only() -> None:
+    assert uri_entries("url", ["http://example.org/vs", 3]) == {"url#http://example.org/vs"}
+
+
+# --- reference_entries --------------------------------------------------------------------------
+
+
+def test_relative_reference() -> None:
+    assert reference_entries("subject", [{"reference": "Patient/1"}]) == {"subject=Patient/1"}
+
+
+def test_versioned_reference_drops_the_history_part() -> None:
+    assert reference_entries("subject", [{"reference": "Patient/1/_history/2"}]) == {
+        "subject=Patient/1"
+    }
+
+
+def test_absolute_url_is_kept_as_written() -> None:
+    url = "http://other.org/fhir/Patient/1/_history/2"
+    assert reference_entries("subject", [{"reference": url}]) == {f"subject={url}"}
+
+
+def test_contained_reference_is_kept_as_written() -> None:
+    assert reference_entries("medication", [{"reference": "#med1"}]) == {"medication=#med1"}
+
+
+def test_urn_reference_is_kept_as_written() -> None:
+    urn = "urn:uuid:61ebe359-bfdc-4613-8bf2-c5e300945f0a"
+    assert reference_entries("subject", [{"reference": urn}]) == {f"subject={urn}"}
+
+
+def test_canonical_string_is_kept_as_written() -> None:
+    canonical = "http://example.org/Questionnaire/phq-9|1.0"
+    assert reference_entries("questionnaire", [canonical]) == {f"questionnaire={canonical}"}
+
+
+def test_reference_without_reference_text_is_skipped() -> None:
+    values = [{"display": "Dr X"}, {"identifier": {"value": "1"}}, {"reference": 5}]
+    assert reference_entries("performer", values) == set()
+
+
+def test_several_references_are_all_indexed() -> None:
+    values = [{"reference": "Practitioner/a"}, {"reference": "Organization/b/_history/1"}]
+    assert reference_entries("performer", values) == {
+        "performer=Practitioner/a",
+        "performer=Organization/b",
+    }
+
+
+def test_local_reference_only_for_type_slash_id() -> None:
+    assert local_reference("Goal/g1/_history/7") == "Goal/g1"
+    assert local_reference("goal/g1") is None
+    assert local_reference("g1") is None
+    assert local_reference("#x") is None
+    assert local_reference("urn:uuid:1") is None
+    assert local_reference("http://x.org/fhir/Goal/g1") is None
+
+
+# --- compartment_members ------------------------------------------------------------------------
+
+
+def test_compartment_members_come_from_the_compartment_params_only() -> None:
+    refs = {
+        "subject=Patient/1",
+        "performer=Patient/2",
+        "performer=Practitioner/3",
+        "author=Patient/4",  # not a compartment param here
+    }
+    assert compartment_members(refs, ["subject", "performer"]) == ["Patient/1", "Patient/2"]
+
+
+def test_compartment_members_ignore_non_patient_targets() -> None:
+    refs = {"subject=Group/g1", "subject=#contained", "subject=urn:uuid:1"}
+    assert compartment_members(refs, ["subject"]) == []
+
+
+def test_compartment_members_are_sorted_and_unique() -> None:
+    refs = {"subject=Patient/b", "patient=Patient/b", "patient=Patient/a"}
+    assert compartment_members(refs, ["subject", "patient"]) == ["Patient/a", "Patient/b"]
+
+
+def test_compartment_param_must_match_the_whole_code() -> None:
+    refs = {"participant=Patient/1", "subject-x=Patient/2"}
+    assert compartment_members(refs, ["part", "subject"]) == []
+
+
+def test_compartment_members_from_indexed_reference_entries() -> None:
+    refs = reference_entries("subject", [{"reference": "Patient/7/_history/3"}])
+    refs |= reference_entries("performer", [{"reference": "Practitioner/1"}])
+    assert compartment_members(refs, ["subject", "performer"]) == ["Patient/7"]

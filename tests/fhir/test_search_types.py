@@ -1,0 +1,225 @@
+"""Search parameter types over HTTP: date, string, quantity, modifiers, compartments, and the
+query plan of every supported parameter (no collection scans)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from fhirgoal.fhir.conformance import load_conformance
+from fhirgoal.fhir.search.query import SearchCompiler
+from fhirgoal.fhir.search.registry import SearchRegistry
+from fhirgoal.store.mongo import connect
+from fhirgoal.store.planner import choose_index
+from tests.conftest import RunningServer
+from tests.fhir.helpers import FHIR_JSON, patient, raw_observation
+
+
+async def make(fhir: RunningServer, resource: dict[str, Any]) -> str:
+    response = await fhir.client.post(
+        f"/{resource['resourceType']}", json=resource, headers=FHIR_JSON
+    )
+    assert response.status_code == 201, response.text
+    return str(response.json()["id"])
+
+
+async def ids(fhir: RunningServer, path: str, **params: str) -> set[str]:
+    response = await fhir.client.get(path, params=params)
+    assert response.status_code == 200, response.text
+    return {
+        e["resource"]["id"]
+        for e in response.json().get("entry", [])
+        if e["search"]["mode"] == "match"
+    }
+
+
+def observation_at(pid: str, when: str, **extra: Any) -> dict[str, Any]:
+    return {
+        "resourceType": "Observation", "status": "final", "code": {"text": "ORS"},
+        "subject": {"reference": f"Patient/{pid}"}, "effectiveDateTime": when, **extra,
+    }  # fmt: skip
+
+
+async def test_date_search_respects_precision_time_zones_and_prefixes(fhir: RunningServer) -> None:
+    pid = await make(fhir, patient())
+    feb = await make(fhir, observation_at(pid, "2026-02-28T23:59:00Z"))
+    mid = await make(fhir, observation_at(pid, "2026-03-15"))
+    late = await make(fhir, observation_at(pid, "2026-04-01T00:00:00+02:00"))  # 2026-03-31T22:00Z
+    assert await ids(fhir, "/Observation", date="2026-03") == {mid, late}
+    assert await ids(fhir, "/Observation", date="lt2026-03") == {feb}
+    assert await ids(fhir, "/Observation", date="ge2026-03-15") == {mid, late}
+    assert await ids(fhir, "/Observation", date="sa2026-03-15") == {late}
+    assert await ids(fhir, "/Observation", date="eb2026-03-01") == {feb}
+    assert await ids(fhir, "/Observation", date="gt2026-03-31") == set()
+    assert await ids(fhir, "/Observation", date="ne2026-03") == {feb}
+    assert await ids(fhir, "/Observation", date="2026-03-31T22:00:00Z") == {late}
+    assert await ids(fhir, "/Observation", date="2026-02,2026-04") == {feb}
+    # AND of two ranges
+    response = await fhir.client.get("/Observation?date=ge2026-03-01&date=lt2026-03-20")
+    assert {e["resource"]["id"] for e in response.json()["entry"]} == {mid}
+    assert (await fhir.client.get("/Observation", params={"date": "March"})).status_code == 400
+
+
+async def test_period_dates_are_ranges_and_open_ends_are_unbounded(fhir: RunningServer) -> None:
+    pid = await make(fhir, patient())
+
+    def encounter(period: dict[str, str]) -> dict[str, Any]:
+        return {"resourceType": "Encounter", "status": "finished", "subject": {"reference": f"Patient/{pid}"},
+                "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+                "period": period}  # fmt: skip
+
+    session = await make(
+        fhir, encounter({"start": "2026-03-01T10:00:00Z", "end": "2026-03-01T11:00:00Z"})
+    )
+    ongoing = await make(fhir, encounter({"start": "2026-05-01T10:00:00Z"}))
+    assert await ids(fhir, "/Encounter", date="2026-03-01") == {session}
+    assert await ids(fhir, "/Encounter", date="gt2030-01-01") == {ongoing}
+    assert await ids(fhir, "/Encounter", date="lt2026-04") == {session}
+
+
+async def test_string_search_is_case_and_accent_insensitive_prefix(fhir: RunningServer) -> None:
+    eric = await make(
+        fhir, {"resourceType": "Patient", "name": [{"family": "Müller", "given": ["Éric"]}]}
+    )
+    ann = await make(
+        fhir, {"resourceType": "Patient", "name": [{"family": "Mullins", "given": ["Ann"]}]}
+    )
+    assert await ids(fhir, "/Patient", name="eric") == {eric}
+    assert await ids(fhir, "/Patient", family="MUL") == {eric, ann}
+    assert await ids(fhir, "/Patient", family="muller") == {eric}
+    assert await ids(fhir, "/Patient", **{"family:exact": "Müller"}) == {eric}
+    assert await ids(fhir, "/Patient", **{"family:exact": "muller"}) == set()
+    assert await ids(fhir, "/Patient", **{"name:contains": "LLIN"}) == {ann}
+    assert await ids(fhir, "/Patient", **{"name:contains": ".*"}) == set()  # a value, not a pattern
+    assert await ids(fhir, "/Patient", given="ann,eric") == {eric, ann}
+
+
+async def test_quantity_search_with_implicit_precision_units_and_prefixes(
+    fhir: RunningServer,
+) -> None:
+    pid = await make(fhir, patient())
+    created = await fhir.client.post(
+        "/Observation", content=raw_observation(pid, "72.50"), headers=FHIR_JSON
+    )
+    heavy = created.json()["id"]
+    light = await make(
+        fhir,
+        observation_at(
+            pid,
+            "2026-03-01",
+            valueQuantity={
+                "value": -3,
+                "unit": "kg",
+                "system": "http://unitsofmeasure.org",
+                "code": "kg",
+            },
+        ),
+    )
+    assert await ids(fhir, "/Observation", **{"value-quantity": "72.5"}) == {heavy}
+    assert await ids(fhir, "/Observation", **{"value-quantity": "72"}) == set()  # [71.5, 72.5)
+    assert await ids(fhir, "/Observation", **{"value-quantity": "7e1"}) == {heavy}  # [20, 120)
+    assert await ids(
+        fhir, "/Observation", **{"value-quantity": "gt72|http://unitsofmeasure.org|kg"}
+    ) == {heavy}
+    assert await ids(fhir, "/Observation", **{"value-quantity": "72.5||kg"}) == {heavy}
+    assert (
+        await ids(fhir, "/Observation", **{"value-quantity": "72.5|http://unitsofmeasure.org|g"})
+        == set()
+    )
+    assert await ids(fhir, "/Observation", **{"value-quantity": "lt0"}) == {light}
+    assert await ids(fhir, "/Observation", **{"value-quantity": "ge-10"}) == {heavy, light}
+    assert await ids(fhir, "/Observation", **{"value-quantity": "ne72.5"}) == {light}
+    assert (
+        await fhir.client.get("/Observation", params={"value-quantity": "heavy"})
+    ).status_code == 400
+
+
+async def test_missing_not_and_typed_reference_modifiers(fhir: RunningServer) -> None:
+    pid = await make(fhir, patient())
+    with_value = await make(fhir, observation_at(pid, "2026-03-01", valueString="ok"))
+    without = await make(fhir, {**observation_at(pid, "2026-03-02"), "status": "preliminary"})
+    assert await ids(fhir, "/Observation", **{"value-string:missing": "true"}) == {without}
+    assert await ids(fhir, "/Observation", **{"value-string:missing": "false"}) == {with_value}
+    assert await ids(fhir, "/Observation", **{"status:not": "final"}) == {without}
+    assert await ids(fhir, "/Observation", **{"subject:Patient": pid}) == {with_value, without}
+    assert await ids(fhir, "/Observation", **{"subject:Group": pid}) == set()
+    assert (
+        await fhir.client.get("/Observation", params={"subject:Spaceship": pid})
+    ).status_code == 400
+
+
+async def test_summary_count_total_none_and_patient_compartment(fhir: RunningServer) -> None:
+    a, b = await make(fhir, patient("A")), await make(fhir, patient("B"))
+    mine = {await make(fhir, observation_at(a, f"2026-03-0{d}")) for d in range(1, 4)}
+    await make(fhir, observation_at(b, "2026-03-01"))
+    count = (
+        await fhir.client.get("/Observation", params={"patient": a, "_summary": "count"})
+    ).json()
+    assert count["total"] == 3 and "entry" not in count
+    untotalled = (await fhir.client.get("/Observation", params={"_total": "none"})).json()
+    assert "total" not in untotalled and len(untotalled["entry"]) == 4
+    assert await ids(fhir, f"/Patient/{a}/Observation") == mine
+    assert len(await ids(fhir, f"/Patient/{a}/Observation", date="2026-03-02")) == 1
+    compartment = (await fhir.client.get(f"/Patient/{a}/Observation")).json()
+    assert compartment["link"][0]["url"].startswith(f"{fhir.base}/Patient/{a}/Observation")
+    assert (await fhir.client.get(f"/Encounter/{a}/Observation")).status_code == 404
+
+
+def _stages(plan: Any) -> list[str]:
+    if isinstance(plan, dict):
+        found = [plan["stage"]] if "stage" in plan else []
+        for value in plan.values():
+            found += _stages(value)
+        return found
+    if isinstance(plan, list):
+        return [stage for item in plan for stage in _stages(item)]
+    return []
+
+
+SAMPLE_VALUES = {"token": "x|y", "reference": "Patient/1", "uri": "http://x", "string": "ab",
+                 "date": "ge2026-03", "number": "5", "quantity": "5||mg"}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "resource_type",
+    [
+        "Observation",
+        "Patient",
+        "Goal",
+        "CarePlan",
+        "Encounter",
+        "QuestionnaireResponse",
+        "Condition",
+    ],
+)
+async def test_every_supported_parameter_is_served_by_an_index(
+    fhir: RunningServer, resource_type: str
+) -> None:
+    conformance = load_conformance(fhir.settings.conformance_dir)
+    table = SearchRegistry(conformance).for_type(resource_type)
+    compiler = SearchCompiler(table, 100, 20)
+    client = connect(fhir.settings.mongodb_uri or "")
+    db = client[fhir.settings.db]
+    scans = {}
+    try:
+        for param in table.params.values():
+            if not param.supported:
+                continue
+            value = "2026" if param.code == "_lastUpdated" else SAMPLE_VALUES.get(param.type, "x")
+            for name, text in ((param.code, value), (f"{param.code}:missing", "true")):
+                if param.code.startswith("_") and name.endswith(":missing"):
+                    continue
+                query = compiler.compile([(name, text)], fhir.base).filter
+                index = choose_index(query)
+                if index is None:
+                    scans[name] = ("no index", query)
+                    continue
+                command = {"find": resource_type, "filter": query, "hint": index}
+                plan = await db.command("explain", command)
+                stages = _stages(plan["queryPlanner"]["winningPlan"])
+                if "COLLSCAN" in stages or "IXSCAN" not in stages:
+                    scans[name] = (index, query)
+    finally:
+        await client.close()
+    assert scans == {}
