@@ -29,14 +29,14 @@ async def test_demo_data_loads_once_and_every_client_has_a_plan_goals_and_sessio
                 ("Encounter", 12),
                 ("Observation", 24 + 2 * 5),
             ):
-                _, _rows, total, _, _ = await service.search(
+                page = await service.search(
                     UNRESTRICTED,
                     rt,
                     [("patient", pid), ("_count", "100")],
                     "http://test/fhir",
                     False,
                 )
-                assert total >= minimum, (pid, rt, total)
+                assert page.total is not None and page.total >= minimum, (pid, rt, page.total)
             plan = (await service.read(UNRESTRICTED, "CarePlan", f"{pid}-plan")).version
             assert plan is not None and plan.resource is not None
             assert plan.resource["category"][0]["coding"][0]["code"] == "assess-plan"

@@ -33,14 +33,16 @@ def searchset(
     total: int | None,
     links: dict[str, list[tuple[str, str]]],
     warnings: list[str],
+    included: list[Version] | None = None,
 ) -> dict[str, Any]:
     entries: list[dict[str, Any]] = [
         {
             "fullUrl": f"{base}/{v.resource_type}/{v.id}",
             "resource": orjson.Fragment(v.text or "null"),  # searches never match deletions
-            "search": {"mode": "match"},
+            "search": {"mode": mode},
         }
-        for v in versions
+        for mode, group in (("match", versions), ("include", included or []))
+        for v in group
     ]
     if warnings:
         outcome = informational_outcome(

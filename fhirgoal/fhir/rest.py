@@ -292,18 +292,19 @@ async def _search(
     svc = service(request)
     svc.require_type(rt)
     base = base_url(request)
-    compiled, rows, total, has_prev, has_next = await svc.search(
-        access(request), rt, params, base, _lenient(request), compartment
-    )
+    page = await svc.search(access(request), rt, params, base, _lenient(request), compartment)
+    compiled = page.compiled
     url = f"{base}/{compartment}/{rt}" if compartment else f"{base}/{rt}"
     kept = [*compiled.used, ("_count", str(compiled.count))]
-    here = [("_cursor", encode_cursor(*compiled.cursor))] if compiled.cursor else []
+    here = [("_cursor", encode_cursor(compiled.cursor))] if compiled.cursor else []
     links: dict[str, list[tuple[str, str]]] = {"self": kept + here}
-    if has_next and rows:
-        links["next"] = [*kept, ("_cursor", encode_cursor("a", rows[-1].id))]
-    if has_prev and rows:
-        links["previous"] = [*kept, ("_cursor", encode_cursor("b", rows[0].id))]
-    bundle = bundles.searchset(base, url, rows, total, links, compiled.warnings)
+    if page.next_cursor:
+        links["next"] = [*kept, ("_cursor", encode_cursor(page.next_cursor))]
+    if page.previous_cursor:
+        links["previous"] = [*kept, ("_cursor", encode_cursor(page.previous_cursor))]
+    bundle = bundles.searchset(
+        base, url, page.matches, page.total, links, compiled.warnings, page.included
+    )
     return fhir_response(200, bundle)
 
 

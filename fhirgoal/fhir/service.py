@@ -25,7 +25,7 @@ from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.search.dates import parse_range
-from fhirgoal.fhir.search.query import CompiledSearch, SearchCompiler
+from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.repository import AlreadyExists, Repository, Version
@@ -82,6 +82,7 @@ class FhirService:
         self.registry = registry
         self.validator = validator
         self.repo = repository
+        self.engine = SearchEngine(settings, conformance, registry, repository)
 
     # ---- helpers -----------------------------------------------------------------------------
     def require_type(self, rt: str) -> None:
@@ -114,17 +115,12 @@ class FhirService:
     ) -> Version:
         return Version(rt, rid, vid, moment, method, dumps(stored).decode(), parsed=stored)
 
-    def compiler(self, rt: str) -> SearchCompiler:
-        return SearchCompiler(
-            self.registry.for_type(rt), self.settings.max_page_size, self.settings.default_page_size
-        )
-
     async def _matches(
         self, access: AccessContext, rt: str, params: list[tuple[str, str]], base_url: str
     ) -> list[Version]:
         if not params:
             raise FhirError("bad-request", "a conditional interaction needs search criteria")
-        compiled = self.compiler(rt).compile(params, base_url)
+        compiled = await self.engine.compile(access, rt, params, base_url)
         return await self.repo.find(access, rt, compiled.filter, [("_id", 1)], 2)
 
     # ---- create ------------------------------------------------------------------------------
@@ -330,36 +326,12 @@ class FhirService:
         rt: str,
         params: list[tuple[str, str]],
         base_url: str,
-        lenient: bool,
+        lenient: bool = False,
         compartment: str | None = None,
-    ) -> tuple[CompiledSearch, list[Version], int | None, bool, bool]:
-        """Matches for one page: (query, versions, total, has_previous, has_next).
-
-        `compartment` ("Patient/123") confines the search to that patient's compartment
-        (https://hl7.org/fhir/R4/compartmentdefinition.html#search).
-        """
-        compiled = self.compiler(rt).compile(params, base_url, lenient)
-        if compartment is not None:
-            inside = {"comp": compartment}
-            compiled.filter = {"$and": [compiled.filter, inside]} if compiled.filter else inside
-        total = None
-        if compiled.total != "none" or compiled.summary_count:
-            total = await self.repo.count(access, rt, compiled.filter)
-        if compiled.count == 0 or compiled.summary_count:
-            return compiled, [], total, False, False
-        query = compiled.filter
-        direction, boundary = compiled.cursor or ("a", None)
-        if boundary is not None:
-            op = "$gt" if direction == "a" else "$lt"
-            query = {"$and": [query, {"_id": {op: boundary}}]} if query else {"_id": {op: boundary}}
-        order = 1 if direction == "a" else -1
-        rows = await self.repo.find(access, rt, query, [("_id", order)], compiled.count + 1)
-        more = len(rows) > compiled.count
-        rows = rows[: compiled.count]
-        if direction == "b":
-            rows.reverse()
-            return compiled, rows, total, more, True
-        return compiled, rows, total, boundary is not None, more
+    ) -> SearchPage:
+        """One page of matches (and includes). `compartment` ("Patient/123") confines the search to
+        that patient's compartment (https://hl7.org/fhir/R4/compartmentdefinition.html#search)."""
+        return await self.engine.search(access, rt, params, base_url, lenient, compartment)
 
     # ---- history -----------------------------------------------------------------------------
     async def history(

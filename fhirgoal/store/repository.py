@@ -40,9 +40,10 @@ from fhirgoal.store.planner import FULL_SCAN_INDEX, ID_INDEX, choose_index
 # Multikey string indexes, one per kind of search value (fhir/search/index.py). `dt` is not
 # indexed: it is the exact check applied after `dtlo` / `dthi` have narrowed the candidates.
 INDEX_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi", "miss")
-_SEARCH_FIELDS = (*INDEX_FIELDS, "dt")
+_SEARCH_FIELDS = (*INDEX_FIELDS, "dt", "srt")
 _NO_INDEX = {name: 0 for name in _SEARCH_FIELDS if name != "comp"}
 _RESOURCE_ONLY = {name: 0 for name in _SEARCH_FIELDS}
+_WITH_SORT_KEYS = {name: 0 for name in _SEARCH_FIELDS if name != "srt"}
 
 
 class AlreadyExists(Exception):
@@ -174,6 +175,48 @@ class Repository:
         )
         cursor = self.collection(rt).find(query, _RESOURCE_ONLY, sort=sort, limit=limit, hint=hint)
         return [_version(rt, doc) async for doc in cursor]
+
+    async def find_sorted(
+        self,
+        access: AccessContext,
+        rt: str,
+        query: dict[str, Any],
+        sort: list[tuple[str, int]],
+        limit: int,
+    ) -> list[tuple[Version, dict[str, Any]]]:
+        """Like `find`, with each row's sort keys (`srt`) for keyset paging."""
+        query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
+        hint = choose_index(query) or (
+            ID_INDEX if sort and sort[0][0] == "_id" else FULL_SCAN_INDEX
+        )
+        cursor = self.collection(rt).find(query, _WITH_SORT_KEYS, sort=sort, limit=limit, hint=hint)
+        return [(_version(rt, doc), doc.get("srt") or {}) async for doc in cursor]
+
+    async def find_sorted_versions(
+        self, access: AccessContext, rt: str, query: dict[str, Any], limit: int
+    ) -> list[Version]:
+        return await self.find(access, rt, query, [("_id", ASCENDING)], limit)
+
+    async def ids(
+        self, access: AccessContext, rt: str, query: dict[str, Any], limit: int
+    ) -> list[str]:
+        query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
+        hint = choose_index(query) or ID_INDEX
+        cursor = self.collection(rt).find(query, {"_id": 1}, limit=limit, hint=hint)
+        return [doc["_id"] async for doc in cursor]
+
+    async def references(
+        self, access: AccessContext, rt: str, query: dict[str, Any], param: str, limit: int
+    ) -> list[str]:
+        """The `param=Type/id` reference entries of the resources matching `query`."""
+        query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
+        hint = choose_index(query) or ID_INDEX
+        cursor = self.collection(rt).find(query, {"ref": 1}, limit=limit, hint=hint)
+        prefix = f"{param}="
+        found: list[str] = []
+        async for doc in cursor:
+            found += [entry for entry in doc.get("ref", []) if entry.startswith(prefix)]
+        return found
 
     async def count(self, access: AccessContext, rt: str, query: dict[str, Any]) -> int:
         query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})

@@ -5,6 +5,7 @@ Field by field (each has one multikey index; keys.py explains the orderings):
   dtlo/dthi  "date|2026-03-01T00:00:00.000000Z": the low and high ends of each date range, and
   dt         [{p, lo, hi}]: the same ranges paired, for the exact check after the index narrows
   num        "value-quantity|<number key>", with "|system|code|" and "||unit|" variants
+  srt        {param: smallest key}: what `_sort` orders by
   miss       the supported parameters a resource has no value for (`:missing=true`; `false` is a
              range over the parameter's own keys)
 
@@ -196,3 +197,26 @@ def quantity_entries(code: str, values: Iterable[Any]) -> set[str]:
         for label in {unit_code, unit} - {None}:
             entries.add(f"{code}||{label}|{key}")
     return entries
+
+
+def first_sort_key(param_type: str, values: list[Any]) -> str | None:
+    """The value a resource sorts by for one parameter: its smallest key (search.html#sort)."""
+    keys: list[str] = []
+    for value in values:
+        if param_type == "string":
+            keys += [fold(text) for text in string_values(value)]
+        elif param_type == "date":
+            keys += [lo for lo, _ in date_ranges(value)]
+        elif param_type in ("number", "quantity"):
+            number = value.get("value") if isinstance(value, dict) else value
+            if isinstance(number, int | float | Decimal) and not isinstance(number, bool):
+                keys.append(number_key(number))
+        elif param_type == "token":
+            keys += [code for _, code in token_pairs(value)]
+        elif param_type == "reference":
+            target = value.get("reference") if isinstance(value, dict) else value
+            if isinstance(target, str):
+                keys.append(local_reference(target) or target)
+        elif isinstance(value, str):
+            keys.append(value)
+    return min(keys) if keys else None

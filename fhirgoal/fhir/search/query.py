@@ -17,10 +17,13 @@ import orjson
 from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.search import conditions
 from fhirgoal.fhir.search.dates import instant_filter, split_prefix
-from fhirgoal.fhir.search.registry import TypeParams
+from fhirgoal.fhir.search.registry import SORTABLE_TYPES, SearchParam, TypeParams
 
 # Result parameters (search.html#return) understood today.
-RESULT_PARAMS = {"_count", "_cursor", "_format", "_pretty", "_summary", "_total"}
+RESULT_PARAMS = {"_count", "_cursor", "_format", "_pretty", "_summary", "_total", "_sort"}
+INCLUDE_PARAMS = {"_include", "_include:iterate", "_revinclude", "_revinclude:iterate"}
+# Where each parameter type keeps its per-document sort key (registry.sort_keys).
+SORT_FIELD_PREFIX = "srt."
 
 _BUILDERS = {
     "token": conditions.token,
@@ -32,26 +35,69 @@ _BUILDERS = {
 }
 
 
+@dataclass(frozen=True)
+class Deferred:
+    """A condition that needs another search first (search.html#chaining, #has).
+
+    chain: `param[:Type].rest=value`, resolved to the ids of `Type` matching `rest=value`.
+    has:   `_has:Type:param:rest=value`, resolved to the ids referenced by `param` of the `Type`
+           resources matching `rest=value`.
+    """
+
+    kind: str  # "chain" | "has"
+    param: str
+    target_types: tuple[str, ...]
+    rest: str
+    value: str
+
+
+@dataclass(frozen=True)
+class IncludeSpec:
+    """`_include` / `_revinclude` = Type:param[:target] (search.html#include)."""
+
+    source_type: str
+    param: str
+    target_type: str | None
+    iterate: bool
+
+
+@dataclass
+class Cursor:
+    """Where a page starts: after (or before) the row with these sort values and id."""
+
+    direction: str  # "a" after, "b" before
+    values: list[Any]
+    id: str
+
+
 @dataclass
 class CompiledSearch:
     filter: dict[str, Any]
     count: int
-    cursor: tuple[str, str] | None = None  # ("a", id) = after id, ("b", id) = before id
+    cursor: Cursor | None = None
     warnings: list[str] = field(default_factory=list)
     total: str = "accurate"  # _total: none | estimate | accurate
     summary_count: bool = False  # _summary=count: the total only
     used: list[tuple[str, str]] = field(default_factory=list)  # the parameters applied, for `self`
+    sort: list[tuple[str, int]] = field(default_factory=list)  # (document field, 1 | -1)
+    deferred: list[Deferred] = field(default_factory=list)
+    includes: list[IncludeSpec] = field(default_factory=list)
+    revincludes: list[IncludeSpec] = field(default_factory=list)
 
 
-def encode_cursor(direction: str, rid: str) -> str:
-    return base64.urlsafe_b64encode(orjson.dumps([direction, rid])).decode().rstrip("=")
+def encode_cursor(cursor: Cursor) -> str:
+    raw = orjson.dumps([cursor.direction, cursor.values, cursor.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
-def _decode_cursor(token: str) -> tuple[str, str]:
+def _decode_cursor(token: str) -> Cursor:
     try:
-        direction, rid = orjson.loads(base64.urlsafe_b64decode(token + "=" * (-len(token) % 4)))
-        if direction in ("a", "b") and isinstance(rid, str):
-            return direction, rid
+        direction, values, rid = orjson.loads(
+            base64.urlsafe_b64decode(token + "=" * (-len(token) % 4))
+        )
+        well_formed = direction in ("a", "b") and isinstance(rid, str) and isinstance(values, list)
+        if well_formed and all(v is None or isinstance(v, str) for v in values):
+            return Cursor(direction, values, rid)
     except (ValueError, binascii.Error, TypeError):
         pass
     raise FhirError("bad-request", "invalid _cursor: use the links the server returned", "_cursor")
@@ -108,6 +154,16 @@ class SearchCompiler:
     ) -> dict[str, Any] | None:
         if name in RESULT_PARAMS:
             self._result_parameter(name, value, result)
+            return None
+        if name in INCLUDE_PARAMS:
+            self._include_parameter(name, value, result)
+            return None
+        if name.startswith("_has:"):
+            result.deferred.append(self._has(name, value))
+            return None
+        if "." in name:  # parameter codes have no dots: this is a chain
+            head, _, rest = name.partition(".")
+            result.deferred.append(self._chain(head, rest, value))
             return None
         code, _, modifier = name.partition(":")
         param = self.table.params.get(code)
@@ -172,3 +228,58 @@ class SearchCompiler:
                 )
             result.summary_count = True
             result.used.append((name, value))
+
+        elif name == "_sort":
+            result.sort = [self._sort_key(key) for key in _split_or(value)]
+            result.used.append((name, value))
+
+    def _sort_key(self, key: str) -> tuple[str, int]:
+        direction = -1 if key.startswith("-") else 1
+        code = key.lstrip("-")
+        if code == "_id":
+            return "_id", direction
+        if code == "_lastUpdated":
+            return "lu", direction
+        param = self.table.params.get(code)
+        if param is None or not param.supported or param.type not in SORTABLE_TYPES:
+            raise FhirError(
+                "not-supported", f"cannot sort {self.table.resource_type} by '{code}'", "_sort"
+            )
+        return SORT_FIELD_PREFIX + code, direction
+
+    def _reference_param(self, code: str, name: str) -> SearchParam:
+        param = self.table.params.get(code)
+        if param is None or param.type != "reference" or not param.supported:
+            raise FhirError(
+                "not-supported",
+                f"'{code}' is not a reference parameter of {self.table.resource_type}",
+                name,
+            )
+        return param
+
+    def _chain(self, head: str, rest: str, value: str) -> Deferred:
+        code, _, type_modifier = head.partition(":")
+        param = self._reference_param(code, head)
+        if type_modifier and type_modifier not in param.targets:
+            raise FhirError("bad-request", f"'{code}' cannot refer to {type_modifier}", head)
+        targets = (type_modifier,) if type_modifier else param.targets
+        return Deferred("chain", code, tuple(targets), rest, value)
+
+    def _has(self, name: str, value: str) -> Deferred:
+        parts = name.split(":", 3)
+        if len(parts) != 4 or not all(parts[1:]):
+            raise FhirError(
+                "bad-request", "use _has:Type:reference-parameter:parameter=value", name
+            )
+        _, source_type, code, rest = parts
+        return Deferred("has", code, (source_type,), rest, value)
+
+    def _include_parameter(self, name: str, value: str, result: CompiledSearch) -> None:
+        parts = value.split(":")
+        if len(parts) not in (2, 3) or not all(parts):
+            raise FhirError("bad-request", f"{name} takes Type:parameter[:targetType]", name)
+        spec = IncludeSpec(
+            parts[0], parts[1], parts[2] if len(parts) == 3 else None, name.endswith(":iterate")
+        )
+        (result.revincludes if name.startswith("_revinclude") else result.includes).append(spec)
+        result.used.append((name, value))

@@ -15,6 +15,7 @@ from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.search.index import (
     compartment_members,
     date_entries,
+    first_sort_key,
     number_entries,
     quantity_entries,
     reference_entries,
@@ -27,6 +28,8 @@ from fhirgoal.fhir.search.paths import Extractor, compile_expression
 # Parameter types whose values are indexed and searchable today. The others are registered (so
 # strict mode can tell "unsupported" from "unknown") but not yet advertised.
 INDEXED_TYPES = {"token", "reference", "uri", "string", "date", "number", "quantity"}
+# Types whose values have a natural order for _sort (search.html#sort).
+SORTABLE_TYPES = {"token", "reference", "uri", "string", "date", "number", "quantity"}
 # Handled by dedicated document fields rather than the generic index.
 SPECIAL = {"_id", "_lastUpdated"}
 
@@ -63,6 +66,7 @@ class TypeParams:
         highs: set[str] = set()
         ranges: list[dict[str, str]] = []
         miss: list[str] = []
+        sort_keys: dict[str, str] = {}
         for param in self.params.values():
             if param.extractor is None or param.code in SPECIAL or param.type not in INDEXED_TYPES:
                 continue
@@ -70,6 +74,9 @@ class TypeParams:
             if not values:
                 miss.append(param.code)
                 continue
+            sort_key = first_sort_key(param.type, values)
+            if sort_key is not None:
+                sort_keys[param.code] = sort_key
             if param.type == "token":
                 tok |= token_entries(param.code, values)
             elif param.type == "uri":
@@ -93,7 +100,7 @@ class TypeParams:
         return {
             "tok": sorted(tok), "ref": sorted(ref), "comp": compartment, "str": sorted(text),
             "num": sorted(num), "dtlo": sorted(lows), "dthi": sorted(highs), "dt": ranges,
-            "miss": miss,
+            "miss": miss, "srt": sort_keys,
         }  # fmt: skip
 
 

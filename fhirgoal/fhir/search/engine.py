@@ -1,0 +1,338 @@
+"""Running a FHIR search: chains and `_has` first, then one page in a stable order, then includes.
+
+https://hl7.org/fhir/R4/search.html : #chaining, #has, #sort, #include, #revinclude, paging.
+Every database access goes through the repository with the caller's AccessContext, so chained,
+reverse-chained and included resources are confined exactly like the matches.
+
+Paging is keyset paging on the sort keys plus the id: a `next` link names the last row it saw,
+so resources added or changed meanwhile cause neither duplicates nor gaps in the pages that follow.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from fhirgoal.auth.context import AccessContext
+from fhirgoal.config import Settings
+from fhirgoal.fhir.conformance import Conformance
+from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.search.index import reference_entries
+from fhirgoal.fhir.search.query import CompiledSearch, Cursor, Deferred, IncludeSpec, SearchCompiler
+from fhirgoal.fhir.search.registry import SearchRegistry
+from fhirgoal.store.repository import Repository, Version
+
+MAX_CHAIN_MATCHES = 1000  # a chain or _has that selects more is refused, not silently cut
+MAX_CHAIN_DEPTH = 4
+MAX_INCLUDED = 1000
+MAX_ITERATIONS = 3
+
+
+@dataclass
+class SearchPage:
+    compiled: CompiledSearch
+    matches: list[Version]
+    included: list[Version] = field(default_factory=list)
+    total: int | None = None
+    next_cursor: Cursor | None = None
+    previous_cursor: Cursor | None = None
+
+
+def _and(*conditions: dict[str, Any]) -> dict[str, Any]:
+    present = [c for c in conditions if c]
+    if not present:
+        return {}
+    return present[0] if len(present) == 1 else {"$and": present}
+
+
+_NOTHING: dict[str, Any] = {"_id": {"$in": []}}
+
+
+def _sort_value(keys: dict[str, Any], field_name: str, version: Version) -> Any:
+    if field_name == "_id":
+        return version.id
+    if field_name == "lu":
+        return version.last_updated.isoformat()
+    return keys.get(field_name.split(".", 1)[1])
+
+
+def _db_value(name: str, value: Any) -> Any:
+    # cursors carry text; _lastUpdated is stored as a BSON date
+    return datetime.fromisoformat(value) if name == "lu" and isinstance(value, str) else value
+
+
+def _after(sort: list[tuple[str, int]], cursor: Cursor, id_op: str = "$gt") -> dict[str, Any]:
+    """Rows strictly after the cursor row in the order `sort`, then the id (`id_op`).
+
+    MongoDB sorts a missing value first when ascending and last when descending.
+    """
+    values = [_db_value(name, v) for (name, _), v in zip(sort, cursor.values, strict=True)]
+    branches = []
+    for k, (name, direction) in enumerate(sort):
+        value = values[k]
+        beyond: dict[str, Any]
+        if direction == 1:
+            beyond = {name: {"$ne": None}} if value is None else {name: {"$gt": value}}
+        elif value is None:
+            continue  # nothing follows a missing value in descending order
+        else:
+            beyond = {"$or": [{name: {"$lt": value}}, {name: None}]}
+        same = [{sort[j][0]: values[j]} for j in range(k)]
+        branches.append(_and(*same, beyond))
+    same_all = [{name: values[j]} for j, (name, _) in enumerate(sort)]
+    branches.append(_and(*same_all, {"_id": {id_op: cursor.id}}))
+    return branches[0] if len(branches) == 1 else {"$or": branches}
+
+
+class SearchEngine:
+    def __init__(
+        self,
+        settings: Settings,
+        conformance: Conformance,
+        registry: SearchRegistry,
+        repo: Repository,
+    ) -> None:
+        self.settings = settings
+        self.conformance = conformance
+        self.registry = registry
+        self.repo = repo
+
+    def compiler(self, rt: str) -> SearchCompiler:
+        if not self.conformance.is_stored(rt):
+            raise FhirError("not-supported", f"unknown or unsupported resource type '{rt}'")
+        return SearchCompiler(
+            self.registry.for_type(rt), self.settings.max_page_size, self.settings.default_page_size
+        )
+
+    # ---- conditions needing other searches -------------------------------------------------
+    async def compile(
+        self,
+        access: AccessContext,
+        rt: str,
+        params: list[tuple[str, str]],
+        base_url: str,
+        lenient: bool = False,
+        depth: int = 0,
+    ) -> CompiledSearch:
+        if depth > MAX_CHAIN_DEPTH:
+            raise FhirError(
+                "bad-request", f"chains and _has may nest at most {MAX_CHAIN_DEPTH} deep"
+            )
+        compiled = self.compiler(rt).compile(params, base_url, lenient)
+        for deferred in compiled.deferred:
+            if deferred.kind == "chain":
+                clause = await self._chain(access, deferred, base_url, depth)
+            else:
+                clause = await self._has(access, rt, deferred, base_url, depth)
+            compiled.filter = _and(compiled.filter, clause)
+            compiled.used.append(
+                (
+                    f"{deferred.param}.{deferred.rest}"
+                    if deferred.kind == "chain"
+                    else f"_has:{deferred.target_types[0]}:{deferred.param}:{deferred.rest}",
+                    deferred.value,
+                )
+            )
+        return compiled
+
+    async def _chain(
+        self, access: AccessContext, chain: Deferred, base_url: str, depth: int
+    ) -> dict[str, Any]:
+        inner_code = chain.rest.split(".")[0].split(":")[0]
+        candidates = [
+            t for t in chain.target_types
+            if self.conformance.is_stored(t) and (inner_code.startswith("_has") or inner_code in self.registry.for_type(t).params)
+        ]  # fmt: skip
+        if not candidates:
+            raise FhirError(
+                "bad-request", f"no target of '{chain.param}' has a search parameter '{inner_code}'"
+            )
+        keys: list[str] = []
+        for target in candidates:
+            inner = await self.compile(
+                access, target, [(chain.rest, chain.value)], base_url, depth=depth + 1
+            )
+            ids = await self.repo.ids(access, target, inner.filter, MAX_CHAIN_MATCHES + 1)
+            if len(ids) > MAX_CHAIN_MATCHES:
+                raise FhirError(
+                    "too-large",
+                    f"the chain {chain.param}.{chain.rest} matches more than {MAX_CHAIN_MATCHES} {target} resources; narrow it",
+                )
+            keys += [f"{chain.param}={target}/{rid}" for rid in ids]
+        return {"ref": {"$in": keys}} if keys else _NOTHING
+
+    async def _has(
+        self, access: AccessContext, rt: str, has: Deferred, base_url: str, depth: int
+    ) -> dict[str, Any]:
+        source = has.target_types[0]
+        if not self.conformance.is_stored(source):
+            raise FhirError("bad-request", f"_has: unknown resource type '{source}'")
+        param = self.registry.for_type(source).params.get(has.param)
+        if (
+            param is None
+            or param.type != "reference"
+            or (param.targets and rt not in param.targets)
+        ):
+            raise FhirError("bad-request", f"_has: '{has.param}' of {source} cannot refer to {rt}")
+        inner = await self.compile(
+            access, source, [(has.rest, has.value)], base_url, depth=depth + 1
+        )
+        refs = await self.repo.references(
+            access, source, inner.filter, has.param, MAX_CHAIN_MATCHES + 1
+        )
+        if len(refs) > MAX_CHAIN_MATCHES:
+            raise FhirError(
+                "too-large", f"_has:{source}:{has.param} matches too many resources; narrow it"
+            )
+        prefix = f"{has.param}={rt}/"
+        ids = sorted({ref[len(prefix) :] for ref in refs if ref.startswith(prefix)})
+        return {"_id": {"$in": ids}}
+
+    # ---- the page ----------------------------------------------------------------------------
+    async def search(
+        self,
+        access: AccessContext,
+        rt: str,
+        params: list[tuple[str, str]],
+        base_url: str,
+        lenient: bool = False,
+        compartment: str | None = None,
+    ) -> SearchPage:
+        compiled = await self.compile(access, rt, params, base_url, lenient)
+        if compartment is not None:
+            compiled.filter = _and(compiled.filter, {"comp": compartment})
+        page = SearchPage(compiled, [])
+        if compiled.total != "none" or compiled.summary_count:
+            page.total = await self.repo.count(access, rt, compiled.filter)
+        if compiled.count == 0 or compiled.summary_count:
+            return page
+        await self._page(access, rt, page)
+        page.included = await self._includes(access, rt, page.matches, compiled)
+        return page
+
+    async def _page(self, access: AccessContext, rt: str, page: SearchPage) -> None:
+        compiled = page.compiled
+        sort = compiled.sort
+        cursor = compiled.cursor
+        backwards = cursor is not None and cursor.direction == "b"
+        order = [(name, -d if backwards else d) for name, d in sort] + [
+            ("_id", -1 if backwards else 1)
+        ]
+        query = compiled.filter
+        if cursor is not None:
+            if len(cursor.values) != len(sort):
+                raise FhirError("bad-request", "the _cursor does not belong to this _sort")
+            # backwards, `order` is already reversed: the rows before the cursor come after it
+            query = _and(query, _after(order[:-1], cursor, "$lt" if backwards else "$gt"))
+        rows = await self.repo.find_sorted(access, rt, query, order, compiled.count + 1)
+        more = len(rows) > compiled.count
+        rows = rows[: compiled.count]
+        if backwards:
+            rows.reverse()
+        page.matches = [version for version, _ in rows]
+        if not rows:
+            return
+        first, last = rows[0], rows[-1]
+        fields = [name for name, _ in sort]
+        after_last = Cursor("a", [_sort_value(last[1], f, last[0]) for f in fields], last[0].id)
+        before_first = Cursor(
+            "b", [_sort_value(first[1], f, first[0]) for f in fields], first[0].id
+        )
+        has_next = (more and not backwards) or backwards
+        has_previous = (more and backwards) or (cursor is not None and not backwards)
+        page.next_cursor = after_last if has_next else None
+        page.previous_cursor = before_first if has_previous else None
+
+    # ---- includes ----------------------------------------------------------------------------
+    async def _includes(
+        self, access: AccessContext, rt: str, matches: list[Version], compiled: CompiledSearch
+    ) -> list[Version]:
+        if not (compiled.includes or compiled.revincludes) or not matches:
+            return []
+        seen = {(v.resource_type, v.id) for v in matches}
+        included: list[Version] = []
+        frontier = matches
+        for iteration in range(MAX_ITERATIONS + 1):
+            found: list[Version] = []
+            for spec in compiled.includes:
+                if spec.iterate or iteration == 0:
+                    found += await self._forward(access, spec, frontier)
+            for spec in compiled.revincludes:
+                if spec.iterate or iteration == 0:
+                    found += await self._reverse(access, spec, frontier)
+            fresh = []
+            for version in found:
+                key = (version.resource_type, version.id)
+                if key not in seen:
+                    seen.add(key)
+                    fresh.append(version)
+            included += fresh
+            if len(included) > MAX_INCLUDED:
+                raise FhirError(
+                    "too-large",
+                    f"the includes add more than {MAX_INCLUDED} resources; page with a smaller _count",
+                )
+            if not fresh or not any(s.iterate for s in compiled.includes + compiled.revincludes):
+                break
+            frontier = fresh
+        return included
+
+    def _include_param(self, spec: IncludeSpec) -> list[str]:
+        if not self.conformance.is_stored(spec.source_type):
+            raise FhirError("bad-request", f"_include: unknown resource type '{spec.source_type}'")
+        params = self.registry.for_type(spec.source_type).params
+        if spec.param == "*":
+            return [p.code for p in params.values() if p.type == "reference" and p.supported]
+        param = params.get(spec.param)
+        if param is None or param.type != "reference":
+            raise FhirError(
+                "bad-request", f"'{spec.param}' is not a reference parameter of {spec.source_type}"
+            )
+        return [spec.param]
+
+    async def _forward(
+        self, access: AccessContext, spec: IncludeSpec, sources: list[Version]
+    ) -> list[Version]:
+        codes = self._include_param(spec)
+        table = self.registry.for_type(spec.source_type)
+        wanted: dict[str, set[str]] = {}
+        for version in sources:
+            if version.resource_type != spec.source_type or version.resource is None:
+                continue
+            for code in codes:
+                extractor = table.params[code].extractor
+                if extractor is None:
+                    continue
+                for entry in reference_entries(code, extractor(version.resource)):
+                    target = entry.split("=", 1)[1]
+                    target_type, _, target_id = target.partition("/")
+                    if (
+                        target_id
+                        and "/" not in target_id
+                        and (spec.target_type in (None, target_type))
+                    ):
+                        wanted.setdefault(target_type, set()).add(target_id)
+        found: list[Version] = []
+        for target_type, ids in wanted.items():
+            if self.conformance.is_stored(target_type):
+                found += await self.repo.find_sorted_versions(
+                    access, target_type, {"_id": {"$in": sorted(ids)}}, MAX_INCLUDED
+                )
+        return found
+
+    async def _reverse(
+        self, access: AccessContext, spec: IncludeSpec, targets: list[Version]
+    ) -> list[Version]:
+        codes = self._include_param(spec)
+        keys = [
+            f"{code}={v.resource_type}/{v.id}"
+            for v in targets
+            for code in codes
+            if spec.target_type in (None, v.resource_type)
+        ]
+        if not keys:
+            return []
+        return await self.repo.find_sorted_versions(
+            access, spec.source_type, {"ref": {"$in": keys}}, MAX_INCLUDED
+        )
