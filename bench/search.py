@@ -2,6 +2,7 @@
 searches, measured at two data sizes in one run so that growth with the data set shows.
 
     python bench/search.py [--patients 500] [--per-patient 100] [--requests 400] [--concurrency 1 8]
+                           [--budget 120]
 
 Data: N patients, each with 3 Goals and M Observations (ORS/SRS session scores with 4 components
 each, weekly, and GAS follow-up ratings whose `focus` is a Goal); patients start at staggered
@@ -15,7 +16,9 @@ per request is read from /proc. Queries, each pre-rendered over many patients an
   a  Observation by patient + code + date range, a page of 20
   b  Goal by patient with _revinclude=Observation:focus ("unsupported" if the server says 400)
   c  _summary=count: one patient's Observations, and all ORS totals (broad)
-With MONGODB_URI unset it starts the embedded database in a temporary directory.
+With MONGODB_URI unset it starts the embedded database in a temporary directory, and its CPU
+time per request is reported too. Each query, size and concurrency gets `--requests` requests or
+`--budget` seconds, whichever ends first (the table shows how many were sent).
 
 Targets: p50(50k) / p50(5k) < 2.0 for each query and concurrency; server CPU per page of 20
 (query a) at 50k < 3 ms.
@@ -45,8 +48,8 @@ import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import render_request, run
-from rest_core import measured, start_server, summarize
+from loadgen import Result, render_request, run
+from rest_core import cpu_seconds, start_server, summarize
 
 from fhirgoal.app import build_service
 from fhirgoal.auth.context import UNRESTRICTED
@@ -77,7 +80,7 @@ GAS_EVERY = 4  # sessions between GAS reviews (one rating per goal)
 FIRST_WEEK = datetime(2024, 6, 3, 9, 0, tzinfo=UTC)  # a Monday
 STAGGER_WEEKS = 64  # patients start over ~15 months; with ~37 weekly sessions: ~2 years in all
 LOAD_TASKS = 8
-WARMUP = 50
+WARMUP = 50  # requests per query and size before measuring (at most `--budget` / 4 seconds)
 SEED = 3
 
 Resource = dict[str, Any]
@@ -174,16 +177,38 @@ def patient_resources(i: int, per_patient: int) -> list[Resource]:
 
 # ---- loading ---------------------------------------------------------------------------------
 @dataclass
+class Processes:
+    """The processes whose CPU time is read from /proc: this one, the server, the database."""
+
+    server: int
+    database: int | None  # None with MONGODB_URI (the database may be anywhere)
+
+    def cpu(self) -> tuple[float, float, float | None]:
+        database = cpu_seconds(self.database) if self.database else None
+        return cpu_seconds(os.getpid()), cpu_seconds(self.server), database
+
+
+def cpu_ms_per(before: float | None, after: float | None, count: int) -> float | None:
+    if before is None or after is None:
+        return None
+    return round((after - before) * 1000 / max(1, count), 3)
+
+
+@dataclass
 class LoadStats:
     resources: int
     seconds: float
+    loader_cpu_ms: float | None  # per resource
+    database_cpu_ms: float | None  # per resource
 
     @property
     def rate(self) -> float:
         return self.resources / self.seconds if self.seconds else 0.0
 
 
-async def write_all(service: FhirService, resources: list[Resource], label: str) -> LoadStats:
+async def write_all(
+    service: FhirService, resources: list[Resource], label: str, processes: Processes
+) -> LoadStats:
     """PUT every resource through the service from LOAD_TASKS concurrent tasks."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn()) as progress:
@@ -197,17 +222,26 @@ async def write_all(service: FhirService, resources: list[Resource], label: str)
                     raise SystemExit(f"writing {rt}/{rid} answered {outcome.status}")
                 progress.advance(task)
 
-        started = time.perf_counter()
+        started, (loader, _, database) = time.perf_counter(), processes.cpu()
         await asyncio.gather(*(writer(resources[k::LOAD_TASKS]) for k in range(LOAD_TASKS)))
-    return LoadStats(len(resources), time.perf_counter() - started)
+    seconds, (loader_after, _, database_after) = time.perf_counter() - started, processes.cpu()
+    return LoadStats(
+        len(resources),
+        seconds,
+        cpu_ms_per(loader, loader_after, len(resources)),
+        cpu_ms_per(database, database_after, len(resources)),
+    )
 
 
 async def load_patients(
-    service: FhirService, patients: range, per_patient: int, label: str
+    service: FhirService, patients: range, per_patient: int, label: str, processes: Processes
 ) -> LoadStats:
     resources = [r for i in patients for r in patient_resources(i, per_patient)]
-    stats = await write_all(service, resources, label)
-    print(f"{label}: {stats.resources} resources in {stats.seconds:.1f} s = {stats.rate:.0f}/s")
+    stats = await write_all(service, resources, label, processes)
+    print(
+        f"{label}: {stats.resources} resources in {stats.seconds:.1f} s = {stats.rate:.0f}/s; "
+        f"CPU per resource: loader {stats.loader_cpu_ms} ms, database {stats.database_cpu_ms} ms"
+    )
     return stats
 
 
@@ -329,27 +363,74 @@ def verify(port: int, patients: int, per_patient: int) -> dict[str, Any]:
 
 
 # ---- measuring -------------------------------------------------------------------------------
+@dataclass
+class Limits:
+    requests: int  # per query, size and concurrency
+    budget: float  # seconds per query, size and concurrency (0: no limit)
+    concurrency: list[int]
+
+
 async def probe(port: int, request: bytes) -> int:
     result = await run("127.0.0.1", port, [request], 1, 1)
     return next(iter(result.statuses))
 
 
+def merge(into: Result, part: Result) -> None:
+    into.latencies += part.latencies
+    into.elapsed += part.elapsed
+    for status, count in part.statuses.items():
+        into.statuses[status] = into.statuses.get(status, 0) + count
+
+
+async def run_budgeted(
+    port: int, requests: list[bytes], total: int, clients: int, budget: float
+) -> Result:
+    """Up to `total` requests in rounds of doubling size, stopping once `budget` seconds are
+    spent (0: no limit), so that a slow database cannot stretch a run to hours."""
+    result, size = Result(), clients
+    while len(result.latencies) < total and (not budget or result.elapsed < budget):
+        sent = len(result.latencies)
+        size = min(size, total - sent)
+        part = await run(
+            "127.0.0.1",
+            port,
+            lambda n, sent=sent: requests[(sent + n) % len(requests)],
+            size,
+            clients,
+        )
+        merge(result, part)
+        size *= 2
+    return result
+
+
+async def measure_cell(
+    port: int, processes: Processes, name: str, requests: list[bytes], clients: int, limits: Limits
+) -> dict[str, Any]:
+    before = processes.cpu()
+    result = await run_budgeted(port, requests, limits.requests, clients, limits.budget)
+    after = processes.cpu()
+    row = summarize(name, clients, result, after[1] - before[1])
+    row["database_cpu_ms_per_request"] = cpu_ms_per(before[2], after[2], len(result.latencies))
+    return row
+
+
 async def measure_size(
-    port: int, pid: int, patients: int, observations: int, total: int, concurrency: list[int]
+    port: int, processes: Processes, patients: int, observations: int, limits: Limits
 ) -> list[dict[str, Any]]:
     """Every query at every concurrency on the data loaded so far."""
     host = f"127.0.0.1:{port}"
     rows: list[dict[str, Any]] = []
     for name, query in QUERIES.items():
-        requests = rendered(query, patients, total, host)
-        status = await probe(port, requests[0])
-        if status == 400:
-            rows += [unsupported(name, clients, observations) for clients in concurrency]
+        requests = rendered(query, patients, limits.requests, host)
+        if await probe(port, requests[0]) == 400:
+            rows += [unsupported(name, clients, observations) for clients in limits.concurrency]
             continue
-        await run("127.0.0.1", port, requests, min(WARMUP, total), 2)
-        for clients in concurrency:
-            result, cpu = await measured(pid, run("127.0.0.1", port, requests, total, clients))
-            rows.append({"size": observations, **summarize(name, clients, result, cpu)})
+        await run_budgeted(port, requests, min(WARMUP, limits.requests), 2, limits.budget / 4)
+        for clients in limits.concurrency:
+            row = await measure_cell(port, processes, name, requests, clients, limits)
+            rows.append({"size": observations, **row})
+            print(f"  {observations} obs, {name}, {clients} clients: {row['requests']} requests, "
+                  f"p50 {row['p50_ms']} ms")  # fmt: skip
     return rows
 
 
@@ -358,7 +439,7 @@ def unsupported(name: str, clients: int, observations: int) -> dict[str, Any]:
 
 
 async def bench(
-    uri: str, patients: int, per_patient: int, total: int, concurrency: list[int]
+    uri: str, database_pid: int | None, patients: int, per_patient: int, limits: Limits
 ) -> dict[str, Any]:
     db = f"bench_search_{int(time.time())}"
     client = connect(uri)
@@ -367,6 +448,7 @@ async def bench(
     gc.freeze()  # as the app does: keep the GC off the conformance tables while loading
     port = free_port()
     server = start_server(uri, port, db)
+    processes = Processes(server.pid, database_pid)
     small = max(1, patients // 10)
     rows: list[dict[str, Any]] = []
     loads: list[dict[str, Any]] = []
@@ -374,13 +456,16 @@ async def bench(
     try:
         for loaded, first in ((small, 0), (patients, small)):
             observations = loaded * per_patient
+            label = f"loading to {observations} obs"
             stats = await load_patients(
-                service, range(first, loaded), per_patient, f"loading to {observations} obs"
+                service, range(first, loaded), per_patient, label, processes
             )
             loads.append({"observations": observations, "resources": stats.resources,
-                          "seconds": round(stats.seconds, 1), "per_s": round(stats.rate, 1)})  # fmt: skip
+                          "seconds": round(stats.seconds, 1), "per_s": round(stats.rate, 1),
+                          "loader_cpu_ms_per_resource": stats.loader_cpu_ms,
+                          "database_cpu_ms_per_resource": stats.database_cpu_ms})  # fmt: skip
             checks[str(observations)] = verify(port, loaded, per_patient)
-            rows += await measure_size(port, server.pid, loaded, observations, total, concurrency)
+            rows += await measure_size(port, processes, loaded, observations, limits)
     finally:
         server.terminate()
         server.wait(timeout=30)
@@ -392,18 +477,21 @@ async def bench(
 # ---- reporting -------------------------------------------------------------------------------
 def print_table(rows: list[dict[str, Any]]) -> None:
     print(
-        f"\n{'obs':>7} {'query':<22}{'clients':>8}{'req/s':>9}{'p50 ms':>9}{'p99 ms':>9}"
-        f"{'CPU ms/req':>12}  statuses"
+        f"\n{'obs':>7} {'query':<22}{'clients':>8}{'reqs':>6}{'req/s':>8}{'p50 ms':>10}"
+        f"{'p99 ms':>10}{'server CPU':>11}{'db CPU':>10}  statuses"
     )
     for row in rows:
         head = f"{row['size']:>7} {row['operation']:<22}{row['clients']:>8}"
+        database = row.get("database_cpu_ms_per_request")
         if row.get("unsupported"):
             print(f"{head}  unsupported (400)")
             continue
         print(
-            f"{head}{row['throughput_per_s']:>9}{row['p50_ms']:>9}{row['p99_ms']:>9}"
-            f"{row['server_cpu_ms_per_request']:>12}  {row['statuses']}"
+            f"{head}{row['requests']:>6}{row['throughput_per_s']:>8}{row['p50_ms']:>10}"
+            f"{row['p99_ms']:>10}{row['server_cpu_ms_per_request']:>11}"
+            f"{'' if database is None else database:>10}  {row['statuses']}"
         )
+    print("(CPU columns: ms per request)")
 
 
 def summary(rows: list[dict[str, Any]]) -> dict[str, Any]:
@@ -455,15 +543,21 @@ def main() -> None:
     parser.add_argument("--per-patient", type=int, default=100)
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=120,
+        help="seconds per query, size and concurrency (0: none)",
+    )
     args = parser.parse_args()
+    limits = Limits(args.requests, args.budget, args.concurrency)
     uri = os.environ.get("MONGODB_URI")
     with tempfile.TemporaryDirectory() as tmp:
         embedded = None if uri else EmbeddedDatabase(Path(tmp))
         uri = uri or embedded.start()  # type: ignore[union-attr]
         try:
-            result = asyncio.run(
-                bench(uri, args.patients, args.per_patient, args.requests, args.concurrency)
-            )
+            database_pid = embedded.process.pid if embedded and embedded.process else None
+            result = asyncio.run(bench(uri, database_pid, args.patients, args.per_patient, limits))
         finally:
             if embedded:
                 embedded.stop()

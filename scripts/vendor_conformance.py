@@ -262,6 +262,8 @@ def element_entry(element: Json) -> Json:
     }
     if "contentReference" in element:
         entry["contentReference"] = element["contentReference"]
+    if element.get("isSummary"):  # for _summary=true (search.html#summary)
+        entry["summary"] = True
     return entry
 
 

@@ -31,6 +31,14 @@ def build_capability(
     interactions = rest.pop("resourceInteractions")
     defaults = rest.pop("resourceDefaults")
     resources = []
+    reference_params = {
+        rt: [
+            p
+            for p in registry.for_type(rt).params.values()
+            if p.type == "reference" and p.supported
+        ]
+        for rt in conformance.stored_types
+    }
     for rt in conformance.stored_types:
         params = [
             {"name": p.code, "definition": p.url, "type": p.type, "documentation": p.documentation}
@@ -43,6 +51,13 @@ def build_capability(
                 "profile": f"http://hl7.org/fhir/StructureDefinition/{rt}",
                 "interaction": [{"code": code} for code in interactions],
                 **defaults,
+                "searchInclude": sorted(f"{rt}:{p.code}" for p in reference_params[rt]),
+                "searchRevInclude": sorted(
+                    f"{source}:{p.code}"
+                    for source, source_params in reference_params.items()
+                    for p in source_params
+                    if not p.targets or rt in p.targets
+                ),
                 "searchParam": params,
             }
         )

@@ -143,3 +143,26 @@ async def test_sort_by_parameters_with_stable_paging_under_inserts(fhir: Running
     again = (await fhir.client.get(previous)).json()
     assert [e["resource"]["id"] for e in again["entry"]] == ["p6", "p5", "p4"]
     assert (await fhir.client.get("/Patient", params={"_sort": "colour"})).status_code == 400
+
+
+async def test_summary_and_elements_return_tagged_subsets(fhir: RunningServer) -> None:
+    await clinic(fhir)
+    query = {"_id": "alex", "_summary": "true"}
+    resource = (await fhir.client.get("/Patient", params=query)).json()["entry"][0]["resource"]
+    assert "name" in resource and "generalPractitioner" not in resource  # not a summary element
+    assert resource["meta"]["tag"][-1]["code"] == "SUBSETTED"
+    query = {"_id": "r1", "_summary": "text"}
+    resource = (await fhir.client.get("/Observation", params=query)).json()["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "status", "code"}
+    picked = (
+        await fhir.client.get("/Observation", params={"_id": "r1", "_elements": "focus"})
+    ).json()
+    resource = picked["entry"][0]["resource"]
+    assert set(resource) == {"resourceType", "id", "meta", "focus", "status", "code"}  # + mandatory
+    whole = (
+        await fhir.client.get("/Observation", params={"_id": "r1", "_summary": "false"})
+    ).json()
+    assert "tag" not in whole["entry"][0]["resource"]["meta"]
+    stored = (await fhir.client.get("/Observation/r1")).json()
+    assert "tag" not in stored["meta"]  # subsetting never touches what is stored
+    assert (await fhir.client.get("/Observation", params={"_summary": "some"})).status_code == 400

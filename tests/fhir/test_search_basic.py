@@ -161,3 +161,17 @@ async def test_metadata_lists_types_and_working_search_parameters(fhir: RunningS
     for name, kind in types.items():  # every advertised parameter is accepted
         response = await fhir.client.get("/Observation", params={name: sample.get(kind, "x")})
         assert response.status_code == 200, (name, response.text)
+
+
+async def test_every_advertised_include_and_revinclude_is_accepted(fhir: RunningServer) -> None:
+    statement = (await fhir.client.get("/metadata")).json()
+    goal = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Goal")
+    assert "Goal:subject" in goal["searchInclude"]
+    assert "Observation:focus" in goal["searchRevInclude"]
+    for name, values in (
+        ("_include", goal["searchInclude"]),
+        ("_revinclude", goal["searchRevInclude"]),
+    ):
+        for value in values:
+            response = await fhir.client.get("/Goal", params={name: value})
+            assert response.status_code == 200, (name, value, response.text)

@@ -10,7 +10,7 @@ so resources added or changed meanwhile cause neither duplicates nor gaps in the
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -18,9 +18,11 @@ from fhirgoal.auth.context import AccessContext
 from fhirgoal.config import Settings
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.search.index import reference_entries
 from fhirgoal.fhir.search.query import CompiledSearch, Cursor, Deferred, IncludeSpec, SearchCompiler
 from fhirgoal.fhir.search.registry import SearchRegistry
+from fhirgoal.fhir.subsetting import Subsetter
 from fhirgoal.store.repository import Repository, Version
 
 MAX_CHAIN_MATCHES = 1000  # a chain or _has that selects more is refused, not silently cut
@@ -97,6 +99,7 @@ class SearchEngine:
         self.conformance = conformance
         self.registry = registry
         self.repo = repo
+        self.subsetter = Subsetter(conformance.structure)
 
     def compiler(self, rt: str) -> SearchCompiler:
         if not self.conformance.is_stored(rt):
@@ -209,7 +212,17 @@ class SearchEngine:
             return page
         await self._page(access, rt, page)
         page.included = await self._includes(access, rt, page.matches, compiled)
+        if compiled.summary or compiled.elements:
+            page.matches = [self._subset(v, compiled) for v in page.matches]
+            page.included = [self._subset(v, compiled) for v in page.included]
         return page
+
+    def _subset(self, version: Version, compiled: CompiledSearch) -> Version:
+        assert version.resource is not None
+        reduced = self.subsetter.subset(version.resource, compiled.summary, compiled.elements)
+        if reduced is version.resource:
+            return version
+        return replace(version, text=dumps(reduced).decode(), parsed=reduced)
 
     async def _page(self, access: AccessContext, rt: str, page: SearchPage) -> None:
         compiled = page.compiled

@@ -20,7 +20,16 @@ from fhirgoal.fhir.search.dates import instant_filter, split_prefix
 from fhirgoal.fhir.search.registry import SORTABLE_TYPES, SearchParam, TypeParams
 
 # Result parameters (search.html#return) understood today.
-RESULT_PARAMS = {"_count", "_cursor", "_format", "_pretty", "_summary", "_total", "_sort"}
+RESULT_PARAMS = {
+    "_count",
+    "_cursor",
+    "_format",
+    "_pretty",
+    "_summary",
+    "_total",
+    "_sort",
+    "_elements",
+}
 INCLUDE_PARAMS = {"_include", "_include:iterate", "_revinclude", "_revinclude:iterate"}
 # Where each parameter type keeps its per-document sort key (registry.sort_keys).
 SORT_FIELD_PREFIX = "srt."
@@ -78,6 +87,8 @@ class CompiledSearch:
     warnings: list[str] = field(default_factory=list)
     total: str = "accurate"  # _total: none | estimate | accurate
     summary_count: bool = False  # _summary=count: the total only
+    summary: str | None = None  # _summary=true | text | data (false: the whole resource)
+    elements: list[str] | None = None  # _elements
     used: list[tuple[str, str]] = field(default_factory=list)  # the parameters applied, for `self`
     sort: list[tuple[str, int]] = field(default_factory=list)  # (document field, 1 | -1)
     deferred: list[Deferred] = field(default_factory=list)
@@ -222,11 +233,15 @@ class SearchCompiler:
             result.total = value
             result.used.append((name, value))
         elif name == "_summary":
-            if value != "count":  # true/text/data need element filtering: not yet
+            if value not in ("true", "text", "data", "count", "false"):
                 raise FhirError(
-                    "not-supported", f"_summary={value} is not supported yet (count is)", "_summary"
+                    "bad-request", "_summary must be true, text, data, count or false", "_summary"
                 )
-            result.summary_count = True
+            result.summary_count = value == "count"
+            result.summary = value if value in ("true", "text", "data") else None
+            result.used.append((name, value))
+        elif name == "_elements":
+            result.elements = [e.strip() for e in value.split(",") if e.strip()]
             result.used.append((name, value))
 
         elif name == "_sort":
