@@ -92,6 +92,53 @@ def demo_command(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
             embedded.stop()
 
 
+@app.command("reindex")
+def reindex_command(
+    data_dir: DataDir = Path("./fhirgoal-data"),
+    resource_type: Annotated[
+        list[str] | None, typer.Option("--type", help="Only these resource types (repeatable).")
+    ] = None,
+) -> None:
+    """Recompute the search index of every stored resource (e.g. after adding a SearchParameter)."""
+    settings, embedded = _start_database(_settings(data_dir=data_dir))
+    try:
+        count = asyncio.run(_reindex(settings, resource_type or []))
+        console.print(f"reindexed {count} resources")
+    finally:
+        if embedded:
+            embedded.stop()
+
+
+async def _reindex(settings: Settings, only: list[str]) -> int:
+    from rich.progress import Progress
+
+    from fhirgoal.app import build_service
+    from fhirgoal.fhir.reindex import reindex
+    from fhirgoal.store.mongo import connect
+
+    assert settings.mongodb_uri
+    client = connect(settings.mongodb_uri)
+    try:
+        service = await build_service(settings, client)
+        unknown = [t for t in only if not service.conformance.is_stored(t)]
+        if unknown:
+            console.print(f"[red]error:[/red] unknown resource type(s): {', '.join(unknown)}")
+            raise typer.Exit(2)
+        types = only or list(service.conformance.stored_types)
+        with Progress(console=console) as progress:
+            task = progress.add_task("reindex", total=None)
+
+            def on_type(rt: str, total: int) -> None:
+                progress.update(task, description=f"reindex {rt}", total=total, completed=0)
+
+            def on_progress(done: int) -> None:
+                progress.advance(task, done)
+
+            return await reindex(service, types, on_type, on_progress)
+    finally:
+        await client.close()
+
+
 def _load_demo(settings: Settings) -> None:
     from fhirgoal.demo import load_demo
 

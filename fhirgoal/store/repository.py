@@ -21,6 +21,7 @@ here, where no route can skip it.
 from __future__ import annotations
 
 import heapq
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -222,6 +223,31 @@ class Repository:
         query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
         hint = choose_index(query) or FULL_SCAN_INDEX
         return await self.collection(rt).count_documents(query, hint=hint)
+
+    # ---- maintenance ----------------------------------------------------------------------------
+    async def count_all(self, rt: str) -> int:
+        return await self.collection(rt).estimated_document_count()
+
+    async def live_versions(self, rt: str, batch_size: int = 500) -> AsyncIterator[list[Version]]:
+        """Every current, non-deleted resource of a type, in batches (for reindexing)."""
+        batch: list[Version] = []
+        cursor = self.collection(rt).find(
+            {"del": {"$ne": True}}, {"json": 1, "v": 1, "lu": 1, "op": 1}, hint=ID_INDEX
+        )
+        async for doc in cursor:
+            batch.append(_version(rt, doc))
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
+    async def set_index(self, version: Version, index: dict[str, Any]) -> bool:
+        """Replace the search index of `version` if it is still current (a writer may have won)."""
+        result = await self.collection(version.resource_type).update_one(
+            {"_id": version.id, "v": version.version}, {"$set": index}
+        )
+        return result.matched_count == 1
 
     # ---- history ---------------------------------------------------------------------------
     async def instance_history(
