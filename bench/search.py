@@ -2,14 +2,17 @@
 searches, measured at two data sizes in one run so that growth with the data set shows.
 
     python bench/search.py [--patients 500] [--per-patient 100] [--requests 400] [--concurrency 1 8]
-                           [--budget 120]
+                           [--budget 60] [--write create|update]
 
 Data: N patients, each with 3 Goals and M Observations (ORS/SRS session scores with 4 components
 each, weekly, and GAS follow-up ratings whose `focus` is a Goal); patients start at staggered
-weeks, so the whole set spans about two years. Resources are written in-process through
-FhirService.update (validation and index extraction: the real write path) by 8 concurrent tasks,
-so the repository's batching applies. First 10% of the patients are loaded and measured (5,000
-Observations by default), then the rest (50,000), and measured again.
+weeks, so the whole set spans about two years. Resources are written in-process through the
+FhirService (validation and index extraction: the real write path) by 8 concurrent tasks, so the
+repository's batching applies: Patients and Goals with `update` (fixed ids, which references
+name), Observations with `create` (as POST: no read before the write) or, with --write update,
+`update` with fixed ids too (as PUT: one read of the current version per write). First 10% of the
+patients are loaded and measured (5,000 Observations by default), then the rest (50,000), and
+measured again. The JSON results are written after each size, so an interrupted run keeps them.
 
 The server runs as its own process (`fhirgoal serve`, as in bench/rest_core.py), so its CPU time
 per request is read from /proc. Queries, each pre-rendered over many patients and date windows:
@@ -36,7 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
@@ -80,6 +83,7 @@ GAS_EVERY = 4  # sessions between GAS reviews (one rating per goal)
 FIRST_WEEK = datetime(2024, 6, 3, 9, 0, tzinfo=UTC)  # a Monday
 STAGGER_WEEKS = 64  # patients start over ~15 months; with ~37 weekly sessions: ~2 years in all
 LOAD_TASKS = 8
+BASE_URL = "http://bench.invalid/fhir"  # only used by If-None-Exist, which the loader never sends
 WARMUP = 50  # requests per query and size before measuring (at most `--budget` / 4 seconds)
 SEED = 3
 
@@ -177,6 +181,13 @@ def patient_resources(i: int, per_patient: int) -> list[Resource]:
 
 # ---- loading ---------------------------------------------------------------------------------
 @dataclass
+class Plan:
+    patients: int
+    per_patient: int  # Observations
+    write: str  # how Observations are written: create | update
+
+
+@dataclass
 class Processes:
     """The processes whose CPU time is read from /proc: this one, the server, the database."""
 
@@ -206,20 +217,29 @@ class LoadStats:
         return self.resources / self.seconds if self.seconds else 0.0
 
 
+async def write_one(service: FhirService, resource: Resource, how: str) -> None:
+    """Observations as `how` says (create / update); everything else by update, keeping its id."""
+    rt, rid = resource["resourceType"], resource["id"]
+    if how == "create" and rt == "Observation":
+        body = {key: value for key, value in resource.items() if key != "id"}
+        outcome = await service.create(UNRESTRICTED, rt, body, None, BASE_URL)
+    else:
+        outcome = await service.update(UNRESTRICTED, rt, rid, resource, None)
+    if outcome.status not in (200, 201):
+        raise SystemExit(f"writing {rt}/{rid} answered {outcome.status}")
+
+
 async def write_all(
-    service: FhirService, resources: list[Resource], label: str, processes: Processes
+    service: FhirService, resources: list[Resource], how: str, label: str, processes: Processes
 ) -> LoadStats:
-    """PUT every resource through the service from LOAD_TASKS concurrent tasks."""
+    """Write every resource through the service from LOAD_TASKS concurrent tasks."""
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn())
     with Progress(*columns, TimeElapsedColumn()) as progress:
         task = progress.add_task(label, total=len(resources))
 
         async def writer(chunk: list[Resource]) -> None:
             for resource in chunk:
-                rt, rid = resource["resourceType"], resource["id"]
-                outcome = await service.update(UNRESTRICTED, rt, rid, resource, None)
-                if outcome.status not in (200, 201):
-                    raise SystemExit(f"writing {rt}/{rid} answered {outcome.status}")
+                await write_one(service, resource, how)
                 progress.advance(task)
 
         started, (loader, _, database) = time.perf_counter(), processes.cpu()
@@ -234,10 +254,10 @@ async def write_all(
 
 
 async def load_patients(
-    service: FhirService, patients: range, per_patient: int, label: str, processes: Processes
+    service: FhirService, patients: range, plan: Plan, label: str, processes: Processes
 ) -> LoadStats:
-    resources = [r for i in patients for r in patient_resources(i, per_patient)]
-    stats = await write_all(service, resources, label, processes)
+    resources = [r for i in patients for r in patient_resources(i, plan.per_patient)]
+    stats = await write_all(service, resources, plan.write, label, processes)
     print(
         f"{label}: {stats.resources} resources in {stats.seconds:.1f} s = {stats.rate:.0f}/s; "
         f"CPU per resource: loader {stats.loader_cpu_ms} ms, database {stats.database_cpu_ms} ms"
@@ -439,7 +459,7 @@ def unsupported(name: str, clients: int, observations: int) -> dict[str, Any]:
 
 
 async def bench(
-    uri: str, database_pid: int | None, patients: int, per_patient: int, limits: Limits
+    uri: str, database_pid: int | None, plan: Plan, limits: Limits, target: Path
 ) -> dict[str, Any]:
     db = f"bench_search_{int(time.time())}"
     client = connect(uri)
@@ -449,29 +469,30 @@ async def bench(
     port = free_port()
     server = start_server(uri, port, db)
     processes = Processes(server.pid, database_pid)
-    small = max(1, patients // 10)
+    small = max(1, plan.patients // 10)
     rows: list[dict[str, Any]] = []
     loads: list[dict[str, Any]] = []
     checks: dict[str, Any] = {}
+    config = asdict(plan) | asdict(limits) | {"mongodb_uri_set": "MONGODB_URI" in os.environ}
+    result = {"config": config, "loads": loads, "checks": checks, "rows": rows}
     try:
-        for loaded, first in ((small, 0), (patients, small)):
-            observations = loaded * per_patient
+        for loaded, first in ((small, 0), (plan.patients, small)):
+            observations = loaded * plan.per_patient
             label = f"loading to {observations} obs"
-            stats = await load_patients(
-                service, range(first, loaded), per_patient, label, processes
-            )
+            stats = await load_patients(service, range(first, loaded), plan, label, processes)
             loads.append({"observations": observations, "resources": stats.resources,
                           "seconds": round(stats.seconds, 1), "per_s": round(stats.rate, 1),
                           "loader_cpu_ms_per_resource": stats.loader_cpu_ms,
                           "database_cpu_ms_per_resource": stats.database_cpu_ms})  # fmt: skip
-            checks[str(observations)] = verify(port, loaded, per_patient)
+            checks[str(observations)] = verify(port, loaded, plan.per_patient)
             rows += await measure_size(port, processes, loaded, observations, limits)
+            write_json(result, target)
     finally:
         server.terminate()
         server.wait(timeout=30)
         await client.drop_database(db)
         await client.close()
-    return {"loads": loads, "checks": checks, "rows": rows}
+    return result
 
 
 # ---- reporting -------------------------------------------------------------------------------
@@ -528,13 +549,14 @@ def print_summary(result: dict[str, Any], small: int, large: int) -> None:
     print("targets: p50 ratio < 2.0; CPU per page of 20 (query a) at the large size < 3 ms")
 
 
-def write_json(payload: dict[str, Any]) -> Path:
+def results_path() -> Path:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    target = out / f"search-{stamp}.json"
+    return out / f"search-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+
+
+def write_json(payload: dict[str, Any], target: Path) -> None:
     target.write_text(json.dumps(payload, indent=1))
-    return target
 
 
 def main() -> None:
@@ -546,18 +568,21 @@ def main() -> None:
     parser.add_argument(
         "--budget",
         type=float,
-        default=120,
+        default=60,
         help="seconds per query, size and concurrency (0: none)",
     )
+    parser.add_argument("--write", choices=["create", "update"], default="create")
     args = parser.parse_args()
+    plan = Plan(args.patients, args.per_patient, args.write)
     limits = Limits(args.requests, args.budget, args.concurrency)
+    target = results_path()
     uri = os.environ.get("MONGODB_URI")
     with tempfile.TemporaryDirectory() as tmp:
         embedded = None if uri else EmbeddedDatabase(Path(tmp))
         uri = uri or embedded.start()  # type: ignore[union-attr]
         try:
             database_pid = embedded.process.pid if embedded and embedded.process else None
-            result = asyncio.run(bench(uri, database_pid, args.patients, args.per_patient, limits))
+            result = asyncio.run(bench(uri, database_pid, plan, limits, target))
         finally:
             if embedded:
                 embedded.stop()
@@ -570,8 +595,8 @@ def main() -> None:
         print(
             f"checks at {size} obs: {'all passed' if not failed else 'FAILED ' + ', '.join(failed)}"
         )
-    result["config"] = vars(args) | {"mongodb_uri_set": "MONGODB_URI" in os.environ}
-    print(f"results: {write_json(result)}")
+    write_json(result, target)
+    print(f"results: {target}")
 
 
 if __name__ == "__main__":

@@ -46,6 +46,8 @@ def _read(directory: Path, name: str) -> Any:
 def load_conformance(directory: Path) -> Conformance:
     types = _read(directory, "resource-types.json")
     bundle = _read(directory, "search-parameters.json")
+    # the project's own SearchParameters: data, like the R4 ones (no code per parameter)
+    custom = _read(directory, "search-parameters-custom.json")
     compartment = _read(directory, "compartment-patient.json")
     return Conformance(
         directory=directory,
@@ -53,6 +55,6 @@ def load_conformance(directory: Path) -> Conformance:
         wire_types=tuple(types["other"]),
         schema=_read(directory, "fhir.schema.json"),
         structure=_read(directory, "structure.json"),
-        search_parameters=[e["resource"] for e in bundle.get("entry", [])],
+        search_parameters=[e["resource"] for b in (bundle, custom) for e in b.get("entry", [])],
         patient_compartment={k: v for k, v in compartment.items() if not k.startswith("_")},
     )

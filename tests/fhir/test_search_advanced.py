@@ -166,3 +166,20 @@ async def test_summary_and_elements_return_tagged_subsets(fhir: RunningServer) -
     stored = (await fhir.client.get("/Observation/r1")).json()
     assert "tag" not in stored["meta"]  # subsetting never touches what is stored
     assert (await fhir.client.get("/Observation", params={"_summary": "some"})).status_code == 400
+
+
+async def test_custom_search_parameters_work_from_data_alone(fhir: RunningServer) -> None:
+    await clinic(fhir)
+    assert (await entries(fhir, "/Observation", goal="Goal/g1"))["match"] == {"Observation/r1"}
+    assert (await entries(fhir, "/Observation", goal="g3"))["match"] == {"Observation/r3"}
+    scale = {"url": "http://hl7.org/fhir/us/pco/StructureDefinition/pco-goal-attainment-scaling",
+             "extension": [{"url": "level", "valueCoding": {"system": "http://loinc.org", "code": "LA34481-4"}},
+                           {"url": "description", "valueString": "Returns to work 3 days a week"}]}  # fmt: skip
+    await put(fhir, {"resourceType": "Goal", "id": "g9", "lifecycleStatus": "active", "extension": [scale],
+                     "description": {"text": "work"}, "subject": ref("Patient/alex")})  # fmt: skip
+    assert (await entries(fhir, "/Goal", **{"gas-scaled": "true"}))["match"] == {"Goal/g9"}
+    assert (await entries(fhir, "/Goal", **{"gas-scaled": "false"}))["match"] == {
+        "Goal/g1",
+        "Goal/g2",
+        "Goal/g3",
+    }
