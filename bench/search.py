@@ -2,7 +2,7 @@
 searches, measured at two data sizes in one run so that growth with the data set shows.
 
     python bench/search.py [--patients 500] [--per-patient 100] [--requests 400] [--concurrency 1 8]
-                           [--budget 60] [--write create|update]
+                           [--budget 30] [--write create|update]
 
 Data: N patients, each with 3 Goals and M Observations (ORS/SRS session scores with 4 components
 each, weekly, and GAS follow-up ratings whose `focus` is a Goal); patients start at staggered
@@ -84,7 +84,7 @@ FIRST_WEEK = datetime(2024, 6, 3, 9, 0, tzinfo=UTC)  # a Monday
 STAGGER_WEEKS = 64  # patients start over ~15 months; with ~37 weekly sessions: ~2 years in all
 LOAD_TASKS = 8
 BASE_URL = "http://bench.invalid/fhir"  # only used by If-None-Exist, which the loader never sends
-WARMUP = 50  # requests per query and size before measuring (at most `--budget` / 4 seconds)
+WARMUP = 50  # requests per query and size before measuring (at most `--budget` / 10 seconds)
 SEED = 3
 
 Resource = dict[str, Any]
@@ -410,6 +410,9 @@ async def run_budgeted(
     result, size = Result(), clients
     while len(result.latencies) < total and (not budget or result.elapsed < budget):
         sent = len(result.latencies)
+        if budget and sent:  # no round much longer than what is left of the budget
+            fits = int(result.rate * (budget - result.elapsed))
+            size = max(clients, min(size, fits))
         size = min(size, total - sent)
         part = await run(
             "127.0.0.1",
@@ -445,7 +448,7 @@ async def measure_size(
         if await probe(port, requests[0]) == 400:
             rows += [unsupported(name, clients, observations) for clients in limits.concurrency]
             continue
-        await run_budgeted(port, requests, min(WARMUP, limits.requests), 2, limits.budget / 4)
+        await run_budgeted(port, requests, min(WARMUP, limits.requests), 1, limits.budget / 10)
         for clients in limits.concurrency:
             row = await measure_cell(port, processes, name, requests, clients, limits)
             rows.append({"size": observations, **row})
@@ -568,7 +571,7 @@ def main() -> None:
     parser.add_argument(
         "--budget",
         type=float,
-        default=60,
+        default=30,
         help="seconds per query, size and concurrency (0: none)",
     )
     parser.add_argument("--write", choices=["create", "update"], default="create")

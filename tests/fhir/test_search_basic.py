@@ -157,7 +157,7 @@ async def test_metadata_lists_types_and_working_search_parameters(fhir: RunningS
     assert {"_id", "_lastUpdated", "patient", "subject", "code", "date", "value-quantity"} <= set(
         types
     )
-    sample = {"date": "2026", "number": "5", "quantity": "5"}
+    sample = {"date": "2026", "number": "5", "quantity": "5", "composite": "x$5"}
     for name, kind in types.items():  # every advertised parameter is accepted
         response = await fhir.client.get("/Observation", params={name: sample.get(kind, "x")})
         assert response.status_code == 200, (name, response.text)

@@ -178,7 +178,7 @@ def _stages(plan: Any) -> list[str]:
 
 
 SAMPLE_VALUES = {"token": "x|y", "reference": "Patient/1", "uri": "http://x", "string": "ab",
-                 "date": "ge2026-03", "number": "5", "quantity": "5||mg"}  # fmt: skip
+                 "date": "ge2026-03", "number": "5", "quantity": "5||mg", "composite": "x|y$5"}  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -223,3 +223,44 @@ async def test_every_supported_parameter_is_served_by_an_index(
     finally:
         await client.close()
     assert scans == {}
+
+
+async def test_composite_parameters_pair_values_of_the_same_component(fhir: RunningServer) -> None:
+    pid = await make(fhir, patient())
+    mmhg = {"unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}
+
+    def bp(systolic: int, diastolic: int) -> dict[str, Any]:
+        return {**observation_at(pid, "2026-03-01"), "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},
+                "component": [
+                    {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]}, "valueQuantity": {"value": systolic, **mmhg}},
+                    {"code": {"coding": [{"system": "http://loinc.org", "code": "8462-4"}]}, "valueQuantity": {"value": diastolic, **mmhg}},
+                ]}  # fmt: skip
+
+    high = await make(fhir, bp(150, 70))
+    normal = await make(fhir, bp(118, 95))
+    search = "/Observation"
+    assert await ids(
+        fhir, search, **{"component-code-value-quantity": "http://loinc.org|8480-6$gt140"}
+    ) == {high}
+    # the systolic values (150, 118) exceed 100 but never pair with the diastolic code
+    pair = "component-code-value-quantity"
+    assert await ids(fhir, search, **{pair: "8462-4$gt100"}) == set()
+    assert await ids(fhir, search, **{pair: "8480-6$gt120"}) == {high}
+    assert await ids(fhir, search, **{"component-code-value-quantity": "8462-4$gt90||mmHg"}) == {
+        normal
+    }
+    assert await ids(
+        fhir,
+        search,
+        **{"component-code-value-quantity": "8462-4$gt90|http://unitsofmeasure.org|mm[Hg]"},
+    ) == {normal}
+    assert await ids(fhir, search, **{"combo-code-value-quantity": "8480-6$lt120"}) == {normal}
+    weight = await fhir.client.post(
+        "/Observation", content=raw_observation(pid, "72.50"), headers=FHIR_JSON
+    )
+    assert await ids(fhir, search, **{"code-value-quantity": "http://loinc.org|29463-7$72.5"}) == {
+        weight.json()["id"]
+    }
+    assert (
+        await fhir.client.get(search, params={"code-value-quantity": "29463-7"})
+    ).status_code == 400

@@ -56,6 +56,8 @@ def _present(param: SearchParam) -> Condition:
         return _between("dtlo", f"{c}|", f"{c}}}")
     if param.type == "string":
         return _between("str", f"{c}|", f"{c}}}")
+    if param.type == "composite" and param.components[1][0] == "token":
+        return _between("tok", f"{c}|", f"{c}}}")
     return _between("num", f"{c}|", f"{c}}}")
 
 
@@ -240,4 +242,40 @@ def quantity(param: SearchParam, modifier: str, values: list[str]) -> Condition:
         if system and not unit:
             raise FhirError("bad-request", f"'{value}': a quantity system needs a code")
         conditions.append(_numeric(field_prefix, prefix, _decimal(text, c)))
+    return any_of(conditions)
+
+
+# ---- composite ---------------------------------------------------------------------------------
+def _composite_token_key(text: str) -> str:
+    if "|" not in text:
+        return f"#{text}"
+    system, _, code = text.partition("|")
+    return f"|{system}|{code}"
+
+
+def composite(param: SearchParam, modifier: str, values: list[str]) -> Condition:
+    """`token$token` or `token$[prefix]quantity` (search.html#composite)."""
+    if modifier:
+        raise _unsupported(param, modifier)
+    second_type = param.components[1][0]
+    conditions = []
+    for value in values:
+        first, dollar, second = value.partition("$")
+        if not dollar or not first or not second:
+            raise FhirError(
+                "bad-request", f"'{value}': a composite value is first$second ({param.code})"
+            )
+        head = f"{param.code}|{_composite_token_key(first)}$"
+        if second_type == "token":
+            conditions.append({"tok": head + _composite_token_key(second)})
+            continue
+        parts = second.split("|")
+        if len(parts) not in (1, 3):
+            raise FhirError(
+                "bad-request", f"'{second}' is not number, number|system|code or number||code"
+            )
+        number_text, system, unit = (parts[0], "", "") if len(parts) == 1 else parts
+        prefix, text = split_prefix(number_text)
+        unit_prefix = f"{system}|{unit}|" if unit else ""
+        conditions.append(_numeric(head + unit_prefix + "#", prefix, _decimal(text, param.code)))
     return any_of(conditions)

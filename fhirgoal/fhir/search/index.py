@@ -220,3 +220,45 @@ def first_sort_key(param_type: str, values: list[Any]) -> str | None:
         elif isinstance(value, str):
             keys.append(value)
     return min(keys) if keys else None
+
+
+def _token_keys(value: Any) -> set[str]:
+    keys = set()
+    for system, code in token_pairs(value):
+        keys.add(f"#{code}")
+        keys.add(f"|{system}|{code}")
+    return keys
+
+
+def _quantity_keys(value: Any) -> set[str]:
+    if not isinstance(value, dict) or not isinstance(value.get("value"), int | float | Decimal):
+        return set()
+    number = "#" + number_key(value["value"])
+    keys = {number}
+    system, unit_code, unit = value.get("system", ""), value.get("code"), value.get("unit")
+    if unit_code:
+        keys.add(f"{system}|{unit_code}|{number}")
+    for label in {unit_code, unit} - {None}:
+        keys.add(f"|{label}|{number}")
+    return keys
+
+
+def composite_entries(
+    code: str, nodes: Iterable[Any], components: tuple[tuple[str, Any], ...]
+) -> tuple[set[str], set[str]]:
+    """'code|<token key>$<second key>' per node, pairing values of the same node only
+    (search.html#composite): token+token go to `tok`, token+quantity to `num`."""
+    tok: set[str] = set()
+    num: set[str] = set()
+    (_, first), (second_type, second) = components
+    for node in nodes:
+        if not isinstance(node, dict):
+            continue
+        firsts = {k for value in first(node) for k in _token_keys(value)}
+        if second_type == "quantity":
+            seconds = {k for value in second(node) for k in _quantity_keys(value)}
+            num |= {f"{code}|{a}${b}" for a in firsts for b in seconds}
+        else:
+            seconds = {k for value in second(node) for k in _token_keys(value)}
+            tok |= {f"{code}|{a}${b}" for a in firsts for b in seconds}
+    return tok, num

@@ -276,3 +276,11 @@ def compile_expression(expression: str, resource_type: str) -> Extractor | None:
         return out
 
     return union
+
+
+def compile_relative(expression: str, resource_type: str) -> Extractor:
+    """Compile an expression relative to a node (a composite component, e.g. 'value.as(Quantity)')
+    by rooting each union branch at the type name; it then applies to any dict node."""
+    rooted = " | ".join(f"{resource_type}.{branch}" for branch in split_top_level(expression))
+    extractor = compile_expression(rooted, resource_type)
+    return extractor if extractor is not None else (lambda node: [])

@@ -41,6 +41,7 @@ _BUILDERS = {
     "date": conditions.date,
     "number": conditions.number,
     "quantity": conditions.quantity,
+    "composite": conditions.composite,
 }
 
 

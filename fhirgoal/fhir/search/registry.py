@@ -14,6 +14,7 @@ from typing import Any
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.search.index import (
     compartment_members,
+    composite_entries,
     date_entries,
     first_sort_key,
     number_entries,
@@ -23,11 +24,14 @@ from fhirgoal.fhir.search.index import (
     token_entries,
     uri_entries,
 )
-from fhirgoal.fhir.search.paths import Extractor, compile_expression
+from fhirgoal.fhir.search.paths import Extractor, compile_expression, compile_relative
 
 # Parameter types whose values are indexed and searchable today. The others are registered (so
 # strict mode can tell "unsupported" from "unknown") but not yet advertised.
-INDEXED_TYPES = {"token", "reference", "uri", "string", "date", "number", "quantity"}
+INDEXED_TYPES = {"token", "reference", "uri", "string", "date", "number", "quantity", "composite"}
+# Composite parameters indexed today (search.html#composite): a token paired with a token or a
+# quantity (Observation code-value-concept, code-value-quantity, component-*, combo-*).
+COMPOSITE_SHAPES = {("token", "token"), ("token", "quantity")}
 # Types whose values have a natural order for _sort (search.html#sort).
 SORTABLE_TYPES = {"token", "reference", "uri", "string", "date", "number", "quantity"}
 # Handled by dedicated document fields rather than the generic index.
@@ -43,9 +47,14 @@ class SearchParam:
     extractor: Extractor | None
     targets: tuple[str, ...] = ()
     documentation: str = ""
+    # composite parameters: (component type, extractor relative to each composite node)
+    components: tuple[tuple[str, Extractor], ...] = ()
 
     @property
     def supported(self) -> bool:
+        if self.type == "composite":
+            kinds = tuple(kind for kind, _ in self.components)
+            return self.extractor is not None and kinds in COMPOSITE_SHAPES
         return self.code in SPECIAL or (self.type in INDEXED_TYPES and self.extractor is not None)
 
 
@@ -74,7 +83,7 @@ class TypeParams:
             if not values:
                 miss.append(param.code)
                 continue
-            sort_key = first_sort_key(param.type, values)
+            sort_key = first_sort_key(param.type, values) if param.type != "composite" else None
             if sort_key is not None:
                 sort_keys[param.code] = sort_key
             if param.type == "token":
@@ -89,6 +98,10 @@ class TypeParams:
                 num |= number_entries(param.code, values)
             elif param.type == "quantity":
                 num |= quantity_entries(param.code, values)
+            elif param.type == "composite":
+                pairs_tok, pairs_num = composite_entries(param.code, values, param.components)
+                tok |= pairs_tok
+                num |= pairs_num
             elif param.type == "date":
                 lo, hi, pairs = date_entries(param.code, values)
                 lows |= lo
@@ -113,6 +126,7 @@ class SearchRegistry:
             table.in_compartment_as_self = resource_type == "Patient"
             table.compartment_params = [p for p in members if not p.startswith("{")]
             self.types[resource_type] = table
+        self.type_by_url = {d.get("url"): d["type"] for d in conformance.search_parameters}
         for definition in conformance.search_parameters:
             self._add(definition)
 
@@ -124,6 +138,13 @@ class SearchRegistry:
                 continue
             expression = definition.get("expression", "")
             extractor = compile_expression(expression, resource_type) if expression else None
+            components = tuple(
+                (
+                    self.type_by_url.get(c.get("definition"), "?"),
+                    compile_relative(c["expression"], resource_type),
+                )
+                for c in definition.get("component", [])
+            )
             table.params[definition["code"]] = SearchParam(
                 code=definition["code"],
                 type=definition["type"],
@@ -132,6 +153,7 @@ class SearchRegistry:
                 extractor=extractor,
                 targets=tuple(definition.get("target", [])),
                 documentation=definition.get("description", ""),
+                components=components,
             )
 
     def for_type(self, resource_type: str) -> TypeParams:
