@@ -264,3 +264,39 @@ async def test_composite_parameters_pair_values_of_the_same_component(fhir: Runn
     assert (
         await fhir.client.get(search, params={"code-value-quantity": "29463-7"})
     ).status_code == 400
+
+
+async def test_token_text_of_type_reference_identifier_and_uri_hierarchy(
+    fhir: RunningServer,
+) -> None:
+    mrn_type = {
+        "coding": [{"system": "http://terminology.hl7.org/CodeSystem/v2-0203", "code": "MR"}]
+    }
+    pid = await make(fhir, {"resourceType": "Patient", "identifier": [{"type": mrn_type, "system": "urn:mrn", "value": "A-7"}],
+                            "meta": {"profile": ["http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient"]}})  # fmt: skip
+    obs = await make(fhir, {**observation_at(pid, "2026-03-01"),
+                            "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6", "display": "PHQ-9 total score"}],
+                                     "text": "Patient Health Questionnaire"},
+                            "performer": [{"identifier": {"system": "http://hl7.org/fhir/sid/us-npi", "value": "1234567893"}}]})  # fmt: skip
+    assert await ids(fhir, "/Observation", **{"code:text": "phq-9"}) == {obs}
+    assert await ids(fhir, "/Observation", **{"code:text": "patient health"}) == {obs}
+    assert await ids(fhir, "/Observation", **{"code:text": "health"}) == set()
+    of_type = "http://terminology.hl7.org/CodeSystem/v2-0203|MR|A-7"
+    assert await ids(fhir, "/Patient", **{"identifier:of-type": of_type}) == {pid}
+    assert (
+        await ids(fhir, "/Patient", **{"identifier:of-type": of_type.replace("MR", "SS")}) == set()
+    )
+    npi = "http://hl7.org/fhir/sid/us-npi|1234567893"
+    assert await ids(fhir, "/Observation", **{"performer:identifier": npi}) == {obs}
+    assert await ids(fhir, "/Observation", **{"performer:identifier": "1234567893"}) == {obs}
+    assert await ids(fhir, "/Patient", **{"_profile:below": "http://hl7.org/fhir/us/core/"}) == {
+        pid
+    }
+    assert await ids(
+        fhir,
+        "/Patient",
+        **{
+            "_profile:above": "http://hl7.org/fhir/us/core/StructureDefinition/us-core-patient/extra"
+        },
+    ) == {pid}
+    assert await ids(fhir, "/Patient", **{"_profile:below": "http://example.org/"}) == set()

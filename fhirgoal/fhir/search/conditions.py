@@ -81,16 +81,29 @@ def token(param: SearchParam, modifier: str, values: list[str]) -> Condition:
         return {"tok": {"$in": keys}}
     if modifier == "not":  # search.html#token: also matches resources with no value at all
         return {"tok": {"$nin": keys}}
+    if modifier == "text":  # the text or display, case- and accent-insensitive starts-with
+        return any_of([starts_with("str", f"{param.code}:text|{fold(v)}") for v in values])
+    if modifier == "of-type":  # type-system|type-code|value
+        if any(v.count("|") != 2 for v in values):
+            raise FhirError("bad-request", f"{param.code}:of-type takes system|code|value")
+        return {"tok": {"$in": [f"{param.code}:of-type|{v}" for v in values]}}
     raise _unsupported(param, modifier)
 
 
 def uri(param: SearchParam, modifier: str, values: list[str]) -> Condition:
+    if modifier == "below":  # the stored uri starts with the value
+        return any_of([starts_with("tok", f"{param.code}#{v}") for v in values])
+    if modifier == "above":  # the stored uri is the value or one of its parents
+        parents = {v.rsplit("/", n)[0] for v in values for n in range(v.count("/") + 1)}
+        return {"tok": {"$in": sorted(f"{param.code}#{p}" for p in parents if p)}}
     if modifier:
         raise _unsupported(param, modifier)
     return {"tok": {"$in": [f"{param.code}#{v}" for v in values]}}
 
 
 def reference(param: SearchParam, modifier: str, values: list[str], base_url: str) -> Condition:
+    if modifier == "identifier":  # the Reference.identifier, as a token (system|value or value)
+        return {"tok": {"$in": [f"{param.code}:identifier{token_key('', v)}" for v in values]}}
     if modifier and not (modifier[:1].isupper() and modifier in param.targets):
         raise _unsupported(param, modifier)
     keys: list[str] = []

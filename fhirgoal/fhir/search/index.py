@@ -262,3 +262,38 @@ def composite_entries(
             seconds = {k for value in second(node) for k in _token_keys(value)}
             tok |= {f"{code}|{a}${b}" for a in firsts for b in seconds}
     return tok, num
+
+
+def token_text_entries(code: str, values: Iterable[Any]) -> set[str]:
+    """'code:text|folded' for CodeableConcept.text and Coding.display (token :text)."""
+    entries = set()
+    for value in values:
+        if not isinstance(value, dict):
+            continue
+        texts = [value.get("text"), value.get("display")]
+        texts += [c.get("display") for c in value.get("coding", []) if isinstance(c, dict)]
+        entries |= {f"{code}:text|{fold(t)}" for t in texts if isinstance(t, str)}
+    return entries
+
+
+def identifier_type_entries(code: str, values: Iterable[Any]) -> set[str]:
+    """'code:of-type|type-system|type-code|value' for typed Identifiers (token :of-type)."""
+    entries = set()
+    for value in values:
+        if isinstance(value, dict) and isinstance(value.get("value"), str):
+            for coding in (value.get("type") or {}).get("coding", []):
+                entries.add(
+                    f"{code}:of-type|{coding.get('system', '')}|{coding.get('code', '')}|{value['value']}"
+                )
+    return entries
+
+
+def reference_identifier_entries(code: str, values: Iterable[Any]) -> set[str]:
+    """'code:identifier#value' and 'code:identifier|system|value' (reference :identifier)."""
+    entries = set()
+    for value in values:
+        identifier = value.get("identifier") if isinstance(value, dict) else None
+        if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
+            entries.add(f"{code}:identifier#{identifier['value']}")
+            entries.add(f"{code}:identifier|{identifier.get('system', '')}|{identifier['value']}")
+    return entries

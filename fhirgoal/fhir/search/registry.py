@@ -17,11 +17,14 @@ from fhirgoal.fhir.search.index import (
     composite_entries,
     date_entries,
     first_sort_key,
+    identifier_type_entries,
     number_entries,
     quantity_entries,
     reference_entries,
+    reference_identifier_entries,
     string_entries,
     token_entries,
+    token_text_entries,
     uri_entries,
 )
 from fhirgoal.fhir.search.paths import Extractor, compile_expression, compile_relative
@@ -88,10 +91,13 @@ class TypeParams:
                 sort_keys[param.code] = sort_key
             if param.type == "token":
                 tok |= token_entries(param.code, values)
+                tok |= identifier_type_entries(param.code, values)
+                text |= token_text_entries(param.code, values)
             elif param.type == "uri":
                 tok |= uri_entries(param.code, values)
             elif param.type == "reference":
                 ref |= reference_entries(param.code, values)
+                tok |= reference_identifier_entries(param.code, values)
             elif param.type == "string":
                 text |= string_entries(param.code, values)
             elif param.type == "number":
