@@ -16,6 +16,7 @@ from fhirgoal.auth.context import AccessContext
 from fhirgoal.fhir import bundles, jsonio
 from fhirgoal.fhir.bundles import http_date
 from fhirgoal.fhir.errors import FhirError, informational_outcome
+from fhirgoal.fhir.search.engine import SearchPage
 from fhirgoal.fhir.search.query import encode_cursor
 from fhirgoal.fhir.service import FhirService, Outcome
 
@@ -293,8 +294,12 @@ async def _search(
     svc.require_type(rt)
     base = base_url(request)
     page = await svc.search(access(request), rt, params, base, _lenient(request), compartment)
-    compiled = page.compiled
     url = f"{base}/{compartment}/{rt}" if compartment else f"{base}/{rt}"
+    return _searchset(base, url, page)
+
+
+def _searchset(base: str, url: str, page: SearchPage) -> Response:
+    compiled = page.compiled
     kept = [*compiled.used, ("_count", str(compiled.count))]
     here = [("_cursor", encode_cursor(compiled.cursor))] if compiled.cursor else []
     links: dict[str, list[tuple[str, str]]] = {"self": kept + here}
@@ -306,6 +311,18 @@ async def _search(
         base, url, page.matches, page.total, links, compiled.warnings, page.included
     )
     return fhir_response(200, bundle)
+
+
+@router.get("", summary="search across types (_type)")
+@router.get("/", include_in_schema=False)
+async def system_search(request: Request) -> Response:
+    negotiate(request)
+    base = base_url(request)
+    params = search_params(request)
+    page = await service(request).search_system(access(request), params, base, _lenient(request))
+    types = [("_type", v) for k, v in params if k == "_type"]
+    page.compiled.used = types + page.compiled.used
+    return _searchset(base, base, page)
 
 
 @router.get("/{compartment_type}/{cid}/{rt}", summary="compartment search")

@@ -333,6 +333,15 @@ class FhirService:
         that patient's compartment (https://hl7.org/fhir/R4/compartmentdefinition.html#search)."""
         return await self.engine.search(access, rt, params, base_url, lenient, compartment)
 
+    async def search_system(
+        self,
+        access: AccessContext,
+        params: list[tuple[str, str]],
+        base_url: str,
+        lenient: bool = False,
+    ) -> SearchPage:
+        return await self.engine.search_system(access, params, base_url, lenient)
+
     # ---- history -----------------------------------------------------------------------------
     async def history(
         self, access: AccessContext, rt: str | None, rid: str | None, params: dict[str, str]

@@ -183,3 +183,24 @@ async def test_custom_search_parameters_work_from_data_alone(fhir: RunningServer
         "Goal/g2",
         "Goal/g3",
     }
+
+
+async def test_search_across_types_with_type_and_paging(fhir: RunningServer) -> None:
+    await clinic(fhir)
+    everything = (await fhir.client.get("", params={"_type": "Goal,Patient", "_count": "2"})).json()
+    assert everything["total"] == 5
+    seen = [f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in everything["entry"]]
+    url = next(link["url"] for link in everything["link"] if link["relation"] == "next")
+    while url:
+        page = (await fhir.client.get(url)).json()
+        seen += [
+            f"{e['resource']['resourceType']}/{e['resource']['id']}" for e in page.get("entry", [])
+        ]
+        url = next((link["url"] for link in page["link"] if link["relation"] == "next"), None)
+    assert seen == ["Goal/g1", "Goal/g2", "Goal/g3", "Patient/alex", "Patient/blair"]
+    tagged = (await fhir.client.get("", params={"_id": "alex,r1"})).json()
+    assert {e["resource"]["id"] for e in tagged["entry"]} == {"alex", "r1"}
+    assert (await fhir.client.get("", params={"_type": "Spaceship"})).status_code == 400
+    assert (
+        await fhir.client.get("", params={"_type": "Goal,Patient", "family": "chen"})
+    ).status_code == 400

@@ -257,6 +257,63 @@ class SearchEngine:
         page.next_cursor = after_last if has_next else None
         page.previous_cursor = before_first if has_previous else None
 
+    # ---- system level (all types, or those in _type) ------------------------------------------
+    async def search_system(
+        self,
+        access: AccessContext,
+        params: list[tuple[str, str]],
+        base_url: str,
+        lenient: bool = False,
+    ) -> SearchPage:
+        """Matches across resource types, ordered by type then id (search.html#all).
+
+        Each parameter must be defined for every type searched (the Resource ones always are).
+        """
+        types = list(self.conformance.stored_types)
+        rest = []
+        for name, value in params:
+            if name == "_type":
+                requested = [t.strip() for t in value.split(",") if t.strip()]
+                unknown = [t for t in requested if not self.conformance.is_stored(t)]
+                if unknown:
+                    raise FhirError(
+                        "bad-request", f"_type: unknown resource type(s) {', '.join(unknown)}"
+                    )
+                types = sorted(set(requested))
+            elif name in ("_sort", "_include", "_revinclude"):
+                raise FhirError(
+                    "not-supported", f"{name} is not supported on a search across types"
+                )
+            else:
+                rest.append((name, value))
+        per_type = [await self.compile(access, t, rest, base_url, lenient) for t in sorted(types)]
+        first = per_type[0] if per_type else self.compiler(types[0]).compile([], base_url)
+        page = SearchPage(first, [])
+        if first.total != "none" or first.summary_count:
+            pairs = zip(sorted(types), per_type, strict=True)
+            page.total = sum([await self.repo.count(access, rt, c.filter) for rt, c in pairs])
+        if first.count == 0 or first.summary_count:
+            return page
+        cursor = first.cursor
+        if cursor is not None and (cursor.direction != "a" or len(cursor.values) != 1):
+            raise FhirError("bad-request", "the _cursor does not belong to this search")
+        limit = first.count + 1
+        rows: list[Version] = []
+        for rt, compiled in zip(sorted(types), per_type, strict=True):
+            if cursor is not None and rt < cursor.values[0]:
+                continue
+            query = compiled.filter
+            if cursor is not None and rt == cursor.values[0]:
+                query = _and(query, {"_id": {"$gt": cursor.id}})
+            rows += await self.repo.find(access, rt, query, [("_id", 1)], limit - len(rows))
+            if len(rows) >= limit:
+                break
+        page.matches = rows[: first.count]
+        if len(rows) > first.count:
+            last = page.matches[-1]
+            page.next_cursor = Cursor("a", [last.resource_type], last.id)
+        return page
+
     # ---- includes ----------------------------------------------------------------------------
     async def _includes(
         self, access: AccessContext, rt: str, matches: list[Version], compiled: CompiledSearch
