@@ -169,13 +169,7 @@ class Repository:
         sort: list[tuple[str, int]],
         limit: int,
     ) -> list[Version]:
-        query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
-        # No usable condition: walk the index that matches the sort, so at least no sort is needed.
-        hint = choose_index(query) or (
-            ID_INDEX if sort and sort[0][0] == "_id" else FULL_SCAN_INDEX
-        )
-        cursor = self.collection(rt).find(query, _RESOURCE_ONLY, sort=sort, limit=limit, hint=hint)
-        return [_version(rt, doc) async for doc in cursor]
+        return [version for version, _ in await self.find_sorted(access, rt, query, sort, limit)]
 
     async def find_sorted(
         self,

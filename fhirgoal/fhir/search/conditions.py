@@ -237,25 +237,27 @@ def number(param: SearchParam, modifier: str, values: list[str]) -> Condition:
     return any_of(conditions)
 
 
+def _quantity_value(head: str, value: str, code: str) -> Condition:
+    """`[prefix]number`, `[prefix]number|system|code` or `[prefix]number||code` against the keys
+    under `head` (index.py: 'head#n', 'head system|code|#n', 'head |unit|#n')."""
+    parts = value.split("|")
+    if len(parts) not in (1, 3):
+        raise FhirError(
+            "bad-request", f"'{value}' is not number, number|system|code or number||code"
+        )
+    number_text, system, unit = (parts[0], "", "") if len(parts) == 1 else parts
+    if system and not unit:
+        raise FhirError("bad-request", f"'{value}': a quantity system needs a code")
+    prefix, text = split_prefix(number_text)
+    unit_prefix = f"{system}|{unit}|" if unit else ""
+    return _numeric(head + unit_prefix + "#", prefix, _decimal(text, code))
+
+
 def quantity(param: SearchParam, modifier: str, values: list[str]) -> Condition:
-    """`[prefix]number|system|code`, `[prefix]number||code` or `[prefix]number` (search.html#quantity)."""
+    """search.html#quantity"""
     if modifier:
         raise _unsupported(param, modifier)
-    conditions = []
-    for value in values:
-        parts = value.split("|")
-        if len(parts) not in (1, 3):
-            raise FhirError(
-                "bad-request", f"'{value}' is not number, number|system|code or number||code"
-            )
-        number_text, system, unit = (parts[0], "", "") if len(parts) == 1 else parts
-        prefix, text = split_prefix(number_text)
-        c = param.code
-        field_prefix = f"{c}|{system}|{unit}|#" if unit else f"{c}|#"
-        if system and not unit:
-            raise FhirError("bad-request", f"'{value}': a quantity system needs a code")
-        conditions.append(_numeric(field_prefix, prefix, _decimal(text, c)))
-    return any_of(conditions)
+    return any_of([_quantity_value(f"{param.code}|", v, param.code) for v in values])
 
 
 # ---- composite ---------------------------------------------------------------------------------
@@ -281,14 +283,6 @@ def composite(param: SearchParam, modifier: str, values: list[str]) -> Condition
         head = f"{param.code}|{_composite_token_key(first)}$"
         if second_type == "token":
             conditions.append({"tok": head + _composite_token_key(second)})
-            continue
-        parts = second.split("|")
-        if len(parts) not in (1, 3):
-            raise FhirError(
-                "bad-request", f"'{second}' is not number, number|system|code or number||code"
-            )
-        number_text, system, unit = (parts[0], "", "") if len(parts) == 1 else parts
-        prefix, text = split_prefix(number_text)
-        unit_prefix = f"{system}|{unit}|" if unit else ""
-        conditions.append(_numeric(head + unit_prefix + "#", prefix, _decimal(text, param.code)))
+        else:
+            conditions.append(_quantity_value(head, second, param.code))
     return any_of(conditions)
