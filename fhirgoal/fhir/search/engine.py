@@ -206,11 +206,17 @@ class SearchEngine:
         if compartment is not None:
             compiled.filter = _and(compiled.filter, {"comp": compartment})
         page = SearchPage(compiled, [])
-        if compiled.total != "none" or compiled.summary_count:
-            page.total = await self.repo.count(access, rt, compiled.filter)
+        wants_total = compiled.total != "none" or compiled.summary_count
         if compiled.count == 0 or compiled.summary_count:
+            page.total = await self.repo.count(access, rt, compiled.filter) if wants_total else None
             return page
         await self._page(access, rt, page)
+        if wants_total:
+            # a first page that holds every match is its own count: no second query
+            whole = compiled.cursor is None and page.next_cursor is None
+            page.total = (
+                len(page.matches) if whole else await self.repo.count(access, rt, compiled.filter)
+            )
         page.included = await self._includes(access, rt, page.matches, compiled)
         if compiled.summary or compiled.elements:
             page.matches = [self._subset(v, compiled) for v in page.matches]
