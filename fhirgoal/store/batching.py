@@ -94,7 +94,7 @@ class BatchedCollectionOps:
                 if len(ids) > 1
                 else {"_id": ids[0], **extra}
             )
-            cursor = collection.find(query, projection, hint="_id_")
+            cursor = collection.find(query, projection)
             found = {doc["_id"]: doc async for doc in cursor}
             return [found.get(i) for i in ids]
 

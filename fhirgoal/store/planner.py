@@ -1,17 +1,20 @@
-"""Choosing the index that drives a search, and telling the database with `hint`.
+"""Shaping search filters so that the database drives them from an index.
 
-The search filters are conjunctions of conditions on a handful of multikey fields (see
-fhir/search/index.py). SecantusDB's planner only considers an index when the filter names a single
-field, and MongoDB's planner has to guess among multikey indexes; both do the right thing when told.
-The rule: drive the query from the most selective indexed condition (an id, then a reference,
-then a token, ...); the other conditions are checked on the documents that index yields.
+Search filters are conjunctions of conditions on a few multikey fields (fhir/search/index.py).
+They are sent as one flat document, a key per field, with no top-level `$and`, ordered so that the
+first key is the most selective condition an index can serve on its own (an id, a reference, a
+token, ...): MongoDB's planner considers every key anyway, and the embedded SecantusDB drives a
+query from the first key whose clause is an equality, a pure `$in` or a pure range, and scans the
+collection for anything else (including any top-level `$and`/`$or`, and any `hint`, which it turns
+into a full index scan: measured, see the closing notes of the search issue). Further conditions on
+the same field are merged as `$all: [{$elemMatch: ...}]`, negations as `$nin` / `$not`.
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-# Lower is more selective. Index names are the field names (store/repository.py), except these.
+# Lower is more selective.
 _RANK = {
     "_id": 0,
     "ref": 1,
@@ -24,45 +27,97 @@ _RANK = {
     "miss": 7,
     "lu": 8,
 }
-_INDEX_NAME = {"_id": "_id_", "lu": "lastUpdated"}
-FULL_SCAN_INDEX = "lastUpdated"  # for filters with no usable condition: an index scan, in order
-ID_INDEX = "_id_"
+_RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
+_SCALAR_FIELDS = {"_id", "lu", "v", "del", "id"}
 
 
-def _field(condition: dict[str, Any]) -> str | None:
-    """The one indexed field a condition can be served by, or None."""
-    if "$and" in condition and len(condition) == 1:  # [narrowing range, exact check]
-        first = condition["$and"][0]
-        return _field(first) if isinstance(first, dict) else None
-    if "$or" in condition and len(condition) == 1:
-        fields = {_field(branch) for branch in condition["$or"]}
-        return fields.pop() if len(fields) == 1 else None
-    keys = [k for k in condition if not k.startswith("$")]
-    if len(keys) != 1 or keys[0] not in _RANK:
-        return None
-    test = condition[keys[0]]
-    if isinstance(test, dict) and test.keys() & {"$nin", "$not", "$ne"}:
-        return None  # negations select nearly everything
-    return keys[0]
-
-
-def conditions_of(query: dict[str, Any]) -> list[dict[str, Any]]:
-    if set(query) == {"$and"}:
-        return [c for part in query["$and"] for c in conditions_of(part)]
-    parts = []
+def conditions_of(query: dict[str, Any]) -> list[tuple[str, Any]]:
+    """(key, test) pairs of a conjunction, nested `$and`s flattened."""
+    pairs: list[tuple[str, Any]] = []
     for key, value in query.items():
         if key == "$and":
-            parts += [c for part in value for c in conditions_of(part)]
+            for part in value:
+                pairs += conditions_of(part)
         else:
-            parts.append({key: value})
-    return parts
+            pairs.append((key, value))
+    return pairs
 
 
-def choose_index(query: dict[str, Any]) -> str | None:
-    """The index to drive `query` from; None when no condition can use one."""
-    best: str | None = None
-    for condition in conditions_of(query):
-        field = _field(condition)
-        if field is not None and (best is None or _RANK[field] < _RANK[best]):
-            best = field
-    return None if best is None else _INDEX_NAME.get(best, best)
+def servable(field: str, test: Any) -> bool:
+    """Can an index on `field` serve this test alone (equality, pure $in, pure range)?"""
+    if field not in _RANK:
+        return False
+    if not isinstance(test, dict):
+        return True
+    return bool(test) and (set(test) == {"$in"} or set(test) <= _RANGE_OPS)
+
+
+def _element_test(test: Any) -> dict[str, Any]:
+    """A positive test on an array field, as the body of an $elemMatch."""
+    if isinstance(test, dict):
+        return test["$elemMatch"] if set(test) == {"$elemMatch"} else test
+    return {"$eq": test}
+
+
+def _merge(field: str, tests: list[Any]) -> tuple[Any, list[dict[str, Any]]]:
+    """One test for a field, plus conditions that could not be merged into it."""
+    if len(tests) == 1:
+        return tests[0], []
+    leftovers: list[dict[str, Any]] = []
+    if field in _SCALAR_FIELDS:
+        merged: dict[str, Any] = {}
+        for test in tests:
+            if isinstance(test, dict) and not (merged.keys() & test.keys()):
+                merged.update(test)
+            else:
+                leftovers.append({field: test})
+        return merged, leftovers
+    merged = {}
+    positives: list[dict[str, Any]] = []
+    for test in tests:
+        if isinstance(test, dict) and set(test) == {"$nin"}:
+            merged["$nin"] = sorted({*merged.get("$nin", []), *test["$nin"]})
+        elif isinstance(test, dict) and set(test) == {"$not"} and "$not" not in merged:
+            merged["$not"] = test["$not"]
+        elif isinstance(test, dict) and ("$not" in test or "$nin" in test):
+            leftovers.append({field: test})
+        else:
+            positives.append({"$elemMatch": _element_test(test)})
+    if positives:
+        merged["$all"] = positives
+    return merged, leftovers
+
+
+def shape(query: dict[str, Any]) -> dict[str, Any]:
+    """The flat, index-first form of a conjunctive filter (same matches)."""
+    by_field: dict[str, list[Any]] = {}
+    logical: list[dict[str, Any]] = []
+    for key, test in conditions_of(query):
+        if key.startswith("$"):
+            logical.append({key: test})
+        else:
+            by_field.setdefault(key, []).append(test)
+
+    def order(field: str) -> tuple[int, int]:
+        tests = by_field[field]
+        alone = len(tests) == 1 and servable(field, tests[0])
+        return (0 if alone else 1, _RANK.get(field, 99))
+
+    flat: dict[str, Any] = {}
+    for field in sorted(by_field, key=order):
+        flat[field], leftovers = _merge(field, by_field[field])
+        logical += leftovers
+    if len(logical) == 1 and next(iter(logical[0])) not in flat:
+        flat.update(logical[0])
+    elif logical:
+        flat["$and"] = logical
+    return flat
+
+
+def driving_field(query: dict[str, Any]) -> str | None:
+    """The field an index-first database drives `shape(query)` from, or None for a scan."""
+    shaped = shape(query)
+    for field, test in shaped.items():
+        if not field.startswith("$") and servable(field, test):
+            return field
+    return None

@@ -36,7 +36,7 @@ from fhirgoal.auth.context import AccessContext
 from fhirgoal.fhir.jsonio import loads
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
-from fhirgoal.store.planner import FULL_SCAN_INDEX, ID_INDEX, choose_index
+from fhirgoal.store.planner import shape
 
 # Multikey string indexes, one per kind of search value (fhir/search/index.py). `dt` is not
 # indexed: it is the exact check applied after `dtlo` / `dthi` have narrowed the candidates.
@@ -180,11 +180,8 @@ class Repository:
         limit: int,
     ) -> list[tuple[Version, dict[str, Any]]]:
         """Like `find`, with each row's sort keys (`srt`) for keyset paging."""
-        query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
-        hint = choose_index(query) or (
-            ID_INDEX if sort and sort[0][0] == "_id" else FULL_SCAN_INDEX
-        )
-        cursor = self.collection(rt).find(query, _WITH_SORT_KEYS, sort=sort, limit=limit, hint=hint)
+        query = shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+        cursor = self.collection(rt).find(query, _WITH_SORT_KEYS, sort=sort, limit=limit)
         return [(_version(rt, doc), doc.get("srt") or {}) async for doc in cursor]
 
     async def find_sorted_versions(
@@ -195,18 +192,16 @@ class Repository:
     async def ids(
         self, access: AccessContext, rt: str, query: dict[str, Any], limit: int
     ) -> list[str]:
-        query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
-        hint = choose_index(query) or ID_INDEX
-        cursor = self.collection(rt).find(query, {"_id": 1}, limit=limit, hint=hint)
+        query = shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+        cursor = self.collection(rt).find(query, {"_id": 1}, limit=limit)
         return [doc["_id"] async for doc in cursor]
 
     async def references(
         self, access: AccessContext, rt: str, query: dict[str, Any], param: str, limit: int
     ) -> list[str]:
         """The `param=Type/id` reference entries of the resources matching `query`."""
-        query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
-        hint = choose_index(query) or ID_INDEX
-        cursor = self.collection(rt).find(query, {"ref": 1}, limit=limit, hint=hint)
+        query = shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+        cursor = self.collection(rt).find(query, {"ref": 1}, limit=limit)
         prefix = f"{param}="
         found: list[str] = []
         async for doc in cursor:
@@ -214,9 +209,8 @@ class Repository:
         return found
 
     async def count(self, access: AccessContext, rt: str, query: dict[str, Any]) -> int:
-        query = access.constrain(rt, "s", {**query, "del": {"$ne": True}})
-        hint = choose_index(query) or FULL_SCAN_INDEX
-        return await self.collection(rt).count_documents(query, hint=hint)
+        query = shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+        return await self.collection(rt).count_documents(query)
 
     # ---- maintenance ----------------------------------------------------------------------------
     async def count_all(self, rt: str) -> int:
@@ -226,7 +220,7 @@ class Repository:
         """Every current, non-deleted resource of a type, in batches (for reindexing)."""
         batch: list[Version] = []
         cursor = self.collection(rt).find(
-            {"del": {"$ne": True}}, {"json": 1, "v": 1, "lu": 1, "op": 1}, hint=ID_INDEX
+            {"del": {"$ne": True}}, {"json": 1, "v": 1, "lu": 1, "op": 1}
         )
         async for doc in cursor:
             batch.append(_version(rt, doc))
@@ -260,12 +254,12 @@ class Repository:
         if since:
             query["lu"] = {"$gte": since}
         older = self.collection(history_collection(rt))
-        total = await older.count_documents(query, hint="id_version")
+        total = await older.count_documents(query)
         total += int(not since or current.last_updated >= since)
         versions: list[Version] = []
         if not since or current.last_updated >= since:
             versions.append(current)
-        cursor = older.find(query, sort=[("v", DESCENDING)], limit=skip + limit, hint="id_version")
+        cursor = older.find(query, sort=[("v", DESCENDING)], limit=skip + limit)
         versions += [_version(rt, doc) async for doc in cursor]
         return versions[skip : skip + limit], total
 
@@ -287,13 +281,12 @@ class Repository:
             query = access.constrain(rt, "r", {"lu": window})
             for name in (rt, history_collection(rt)):
                 collection = self.collection(name)
-                total += await collection.count_documents(query, hint="lastUpdated")
+                total += await collection.count_documents(query)
                 cursor = collection.find(
                     query,
                     _RESOURCE_ONLY,
                     sort=[("lu", DESCENDING)],
                     limit=skip + limit,
-                    hint="lastUpdated",
                 )
                 streams.append([_version(rt, doc) async for doc in cursor])
         merged = heapq.merge(*streams, key=lambda v: v.last_updated, reverse=True)

@@ -39,6 +39,14 @@ def _between(
     return {field: {"$elemMatch": {low_op: low, high_op: high}}}
 
 
+def _range(
+    field: str, low: str, high: str, low_op: str = "$gte", high_op: str = "$lt"
+) -> Condition:
+    # A bare range: an index serves it alone, but on an array its bounds may hold for different
+    # keys, so it only narrows; an exact check on paired values must follow (dates: `dt`).
+    return {field: {low_op: low, high_op: high}}
+
+
 def _unsupported(param: SearchParam, modifier: str) -> FhirError:
     return FhirError(
         "not-supported", f"modifier ':{modifier}' is not supported on '{param.code}' ({param.type})"
@@ -164,29 +172,29 @@ def _date_value(c: str, value: str) -> Condition:
 
     if prefix == "eq":
         narrow, check = (
-            _between("dtlo", f"{c}|{qlo}", f"{c}|{qhi}"),
+            _range("dtlo", f"{c}|{qlo}", f"{c}|{qhi}"),
             exact(lo={"$gte": qlo}, hi={"$lte": qhi}),
         )
     elif prefix == "gt":
-        narrow, check = _between("dthi", f"{c}|{qhi}", high, "$gt"), exact(hi={"$gt": qhi})
+        narrow, check = _range("dthi", f"{c}|{qhi}", high, "$gt"), exact(hi={"$gt": qhi})
     elif prefix == "lt":
-        narrow, check = _between("dtlo", low, f"{c}|{qlo}"), exact(lo={"$lt": qlo})
+        narrow, check = _range("dtlo", low, f"{c}|{qlo}"), exact(lo={"$lt": qlo})
     elif prefix == "ge":
-        narrow, check = _between("dthi", f"{c}|{qlo}", high, "$gt"), exact(hi={"$gt": qlo})
+        narrow, check = _range("dthi", f"{c}|{qlo}", high, "$gt"), exact(hi={"$gt": qlo})
     elif prefix == "le":
-        narrow, check = _between("dtlo", low, f"{c}|{qhi}"), exact(lo={"$lt": qhi})
+        narrow, check = _range("dtlo", low, f"{c}|{qhi}"), exact(lo={"$lt": qhi})
     elif prefix == "sa":
-        narrow, check = _between("dtlo", f"{c}|{qhi}", high), exact(lo={"$gte": qhi})
+        narrow, check = _range("dtlo", f"{c}|{qhi}", high), exact(lo={"$gte": qhi})
     elif prefix == "eb":
-        narrow, check = _between("dthi", low, f"{c}|{qlo}", "$gte", "$lte"), exact(hi={"$lte": qlo})
+        narrow, check = _range("dthi", low, f"{c}|{qlo}", "$gte", "$lte"), exact(hi={"$lte": qlo})
     elif prefix == "ap":  # overlaps the search range widened by 10% of its distance from now
         from fhirgoal.fhir.instants import now
 
         slack = max(abs(now() - qlo_dt) * 0.1, qhi_dt - qlo_dt)
         alo, ahi = instant_key(qlo_dt - slack), instant_key(qhi_dt + slack)
-        narrow, check = _between("dtlo", low, f"{c}|{ahi}"), exact(lo={"$lt": ahi}, hi={"$gt": alo})
+        narrow, check = _range("dtlo", low, f"{c}|{ahi}"), exact(lo={"$lt": ahi}, hi={"$gt": alo})
     else:  # ne: no range of the resource lies within the search range
-        narrow = _between("dtlo", low, high)
+        narrow = _range("dtlo", low, high)
         check = {"dt": {"$not": {"$elemMatch": {"p": c, "lo": {"$gte": qlo}, "hi": {"$lte": qhi}}}}}
     return {"$and": [narrow, check]}
 
