@@ -324,3 +324,43 @@ async def test_token_text_of_type_reference_identifier_and_uri_hierarchy(
         },
     ) == {pid}
     assert await ids(fhir, "/Patient", **{"_profile:below": "http://example.org/"}) == set()
+
+
+async def test_in_and_not_in_use_value_sets_held_by_the_server(fhir: RunningServer) -> None:
+    pid = await make(fhir, patient())
+    loinc = "http://loinc.org"
+    value_set = {
+        "resourceType": "ValueSet", "url": "https://fhirgoal.org/fhir/ValueSet/standardized-measures",
+        "status": "active",
+        "compose": {"include": [{"system": loinc, "concept": [{"code": "44261-6"}, {"code": "70274-6"}]}]},
+    }  # fmt: skip
+    assert (
+        await fhir.client.post("/ValueSet", json=value_set, headers=FHIR_JSON)
+    ).status_code == 201
+    coded = {}
+    for code in ("44261-6", "70274-6", "29463-7"):
+        coded[code] = await make(
+            fhir,
+            {
+                **observation_at(pid, "2026-03-01"),
+                "code": {"coding": [{"system": loinc, "code": code}]},
+            },
+        )
+    url = value_set["url"]
+    assert await ids(fhir, "/Observation", **{"code:in": url}) == {
+        coded["44261-6"],
+        coded["70274-6"],
+    }
+    assert await ids(fhir, "/Observation", **{"code:not-in": url}) == {coded["29463-7"]}
+    missing = await fhir.client.get("/Observation", params={"code:in": "https://example.org/nope"})
+    assert missing.status_code == 400
+    filtered = {
+        **value_set,
+        "url": "https://fhirgoal.org/fhir/ValueSet/all-loinc",
+        "compose": {"include": [{"system": loinc}]},
+    }
+    assert (
+        await fhir.client.post("/ValueSet", json=filtered, headers=FHIR_JSON)
+    ).status_code == 201
+    refused = await fhir.client.get("/Observation", params={"code:in": filtered["url"]})
+    assert refused.status_code == 422

@@ -31,6 +31,40 @@ MAX_INCLUDED = 1000
 MAX_ITERATIONS = 3
 
 
+MAX_VALUE_SET_CODES = 5000
+
+
+def value_set_codes(value_set: dict[str, Any]) -> list[tuple[str, str]]:
+    """(system, code) of a ValueSet: its expansion, or a compose that lists its concepts.
+
+    https://hl7.org/fhir/R4/valueset.html . Filters and whole-system includes need a terminology
+    server, which this is not: such a ValueSet is refused rather than half-applied.
+    """
+    codes: list[tuple[str, str]] = []
+    if "expansion" in value_set:
+        pending = list(value_set["expansion"].get("contains", []))
+        while pending:
+            item = pending.pop()
+            pending += item.get("contains", [])
+            if "code" in item:
+                codes.append((item.get("system", ""), item["code"]))
+        return codes[:MAX_VALUE_SET_CODES]
+    compose = value_set.get("compose", {})
+
+    def listed(part: dict[str, Any]) -> list[tuple[str, str]]:
+        if "concept" not in part or "filter" in part or "valueSet" in part:
+            raise FhirError(
+                "processing",
+                f"ValueSet {value_set.get('url')} needs a terminology server to expand "
+                "(filters or whole code systems); give it an expansion",
+            )
+        return [(part.get("system", ""), c["code"]) for c in part["concept"]]
+
+    included = [c for part in compose.get("include", []) for c in listed(part)]
+    excluded = {c for part in compose.get("exclude", []) for c in listed(part)}
+    return [c for c in included if c not in excluded][:MAX_VALUE_SET_CODES]
+
+
 @dataclass
 class SearchPage:
     compiled: CompiledSearch
@@ -126,18 +160,35 @@ class SearchEngine:
         for deferred in compiled.deferred:
             if deferred.kind == "chain":
                 clause = await self._chain(access, deferred, base_url, depth)
-            else:
+                name = f"{deferred.param}.{deferred.rest}"
+            elif deferred.kind == "has":
                 clause = await self._has(access, rt, deferred, base_url, depth)
+                name = f"_has:{deferred.target_types[0]}:{deferred.param}:{deferred.rest}"
+            else:
+                clause = await self._in_value_set(access, deferred)
+                name = f"{deferred.param}:{deferred.rest}"
             compiled.filter = _and(compiled.filter, clause)
-            compiled.used.append(
-                (
-                    f"{deferred.param}.{deferred.rest}"
-                    if deferred.kind == "chain"
-                    else f"_has:{deferred.target_types[0]}:{deferred.param}:{deferred.rest}",
-                    deferred.value,
-                )
-            )
+            compiled.used.append((name, deferred.value))
         return compiled
+
+    async def _in_value_set(self, access: AccessContext, deferred: Deferred) -> dict[str, Any]:
+        """`:in` / `:not-in`: the codes of ValueSets held by this server (search.html#token)."""
+        keys: list[str] = []
+        for url in deferred.value.split(","):
+            found = await self.repo.find(
+                access, "ValueSet", {"tok": {"$in": [f"url#{url}"]}}, [("_id", 1)], 1
+            )
+            if not found or found[0].resource is None:
+                raise FhirError(
+                    "bad-request", f"ValueSet '{url}' is not held by this server", deferred.param
+                )
+            keys += [
+                f"{deferred.param}|{system}|{code}"
+                for system, code in value_set_codes(found[0].resource)
+            ]
+        if deferred.rest == "in":
+            return {"tok": {"$in": sorted(set(keys))}} if keys else _NOTHING
+        return {"tok": {"$nin": sorted(set(keys))}} if keys else {}
 
     async def _chain(
         self, access: AccessContext, chain: Deferred, base_url: str, depth: int

@@ -52,9 +52,11 @@ class Deferred:
     chain: `param[:Type].rest=value`, resolved to the ids of `Type` matching `rest=value`.
     has:   `_has:Type:param:rest=value`, resolved to the ids referenced by `param` of the `Type`
            resources matching `rest=value`.
+    valueset: `param:in=url` / `param:not-in=url` (rest = the modifier), resolved to the codes of
+           a ValueSet the server holds.
     """
 
-    kind: str  # "chain" | "has"
+    kind: str  # "chain" | "has" | "valueset"
     param: str
     target_types: tuple[str, ...]
     rest: str
@@ -192,6 +194,9 @@ class SearchCompiler:
                 name,
             )
         values = _split_or(value)
+        if modifier in ("in", "not-in") and param.type == "token":
+            result.deferred.append(Deferred("valueset", code, (), modifier, value))
+            return None
         if modifier == "missing" and code not in ("_id", "_lastUpdated"):
             return conditions.missing(param, values)
         if code == "_id":
