@@ -41,7 +41,7 @@ from fhirgoal.store.planner import shape
 # Multikey string indexes, one per kind of search value (fhir/search/index.py). `dt` is not
 # indexed: it is the exact check applied after `dtlo` / `dthi` have narrowed the candidates.
 INDEX_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi", "miss")
-_SEARCH_FIELDS = (*INDEX_FIELDS, "dt", "srt")
+_SEARCH_FIELDS = (*INDEX_FIELDS, "dt", "srt", "strx", "numx")
 _NO_INDEX = {name: 0 for name in _SEARCH_FIELDS if name != "comp"}
 _RESOURCE_ONLY = {name: 0 for name in _SEARCH_FIELDS}
 _WITH_SORT_KEYS = {name: 0 for name in _SEARCH_FIELDS if name != "srt"}

@@ -20,11 +20,18 @@ from fhirgoal.fhir.search.keys import fold, instant_key, number_key
 from fhirgoal.fhir.search.registry import SearchParam
 
 Condition = dict[str, Any]
+# Fields stored twice (index.py): indexed keys, and an unindexed copy ("strx") for exact ranges.
+EXACT_COPIES = {"str", "num"}
 
 
 def starts_with(field: str, prefix: str) -> Condition:
     """Keys that start with `prefix`: [prefix, prefix with its last character incremented)."""
-    return _between(field, prefix, prefix[:-1] + chr(ord(prefix[-1]) + 1))
+    high = prefix[:-1] + chr(ord(prefix[-1]) + 1)
+    return (
+        _exact_range(field, prefix, high)
+        if field in EXACT_COPIES
+        else _between(field, prefix, high)
+    )
 
 
 def any_of(conditions: list[Condition]) -> Condition:
@@ -47,6 +54,19 @@ def _range(
     return {field: {low_op: low, high_op: high}}
 
 
+def _exact_range(
+    field: str, low: str, high: str, low_op: str = "$gte", high_op: str = "$lt"
+) -> Condition:
+    """A range an index can drive (bare, on `field`) made exact by the same range as an
+    $elemMatch on `field`x, an unindexed copy of the keys (index.py): both hold for one key."""
+    return {
+        "$and": [
+            _range(field, low, high, low_op, high_op),
+            _between(field + "x", low, high, low_op, high_op),
+        ]
+    }
+
+
 def _unsupported(param: SearchParam, modifier: str) -> FhirError:
     return FhirError(
         "not-supported", f"modifier ':{modifier}' is not supported on '{param.code}' ({param.type})"
@@ -63,10 +83,10 @@ def _present(param: SearchParam) -> Condition:
     if param.type == "date":
         return _between("dtlo", f"{c}|", f"{c}}}")
     if param.type == "string":
-        return _between("str", f"{c}|", f"{c}}}")
+        return _exact_range("str", f"{c}|", f"{c}}}")
     if param.type == "composite" and param.components[1][0] == "token":
         return _between("tok", f"{c}|", f"{c}}}")
-    return _between("num", f"{c}|", f"{c}}}")
+    return _exact_range("num", f"{c}|", f"{c}}}")
 
 
 def missing(param: SearchParam, values: list[str]) -> Condition:
@@ -144,8 +164,8 @@ def string(param: SearchParam, modifier: str, values: list[str]) -> Condition:
         pattern = "|".join(re.escape(fold(v)) for v in values)
         return {
             "$and": [
-                _between("str", low, high),
-                {"str": {"$regex": f"^{re.escape(c)}\\|.*({pattern})"}},
+                _range("str", low, high),
+                {"strx": {"$regex": f"^{re.escape(c)}\\|.*({pattern})"}},
             ]
         }
     if modifier:
@@ -219,20 +239,21 @@ def _numeric(field_prefix: str, prefix: str, value: Decimal) -> Condition:
         return field_prefix + number_key(number)
 
     if prefix == "eq":
-        return _between("num", key(value - half), key(value + half))
+        return _exact_range("num", key(value - half), key(value + half))
     if prefix in ("gt", "sa"):
-        return _between("num", key(value), high, "$gt")
+        return _exact_range("num", key(value), high, "$gt")
     if prefix in ("lt", "eb"):
-        return _between("num", low, key(value))
+        return _exact_range("num", low, key(value))
     if prefix == "ge":
-        return _between("num", key(value), high)
+        return _exact_range("num", key(value), high)
     if prefix == "le":
-        return _between("num", low, key(value), "$gte", "$lte")
+        return _exact_range("num", low, key(value), "$gte", "$lte")
     if prefix == "ap":
         slack = max(abs(value) * Decimal("0.1"), half)
-        return _between("num", key(value - slack), key(value + slack), "$gte", "$lte")
-    inside = _between("num", key(value - half), key(value + half))  # ne
-    return {"$and": [_between("num", low, high), {"$nor": [inside]}]}
+        return _exact_range("num", key(value - slack), key(value + slack), "$gte", "$lte")
+    # ne: a value of the parameter, none of them inside the range
+    inside = {"$elemMatch": {"$gte": key(value - half), "$lt": key(value + half)}}
+    return {"$and": [_exact_range("num", low, high), {"numx": {"$not": inside}}]}
 
 
 def number(param: SearchParam, modifier: str, values: list[str]) -> Condition:

@@ -6,6 +6,8 @@ Field by field (each has one multikey index; keys.py explains the orderings):
   dt         [{p, lo, hi}]: the same ranges paired, for the exact check after the index narrows
   num        "value-quantity|<number key>", with "|system|code|" and "||unit|" variants
   srt        {param: smallest key}: what `_sort` orders by
+  strx/numx  unindexed copies of `str` / `num`: a bare range on the indexed field lets any index
+             drive the query, the same range as $elemMatch on the copy makes it exact
   miss       the supported parameters a resource has no value for (`:missing=true`; `false` is a
              range over the parameter's own keys)
 

@@ -120,6 +120,7 @@ class TypeParams:
             "tok": sorted(tok), "ref": sorted(ref), "comp": compartment, "str": sorted(text),
             "num": sorted(num), "dtlo": sorted(lows), "dthi": sorted(highs), "dt": ranges,
             "miss": miss, "srt": sort_keys,
+            "strx": sorted(text), "numx": sorted(num),  # unindexed copies: exact ranges
         }  # fmt: skip
 
 
