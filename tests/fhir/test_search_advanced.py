@@ -201,6 +201,8 @@ async def test_search_across_types_with_type_and_paging(fhir: RunningServer) -> 
     tagged = (await fhir.client.get("", params={"_id": "alex,r1"})).json()
     assert {e["resource"]["id"] for e in tagged["entry"]} == {"alex", "r1"}
     assert (await fhir.client.get("", params={"_type": "Spaceship"})).status_code == 400
+    for empty in ("", ","):
+        assert (await fhir.client.get("", params={"_type": empty})).status_code == 400
     assert (
         await fhir.client.get("", params={"_type": "Goal,Patient", "family": "chen"})
     ).status_code == 400

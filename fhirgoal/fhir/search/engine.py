@@ -331,6 +331,8 @@ class SearchEngine:
         for name, value in params:
             if name == "_type":
                 requested = [t.strip() for t in value.split(",") if t.strip()]
+                if not requested:
+                    raise FhirError("bad-request", "_type names no resource type", "_type")
                 unknown = [t for t in requested if not self.conformance.is_stored(t)]
                 if unknown:
                     raise FhirError(
