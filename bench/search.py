@@ -58,27 +58,11 @@ from rest_core import cpu_seconds, start_server, summarize
 from fhirgoal.app import build_service
 from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.config import Settings
+from fhirgoal.demo import GAS_ANSWERS, LOINC, MEASURES, ORS_ITEMS, SRS_ITEMS, SURVEY, UCUM
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.embedded import EmbeddedDatabase, free_port
 from fhirgoal.store.mongo import connect
 
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-MEASURES = "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures"
-SURVEY = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}
-    ]
-}
-ORS_ITEMS = ["individually", "interpersonally", "socially", "overall"]
-SRS_ITEMS = ["relationship", "goals-and-topics", "approach-or-method", "overall"]
-GAS_ANSWERS = [  # LOINC answer list LL6900-6, from -2 to +2
-    ("LA34484-8", "Much less than expected"),
-    ("LA34483-0", "Less than expected"),
-    ("LA34481-4", "Expected outcome"),
-    ("LA34480-6", "More than expected"),
-    ("LA34479-8", "Much more than expected"),
-]
 GOALS_PER_PATIENT = 3
 GAS_EVERY = 4  # sessions between GAS reviews (one rating per goal)
 FIRST_WEEK = datetime(2024, 6, 3, 9, 0, tzinfo=UTC)  # a Monday
@@ -142,7 +126,7 @@ def scale_observation(
 
 
 def gas_rating(oid: str, pid: str, gid: str, when: datetime, level: int) -> Resource:
-    answer, text = GAS_ANSWERS[level + 2]
+    answer, text = GAS_ANSWERS[level]
     return {
         "resourceType": "Observation", "id": oid, "status": "final", "category": [SURVEY],
         "code": {"coding": [{"system": LOINC, "code": "107333-7", "display": "GAS practitioner follow-up"}]},

@@ -9,7 +9,6 @@ work, so the statement cannot promise what the server does not do.
 from __future__ import annotations
 
 import copy
-import json
 from typing import Any
 
 from fhirgoal import __version__
@@ -21,9 +20,7 @@ from fhirgoal.fhir.search.registry import SearchRegistry
 def build_capability(
     conformance: Conformance, registry: SearchRegistry, base: str
 ) -> dict[str, Any]:
-    with open(conformance.directory / "capability.json", encoding="utf-8") as fh:
-        template = json.load(fh)
-    statement = copy.deepcopy(template)
+    statement = copy.deepcopy(conformance.capability_template)
     statement["date"] = instant_text(now())
     statement["software"]["version"] = __version__
     statement["implementation"] = {"description": "fhirgoal", "url": base}

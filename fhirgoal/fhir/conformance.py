@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import cache
+from functools import cache, cached_property
 from pathlib import Path
 from typing import Any
 
@@ -23,18 +23,14 @@ class Conformance:
     structure: dict[str, Any]
     search_parameters: list[dict[str, Any]]
     patient_compartment: dict[str, list[str]]
+    capability_template: dict[str, Any]
+
+    @cached_property
+    def _stored_set(self) -> frozenset[str]:
+        return frozenset(self.stored_types)
 
     def is_stored(self, resource_type: str) -> bool:
         return resource_type in self._stored_set
-
-    @property
-    def _stored_set(self) -> frozenset[str]:
-        return _as_set(self.stored_types)
-
-
-@cache
-def _as_set(items: tuple[str, ...]) -> frozenset[str]:
-    return frozenset(items)
 
 
 def _read(directory: Path, name: str) -> Any:
@@ -57,4 +53,5 @@ def load_conformance(directory: Path) -> Conformance:
         structure=_read(directory, "structure.json"),
         search_parameters=[e["resource"] for b in (bundle, custom) for e in b.get("entry", [])],
         patient_compartment={k: v for k, v in compartment.items() if not k.startswith("_")},
+        capability_template=_read(directory, "capability.json"),
     )

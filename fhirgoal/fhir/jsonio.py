@@ -46,9 +46,9 @@ _decoder = json.JSONDecoder(
 def loads(body: bytes | str) -> Any:
     """Parse JSON keeping decimal text; raise a 400 FhirError on anything malformed."""
     try:
-        text = body.decode("utf-8") if isinstance(body, bytes | bytearray) else body
-        value, end = _decoder.raw_decode(text.lstrip())
-        if text.lstrip()[end:].strip():
+        text = (body.decode("utf-8") if isinstance(body, bytes | bytearray) else body).lstrip()
+        value, end = _decoder.raw_decode(text)
+        if text[end:].strip():
             raise ValueError("extra data after the JSON value")
     except UnicodeDecodeError:
         raise FhirError("bad-request", "request body is not UTF-8") from None

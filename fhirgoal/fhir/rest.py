@@ -136,13 +136,9 @@ def render(request: Request, outcome: Outcome) -> Response:
     if version is not None:
         headers["ETag"] = f'W/"{version.version}"'
         headers["Last-Modified"] = http_date(version)
-        location = (
-            f"{base_url(request)}/{version.resource_type}/{version.id}/_history/{version.version}"
-        )
-        if outcome.status == 201:
-            headers["Location"] = location
-        elif request.method in ("PUT", "PATCH"):
-            headers["Content-Location"] = location
+        if outcome.status == 201 or request.method in ("PUT", "PATCH"):
+            location = f"{base_url(request)}/{version.resource_type}/{version.id}/_history/{version.version}"
+            headers["Location" if outcome.status == 201 else "Content-Location"] = location
     if outcome.body is not None:
         return fhir_response(outcome.status, outcome.body, headers)
     wanted = prefer(request, "return") if request.method != "GET" else None

@@ -180,7 +180,7 @@ class Repository:
         limit: int,
     ) -> list[tuple[Version, dict[str, Any]]]:
         """Like `find`, with each row's sort keys (`srt`) for keyset paging."""
-        query = shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+        query = _live(access, rt, query)
         cursor = self.collection(rt).find(query, _WITH_SORT_KEYS, sort=sort, limit=limit)
         return [(_version(rt, doc), doc.get("srt") or {}) async for doc in cursor]
 
@@ -192,7 +192,7 @@ class Repository:
     async def ids(
         self, access: AccessContext, rt: str, query: dict[str, Any], limit: int
     ) -> list[str]:
-        query = shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+        query = _live(access, rt, query)
         cursor = self.collection(rt).find(query, {"_id": 1}, limit=limit)
         return [doc["_id"] async for doc in cursor]
 
@@ -200,7 +200,7 @@ class Repository:
         self, access: AccessContext, rt: str, query: dict[str, Any], param: str, limit: int
     ) -> list[str]:
         """The `param=Type/id` reference entries of the resources matching `query`."""
-        query = shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+        query = _live(access, rt, query)
         cursor = self.collection(rt).find(query, {"ref": 1}, limit=limit)
         prefix = f"{param}="
         found: list[str] = []
@@ -209,7 +209,7 @@ class Repository:
         return found
 
     async def count(self, access: AccessContext, rt: str, query: dict[str, Any]) -> int:
-        query = shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+        query = _live(access, rt, query)
         return await self.collection(rt).count_documents(query)
 
     # ---- maintenance ----------------------------------------------------------------------------
@@ -302,6 +302,11 @@ class Repository:
             if len(page) >= skip + limit:
                 break
         return page[skip:], total
+
+
+def _live(access: AccessContext, rt: str, query: dict[str, Any]) -> dict[str, Any]:
+    """A search filter as sent: live resources only, narrowed by the caller's access, index-first."""
+    return shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
 
 
 def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from decimal import Decimal, InvalidOperation
 from typing import Any
 
 from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.instants import now
 from fhirgoal.fhir.search.dates import parse_range, split_prefix
 from fhirgoal.fhir.search.index import local_reference
 from fhirgoal.fhir.search.keys import fold, instant_key, number_key
@@ -208,8 +209,6 @@ def _date_value(c: str, value: str) -> Condition:
     elif prefix == "eb":
         narrow, check = _range("dthi", low, f"{c}|{qlo}", "$gte", "$lte"), exact(hi={"$lte": qlo})
     elif prefix == "ap":  # overlaps the search range widened by 10% of its distance from now
-        from fhirgoal.fhir.instants import now
-
         slack = max(abs(now() - qlo_dt) * 0.1, qhi_dt - qlo_dt)
         alo, ahi = instant_key(qlo_dt - slack), instant_key(qhi_dt + slack)
         narrow, check = _range("dtlo", low, f"{c}|{ahi}"), exact(lo={"$lt": ahi}, hi={"$gt": alo})

@@ -56,11 +56,8 @@ def token_pairs(value: Any) -> Iterable[tuple[str, str]]:
 def token_entries(code: str, values: Iterable[Any]) -> set[str]:
     entries: set[str] = set()
     for value in values:
-        for system, token in token_pairs(value):
-            entries.add(f"{code}#{token}")
-            entries.add(f"{code}|{system}|{token}")
-            if system:
-                entries.add(f"{code}@{system}")
+        entries |= {f"{code}{key}" for key in _token_keys(value)}
+        entries |= {f"{code}@{system}" for system, _ in token_pairs(value) if system}
     return entries
 
 
@@ -187,18 +184,7 @@ def quantity_entries(code: str, values: Iterable[Any]) -> set[str]:
 
     The '#' keeps number keys apart from system URLs in range scans ('#' sorts before them).
     """
-    entries: set[str] = set()
-    for value in values:
-        if not isinstance(value, dict) or not isinstance(value.get("value"), int | float | Decimal):
-            continue
-        key = "#" + number_key(value["value"])
-        entries.add(f"{code}|{key}")
-        system, unit_code, unit = value.get("system", ""), value.get("code"), value.get("unit")
-        if unit_code:
-            entries.add(f"{code}|{system}|{unit_code}|{key}")
-        for label in {unit_code, unit} - {None}:
-            entries.add(f"{code}||{label}|{key}")
-    return entries
+    return {f"{code}|{key}" for value in values for key in _quantity_keys(value)}
 
 
 def first_sort_key(param_type: str, values: list[Any]) -> str | None:
