@@ -12,6 +12,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from functools import cache
+from pathlib import Path
 from typing import Any
 
 import structlog
@@ -24,12 +25,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgoal import __version__
 from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.clinical.install import install_clinical, instrument_texts
 from fhirgoal.config import Settings
 from fhirgoal.fhir.capability import build_capability
+from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
 from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.rest import FHIR_JSON, base_url, negotiate
 from fhirgoal.fhir.rest import router as fhir_router
+from fhirgoal.fhir.rest_operations import router as operations_router
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.fhir.validation import Validator
@@ -90,13 +95,22 @@ async def build_service(
     conformance = load_conformance(settings.conformance_dir)
     registry = _registry(conformance)
     repository = Repository(client, settings.db)
-    await repository.ensure_indexes(list(conformance.stored_types))
-    return FhirService(settings, conformance, registry, _validator(conformance), repository)
+    validator = _validator(conformance, settings.profiles_dir)
+    service = FhirService(settings, conformance, registry, validator, repository)
+    install_clinical(service)
+    await repository.ensure_indexes(
+        list(conformance.stored_types), frozenset(service.hooks.types_with_hooks())
+    )
+    await load_catalog(service, settings.profiles_dir, instrument_texts(settings))
+    finished = await service.finish_pending(UNRESTRICTED)
+    if finished:
+        log.warning("finished writes a crash had interrupted", count=finished)
+    return service
 
 
 @cache
-def _validator(conformance: Conformance) -> Validator:
-    return Validator(conformance)
+def _validator(conformance: Conformance, profiles_dir: Path) -> Validator:
+    return Validator(conformance, ProfileSet(read_catalog(profiles_dir)))
 
 
 @cache
@@ -202,6 +216,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return Response(b'{"status":"ready"}', media_type="application/json")
 
+    app.include_router(operations_router, prefix="/fhir")
     app.include_router(fhir_router, prefix="/fhir")
     return app
 

@@ -31,6 +31,8 @@ class Settings(BaseSettings):
     default_page_size: int = 20
     max_page_size: int = 500
     conformance_dir: Path = PROJECT_ROOT / "conformance"
+    # Built-in Questionnaires, profiles, ValueSets and CodeSystems, loaded at start-up.
+    profiles_dir: Path = PROJECT_ROOT / "profiles"
     # How many times an update without If-Match re-reads and retries after losing a race.
     write_retries: int = 5
     log_level: str = "INFO"

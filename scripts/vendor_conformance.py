@@ -177,6 +177,18 @@ def strip_descriptions(node: Any) -> Any:
     return node
 
 
+def add_release_4_0_1(node: Any) -> Any:
+    """The R4 fhir.schema.json lists FHIR versions up to 4.0.0 only, so a StructureDefinition or
+    CapabilityStatement that says `fhirVersion: 4.0.1` (this very release) would fail it."""
+    if isinstance(node, dict):
+        return {key: add_release_4_0_1(value) for key, value in node.items()}
+    if isinstance(node, list):
+        if "4.0.0" in node and "4.0.1" not in node and all(isinstance(v, str) for v in node):
+            return [*node, "4.0.1"]
+        return [add_release_4_0_1(value) for value in node]
+    return node
+
+
 def prune_schema(schema: Json, types: list[str]) -> Json:
     missing = [t for t in types if t not in schema["definitions"]]
     if missing:
@@ -195,7 +207,9 @@ def prune_schema(schema: Json, types: list[str]) -> Json:
             "mapping": {t: ref for t, ref in mapping.items() if t in types},
         },
         "oneOf": restrict_one_of(schema, types)["oneOf"],
-        "definitions": strip_descriptions({name: definitions[name] for name in sorted(kept)}),
+        "definitions": add_release_4_0_1(
+            strip_descriptions({name: definitions[name] for name in sorted(kept)})
+        ),
     }
 
 

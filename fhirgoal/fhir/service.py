@@ -22,8 +22,10 @@ from fhirgoal.auth.context import AccessContext
 from fhirgoal.config import Settings
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.hooks import HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.jsonio import dumps
+from fhirgoal.fhir.operations import OperationRegistry
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
 from fhirgoal.fhir.search.registry import SearchRegistry
@@ -83,6 +85,8 @@ class FhirService:
         self.validator = validator
         self.repo = repository
         self.engine = SearchEngine(settings, conformance, registry, repository)
+        self.hooks = HookSet()
+        self.operations = OperationRegistry()
 
     # ---- helpers -----------------------------------------------------------------------------
     def require_type(self, rt: str) -> None:
@@ -147,8 +151,34 @@ class FhirService:
         rid = str(uuid.uuid4())
         stored, index = self._prepare(resource, rid, 1, moment)
         version = self._version(rt, rid, 1, moment, "POST", stored)
-        await self._insert(access, version, index)
+        event = WriteEvent(access, rt, rid, stored, None)
+        await self._insert(access, version, await self._before(event, index))
+        await self._after(event, version)
         return Outcome(201, version)
+
+    async def _before(self, event: WriteEvent, index: dict[str, Any]) -> dict[str, Any]:
+        """Run the before-hooks; the index to store, marked pending when after-hooks will run."""
+        await self.hooks.before(event)
+        if self.hooks.for_type(event.resource_type):
+            return {**index, "pend": True}
+        return index
+
+    async def _after(self, event: WriteEvent, version: Version) -> None:
+        if not self.hooks.for_type(event.resource_type):
+            return
+        event.version = version
+        await self.hooks.after(event)
+        await self.repo.clear_pending(version)
+
+    async def finish_pending(self, access: AccessContext) -> int:
+        """Re-run the after-hooks of writes a crash interrupted (see hooks.py); how many ran."""
+        finished = 0
+        for rt in self.hooks.types_with_hooks():
+            for version in await self.repo.pending(rt):
+                event = WriteEvent(access, rt, version.id, version.resource, None)
+                await self._after(event, version)
+                finished += 1
+        return finished
 
     async def _insert(self, access: AccessContext, version: Version, index: dict[str, Any]) -> None:
         try:
@@ -226,10 +256,12 @@ class FhirService:
             moment = now()
             stored, index = self._prepare(resource, rid, 1, moment)
             version = self._version(rt, rid, 1, moment, method, stored)
+            event = WriteEvent(access, rt, rid, stored, None)
             try:
-                await self._insert(access, version, index)
+                await self._insert(access, version, await self._before(event, index))
             except AlreadyExists:
                 return None  # created meanwhile: go round again as an update
+            await self._after(event, version)
             return Outcome(201, version)
         if expected is not None and expected != current.version:
             raise FhirError(
@@ -239,7 +271,9 @@ class FhirService:
         moment = max(now(), current.last_updated)
         stored, index = self._prepare(resource, rid, current.version + 1, moment)
         version = self._version(rt, rid, current.version + 1, moment, method, stored)
-        if await self.repo.replace(access, current, version, index):
+        event = WriteEvent(access, rt, rid, stored, current)
+        if await self.repo.replace(access, current, version, await self._before(event, index)):
+            await self._after(event, version)
             return Outcome(200, version)
         if expected is not None:
             raise FhirError("precondition-failed", f"{rt}/{rid} was changed by another request")
@@ -303,7 +337,9 @@ class FhirService:
                 return Outcome(204, current, message="already deleted")
             moment = max(now(), current.last_updated)
             tombstone = Version(rt, rid, current.version + 1, moment, "DELETE", None)
-            if await self.repo.replace(access, current, tombstone, {}):
+            event = WriteEvent(access, rt, rid, None, current)
+            if await self.repo.replace(access, current, tombstone, await self._before(event, {})):
+                await self._after(event, tombstone)
                 return Outcome(204, tombstone)
         raise FhirError("conflict", f"{rt}/{rid} is being changed concurrently; retry the delete")
 

@@ -4,8 +4,8 @@ Three layers, cheapest first, each stopping the write with an OperationOutcome w
 FHIRPath `expression`s:
 1. the official R4 JSON schema (jsonschema-rs; value-set enums, regexes, unknown elements),
 2. the structural check against the StructureDefinitions (structure.py),
-3. the FHIRPath invariants (invariants.py).
-Profile rules (profiles/) join as a fourth layer with the clinical profiles.
+3. the FHIRPath invariants (invariants.py),
+4. the rules of the server's own profiles that apply to the resource (profiles.py).
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import jsonschema_rs
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.errors import FhirError, Issue
 from fhirgoal.fhir.invariants import InvariantChecker
+from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.structure import StructureChecker
 
 _UNEXPECTED = re.compile(r"'([^']+)'")
@@ -34,8 +35,9 @@ def fhirpath_of(resource_type: str, instance_path: list[str | int]) -> str:
 
 
 class Validator:
-    def __init__(self, conformance: Conformance) -> None:
+    def __init__(self, conformance: Conformance, profiles: ProfileSet | None = None) -> None:
         self.conformance = conformance
+        self.profiles = profiles or ProfileSet([])
         self.structure = StructureChecker(conformance.structure)
         self.invariants = InvariantChecker(conformance.structure)
 
@@ -89,5 +91,7 @@ class Validator:
         ]
         if not issues:
             issues = self.invariants.check(resource)
+        if not issues:
+            issues = self.profiles.check(resource)
         if issues:
             raise FhirError("invalid", issues=issues[:MAX_ISSUES])

@@ -41,7 +41,9 @@ from fhirgoal.store.planner import shape
 # Multikey string indexes, one per kind of search value (fhir/search/index.py). `dt` is not
 # indexed: it is the exact check applied after `dtlo` / `dthi` have narrowed the candidates.
 INDEX_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi", "miss")
-_SEARCH_FIELDS = (*INDEX_FIELDS, "dt", "srt", "strx", "numx")
+# `pend` marks a version whose after-write hooks have not all finished (fhir/hooks.py); it is
+# indexed only on the types that have such hooks, so other writes pay nothing for it.
+_SEARCH_FIELDS = (*INDEX_FIELDS, "dt", "srt", "strx", "numx", "pend")
 _NO_INDEX = {name: 0 for name in _SEARCH_FIELDS if name != "comp"}
 _RESOURCE_ONLY = {name: 0 for name in _SEARCH_FIELDS}
 _WITH_SORT_KEYS = {name: 0 for name in _SEARCH_FIELDS if name != "srt"}
@@ -111,11 +113,13 @@ class Repository:
         return found
 
     # ---- schema ---------------------------------------------------------------------------
-    async def ensure_indexes(self, resource_types: list[str]) -> None:
+    async def ensure_indexes(
+        self, resource_types: list[str], pending_types: frozenset[str] = frozenset()
+    ) -> None:
         for rt in resource_types:
             current = self.collection(rt)
             await current.create_index([("lu", DESCENDING)], name="lastUpdated")
-            for name in INDEX_FIELDS:
+            for name in (*INDEX_FIELDS, "pend") if rt in pending_types else INDEX_FIELDS:
                 await current.create_index([(name, ASCENDING)], name=name)
             history = self.collection(history_collection(rt))
             await history.create_index([("id", ASCENDING), ("v", DESCENDING)], name="id_version")
@@ -230,6 +234,16 @@ class Repository:
         if batch:
             yield batch
 
+    async def pending(self, rt: str, limit: int = 10_000) -> list[Version]:
+        """Current versions whose after-write hooks a crash interrupted."""
+        cursor = self.collection(rt).find({"pend": True}, {"json": 1, "v": 1, "lu": 1, "op": 1})
+        return [_version(rt, doc) async for doc in cursor.limit(limit)]
+
+    async def clear_pending(self, version: Version) -> None:
+        await self.collection(version.resource_type).update_one(
+            {"_id": version.id, "v": version.version}, {"$unset": {"pend": ""}}
+        )
+
     async def set_index(self, version: Version, index: dict[str, Any]) -> bool:
         """Replace the search index of `version` if it is still current (a writer may have won)."""
         result = await self.collection(version.resource_type).update_one(
@@ -320,6 +334,8 @@ def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:
     if version.deleted:
         doc["del"] = True
         doc.update({name: [] for name in _SEARCH_FIELDS})
+        if index.get("pend"):
+            doc["pend"] = True
     else:
         doc.update(index)
     return doc

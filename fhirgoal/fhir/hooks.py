@@ -1,0 +1,79 @@
+"""Write hooks: rules that other packages attach to the writes of a resource type.
+
+The FHIR layer stays resource-type agnostic; clinical rules (QuestionnaireResponse extraction,
+goal status from ratings, session-measure alerts) plug in here. A hook sees every write of its
+types twice:
+
+- `before_write`: after the resource passed validation, before anything is stored. It may reject
+  the write (raise FhirError) and may plan follow-up work in `event.state`. Nothing is stored when
+  it raises, so a rejected write loses nothing and leaves nothing behind.
+- `after_write`: once the new version is stored. Follow-up writes go through the FhirService
+  again, so they are validated, versioned and indexed like any other write.
+
+Crash safety: a write whose type has after-hooks is stored with a `pending` mark, cleared once
+every after-hook has finished. At start-up the service re-runs the after-hooks of every version
+still marked (`FhirService.finish_pending`). For that to be correct, after-hooks must be
+*convergent*: they bring derived state in line with the resource's current version and never
+depend on the previous version having been seen (`event.previous` is informative only).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from fhirgoal.auth.context import AccessContext
+    from fhirgoal.store.repository import Version
+
+
+@dataclass
+class WriteEvent:
+    """One write as the hooks see it."""
+
+    access: AccessContext
+    resource_type: str
+    id: str
+    # The resource as it will be (or was) stored, meta included; None for a deletion.
+    resource: dict[str, Any] | None
+    previous: Version | None
+    version: Version | None = None  # set once the write is stored
+    state: dict[str, Any] = field(default_factory=dict)  # what before_write planned
+
+    @property
+    def deleted(self) -> bool:
+        return self.resource is None
+
+
+class WriteHook(Protocol):
+    resource_types: frozenset[str]
+
+    async def before_write(self, event: WriteEvent) -> None: ...
+
+    async def after_write(self, event: WriteEvent) -> None: ...
+
+
+class HookSet:
+    """The hooks of each resource type, in registration order."""
+
+    def __init__(self) -> None:
+        self._by_type: dict[str, list[WriteHook]] = defaultdict(list)
+
+    def register(self, hook: WriteHook) -> None:
+        for rt in hook.resource_types:
+            self._by_type[rt].append(hook)
+
+    def for_type(self, rt: str) -> list[WriteHook]:
+        return self._by_type.get(rt, [])
+
+    def types_with_hooks(self) -> list[str]:
+        return sorted(rt for rt, hooks in self._by_type.items() if hooks)
+
+    async def before(self, event: WriteEvent) -> None:
+        for hook in self.for_type(event.resource_type):
+            await hook.before_write(event)
+
+    async def after(self, event: WriteEvent) -> None:
+        for hook in self.for_type(event.resource_type):
+            await hook.after_write(event)
