@@ -4,14 +4,16 @@ Instruments: Outcome Rating Scale and Session Rating Scale (Miller & Duncan; Mil
 Sparks & Claud 2003, J Brief Therapy 2:91; Duncan et al. 2003, J Brief Therapy 3:3) and the child
 versions CORS/CSRS. Four 0-10 items each, totals 0-40.
 
-Defaults (all in `Cutoffs`): ORS clinical cutoff 25 for adults (18+), 28 for adolescents (13-17),
-32 for children under 13 (CORS) -- Bringhurst, Watson, Miller & Duncan 2006 (J Brief Therapy 5:23)
-and Duncan 2011/2012 ("The Partners for Change Outcome Management System (PCOMS)", J Clin Psychol
-68:93) with Duncan, Sparks, Miller et al. 2006 for CORS; reliable change 5 points (Jacobson & Truax
-1991, J Consult Clin Psychol 59:12, with the ORS reliabilities); SRS alliance concern below 36, or
-any drop of 1 point or more since the previous session (Duncan 2012; PCOMS manuals).
+Defaults (all in `Cutoffs`): ORS clinical cutoff 25 for adults (18+) (Miller et al. 2003;
+Bringhurst, Watson, Miller & Duncan 2006, J Brief Therapy 5:23), 28 for adolescents (13-17) and 32
+for children under 13 on the CORS (Duncan, Sparks, Miller, Bohanske & Claud 2006, "Giving youth a
+voice", J Brief Therapy 5:71); reliable change 5 points (the Jacobson & Truax 1991 index, J Consult
+Clin Psychol 59:12, with the ORS reliabilities); SRS alliance concern below 36, or any drop of 1
+point or more since the previous session (Duncan 2011, PCOMS administration, scoring and
+interpretation manual; Duncan 2012, "The Partners for Change Outcome Management System",
+Canadian Psychology 53:93).
 
-Rules chosen where the issue is silent (all configurable through `Cutoffs`):
+Rules chosen where the issue is silent (the thresholds are configurable through `Cutoffs`):
 
 * Age band on each session's date (full years; the birthday counts from the day itself; a 29
   February birthday counts from 1 March in common years). Unknown birth date: adult cutoff, and
@@ -28,11 +30,12 @@ Rules chosen where the issue is silent (all configurable through `Cutoffs`):
   green  -- reliable improvement (with or without crossing the cutoff);
   red    -- session number >= `no_progress_sessions` (default 6), no reliable improvement and still
             in the clinical range. PCOMS compares each client with an Expected Treatment Response
-            trajectory fitted on its proprietary normative data (Duncan 2012; Miller et al. 2005,
-            J Clin Psychol 61:199); without it we use the rule of thumb of Duncan & Miller
-            ("When I'm good, I'm very good...", Psychotherapy in Australia 2006; Duncan, On
-            Becoming a Better Therapist, 2nd ed., APA 2014): no change by the third session
-            calls for a conversation, none by the fifth or sixth for a change of course or referral;
+            trajectory fitted on its proprietary normative data (Duncan 2012; Miller, Duncan,
+            Sorrell & Brown 2005, J Clin Psychol 61:199). Without that data we use the rule of
+            thumb of Duncan & Miller ("When I'm good, I'm very good...", Psychotherapy in
+            Australia 2006; Duncan, On Becoming a Better Therapist, 2nd ed., APA 2014): no change
+            by the third session calls for a conversation, none by the fifth or sixth for a
+            change of course or a referral;
   amber  -- everything else: sessions 2 onwards without reliable change (including a total that
             crossed the cutoff by less than the reliable-change amount: noise is not recovery).
   The issue's sketch made "crossed the cutoff" green by itself; Jacobson & Truax require the
@@ -103,6 +106,8 @@ class Cutoffs:
                 problems.append(
                     InputProblem(f"cutoffs.{f.name}", f"must be above 0 and at most 40: {number}")
                 )
+            elif number is not None:
+                object.__setattr__(self, f.name, number)  # an int from config becomes a Decimal
         if problems:
             raise ClinicalInputError(problems)
 
@@ -338,7 +343,10 @@ def _colour(
             return Colour.GREEN, f"clinically significant change: {since}, now above cutoff", False
         return Colour.GREEN, f"reliable improvement: {since}", False
     if session >= cutoffs.no_progress_sessions and in_range == "clinical":
-        reason = f"no reliable improvement by session {session} ({since}) and still in the clinical range"
+        reason = (
+            f"no reliable improvement by session {session} ({since})"
+            " and still in the clinical range"
+        )
         return Colour.RED, reason, True
     if in_range == "non-clinical":
         return Colour.AMBER, f"no reliable change yet ({since}); in the non-clinical range", False

@@ -4,8 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from random import Random
+from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhirgoal.clinical.achievement import (
     DISPLAY,
@@ -134,7 +138,7 @@ def test_follow_up_without_baseline() -> None:
     decision = decide([rating("2026-07-01", "-1", obs="f1")])
     assert decision is not None
     assert (decision.code, decision.based_on) == ("in-progress", ("f1",))
-    assert "nothing" not in decision.reason and "no baseline" in decision.reason
+    assert "no baseline or earlier follow-up" in decision.reason
 
 
 def test_ratings_are_put_in_time_order_whatever_the_input_order() -> None:
@@ -286,18 +290,23 @@ def test_day_text_keeps_the_written_day() -> None:
     assert day_text(datetime(2026, 9, 14, 23, tzinfo=UTC)) == "2026-09-14"
 
 
+BAD_KIND: Any = "interim"
+BAD_RATER: Any = "teacher"
+BAD_WHEN: Any = 20260701
+
+
 @pytest.mark.parametrize(
     ("bad", "field"),
     [
         (Rating("2026-07-01", D(3), "follow-up", "patient", "x"), "rating[1].level"),
         (Rating("2026-07-01", D("0.5"), "follow-up", "patient", "x"), "rating[1].level"),
         (Rating("2026-07-01", D("NaN"), "follow-up", "patient", "x"), "rating[1].level"),
-        (Rating("2026-07-01", D(0), "interim", "patient", "x"), "rating[1].kind"),  # type: ignore[arg-type]
-        (Rating("2026-07-01", D(0), "follow-up", "teacher", "x"), "rating[1].rater"),  # type: ignore[arg-type]
+        (Rating("2026-07-01", D(0), BAD_KIND, "patient", "x"), "rating[1].kind"),
+        (Rating("2026-07-01", D(0), "follow-up", BAD_RATER, "x"), "rating[1].rater"),
         (Rating("2026-07-01", D(0), "follow-up", "patient", ""), "rating[1].observation"),
         (Rating("July 1st", D(0), "follow-up", "patient", "x"), "rating[1].when"),
         (Rating("2026-13-01", D(0), "follow-up", "patient", "x"), "rating[1].when"),
-        (Rating(20260701, D(0), "follow-up", "patient", "x"), "rating[1].when"),  # type: ignore[arg-type]
+        (Rating(BAD_WHEN, D(0), "follow-up", "patient", "x"), "rating[1].when"),
     ],
 )
 def test_invalid_ratings_are_400s_naming_the_field(bad: Rating, field: str) -> None:
@@ -375,3 +384,62 @@ def test_status_change_never_overwrites_a_clinician_silently(
     change: StatusChange,
 ) -> None:
     assert status_change(current, marker, decision) is change
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+gas_levels = st.sampled_from([D(x) for x in ("-3", "-2", "-1", "-0.5", "0", "1", "2")])
+RATERS: list[Rater] = ["practitioner", "patient", "caregiver"]
+KINDS: list[RatingKind] = ["baseline", "follow-up", "follow-up"]  # follow-ups twice as likely
+raters = st.sampled_from(RATERS)
+kinds = st.sampled_from(KINDS)
+
+
+@st.composite
+def rating_sets(draw: st.DrawFn) -> list[Rating]:
+    days = draw(st.lists(st.integers(0, 365), min_size=1, max_size=8, unique=True))
+    return [
+        Rating(
+            date.fromordinal(date(2026, 1, 1).toordinal() + day),
+            draw(gas_levels),
+            draw(kinds),
+            draw(raters),
+            f"obs-{day}",
+        )
+        for day in days
+    ]
+
+
+@settings(max_examples=300, deadline=None)
+@given(rating_sets(), st.randoms())
+def test_property_distinct_instants_make_input_order_irrelevant(
+    ratings: list[Rating], random: Random
+) -> None:
+    shuffled = list(ratings)
+    random.shuffle(shuffled)
+    assert decide(shuffled) == decide(ratings)
+
+
+@settings(max_examples=300, deadline=None)
+@given(rating_sets())
+def test_property_decision_is_consistent_with_the_ratings_it_cites(ratings: list[Rating]) -> None:
+    decision = decide(ratings)
+    assert decision is not None
+    assert decision.display == DISPLAY[decision.code]
+    by_id = {r.observation: r for r in ratings}
+    cited = [by_id[i] for i in decision.based_on]
+    assert 1 <= len(cited) <= 2
+    assert [instant_of(r.when) for r in cited] == sorted(instant_of(r.when) for r in cited)
+    latest = cited[-1]
+    if decision.code in ("achieved", "sustaining"):
+        assert latest.kind == "follow-up" and latest.level >= 0
+    if decision.code in ("improving", "worsening", "no-change"):
+        previous = cited[0]
+        assert latest.kind == "follow-up" and latest.level < 0
+        expected = {1: "improving", -1: "worsening", 0: "no-change"}
+        assert expected[(latest.level > previous.level) - (latest.level < previous.level)] == (
+            decision.code
+        )
+    if decision.rater is not None:
+        assert latest.rater == decision.rater
+        assert all(r.kind == "baseline" or r.rater == decision.rater for r in cited)

@@ -32,9 +32,11 @@ def goals(*levels: str) -> list[GoalScore]:
     [
         # one goal at -1: 50 + 10(-1)/sqrt(0.7*1 + 0.3*1) = 50 - 10/1 = 40
         (["-1"], "40.00"),
-        # two at -1: Σx = -2; denominator² = 0.7*2 + 0.3*2² = 2.6; 20/sqrt(2.6) = 12.4035 -> 37.5965
+        # two at -1: Σx = -2; denominator² = 0.7*2 + 0.3*2² = 2.6
+        # 20/sqrt(2.6) = 20/1.612452 = 12.4035 -> 37.5965
         (["-1", "-1"], "37.60"),
-        # three at -1: Σx = -3; denominator² = 0.7*3 + 0.3*9 = 4.8; 30/2.19089 = 13.6931 -> 36.3069
+        # three at -1: Σx = -3; denominator² = 0.7*3 + 0.3*9 = 4.8
+        # 30/sqrt(4.8) = 30/2.190890 = 13.6931 -> 36.3069
         (["-1", "-1", "-1"], "36.31"),
         # all at 0: Σx = 0 whatever the denominator
         (["0", "0", "0"], "50.00"),
@@ -73,7 +75,8 @@ def test_weighted_tscore_matches_hand_derivation() -> None:
 
 def test_turner_stokes_weights_feed_the_formula() -> None:
     # importance 3 x difficulty 2 = 6 at +1; importance 1 x difficulty 1 = 1 at -2
-    # Σwx = 6 - 2 = 4; Σw² = 37; (Σw)² = 49; denominator² = 25.9 + 14.7 = 40.6; sqrt = 6.371813
+    # Σwx = 6 - 2 = 4; Σw² = 37; (Σw)² = 49
+    # denominator² = 0.7*37 + 0.3*49 = 25.9 + 14.7 = 40.6; sqrt = 6.371813
     # T = 50 + 40/6.371813 = 50 + 6.2776 = 56.2776 -> 56.28
     result = compute_tscore(
         [GoalScore(D(1), weight_from(3, 2)), GoalScore(D(-2), weight_from(1, 1))]

@@ -6,6 +6,8 @@ from datetime import date, datetime
 from decimal import Decimal
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from fhirgoal.clinical.gas import ClinicalInputError
 from fhirgoal.clinical.session_measures import (
@@ -139,6 +141,13 @@ def test_cutoff_follows_the_age_on_each_session_date() -> None:
     assert [p.cutoff for p in points] == [D(28), D(28), D(25)]
     assert [p.clinical_range for p in points] == ["clinical", "clinical", "non-clinical"]
     assert points[2].cutoff_basis == "adult (18+) on 2026-01-19"
+
+
+def test_int_cutoffs_from_config_become_decimals() -> None:
+    cutoffs = Cutoffs(ors_adult=20, srs_alert_below=30)  # type: ignore[arg-type]
+    assert isinstance(cutoffs.ors_adult, Decimal)
+    (point,) = interpret_srs(series("29.5"), cutoffs)
+    assert point.reasons == ("below 30 (29.5)",)
 
 
 def test_cutoffs_are_configurable() -> None:
@@ -471,3 +480,43 @@ def test_reconcile_opens_keeps_and_closes_by_key() -> None:
     assert change.open == (deterioration,)
     assert change.still_open == (alliance,)
     assert change.close == ("no-progress",)
+
+
+# --- properties ---------------------------------------------------------------------------------
+
+totals = st.integers(0, 400).map(lambda tenths: D(tenths) / 10)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(totals, min_size=1, max_size=14))
+def test_property_colour_rules(values: list[Decimal]) -> None:
+    points = interpret_ors(series(*(str(v) for v in values)), ADULT)
+    assert points[0].status is Colour.GREY
+    for point in points[1:]:
+        change = point.total - values[0]
+        assert point.change_from_intake == change
+        if change <= -5:
+            assert point.status is Colour.RED and not point.no_progress
+        elif change >= 5:
+            assert point.status is Colour.GREEN
+        elif point.session >= 6 and point.total < 25:
+            assert point.status is Colour.RED and point.no_progress
+        else:
+            assert point.status is Colour.AMBER
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(totals, min_size=1, max_size=14))
+def test_property_an_alliance_alert_is_open_exactly_when_the_latest_srs_alerts(
+    values: list[Decimal],
+) -> None:
+    points = interpret_srs(series(*(str(v) for v in values)))
+    latest = values[-1]
+    dropped = len(values) > 1 and values[-2] - latest >= 1
+    assert points[-1].alert is (latest < 36 or dropped)
+    alerts = open_alerts([], points)
+    assert kinds(alerts) == (["alliance"] if points[-1].alert else [])
+    if alerts:
+        run = alerts[0]
+        assert all(p.alert for p in points[run.since.session - 1 :])
+        assert run.since.session == 1 or not points[run.since.session - 2].alert
