@@ -9,12 +9,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from fhirgoal.clinical import gas_operations
 from fhirgoal.config import Settings
 from fhirgoal.fhir.service import FhirService
 
 
 def install_clinical(service: FhirService) -> None:
     """Register the clinical hooks and operations on `service`."""
+    gas_operations.register(service.operations)
 
 
 def instrument_texts(settings: Settings) -> Callable[[dict[str, Any]], dict[str, Any]] | None:

@@ -30,6 +30,8 @@ from fhirgoal.fhir.search.paths import (
 
 log = structlog.get_logger(__name__)
 _SKIPPED = {"ele-1", "ext-1"}
+# `trace()` returns its input unchanged and prints to stdout in fhirpathpy: drop it.
+_TRACE = re.compile(r"\.trace\('[^']*'(?:\s*,\s*[A-Za-z_.]+)?\)")
 
 
 @dataclass(frozen=True)
@@ -52,7 +54,8 @@ class InvariantChecker:
         for constraint in self.structure.get(type_name, {}).get("constraints", []):
             if constraint.get("severity") != "error" or constraint["key"] in _SKIPPED:
                 continue
-            path, expression = constraint.get("path", ""), constraint["expression"]
+            path = constraint.get("path", "")
+            expression = _TRACE.sub("", constraint["expression"])
             text = f"{path}.all({expression})" if path else expression
             try:
                 evaluate = fhirpath_compile(text, fhirpath_models["r4"])

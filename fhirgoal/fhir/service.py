@@ -119,6 +119,18 @@ class FhirService:
     ) -> Version:
         return Version(rt, rid, vid, moment, method, dumps(stored).decode(), parsed=stored)
 
+    async def find_resources(
+        self,
+        access: AccessContext,
+        rt: str,
+        params: list[tuple[str, str]],
+        limit: int = 1000,
+        sort: list[tuple[str, int]] | None = None,
+    ) -> list[Version]:
+        """Live resources matching search `params`, for server-side logic (no paging, no Bundle)."""
+        compiled = await self.engine.compile(access, rt, params, "")
+        return await self.repo.find(access, rt, compiled.filter, sort or [("_id", 1)], limit)
+
     async def _matches(
         self, access: AccessContext, rt: str, params: list[tuple[str, str]], base_url: str
     ) -> list[Version]:

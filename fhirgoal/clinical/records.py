@@ -1,0 +1,170 @@
+"""A client's clinical records as the clinical rules read them: GAS goals, their ratings, and
+session-measure series, fetched through the FhirService (so the caller's access applies).
+
+Shapes: PCO GAS Goal and GAS score Observation (http://hl7.org/fhir/us/pco), the project's session
+rating profile (profiles/structuredefinitions/session-rating.json).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from decimal import Decimal
+from typing import Any
+
+from fhirgoal.auth.context import AccessContext
+from fhirgoal.clinical.achievement import Rater, Rating
+from fhirgoal.clinical.codes import (
+    GAS_BASELINE,
+    GAS_EXTENSION,
+    GAS_FOLLOW_UP,
+    GAS_GOAL_MEASURE,
+    GAS_RATING_CODES,
+    GAS_VARIANT_EXTENSION,
+    GAS_WEIGHT_EXTENSION,
+    LOINC,
+    MEASURES,
+    gas_level_of,
+)
+from fhirgoal.clinical.gas import weight_from
+from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.service import FhirService
+
+INACTIVE_GOALS = {"cancelled", "entered-in-error", "rejected"}
+MAX_RECORDS = 5000
+_RATER_OF_TYPE: dict[str, Rater] = {
+    "Practitioner": "practitioner",
+    "PractitionerRole": "practitioner",
+    "Patient": "patient",
+    "RelatedPerson": "caregiver",
+}
+
+
+@dataclass(frozen=True)
+class GasGoal:
+    id: str
+    resource: dict[str, Any]
+    weight: Decimal
+    importance: int | None
+    difficulty: int | None
+    variant: str
+
+    @property
+    def description(self) -> str:
+        return str((self.resource.get("description") or {}).get("text", self.id))
+
+
+def is_gas_goal(goal: dict[str, Any]) -> bool:
+    if any(e.get("url") == GAS_EXTENSION for e in goal.get("extension") or []):
+        return True
+    return any(
+        c.get("system") == LOINC and c.get("code") == GAS_GOAL_MEASURE
+        for t in goal.get("target") or []
+        for c in (t.get("measure") or {}).get("coding") or []
+    )
+
+
+def gas_goal(goal: dict[str, Any]) -> GasGoal:
+    importance = difficulty = None
+    variant = "five-level"
+    for ext in goal.get("extension") or []:
+        if ext.get("url") == GAS_WEIGHT_EXTENSION:
+            parts = {e.get("url"): e.get("valueInteger") for e in ext.get("extension") or []}
+            importance, difficulty = parts.get("importance"), parts.get("difficulty")
+        elif ext.get("url") == GAS_VARIANT_EXTENSION:
+            variant = ext.get("valueCode", variant)
+    weight = (
+        weight_from(importance, difficulty)
+        if importance is not None and difficulty is not None
+        else Decimal(1)
+    )
+    return GasGoal(goal["id"], goal, weight, importance, difficulty, variant)
+
+
+def rating_of(observation: dict[str, Any]) -> tuple[str, Rating] | None:
+    """(goal id, Rating) of a GAS rating Observation, or None if it is not a usable rating."""
+    if observation.get("status") == "entered-in-error":
+        return None
+    codes = [
+        c.get("code")
+        for c in (observation.get("code") or {}).get("coding") or []
+        if c.get("system") == LOINC and c.get("code") in GAS_RATING_CODES
+    ]
+    focus = [f.get("reference", "") for f in observation.get("focus") or []]
+    goal = next((f.split("/", 1)[1] for f in focus if f.startswith("Goal/")), None)
+    level = gas_level_of(observation.get("valueCodeableConcept"))
+    when = observation.get("effectiveDateTime") or (observation.get("effectivePeriod") or {}).get(
+        "start"
+    )
+    if not codes or goal is None or level is None or not when:
+        return None
+    code = codes[0]
+    if code == GAS_BASELINE:
+        performers: list[dict[str, Any]] = observation.get("performer") or [{}]
+        performer = str(performers[0].get("reference", ""))
+        rater: Rater = _RATER_OF_TYPE.get(performer.split("/", 1)[0], "practitioner")
+        return goal, Rating(when, level, "baseline", rater, observation["id"])
+    follow_up: Rater = GAS_FOLLOW_UP[code]  # type: ignore[assignment]
+    return goal, Rating(when, level, "follow-up", follow_up, observation["id"])
+
+
+async def read_patient(svc: FhirService, access: AccessContext, pid: str) -> dict[str, Any]:
+    outcome = await svc.read(access, "Patient", pid)
+    assert outcome.version is not None and outcome.version.resource is not None
+    return outcome.version.resource
+
+
+async def patient_gas_goals(
+    svc: FhirService, access: AccessContext, pid: str, care_plan: str | None = None
+) -> list[GasGoal]:
+    """The patient's GAS goals (all, or those of one CarePlan), oldest first."""
+    if care_plan is not None:
+        plan_id = care_plan.removeprefix("CarePlan/")
+        plan = (await svc.read(access, "CarePlan", plan_id)).version
+        assert plan is not None and plan.resource is not None
+        if (plan.resource.get("subject") or {}).get("reference") != f"Patient/{pid}":
+            raise FhirError("processing", f"CarePlan/{plan_id} is not a plan of Patient/{pid}")
+        wanted = [g.get("reference", "") for g in plan.resource.get("goal") or []]
+        ids = [r.split("/", 1)[1] for r in wanted if r.startswith("Goal/")]
+        if not ids:
+            return []
+        versions = await svc.find_resources(access, "Goal", [("_id", ",".join(ids))])
+    else:
+        versions = await svc.find_resources(
+            access, "Goal", [("patient", f"Patient/{pid}")], MAX_RECORDS
+        )
+    goals = [v.resource for v in versions if v.resource is not None]
+    chosen = [
+        gas_goal(g)
+        for g in goals
+        if is_gas_goal(g) and g.get("lifecycleStatus") not in INACTIVE_GOALS
+    ]
+    return sorted(chosen, key=lambda g: (g.resource.get("startDate", ""), g.id))
+
+
+async def ratings_by_goal(
+    svc: FhirService, access: AccessContext, goal_ids: list[str]
+) -> dict[str, list[Rating]]:
+    """Every usable GAS rating of the goals, in recording order (the order decide() expects)."""
+    if not goal_ids:
+        return {}
+    codes = ",".join(f"{LOINC}|{code}" for code in sorted(GAS_RATING_CODES))
+    focus = ",".join(f"Goal/{gid}" for gid in goal_ids)
+    versions = await svc.find_resources(
+        access, "Observation", [("focus", focus), ("code", codes)], MAX_RECORDS, [("lu", 1)]
+    )
+    found: dict[str, list[Rating]] = defaultdict(list)
+    for version in versions:
+        if version.resource is None:
+            continue
+        rated = rating_of(version.resource)
+        if rated is not None and rated[0] in goal_ids:
+            found[rated[0]].append(rated[1])
+    return found
+
+
+def measure_code(observation: dict[str, Any]) -> str | None:
+    for coding in (observation.get("code") or {}).get("coding") or []:
+        if coding.get("system") == MEASURES:
+            return str(coding.get("code"))
+    return None
