@@ -19,8 +19,9 @@ level used:
 * six-level scale with -3 "worse than baseline" (their "version 1": every baseline at -2, -3 for
   worsening). The paper (abstract, PubMed 20026573) describes no rescaling, and its version-1
   baseline median T of 21.0 is what the standard formula gives for 3-4 goals at a raw -2, so -3
-  enters the formula unchanged (-3 counts as -3). Whether the goal's baseline was -2 is not known
-  here; the caller that holds the ratings checks that.
+  enters the formula unchanged (-3 counts as -3). -3 is only meaningful below a baseline of -2
+  (with a baseline of -1, "worse than baseline" is -2): when the caller knows the goal's baseline
+  (`GoalScore.baseline`) a -3 over any other baseline is rejected; without it, -3 is accepted.
 
 The HL7 Person-Centered Outcomes IG (http://hl7.org/fhir/us/pco) models the per-goal ratings; the
 aggregate T-score has no standard code and is computed here.
@@ -150,6 +151,7 @@ class GoalScore:
     level: Decimal
     weight: Decimal = Decimal(1)
     goal: str | None = None
+    baseline: Decimal | None = None  # the goal's baseline level, when known (checks -3)
 
 
 @dataclass(frozen=True, slots=True)
@@ -196,6 +198,16 @@ def compute_tscore(goals: Sequence[GoalScore], rho: Decimal = DEFAULT_RHO) -> TS
                 InputProblem(f"goal[{index}].level", f"must be one of {allowed}, not {level}")
             )
             level = None
+        if level == WORSE_THAN_BASELINE and score.baseline is not None:
+            baseline = check_decimal(score.baseline, f"goal[{index}].baseline", problems)
+            if baseline is not None and baseline != Decimal(-2):
+                problems.append(
+                    InputProblem(
+                        f"goal[{index}].level",
+                        f"-3 (worse than baseline) needs a baseline of -2, not {baseline}",
+                    )
+                )
+                level = None
         weight = check_decimal(score.weight, f"goal[{index}].weight", problems)
         if weight is not None and weight < 0:
             problems.append(

@@ -104,6 +104,16 @@ def test_worse_than_baseline_counts_as_minus_three() -> None:
     assert [g.level_used for g in result.inputs_as_used] == [D(-3), D(-2)]
 
 
+def test_worse_than_baseline_needs_a_baseline_of_minus_two_when_the_baseline_is_known() -> None:
+    assert compute_tscore([GoalScore(D(-3), baseline=D(-2))]).tscore == D("20.00")
+    with pytest.raises(ClinicalInputError) as caught:
+        compute_tscore([GoalScore(D(0)), GoalScore(D(-3), baseline=D(-1))])
+    assert caught.value.fields == ("goal[1].level",)
+    assert "needs a baseline of -2" in caught.value.diagnostics
+    # the baseline only matters for -3
+    assert compute_tscore([GoalScore(D(-2), baseline=D(-1))]).tscore == D("30.00")
+
+
 def test_both_variants_are_reported() -> None:
     result = compute_tscore(goals("-3", "-0.5", "1"))
     assert result.variants == (Variant.PARTIAL_ACHIEVEMENT, Variant.WORSE_THAN_BASELINE)
