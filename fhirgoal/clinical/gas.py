@@ -231,8 +231,9 @@ def _score(used: Sequence[GoalUsed], rho: Decimal) -> TScoreResult:
         squares = sum((g.weight * g.weight for g in used), Decimal(0))
         denominator = ((1 - rho) * squares + rho * total_weight * total_weight).sqrt()
         tscore = Decimal(50) + Decimal(10) * weighted / denominator
+        rounded = tscore.quantize(HUNDREDTHS, rounding=ROUND_HALF_UP)
     return TScoreResult(
-        tscore=tscore.quantize(HUNDREDTHS, rounding=ROUND_HALF_UP),
+        tscore=rounded,
         raw_sum=weighted,
         denominator=denominator,
         inputs_as_used=tuple(used),
