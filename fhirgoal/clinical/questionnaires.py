@@ -1,0 +1,392 @@
+"""Built-in measures as Questionnaires: validate, score and extract QuestionnaireResponses.
+
+Pure functions over parsed FHIR JSON (numbers as `decimal.Decimal`, see fhirgoal.fhir.jsonio); no
+I/O. The server calls them on write and for `$extract`:
+
+    scored = validate_and_score(questionnaire, response)  # FhirError(processing) on bad answers
+    observations = extract_observations(questionnaire, scored, id_for=...)
+
+Specifications: R4 Questionnaire / QuestionnaireResponse (https://hl7.org/fhir/R4/questionnaire.html,
+questionnaireresponse.html), SDC STU4 calculatedExpression and observation-based extraction
+(http://hl7.org/fhir/uv/sdc/STU4/expressions.html, extraction.html#obs-extract).
+
+Validation (`validate_response`) reports every problem at once, as OperationOutcome issues whose
+`expression` points at the offending node (`QuestionnaireResponse.item[0].answer[0].valueDecimal`,
+or `QuestionnaireResponse.item.where(linkId='ors-overall')` for a missing one). It rejects with 422
+(`processing`: the resource is valid FHIR but breaks its Questionnaire): a linkId that is not in
+the Questionnaire (or not at that level), an answer of the wrong type, a value outside
+minValue/maxValue, more decimal places than maxDecimalPlaces (precision is part of an R4 decimal,
+so 7.50 has two), a Coding that is not one of the item's answerOptions (codes only; answerValueSet
+bindings are not expanded here), text longer than maxLength, several answers to an item that does
+not repeat, the same item twice, an answer on a group or display item, and the
+`questionnaire` canonical naming another Questionnaire (or another version of it). Required items
+are enforced only once the response is `completed` or `amended` (an `in-progress` one may be
+partial), and not for items with enableWhen (whether they were shown depends on other answers) or
+calculated ones. A calculated item (the totals) is recomputed by the server, so a client may omit
+it; if a client sends one that disagrees with the recomputed value, that is rejected rather than
+silently replaced, because the client showed the patient or clinician a different number. (That
+check runs only when the answers themselves are valid: a total of invalid inputs means nothing.)
+
+Scoring: see fhirgoal.clinical.scoring and fhirgoal.clinical.sdc (exact Decimal sums; 7.5 + 8.2 +
+7.6 + 8.1 is Decimal("31.4")). Extraction: see fhirgoal.clinical.extraction for the convention (one
+Observation per administration: the total as value, one component per item).
+
+Licensed text: ORS, SRS, CORS and CSRS are copyrighted (Miller & Duncan et al.; free for individual
+practitioners, licensed for organisations), so the built-in Questionnaires carry item labels
+("Individually") and scoring only. `apply_licensed_text` returns a copy with an organisation's
+licensed item texts, for the server to load from a configured directory.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from html import escape
+from typing import Any
+
+from fhirgoal.clinical.extraction import extract_observations
+from fhirgoal.clinical.scoring import copy_json, score_compiled, score_response
+from fhirgoal.clinical.sdc import (
+    CompiledQuestionnaire,
+    ItemDef,
+    answer_value,
+    compile_questionnaire,
+)
+from fhirgoal.fhir.errors import FhirError, Issue
+
+__all__ = [
+    "apply_licensed_text",
+    "compile_questionnaire",
+    "extract_observations",
+    "narrative",
+    "score_response",
+    "validate_and_score",
+    "validate_response",
+]
+
+MAX_ISSUES = 50
+COMPLETE = frozenset({"completed", "amended"})
+
+
+def validate_response(questionnaire: dict[str, Any], response: dict[str, Any]) -> None:
+    """Raise FhirError("processing") carrying every way the response breaks its Questionnaire."""
+    validate_and_score(questionnaire, response)
+
+
+def validate_and_score(questionnaire: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+    """validate_response, then return score_response's copy (one evaluation for both)."""
+    cq = compile_questionnaire(questionnaire)
+    issues: list[Issue] = []
+    _check_canonical(cq, response, issues)
+    complete = response.get("status") in COMPLETE
+    _check_items(cq, response.get("item", []), cq.items, "QuestionnaireResponse", issues, complete)
+    if issues:
+        raise FhirError("processing", issues=issues[:MAX_ISSUES])
+    scored = score_compiled(cq, response)
+    _check_calculated(
+        cq, response.get("item", []), scored.get("item", []), "QuestionnaireResponse", issues
+    )
+    if issues:
+        raise FhirError("processing", issues=issues[:MAX_ISSUES])
+    return scored
+
+
+def _check_canonical(
+    cq: CompiledQuestionnaire, response: dict[str, Any], issues: list[Issue]
+) -> None:
+    where = "QuestionnaireResponse.questionnaire"
+    canonical = response.get("questionnaire")
+    if not isinstance(canonical, str) or not canonical:
+        issues.append(Issue(f"questionnaire must name {cq.url}", where, "required"))
+        return
+    url, _, version = canonical.partition("|")
+    if url != cq.url or (version and version != cq.version):
+        expected = f"{cq.url}|{cq.version}" if cq.version else str(cq.url)
+        issues.append(Issue(f"questionnaire is {canonical}, expected {expected}", where, "value"))
+
+
+def _check_items(
+    cq: CompiledQuestionnaire,
+    nodes: list[dict[str, Any]],
+    siblings: list[ItemDef],
+    path: str,
+    issues: list[Issue],
+    complete: bool,
+) -> None:
+    allowed = {d.link_id: d for d in siblings}
+    answered: set[str] = set()
+    seen: set[str] = set()
+    for i, node in enumerate(nodes):
+        where = f"{path}.item[{i}]"
+        link_id = node.get("linkId")
+        definition = allowed.get(link_id) if isinstance(link_id, str) else None
+        if definition is None:
+            problem = "is not expected at this level" if link_id in cq.by_link else "is not in"
+            issues.append(
+                Issue(
+                    f"item '{link_id}' {problem} Questionnaire {cq.url}",
+                    f"{where}.linkId",
+                    "structure",
+                )
+            )
+            continue
+        if link_id in seen and not (definition.type == "group" and definition.repeats):
+            issues.append(Issue(f"item '{link_id}' appears more than once", where, "structure"))
+        seen.add(definition.link_id)
+        answers = node.get("answer", [])
+        if definition.type in ("group", "display"):
+            if answers:
+                issues.append(
+                    Issue(
+                        f"{definition.type} item '{link_id}' cannot have answers",
+                        f"{where}.answer[0]",
+                        "structure",
+                    )
+                )
+            if definition.type == "group":
+                answered.add(definition.link_id)
+                _check_items(cq, node.get("item", []), definition.children, where, issues, complete)
+            continue
+        if node.get("item"):
+            issues.append(
+                Issue(
+                    f"items nested in question '{link_id}' belong under its answer",
+                    f"{where}.item[0]",
+                    "structure",
+                )
+            )
+        if len(answers) > 1 and not definition.repeats:
+            issues.append(
+                Issue(
+                    f"item '{link_id}' does not repeat but has {len(answers)} answers",
+                    f"{where}.answer[1]",
+                    "structure",
+                )
+            )
+        for j, answer in enumerate(answers):
+            answer_path = f"{where}.answer[{j}]"
+            _check_answer(definition, answer, answer_path, issues)
+            if answer_value(answer) is not None:
+                answered.add(definition.link_id)
+            if definition.children:
+                _check_items(
+                    cq, answer.get("item", []), definition.children, answer_path, issues, complete
+                )
+    if complete:
+        for definition in siblings:
+            if (
+                definition.required
+                and definition.link_id not in answered
+                and not definition.conditional
+                and definition.calculated is None
+                and definition.type != "display"
+            ):
+                issues.append(
+                    Issue(
+                        f"required item '{definition.link_id}' is not answered",
+                        f"{path}.item.where(linkId='{definition.link_id}')",
+                        "required",
+                    )
+                )
+
+
+def _check_answer(
+    definition: ItemDef, answer: dict[str, Any], where: str, issues: list[Issue]
+) -> bool:
+    """Append the answer's problems; True when it holds a value of the right type."""
+    link_id = definition.link_id
+    found = answer_value(answer)
+    if found is None:
+        issues.append(Issue(f"answer to '{link_id}' has no value", where, "required"))
+        return False
+    key, value = found
+    at = f"{where}.{key}"
+    if key not in definition.answer_keys:
+        expected = " or ".join(definition.answer_keys) or "no answer"
+        issues.append(
+            Issue(
+                f"item '{link_id}' is {definition.type}: expected {expected}, got {key}",
+                at,
+                "value",
+            )
+        )
+        return False
+    if key in ("valueDecimal", "valueInteger"):
+        integer_only = key == "valueInteger"
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | Decimal)
+            or (integer_only and not isinstance(value, int))
+        ):
+            issues.append(
+                Issue(f"answer to '{link_id}' is not a {key[5:].lower()}: {value!r}", at, "value")
+            )
+            return False
+        number = Decimal(value)
+        places = -number.as_tuple().exponent if number.as_tuple().exponent < 0 else 0  # type: ignore[operator]
+        if definition.max_places is not None and places > definition.max_places:
+            issues.append(
+                Issue(
+                    f"answer to '{link_id}' has {places} decimal places; at most {definition.max_places} allowed: {value}",
+                    at,
+                    "value",
+                )
+            )
+        _check_range(definition, number, at, issues)
+    elif key in ("valueDate", "valueDateTime", "valueTime"):
+        _check_range(definition, value, at, issues)
+    elif (
+        key == "valueString"
+        and isinstance(definition.max_length, int)
+        and len(str(value)) > definition.max_length
+    ):
+        issues.append(
+            Issue(
+                f"answer to '{link_id}' is longer than {definition.max_length} characters",
+                at,
+                "value",
+            )
+        )
+    if key == "valueCoding":
+        if not isinstance(value, dict):
+            issues.append(Issue(f"answer to '{link_id}' is not a Coding", at, "value"))
+            return False
+        if definition.options is not None and definition.option_for(value) is None:
+            issues.append(
+                Issue(
+                    f"{value.get('system')}|{value.get('code')} is not an answer option of '{link_id}'",
+                    at,
+                    "code-invalid",
+                )
+            )
+    elif (
+        definition.other_options is not None
+        and definition.type == "choice"
+        and (key, value) not in definition.other_options
+    ):
+        issues.append(Issue(f"{value!r} is not an answer option of '{link_id}'", at, "value"))
+    return True
+
+
+def _check_range(definition: ItemDef, value: Any, at: str, issues: list[Issue]) -> None:
+    for bound, too in (
+        (definition.min_value, "below the minimum"),
+        (definition.max_value, "above the maximum"),
+    ):
+        if bound is None or isinstance(bound, bool | dict):
+            continue
+        if isinstance(value, Decimal) and isinstance(bound, int | Decimal):
+            outside = value < bound if too.startswith("below") else value > bound
+        elif isinstance(value, str) and isinstance(bound, str):
+            # ISO dates and times of one precision order as text; compare at the coarser one.
+            n = min(len(value), len(bound))
+            outside = value[:n] < bound[:n] if too.startswith("below") else value[:n] > bound[:n]
+        else:
+            continue
+        if outside:
+            issues.append(
+                Issue(f"answer to '{definition.link_id}' is {too} ({bound}): {value}", at, "value")
+            )
+
+
+def _check_calculated(
+    cq: CompiledQuestionnaire,
+    given: list[dict[str, Any]],
+    scored: list[dict[str, Any]],
+    path: str,
+    issues: list[Issue],
+) -> None:
+    occurrences: dict[str, int] = {}
+    for i, node in enumerate(given):
+        link_id = node.get("linkId", "")
+        definition = cq.by_link.get(link_id)
+        if definition is None:
+            continue
+        nth = occurrences[link_id] = occurrences.get(link_id, 0) + 1
+        twins = [n for n in scored if n.get("linkId") == link_id]
+        twin = twins[nth - 1] if len(twins) >= nth else {}
+        if definition.type == "group":
+            _check_calculated(
+                cq, node.get("item", []), twin.get("item", []), f"{path}.item[{i}]", issues
+            )
+            continue
+        if definition.calculated is None or not node.get("answer"):
+            continue
+        expected = [answer_value(a) for a in twin.get("answer", [])]
+        sent = [answer_value(a) for a in node["answer"]]
+        if not _same(sent, expected):
+            shown = ", ".join(str(v[1]) for v in expected if v) or "no value"
+            issues.append(
+                Issue(
+                    f"'{link_id}' is calculated ({definition.calculated.text}); "
+                    f"the answers give {shown}, not what was sent",
+                    f"{path}.item[{i}].answer[0]",
+                    "value",
+                )
+            )
+
+
+def _same(sent: list[Any], expected: list[Any]) -> bool:
+    if len(sent) != len(expected):
+        return False
+    for a, b in zip(sent, expected, strict=True):
+        if a is None or b is None or a[0] != b[0]:
+            return False
+        if isinstance(a[1], dict) and isinstance(b[1], dict):
+            if (a[1].get("system"), a[1].get("code")) != (b[1].get("system"), b[1].get("code")):
+                return False
+        elif a[1] != b[1]:
+            return False
+    return True
+
+
+# --- licensed text and narrative -------------------------------------------------------------------
+
+
+def apply_licensed_text(questionnaire: dict[str, Any], texts: dict[str, str]) -> dict[str, Any]:
+    """A copy with `item.text` replaced for the given linkIds (an organisation's licensed wording).
+
+    Raises ValueError naming any linkId the Questionnaire does not have, so a mistyped licence
+    file fails at start-up instead of silently showing labels.
+    """
+    cq = compile_questionnaire(questionnaire)
+    unknown = sorted(set(texts) - set(cq.by_link))
+    if unknown:
+        raise ValueError(f"{questionnaire.get('url')} has no item(s) {', '.join(unknown)}")
+    licensed: dict[str, Any] = copy_json(questionnaire)
+
+    def walk(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            if item.get("linkId") in texts:
+                item["text"] = texts[item["linkId"]]
+            walk(item.get("item", []))
+
+    walk(licensed.get("item", []))
+    licensed["text"] = narrative(licensed)
+    return licensed
+
+
+def narrative(questionnaire: dict[str, Any]) -> dict[str, str]:
+    """A generated XHTML narrative listing the items (used by the built-ins and licensed copies)."""
+    rows = []
+
+    def walk(items: list[dict[str, Any]]) -> None:
+        for item in items:
+            notes = [item.get("type", "")]
+            if item.get("required"):
+                notes.append("required")
+            if item.get("readOnly"):
+                notes.append("calculated")
+            label = escape(item.get("text") or item.get("linkId", ""), quote=False)
+            kinds = escape(", ".join(n for n in notes if n), quote=False)
+            rows.append(f"<li>{label} <i>({kinds})</i></li>")
+            walk(item.get("item", []))
+
+    walk(questionnaire.get("item", []))
+    title = escape(
+        questionnaire.get("title") or questionnaire.get("name") or "Questionnaire", quote=False
+    )
+    parts = [f"<p><b>{title}</b></p>", f"<ol>{''.join(rows)}</ol>"]
+    if questionnaire.get("copyright"):
+        parts.append(f"<p>{escape(questionnaire['copyright'], quote=False)}</p>")
+    div = f'<div xmlns="http://www.w3.org/1999/xhtml">{"".join(parts)}</div>'
+    return {"status": "generated", "div": div}
