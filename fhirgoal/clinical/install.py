@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fhirgoal.clinical import gas_operations
+from fhirgoal.clinical.goal_status import GoalStatusHook
 from fhirgoal.config import Settings
 from fhirgoal.fhir.service import FhirService
 
@@ -17,6 +18,7 @@ from fhirgoal.fhir.service import FhirService
 def install_clinical(service: FhirService) -> None:
     """Register the clinical hooks and operations on `service`."""
     gas_operations.register(service.operations)
+    service.hooks.register(GoalStatusHook(service))
 
 
 def instrument_texts(settings: Settings) -> Callable[[dict[str, Any]], dict[str, Any]] | None:

@@ -15,6 +15,7 @@ from datetime import datetime
 from typing import Any
 
 import jsonpatch
+import structlog
 import jsonpointer
 from bson.errors import BSONError
 
@@ -32,6 +33,7 @@ from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.repository import AlreadyExists, Repository, Version
 
+log = structlog.get_logger(__name__)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
 
@@ -171,15 +173,20 @@ class FhirService:
     async def _before(self, event: WriteEvent, index: dict[str, Any]) -> dict[str, Any]:
         """Run the before-hooks; the index to store, marked pending when after-hooks will run."""
         await self.hooks.before(event)
-        if self.hooks.for_type(event.resource_type):
-            return {**index, "pend": True}
-        return index
+        return {**index, "pend": True} if event.hooks else index
 
     async def _after(self, event: WriteEvent, version: Version) -> None:
-        if not self.hooks.for_type(event.resource_type):
+        if not event.hooks:
             return
         event.version = version
-        await self.hooks.after(event)
+        try:
+            await self.hooks.after(event)
+        except FhirError as error:
+            # The write itself is stored and stays so; what a rule derives from it is not. That
+            # is a server fault, not the client's: keep the pending mark (re-run at start-up).
+            log.error("after-write rule failed", resource=f"{version.resource_type}/{version.id}",
+                      version=version.version, error=error.diagnostics)  # fmt: skip
+            return
         await self.repo.clear_pending(version)
 
     async def finish_pending(self, access: AccessContext) -> int:
@@ -187,8 +194,14 @@ class FhirService:
         finished = 0
         for rt in self.hooks.types_with_hooks():
             for version in await self.repo.pending(rt):
-                event = WriteEvent(access, rt, version.id, version.resource, None)
+                previous = None
+                if version.deleted and version.version > 1:  # hooks read what was deleted
+                    previous = await self.repo.version(access, rt, version.id, version.version - 1)
+                event = WriteEvent(access, rt, version.id, version.resource, previous)
+                event.hooks = [h for h in self.hooks.for_type(rt) if h.interested(event)]
                 await self._after(event, version)
+                if not event.hooks:
+                    await self.repo.clear_pending(version)
                 finished += 1
         return finished
 

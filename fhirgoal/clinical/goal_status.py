@@ -1,0 +1,154 @@
+"""Goal.achievementStatus follows the GAS ratings (rules: achievement.py).
+
+After every write of a GAS rating Observation (PCO GAS score codes, `focus` -> Goal) the goal's
+status is decided again from all its ratings. The server writes the status it decides, marked
+with the `derived-achievement-status` extension (pointing at the latest rating), and records a
+Provenance. A status without that mark was set by a clinician: it is never replaced; instead a
+`goal-status-review` Flag tells the clinician what the ratings suggest, and closes once the
+clinician's status and the ratings agree again. The hook is convergent (fhir/hooks.py): it reads
+the goal's ratings as they are now, so re-running it after a crash is harmless.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.clinical.achievement import AchievementDecision, StatusChange, decide, status_change
+from fhirgoal.clinical.codes import DERIVED_STATUS_EXTENSION
+from fhirgoal.clinical.flags import (
+    AlertFlag,
+    clear_flag,
+    flag_id,
+    raise_flag,
+    record_provenance,
+)
+from fhirgoal.clinical.records import rating_of, ratings_by_goal
+from fhirgoal.fhir.errors import FhirError
+from fhirgoal.fhir.hooks import WriteEvent
+from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.service import FhirService
+
+
+def _rated_goal(resource: dict[str, Any] | None) -> str | None:
+    if resource is None or resource.get("resourceType") != "Observation":
+        return None
+    if resource.get("status") == "entered-in-error":
+        # still names its goal: retracting a rating changes the goal's status too
+        resource = {**resource, "status": "final"}
+    rated = rating_of(resource)
+    return rated[0] if rated else None
+
+
+class GoalStatusHook:
+    # Observation: a rating changed. Goal: someone set the status (a clinician's status that now
+    # agrees with the ratings closes the review flag; one that disagrees opens it).
+    resource_types = frozenset({"Observation", "Goal"})
+
+    def __init__(self, service: FhirService) -> None:
+        self.service = service
+
+    def _goals(self, event: WriteEvent) -> set[str]:
+        previous = event.previous.resource if event.previous is not None else None
+        if event.resource_type == "Goal":
+            before = (previous or {}).get("achievementStatus")
+            after = (event.resource or {}).get("achievementStatus")
+            return {event.id} if event.resource is not None and before != after else set()
+        return {g for g in (_rated_goal(event.resource), _rated_goal(previous)) if g}
+
+    def interested(self, event: WriteEvent) -> bool:
+        return bool(self._goals(event))
+
+    async def before_write(self, event: WriteEvent) -> None:
+        return None
+
+    async def after_write(self, event: WriteEvent) -> None:
+        for goal in sorted(self._goals(event)):
+            await self.refresh(goal)
+
+    async def refresh(self, gid: str) -> None:
+        svc = self.service
+        for _ in range(svc.settings.write_retries):
+            current = await svc.repo.current(UNRESTRICTED, "Goal", gid)
+            if current is None or current.resource is None:
+                return  # rated goal unknown or deleted: nothing to keep in step
+            goal = current.resource
+            ratings = (await ratings_by_goal(svc, UNRESTRICTED, [gid])).get(gid, [])
+            decision = decide(ratings)
+            status = goal.get("achievementStatus")
+            marked = _server_marked(status)
+            change = status_change(status, marked, decision)
+            if change is StatusChange.KEEP_CLINICIAN:
+                assert decision is not None
+                await self._ask_for_review(goal, decision, status)
+                return
+            await clear_flag(svc, flag_id("goal-status-review", gid), instant_text(now()),
+                             "the goal's status and its ratings agree")  # fmt: skip
+            if change is StatusChange.UNCHANGED and not (decision is None and marked):
+                return
+            updated = dict(goal)
+            updated.pop("meta", None)
+            if decision is None:  # the ratings behind the server's status are gone
+                updated.pop("achievementStatus", None)
+                reason, sources = "no GAS rating left for this goal", []
+            else:
+                updated["achievementStatus"] = {
+                    "extension": [
+                        {
+                            "url": DERIVED_STATUS_EXTENSION,
+                            "valueReference": {"reference": f"Observation/{decision.based_on[-1]}"},
+                        }
+                    ],
+                    "coding": [decision.coding()],
+                    "text": decision.display,
+                }
+                reason = decision.reason
+                sources = [f"Observation/{oid}" for oid in decision.based_on]
+            try:
+                outcome = await svc.update(
+                    UNRESTRICTED, "Goal", gid, updated, f'W/"{current.version}"'
+                )
+            except FhirError as error:
+                if error.category == "precondition-failed":
+                    continue  # a clinician saved the goal meanwhile: decide again
+                raise
+            assert outcome.version is not None
+            await record_provenance(svc, outcome.version, reason, sources)
+            return
+
+    async def _ask_for_review(
+        self, goal: dict[str, Any], decision: AchievementDecision, status: Any
+    ) -> None:
+        patient = str((goal.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
+        if not patient:
+            return
+        current = _status_text(status)
+        text = (
+            f"Goal '{(goal.get('description') or {}).get('text', goal['id'])}': the ratings suggest "
+            f"'{decision.display}' ({decision.reason}); the status a clinician set is '{current}'."
+        )
+        await raise_flag(
+            self.service,
+            AlertFlag(
+                id=flag_id("goal-status-review", goal["id"]),
+                patient=patient,
+                kind="goal-status-review",
+                display="Goal status review",
+                text=text,
+                details=(f"Goal/{goal['id']}", *(f"Observation/{o}" for o in decision.based_on)),
+                since=instant_text(now()),
+            ),
+        )
+
+
+def _server_marked(status: Any) -> bool:
+    return isinstance(status, dict) and any(
+        e.get("url") == DERIVED_STATUS_EXTENSION for e in status.get("extension") or []
+    )
+
+
+def _status_text(status: Any) -> str:
+    if not isinstance(status, dict):
+        return "none"
+    codes = [c.get("display") or c.get("code") for c in status.get("coding") or []]
+    return str(status.get("text") or ", ".join(str(c) for c in codes if c) or "none")

@@ -1,0 +1,127 @@
+"""Goal.achievementStatus follows the GAS ratings, through FHIR writes only."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhirgoal.clinical.codes import DERIVED_STATUS_EXTENSION
+from fhirgoal.clinical.resources import gas_goal, gas_rating
+from tests.conftest import RunningServer
+
+LEVELS = ["much less", "less", "expected", "more", "much more"]
+ACHIEVEMENT = "http://terminology.hl7.org/CodeSystem/goal-achievement"
+
+
+async def put(fhir: RunningServer, resource: dict[str, Any]) -> dict[str, Any]:
+    response = await fhir.client.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
+    assert response.status_code in (200, 201), response.text
+    return dict(response.json())
+
+
+async def status(fhir: RunningServer, gid: str = "g1") -> str | None:
+    goal = (await fhir.client.get(f"/Goal/{gid}")).json()
+    codings = (goal.get("achievementStatus") or {}).get("coding") or [{}]
+    return codings[0].get("code")
+
+
+async def rate(fhir: RunningServer, oid: str, level: Any, when: str, **kw: Any) -> None:
+    kw.setdefault("performer", "Practitioner/t1")
+    await put(fhir, gas_rating(oid, "p1", "g1", level, when, **kw))
+
+
+async def seed(fhir: RunningServer) -> None:
+    await put(fhir, {"resourceType": "Patient", "id": "p1"})
+    await put(fhir, gas_goal("g1", "p1", "Walk", LEVELS, start="2026-08-01"))
+
+
+async def active_review_flags(fhir: RunningServer) -> list[dict[str, Any]]:
+    bundle = (
+        await fhir.client.get("/Flag", params={"patient": "Patient/p1", "status": "active"})
+    ).json()
+    return [e["resource"] for e in bundle.get("entry", [])]
+
+
+async def test_status_follows_ratings_from_baseline_to_sustaining(fhir: RunningServer) -> None:
+    await seed(fhir)
+    assert await status(fhir) is None
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    assert await status(fhir) == "in-progress"
+    await rate(fhir, "f1", -1, "2026-08-24")
+    assert await status(fhir) == "no-change"
+    await rate(fhir, "f2", -2, "2026-09-14")
+    assert await status(fhir) == "worsening"
+    await rate(fhir, "f3", "-0.5", "2026-10-05")
+    assert await status(fhir) == "improving"
+    await rate(fhir, "f4", 0, "2026-10-26")
+    assert await status(fhir) == "achieved"
+    await rate(fhir, "f5", 1, "2026-11-16")
+    assert await status(fhir) == "sustaining"
+    goal = (await fhir.client.get("/Goal/g1")).json()
+    marker = goal["achievementStatus"]["extension"][0]
+    assert marker == {
+        "url": DERIVED_STATUS_EXTENSION,
+        "valueReference": {"reference": "Observation/f5"},
+    }
+
+
+async def test_each_status_change_leaves_a_provenance_naming_the_ratings(
+    fhir: RunningServer,
+) -> None:
+    await seed(fhir)
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    await rate(fhir, "f1", 0, "2026-08-24")
+    bundle = (
+        await fhir.client.get(
+            "/Provenance", params={"agent": "Device/fhirgoal", "_sort": "-_lastUpdated"}
+        )
+    ).json()
+    assert bundle["total"] == 2
+    latest = bundle["entry"][0]["resource"]
+    assert latest["target"][0]["reference"].startswith("Goal/g1/_history/")
+    assert [e["what"]["reference"] for e in latest["entity"]] == ["Observation/b", "Observation/f1"]
+    assert "achieved" in latest["reason"][0]["text"]
+
+
+async def test_a_patient_rating_does_not_override_the_practitioners(fhir: RunningServer) -> None:
+    await seed(fhir)
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    await rate(fhir, "f1", -1, "2026-08-24")
+    await put(fhir, {"resourceType": "Patient", "id": "p1"})
+    await rate(fhir, "pf", 2, "2026-08-25", rater="patient", performer="Patient/p1")
+    assert await status(fhir) == "no-change"
+
+
+async def test_a_clinicians_status_is_kept_and_a_review_flag_raised_then_closed(
+    fhir: RunningServer,
+) -> None:
+    await seed(fhir)
+    goal = (await fhir.client.get("/Goal/g1")).json()
+    goal["achievementStatus"] = {"coding": [{"system": ACHIEVEMENT, "code": "not-achieved"}]}
+    await put(fhir, goal)
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    await rate(fhir, "f1", 0, "2026-08-24")
+    assert await status(fhir) == "not-achieved"  # never overwritten
+    flags = await active_review_flags(fhir)
+    assert len(flags) == 1
+    assert flags[0]["code"]["coding"][0]["code"] == "goal-status-review"
+    assert "Achieved" in flags[0]["code"]["text"]
+    # The clinician accepts the suggestion: the review closes.
+    goal = (await fhir.client.get("/Goal/g1")).json()
+    goal["achievementStatus"] = {"coding": [{"system": ACHIEVEMENT, "code": "achieved"}]}
+    await put(fhir, goal)
+    assert await active_review_flags(fhir) == []
+    closed = (await fhir.client.get(f"/Flag/{flags[0]['id']}")).json()
+    assert closed["status"] == "inactive" and "end" in closed["period"]
+
+
+async def test_retracting_a_rating_moves_the_status_back(fhir: RunningServer) -> None:
+    await seed(fhir)
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    await rate(fhir, "f1", 0, "2026-08-24")
+    assert await status(fhir) == "achieved"
+    wrong = (await fhir.client.get("/Observation/f1")).json()
+    wrong["status"] = "entered-in-error"
+    await put(fhir, wrong)
+    assert await status(fhir) == "in-progress"
+    assert (await fhir.client.delete("/Observation/b")).status_code == 204
+    assert await status(fhir) is None
