@@ -15,8 +15,8 @@ from datetime import datetime
 from typing import Any
 
 import jsonpatch
-import structlog
 import jsonpointer
+import structlog
 from bson.errors import BSONError
 
 from fhirgoal.auth.context import AccessContext
