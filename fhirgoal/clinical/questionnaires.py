@@ -44,7 +44,7 @@ from html import escape
 from typing import Any
 
 from fhirgoal.clinical.extraction import extract_observations
-from fhirgoal.clinical.scoring import copy_json, score_compiled, score_response
+from fhirgoal.clinical.scoring import copy_json, score_in_place, score_response
 from fhirgoal.clinical.sdc import (
     CompiledQuestionnaire,
     ItemDef,
@@ -75,117 +75,124 @@ def validate_response(questionnaire: dict[str, Any], response: dict[str, Any]) -
 def validate_and_score(questionnaire: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
     """validate_response, then return score_response's copy (one evaluation for both)."""
     cq = compile_questionnaire(questionnaire)
-    issues: list[Issue] = []
-    _check_canonical(cq, response, issues)
-    complete = response.get("status") in COMPLETE
-    _check_items(cq, response.get("item", []), cq.items, "QuestionnaireResponse", issues, complete)
-    if issues:
-        raise FhirError("processing", issues=issues[:MAX_ISSUES])
-    scored = score_compiled(cq, response)
-    _check_calculated(
-        cq, response.get("item", []), scored.get("item", []), "QuestionnaireResponse", issues
-    )
-    if issues:
-        raise FhirError("processing", issues=issues[:MAX_ISSUES])
-    return scored
+    response = copy_json(response)  # ours to score in place; stored Decimal128s become Decimals
+    check = _Check(cq, complete=response.get("status") in COMPLETE)
+    check.canonical(response)
+    check.items(response.get("item", []), cq.items, "QuestionnaireResponse")
+    if not check.issues:  # a total of invalid answers means nothing: check it only on valid ones
+        score_in_place(cq, response)
+        check.calculated()
+    if check.issues:
+        raise FhirError("processing", issues=check.issues[:MAX_ISSUES])
+    return response
 
 
-def _check_canonical(
-    cq: CompiledQuestionnaire, response: dict[str, Any], issues: list[Issue]
-) -> None:
-    where = "QuestionnaireResponse.questionnaire"
-    canonical = response.get("questionnaire")
-    if not isinstance(canonical, str) or not canonical:
-        issues.append(Issue(f"questionnaire must name {cq.url}", where, "required"))
-        return
-    url, _, version = canonical.partition("|")
-    if url != cq.url or (version and version != cq.version):
-        expected = f"{cq.url}|{cq.version}" if cq.version else str(cq.url)
-        issues.append(Issue(f"questionnaire is {canonical}, expected {expected}", where, "value"))
+class _Check:
+    def __init__(self, cq: CompiledQuestionnaire, complete: bool) -> None:
+        self.cq = cq
+        self.complete = complete
+        self.issues: list[Issue] = []
+        # calculated items the client sent: (where, item, the node scoring rewrites, what was sent)
+        self.sent: list[tuple[str, ItemDef, dict[str, Any], list[Any]]] = []
 
+    def add(self, diagnostics: str, expression: str, code: str) -> None:
+        self.issues.append(Issue(diagnostics, expression, code))
 
-def _check_items(
-    cq: CompiledQuestionnaire,
-    nodes: list[dict[str, Any]],
-    siblings: list[ItemDef],
-    path: str,
-    issues: list[Issue],
-    complete: bool,
-) -> None:
-    allowed = {d.link_id: d for d in siblings}
-    answered: set[str] = set()
-    seen: set[str] = set()
-    for i, node in enumerate(nodes):
-        where = f"{path}.item[{i}]"
-        link_id = node.get("linkId")
-        definition = allowed.get(link_id) if isinstance(link_id, str) else None
-        if definition is None:
-            problem = "is not expected at this level" if link_id in cq.by_link else "is not in"
-            issues.append(
-                Issue(
-                    f"item '{link_id}' {problem} Questionnaire {cq.url}",
+    def canonical(self, response: dict[str, Any]) -> None:
+        cq, where = self.cq, "QuestionnaireResponse.questionnaire"
+        canonical = response.get("questionnaire")
+        if not isinstance(canonical, str) or not canonical:
+            self.add(f"questionnaire must name {cq.url}", where, "required")
+            return
+        url, _, version = canonical.partition("|")
+        if url != cq.url or (version and version != cq.version):
+            expected = f"{cq.url}|{cq.version}" if cq.version else str(cq.url)
+            self.add(f"questionnaire is {canonical}, expected {expected}", where, "value")
+
+    def items(self, nodes: list[dict[str, Any]], siblings: list[ItemDef], path: str) -> None:
+        allowed = {d.link_id: d for d in siblings}
+        answered: set[str] = set()
+        seen: set[str] = set()
+        for i, node in enumerate(nodes):
+            where = f"{path}.item[{i}]"
+            link_id = node.get("linkId")
+            definition = allowed.get(link_id) if isinstance(link_id, str) else None
+            if definition is None:
+                problem = (
+                    "is not expected at this level in"
+                    if link_id in self.cq.by_link
+                    else "is not in"
+                )
+                self.add(
+                    f"item '{link_id}' {problem} Questionnaire {self.cq.url}",
                     f"{where}.linkId",
                     "structure",
                 )
-            )
-            continue
-        if link_id in seen and not (definition.type == "group" and definition.repeats):
-            issues.append(Issue(f"item '{link_id}' appears more than once", where, "structure"))
-        seen.add(definition.link_id)
-        answers = node.get("answer", [])
-        if definition.type in ("group", "display"):
-            if answers:
-                issues.append(
-                    Issue(
+                continue
+            if definition.link_id in seen and not (
+                definition.type == "group" and definition.repeats
+            ):
+                self.add(f"item '{link_id}' appears more than once", where, "structure")
+            seen.add(definition.link_id)
+            answers = node.get("answer", [])
+            if definition.type in ("group", "display"):
+                if answers:
+                    self.add(
                         f"{definition.type} item '{link_id}' cannot have answers",
                         f"{where}.answer[0]",
                         "structure",
                     )
-                )
-            if definition.type == "group":
-                answered.add(definition.link_id)
-                _check_items(cq, node.get("item", []), definition.children, where, issues, complete)
-            continue
-        if node.get("item"):
-            issues.append(
-                Issue(
+                if definition.type == "group":
+                    answered.add(definition.link_id)
+                    self.items(node.get("item", []), definition.children, where)
+                continue
+            if node.get("item"):
+                self.add(
                     f"items nested in question '{link_id}' belong under its answer",
                     f"{where}.item[0]",
                     "structure",
                 )
-            )
-        if len(answers) > 1 and not definition.repeats:
-            issues.append(
-                Issue(
+            if len(answers) > 1 and not definition.repeats:
+                self.add(
                     f"item '{link_id}' does not repeat but has {len(answers)} answers",
                     f"{where}.answer[1]",
                     "structure",
                 )
-            )
-        for j, answer in enumerate(answers):
-            answer_path = f"{where}.answer[{j}]"
-            _check_answer(definition, answer, answer_path, issues)
-            if answer_value(answer) is not None:
-                answered.add(definition.link_id)
-            if definition.children:
-                _check_items(
-                    cq, answer.get("item", []), definition.children, answer_path, issues, complete
-                )
-    if complete:
-        for definition in siblings:
-            if (
-                definition.required
-                and definition.link_id not in answered
-                and not definition.conditional
-                and definition.calculated is None
-                and definition.type != "display"
-            ):
-                issues.append(
-                    Issue(
+            if definition.calculated is not None and answers:
+                self.sent.append((f"{where}.answer[0]", definition, node, answers))
+            for j, answer in enumerate(answers):
+                answer_path = f"{where}.answer[{j}]"
+                _check_answer(definition, answer, answer_path, self.issues)
+                if answer_value(answer) is not None:
+                    answered.add(definition.link_id)
+                if definition.children:
+                    self.items(answer.get("item", []), definition.children, answer_path)
+        if self.complete:
+            for definition in siblings:
+                if (
+                    definition.required
+                    and definition.link_id not in answered
+                    and not definition.conditional
+                    and definition.calculated is None
+                    and definition.type != "display"
+                ):
+                    self.add(
                         f"required item '{definition.link_id}' is not answered",
                         f"{path}.item.where(linkId='{definition.link_id}')",
                         "required",
                     )
+
+    def calculated(self) -> None:
+        """After scoring in place: each calculated answer a client sent must equal the result."""
+        for where, definition, node, sent in self.sent:
+            computed = node.get("answer", [])
+            if not _same([answer_value(a) for a in sent], [answer_value(a) for a in computed]):
+                shown = ", ".join(str(v[1]) for v in map(answer_value, computed) if v) or "no value"
+                self.add(
+                    f"'{definition.link_id}' is calculated ({definition.calculated.text if definition.calculated else ''}); "
+                    f"the answers give {shown}, not what was sent",
+                    where,
+                    "value",
                 )
 
 
@@ -285,43 +292,6 @@ def _check_range(definition: ItemDef, value: Any, at: str, issues: list[Issue]) 
         if outside:
             issues.append(
                 Issue(f"answer to '{definition.link_id}' is {too} ({bound}): {value}", at, "value")
-            )
-
-
-def _check_calculated(
-    cq: CompiledQuestionnaire,
-    given: list[dict[str, Any]],
-    scored: list[dict[str, Any]],
-    path: str,
-    issues: list[Issue],
-) -> None:
-    occurrences: dict[str, int] = {}
-    for i, node in enumerate(given):
-        link_id = node.get("linkId", "")
-        definition = cq.by_link.get(link_id)
-        if definition is None:
-            continue
-        nth = occurrences[link_id] = occurrences.get(link_id, 0) + 1
-        twins = [n for n in scored if n.get("linkId") == link_id]
-        twin = twins[nth - 1] if len(twins) >= nth else {}
-        if definition.type == "group":
-            _check_calculated(
-                cq, node.get("item", []), twin.get("item", []), f"{path}.item[{i}]", issues
-            )
-            continue
-        if definition.calculated is None or not node.get("answer"):
-            continue
-        expected = [answer_value(a) for a in twin.get("answer", [])]
-        sent = [answer_value(a) for a in node["answer"]]
-        if not _same(sent, expected):
-            shown = ", ".join(str(v[1]) for v in expected if v) or "no value"
-            issues.append(
-                Issue(
-                    f"'{link_id}' is calculated ({definition.calculated.text}); "
-                    f"the answers give {shown}, not what was sent",
-                    f"{path}.item[{i}].answer[0]",
-                    "value",
-                )
             )
 
 

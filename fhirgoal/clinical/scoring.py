@@ -14,17 +14,10 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from fhirgoal.clinical.sdc import CompiledQuestionnaire, ItemDef, compile_questionnaire
+from fhirgoal.clinical.sdc import CompiledQuestionnaire, ItemDef, compile_questionnaire, plain_json
 from fhirgoal.fhir.errors import FhirError
 
-
-def copy_json(value: Any) -> Any:
-    """A deep copy of parsed JSON (dicts, lists, scalars); several times faster than deepcopy."""
-    if isinstance(value, dict):
-        return {k: copy_json(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [copy_json(v) for v in value]
-    return value
+copy_json = plain_json
 
 
 def score_response(questionnaire: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
@@ -38,7 +31,11 @@ def score_response(questionnaire: dict[str, Any], response: dict[str, Any]) -> d
 
 
 def score_compiled(cq: CompiledQuestionnaire, response: dict[str, Any]) -> dict[str, Any]:
-    scored: dict[str, Any] = copy_json(response)
+    return score_in_place(cq, plain_json(response))
+
+
+def score_in_place(cq: CompiledQuestionnaire, scored: dict[str, Any]) -> dict[str, Any]:
+    """score_compiled on a response the caller already owns (a plain_json copy)."""
     for _ in range(max(1, len(cq.calculated))):
         if not cq.calculated or not _apply(cq, scored, cq.items, scored):
             break
@@ -136,10 +133,10 @@ def _set(
             return False
         if answers:
             node["answer"] = answers
-        elif node.get("item"):
-            node.pop("answer", None)
         else:
-            del items[index]
+            node.pop("answer", None)  # validation reads what was sent from its saved list
+            if not node.get("item"):
+                del items[index]
         return True
     if not answers:
         if not items:

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
+from bson.decimal128 import Decimal128
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
@@ -63,6 +64,18 @@ ANSWER_KEYS: dict[str, tuple[str, ...]] = {
     "quantity": ("valueQuantity",),
 }
 CACHE_SIZE = 256
+
+
+def plain_json(value: Any) -> Any:
+    """A deep copy of parsed JSON, several times faster than deepcopy, with BSON Decimal128 (how
+    MongoDB hands decimals back) turned into Decimal, so stored resources score like posted ones."""
+    if isinstance(value, dict):
+        return {k: plain_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain_json(v) for v in value]
+    if isinstance(value, Decimal128):
+        return value.to_decimal()
+    return value
 
 
 def _ext(element: dict[str, Any], url: str) -> dict[str, Any] | None:
@@ -326,6 +339,7 @@ def compile_questionnaire(questionnaire: dict[str, Any]) -> CompiledQuestionnair
 
 
 def _compile(questionnaire: dict[str, Any]) -> CompiledQuestionnaire:
+    questionnaire = plain_json(questionnaire)
     if questionnaire.get("resourceType") != "Questionnaire":
         raise FhirError("processing", "not a Questionnaire", "resourceType")
     by_link: dict[str, ItemDef] = {}

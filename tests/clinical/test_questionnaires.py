@@ -742,3 +742,48 @@ def test_licensed_text_replaces_item_labels_in_a_copy() -> None:
 def test_licensed_text_for_an_unknown_link_id_is_refused() -> None:
     with pytest.raises(ValueError, match="ors-mood"):
         apply_licensed_text(q("ors"), {"ors-mood": "text"})
+
+
+# --- robustness ----------------------------------------------------------------------------------
+
+
+def test_resources_read_back_from_mongodb_with_decimal128_numbers_score_alike() -> None:
+    from bson.decimal128 import Decimal128
+
+    def to_bson(value: Any) -> Any:
+        if isinstance(value, dict):
+            return {k: to_bson(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [to_bson(v) for v in value]
+        return Decimal128(value) if isinstance(value, Decimal) else value
+
+    stored_q = to_bson(q("ors"))
+    stored_q["meta"] = {"versionId": "bson"}
+    stored = to_bson(ors_response())
+    assert answer_of(validate_and_score(stored_q, stored), "ors-total") == Decimal("31.4")
+    [obs] = extract_observations(stored_q, stored, id_for=ids)
+    assert obs["valueQuantity"]["value"] == Decimal("31.4")
+    stored["item"][0]["answer"][0]["valueDecimal"] = Decimal128("7.55")
+    assert expressions(rejection("ors", stored)) == [
+        "QuestionnaireResponse.item[0].answer[0].valueDecimal"
+    ]
+
+
+def test_a_required_item_shown_only_under_enable_when_may_be_omitted() -> None:
+    custom = q("ors")
+    custom["url"] = "https://example.org/Questionnaire/ors-conditional"
+    custom["item"][3]["enableWhen"] = [
+        {"question": "ors-socially", "operator": ">", "answerDecimal": Decimal(5)}
+    ]
+    resp = ors_response(questionnaire=custom["url"])
+    del resp["item"][3]
+    validate_response(custom, resp)
+
+
+def test_a_total_sent_for_a_form_with_no_answers_is_rejected() -> None:
+    resp = response(
+        "ors", [{"linkId": "ors-total", "answer": [{"valueDecimal": Decimal(12)}]}], "in-progress"
+    )
+    error = rejection("ors", resp)
+    assert expressions(error) == ["QuestionnaireResponse.item[0].answer[0]"]
+    assert "no value" in error.issues[0].diagnostics
