@@ -58,6 +58,7 @@ from fhirgoal.clinical.sdc import (
     answer_value,
     compile_questionnaire,
     ext_value,
+    plain_json,
 )
 
 SURVEY = {
@@ -166,12 +167,13 @@ class _Extractor:
         obs: dict[str, Any] = {"resourceType": "Observation", "id": self.id_for(key)}
         for field in ("basedOn", "partOf", "status"):
             if field in base:
-                obs[field] = base[field]
-        obs["category"] = category or [SURVEY]
+                obs[field] = plain_json(base[field])
+        # copies: the category lives in the cached Questionnaire, and callers may edit results
+        obs["category"] = plain_json(category or [SURVEY])
         obs["code"] = code
         for field in ("subject", "encounter", "effectiveDateTime", "issued", "performer"):
             if field in base:
-                obs[field] = base[field]
+                obs[field] = plain_json(base[field])
         if value:
             obs.update(value)
         if self.response.get("id"):

@@ -787,3 +787,12 @@ def test_a_total_sent_for_a_form_with_no_answers_is_rejected() -> None:
     error = rejection("ors", resp)
     assert expressions(error) == ["QuestionnaireResponse.item[0].answer[0]"]
     assert "no value" in error.issues[0].diagnostics
+
+
+def test_editing_an_extracted_observation_does_not_leak_into_the_next_extraction() -> None:
+    [first] = extract_observations(q("ors"), ors_response(), id_for=ids)
+    first["category"][0]["coding"][0]["code"] = "changed"
+    first["subject"]["reference"] = "Patient/other"
+    [second] = extract_observations(q("ors"), ors_response(), id_for=ids)
+    assert second["category"][0]["coding"][0]["code"] == "survey"
+    assert second["subject"]["reference"] == "Patient/p1"
