@@ -162,7 +162,7 @@ class _Check:
                 self.sent.append((f"{where}.answer[0]", definition, node, answers))
             for j, answer in enumerate(answers):
                 answer_path = f"{where}.answer[{j}]"
-                _check_answer(definition, answer, answer_path, self.issues)
+                self.answer(definition, answer, answer_path)
                 if answer_value(answer) is not None:
                     answered.add(definition.link_id)
                 if definition.children:
@@ -186,92 +186,79 @@ class _Check:
         """After scoring in place: each calculated answer a client sent must equal the result."""
         for where, definition, node, sent in self.sent:
             computed = node.get("answer", [])
-            if not _same([answer_value(a) for a in sent], [answer_value(a) for a in computed]):
-                shown = ", ".join(str(v[1]) for v in map(answer_value, computed) if v) or "no value"
-                self.add(
-                    f"'{definition.link_id}' is calculated ({definition.calculated.text if definition.calculated else ''}); "
-                    f"the answers give {shown}, not what was sent",
-                    where,
-                    "value",
-                )
+            if _same([answer_value(a) for a in sent], [answer_value(a) for a in computed]):
+                continue
+            shown = ", ".join(str(v[1]) for v in map(answer_value, computed) if v) or "no value"
+            rule = definition.calculated.text if definition.calculated else ""
+            self.add(
+                f"'{definition.link_id}' is calculated ({rule}); "
+                f"the answers give {shown}, not what was sent",
+                where,
+                "value",
+            )
 
-
-def _check_answer(
-    definition: ItemDef, answer: dict[str, Any], where: str, issues: list[Issue]
-) -> bool:
-    """Append the answer's problems; True when it holds a value of the right type."""
-    link_id = definition.link_id
-    found = answer_value(answer)
-    if found is None:
-        issues.append(Issue(f"answer to '{link_id}' has no value", where, "required"))
-        return False
-    key, value = found
-    at = f"{where}.{key}"
-    if key not in definition.answer_keys:
-        expected = " or ".join(definition.answer_keys) or "no answer"
-        issues.append(
-            Issue(
+    def answer(self, definition: ItemDef, answer: dict[str, Any], where: str) -> None:
+        link_id = definition.link_id
+        found = answer_value(answer)
+        if found is None:
+            self.add(f"answer to '{link_id}' has no value", where, "required")
+            return
+        key, value = found
+        at = f"{where}.{key}"
+        if key not in definition.answer_keys:
+            expected = " or ".join(definition.answer_keys) or "no answer"
+            self.add(
                 f"item '{link_id}' is {definition.type}: expected {expected}, got {key}",
                 at,
                 "value",
             )
-        )
-        return False
-    if key in ("valueDecimal", "valueInteger"):
-        integer_only = key == "valueInteger"
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | Decimal)
-            or (integer_only and not isinstance(value, int))
-        ):
-            issues.append(
-                Issue(f"answer to '{link_id}' is not a {key[5:].lower()}: {value!r}", at, "value")
-            )
-            return False
-        number = Decimal(value)
-        places = -number.as_tuple().exponent if number.as_tuple().exponent < 0 else 0  # type: ignore[operator]
-        if definition.max_places is not None and places > definition.max_places:
-            issues.append(
-                Issue(
-                    f"answer to '{link_id}' has {places} decimal places; at most {definition.max_places} allowed: {value}",
+            return
+        if key in ("valueDecimal", "valueInteger"):
+            if isinstance(value, bool) or not isinstance(
+                value, int if key == "valueInteger" else int | Decimal
+            ):
+                self.add(
+                    f"answer to '{link_id}' is not a {key[5:].lower()}: {value!r}", at, "value"
+                )
+                return
+            number = Decimal(value)
+            places = _places(number)
+            if definition.max_places is not None and places > definition.max_places:
+                self.add(
+                    f"answer to '{link_id}' has {places} decimal places; "
+                    f"at most {definition.max_places} allowed: {value}",
                     at,
                     "value",
                 )
-            )
-        _check_range(definition, number, at, issues)
-    elif key in ("valueDate", "valueDateTime", "valueTime"):
-        _check_range(definition, value, at, issues)
-    elif (
-        key == "valueString"
-        and isinstance(definition.max_length, int)
-        and len(str(value)) > definition.max_length
-    ):
-        issues.append(
-            Issue(
-                f"answer to '{link_id}' is longer than {definition.max_length} characters",
-                at,
-                "value",
-            )
-        )
-    if key == "valueCoding":
-        if not isinstance(value, dict):
-            issues.append(Issue(f"answer to '{link_id}' is not a Coding", at, "value"))
-            return False
-        if definition.options is not None and definition.option_for(value) is None:
-            issues.append(
-                Issue(
-                    f"{value.get('system')}|{value.get('code')} is not an answer option of '{link_id}'",
+            _check_range(definition, number, at, self.issues)
+        elif key in ("valueDate", "valueDateTime", "valueTime"):
+            _check_range(definition, value, at, self.issues)
+        elif key == "valueString" and isinstance(definition.max_length, int):
+            if len(str(value)) > definition.max_length:
+                self.add(
+                    f"answer to '{link_id}' is longer than {definition.max_length} characters",
                     at,
-                    "code-invalid",
+                    "value",
                 )
-            )
-    elif (
-        definition.other_options is not None
-        and definition.type == "choice"
-        and (key, value) not in definition.other_options
-    ):
-        issues.append(Issue(f"{value!r} is not an answer option of '{link_id}'", at, "value"))
-    return True
+        elif key == "valueCoding":
+            if not isinstance(value, dict):
+                self.add(f"answer to '{link_id}' is not a Coding", at, "value")
+            elif definition.options is not None and definition.option_for(value) is None:
+                option = f"{value.get('system')}|{value.get('code')}"
+                self.add(f"{option} is not an answer option of '{link_id}'", at, "code-invalid")
+        if (
+            key != "valueCoding"
+            and definition.type == "choice"
+            and definition.other_options is not None
+            and (key, value) not in definition.other_options
+        ):
+            self.add(f"{value!r} is not an answer option of '{link_id}'", at, "value")
+
+
+def _places(number: Decimal) -> int:
+    """Decimal places as written: R4 decimals keep their precision, so 7.50 has two."""
+    exponent = number.as_tuple().exponent
+    return -exponent if isinstance(exponent, int) and exponent < 0 else 0
 
 
 def _check_range(definition: ItemDef, value: Any, at: str, issues: list[Issue]) -> None:

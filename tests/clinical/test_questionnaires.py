@@ -796,3 +796,42 @@ def test_editing_an_extracted_observation_does_not_leak_into_the_next_extraction
     [second] = extract_observations(q("ors"), ors_response(), id_for=ids)
     assert second["category"][0]["coding"][0]["code"] == "survey"
     assert second["subject"]["reference"] == "Patient/p1"
+
+
+def test_string_options_and_wrong_nesting_are_checked_on_a_clinicians_questionnaire() -> None:
+    custom = {
+        "resourceType": "Questionnaire",
+        "url": "https://example.org/Questionnaire/mood",
+        "status": "active",
+        "item": [
+            {
+                "linkId": "grp",
+                "type": "group",
+                "item": [
+                    {
+                        "linkId": "mood",
+                        "type": "choice",
+                        "answerOption": [{"valueString": "good"}, {"valueString": "bad"}],
+                    }
+                ],
+            },
+            {"linkId": "days", "type": "integer"},
+        ],
+    }
+    resp = {
+        "resourceType": "QuestionnaireResponse",
+        "questionnaire": custom["url"],
+        "status": "completed",
+        "item": [
+            {"linkId": "grp", "item": [{"linkId": "mood", "answer": [{"valueString": "meh"}]}]},
+            {"linkId": "mood", "answer": [{"valueString": "good"}]},
+            {"linkId": "days", "answer": [{"valueInteger": Decimal("2.5")}]},
+        ],
+    }
+    with pytest.raises(FhirError) as caught:
+        validate_response(custom, resp)
+    assert expressions(caught.value) == [
+        "QuestionnaireResponse.item[0].item[0].answer[0].valueString",
+        "QuestionnaireResponse.item[1].linkId",
+        "QuestionnaireResponse.item[2].answer[0].valueInteger",
+    ]
