@@ -44,6 +44,7 @@ its own Observation `derivedFrom` the parent. Where SDC leaves the choice open w
 
 from __future__ import annotations
 
+import hashlib
 import re
 from collections.abc import Callable
 from decimal import Decimal
@@ -70,6 +71,7 @@ SURVEY = {
         }
     ]
 }
+_ID_SAFE = re.compile(r"[^A-Za-z0-9.-]")
 _INSTANT = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d+)?(Z|[+-]\d\d:\d\d)$")
 _RELATED = frozenset({"component", "member", "derived"})
 _ON = frozenset({True, "independent", "member", "derived"})
@@ -84,6 +86,20 @@ def extract_observations(
         return []
     cq = compile_questionnaire(questionnaire)
     return _Extractor(cq, score_compiled(cq, response), id_for).run()
+
+
+def observation_ids(response_id: str) -> Callable[[str], str]:
+    """An `id_for` giving `{response id}-{key}` (e.g. "qr7-ors-total"), a valid R4 id: other
+    characters become "-", and when that would be ambiguous or longer than 64 characters the
+    id is a hash of the pair instead. Same response and key, same id."""
+
+    def id_for(key: str) -> str:
+        readable = f"{response_id}-{_ID_SAFE.sub('-', key)}"
+        if len(readable) <= 64 and not _ID_SAFE.search(response_id + key):
+            return readable
+        return "x" + hashlib.sha256(f"{response_id}|{key}".encode()).hexdigest()[:40]
+
+    return id_for
 
 
 def _shares(codes: list[dict[str, Any]], others: list[dict[str, Any]]) -> bool:

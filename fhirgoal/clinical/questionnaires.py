@@ -4,7 +4,7 @@ Pure functions over parsed FHIR JSON (numbers as `decimal.Decimal`, see fhirgoal
 I/O. The server calls them on write and for `$extract`:
 
     scored = validate_and_score(questionnaire, response)  # FhirError(processing) on bad answers
-    observations = extract_observations(questionnaire, scored, id_for=...)
+    observations = extract_observations(questionnaire, scored, id_for=observation_ids(qr_id))
 
 Specifications: R4 Questionnaire / QuestionnaireResponse (https://hl7.org/fhir/R4/questionnaire.html,
 questionnaireresponse.html), SDC STU4 calculatedExpression and observation-based extraction
@@ -28,8 +28,18 @@ silently replaced, because the client showed the patient or clinician a differen
 check runs only when the answers themselves are valid: a total of invalid inputs means nothing.)
 
 Scoring: see fhirgoal.clinical.scoring and fhirgoal.clinical.sdc (exact Decimal sums; 7.5 + 8.2 +
-7.6 + 8.1 is Decimal("31.4")). Extraction: see fhirgoal.clinical.extraction for the convention (one
-Observation per administration: the total as value, one component per item).
+7.6 + 8.1 is Decimal("31.4"); the built-in `sum()` shape runs natively, anything else on fhirpathpy).
+
+Extraction (details and the SDC basis in fhirgoal.clinical.extraction): SDC observation-based
+extraction, with one convention of ours for "one Observation per administration". The root (or a
+group) carries `observationExtract = true`, each rated item `observationExtract = component`, and
+the calculated total - the child whose `code` is also in `Questionnaire.code` - carries
+`observationExtract = false`. That yields one Observation: `code` = the total's code (ors-total,
+LOINC 44261-6 ...), `valueQuantity` = the total in UCUM `{score}`, one `component` per answered
+item (`valueQuantity` for ratings, `valueCodeableConcept` with the ordinalValue for PHQ/GAD
+answers). Items whose own observationExtract is `true` follow plain SDC: one Observation each.
+Only completed / amended responses extract (amended -> Observation status amended); ids come
+from `id_for(key)`, key = the linkId of the total or item, so re-extraction updates.
 
 Licensed text: ORS, SRS, CORS and CSRS are copyrighted (Miller & Duncan et al.; free for individual
 practitioners, licensed for organisations), so the built-in Questionnaires carry item labels
@@ -43,7 +53,7 @@ from decimal import Decimal
 from html import escape
 from typing import Any
 
-from fhirgoal.clinical.extraction import extract_observations
+from fhirgoal.clinical.extraction import extract_observations, observation_ids
 from fhirgoal.clinical.scoring import copy_json, score_in_place, score_response
 from fhirgoal.clinical.sdc import (
     CompiledQuestionnaire,
@@ -58,6 +68,7 @@ __all__ = [
     "compile_questionnaire",
     "extract_observations",
     "narrative",
+    "observation_ids",
     "score_response",
     "validate_and_score",
     "validate_response",

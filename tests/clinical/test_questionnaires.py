@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import re
 from decimal import Decimal
 from functools import cache
 from pathlib import Path
@@ -14,6 +15,7 @@ from fhirgoal.clinical.questionnaires import (
     apply_licensed_text,
     extract_observations,
     narrative,
+    observation_ids,
     score_response,
     validate_and_score,
     validate_response,
@@ -835,3 +837,14 @@ def test_string_options_and_wrong_nesting_are_checked_on_a_clinicians_questionna
         "QuestionnaireResponse.item[1].linkId",
         "QuestionnaireResponse.item[2].answer[0].valueInteger",
     ]
+
+
+def test_observation_ids_are_readable_valid_and_stable() -> None:
+    assert observation_ids("qr7")("ors-total") == "qr7-ors-total"
+    odd = observation_ids("qr7")("/44261-6#2")
+    assert odd == observation_ids("qr7")("/44261-6#2") and odd != observation_ids("qr7")(
+        "-44261-6-2"
+    )
+    long = observation_ids("r" * 60)("phq-9-total")
+    for made in (odd, long):
+        assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", made)
