@@ -31,6 +31,7 @@ from typing import Any
 
 from bson.decimal128 import Decimal128
 from fhirpathpy import compile as fhirpath_compile
+from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models as fhirpath_models
 
 from fhirgoal.fhir.errors import FhirError
@@ -228,10 +229,20 @@ class Expression:
         self, cq: CompiledQuestionnaire, response: dict[str, Any], context: dict[str, Any]
     ) -> list[Any]:
         if self._fallback is not None:
-            env = {"resource": response, "context": context, "questionnaire": cq.resource}
             if self._uses_weights():
-                response = _annotate(cq, response)
-                env["resource"] = response
+                copies: dict[int, dict[str, Any]] = {}
+                response, context = (
+                    _annotate(cq, response, copies),
+                    copies.get(id(context), context),
+                )
+            env: dict[str, Any] = {"resource": response, "questionnaire": cq.resource}
+            # fhirpathpy resolves `answer.value` (a choice type) only on nodes that know their
+            # FHIR path; a bare group item as %context would yield nothing.
+            env["context"] = (
+                context
+                if context is response
+                else ResourceNode.create_node(context, "QuestionnaireResponse.item")
+            )
             return list(self._fallback(response, env))
         values: list[Any] = []
         for item in _response_items(response, self._nested):
@@ -276,13 +287,16 @@ def _response_items(response: dict[str, Any], nested: bool) -> Iterator[dict[str
         stack.extend(reversed(item.get("item", ())))
 
 
-def _annotate(cq: CompiledQuestionnaire, response: dict[str, Any]) -> dict[str, Any]:
-    """A copy whose coded answers carry their answerOption's weight, for fhirpathpy's weight()."""
+def _annotate(
+    cq: CompiledQuestionnaire, response: dict[str, Any], copies: dict[int, dict[str, Any]]
+) -> dict[str, Any]:
+    """A copy whose coded answers carry their answerOption's weight, for fhirpathpy's weight();
+    `copies` maps id(original item) to its copy, to find %context in it."""
 
     def items(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out = []
-        for node in nodes:
-            node = dict(node)
+        for original in nodes:
+            node = copies[id(original)] = dict(original)
             definition = cq.by_link.get(node.get("linkId", ""))
             if "item" in node:
                 node["item"] = items(node["item"])

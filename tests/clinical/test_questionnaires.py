@@ -848,3 +848,71 @@ def test_observation_ids_are_readable_valid_and_stable() -> None:
     long = observation_ids("r" * 60)("phq-9-total")
     for made in (odd, long):
         assert re.fullmatch(r"[A-Za-z0-9\-.]{1,64}", made)
+
+
+def test_a_calculated_item_in_a_repeating_group_sees_its_own_group_as_context() -> None:
+    calc = "http://hl7.org/fhir/uv/sdc/StructureDefinition/sdc-questionnaire-calculatedExpression"
+    custom = {
+        "resourceType": "Questionnaire",
+        "url": "https://example.org/Questionnaire/sessions",
+        "status": "active",
+        "item": [
+            {
+                "linkId": "session",
+                "type": "group",
+                "repeats": True,
+                "item": [
+                    {"linkId": "a", "type": "decimal"},
+                    {"linkId": "b", "type": "decimal"},
+                    {
+                        "linkId": "sum",
+                        "type": "decimal",
+                        "readOnly": True,
+                        "extension": [
+                            {
+                                "url": calc,
+                                "valueExpression": {
+                                    "language": "text/fhirpath",
+                                    "expression": "%context.item.where(linkId = 'a' or linkId = 'b').answer.value.sum()",
+                                },
+                            }
+                        ],
+                    },
+                ],
+            }
+        ],
+    }
+
+    def session(a: str, b: str) -> dict[str, Any]:
+        return {
+            "linkId": "session",
+            "item": [
+                {"linkId": "a", "answer": [{"valueDecimal": Decimal(a)}]},
+                {"linkId": "b", "answer": [{"valueDecimal": Decimal(b)}]},
+            ],
+        }
+
+    resp = {
+        "resourceType": "QuestionnaireResponse",
+        "questionnaire": custom["url"],
+        "status": "completed",
+        "item": [session("1.5", "2.5"), session("0.1", "0.2")],
+    }
+    scored = validate_and_score(custom, resp)
+    assert [str(answer_of(group, "sum")) for group in scored["item"]] == ["4.0", "0.3"]
+
+
+def test_weight_over_context_in_a_group_uses_the_group_answers() -> None:
+    custom = q("phq-9")
+    custom["url"] = "https://example.org/Questionnaire/phq-9-grouped"
+    items = custom["item"]
+    total = items[-1]
+    total["extension"][0]["valueExpression"]["expression"] = (
+        "%context.item.where(linkId.startsWith('phq-9-') and linkId != 'phq-9-difficulty')"
+        ".answer.value.weight().sum()"
+    )
+    custom["item"] = [{"linkId": "grp", "type": "group", "item": items}]
+    resp = phq9_response(questionnaire=custom["url"])
+    resp["item"] = [{"linkId": "grp", "item": resp["item"]}]
+    scored = validate_and_score(custom, resp)
+    assert answer_of(scored["item"][0], "phq-9-total") == 14
