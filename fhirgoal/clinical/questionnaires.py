@@ -116,9 +116,13 @@ class _Check:
             self.add(f"questionnaire must name {cq.url}", where, "required")
             return
         url, _, version = canonical.partition("|")
-        if url != cq.url or (version and version != cq.version):
-            expected = f"{cq.url}|{cq.version}" if cq.version else str(cq.url)
-            self.add(f"questionnaire is {canonical}, expected {expected}", where, "value")
+        if cq.url is not None and url == cq.url and (not version or version == cq.version):
+            return
+        local = cq.resource.get("id")
+        if local and canonical == f"Questionnaire/{local}":  # a relative reference, as some send
+            return
+        expected = f"{cq.url}|{cq.version}" if cq.version else cq.url or f"Questionnaire/{local}"
+        self.add(f"questionnaire is {canonical}, expected {expected}", where, "value")
 
     def items(self, nodes: list[dict[str, Any]], siblings: list[ItemDef], path: str) -> None:
         allowed = {d.link_id: d for d in siblings}

@@ -916,3 +916,9 @@ def test_weight_over_context_in_a_group_uses_the_group_answers() -> None:
     resp["item"] = [{"linkId": "grp", "item": resp["item"]}]
     scored = validate_and_score(custom, resp)
     assert answer_of(scored["item"][0], "phq-9-total") == 14
+
+
+def test_a_relative_reference_to_the_questionnaire_matches_too() -> None:
+    validate_response(q("ors"), ors_response(questionnaire="Questionnaire/ors"))
+    error = rejection("ors", ors_response(questionnaire="Questionnaire/srs"))
+    assert expressions(error) == ["QuestionnaireResponse.questionnaire"]
