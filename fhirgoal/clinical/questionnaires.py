@@ -1,7 +1,8 @@
 """Built-in measures as Questionnaires: validate, score and extract QuestionnaireResponses.
 
-Pure functions over parsed FHIR JSON (numbers as `decimal.Decimal`, see fhirgoal.fhir.jsonio); no
-I/O. The server calls them on write and for `$extract`:
+Pure functions over parsed FHIR JSON (numbers as `decimal.Decimal`, see fhirgoal.fhir.jsonio; the
+BSON Decimal128 of documents read back from MongoDB is accepted too); no I/O, inputs are never
+modified. The server calls them on write and for `$extract`:
 
     scored = validate_and_score(questionnaire, response)  # FhirError(processing) on bad answers
     observations = extract_observations(questionnaire, scored, id_for=observation_ids(qr_id))
@@ -19,7 +20,8 @@ minValue/maxValue, more decimal places than maxDecimalPlaces (precision is part 
 so 7.50 has two), a Coding that is not one of the item's answerOptions (codes only; answerValueSet
 bindings are not expanded here), text longer than maxLength, several answers to an item that does
 not repeat, the same item twice, an answer on a group or display item, and the
-`questionnaire` canonical naming another Questionnaire (or another version of it). Required items
+`questionnaire` naming another Questionnaire (it may be `url`, `url|version` or, as some clients
+send, `Questionnaire/{id}`; a version, when given, must match). Required items
 are enforced only once the response is `completed` or `amended` (an `in-progress` one may be
 partial), and not for items with enableWhen (whether they were shown depends on other answers) or
 calculated ones. A calculated item (the totals) is recomputed by the server, so a client may omit
