@@ -219,11 +219,14 @@ def test_one_place_decimals_never_drift_like_floats() -> None:
     )  # 0.1 + 0.1 + 0.1 + 0.1 as floats is 0.4000000000000001
 
 
-def test_scoring_does_not_modify_its_input() -> None:
-    given = ors_response()
-    before = copy_json(given)
-    score_response(q("ors"), given)
-    assert given == before
+def test_no_function_modifies_its_inputs() -> None:
+    given, questionnaire_given = ors_response(), q("ors")
+    before, questionnaire_before = copy_json(given), copy_json(questionnaire_given)
+    score_response(questionnaire_given, given)
+    validate_and_score(questionnaire_given, given)
+    extract_observations(questionnaire_given, given, id_for=ids)
+    apply_licensed_text(questionnaire_given, {"ors-overall": "Overall, licensed"})
+    assert given == before and questionnaire_given == questionnaire_before
 
 
 def test_total_is_placed_after_the_items_in_questionnaire_order() -> None:
