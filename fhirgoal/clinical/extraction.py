@@ -121,6 +121,7 @@ class _Extractor:
         self.id_for = id_for
         self.out: list[dict[str, Any]] = []
         self.consumed: set[int] = set()  # value items already used by their container
+        self.derived_from: set[int] = set()  # Observations others are derivedFrom: keep them
         self.base = self._base(response)
         self.response = response
 
@@ -241,6 +242,7 @@ class _Extractor:
             not any(k.startswith("value") for k in obs)
             and "component" not in obs
             and "hasMember" not in obs
+            and id(obs) not in self.derived_from
         ):
             self.out.remove(obs)
 
@@ -320,6 +322,7 @@ class _Extractor:
             parent.setdefault("hasMember", []).append({"reference": f"Observation/{obs['id']}"})
         elif definition.extract == "derived":
             obs.setdefault("derivedFrom", []).append({"reference": f"Observation/{parent['id']}"})
+            self.derived_from.add(id(parent))
 
     def _value(self, definition: ItemDef, answer: dict[str, Any]) -> dict[str, Any] | None:
         found = answer_value(answer)

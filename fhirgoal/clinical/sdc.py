@@ -357,7 +357,7 @@ def _compile(questionnaire: dict[str, Any]) -> CompiledQuestionnaire:
     if questionnaire.get("resourceType") != "Questionnaire":
         raise FhirError("processing", "not a Questionnaire", "resourceType")
     by_link: dict[str, ItemDef] = {}
-    root_extract = ext_value(questionnaire, EXT_OBS_EXTRACT)
+    root_extract = _extract_mode(questionnaire)
     root_category = _categories(questionnaire)
     items = [
         _compile_item(raw, f"Questionnaire.item[{i}]", root_extract, root_category, by_link)
@@ -375,6 +375,11 @@ def _compile(questionnaire: dict[str, Any]) -> CompiledQuestionnaire:
     )
     cq.calculated = [d for d in cq.walk() if d.calculated is not None]
     return cq
+
+
+def _extract_mode(element: dict[str, Any]) -> bool | str | None:
+    value = ext_value(element, EXT_OBS_EXTRACT)
+    return value if isinstance(value, bool | str) else None
 
 
 def _categories(element: dict[str, Any]) -> list[dict[str, Any]] | None:
@@ -399,7 +404,7 @@ def _compile_item(
         raise FhirError("processing", f"Questionnaire item has {what} linkId", path)
     item_type = raw.get("type", "")
     declared = _ext(raw, EXT_OBS_EXTRACT) is not None
-    extract = ext_value(raw, EXT_OBS_EXTRACT) if declared else inherited_extract
+    extract = _extract_mode(raw) if declared else inherited_extract
     category = _categories(raw) or inherited_category
     keys = ANSWER_KEYS.get(item_type, ())
     options: dict[tuple[str | None, str | None], Option] | None = None

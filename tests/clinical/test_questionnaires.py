@@ -676,7 +676,7 @@ def test_item_level_observation_extract_gives_one_observation_per_item() -> None
     assert "derivedFrom" not in observations[0]  # an unsaved response has no id to point at
 
 
-def test_a_coded_group_yields_one_observation_with_members_and_components() -> None:
+def test_a_coded_group_yields_one_observation_with_members_components_and_derived() -> None:
     panel = {"system": LOINC, "code": "panel-1"}
     custom = {
         "resourceType": "Questionnaire",
@@ -701,6 +701,12 @@ def test_a_coded_group_yields_one_observation_with_members_and_components() -> N
                         "code": [{"system": LOINC, "code": "b-1"}],
                         "extension": [_extract("member")],
                     },
+                    {
+                        "linkId": "c",
+                        "type": "string",
+                        "code": [{"system": LOINC, "code": "c-1"}],
+                        "extension": [_extract("derived")],
+                    },
                 ],
             }
         ],
@@ -717,12 +723,15 @@ def test_a_coded_group_yields_one_observation_with_members_and_components() -> N
                 "item": [
                     {"linkId": "a", "answer": [{"valueInteger": 3}]},
                     {"linkId": "b", "answer": [{"valueInteger": 4}]},
+                    {"linkId": "c", "answer": [{"valueString": "note"}]},
                 ],
             }
         ],
     }
-    group_obs, member = extract_observations(custom, validate_and_score(custom, resp), id_for=ids)
-    for obs in (group_obs, member):
+    group_obs, member, derived = extract_observations(
+        custom, validate_and_score(custom, resp), id_for=ids
+    )
+    for obs in (group_obs, member, derived):
         validator().validate(obs)
     assert group_obs["id"] == "qr1-grp" and group_obs["code"]["coding"] == [panel]
     assert group_obs["component"] == [
@@ -730,6 +739,10 @@ def test_a_coded_group_yields_one_observation_with_members_and_components() -> N
     ]
     assert group_obs["hasMember"] == [{"reference": "Observation/qr1-b"}]
     assert member["valueInteger"] == 4
+    assert derived["derivedFrom"] == [
+        {"reference": "QuestionnaireResponse/r9"},
+        {"reference": "Observation/qr1-grp"},
+    ]
 
 
 # --- licensed text -------------------------------------------------------------------------------
