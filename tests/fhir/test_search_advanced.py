@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhirgoal.clinical.resources import SURVEY, gas_goal
 from tests.conftest import RunningServer
 from tests.fhir.helpers import FHIR_JSON
 
@@ -39,8 +40,9 @@ async def clinic(fhir: RunningServer) -> None:
         ("r2", "g2", "alex", "LA34483-0"),
         ("r3", "g3", "blair", "LA34481-4"),
     ):
-        await put(fhir, {"resourceType": "Observation", "id": oid, "status": "final",
+        await put(fhir, {"resourceType": "Observation", "id": oid, "status": "final", "category": [SURVEY],
                          "code": {"coding": [{"system": "http://loinc.org", "code": "107333-7"}]},
+                         "performer": [ref("Practitioner/t1")],
                          "subject": ref(f"Patient/{pid}"), "focus": [ref(f"Goal/{gid}")],
                          "effectiveDateTime": "2026-03-01",
                          "valueCodeableConcept": {"coding": [{"system": "http://loinc.org", "code": level}]}})  # fmt: skip
@@ -172,11 +174,8 @@ async def test_custom_search_parameters_work_from_data_alone(fhir: RunningServer
     await clinic(fhir)
     assert (await entries(fhir, "/Observation", goal="Goal/g1"))["match"] == {"Observation/r1"}
     assert (await entries(fhir, "/Observation", goal="g3"))["match"] == {"Observation/r3"}
-    scale = {"url": "http://hl7.org/fhir/us/pco/StructureDefinition/pco-goal-attainment-scaling",
-             "extension": [{"url": "level", "valueCoding": {"system": "http://loinc.org", "code": "LA34481-4"}},
-                           {"url": "description", "valueString": "Returns to work 3 days a week"}]}  # fmt: skip
-    await put(fhir, {"resourceType": "Goal", "id": "g9", "lifecycleStatus": "active", "extension": [scale],
-                     "description": {"text": "work"}, "subject": ref("Patient/alex")})  # fmt: skip
+    levels = ["No work", "1 day", "3 days a week", "4 days", "Full time"]
+    await put(fhir, gas_goal("g9", "alex", "work", levels, start="2026-03-01"))
     assert (await entries(fhir, "/Goal", **{"gas-scaled": "true"}))["match"] == {"Goal/g9"}
     assert (await entries(fhir, "/Goal", **{"gas-scaled": "false"}))["match"] == {
         "Goal/g1",
