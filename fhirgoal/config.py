@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from decimal import Decimal
 from pathlib import Path
 from typing import Literal
 
@@ -36,3 +37,13 @@ class Settings(BaseSettings):
     # How many times an update without If-Match re-reads and retries after losing a race.
     write_retries: int = 5
     log_level: str = "INFO"
+    # ORS/SRS interpretation (clinical/session_measures.py; PCOMS defaults).
+    ors_cutoff_adult: Decimal = Decimal(25)
+    ors_cutoff_adolescent: Decimal = Decimal(28)
+    ors_cutoff_child: Decimal = Decimal(32)
+    reliable_change: Decimal = Decimal(5)
+    srs_alert_below: Decimal = Decimal(36)
+    srs_drop: Decimal = Decimal(1)
+    no_progress_sessions: int = 6
+    # A directory of {questionnaire id}.json files ({linkId: licensed item text}) for licensees.
+    instrument_text_dir: Path | None = None

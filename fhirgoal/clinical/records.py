@@ -15,6 +15,8 @@ from typing import Any
 from fhirgoal.auth.context import AccessContext
 from fhirgoal.clinical.achievement import Rater, Rating
 from fhirgoal.clinical.codes import (
+    ALLIANCE_TOTALS,
+    GAD7_TOTAL,
     GAS_BASELINE,
     GAS_EXTENSION,
     GAS_FOLLOW_UP,
@@ -24,9 +26,12 @@ from fhirgoal.clinical.codes import (
     GAS_WEIGHT_EXTENSION,
     LOINC,
     MEASURES,
+    OUTCOME_TOTALS,
+    PHQ9_TOTAL,
     gas_level_of,
 )
 from fhirgoal.clinical.gas import weight_from
+from fhirgoal.clinical.session_measures import SessionScore
 from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.service import FhirService
 
@@ -168,3 +173,66 @@ def measure_code(observation: dict[str, Any]) -> str | None:
         if coding.get("system") == MEASURES:
             return str(coding.get("code"))
     return None
+
+
+@dataclass(frozen=True)
+class MeasureSeries:
+    """A client's session-measure totals, each series in time order."""
+
+    outcome: list[SessionScore]  # ORS and CORS (one series: a child moving on keeps it)
+    alliance: list[SessionScore]  # SRS and CSRS
+    other: dict[str, list[SessionScore]]  # PHQ-9, GAD-7 totals by code
+
+
+SESSION_CODES = {code: "outcome" for code in OUTCOME_TOTALS} | {
+    code: "alliance" for code in ALLIANCE_TOTALS
+}
+COMPARATORS = {PHQ9_TOTAL: "PHQ-9", GAD7_TOTAL: "GAD-7"}
+_USABLE = {"final", "amended", "corrected"}
+
+
+def session_score(observation: dict[str, Any]) -> SessionScore | None:
+    if observation.get("status") not in _USABLE:
+        return None
+    value = (observation.get("valueQuantity") or {}).get("value")
+    if value is None and "valueInteger" in observation:
+        value = observation["valueInteger"]
+    when = observation.get("effectiveDateTime") or (observation.get("effectivePeriod") or {}).get(
+        "start"
+    )
+    if value is None or not when:
+        return None
+    return SessionScore(when, Decimal(str(value)), observation["id"])
+
+
+def series_key(observation: dict[str, Any]) -> str | None:
+    """'outcome' | 'alliance' | a comparator's LOINC code, for a session-measure Observation."""
+    for coding in (observation.get("code") or {}).get("coding") or []:
+        system, code = coding.get("system"), coding.get("code")
+        if system == MEASURES and code in SESSION_CODES:
+            return SESSION_CODES[code]
+        if system == LOINC and code in COMPARATORS:
+            return str(code)
+    return None
+
+
+async def measure_series(svc: FhirService, access: AccessContext, pid: str) -> MeasureSeries:
+    codes = [f"{MEASURES}|{c}" for c in sorted(SESSION_CODES)]
+    codes += [f"{LOINC}|{c}" for c in sorted(COMPARATORS)]
+    versions = await svc.find_resources(
+        access,
+        "Observation",
+        [("subject", f"Patient/{pid}"), ("code", ",".join(codes))],
+        MAX_RECORDS,
+        [("lu", 1)],
+    )
+    series: dict[str, list[SessionScore]] = defaultdict(list)
+    for version in versions:
+        resource = version.resource
+        if resource is None:
+            continue
+        key, score = series_key(resource), session_score(resource)
+        if key is not None and score is not None:
+            series[key].append(score)
+    other = {k: v for k, v in series.items() if k not in ("outcome", "alliance")}
+    return MeasureSeries(series.get("outcome", []), series.get("alliance", []), other)

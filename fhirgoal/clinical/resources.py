@@ -139,3 +139,41 @@ def gas_rating(
     if encounter:
         rating["encounter"] = ref("Encounter", encounter)
     return rating
+
+
+RATING_SCALE_ITEMS = {
+    "ors": ("ors-individually", "ors-interpersonally", "ors-socially", "ors-overall"),
+    "srs": ("srs-relationship", "srs-goals-and-topics", "srs-approach-or-method", "srs-overall"),
+}
+QUESTIONNAIRES = "https://fhirgoal.org/fhir/Questionnaire"
+
+
+def rating_scale_response(
+    rid: str,
+    instrument: str,
+    patient: str,
+    scores: Sequence[Decimal],
+    authored: str,
+    *,
+    encounter: str | None = None,
+    author: str | None = None,
+    status: str = "completed",
+) -> dict[str, Any]:
+    """A completed ORS or SRS: four marks scored 0-10 (the total is the server's to compute)."""
+    items = RATING_SCALE_ITEMS[instrument]
+    response: dict[str, Any] = {
+        "resourceType": "QuestionnaireResponse",
+        "id": rid,
+        "questionnaire": f"{QUESTIONNAIRES}/{instrument}",
+        "status": status,
+        "subject": ref("Patient", patient),
+        "authored": authored,
+        "author": {"reference": author or f"Patient/{patient}"},
+        "item": [
+            {"linkId": link, "answer": [{"valueDecimal": score}]}
+            for link, score in zip(items, scores, strict=True)
+        ],
+    }
+    if encounter:
+        response["encounter"] = ref("Encounter", encounter)
+    return response

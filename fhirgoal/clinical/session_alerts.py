@@ -1,0 +1,117 @@
+"""ORS/SRS alerts as Flags that open and close with the client's sessions.
+
+After every write of an ORS, CORS, SRS or CSRS total (extracted from a QuestionnaireResponse or
+sent as an Observation), the client's series is interpreted again (session_measures.py: clinical
+cutoff by age band, reliable change from intake, SRS alliance rule) and the open alerts are
+reconciled with the client's Flags (flags.py): one Flag per client and alert kind, active while
+the condition holds, inactive with `period.end` once it clears. Observations are never altered:
+interpretation is computed from them (here and in `$progress`), not written into them.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.clinical.flags import AlertFlag, clear_flag, flag_id, raise_flag
+from fhirgoal.clinical.records import measure_series, series_key
+from fhirgoal.clinical.session_measures import (
+    Alert,
+    Cutoffs,
+    OrsPoint,
+    SrsPoint,
+    interpret_ors,
+    interpret_srs,
+    open_alerts,
+)
+from fhirgoal.config import Settings
+from fhirgoal.fhir.hooks import WriteEvent
+from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.service import FhirService
+
+ALERT_CODES = {
+    "alliance": ("alliance-concern", "Alliance concern"),
+    "deterioration": ("reliable-deterioration", "Reliable deterioration"),
+    "no-progress": ("no-progress", "Not on track"),
+}
+
+
+def cutoffs_from(settings: Settings) -> Cutoffs:
+    return Cutoffs(
+        ors_adult=settings.ors_cutoff_adult,
+        ors_adolescent=settings.ors_cutoff_adolescent,
+        ors_child=settings.ors_cutoff_child,
+        reliable_change=settings.reliable_change,
+        srs_alert_below=settings.srs_alert_below,
+        srs_drop=settings.srs_drop,
+        no_progress_sessions=settings.no_progress_sessions,
+    )
+
+
+def alert_flag_id(patient: str, kind: str) -> str:
+    return flag_id("session-alert", patient, kind)
+
+
+async def interpret(
+    svc: FhirService, patient: dict[str, Any], cutoffs: Cutoffs
+) -> tuple[list[OrsPoint], list[SrsPoint], list[Alert]]:
+    series = await measure_series(svc, UNRESTRICTED, patient["id"])
+    ors = interpret_ors(series.outcome, patient.get("birthDate"), cutoffs)
+    srs = interpret_srs(series.alliance, cutoffs)
+    return ors, srs, open_alerts(ors, srs)
+
+
+def _patient_of(resource: dict[str, Any] | None) -> str | None:
+    if resource is None or series_key(resource) not in ("outcome", "alliance"):
+        return None
+    reference = str((resource.get("subject") or {}).get("reference", ""))
+    return reference.removeprefix("Patient/") if reference.startswith("Patient/") else None
+
+
+class SessionAlertHook:
+    resource_types = frozenset({"Observation"})
+
+    def __init__(self, service: FhirService) -> None:
+        self.service = service
+        self.cutoffs = cutoffs_from(service.settings)
+
+    def _patients(self, event: WriteEvent) -> set[str]:
+        previous = event.previous.resource if event.previous is not None else None
+        return {p for p in (_patient_of(event.resource), _patient_of(previous)) if p}
+
+    def interested(self, event: WriteEvent) -> bool:
+        return bool(self._patients(event))
+
+    async def before_write(self, event: WriteEvent) -> None:
+        return None
+
+    async def after_write(self, event: WriteEvent) -> None:
+        for pid in sorted(self._patients(event)):
+            await self.refresh(pid)
+
+    async def refresh(self, pid: str) -> None:
+        svc = self.service
+        current = await svc.repo.current(UNRESTRICTED, "Patient", pid)
+        patient = current.resource if current is not None else None
+        if patient is None:
+            return
+        _, _, alerts = await interpret(svc, patient, self.cutoffs)
+        raised = {a.kind for a in alerts}
+        for alert in alerts:
+            code, display = ALERT_CODES[alert.kind]
+            await raise_flag(
+                svc,
+                AlertFlag(
+                    id=alert_flag_id(pid, alert.kind),
+                    patient=pid,
+                    kind=code,
+                    display=display,
+                    text=f"{display} since session {alert.since.session}: {alert.reason}",
+                    details=tuple(f"Observation/{o}" for o in alert.evidence),
+                    since=str(alert.since.when),
+                    category="behavioral",
+                ),
+            )
+        for kind in ALERT_CODES.keys() - raised:
+            await clear_flag(svc, alert_flag_id(pid, kind), instant_text(now()),
+                             "the latest session no longer meets the condition")  # fmt: skip
