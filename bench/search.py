@@ -57,12 +57,15 @@ from rest_core import cpu_seconds, start_server, summarize
 
 from fhirgoal.app import build_service
 from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.clinical.codes import GAS_ANSWERS, LOINC, MEASURES, UCUM
+from fhirgoal.clinical.resources import RATING_SCALE_ITEMS, SURVEY
 from fhirgoal.config import Settings
-from fhirgoal.demo import GAS_ANSWERS, LOINC, MEASURES, ORS_ITEMS, SRS_ITEMS, SURVEY, UCUM
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.embedded import EmbeddedDatabase, free_port
 from fhirgoal.store.mongo import connect
 
+ORS_ITEMS = [item.removeprefix("ors-") for item in RATING_SCALE_ITEMS["ors"]]
+SRS_ITEMS = [item.removeprefix("srs-") for item in RATING_SCALE_ITEMS["srs"]]
 GOALS_PER_PATIENT = 3
 GAS_EVERY = 4  # sessions between GAS reviews (one rating per goal)
 FIRST_WEEK = datetime(2024, 6, 3, 9, 0, tzinfo=UTC)  # a Monday
@@ -131,7 +134,7 @@ def gas_rating(oid: str, pid: str, gid: str, when: datetime, level: int) -> Reso
         "resourceType": "Observation", "id": oid, "status": "final", "category": [SURVEY],
         "code": {"coding": [{"system": LOINC, "code": "107333-7", "display": "GAS practitioner follow-up"}]},
         "subject": ref("Patient", pid), "focus": [ref("Goal", gid)],
-        "effectiveDateTime": when.isoformat(),
+        "effectiveDateTime": when.isoformat(), "performer": [ref("Practitioner", "t1")],
         "valueCodeableConcept": {"coding": [{"system": LOINC, "code": answer, "display": text}]},
     }  # fmt: skip
 

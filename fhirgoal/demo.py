@@ -1,12 +1,15 @@
 """A realistic demo data set, written through the FHIR service (so every resource is validated).
 
 Three clients of one therapist, each with a diagnosis, a treatment plan (US Core CarePlan shape:
-narrative, status, intent, `assess-plan` category), two or three goals and twelve weekly sessions:
-an Encounter with its duration, ORS and SRS results (total + one component per item, scored 0-10 to
-one decimal) and, every third session, a GAS follow-up rating per goal (PCO-style: `focus` -> Goal,
-LOINC answer list LL6900-6). Trajectories differ on purpose: Alex improves, Blair stalls on one goal
-and has an alliance dip at session 6, Casey improves slowly. Ids are fixed, so loading twice adds
-nothing.
+narrative, status, intent, `assess-plan` category), two or three GAS goals (five described levels,
+importance x difficulty weights, PCO-compatible) and twelve weekly sessions: an Encounter with its
+duration, ORS and SRS QuestionnaireResponses (the server extracts the scored Observations), a GAS
+baseline at intake and practitioner follow-ups every third session, PHQ-9 at intake, mid-point and
+end for Alex. Everything goes through the FHIR service, so the clinical rules run as they would for
+an EHR: goal statuses follow the ratings, alerts open and close as Flags, and each client's GAS
+T-score is stored at the last review. Trajectories differ on purpose: Alex improves, Blair stalls
+on one goal and has an alliance dip at session 6, Casey (an adolescent: ORS cutoff 28) improves
+slowly. Ids are fixed, so loading twice adds nothing.
 """
 
 from __future__ import annotations
@@ -17,48 +20,71 @@ from decimal import Decimal
 from typing import Any
 
 from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.clinical.codes import LOINC, UCUM
+from fhirgoal.clinical.gas_operations import store_patient_tscore
+from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
 from fhirgoal.config import Settings
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.mongo import connect
 
-LOINC = "http://loinc.org"
-UCUM = "http://unitsofmeasure.org"
-MEASURES = "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures"
-SURVEY = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}
-    ]
-}
-ORS_ITEMS = ["individually", "interpersonally", "socially", "overall"]
-SRS_ITEMS = ["relationship", "goals-and-topics", "approach-or-method", "overall"]
-GAS_ANSWERS = {  # LOINC answer list LL6900-6
-    2: ("LA34479-8", "Much more than expected"),
-    1: ("LA34480-6", "More than expected"),
-    0: ("LA34481-4", "Expected outcome"),
-    -1: ("LA34483-0", "Less than expected"),
-    -2: ("LA34484-8", "Much less than expected"),
-}
 START = datetime(2026, 8, 3, 15, 0, tzinfo=UTC)
+
+
+def _goal(
+    text: str, levels: list[str], importance: int, difficulty: int, gas: list[int | str]
+) -> dict[str, Any]:
+    """A goal: its five described levels (-2..+2), weight, and the ratings at the five reviews."""
+    return {
+        "text": text,
+        "levels": levels,
+        "importance": importance,
+        "difficulty": difficulty,
+        "gas": gas,
+    }
+
 
 CLIENTS: list[dict[str, Any]] = [
     {
         "id": "demo-alex", "given": "Alex", "family": "Rivera", "gender": "female", "birthDate": "1991-04-12",
         "dx": ("F33.1", "Major depressive disorder, recurrent, moderate"),
-        "goals": ["Return to work three days a week", "Walk outdoors 20 minutes, 4 days a week",
-                  "Reconnect with two friends each month"],
-        "ors": (17.5, 31.0), "gas": [[-1, -1, 0, 1], [-1, 0, 0, 1], [-1, -1, 0, 0]], "srs_dip": None,
+        "goals": [
+            _goal("Return to work three days a week",
+                  ["Not working", "Works one day a week", "Works three days a week", "Works four days a week", "Back full time"],
+                  3, 2, [-1, -1, 0, 1, 1]),
+            _goal("Walk outdoors 20 minutes, 4 days a week",
+                  ["Stays indoors", "Walks once a week", "Walks 4 days a week", "Walks 5-6 days a week", "Walks daily"],
+                  2, 1, [-1, 0, 0, 1, 1]),
+            _goal("Reconnect with two friends each month",
+                  ["No contact with friends", "Contacts one friend a month", "Two friends a month", "Three friends a month", "Weekly social contact"],
+                  2, 2, [-1, -1, "-0.5", 0, 0]),
+        ],
+        "ors": (17.5, 31.0), "srs_dip": None,
     },
     {
         "id": "demo-blair", "given": "Blair", "family": "Chen", "gender": "male", "birthDate": "1984-11-02",
         "dx": ("F41.1", "Generalized anxiety disorder"),
-        "goals": ["Use a breathing routine when anxious, 5 days a week", "Sleep 7 hours on most nights"],
-        "ors": (21.0, 23.5), "gas": [[-1, 0, 0, 1], [-1, -1, -1, -1]], "srs_dip": 6,
+        "goals": [
+            _goal("Use a breathing routine when anxious, 5 days a week",
+                  ["Never uses it", "Uses it once or twice a week", "5 days a week", "Daily", "Daily, and teaches it to a partner"],
+                  2, 1, [-1, 0, 0, 1, 1]),
+            _goal("Sleep 7 hours on most nights",
+                  ["Under 5 hours most nights", "5-6 hours most nights", "7 hours on most nights", "7 hours nearly every night", "7+ hours every night"],
+                  3, 3, [-1, -1, -1, -1, -1]),
+        ],
+        "ors": (21.0, 23.5), "srs_dip": 6,
     },
     {
         "id": "demo-casey", "given": "Casey", "family": "Okafor", "gender": "other", "birthDate": "2009-06-30",
         "dx": ("F43.10", "Post-traumatic stress disorder, unspecified"),
-        "goals": ["Attend school every weekday", "Name and use two coping skills after a trigger"],
-        "ors": (19.0, 27.0), "gas": [[-1, -1, 0, 0], [-2, -1, -1, 0]], "srs_dip": None,
+        "goals": [
+            _goal("Attend school every weekday",
+                  ["Misses most days", "Attends 2-3 days a week", "Attends every weekday", "Every weekday plus one club", "Every day plus two activities"],
+                  3, 2, [-1, -1, -1, 0, 0]),
+            _goal("Name and use two coping skills after a trigger",
+                  ["Cannot name a skill", "Names one, rarely uses it", "Uses two skills after most triggers", "Uses them without prompting", "Helps peers use them"],
+                  2, 3, [-2, -1, -1, "-0.5", 0]),
+        ],
+        "ors": (19.0, 29.5), "srs_dip": None,
     },
 ]  # fmt: skip
 
@@ -67,35 +93,31 @@ def _ref(rt: str, rid: str) -> dict[str, str]:
     return {"reference": f"{rt}/{rid}"}
 
 
-def _score(value: float) -> Decimal:
-    return Decimal(f"{min(max(value, 0.0), 10.0):.1f}")
+def _marks(total: float, rng: random.Random) -> list[Decimal]:
+    """Four marks on 10 cm lines, scored 0-10 to one decimal, around total / 4."""
+    return [
+        Decimal(f"{min(max(total / 4 + rng.uniform(-0.8, 0.8), 0.0), 10.0):.1f}") for _ in range(4)
+    ]
 
 
 def _narrative(text: str) -> dict[str, str]:
     return {"status": "generated", "div": f'<div xmlns="http://www.w3.org/1999/xhtml">{text}</div>'}
 
 
-def _scale_observation(
-    oid: str,
-    code: str,
-    display: str,
-    items: list[str],
-    scores: list[Decimal],
-    pid: str,
-    eid: str,
-    when: datetime,
-) -> dict[str, Any]:
-    total = sum(scores, Decimal("0.0"))
+PHQ9_ANSWERS = [("LA6568-5", "Not at all"), ("LA6569-3", "Several days"),
+                ("LA6570-1", "More than half the days"), ("LA6571-9", "Nearly every day")]  # fmt: skip
+
+
+def _phq9(rid: str, pid: str, eid: str, when: str, scores: list[int]) -> dict[str, Any]:
     return {
-        "resourceType": "Observation", "id": oid, "status": "final", "category": [SURVEY],
-        "code": {"coding": [{"system": MEASURES, "code": code, "display": display}], "text": display},
-        "subject": _ref("Patient", pid), "encounter": _ref("Encounter", eid),
-        "effectiveDateTime": when.isoformat(), "performer": [_ref("Patient", pid)],
-        "valueQuantity": {"value": total, "unit": "{score}", "system": UCUM, "code": "{score}"},
-        "component": [
-            {"code": {"coding": [{"system": MEASURES, "code": f"{code.split('-')[0]}-{item}"}]},
-             "valueQuantity": {"value": score, "unit": "{score}", "system": UCUM, "code": "{score}"}}
-            for item, score in zip(items, scores, strict=True)
+        "resourceType": "QuestionnaireResponse", "id": rid,
+        "questionnaire": "https://fhirgoal.org/fhir/Questionnaire/phq-9", "status": "completed",
+        "subject": _ref("Patient", pid), "encounter": _ref("Encounter", eid), "authored": when,
+        "author": _ref("Patient", pid),
+        "item": [
+            {"linkId": f"phq-9-{i + 1}", "answer": [{"valueCoding": {
+                "system": LOINC, "code": PHQ9_ANSWERS[score][0], "display": PHQ9_ANSWERS[score][1]}}]}
+            for i, score in enumerate(scores)
         ],
     }  # fmt: skip
 
@@ -122,17 +144,16 @@ def client_resources(client: dict[str, Any], rng: random.Random) -> list[dict[st
         },
     ]  # fmt: skip
     goal_ids = [f"{pid}-goal-{i + 1}" for i in range(len(client["goals"]))]
-    for gid, text in zip(goal_ids, client["goals"], strict=True):
-        resources.append({
-            "resourceType": "Goal", "id": gid, "lifecycleStatus": "active",
-            "achievementStatus": {"coding": [{"system": "http://terminology.hl7.org/CodeSystem/goal-achievement", "code": "in-progress"}]},
-            "description": {"text": text}, "subject": _ref("Patient", pid),
-            "startDate": START.date().isoformat(),
-            "target": [{"dueDate": (START + timedelta(weeks=12)).date().isoformat()}],
-            "addresses": [_ref("Condition", f"{pid}-dx")],
-            "expressedBy": _ref("Practitioner", "demo-therapist"),
-        })  # fmt: skip
-    goals_html = "".join(f"<li>{g}</li>" for g in client["goals"])
+    for gid, goal in zip(goal_ids, client["goals"], strict=True):
+        resources.append(
+            gas_goal(
+                gid, pid, goal["text"], goal["levels"],
+                start=START.date().isoformat(), due=(START + timedelta(weeks=12)).date().isoformat(),
+                importance=goal["importance"], difficulty=goal["difficulty"],
+                expressed_by=f"Patient/{pid}", addresses=[f"Condition/{pid}-dx"],
+            )
+        )  # fmt: skip
+    goals_html = "".join(f"<li>{g['text']}</li>" for g in client["goals"])
     resources.append({
         "resourceType": "CarePlan", "id": f"{pid}-plan", "status": "active", "intent": "plan",
         "text": _narrative(f"<p>Weekly 55-minute individual psychotherapy for 12 weeks for {label}.</p><ul>{goals_html}</ul>"),
@@ -153,7 +174,8 @@ def client_resources(client: dict[str, Any], rng: random.Random) -> list[dict[st
     })  # fmt: skip
     low, high = client["ors"]
     for n in range(12):
-        when = START + timedelta(weeks=n, minutes=rng.randint(-20, 20))
+        moment = START + timedelta(weeks=n, minutes=rng.randint(-20, 20))
+        when = moment.isoformat()
         eid = f"{pid}-s{n + 1:02d}"
         resources.append({
             "resourceType": "Encounter", "id": eid, "status": "finished",
@@ -161,51 +183,33 @@ def client_resources(client: dict[str, Any], rng: random.Random) -> list[dict[st
             "type": [{"coding": [{"system": "http://www.ama-assn.org/go/cpt", "code": "90837"}]}],
             "subject": _ref("Patient", pid),
             "participant": [{"individual": _ref("Practitioner", "demo-therapist")}],
-            "period": {"start": when.isoformat(), "end": (when + timedelta(minutes=55)).isoformat()},
+            "period": {"start": when, "end": (moment + timedelta(minutes=55)).isoformat()},
             "length": {"value": 55, "unit": "min", "system": UCUM, "code": "min"},
             "reasonReference": [_ref("Condition", f"{pid}-dx")],
         })  # fmt: skip
-        ors_mean = (low + (high - low) * n / 11) / 4
-        ors = [_score(ors_mean + rng.uniform(-1.2, 1.2)) for _ in ORS_ITEMS]
+        ors_total = low + (high - low) * n / 11
         resources.append(
-            _scale_observation(
-                f"{eid}-ors",
-                "ors-total",
-                "Outcome Rating Scale total",
-                ORS_ITEMS,
-                ors,
-                pid,
-                eid,
-                when,
+            rating_scale_response(
+                f"{eid}-ors", "ors", pid, _marks(ors_total, rng), when, encounter=eid
             )
         )
-        srs_mean = 7.4 if n + 1 == client["srs_dip"] else 9.3
-        srs = [_score(srs_mean + rng.uniform(-0.5, 0.5)) for _ in SRS_ITEMS]
+        srs_total = 29.6 if n + 1 == client["srs_dip"] else 37.4
         resources.append(
-            _scale_observation(
-                f"{eid}-srs",
-                "srs-total",
-                "Session Rating Scale total",
-                SRS_ITEMS,
-                srs,
-                pid,
-                eid,
-                when,
+            rating_scale_response(
+                f"{eid}-srs", "srs", pid, _marks(srs_total, rng), when, encounter=eid
             )
         )
+        if pid == "demo-alex" and n in (0, 5, 11):
+            severity = {0: [2, 2, 2, 2, 1, 2, 1, 1, 0], 5: [1, 1, 2, 1, 1, 1, 1, 0, 0],
+                        11: [1, 0, 1, 1, 0, 0, 1, 0, 0]}[n]  # fmt: skip
+            resources.append(_phq9(f"{eid}-phq9", pid, eid, when, severity))
         if n % 3 == 0 or n == 11:
-            review = min(n // 3, 3)
-            for gid, levels in zip(goal_ids, client["gas"], strict=True):
-                answer, text = GAS_ANSWERS[levels[review]]
-                resources.append({
-                    "resourceType": "Observation", "id": f"{gid}-gas-{n + 1:02d}", "status": "final",
-                    "category": [SURVEY],
-                    "code": {"coding": [{"system": LOINC, "code": "112296-9" if n == 0 else "107333-7",
-                                         "display": "GAS baseline" if n == 0 else "GAS practitioner follow-up"}]},
-                    "subject": _ref("Patient", pid), "focus": [_ref("Goal", gid)], "encounter": _ref("Encounter", eid),
-                    "effectiveDateTime": when.isoformat(), "performer": [_ref("Practitioner", "demo-therapist")],
-                    "valueCodeableConcept": {"coding": [{"system": LOINC, "code": answer, "display": text}]},
-                })  # fmt: skip
+            review = min((n + 2) // 3, 4)
+            for gid, goal in zip(goal_ids, client["goals"], strict=True):
+                resources.append(
+                    gas_rating(f"{gid}-gas-{n + 1:02d}", pid, gid, goal["gas"][review], when,
+                               baseline=n == 0, performer="Practitioner/demo-therapist", encounter=eid)
+                )  # fmt: skip
     return resources
 
 
@@ -227,6 +231,10 @@ async def write_demo(service: FhirService) -> int:
     resources = demo_resources()
     for resource in resources:
         await service.update(UNRESTRICTED, resource["resourceType"], resource["id"], resource, None)
+    last_review = (START + timedelta(weeks=11, days=1)).date()
+    for client in CLIENTS:
+        pid = client["id"]
+        await store_patient_tscore(service, UNRESTRICTED, pid, f"CarePlan/{pid}-plan", last_review)
     return len(resources)
 
 

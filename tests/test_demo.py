@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from fhirgoal.app import build_service
 from fhirgoal.auth.context import UNRESTRICTED
@@ -37,10 +38,30 @@ async def test_demo_data_loads_once_and_every_client_has_a_plan_goals_and_sessio
                     False,
                 )
                 assert page.total is not None and page.total >= minimum, (pid, rt, page.total)
+            tscores = await service.find_resources(UNRESTRICTED, "Observation", [
+                ("subject", f"Patient/{pid}"),
+                ("code", "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures|gas-tscore")])  # fmt: skip
+            assert len(tscores) == 1
+            for goal in await service.find_resources(UNRESTRICTED, "Goal", [("patient", pid)]):
+                assert goal.resource is not None and "achievementStatus" in goal.resource
             plan = (await service.read(UNRESTRICTED, "CarePlan", f"{pid}-plan")).version
             assert plan is not None and plan.resource is not None
             assert plan.resource["category"][0]["coding"][0]["code"] == "assess-plan"
             assert plan.resource["text"]["status"] == "generated"
+        # The story the demo tells: Blair's alliance dip opened a Flag that closed again; Blair's
+        # sleep goal stalled; Alex's work goal was achieved and sustained.
+        flags = await service.find_resources(UNRESTRICTED, "Flag", [("patient", "demo-blair")])
+        alliance = [
+            f.resource for f in flags if f.resource and "alliance" in str(f.resource["code"])
+        ]
+        assert [f["status"] for f in alliance] == ["inactive"]
+        assert await status(service, "demo-blair-goal-2") == "no-change"
+        assert await status(service, "demo-alex-goal-1") == "sustaining"
     finally:
         await client.drop_database(settings.db)
         await client.close()
+
+
+async def status(service: Any, gid: str) -> str:
+    goal = (await service.read(UNRESTRICTED, "Goal", gid)).version.resource
+    return str(goal["achievementStatus"]["coding"][0]["code"])

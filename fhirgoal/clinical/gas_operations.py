@@ -173,11 +173,32 @@ async def patient_tscore(svc: FhirService, call: Invocation) -> Outcome:
                                                    "display": goal.description}}
         )  # fmt: skip
     if store:
-        observation = tscore_observation(pid, plan, on, rater, result, rated)
-        outcome = await svc.update(call.access, "Observation", observation["id"], observation, None)
-        assert outcome.version is not None
-        body["parameter"].append({"name": "observation", "resource": outcome.version.resource})
+        stored = await _store(
+            svc, call.access, tscore_observation(pid, plan, on, rater, result, rated)
+        )
+        body["parameter"].append({"name": "observation", "resource": stored})
     return Outcome(200, body=body)
+
+
+async def _store(svc: FhirService, access: AccessContext, observation: dict[str, Any]) -> Any:
+    outcome = await svc.update(access, "Observation", observation["id"], observation, None)
+    assert outcome.version is not None
+    return outcome.version.resource
+
+
+async def store_patient_tscore(
+    svc: FhirService, access: AccessContext, pid: str, care_plan: str | None, on: date
+) -> dict[str, Any] | None:
+    """Compute and store the practitioner-rated T-score of `pid` on `on` (None if nothing rated)."""
+    rated, _ = await latest_ratings(svc, access, pid, care_plan, on, "practitioner")
+    if not rated:
+        return None
+    scores = [GoalScore(r.rating.level, r.goal.weight, f"Goal/{r.goal.id}") for r in rated]
+    result = compute_tscore(scores)
+    stored: dict[str, Any] = await _store(
+        svc, access, tscore_observation(pid, care_plan, on, "practitioner", result, rated)
+    )
+    return stored
 
 
 def _date(param: Any) -> date:
