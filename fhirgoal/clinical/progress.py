@@ -31,10 +31,11 @@ from fhirgoal.clinical.gas import GoalScore, compute_tscore
 from fhirgoal.clinical.records import (
     COMPARATORS,
     GasGoal,
-    measure_series,
     patient_gas_goals,
-    ratings_by_goal,
+    patient_observations,
+    ratings_in,
     read_patient,
+    series_in,
 )
 from fhirgoal.clinical.session_alerts import cutoffs_from
 from fhirgoal.clinical.session_measures import (
@@ -83,8 +84,9 @@ async def patient_progress(svc: FhirService, call: Invocation) -> Outcome:
     cutoffs = cutoffs_from(svc.settings)
 
     goals = await patient_gas_goals(svc, call.access, pid)
-    ratings = await ratings_by_goal(svc, call.access, [g.id for g in goals])
-    series = await measure_series(svc, call.access, pid)
+    observations = await patient_observations(svc, call.access, pid)
+    ratings = ratings_in(observations, [g.id for g in goals])
+    series = series_in(observations)
     outcome = [s for s in series.outcome if _on_or_before(s.when, on)]
     alliance = [s for s in series.alliance if _on_or_before(s.when, on)]
     ors = interpret_ors(outcome, patient.get("birthDate"), cutoffs)

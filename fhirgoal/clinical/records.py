@@ -158,14 +158,30 @@ async def ratings_by_goal(
     versions = await svc.find_resources(
         access, "Observation", [("focus", focus), ("code", codes)], MAX_RECORDS, [("lu", 1)]
     )
+    return ratings_in([v.resource for v in versions if v.resource is not None], goal_ids)
+
+
+def ratings_in(observations: list[dict[str, Any]], goal_ids: list[str]) -> dict[str, list[Rating]]:
+    """The GAS ratings among `observations` (kept in their order) of the given goals."""
+    wanted = set(goal_ids)
     found: dict[str, list[Rating]] = defaultdict(list)
-    for version in versions:
-        if version.resource is None:
-            continue
-        rated = rating_of(version.resource)
-        if rated is not None and rated[0] in goal_ids:
+    for observation in observations:
+        rated = rating_of(observation)
+        if rated is not None and rated[0] in wanted:
             found[rated[0]].append(rated[1])
     return found
+
+
+async def patient_observations(
+    svc: FhirService, access: AccessContext, pid: str
+) -> list[dict[str, Any]]:
+    """All the client's Observations in recording order: one indexed query serves both the GAS
+    ratings and the session-measure series (on the embedded database the cost of a query is in
+    the documents it touches, so one pass beats two)."""
+    versions = await svc.find_resources(
+        access, "Observation", [("subject", f"Patient/{pid}")], MAX_RECORDS, [("lu", 1)]
+    )
+    return [v.resource for v in versions if v.resource is not None]
 
 
 def measure_code(observation: dict[str, Any]) -> str | None:
@@ -226,12 +242,15 @@ async def measure_series(svc: FhirService, access: AccessContext, pid: str) -> M
         MAX_RECORDS,
         [("lu", 1)],
     )
+    return series_in([v.resource for v in versions if v.resource is not None])
+
+
+def series_in(observations: list[dict[str, Any]]) -> MeasureSeries:
+    """The session-measure series among `observations` (kept in their order)."""
     series: dict[str, list[SessionScore]] = defaultdict(list)
-    for version in versions:
-        resource = version.resource
-        if resource is None:
-            continue
-        key, score = series_key(resource), session_score(resource)
+    for resource in observations:
+        key = series_key(resource)
+        score = session_score(resource) if key is not None else None
         if key is not None and score is not None:
             series[key].append(score)
     other = {k: v for k, v in series.items() if k not in ("outcome", "alliance")}

@@ -59,6 +59,16 @@ def loads(body: bytes | str) -> Any:
     return value
 
 
+_stored_decoder = json.JSONDecoder(parse_float=Decimal)
+
+
+def loads_stored(text: str) -> Any:
+    """Parse JSON this server wrote itself (stored versions): the same lossless decimals, without
+    the duplicate-key check, which is a Python call per object and cannot fail on our own output
+    (measured: it was 3/4 of the parse time of a client's 370 Observations)."""
+    return _stored_decoder.decode(text)
+
+
 def _default(obj: Any) -> Any:
     if isinstance(obj, Decimal128):
         return orjson.Fragment(_decimal_text(obj.to_decimal()))

@@ -33,7 +33,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from fhirgoal.auth.context import AccessContext
-from fhirgoal.fhir.jsonio import loads
+from fhirgoal.fhir.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import shape
@@ -46,7 +46,11 @@ INDEX_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi", "miss")
 _SEARCH_FIELDS = (*INDEX_FIELDS, "dt", "srt", "strx", "numx", "pend")
 _NO_INDEX = {name: 0 for name in _SEARCH_FIELDS if name != "comp"}
 _RESOURCE_ONLY = {name: 0 for name in _SEARCH_FIELDS}
-_WITH_SORT_KEYS = {name: 0 for name in _SEARCH_FIELDS if name != "srt"}
+# Inclusion projections: on the embedded database naming the few fields wanted costs markedly
+# less per document than excluding the many index fields (measured: 37 ms against 52-77 ms for
+# the same 370 Observations).
+_VERSION_ONLY = {"json": 1, "v": 1, "lu": 1, "op": 1}
+_WITH_SORT_KEYS = {**_VERSION_ONLY, "srt": 1}
 
 
 class AlreadyExists(Exception):
@@ -80,7 +84,7 @@ class Version:
         """The resource as a dict (decimals as Decimal), parsed on first use."""
         if self.parsed is not None or self.text is None:
             return self.parsed
-        parsed: dict[str, Any] = loads(self.text)
+        parsed: dict[str, Any] = loads_stored(self.text)
         return parsed
 
 
@@ -173,7 +177,9 @@ class Repository:
         sort: list[tuple[str, int]],
         limit: int,
     ) -> list[Version]:
-        return [version for version, _ in await self.find_sorted(access, rt, query, sort, limit)]
+        query = _live(access, rt, query)
+        cursor = self.collection(rt).find(query, _VERSION_ONLY, sort=sort, limit=limit)
+        return [_version(rt, doc) async for doc in cursor]
 
     async def find_sorted(
         self,
