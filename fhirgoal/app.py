@@ -199,7 +199,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from fhirgoal.fhir.jsonio import dumps
 
         return Response(
-            dumps(build_capability(conformance, registry, base_url(request))), media_type=FHIR_JSON
+            dumps(
+                build_capability(
+                    conformance,
+                    registry,
+                    base_url(request),
+                    request.app.state.fhir.operations,
+                    request.app.state.fhir.validator.profiles,
+                )
+            ),
+            media_type=FHIR_JSON,
         )
 
     @app.get("/healthz", include_in_schema=False)

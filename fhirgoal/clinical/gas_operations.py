@@ -47,13 +47,21 @@ from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
 from fhirgoal.fhir.service import FhirService, Outcome
 
+DEFINITIONS = "https://fhirgoal.org/fhir/OperationDefinition"
 _FIELD = re.compile(r"^goal\[(\d+)\]\.(level|weight)$")
 RATERS: tuple[Rater, ...] = ("practitioner", "patient", "caregiver")
 
 
 def register(operations: OperationRegistry) -> None:
-    operations.register(Operation("gas-tscore", "system", None, system_tscore))
-    operations.register(Operation("gas-tscore", "instance", "Patient", patient_tscore))
+    operations.register(
+        Operation(
+            "gas-tscore", "system", None, system_tscore, definition=f"{DEFINITIONS}/gas-tscore"
+        )
+    )
+    operations.register(
+        Operation("gas-tscore", "instance", "Patient", patient_tscore, affects_state=False,
+                  definition=f"{DEFINITIONS}/Patient-gas-tscore")
+    )  # fmt: skip
 
 
 # ---- [base]/$gas-tscore ---------------------------------------------------------------------

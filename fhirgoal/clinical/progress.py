@@ -53,7 +53,10 @@ MAX_FLAGS = 200
 
 
 def register(operations: OperationRegistry) -> None:
-    operations.register(Operation("progress", "instance", "Patient", patient_progress))
+    operations.register(
+        Operation("progress", "instance", "Patient", patient_progress,
+                  definition="https://fhirgoal.org/fhir/OperationDefinition/Patient-progress")
+    )  # fmt: skip
 
 
 def _on_or_before(when: Any, on: date) -> bool:

@@ -39,6 +39,7 @@ from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
 from fhirgoal.fhir.service import FhirService, Outcome
 
 MAX_DERIVED = 500
+SDC_EXTRACT = "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract"
 
 
 async def find_questionnaire(
@@ -127,8 +128,10 @@ def _content(resource: dict[str, Any]) -> dict[str, Any]:
 
 # ---- $extract ------------------------------------------------------------------------------------
 def register(operations: OperationRegistry) -> None:
-    operations.register(Operation("extract", "instance", "QuestionnaireResponse", extract))
-    operations.register(Operation("extract", "type", "QuestionnaireResponse", extract))
+    for level in ("instance", "type"):
+        operations.register(
+            Operation("extract", level, "QuestionnaireResponse", extract, definition=SDC_EXTRACT)
+        )
 
 
 async def extract(svc: FhirService, call: Invocation) -> Outcome:

@@ -14,12 +14,19 @@ from typing import Any
 from fhirgoal import __version__
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.operations import OperationRegistry
+from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.search.registry import SearchRegistry
 
 
 def build_capability(
-    conformance: Conformance, registry: SearchRegistry, base: str
+    conformance: Conformance,
+    registry: SearchRegistry,
+    base: str,
+    operations: OperationRegistry | None = None,
+    profiles: ProfileSet | None = None,
 ) -> dict[str, Any]:
+    """The statement; `operations` and `profiles` add what the installed packages provide."""
     statement = copy.deepcopy(conformance.capability_template)
     statement["date"] = instant_text(now())
     statement["software"]["version"] = __version__
@@ -58,5 +65,24 @@ def build_capability(
                 "searchParam": params,
             }
         )
+        supported = sorted(p.url for p in (profiles.by_type.get(rt, []) if profiles else []))
+        if supported:
+            resources[-1]["supportedProfile"] = supported
+        declared = _operations(operations, rt)
+        if declared:
+            resources[-1]["operation"] = declared
     rest["resource"] = resources
+    system = _operations(operations, None)
+    if system:
+        rest["operation"] = system
     return statement
+
+
+def _operations(operations: OperationRegistry | None, rt: str | None) -> list[dict[str, str]]:
+    if operations is None:
+        return []
+    seen: dict[str, dict[str, str]] = {}
+    for op in operations.operations.values():
+        if op.resource_type == rt and op.definition:
+            seen.setdefault(op.definition, {"name": op.name, "definition": op.definition})
+    return sorted(seen.values(), key=lambda o: (o["name"], o["definition"]))

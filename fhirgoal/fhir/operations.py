@@ -148,6 +148,7 @@ class Operation:
     resource_type: str | None  # None at the system level
     handler: Handler
     affects_state: bool = False  # GET is refused for operations that change things
+    definition: str = ""  # the OperationDefinition's canonical URL (CapabilityStatement)
 
 
 @dataclass

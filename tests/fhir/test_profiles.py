@@ -160,3 +160,25 @@ async def test_gas_weight_extension_is_documented_in_the_profile(fhir: RunningSe
     definition = (await fhir.client.get("/StructureDefinition/gas-goal")).json()
     text = str(definition["differential"])
     assert GAS_WEIGHT_EXTENSION in text and GAS_EXTENSION in text
+
+
+async def test_capability_statement_lists_operations_and_supported_profiles(
+    fhir: RunningServer,
+) -> None:
+    statement = (await fhir.client.get("/metadata")).json()
+    rest = statement["rest"][0]
+    assert {o["name"] for o in rest["operation"]} == {"gas-tscore"}
+    by_type = {r["type"]: r for r in rest["resource"]}
+    assert {o["name"] for o in by_type["Patient"]["operation"]} == {"gas-tscore", "progress"}
+    assert by_type["QuestionnaireResponse"]["operation"][0]["definition"].endswith(
+        "QuestionnaireResponse-extract"
+    )
+    assert (
+        "https://fhirgoal.org/fhir/StructureDefinition/gas-goal"
+        in by_type["Goal"]["supportedProfile"]
+    )
+    for op in [*rest["operation"], *by_type["Patient"]["operation"]]:  # each definition is served
+        found = (
+            await fhir.client.get("/OperationDefinition", params={"url": op["definition"]})
+        ).json()
+        assert found["total"] == 1, op
