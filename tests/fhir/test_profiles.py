@@ -182,3 +182,16 @@ async def test_capability_statement_lists_operations_and_supported_profiles(
             await fhir.client.get("/OperationDefinition", params={"url": op["definition"]})
         ).json()
         assert found["total"] == 1, op
+
+
+async def test_phq9_and_gad7_totals_stay_in_their_ranges(fhir: RunningServer) -> None:
+    def total(oid: str, code: str, value: Any) -> dict[str, Any]:
+        return {"resourceType": "Observation", "id": oid, "status": "final",
+                "code": {"coding": [{"system": "http://loinc.org", "code": code}]},
+                "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-08-03",
+                "valueQuantity": {"value": value}}  # fmt: skip
+
+    assert (await put(fhir, total("phq", "44261-6", 27))).status_code == 201
+    assert (await put(fhir, total("phq2", "44261-6", 28))).status_code == 400
+    assert (await put(fhir, total("gad", "70274-6", 22))).status_code == 400
+    assert (await put(fhir, total("gad2", "70274-6", 12.5))).status_code == 400
