@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
-import tempfile
 import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
@@ -26,11 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import render_request, run
-from rest_core import measured, start_server, summarize
+from rest_core import database, measured, save_results, start_server, summarize
 
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
 from fhirgoal.fhir.jsonio import dumps
-from fhirgoal.store.embedded import EmbeddedDatabase, free_port
+from fhirgoal.store.embedded import free_port
 from fhirgoal.store.mongo import connect
 
 GOALS = 5
@@ -116,15 +113,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    uri = os.environ.get("MONGODB_URI")
-    with tempfile.TemporaryDirectory() as tmp:
-        embedded = None if uri else EmbeddedDatabase(Path(tmp))
-        uri = uri or embedded.start()  # type: ignore[union-attr]
-        try:
-            rows = asyncio.run(bench(uri, args.sessions, args.requests))
-        finally:
-            if embedded:
-                embedded.stop()
+    with database() as uri:
+        rows = asyncio.run(bench(uri, args.sessions, args.requests))
     print(f"{'operation':<24}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}")
     for row in rows:
         cpu = row.get("server_cpu_ms_per_request", "")
@@ -132,10 +122,7 @@ def main() -> None:
             f"{row['operation']:<24}{row['requests']:>9}{row['p50_ms']:>9}{row['p99_ms']:>9}{cpu:>12}"
         )
     print("target: $progress p50 < 100 ms (5 goals, 100 sessions)")
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"clinical-{stamp}.json").write_text(json.dumps({"rows": rows}, indent=1))
+    save_results("clinical", {"rows": rows})
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -58,6 +60,29 @@ def observation(n: int, rid: str | None = None) -> dict[str, Any]:
         }
     )  # fmt: skip
     return resource
+
+
+@contextmanager
+def database() -> Iterator[str]:
+    """MONGODB_URI when set, else an embedded database in a temporary directory, stopped after."""
+    uri = os.environ.get("MONGODB_URI")
+    if uri:
+        yield uri
+        return
+    with tempfile.TemporaryDirectory() as tmp:
+        embedded = EmbeddedDatabase(Path(tmp))
+        try:
+            yield embedded.start()
+        finally:
+            embedded.stop()
+
+
+def save_results(name: str, payload: Any) -> Path:
+    out = Path(__file__).parent / "results"
+    out.mkdir(exist_ok=True)
+    path = out / f"{name}-{datetime.now(UTC).strftime('%Y%m%dT%H%M%SZ')}.json"
+    path.write_text(json.dumps(payload, indent=1))
+    return path
 
 
 def cpu_seconds(pid: int) -> float:
@@ -212,22 +237,10 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=2000)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
     args = parser.parse_args()
-    uri = os.environ.get("MONGODB_URI")
-    with tempfile.TemporaryDirectory() as tmp:
-        embedded = None if uri else EmbeddedDatabase(Path(tmp))
-        uri = uri or embedded.start()  # type: ignore[union-attr]
-        try:
-            rows = asyncio.run(bench(uri, args.requests, args.concurrency))
-        finally:
-            if embedded:
-                embedded.stop()
+    with database() as uri:
+        rows = asyncio.run(bench(uri, args.requests, args.concurrency))
     checks = report(rows)
-    out = Path(__file__).parent / "results"
-    out.mkdir(exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    (out / f"rest_core-{stamp}.json").write_text(
-        json.dumps({"rows": rows, "checks": checks}, indent=1)
-    )
+    save_results("rest_core", {"rows": rows, "checks": checks})
 
 
 if __name__ == "__main__":
