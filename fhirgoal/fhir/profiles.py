@@ -7,6 +7,7 @@ ElementDefinition that its profiles use:
 - `min` / `max` per occurrence of the parent element,
 - `type` on a choice element (`value[x]` restricted to some types),
 - `fixed[x]` (equal) and `pattern[x]` (the instance contains the pattern),
+- `minValue[x]` / `maxValue[x]` (on a Quantity: its `value`),
 - `binding` of strength `required` to a ValueSet held in profiles/ (enumerated `compose`, or
   every concept of a CodeSystem held there),
 - `constraint`s (FHIRPath, severity error), evaluated for every occurrence of the element.
@@ -16,15 +17,16 @@ so with a constraint, which any FHIR validator also enforces.
 
 Which profiles apply: every profile a resource claims in `meta.profile` that the server holds
 (unknown profiles are ignored, as https://hl7.org/fhir/R4/validation.html#profile allows), plus
-every profile whose `profile-applies-to` extension (a FHIRPath expression) is true for the
-resource. That is how a GAS rating sent by an EHR that knows nothing of our profiles is still held
-to them, without code per profile.
+every profile whose `profile-applies-to` extension (a FHIRPath expression, evaluated natively for
+the usual shapes: selectors.py) is true for the resource. That is how a GAS rating sent by an EHR
+that knows nothing of our profiles is still held to them, without code per profile.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from decimal import Decimal
 from typing import Any
 
 import structlog
@@ -33,6 +35,7 @@ from fhirpathpy.models import models as fhirpath_models
 
 from fhirgoal.fhir.errors import Issue
 from fhirgoal.fhir.search.paths import CHOICE_TYPE_SUFFIXES
+from fhirgoal.fhir.selectors import Selector, compile_selector
 
 log = structlog.get_logger(__name__)
 
@@ -61,6 +64,8 @@ class ElementRule:
     fixed: Any
     pattern: Any
     value_set: str | None  # required binding
+    min_value: Any = None  # minValue[x] / maxValue[x]: numbers, or a Quantity's value
+    max_value: Any = None
 
 
 @dataclass(frozen=True)
@@ -76,7 +81,7 @@ class Profile:
     url: str
     name: str
     type: str
-    applies_to: Evaluate | None
+    applies_to: Selector | None
     elements: tuple[ElementRule, ...]
     constraints: tuple[Constraint, ...]
 
@@ -91,7 +96,7 @@ def _typed_value(element: dict[str, Any], prefix: str) -> Any:
 def parse_profile(definition: dict[str, Any]) -> Profile:
     url, rt = definition["url"], definition["type"]
     applies = next((e for e in definition.get("extension", []) if e.get("url") == APPLIES_TO), None)
-    applies_to = _compile(applies["valueString"], url) if applies else None
+    applies_to = compile_selector(applies["valueString"]) if applies else None
     elements, constraints = [], []
     for element in definition.get("differential", {}).get("element", []):
         path: str = element["path"]
@@ -108,9 +113,12 @@ def parse_profile(definition: dict[str, Any]) -> Profile:
             value_set=(element.get("binding") or {}).get("valueSet")
             if (element.get("binding") or {}).get("strength") == "required"
             else None,
+            min_value=_bound(_typed_value(element, "minValue")),
+            max_value=_bound(_typed_value(element, "maxValue")),
         )
         if steps and (rule.min or rule.max is not None or rule.types or rule.fixed is not None
-                      or rule.pattern is not None or rule.value_set):  # fmt: skip
+                      or rule.pattern is not None or rule.value_set
+                      or rule.min_value is not None or rule.max_value is not None):  # fmt: skip
             elements.append(rule)
         for constraint in element.get("constraint", []):
             if constraint.get("severity") != "error":
@@ -129,6 +137,17 @@ def parse_profile(definition: dict[str, Any]) -> Profile:
     return Profile(
         url, definition.get("name", url), rt, applies_to, tuple(elements), tuple(constraints)
     )
+
+
+def _bound(value: Any) -> Any:
+    return value.get("value") if isinstance(value, dict) else value
+
+
+def _number(value: Any) -> Any:
+    """The number an element holds: itself, or a Quantity's value; None when there is none."""
+    if isinstance(value, dict):
+        value = value.get("value")
+    return value if isinstance(value, int | Decimal) and not isinstance(value, bool) else None
 
 
 def _type_suffix(code: str) -> str:
@@ -245,7 +264,7 @@ class ProfileSet:
         for profile in self.by_type.get(rt, []):
             if profile in chosen or profile.applies_to is None:
                 continue
-            if _truthy(profile.applies_to(resource, _variables(resource))):
+            if profile.applies_to(resource):
                 chosen.append(profile)
         return chosen
 
@@ -322,6 +341,19 @@ class ProfileSet:
                             "value",
                         )
                     )
+                number = _number(value)
+                if number is not None and (
+                    (rule.min_value is not None and number < rule.min_value)
+                    or (rule.max_value is not None and number > rule.max_value)
+                ):
+                    issues.append(
+                        Issue(
+                            f"{name}: {rule.path} must be from {rule.min_value} to "
+                            f"{rule.max_value}, not {number}",
+                            rule.path,
+                            "value",
+                        )
+                    )
                 if rule.value_set and not self._in_value_set(rule.value_set, value):
                     issues.append(
                         Issue(
@@ -356,10 +388,6 @@ def _all_concepts(concepts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _variables(resource: dict[str, Any]) -> dict[str, Any]:
     return {name: resource for name in _VARIABLES}
-
-
-def _truthy(result: list[Any]) -> bool:
-    return result == [True]
 
 
 def _describe(pattern: Any) -> str:
