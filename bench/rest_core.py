@@ -38,7 +38,13 @@ from fhirgoal.store.mongo import connect
 TICKS = os.sysconf("SC_CLK_TCK")
 
 
+WELLBEING = "https://example.org/fhir/CodeSystem/wellbeing-survey"
+
+
 def observation(n: int, rid: str | None = None) -> dict[str, Any]:
+    """A survey Observation shaped like an ORS result (a value and four components, so the R4
+    invariants about components run) but not coded as one: the clinical rules that an ORS write
+    triggers are measured by bench/clinical.py; this benchmark measures the REST core."""
     resource: dict[str, Any] = {"resourceType": "Observation"}
     if rid:
         resource["id"] = rid
@@ -46,14 +52,14 @@ def observation(n: int, rid: str | None = None) -> dict[str, Any]:
         {
             "status": "final",
             "category": [{"coding": [{"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}]}],
-            "code": {"coding": [{"system": "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures", "code": "ors-total"}], "text": "ORS total"},
+            "code": {"coding": [{"system": WELLBEING, "code": "total"}], "text": "Wellbeing total"},
             "subject": {"reference": f"Patient/p{n % 500}"},
             "encounter": {"reference": f"Encounter/e{n}"},
             "effectiveDateTime": f"2026-{1 + n % 12:02d}-{1 + n % 28:02d}T10:00:00+01:00",
             "performer": [{"reference": f"Patient/p{n % 500}"}],
             "valueQuantity": {"value": 23.5, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"},
             "component": [
-                {"code": {"coding": [{"system": "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures", "code": f"ors-{item}"}]},
+                {"code": {"coding": [{"system": WELLBEING, "code": item}]},
                  "valueQuantity": {"value": 5.9, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"}}
                 for item in ("individually", "interpersonally", "socially", "overall")
             ],
