@@ -374,7 +374,9 @@ class FhirService:
             versions = [v for v in versions if v.last_updated <= until]
         else:
             # system history covers the types the caller may search; a named type must be allowed
-            types = [rt] if rt else [t for t in self.conformance.stored_types if access.allows(t, "s")]
+            types = (
+                [rt] if rt else [t for t in self.conformance.stored_types if access.allows(t, "s")]
+            )
             versions, total = await self.repo.type_history(
                 access, types, since, until, count, offset
             )

@@ -1,0 +1,111 @@
+"""Fixtures for the SMART tests: the app in `smart` mode over real HTTP, real signed tokens.
+
+`smart` runs the server with FHIRGOAL_AUTH=smart on its own database; `mint` signs access tokens
+with the server's own key ring (the same path the token endpoint uses), for a registered client,
+so that scope enforcement can be tested apart from the OAuth flows (which have their own tests).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from fhirgoal.auth.clients import Client
+from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.config import Settings
+from fhirgoal.fhir.service import FhirService
+from fhirgoal.store.mongo import connect
+from tests.conftest import start_server
+
+TEST_CLIENT = "test-app"
+
+
+@dataclass
+class SmartServer:
+    base: str  # FHIR base
+    origin: str  # scheme://host:port
+    settings: Settings
+    app: FastAPI
+    http: httpx.AsyncClient  # no credentials
+
+    @property
+    def service(self) -> FhirService:
+        service: FhirService = self.app.state.fhir
+        return service
+
+    async def mint(
+        self,
+        scope: str,
+        patient: str | None = None,
+        fhir_user: str | None = None,
+        client_id: str = TEST_CLIENT,
+        lifetime: int | None = None,
+        **claims: Any,
+    ) -> str:
+        body: dict[str, Any] = {
+            "iss": self.base,
+            "aud": self.base,
+            "sub": client_id,
+            "client_id": client_id,
+            "scope": scope,
+        }
+        if patient:
+            body["patient"] = patient
+        if fhir_user:
+            body["fhirUser"] = fhir_user
+        body.update(claims)
+        token: str = await self.app.state.smart.issuer.sign(body, lifetime)
+        return token
+
+    def client(self, token: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    async def as_scope(self, scope: str, patient: str | None = None) -> httpx.AsyncClient:
+        return self.client(await self.mint(scope, patient))
+
+    async def seed(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """Store a resource as the server would, bypassing authorization (test set-up only)."""
+        rt = resource["resourceType"]
+        if "id" in resource:
+            outcome = await self.service.update(UNRESTRICTED, rt, resource["id"], resource, None)
+        else:
+            outcome = await self.service.create(UNRESTRICTED, rt, resource, None, self.base)
+        assert outcome.version is not None and outcome.version.resource is not None
+        return outcome.version.resource
+
+
+async def run_smart(mongo_uri: str, **overrides: Any) -> AsyncIterator[SmartServer]:
+    settings = Settings(
+        mongodb_uri=mongo_uri,
+        db=f"auth_{uuid.uuid4().hex[:12]}",
+        auth="smart",
+        audit_flush_seconds=0.1,
+        **overrides,
+    )
+    server, task, port = await start_server(settings)
+    app: FastAPI = server.config.app
+    origin = f"http://127.0.0.1:{port}"
+    await app.state.smart.clients.register(
+        Client(client_id=TEST_CLIENT, scopes="patient/*.cruds user/*.cruds system/*.cruds")
+    )
+    async with httpx.AsyncClient(base_url=f"{origin}/fhir", timeout=30) as http:
+        yield SmartServer(f"{origin}/fhir", origin, settings, app, http)
+    server.should_exit = True
+    await task
+    mongo = connect(mongo_uri)
+    await mongo.drop_database(settings.db)
+    await mongo.close()
+
+
+@pytest.fixture
+async def smart(mongo_uri: str) -> AsyncIterator[SmartServer]:
+    async for running in run_smart(mongo_uri):
+        yield running
