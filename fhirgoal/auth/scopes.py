@@ -84,7 +84,7 @@ def parse_scope(text: str) -> ResourceScope | None:
             params = tuple(parse_qsl(query, keep_blank_values=False, strict_parsing=True))
         except ValueError:
             raise ScopeError(f"malformed search parameters in scope {text!r}") from None
-        if not params:
+        if not params or any(not name for name, _ in params):
             raise ScopeError(f"empty search parameters in scope {text!r}")
     return ResourceScope(context, resource_type, frozenset(letters), params, text)  # type: ignore[arg-type]
 

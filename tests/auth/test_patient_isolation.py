@@ -71,7 +71,6 @@ def assert_nothing_of_b(response: httpx.Response) -> None:
         assert "p-bbbb" not in json.dumps(resource.get("subject", {})), resource
 
 
-
 async def test_reads_of_b_answer_404_exactly_as_for_an_unknown_id(world: World) -> None:
     for path in ("Patient/p-bbbb", "Observation/obs-bbbb", "Goal/goal-bbbb", "Encounter/enc-bbbb"):
         rt = path.split("/")[0]
