@@ -109,3 +109,62 @@ async def run_smart(mongo_uri: str, **overrides: Any) -> AsyncIterator[SmartServ
 async def smart(mongo_uri: str) -> AsyncIterator[SmartServer]:
     async for running in run_smart(mongo_uri):
         yield running
+
+
+class IssuerHost:
+    """A real HTTP server standing in for another party: serves a JWKS and answers RFC 7662
+    introspection from `active_tokens`. Counts the requests it gets."""
+
+    def __init__(self) -> None:
+        self.jwks: dict[str, Any] = {"keys": []}
+        self.active_tokens: dict[str, dict[str, Any]] = {}
+        self.jwks_hits = 0
+        self.introspection_auth: list[str | None] = []
+        self.url = ""
+        self.introspection_url = ""
+
+    def app(self) -> Any:
+        from urllib.parse import parse_qsl
+
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def jwks(request: Request) -> JSONResponse:
+            self.jwks_hits += 1
+            return JSONResponse(self.jwks)
+
+        async def introspect(request: Request) -> JSONResponse:
+            self.introspection_auth.append(request.headers.get("authorization"))
+            form = dict(parse_qsl((await request.body()).decode()))
+            return JSONResponse(self.active_tokens.get(form.get("token", ""), {"active": False}))
+
+        return Starlette(
+            routes=[Route("/jwks", jwks), Route("/introspect", introspect, methods=["POST"])]
+        )
+
+
+@pytest.fixture
+async def jwks_host() -> AsyncIterator[IssuerHost]:
+    import asyncio
+
+    import uvicorn
+
+    from tests.conftest import _bound_socket
+
+    host = IssuerHost()
+    sock = _bound_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(host.app(), log_level="warning", lifespan="off"))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    host.url = f"http://127.0.0.1:{port}/jwks"
+    host.introspection_url = f"http://127.0.0.1:{port}/introspect"
+    yield host
+    server.should_exit = True
+    await task
