@@ -120,11 +120,14 @@ def parse_scopes(text: str) -> Scopes:
 
 
 def grantable(requested: Scopes, allowed: Scopes) -> Scopes:
-    """The requested scopes that the allowed ones cover (plain words must be allowed verbatim)."""
-    kept = [
-        scope.text
-        for scope in requested.resources
-        if any(a.covers(scope) for a in allowed.resources)
-    ]
-    kept += sorted(word for word in requested.words if word in allowed.words)
+    """The requested scopes that the allowed ones cover (plain words must be allowed verbatim),
+    in the order they were requested."""
+    kept = []
+    for item in requested.text.split():
+        scope = parse_scope(item)
+        if scope is None:
+            if item in allowed.words:
+                kept.append(item)
+        elif any(a.covers(scope) for a in allowed.resources):
+            kept.append(item)
     return parse_scopes(" ".join(kept))
