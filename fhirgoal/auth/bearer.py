@@ -29,7 +29,7 @@ def challenge(error: str | None = None, description: str | None = None) -> dict[
     value = 'Bearer realm="fhirgoal"'
     if error:
         value += f', error="{error}"'
-    if description:
+    if error and description:  # RFC 6750 3.1: no error details when no token was sent
         value += f', error_description="{description.replace(chr(34), chr(39))}"'
     return {"WWW-Authenticate": value}
 
