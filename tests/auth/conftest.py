@@ -83,19 +83,15 @@ class SmartServer:
 
 
 async def run_smart(mongo_uri: str, **overrides: Any) -> AsyncIterator[SmartServer]:
-    settings = Settings(
-        mongodb_uri=mongo_uri,
-        db=f"auth_{uuid.uuid4().hex[:12]}",
-        auth="smart",
-        audit_flush_seconds=0.1,
-        **overrides,
-    )
+    values: dict[str, Any] = {"auth": "smart", "audit_flush_seconds": 0.1, **overrides}
+    settings = Settings(mongodb_uri=mongo_uri, db=f"auth_{uuid.uuid4().hex[:12]}", **values)
     server, task, port = await start_server(settings)
     app: FastAPI = server.config.app
     origin = f"http://127.0.0.1:{port}"
-    await app.state.smart.clients.register(
-        Client(client_id=TEST_CLIENT, scopes="patient/*.cruds user/*.cruds system/*.cruds")
-    )
+    if settings.auth == "smart":
+        await app.state.smart.clients.register(
+            Client(client_id=TEST_CLIENT, scopes="patient/*.cruds user/*.cruds system/*.cruds")
+        )
     async with httpx.AsyncClient(base_url=f"{origin}/fhir", timeout=30) as http:
         yield SmartServer(f"{origin}/fhir", origin, settings, app, http)
     server.should_exit = True
