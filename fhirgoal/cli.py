@@ -72,6 +72,11 @@ def serve(
             _load_demo(settings)
         application = create_app(settings)
         console.print(f"FHIR base: http://{host}:{port}/fhir")
+        if settings.auth == "smart":
+            console.print(
+                f"SMART: http://{host}:{port}/fhir/.well-known/smart-configuration "
+                "(register apps with `fhirgoal client register`, users with `fhirgoal user add`)"
+            )
         uvicorn.run(
             application,
             host=host,
