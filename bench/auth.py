@@ -9,8 +9,9 @@ authorization on (FHIRGOAL_AUTH=smart, audit included) against off, in one run.
 2. Two `fhirgoal serve` processes on the same database, one with FHIRGOAL_AUTH=off and one with
    FHIRGOAL_AUTH=smart. The smart one's token comes from the real backend-services flow
    (client_credentials with a private_key_jwt assertion). Reads of the same Observations go to
-   each in turn; throughput, latency and the server process's CPU per request are reported, the
-   CPU counted until the audit buffer has been flushed. Target: smart >= 85% of the off rate.
+   each in turn; throughput, latency and the CPU per request of the server process and (when the
+   bench started it) of the embedded database are reported, counted until the audit buffer has
+   been flushed. Target: smart >= 85% of the off rate.
 
 With MONGODB_URI unset it starts the embedded database in a temporary directory. The machine is
 shared and has two cores for the database, both servers and the load generator: figures are
@@ -136,19 +137,25 @@ async def backend_token(uri: str, db: str, port: int, scope: str) -> str:
     return token
 
 
-def summarize(mode: str, clients: int, result: Result, cpu: float) -> dict[str, Any]:
+def summarize(
+    mode: str, clients: int, result: Result, cpu: float, db_cpu: float | None
+) -> dict[str, Any]:
+    requests = max(1, len(result.latencies))
     return {
         "mode": mode,
         "clients": clients,
         "throughput_per_s": round(result.rate, 1),
         "p50_ms": round(result.percentile(0.5), 2),
         "p99_ms": round(result.percentile(0.99), 2),
-        "cpu_ms_per_request": round(cpu * 1000 / max(1, len(result.latencies)), 3),
+        "cpu_ms_per_request": round(cpu * 1000 / requests, 3),
+        "db_cpu_ms_per_request": None if db_cpu is None else round(db_cpu * 1000 / requests, 3),
         "statuses": result.statuses,
     }
 
 
-async def reads(uri: str, total: int, concurrency: list[int]) -> list[dict[str, Any]]:
+async def reads(
+    uri: str, total: int, concurrency: list[int], db_pid: int | None
+) -> list[dict[str, Any]]:
     db = f"bench_auth_{int(time.time())}"
     off_port, smart_port = free_port(), free_port()
     off = start_server(uri, off_port, db, "off")
@@ -180,10 +187,12 @@ async def reads(uri: str, total: int, concurrency: list[int]) -> list[dict[str, 
                 await run("127.0.0.1", port, requests, 200, clients)  # warm-up
                 await asyncio.sleep(1.5)
                 before = cpu_seconds(process.pid)
+                db_before = cpu_seconds(db_pid) if db_pid else 0.0
                 result = await run("127.0.0.1", port, requests, total, clients)
                 await asyncio.sleep(1.5)  # let the audit buffer flush inside the measurement
                 cpu = cpu_seconds(process.pid) - before
-                rows.append(summarize(mode, clients, result, cpu))
+                db_cpu = cpu_seconds(db_pid) - db_before if db_pid else None
+                rows.append(summarize(mode, clients, result, cpu, db_cpu))
     finally:
         for process in (off, smart):
             process.terminate()
@@ -205,7 +214,8 @@ def main() -> None:
         uri = uri or embedded.start()  # type: ignore[union-attr]
         try:
             validation = asyncio.run(token_validation(uri, f"bench_keys_{int(time.time())}"))
-            rows = asyncio.run(reads(uri, args.requests, args.concurrency))
+            db_pid = embedded.process.pid if embedded and embedded.process else None
+            rows = asyncio.run(reads(uri, args.requests, args.concurrency, db_pid))
         finally:
             if embedded:
                 embedded.stop()
@@ -213,11 +223,15 @@ def main() -> None:
     for name, value in validation.items():
         print(f"  {name:<45}{value}")
     print()
-    print(f"{'mode':<20}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}")
+    print(
+        f"{'mode':<20}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'server CPU ms/req':>19}{'DB CPU ms/req':>15}"
+    )
     for row in rows:
+        db_cpu = row["db_cpu_ms_per_request"]
         print(
             f"{row['mode']:<20}{row['clients']:>8}{row['throughput_per_s']:>10}{row['p50_ms']:>9}"
-            f"{row['p99_ms']:>9}{row['cpu_ms_per_request']:>12}"
+            f"{row['p99_ms']:>9}{row['cpu_ms_per_request']:>19}{'' if db_cpu is None else db_cpu:>15}"
         )
     print()
     by = {(r["mode"], r["clients"]): r for r in rows}

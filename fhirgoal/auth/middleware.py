@@ -33,8 +33,14 @@ PUBLIC = frozenset({"/fhir/metadata", "/fhir/.well-known/smart-configuration"})
 
 
 def fhir_base(scope: Scope, configured: str | None) -> str:
+    """The FHIR base URL a request was sent to (the `aud` its token must name), as
+    `fhir.rest.base_url` computes it, without building a Request on the hot path."""
     if configured:
         return configured.rstrip("/")
+    for name, value in scope["headers"]:
+        if name == b"host":
+            root = scope.get("root_path", "").rstrip("/")
+            return f"{scope.get('scheme', 'http')}://{value.decode('latin-1')}{root}/fhir"
     return f"{str(Request(scope).base_url).rstrip('/')}/fhir"
 
 
@@ -107,12 +113,12 @@ class BearerAuth:
         """Audit, then let the response start; False when an error response was sent instead."""
         context = state["access"]
         status = int(start["status"])
-        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
-        event = auditor.event(context, interaction, status, scope, state, headers)
         if not interaction.writes:
-            await auditor.buffer_async(event)
+            await auditor.buffer_async(auditor.event(context, interaction, status, scope, state))
             await send(start)
             return True
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
+        event = auditor.event(context, interaction, status, scope, state, headers)
         try:
             await auditor.store_write(event, context, interaction, status, headers)
         except Exception:
