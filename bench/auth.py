@@ -90,10 +90,12 @@ async def token_validation(uri: str, db_name: str, rounds: int = 300) -> dict[st
     return figures
 
 
-def start_server(uri: str, port: int, db: str, auth: str) -> subprocess.Popen[bytes]:
+def start_server(
+    uri: str, port: int, db: str, auth: str, audit: bool = True
+) -> subprocess.Popen[bytes]:
     env = {
         **os.environ, "MONGODB_URI": uri, "FHIRGOAL_DB": db, "FHIRGOAL_LOG_LEVEL": "WARNING",
-        "FHIRGOAL_AUTH": auth,
+        "FHIRGOAL_AUTH": auth, "FHIRGOAL_AUDIT": "true" if audit else "false",
     }  # fmt: skip
     command = [sys.executable, "-m", "fhirgoal.cli", "serve", "--port", str(port)]
     process = subprocess.Popen(
@@ -157,9 +159,12 @@ async def reads(
     uri: str, total: int, concurrency: list[int], db_pid: int | None
 ) -> list[dict[str, Any]]:
     db = f"bench_auth_{int(time.time())}"
-    off_port, smart_port = free_port(), free_port()
+    off_port, smart_port, bare_port = free_port(), free_port(), free_port()
     off = start_server(uri, off_port, db, "off")
     smart = start_server(uri, smart_port, db, "smart")
+    # the same without the audit trail: separates token checking from auditing
+    bare = start_server(uri, bare_port, db, "smart", audit=False)
+    processes = {off_port: off, smart_port: smart, bare_port: bare}
     rows: list[dict[str, Any]] = []
     try:
         seed = [
@@ -169,16 +174,17 @@ async def reads(
         ]  # fmt: skip
         created = await run("127.0.0.1", off_port, seed, len(seed), 4, keep_bodies=True)
         ids = [orjson.loads(body)["id"] for body in created.bodies]
-        tokens = {
-            "smart system/*.rs": await backend_token(uri, db, smart_port, "system/*.rs"),
-        }
+        # a token is for one server: its `aud` is that server's base URL
+        smart_token = await backend_token(uri, db, smart_port, "system/*.rs")
+        bare_token = await backend_token(uri, db, bare_port, "system/*.rs")
         for clients in concurrency:
-            for mode, port, token in [
+            for mode, port, bearer in [
                 ("off", off_port, None),
-                *[(name, smart_port, value) for name, value in tokens.items()],
+                ("smart", smart_port, smart_token),
+                ("smart, no audit", bare_port, bare_token),
             ]:
-                process = off if port == off_port else smart
-                headers = {"Authorization": f"Bearer {token}"} if token else None
+                process = processes[port]
+                headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
                 host = f"127.0.0.1:{port}"
                 requests = [
                     render_request("GET", f"/fhir/Observation/{rid}", host, headers=headers)
@@ -192,9 +198,11 @@ async def reads(
                 await asyncio.sleep(1.5)  # let the audit buffer flush inside the measurement
                 cpu = cpu_seconds(process.pid) - before
                 db_cpu = cpu_seconds(db_pid) - db_before if db_pid else None
+                if set(result.statuses) != {200}:
+                    raise SystemExit(f"{mode}: unexpected statuses {result.statuses}")
                 rows.append(summarize(mode, clients, result, cpu, db_cpu))
     finally:
-        for process in (off, smart):
+        for process in processes.values():
             process.terminate()
             process.wait(timeout=30)
         client = connect(uri)

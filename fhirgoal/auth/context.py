@@ -49,7 +49,9 @@ class Grant:
 def _forbidden(diagnostics: str) -> Exception:
     from fhirgoal.fhir.errors import FhirError
 
-    return FhirError("forbidden", diagnostics)
+    # RFC 6750 section 3.1: a token that lacks the needed scope is answered 403 insufficient_scope
+    challenge = 'Bearer realm="fhirgoal", error="insufficient_scope"'
+    return FhirError("forbidden", diagnostics, headers={"WWW-Authenticate": challenge})
 
 
 def merge(query: dict[str, Any], condition: dict[str, Any]) -> dict[str, Any]:

@@ -30,6 +30,7 @@ from fhirgoal.auth.clients import Client, ClientRegistry
 from fhirgoal.auth.scopes import ScopeError, Scopes, grantable, parse_scopes
 from fhirgoal.auth.state import expired, new_secret, remember_jti, secret_hash, utcnow
 from fhirgoal.auth.tokens import InvalidToken, TokenIssuer, unverified_header, verify_jwt
+from fhirgoal.auth.users import UserDirectory
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS384", "ES384")
@@ -73,7 +74,9 @@ class TokenService:
         issuer: TokenIssuer,
         clients: ClientRegistry,
         refresh_lifetime: int,
+        users: UserDirectory | None = None,
     ) -> None:
+        self.users = users
         self.db = db
         self.issuer = issuer
         self.clients = clients
@@ -215,6 +218,12 @@ class TokenService:
             raise OAuthError("invalid_grant", "the refresh token is unknown, used or revoked")
         if expired(doc) or doc["client_id"] != client.client_id:
             raise OAuthError("invalid_grant", "the refresh token is expired or not this client's")
+        if (
+            doc.get("fhir_user")
+            and self.users is not None
+            and not await self.users.active(doc["sub"])
+        ):
+            raise OAuthError("invalid_grant", "the user who granted this access is revoked")
         grant = {k: doc.get(k) for k in ("scope", "patient", "fhir_user", "sub", "encounter")}
         if form.get("scope"):
             narrower = grantable(_scopes(form["scope"]), parse_scopes(doc["scope"]))

@@ -95,13 +95,14 @@ async def _smart_server(settings: Settings, service: FhirService) -> Any:
     await state.ensure_indexes(db)
     issuer = TokenIssuer(keys, settings.access_token_seconds)
     clients = ClientRegistry(db)
+    users = UserDirectory(db)
     return SmartServer(
         db=db,
         keys=keys,
         issuer=issuer,
         clients=clients,
-        users=UserDirectory(db),
-        tokens=TokenService(db, issuer, clients, settings.refresh_token_seconds),
+        users=users,
+        tokens=TokenService(db, issuer, clients, settings.refresh_token_seconds, users),
         service=service,
         base_url=settings.base_url,
     )

@@ -68,6 +68,10 @@ class UserDirectory:
             await self.collection.update_one({"_id": username}, {"$set": {"password": digest}})
         return User(username, doc["fhir_user"], doc.get("scopes", DEFAULT_USER_SCOPES))
 
+    async def active(self, username: str) -> bool:
+        doc = await self.collection.find_one({"_id": username}, {"revoked": 1})
+        return doc is not None and not doc.get("revoked")
+
     async def list(self) -> list[User]:
         cursor = self.collection.find({}, sort=[("_id", 1)])
         return [

@@ -245,3 +245,14 @@ async def test_refresh_tokens_rotate_and_reuse_revokes_the_family(browser: Brows
     assert replay.status_code == 400 and replay.json()["error"] == "invalid_grant"
     after = await browser.token(grant_type="refresh_token", refresh_token=second["refresh_token"])
     assert after.status_code == 400 and after.json()["error"] == "invalid_grant"
+
+
+async def test_a_revoked_user_can_no_longer_refresh(browser: Browser) -> None:
+    verifier, challenge = pkce()
+    redirect = await browser.sign_in(
+        "openid fhirUser offline_access user/Observation.rs", challenge
+    )
+    first = (await browser.token(grant_type="authorization_code", code=redirect["code"][0], redirect_uri=REDIRECT, code_verifier=verifier)).json()  # fmt: skip
+    await browser.smart.app.state.smart.users.revoke("lee")
+    response = await browser.token(grant_type="refresh_token", refresh_token=first["refresh_token"])
+    assert response.status_code == 400 and response.json()["error"] == "invalid_grant"

@@ -94,3 +94,4 @@ async def test_insufficient_scope_is_403_not_401(smart: SmartServer) -> None:
         response = await client.get("/Patient")
     assert response.status_code == 403
     assert response.json()["issue"][0]["code"] == "forbidden"
+    assert 'error="insufficient_scope"' in response.headers["www-authenticate"]
