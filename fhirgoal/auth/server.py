@@ -149,7 +149,8 @@ def _html(text: str, status: int = 200) -> Response:
         headers={
             "Cache-Control": "no-store",
             "X-Frame-Options": "DENY",
-            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'; form-action 'self'",
+            # no form-action: browsers apply it to the redirect to the app after consent
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
         },
     )
 
