@@ -128,14 +128,13 @@ class BearerAuth:
                 "the change may have been applied but its audit record could not be stored; "
                 "check the resource before retrying",
             )
-            await send(
-                {
-                    "type": "http.response.start",
-                    "status": error.status,
-                    "headers": [(b"content-type", b"application/fhir+json")],
-                }
-            )
-            await send({"type": "http.response.body", "body": error.body()})
+            body = error.body()
+            headers = [
+                (b"content-type", b"application/fhir+json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": error.status, "headers": headers})
+            await send({"type": "http.response.body", "body": body})
             return False
         await send(start)
         return True
