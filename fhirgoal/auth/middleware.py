@@ -129,11 +129,11 @@ class BearerAuth:
                 "check the resource before retrying",
             )
             body = error.body()
-            headers = [
+            raw = [
                 (b"content-type", b"application/fhir+json"),
                 (b"content-length", str(len(body)).encode()),
             ]
-            await send({"type": "http.response.start", "status": error.status, "headers": headers})
+            await send({"type": "http.response.start", "status": error.status, "headers": raw})
             await send({"type": "http.response.body", "body": body})
             return False
         await send(start)
