@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 run: $(STAMP)
-	$(BIN)/fhirgoal serve --host 127.0.0.1 --port 8080 --data-dir ./fhirgoal-data --demo
+	FHIRGOAL_AUTH=off $(BIN)/fhirgoal serve --host 127.0.0.1 --port 8080 --data-dir ./fhirgoal-data --demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

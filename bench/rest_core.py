@@ -98,6 +98,7 @@ def cpu_seconds(pid: int) -> float:
 
 def start_server(uri: str, port: int, db: str) -> subprocess.Popen[bytes]:
     env = {**os.environ, "MONGODB_URI": uri, "FHIRGOAL_DB": db, "FHIRGOAL_LOG_LEVEL": "WARNING"}
+    env.setdefault("FHIRGOAL_AUTH", "off")
     command = [sys.executable, "-m", "fhirgoal.cli", "serve", "--port", str(port)]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

@@ -24,7 +24,10 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgoal import __version__
-from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.auth.bearer import unauthorized
+from fhirgoal.auth.context import UNRESTRICTED, AccessContext
+from fhirgoal.auth.middleware import BearerAuth
+from fhirgoal.auth.runtime import AuthRuntime
 from fhirgoal.clinical.install import install_clinical, instrument_texts
 from fhirgoal.config import Settings
 from fhirgoal.fhir.capability import build_capability
@@ -122,6 +125,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     conformance = load_conformance(settings.conformance_dir)
     registry = _registry(conformance)
+    runtime = AuthRuntime(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -135,6 +139,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         try:
             app.state.fhir = await build_service(settings, client)
             app.state.repository = app.state.fhir.repo
+            await runtime.start(app.state.fhir)
+            app.state.smart = runtime.smart
             # The conformance tables (schema, structure, search parameters) are hundreds of
             # thousands of long-lived objects; freezing them keeps the cyclic GC from re-scanning
             # them on every collection (measured: a large share of per-request CPU).
@@ -142,6 +148,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.freeze()
             yield
         finally:
+            await runtime.stop()
             await client.close()
             if embedded is not None:
                 embedded.stop()
@@ -153,14 +160,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
-    if settings.auth != "off":
-        raise RuntimeError(
-            f"FHIRGOAL_AUTH={settings.auth} is not available in this version; use FHIRGOAL_AUTH=off on loopback"
-        )
-
-    # FHIRGOAL_AUTH=off: everything is allowed, but only to callers on this machine.
-    app.add_middleware(LoopbackOnly)
-    app.state.access_for = lambda request: UNRESTRICTED
+    app.state.auth_runtime = runtime
+    if settings.auth == "off":
+        # Everything is allowed, but only to callers on this machine.
+        log.warning("authorization is off (FHIRGOAL_AUTH=off): loopback callers only")
+        app.add_middleware(LoopbackOnly)
+        app.state.access_for = lambda request: UNRESTRICTED
+    else:
+        # BearerAuth puts each request's AccessContext into its state (auth/middleware.py).
+        app.add_middleware(BearerAuth, runtime=runtime)
+        app.state.access_for = _access_from_state
 
     @app.exception_handler(FhirError)
     async def fhir_error(_: Request, exc: FhirError) -> Response:
@@ -198,18 +207,16 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         negotiate(request)
         from fhirgoal.fhir.jsonio import dumps
 
-        return Response(
-            dumps(
-                build_capability(
-                    conformance,
-                    registry,
-                    base_url(request),
-                    request.app.state.fhir.operations,
-                    request.app.state.fhir.validator.profiles,
-                )
-            ),
-            media_type=FHIR_JSON,
+        base = base_url(request)
+        service: FhirService = request.app.state.fhir
+        statement = build_capability(
+            conformance, registry, base, service.operations, service.validator.profiles
         )
+        if settings.auth == "smart":
+            from fhirgoal.auth.server import capability_security
+
+            statement["rest"][0]["security"] = capability_security(base)
+        return Response(dumps(statement), media_type=FHIR_JSON)
 
     @app.get("/healthz", include_in_schema=False)
     async def healthz() -> Response:
@@ -225,9 +232,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
         return Response(b'{"status":"ready"}', media_type="application/json")
 
+    if settings.auth == "smart":
+        from fhirgoal.auth.server import router as smart_router
+
+        app.include_router(smart_router)  # before the FHIR routes: .well-known is not a type
     app.include_router(operations_router, prefix="/fhir")
     app.include_router(fhir_router, prefix="/fhir")
     return app
+
+
+def _access_from_state(request: Request) -> AccessContext:
+    context: AccessContext | None = getattr(request.state, "access", None)
+    if context is None:
+        raise unauthorized(None, "this server needs a Bearer access token")
+    return context
 
 
 __all__ = ["create_app", "is_loopback"]

@@ -1,4 +1,4 @@
-"""`fhirgoal` command line: serve the API, load demo data.
+"""`fhirgoal` command line: serve the API, load demo data, administer clients, users and keys.
 
 With no MONGODB_URI the commands start the embedded database (SecantusDB) on `--data-dir` and stop
 it when they finish; a database already running on that data dir is found and reused.
@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 import uvicorn
+from pymongo.asynchronous.database import AsyncDatabase
 from rich.console import Console
 
 from fhirgoal.app import create_app, is_loopback
@@ -23,6 +25,7 @@ app = typer.Typer(
     help="fhirgoal: a FHIR R4 server for goals, GAS and session measures.", no_args_is_help=True
 )
 console = Console(stderr=True)
+T = TypeVar("T")
 
 DataDir = Annotated[
     Path, typer.Option("--data-dir", help="Where the embedded database keeps its data.")
@@ -69,6 +72,11 @@ def serve(
             _load_demo(settings)
         application = create_app(settings)
         console.print(f"FHIR base: http://{host}:{port}/fhir")
+        if settings.auth == "smart":
+            console.print(
+                f"SMART: http://{host}:{port}/fhir/.well-known/smart-configuration "
+                "(register apps with `fhirgoal client register`, users with `fhirgoal user add`)"
+            )
         uvicorn.run(
             application,
             host=host,
@@ -137,6 +145,216 @@ async def _reindex(settings: Settings, only: list[str]) -> int:
             return await reindex(service, types, on_type, on_progress)
     finally:
         await client.close()
+
+
+# ---- administration of the built-in authorization server -----------------------------------------
+client_app = typer.Typer(
+    help="OAuth clients of the built-in authorization server.", no_args_is_help=True
+)
+user_app = typer.Typer(
+    help="Practitioner logins of the built-in authorization server.", no_args_is_help=True
+)
+key_app = typer.Typer(help="The authorization server's signing keys.", no_args_is_help=True)
+app.add_typer(client_app, name="client")
+app.add_typer(user_app, name="user")
+app.add_typer(key_app, name="key")
+
+
+def _admin(data_dir: Path, work: Callable[[AsyncDatabase[dict[str, Any]]], Awaitable[T]]) -> T:
+    """Run `work` against the server's database: MONGODB_URI, or the embedded one on `data_dir`
+    (shared when it runs, started for the command and stopped after when it does not)."""
+    settings, embedded = _start_database(_settings(data_dir=data_dir))
+
+    async def run() -> T:
+        from fhirgoal.store.mongo import connect
+
+        assert settings.mongodb_uri
+        client = connect(settings.mongodb_uri)
+        try:
+            return await work(client.get_database(settings.db))
+        finally:
+            await client.close()
+
+    try:
+        return asyncio.run(run())
+    finally:
+        if embedded:
+            embedded.stop()
+
+
+@client_app.command("register")
+def client_register(
+    client_id: Annotated[str, typer.Option("--client-id", help="The client_id.")],
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="Scopes it may be granted, space-separated.")
+    ],
+    jwks_file: Annotated[
+        Path | None, typer.Option("--jwks-file", help="Its public keys (JWKS) for private_key_jwt.")
+    ] = None,
+    jwks_url: Annotated[
+        str | None, typer.Option("--jwks-url", help="Where its public keys (JWKS) are published.")
+    ] = None,
+    redirect_uri: Annotated[
+        list[str] | None, typer.Option("--redirect-uri", help="Allowed redirect URI (repeatable).")
+    ] = None,
+    data_dir: DataDir = Path("./fhirgoal-data"),
+) -> None:
+    """Register a client: confidential (JWKS) for backend services, or public (redirect URIs)."""
+    import json
+
+    from fhirgoal.auth.clients import Client, ClientExists, ClientRegistry
+    from fhirgoal.auth.scopes import ScopeError, parse_scopes
+
+    if jwks_file and jwks_url:
+        _fail("give --jwks-file or --jwks-url, not both")
+    if not (jwks_file or jwks_url or redirect_uri):
+        _fail("give --jwks-file, --jwks-url or at least one --redirect-uri")
+    try:
+        parse_scopes(scopes)
+    except ScopeError as exc:
+        _fail(str(exc))
+    jwks = None
+    if jwks_file:
+        try:
+            jwks = json.loads(jwks_file.read_text())
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot read {jwks_file}: {exc}")
+    client = Client(client_id, scopes, jwks, jwks_url, list(redirect_uri or []))
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> None:
+        await ClientRegistry(db).register(client)
+
+    try:
+        _admin(data_dir, work)
+    except ClientExists:
+        _fail(f"client {client_id} is already registered")
+    except ValueError as exc:  # an unusable JWKS
+        _fail(f"the JWKS is not usable: {exc}")
+    typer.echo(f"registered client {client_id}")
+
+
+@client_app.command("list")
+def client_list(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
+    """List registered clients."""
+    from fhirgoal.auth.clients import ClientRegistry
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> list[Any]:
+        return await ClientRegistry(db).list()
+
+    for client in _admin(data_dir, work):
+        kind = "confidential" if client.confidential else "public"
+        state = "revoked" if client.revoked else "active"
+        typer.echo(f"{client.client_id}\t{kind}\t{state}\t{client.scopes}")
+
+
+@client_app.command("revoke")
+def client_revoke(
+    client_id: Annotated[str, typer.Argument(help="The client_id.")],
+    data_dir: DataDir = Path("./fhirgoal-data"),
+) -> None:
+    """Revoke a client: no new tokens, and its current tokens stop working."""
+    from fhirgoal.auth.clients import ClientRegistry
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> bool:
+        return await ClientRegistry(db).revoke(client_id)
+
+    if not _admin(data_dir, work):
+        _fail(f"no client {client_id}")
+    typer.echo(f"revoked client {client_id}")
+
+
+@user_app.command("add")
+def user_add(
+    username: Annotated[str, typer.Option("--username")],
+    practitioner: Annotated[
+        str, typer.Option("--practitioner", help="The linked FHIR user, e.g. Practitioner/123.")
+    ],
+    password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    scopes: Annotated[
+        str | None, typer.Option("--scopes", help="Scopes this user may grant to apps.")
+    ] = None,
+    data_dir: DataDir = Path("./fhirgoal-data"),
+) -> None:
+    """Add a practitioner login (the password is stored as an argon2id hash)."""
+    from fhirgoal.auth.users import DEFAULT_USER_SCOPES, UserDirectory, UserExists
+
+    if not practitioner.startswith("Practitioner/") or len(practitioner) <= len("Practitioner/"):
+        _fail("--practitioner must look like Practitioner/<id>")
+    if len(password) < 8:
+        _fail("the password must have at least 8 characters")
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> None:
+        await UserDirectory(db).add(username, password, practitioner, scopes or DEFAULT_USER_SCOPES)
+
+    try:
+        _admin(data_dir, work)
+    except UserExists:
+        _fail(f"user {username} exists")
+    typer.echo(f"added user {username} ({practitioner})")
+
+
+@user_app.command("list")
+def user_list(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
+    """List practitioner logins."""
+    from fhirgoal.auth.users import UserDirectory
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> list[Any]:
+        return await UserDirectory(db).list()
+
+    for user in _admin(data_dir, work):
+        state = "revoked" if user.revoked else "active"
+        typer.echo(f"{user.username}\t{user.fhir_user}\t{state}")
+
+
+@user_app.command("revoke")
+def user_revoke(
+    username: Annotated[str, typer.Argument()], data_dir: DataDir = Path("./fhirgoal-data")
+) -> None:
+    """Revoke a login (it can no longer sign in)."""
+    from fhirgoal.auth.users import UserDirectory
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> bool:
+        return await UserDirectory(db).revoke(username)
+
+    if not _admin(data_dir, work):
+        _fail(f"no user {username}")
+    typer.echo(f"revoked user {username}")
+
+
+@key_app.command("rotate")
+def key_rotate(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
+    """Start signing with a new key; the old one keeps verifying until its tokens have expired."""
+    from datetime import timedelta
+
+    from fhirgoal.auth.keys import REFRESH_SECONDS, KeyRing
+
+    settings = _settings(data_dir=data_dir)
+    keep = timedelta(seconds=settings.access_token_seconds + 2 * REFRESH_SECONDS + 60)
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> str:
+        return await KeyRing(db, settings.signing_alg).rotate(keep)
+
+    typer.echo(f"signing with key {_admin(data_dir, work)}")
+
+
+@app.command("launch")
+def launch_command(
+    patient: Annotated[str, typer.Option("--patient", help="Patient id of the launch context.")],
+    encounter: Annotated[str | None, typer.Option("--encounter")] = None,
+    data_dir: DataDir = Path("./fhirgoal-data"),
+) -> None:
+    """Create an EHR launch context and print its `launch` value (valid for an hour)."""
+    from fhirgoal.auth.state import create_launch
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> str:
+        return await create_launch(db, patient, encounter)
+
+    typer.echo(_admin(data_dir, work))
+
+
+def _fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
 
 
 def _load_demo(settings: Settings) -> None:

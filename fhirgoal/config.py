@@ -21,8 +21,9 @@ class Settings(BaseSettings):
         default=None, validation_alias=AliasChoices("MONGODB_URI", "FHIRGOAL_MONGODB_URI")
     )
     db: str = "fhirgoal"
-    # `off` is accepted on loopback only; the SMART issue adds the secure modes.
-    auth: Literal["off", "smart", "external"] = "off"
+    # smart: the built-in authorization server; external: tokens of an EHR's authorization
+    # server; off: no authorization, loopback callers only (for development).
+    auth: Literal["off", "smart", "external"] = "smart"
     host: str = "127.0.0.1"
     port: int = 8080
     data_dir: Path = Path("./fhirgoal-data")
@@ -47,3 +48,22 @@ class Settings(BaseSettings):
     no_progress_sessions: int = 6
     # A directory of {questionnaire id}.json files ({linkId: licensed item text}) for licensees.
     instrument_text_dir: Path | None = None
+
+    # ---- SMART (FHIRGOAL_AUTH=smart) ----
+    access_token_seconds: int = 300
+    refresh_token_seconds: int = 30 * 24 * 3600
+    signing_alg: Literal["RS384", "ES384"] = "RS384"
+    # ---- external authorization server (FHIRGOAL_AUTH=external) ----
+    external_issuer: str | None = None
+    external_jwks_url: str | None = None
+    external_audience: str | None = None  # default: this server's FHIR base URL
+    external_introspection_url: str | None = None
+    external_client_id: str | None = None
+    external_client_secret: str | None = None
+    external_jwks_ttl: float = 300.0
+    external_jwks_min_refetch: float = 30.0  # an unknown kid refetches at most this often
+    external_introspection_cache_seconds: float = 60.0
+    # ---- audit ----
+    audit: bool = True
+    audit_flush_seconds: float = 1.0
+    audit_buffer: int = 10_000

@@ -66,7 +66,10 @@ async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task
 @pytest.fixture
 async def fhir(mongo_uri: str) -> AsyncIterator[RunningServer]:
     settings = Settings(
-        mongodb_uri=mongo_uri, db=f"test_{uuid.uuid4().hex[:12]}", max_body_bytes=256 * 1024
+        mongodb_uri=mongo_uri,
+        db=f"test_{uuid.uuid4().hex[:12]}",
+        max_body_bytes=256 * 1024,
+        auth="off",
     )
     server, task, port = await start_server(settings)
     base = f"http://127.0.0.1:{port}/fhir"

@@ -15,7 +15,7 @@ from fhirgoal.store.mongo import connect
 async def test_demo_data_loads_once_and_every_client_has_a_plan_goals_and_sessions(
     mongo_uri: str,
 ) -> None:
-    settings = Settings(mongodb_uri=mongo_uri, db=f"demo_{uuid.uuid4().hex[:10]}")
+    settings = Settings(mongodb_uri=mongo_uri, db=f"demo_{uuid.uuid4().hex[:10]}", auth="off")
     client = connect(mongo_uri)
     try:
         service = await build_service(settings, client)

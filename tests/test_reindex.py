@@ -15,7 +15,7 @@ from fhirgoal.store.mongo import connect
 
 
 async def test_reindex_restores_a_lost_index_and_skips_deleted(mongo_uri: str) -> None:
-    settings = Settings(mongodb_uri=mongo_uri, db=f"reindex_{uuid.uuid4().hex[:10]}")
+    settings = Settings(mongodb_uri=mongo_uri, db=f"reindex_{uuid.uuid4().hex[:10]}", auth="off")
     client = connect(mongo_uri)
     try:
         service = await build_service(settings, client)

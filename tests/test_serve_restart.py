@@ -22,6 +22,7 @@ pytestmark = pytest.mark.skipif(
 
 def start_serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
+    env["FHIRGOAL_AUTH"] = "off"  # this test is about restarts, not authorization
     log_path = data_dir / "serve.log"
     with open(log_path, "ab") as log:
         process = subprocess.Popen(

@@ -133,6 +133,8 @@ def render(request: Request, outcome: Outcome) -> Response:
     """Status, ETag/Last-Modified/Location and the body the client's Prefer asks for."""
     headers = dict(outcome.headers)
     version = outcome.version
+    if version is not None and version.comp:
+        request.state.patients = version.comp  # for the audit record (auth/audit.py)
     if version is not None:
         headers["ETag"] = f'W/"{version.version}"'
         headers["Last-Modified"] = http_date(version)

@@ -272,8 +272,13 @@ class FhirService:
         expected: int | None,
         method: str,
     ) -> Outcome | None:
-        current = await self.repo.current(access, rt, rid)
+        current = await self.repo.current(access, rt, rid, "u")
         if current is None:
+            if not access.sees_all(rt, "u"):
+                # The id may belong to a resource out of this caller's reach: creating under it
+                # would fail or succeed depending on that, and so reveal it. Such callers create
+                # with POST (server-assigned ids).
+                raise FhirError("not-found", f"{rt}/{rid} is not known")
             if expected is not None:
                 raise FhirError(
                     "precondition-failed", f"{rt}/{rid} does not exist (If-Match given)"
@@ -334,8 +339,12 @@ class FhirService:
     ) -> Outcome:
         if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
             raise FhirError("bad-request", "a JSON Patch document is an array of operation objects")
-        current = (await self.read(access, rt, rid)).version
-        assert current is not None and current.resource is not None
+        current = await self.repo.current(access, rt, rid, "u")
+        if current is None:
+            raise FhirError("not-found", f"{rt}/{rid} is not known")
+        if current.deleted:
+            raise FhirError("gone", f"{rt}/{rid} was deleted")
+        assert current.resource is not None
         expected = parse_etag(if_match)
         if expected is not None and expected != current.version:
             raise FhirError(
@@ -355,7 +364,7 @@ class FhirService:
     # ---- delete ------------------------------------------------------------------------------
     async def delete(self, access: AccessContext, rt: str, rid: str) -> Outcome:
         for _ in range(self.settings.write_retries):
-            current = await self.repo.current(access, rt, rid)
+            current = await self.repo.current(access, rt, rid, "d")
             if current is None:
                 raise FhirError("not-found", f"{rt}/{rid} is not known")
             if current.deleted:
@@ -425,7 +434,10 @@ class FhirService:
                 raise FhirError("not-found", f"{rt}/{rid} is not known")
             versions = [v for v in versions if v.last_updated <= until]
         else:
-            types = [rt] if rt else list(self.conformance.stored_types)
+            # system history covers the types the caller may search; a named type must be allowed
+            types = (
+                [rt] if rt else [t for t in self.conformance.stored_types if access.allows(t, "s")]
+            )
             versions, total = await self.repo.type_history(
                 access, types, since, until, count, offset
             )

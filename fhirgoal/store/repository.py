@@ -33,6 +33,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
 from fhirgoal.auth.context import AccessContext
+from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
@@ -49,8 +50,9 @@ _RESOURCE_ONLY = {name: 0 for name in _SEARCH_FIELDS}
 # Inclusion projections: on the embedded database naming the few fields wanted costs markedly
 # less per document than excluding the many index fields (measured: 37 ms against 52-77 ms for
 # the same 370 Observations).
-_VERSION_ONLY = {"json": 1, "v": 1, "lu": 1, "op": 1}
+_VERSION_ONLY = {"json": 1, "v": 1, "lu": 1, "op": 1, "comp": 1}
 _WITH_SORT_KEYS = {**_VERSION_ONLY, "srt": 1}
+_VERBS = {"u": "update", "d": "delete"}
 
 
 class AlreadyExists(Exception):
@@ -74,6 +76,9 @@ class Version:
     method: str  # POST | PUT | PATCH | DELETE: how this version came to be
     text: str | None
     parsed: dict[str, Any] | None = field(default=None, repr=False, compare=False)
+    # The patients whose compartment held this version ("Patient/id"): kept with history so that
+    # patient-scoped access to earlier versions is decided by the version's own compartment.
+    comp: tuple[str, ...] = field(default=(), compare=False)
 
     @property
     def deleted(self) -> bool:
@@ -90,7 +95,14 @@ class Version:
 
 def _version(resource_type: str, doc: dict[str, Any]) -> Version:
     rid = doc["id"] if "id" in doc else doc["_id"]
-    return Version(resource_type, rid, doc["v"], doc["lu"], doc["op"], doc.get("json"))
+    return Version(
+        resource_type, rid, doc["v"], doc["lu"], doc["op"], doc.get("json"), comp=_comp(doc)
+    )
+
+
+def _comp(doc: dict[str, Any]) -> tuple[str, ...]:
+    comp = doc.get("comp")
+    return tuple(comp) if comp else ()
 
 
 def history_collection(resource_type: str) -> str:
@@ -128,10 +140,15 @@ class Repository:
             history = self.collection(history_collection(rt))
             await history.create_index([("id", ASCENDING), ("v", DESCENDING)], name="id_version")
             await history.create_index([("lu", DESCENDING)], name="lastUpdated")
+            await history.create_index([("comp", ASCENDING)], name="comp")
 
     # ---- single resources ------------------------------------------------------------------
-    async def current(self, access: AccessContext, rt: str, rid: str) -> Version | None:
-        extra = access.constrain(rt, "r", {})
+    async def current(
+        self, access: AccessContext, rt: str, rid: str, interaction: str = "r"
+    ) -> Version | None:
+        """The current version if the caller may `interaction` it; None when unknown or out of
+        reach (the two are indistinguishable on purpose)."""
+        extra = access.constrain(rt, interaction, {})
         doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _NO_INDEX)
         return _version(rt, doc) if doc else None
 
@@ -141,11 +158,16 @@ class Repository:
             return None
         if vid == current.version:
             return current
-        doc = await self.collection(history_collection(rt)).find_one({"_id": f"{rid}/{vid}"})
+        query = access.constrain(rt, "r", {"_id": f"{rid}/{vid}"})
+        doc = await self.collection(history_collection(rt)).find_one(query)
         return _version(rt, doc) if doc else None
 
     async def insert(self, access: AccessContext, version: Version, index: dict[str, Any]) -> None:
-        access.constrain(version.resource_type, "c", {})
+        rt = version.resource_type
+        if access.constrain(rt, "c", {}) and not access.permits(
+            rt, "c", {"_id": version.id, **index}
+        ):
+            raise FhirError("forbidden", f"this token may not create that {rt} (out of its scope)")
         doc = _current_doc(version, index)
         try:
             await self.batched.insert(self.collection(version.resource_type), doc)
@@ -156,10 +178,21 @@ class Repository:
         self, access: AccessContext, previous: Version, new: Version, index: dict[str, Any]
     ) -> bool:
         """Make `new` current if `previous` still is; False when another writer got there first."""
+        rt = new.resource_type
         interaction = "d" if new.deleted else "u"
-        query = access.constrain(
-            new.resource_type, interaction, {"_id": new.id, "v": previous.version}
-        )
+        query = access.constrain(rt, interaction, {"_id": new.id, "v": previous.version})
+        if not access.sees_all(rt, interaction):
+            # A constrained caller: the resource must be within reach now (the caller may have
+            # read it through another scope) and, for an update, stay within reach afterwards.
+            within = access.constrain(rt, interaction, {"_id": new.id})
+            if await self.collection(rt).find_one(within, {"_id": 1}) is None:
+                raise FhirError(
+                    "forbidden", f"this token may not {_VERBS[interaction]} {rt}/{new.id}"
+                )
+            if not new.deleted and not access.permits(rt, interaction, {"_id": new.id, **index}):
+                raise FhirError(
+                    "forbidden", f"the new content of {rt}/{new.id} is out of this token's scope"
+                )
         await self.collection(history_collection(previous.resource_type)).replace_one(
             {"_id": f"{previous.id}/{previous.version}"}, _history_doc(previous), upsert=True
         )
@@ -197,6 +230,10 @@ class Repository:
     async def find_sorted_versions(
         self, access: AccessContext, rt: str, query: dict[str, Any], limit: int
     ) -> list[Version]:
+        """Matches by id, or none when the caller may not search the type at all (includes drop
+        what is out of reach silently, https://hl7.org/fhir/R4/search.html#include)."""
+        if not access.allows(rt, "s"):
+            return []
         return await self.find(access, rt, query, [("_id", ASCENDING)], limit)
 
     async def ids(
@@ -273,6 +310,7 @@ class Repository:
         query: dict[str, Any] = {"id": rid, "v": {"$lt": current.version}}
         if since:
             query["lu"] = {"$gte": since}
+        query = access.constrain(rt, "r", query)
         older = self.collection(history_collection(rt))
         total = await older.count_documents(query)
         total += int(not since or current.last_updated >= since)
@@ -298,7 +336,7 @@ class Repository:
             window["$gte"] = since
         streams, total = [], 0
         for rt in resource_types:
-            query = access.constrain(rt, "r", {"lu": window})
+            query = access.constrain(rt, "s", {"lu": window})
             for name in (rt, history_collection(rt)):
                 collection = self.collection(name)
                 total += await collection.count_documents(query)
@@ -355,6 +393,7 @@ def _history_doc(version: Version) -> dict[str, Any]:
         "lu": version.last_updated,
         "op": version.method,
         "json": version.text,
+        "comp": list(version.comp),
     }
     if version.deleted:
         doc["del"] = True

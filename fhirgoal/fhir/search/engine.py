@@ -326,7 +326,10 @@ class SearchEngine:
 
         Each parameter must be defined for every type searched (the Resource ones always are).
         """
-        types = list(self.conformance.stored_types)
+        # without _type: every type the caller may search (a named type must be allowed)
+        types = [t for t in self.conformance.stored_types if access.allows(t, "s")]
+        if not types:
+            access.constrain("Patient", "s", {})  # denied: say so as for any other search
         rest = []
         for name, value in params:
             if name == "_type":

@@ -1,0 +1,256 @@
+"""Benchmark SMART authorization (issue 5): token validation CPU, and read throughput with
+authorization on (FHIRGOAL_AUTH=smart, audit included) against off, in one run.
+
+    python bench/auth.py [--requests 3000] [--concurrency 1 8]
+
+1. In process: microseconds of CPU to verify a server-issued RS384 and ES384 access token from
+   scratch (signature, claims, scope parse, AccessContext), and for a token already seen (the LRU
+   cache every request after the first takes).
+2. Two `fhirgoal serve` processes on the same database, one with FHIRGOAL_AUTH=off and one with
+   FHIRGOAL_AUTH=smart. The smart one's token comes from the real backend-services flow
+   (client_credentials with a private_key_jwt assertion). Reads of the same Observations go to
+   each in turn; throughput, latency and the CPU per request of the server process and (when the
+   bench started it) of the embedded database are reported, counted until the audit buffer has
+   been flushed. Target: smart >= 85% of the off rate.
+
+With MONGODB_URI unset it starts the embedded database in a temporary directory. The machine is
+shared and has two cores for the database, both servers and the load generator: figures are
+approximate; compare the two modes within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+import httpx
+import orjson
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import Result, render_request, run
+from rest_core import cpu_seconds, observation
+
+from fhirgoal.auth.bearer import CachedAuthenticator
+from fhirgoal.auth.clients import Client, ClientRegistry
+from fhirgoal.auth.keys import KeyRing
+from fhirgoal.auth.tokens import TokenIssuer
+from fhirgoal.store.embedded import EmbeddedDatabase, free_port
+from fhirgoal.store.mongo import connect
+
+BASE = "http://bench.invalid/fhir"
+
+
+async def token_validation(uri: str, db_name: str, rounds: int = 300) -> dict[str, float]:
+    client = connect(uri)
+    figures: dict[str, float] = {}
+    try:
+        for alg in ("RS384", "ES384"):
+            db = client[f"{db_name}_{alg.lower()}"]
+            keys = KeyRing(db, alg)
+            await keys.ensure()
+            issuer = TokenIssuer(keys, 300)
+
+            async def verify(token: str, base: str, issuer: TokenIssuer = issuer) -> Any:
+                return await issuer.verify(token, issuer=base, audience=base)
+
+            tokens = [
+                await issuer.sign(
+                    {"iss": BASE, "aud": BASE, "sub": "c", "client_id": "c",
+                     "scope": "patient/*.rs user/Observation.cruds", "patient": f"p{n}"}
+                )
+                for n in range(rounds)
+            ]  # fmt: skip
+            cold = CachedAuthenticator(verify, None)
+            started = time.process_time()
+            for token in tokens:
+                await cold.authenticate(token, BASE)
+            figures[f"{alg} verify + context, first use (us)"] = round(
+                (time.process_time() - started) / rounds * 1e6, 1
+            )
+            started = time.process_time()
+            for _ in range(10):
+                for token in tokens:
+                    await cold.authenticate(token, BASE)
+            figures[f"{alg} cached token (us)"] = round(
+                (time.process_time() - started) / (10 * rounds) * 1e6, 2
+            )
+            await client.drop_database(f"{db_name}_{alg.lower()}")
+    finally:
+        await client.close()
+    return figures
+
+
+def start_server(
+    uri: str, port: int, db: str, auth: str, audit: bool = True
+) -> subprocess.Popen[bytes]:
+    env = {
+        **os.environ, "MONGODB_URI": uri, "FHIRGOAL_DB": db, "FHIRGOAL_LOG_LEVEL": "WARNING",
+        "FHIRGOAL_AUTH": auth, "FHIRGOAL_AUDIT": "true" if audit else "false",
+    }  # fmt: skip
+    command = [sys.executable, "-m", "fhirgoal.cli", "serve", "--port", str(port)]
+    process = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    for _ in range(600):
+        try:
+            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
+                return process
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise SystemExit("the server did not start")
+
+
+async def backend_token(uri: str, db: str, port: int, scope: str) -> str:
+    """A token from the real client_credentials + private_key_jwt flow."""
+    key = RSAKey.generate_key(2048, parameters={"alg": "RS384"}, auto_kid=True)
+    client_id = f"bench-{uuid.uuid4().hex[:8]}"
+    mongo = connect(uri)
+    try:
+        await ClientRegistry(mongo[db]).register(
+            Client(client_id, scope, jwks={"keys": [key.as_dict(private=False)]})
+        )
+    finally:
+        await mongo.close()
+    token_url = f"http://127.0.0.1:{port}/auth/token"
+    now = int(time.time())
+    claims = {"iss": client_id, "sub": client_id, "aud": token_url, "exp": now + 240,
+              "jti": uuid.uuid4().hex}  # fmt: skip
+    assertion = jwt.encode({"alg": "RS384", "kid": key.kid}, claims, key, algorithms=["RS384"])
+    async with httpx.AsyncClient() as http:
+        response = await http.post(token_url, data={
+            "grant_type": "client_credentials", "scope": scope,
+            "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+            "client_assertion": assertion,
+        })  # fmt: skip
+    response.raise_for_status()
+    token: str = response.json()["access_token"]
+    return token
+
+
+def summarize(
+    mode: str, clients: int, result: Result, cpu: float, db_cpu: float | None
+) -> dict[str, Any]:
+    requests = max(1, len(result.latencies))
+    return {
+        "mode": mode,
+        "clients": clients,
+        "throughput_per_s": round(result.rate, 1),
+        "p50_ms": round(result.percentile(0.5), 2),
+        "p99_ms": round(result.percentile(0.99), 2),
+        "cpu_ms_per_request": round(cpu * 1000 / requests, 3),
+        "db_cpu_ms_per_request": None if db_cpu is None else round(db_cpu * 1000 / requests, 3),
+        "statuses": result.statuses,
+    }
+
+
+async def reads(
+    uri: str, total: int, concurrency: list[int], db_pid: int | None
+) -> list[dict[str, Any]]:
+    db = f"bench_auth_{int(time.time())}"
+    off_port, smart_port, bare_port = free_port(), free_port(), free_port()
+    off = start_server(uri, off_port, db, "off")
+    smart = start_server(uri, smart_port, db, "smart")
+    # the same without the audit trail: separates token checking from auditing
+    bare = start_server(uri, bare_port, db, "smart", audit=False)
+    processes = {off_port: off, smart_port: smart, bare_port: bare}
+    rows: list[dict[str, Any]] = []
+    try:
+        seed = [
+            render_request("POST", "/fhir/Observation", f"127.0.0.1:{off_port}",
+                           orjson.dumps(observation(n)))
+            for n in range(500)
+        ]  # fmt: skip
+        created = await run("127.0.0.1", off_port, seed, len(seed), 4, keep_bodies=True)
+        ids = [orjson.loads(body)["id"] for body in created.bodies]
+        # a token is for one server: its `aud` is that server's base URL
+        smart_token = await backend_token(uri, db, smart_port, "system/*.rs")
+        bare_token = await backend_token(uri, db, bare_port, "system/*.rs")
+        for clients in concurrency:
+            for mode, port, bearer in [
+                # audited last: its inserts leave the database busy for a while afterwards
+                ("off", off_port, None),
+                ("smart, no audit", bare_port, bare_token),
+                ("smart", smart_port, smart_token),
+            ]:
+                process = processes[port]
+                headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+                host = f"127.0.0.1:{port}"
+                requests = [
+                    render_request("GET", f"/fhir/Observation/{rid}", host, headers=headers)
+                    for rid in ids
+                ]
+                await run("127.0.0.1", port, requests, 200, clients)  # warm-up
+                await asyncio.sleep(1.5)
+                before = cpu_seconds(process.pid)
+                db_before = cpu_seconds(db_pid) if db_pid else 0.0
+                result = await run("127.0.0.1", port, requests, total, clients)
+                await asyncio.sleep(1.5)  # let the audit buffer flush inside the measurement
+                cpu = cpu_seconds(process.pid) - before
+                db_cpu = cpu_seconds(db_pid) - db_before if db_pid else None
+                if set(result.statuses) != {200}:
+                    raise SystemExit(f"{mode}: unexpected statuses {result.statuses}")
+                rows.append(summarize(mode, clients, result, cpu, db_cpu))
+    finally:
+        for process in processes.values():
+            process.terminate()
+            process.wait(timeout=30)
+        client = connect(uri)
+        await client.drop_database(db)
+        await client.close()
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
+    parser.add_argument("--requests", type=int, default=3000)
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8])
+    args = parser.parse_args()
+    uri = os.environ.get("MONGODB_URI")
+    with tempfile.TemporaryDirectory() as tmp:
+        embedded = None if uri else EmbeddedDatabase(Path(tmp))
+        uri = uri or embedded.start()  # type: ignore[union-attr]
+        try:
+            validation = asyncio.run(token_validation(uri, f"bench_keys_{int(time.time())}"))
+            db_pid = embedded.process.pid if embedded and embedded.process else None
+            rows = asyncio.run(reads(uri, args.requests, args.concurrency, db_pid))
+        finally:
+            if embedded:
+                embedded.stop()
+    print("token validation (CPU per request)")
+    for name, value in validation.items():
+        print(f"  {name:<45}{value}")
+    print()
+    print(
+        f"{'mode':<20}{'clients':>8}{'req/s':>10}{'p50 ms':>9}{'p99 ms':>9}"
+        f"{'server CPU ms/req':>19}{'DB CPU ms/req':>15}"
+    )
+    for row in rows:
+        db_cpu = row["db_cpu_ms_per_request"]
+        print(
+            f"{row['mode']:<20}{row['clients']:>8}{row['throughput_per_s']:>10}{row['p50_ms']:>9}"
+            f"{row['p99_ms']:>9}{row['cpu_ms_per_request']:>19}{'' if db_cpu is None else db_cpu:>15}"
+        )
+    print()
+    by = {(r["mode"], r["clients"]): r for r in rows}
+    for (mode, clients), row in by.items():
+        if mode != "off":
+            ratio = row["throughput_per_s"] / by[("off", clients)]["throughput_per_s"]
+            print(
+                f"{mode} / off read throughput ({clients} clients): {ratio:.2f}  (target >= 0.85)"
+            )
+
+
+if __name__ == "__main__":
+    main()

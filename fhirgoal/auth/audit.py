@@ -1,0 +1,328 @@
+"""The audit trail: an AuditEvent for every FHIR API request, a Provenance for every write.
+
+https://hl7.org/fhir/R4/auditevent.html (type `rest`, subtype from restful-interaction, action
+C/R/U/D/E, outcome 0/4/8, agent with network address, entity `what` and the patient) and
+https://hl7.org/fhir/R4/provenance.html (target, recorded, activity, agent), after IHE BALP's
+shape for RESTful events (https://profiles.ihe.net/ITI/BALP/).
+
+Durability: a write's AuditEvent and Provenance are stored before the write is acknowledged (the
+middleware holds the response until `store_write` returns). Reads go through a bounded in-memory
+buffer flushed every `flush_interval` seconds (default 1 s): if the process dies, the read events
+of at most that last interval are lost. When the buffer is full, requests wait for a flush rather
+than drop events.
+
+AuditEvents are append-only through the API (auth/context.py APPEND_ONLY) and are reached only by
+a scope that names them (auth/scopes.py NOT_IN_WILDCARD).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import uuid
+from collections.abc import MutableMapping
+from dataclasses import dataclass
+from typing import Any
+
+import structlog
+
+from fhirgoal.auth.audit_index import fast_table
+from fhirgoal.auth.context import UNRESTRICTED, AccessContext
+from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.jsonio import dumps
+from fhirgoal.fhir.search.registry import TypeParams
+from fhirgoal.fhir.service import FhirService, stamp
+from fhirgoal.store.repository import Version
+
+log = structlog.get_logger(__name__)
+
+EVENT_TYPE = {
+    "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",
+    "code": "rest",
+    "display": "RESTful Operation",
+}
+INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
+CLIENT_SYSTEM = "urn:fhirgoal:oauth-client"
+_ACTIVITY = {"C": "CREATE", "U": "UPDATE", "D": "DELETE"}
+_NOT_TRACED = frozenset({"AuditEvent", "Provenance"})  # no Provenance of the audit trail itself
+
+
+@dataclass(frozen=True, slots=True)
+class Interaction:
+    action: str  # C R U D E (E: a search, per the AuditEvent action value set)
+    subtype: str  # restful-interaction code
+    resource_type: str | None = None
+    resource_id: str | None = None
+    compartment: str | None = None  # "Patient/123" of a compartment search
+    query: bytes = b""
+
+    @property
+    def writes(self) -> bool:
+        return self.action in "CUD"
+
+
+def classify(method: str, path: str, query: bytes) -> Interaction:
+    """What a FHIR REST request does, from its method and path (https://hl7.org/fhir/R4/http.html)."""
+    parts = [p for p in path[len("/fhir") :].split("/") if p]
+    n = len(parts)
+    rt = parts[0] if n and not parts[0].startswith("_") else None
+    rid = parts[1] if n >= 2 and not parts[1].startswith("_") else None
+    if method == "GET":
+        if n == 0:
+            return Interaction("E", "search-system", query=query)
+        if parts[0] == "_history":
+            return Interaction("R", "history-system", query=query)
+        if n == 1:
+            return Interaction("E", "search-type", rt, query=query)
+        if n == 2 and parts[1] == "_history":
+            return Interaction("R", "history-type", rt, query=query)
+        if n == 2:
+            return Interaction("R", "read", rt, rid)
+        if n == 3 and parts[2] == "_history":
+            return Interaction("R", "history-instance", rt, rid, query=query)
+        if n == 4 and parts[2] == "_history":
+            return Interaction("R", "vread", rt, rid)
+        if n == 3:
+            compartment = f"{parts[0]}/{parts[1]}"
+            return Interaction("E", "search-type", parts[2], None, compartment, query)
+    if method == "POST":
+        if n == 2 and parts[1] == "_search":
+            return Interaction("E", "search-type", rt, query=query)
+        return Interaction("C", "create", rt)
+    if method == "PUT":
+        return Interaction("U", "update", rt, rid, query=query)
+    if method == "PATCH":
+        return Interaction("U", "patch", rt, rid)
+    if method == "DELETE":
+        return Interaction("D", "delete", rt, rid, query=query)
+    return Interaction("E", "operation", rt, rid, query=query)
+
+
+def _who(context: AccessContext) -> dict[str, Any]:
+    if context.fhir_user:
+        return {"reference": context.fhir_user}
+    client = context.client_id or context.subject
+    return {"identifier": {"system": CLIENT_SYSTEM, "value": client}, "display": client}
+
+
+def _written(headers: dict[str, str], interaction: Interaction) -> str | None:
+    """`Type/id/_history/vid` of the version a successful write produced."""
+    location = headers.get("location") or headers.get("content-location")
+    if location and "/_history/" in location:
+        parts = location.rstrip("/").split("/")
+        return "/".join(parts[-4:])
+    etag = headers.get("etag", "")
+    version = etag.removeprefix("W/").strip('"')
+    if interaction.resource_type and interaction.resource_id and version.isdigit():
+        return f"{interaction.resource_type}/{interaction.resource_id}/_history/{version}"
+    return None
+
+
+class Auditor:
+    def __init__(
+        self, service: FhirService, flush_interval: float = 1.0, max_buffer: int = 10_000
+    ) -> None:
+        self.service = service
+        self.flush_interval = flush_interval
+        self.max_buffer = max_buffer
+        self._pending: list[dict[str, Any]] = []
+        self._tables: dict[str, TypeParams] = {}
+        self._task: asyncio.Task[None] | None = None
+        self._flushing: asyncio.Lock | None = None
+
+    # ---- building -----------------------------------------------------------------------------
+    def event(
+        self,
+        context: AccessContext,
+        interaction: Interaction,
+        status: int,
+        scope: MutableMapping[str, Any],
+        state: dict[str, Any],
+        headers: dict[str, str] | None = None,
+    ) -> dict[str, Any]:
+        client = scope.get("client")
+        requestor: dict[str, Any] = {"who": _who(context), "requestor": True}
+        if client:
+            requestor["network"] = {"address": str(client[0]), "type": "2"}
+        agents = [requestor]
+        if context.fhir_user and context.client_id:
+            agents.append(
+                {
+                    "who": {
+                        "identifier": {"system": CLIENT_SYSTEM, "value": context.client_id},
+                        "display": context.client_id,
+                    },
+                    "requestor": False,
+                }
+            )
+        entities: list[dict[str, Any]] = []
+        what = None
+        if headers and interaction.writes and status < 300:
+            what = _written(headers, interaction)
+        if what is None and interaction.resource_type and interaction.resource_id:
+            what = f"{interaction.resource_type}/{interaction.resource_id}"
+        if what:
+            entities.append({"what": {"reference": what}})
+        if interaction.query:
+            entities.append(
+                {
+                    "type": {
+                        "system": "http://terminology.hl7.org/CodeSystem/audit-entity-type",
+                        "code": "2",
+                    },
+                    "query": base64.b64encode(interaction.query).decode(),
+                }
+            )
+        for patient in self._patients(context, interaction, state):
+            entities.append(
+                {
+                    "what": {"reference": patient},
+                    "role": {
+                        "system": "http://terminology.hl7.org/CodeSystem/object-role",
+                        "code": "1",
+                        "display": "Patient",
+                    },
+                }
+            )
+        event: dict[str, Any] = {
+            "resourceType": "AuditEvent",
+            "type": EVENT_TYPE,
+            "subtype": [{"system": INTERACTION_SYSTEM, "code": interaction.subtype}],
+            "action": interaction.action,
+            "recorded": instant_text(now()),
+            "outcome": "0" if status < 400 else "4" if status < 500 else "8",
+            "outcomeDesc": f"HTTP {status}",
+            "agent": agents,
+            "source": {
+                "observer": {"display": "fhirgoal"},
+                "type": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/security-source-type",
+                        "code": "4",
+                    }
+                ],
+            },
+        }
+        if entities:
+            event["entity"] = entities
+        return event
+
+    @staticmethod
+    def _patients(
+        context: AccessContext, interaction: Interaction, state: dict[str, Any]
+    ) -> list[str]:
+        found: set[str] = set()
+        if context.patient:
+            found.add(f"Patient/{context.patient}")
+        if interaction.compartment and interaction.compartment.startswith("Patient/"):
+            found.add(interaction.compartment)
+        if interaction.resource_type == "Patient" and interaction.resource_id:
+            found.add(f"Patient/{interaction.resource_id}")
+        found.update(state.get("patients", ()))
+        return sorted(found)
+
+    def provenance(
+        self, context: AccessContext, interaction: Interaction, target: str
+    ) -> dict[str, Any]:
+        return {
+            "resourceType": "Provenance",
+            "target": [{"reference": target}],
+            "recorded": instant_text(now()),
+            "activity": {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/v3-DataOperation",
+                        "code": _ACTIVITY[interaction.action],
+                    }
+                ]
+            },
+            "agent": [
+                {
+                    "type": {
+                        "coding": [
+                            {
+                                "system": "http://terminology.hl7.org/CodeSystem/provenance-participant-type",
+                                "code": "author",
+                            }
+                        ]
+                    },
+                    "who": _who(context),
+                }
+            ],
+        }
+
+    # ---- storing ------------------------------------------------------------------------------
+    async def _store(self, resource: dict[str, Any]) -> None:
+        rt = resource["resourceType"]
+        rid = str(uuid.uuid4())
+        moment = now()
+        stored = stamp(resource, rid, 1, moment)
+        index = self._table(rt, stored).index_fields(stored)
+        version = Version(rt, rid, 1, moment, "POST", dumps(stored).decode(), parsed=stored)
+        await self.service.repo.insert(UNRESTRICTED, version, index)
+
+    def _table(self, rt: str, sample: dict[str, Any]) -> TypeParams:
+        table = self._tables.get(rt)
+        if table is None:
+            table = self._tables[rt] = fast_table(self.service.registry, rt, sample)
+        return table
+
+    async def store_write(
+        self,
+        event: dict[str, Any],
+        context: AccessContext,
+        interaction: Interaction,
+        status: int,
+        headers: dict[str, str],
+    ) -> None:
+        """Store a write's AuditEvent (and Provenance when it succeeded) before it is answered."""
+        records = [event]
+        target = _written(headers, interaction) if status < 300 else None
+        if target and interaction.resource_type not in _NOT_TRACED:
+            records.append(self.provenance(context, interaction, target))
+        await asyncio.gather(*(self._store(r) for r in records))
+
+    def buffer(self, event: dict[str, Any]) -> None:
+        if len(self._pending) >= 2 * self.max_buffer:
+            log.error("audit buffer overflow: event dropped", subtype=event.get("subtype"))
+            return
+        self._pending.append(event)
+
+    async def buffer_async(self, event: dict[str, Any]) -> None:
+        if len(self._pending) >= self.max_buffer:
+            await self.flush()
+        self._pending.append(event)
+
+    async def flush(self) -> None:
+        if self._flushing is None:
+            self._flushing = asyncio.Lock()
+        async with self._flushing:
+            batch, self._pending = self._pending, []
+            if not batch:
+                return
+            results = await asyncio.gather(
+                *(self._store(event) for event in batch), return_exceptions=True
+            )
+            failed = [e for e, r in zip(batch, results, strict=True) if isinstance(r, Exception)]
+            if failed:  # keep them for the next flush rather than lose them
+                self._pending[:0] = failed
+                raise RuntimeError(f"{len(failed)} audit events could not be stored")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            try:
+                await self.flush()
+            except Exception:
+                log.exception("audit flush failed; retrying")
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.flush()

@@ -1,0 +1,88 @@
+"""External mode (FHIRGOAL_AUTH=external): accept tokens issued by an EHR's authorization server.
+
+JWT access tokens are verified against the issuer's JWKS (RFC 7517, fetched and cached by
+auth/jwks.py; RFC 9068 for JWT access tokens: https://www.rfc-editor.org/rfc/rfc9068) with `iss`
+= FHIRGOAL_EXTERNAL_ISSUER and `aud` = FHIRGOAL_EXTERNAL_AUDIENCE (default: this FHIR base).
+Opaque tokens go to the issuer's introspection endpoint (RFC 7662,
+https://www.rfc-editor.org/rfc/rfc7662) with this server's client credentials; the answer is cached
+briefly. Either way the `scope`, `patient` and `fhirUser` give the context, as SMART App Launch 2.2
+describes (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import httpx
+
+from fhirgoal.auth.jwks import JwksCache
+from fhirgoal.auth.tokens import ASYMMETRIC, InvalidToken, looks_like_jwt, verify_jwt
+from fhirgoal.config import Settings
+
+
+class ExternalVerifier:
+    def __init__(self, settings: Settings) -> None:
+        if not settings.external_jwks_url and not settings.external_introspection_url:
+            raise RuntimeError(
+                "FHIRGOAL_AUTH=external needs FHIRGOAL_EXTERNAL_JWKS_URL or "
+                "FHIRGOAL_EXTERNAL_INTROSPECTION_URL"
+            )
+        if settings.external_jwks_url and not settings.external_issuer:
+            raise RuntimeError("FHIRGOAL_AUTH=external needs FHIRGOAL_EXTERNAL_ISSUER")
+        self.settings = settings
+        self.jwks = JwksCache(settings.external_jwks_ttl, settings.external_jwks_min_refetch)
+
+    async def __call__(self, token: str, base: str) -> dict[str, Any]:
+        settings = self.settings
+        audience = settings.external_audience or base
+        if looks_like_jwt(token) and settings.external_jwks_url:
+            url = settings.external_jwks_url
+
+            async def keys(kid: str | None) -> Any:
+                return await self.jwks.get(url, kid)
+
+            return await verify_jwt(
+                token,
+                keys,
+                issuer=settings.external_issuer,
+                audience=audience,
+                algorithms=ASYMMETRIC,
+            )
+        if settings.external_introspection_url:
+            return await self._introspect(token, audience)
+        raise InvalidToken("the token is not a JWT and no introspection endpoint is configured")
+
+    async def _introspect(self, token: str, audience: str) -> dict[str, Any]:
+        settings = self.settings
+        assert settings.external_introspection_url
+        auth = None
+        if settings.external_client_id:
+            auth = httpx.BasicAuth(
+                settings.external_client_id, settings.external_client_secret or ""
+            )
+        try:
+            async with httpx.AsyncClient(timeout=5.0) as client:
+                response = await client.post(
+                    settings.external_introspection_url,
+                    data={"token": token, "token_type_hint": "access_token"},
+                    headers={"Accept": "application/json"},
+                    auth=auth or httpx.USE_CLIENT_DEFAULT,
+                )
+                response.raise_for_status()
+                answer = response.json()
+        except (httpx.HTTPError, ValueError):
+            raise InvalidToken("the token cannot be introspected") from None
+        if not isinstance(answer, dict) or answer.get("active") is not True:
+            raise InvalidToken("the token is not active")
+        exp = answer.get("exp")
+        if isinstance(exp, int | float) and exp < time.time():
+            raise InvalidToken("the token has expired")
+        if settings.external_issuer and answer.get("iss") not in (None, settings.external_issuer):
+            raise InvalidToken("the token has the wrong issuer")
+        aud = answer.get("aud")
+        if aud is not None:
+            given = {aud} if isinstance(aud, str) else set(aud) if isinstance(aud, list) else set()
+            if audience not in given:
+                raise InvalidToken("the token has the wrong audience")
+        return answer

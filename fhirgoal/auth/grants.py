@@ -1,0 +1,324 @@
+"""The token and introspection endpoints of the built-in authorization server.
+
+- client authentication by `private_key_jwt`: RFC 7523 section 2.2 and 3
+  (https://www.rfc-editor.org/rfc/rfc7523) as profiled by SMART Backend Services
+  (https://hl7.org/fhir/smart-app-launch/client-confidential-asymmetric.html): iss = sub =
+  client_id, aud = the token endpoint URL, exp at most 5 minutes ahead, jti never reused,
+  RS384 or ES384;
+- `client_credentials` (https://hl7.org/fhir/smart-app-launch/backend-services.html);
+- `authorization_code` with PKCE S256 (RFC 7636, https://www.rfc-editor.org/rfc/rfc7636);
+- `refresh_token` with rotation: each refresh token is used once; presenting a used one revokes
+  its whole family (RFC 9700 section 4.14.2, https://www.rfc-editor.org/rfc/rfc9700);
+- introspection: RFC 7662 (https://www.rfc-editor.org/rfc/rfc7662).
+
+Errors are RFC 6749 section 5.2 JSON (`{"error": ..., "error_description": ...}`).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import time
+from datetime import timedelta
+from typing import Any
+
+from pymongo import ReturnDocument
+from pymongo.asynchronous.database import AsyncDatabase
+
+from fhirgoal.auth.clients import Client, ClientRegistry
+from fhirgoal.auth.scopes import ScopeError, Scopes, grantable, parse_scopes
+from fhirgoal.auth.state import expired, new_secret, remember_jti, secret_hash, utcnow
+from fhirgoal.auth.tokens import InvalidToken, TokenIssuer, unverified_header, verify_jwt
+from fhirgoal.auth.users import UserDirectory
+
+ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASSERTION_ALGORITHMS = ("RS384", "ES384")
+MAX_ASSERTION_SECONDS = 300
+
+
+class OAuthError(Exception):
+    def __init__(self, error: str, description: str, status: int = 400) -> None:
+        super().__init__(description)
+        self.error = error
+        self.description = description
+        self.status = status
+
+    def body(self) -> dict[str, str]:
+        return {"error": self.error, "error_description": self.description}
+
+
+def pkce_challenge(verifier: str) -> str:
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def _unverified_claims(token: str) -> dict[str, Any]:
+    unverified_header(token)
+    payload = token.split(".")[1]
+    try:
+        import orjson
+
+        claims = orjson.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    except ValueError:
+        raise InvalidToken("the assertion is malformed") from None
+    if not isinstance(claims, dict):
+        raise InvalidToken("the assertion is malformed")
+    return claims
+
+
+class TokenService:
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        issuer: TokenIssuer,
+        clients: ClientRegistry,
+        refresh_lifetime: int,
+        users: UserDirectory | None = None,
+    ) -> None:
+        self.users = users
+        self.db = db
+        self.issuer = issuer
+        self.clients = clients
+        self.refresh_lifetime = refresh_lifetime
+
+    # ---- client authentication -----------------------------------------------------------------
+    async def authenticate_client(self, form: dict[str, str], token_url: str) -> Client:
+        assertion_type = form.get("client_assertion_type")
+        assertion = form.get("client_assertion")
+        if assertion_type is None and assertion is None:
+            client_id = form.get("client_id")
+            if not client_id:
+                raise OAuthError("invalid_client", "client authentication is required", 401)
+            client = await self.clients.get(client_id)
+            if client is None:
+                raise OAuthError("invalid_client", "unknown or revoked client", 401)
+            if client.confidential:
+                raise OAuthError(
+                    "invalid_client", "this client must authenticate with private_key_jwt", 401
+                )
+            return client
+        if assertion_type != ASSERTION_TYPE or not assertion:
+            raise OAuthError("invalid_client", "unsupported client assertion type", 401)
+        try:
+            return await self._verify_assertion(assertion, token_url, form.get("client_id"))
+        except InvalidToken as exc:
+            raise OAuthError("invalid_client", str(exc), 401) from None
+
+    async def _verify_assertion(
+        self, assertion: str, token_url: str, form_client_id: str | None
+    ) -> Client:
+        peek = _unverified_claims(assertion)
+        client_id = peek.get("iss")
+        if not isinstance(client_id, str) or peek.get("sub") != client_id:
+            raise InvalidToken("the assertion's iss and sub must both be the client_id")
+        if form_client_id is not None and form_client_id != client_id:
+            raise InvalidToken("client_id does not match the assertion")
+        client = await self.clients.get(client_id)
+        if client is None or not client.confidential:
+            raise InvalidToken("unknown or revoked client")
+
+        async def keys(kid: str | None) -> Any:
+            return await self.clients.keys(client, kid)
+
+        claims = await verify_jwt(
+            assertion,
+            keys,
+            issuer=client_id,
+            audience=token_url,
+            algorithms=ASSERTION_ALGORITHMS,
+            max_lifetime=MAX_ASSERTION_SECONDS,
+        )
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise InvalidToken("the assertion has no jti")
+        until = utcnow() + timedelta(seconds=MAX_ASSERTION_SECONDS + 60)
+        if not await remember_jti(self.db, f"{client_id}:{jti}", until):
+            raise InvalidToken("the assertion's jti was used before")
+        return client
+
+    # ---- token endpoint --------------------------------------------------------------------------
+    async def token(self, form: dict[str, str], token_url: str, fhir_base: str) -> dict[str, Any]:
+        grant = form.get("grant_type")
+        if grant not in ("client_credentials", "authorization_code", "refresh_token"):
+            raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
+        client = await self.authenticate_client(form, token_url)
+        if grant == "client_credentials":
+            return await self._client_credentials(client, form, fhir_base)
+        if grant == "authorization_code":
+            return await self._authorization_code(client, form, fhir_base)
+        return await self._refresh(client, form, fhir_base)
+
+    async def _client_credentials(
+        self, client: Client, form: dict[str, str], fhir_base: str
+    ) -> dict[str, Any]:
+        if not client.confidential:
+            raise OAuthError("unauthorized_client", "client_credentials needs private_key_jwt")
+        requested = _scopes(form.get("scope", ""))
+        granted = grantable(requested, client.allowed)
+        if not granted.resources:
+            raise OAuthError("invalid_scope", "none of the requested scopes is allowed")
+        token = await self.issuer.sign(
+            {
+                "iss": fhir_base,
+                "aud": fhir_base,
+                "sub": client.client_id,
+                "client_id": client.client_id,
+                "scope": granted.text,
+            }
+        )
+        return {
+            "access_token": token,
+            "token_type": "Bearer",
+            "expires_in": self.issuer.lifetime,
+            "scope": granted.text,
+        }
+
+    async def _authorization_code(
+        self, client: Client, form: dict[str, str], fhir_base: str
+    ) -> dict[str, Any]:
+        code = form.get("code")
+        verifier = form.get("code_verifier")
+        if not code:
+            raise OAuthError("invalid_request", "code is required")
+        # single use: whoever deletes it owns it, a second presentation finds nothing
+        doc = await self.db["auth_codes"].find_one_and_delete({"_id": secret_hash(code)})
+        if doc is None or expired(doc):
+            raise OAuthError("invalid_grant", "the code is unknown, used or expired")
+        if doc["client_id"] != client.client_id:
+            raise OAuthError("invalid_grant", "the code was issued to another client")
+        if doc["redirect_uri"] != form.get("redirect_uri"):
+            raise OAuthError("invalid_grant", "redirect_uri does not match the authorization")
+        if not verifier or not 43 <= len(verifier) <= 128:
+            raise OAuthError(
+                "invalid_grant", "a PKCE code_verifier (43-128 characters) is required"
+            )
+        if not hmac.compare_digest(pkce_challenge(verifier), doc["code_challenge"]):
+            raise OAuthError("invalid_grant", "the PKCE code_verifier does not match")
+        grant = {k: doc.get(k) for k in ("scope", "patient", "fhir_user", "sub", "encounter")}
+        return await self._issue(client, grant, fhir_base, family=None)
+
+    async def _refresh(
+        self, client: Client, form: dict[str, str], fhir_base: str
+    ) -> dict[str, Any]:
+        presented = form.get("refresh_token")
+        if not presented:
+            raise OAuthError("invalid_request", "refresh_token is required")
+        refresh = self.db["auth_refresh"]
+        key = secret_hash(presented)
+        doc = await refresh.find_one_and_update(
+            {"_id": key, "used": False, "revoked": False},
+            {"$set": {"used": True}},
+            return_document=ReturnDocument.BEFORE,
+        )
+        if doc is None:
+            seen = await refresh.find_one({"_id": key})
+            if seen is not None:  # a used token again: stolen or replayed, end the family
+                await refresh.update_many({"family": seen["family"]}, {"$set": {"revoked": True}})
+            raise OAuthError("invalid_grant", "the refresh token is unknown, used or revoked")
+        if expired(doc) or doc["client_id"] != client.client_id:
+            raise OAuthError("invalid_grant", "the refresh token is expired or not this client's")
+        if (
+            doc.get("fhir_user")
+            and self.users is not None
+            and not await self.users.active(doc["sub"])
+        ):
+            raise OAuthError("invalid_grant", "the user who granted this access is revoked")
+        grant = {k: doc.get(k) for k in ("scope", "patient", "fhir_user", "sub", "encounter")}
+        if form.get("scope"):
+            narrower = grantable(_scopes(form["scope"]), parse_scopes(doc["scope"]))
+            grant["scope"] = narrower.text
+        return await self._issue(client, grant, fhir_base, family=doc["family"])
+
+    async def _issue(
+        self, client: Client, grant: dict[str, Any], fhir_base: str, family: str | None
+    ) -> dict[str, Any]:
+        scopes = parse_scopes(grant["scope"] or "")
+        claims: dict[str, Any] = {
+            "iss": fhir_base,
+            "aud": fhir_base,
+            "sub": grant.get("sub") or client.client_id,
+            "client_id": client.client_id,
+            "scope": scopes.text,
+        }
+        if grant.get("patient"):
+            claims["patient"] = grant["patient"]
+        if grant.get("fhir_user") and scopes.has("fhirUser"):
+            claims["fhirUser"] = grant["fhir_user"]
+        response: dict[str, Any] = {
+            "access_token": await self.issuer.sign(claims),
+            "token_type": "Bearer",
+            "expires_in": self.issuer.lifetime,
+            "scope": scopes.text,
+        }
+        if grant.get("patient"):
+            response["patient"] = grant["patient"]
+        if grant.get("encounter"):
+            response["encounter"] = grant["encounter"]
+        if scopes.has("openid") and grant.get("fhir_user") and scopes.has("fhirUser"):
+            response["id_token"] = await self.issuer.sign(
+                {
+                    "iss": fhir_base,
+                    "aud": client.client_id,
+                    "sub": grant.get("sub") or client.client_id,
+                    "fhirUser": grant["fhir_user"],
+                }
+            )
+        if scopes.has("offline_access") or scopes.has("online_access"):
+            token = new_secret()
+            await self.db["auth_refresh"].insert_one(
+                {
+                    "_id": secret_hash(token),
+                    "family": family or new_secret(),
+                    "client_id": client.client_id,
+                    **{k: grant.get(k) for k in ("patient", "fhir_user", "sub", "encounter")},
+                    "scope": scopes.text,
+                    "used": False,
+                    "revoked": False,
+                    "expires": utcnow() + timedelta(seconds=self.refresh_lifetime),
+                }
+            )
+            response["refresh_token"] = token
+        return response
+
+    # ---- introspection ---------------------------------------------------------------------------
+    async def introspect(
+        self, form: dict[str, str], token_url: str, fhir_base: str
+    ) -> dict[str, Any]:
+        await self.authenticate_client(form, token_url)
+        token = form.get("token")
+        if not token:
+            raise OAuthError("invalid_request", "token is required")
+        try:
+            claims = await self.issuer.verify(token, issuer=fhir_base, audience=fhir_base)
+        except InvalidToken:
+            return {"active": False}
+        client_id = claims.get("client_id")
+        if not isinstance(client_id, str) or await self.clients.get(client_id) is None:
+            return {"active": False}
+        answer = {"active": True, "token_type": "Bearer"}
+        for name in (
+            "scope",
+            "client_id",
+            "sub",
+            "exp",
+            "iat",
+            "iss",
+            "aud",
+            "patient",
+            "fhirUser",
+        ):
+            if name in claims:
+                answer[name] = claims[name]
+        return answer
+
+
+def _scopes(text: str) -> Scopes:
+    try:
+        return parse_scopes(text)
+    except ScopeError as exc:
+        raise OAuthError("invalid_scope", str(exc)) from None
+
+
+def now_seconds() -> int:
+    return int(time.time())

@@ -1,0 +1,140 @@
+"""The FHIR API's front door when authorization is on: bearer token -> AccessContext, and audit.
+
+RFC 6750 section 2.1 (https://www.rfc-editor.org/rfc/rfc6750#section-2.1): the token comes in the
+`Authorization: Bearer` header; a missing or rejected one gets 401 with a `WWW-Authenticate`
+challenge. The context goes into the request state, where `fhir.rest.access` hands it to the
+service and the repository.
+
+Audit (https://hl7.org/fhir/R4/auditevent.html, https://hl7.org/fhir/R4/provenance.html): the
+response's start is held back until the audit of a write (and its Provenance) is stored, so that a
+client never sees a write acknowledged whose audit record could still be lost; reads are audited
+through the Auditor's buffer. Pure ASGI, so there is no per-request task or body copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from starlette.requests import Request
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from fhirgoal.auth.audit import Auditor, Interaction, classify
+from fhirgoal.auth.bearer import bearer_token, unauthorized
+from fhirgoal.auth.runtime import AuthRuntime
+from fhirgoal.auth.tokens import InvalidToken
+from fhirgoal.fhir.errors import FhirError
+
+log = structlog.get_logger(__name__)
+
+# Reachable without a token: discovery and the CapabilityStatement (SMART App Launch 2.2,
+# https://hl7.org/fhir/smart-app-launch/conformance.html).
+PUBLIC = frozenset({"/fhir/metadata", "/fhir/.well-known/smart-configuration"})
+
+
+def fhir_base(scope: Scope, configured: str | None) -> str:
+    """The FHIR base URL a request was sent to (the `aud` its token must name), as
+    `fhir.rest.base_url` computes it, without building a Request on the hot path."""
+    if configured:
+        return configured.rstrip("/")
+    for name, value in scope["headers"]:
+        if name == b"host":
+            root = scope.get("root_path", "").rstrip("/")
+            return f"{scope.get('scheme', 'http')}://{value.decode('latin-1')}{root}/fhir"
+    return f"{str(Request(scope).base_url).rstrip('/')}/fhir"
+
+
+async def _send_error(error: FhirError, scope: Scope, receive: Receive, send: Send) -> None:
+    from fhirgoal.app import error_response
+
+    await error_response(error)(scope, receive, send)
+
+
+class BearerAuth:
+    def __init__(self, app: ASGIApp, runtime: AuthRuntime) -> None:
+        self.app = app
+        self.runtime = runtime  # filled in by the lifespan, once the database is connected
+        self.base_url = runtime.settings.base_url
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        if scope["type"] != "http" or not path.startswith("/fhir") or path in PUBLIC:
+            await self.app(scope, receive, send)
+            return
+        try:
+            token = bearer_token(scope["headers"])
+            if token is None:
+                raise unauthorized(None, "this server needs a Bearer access token")
+            authenticator = self.runtime.authenticator
+            if authenticator is None:
+                raise FhirError("unavailable", "the server is starting")
+            try:
+                context = await authenticator.authenticate(token, fhir_base(scope, self.base_url))
+            except InvalidToken as exc:
+                raise unauthorized("invalid_token", str(exc)) from None
+        except FhirError as error:
+            await _send_error(error, scope, receive, send)
+            return
+        state: dict[str, Any] = scope.setdefault("state", {})
+        state["access"] = context
+        auditor = self.runtime.auditor
+        if auditor is None:
+            await self.app(scope, receive, send)
+            return
+        interaction = classify(scope["method"], path, scope.get("query_string", b""))
+        responded = dropped = False
+
+        async def send_audited(message: Message) -> None:
+            nonlocal responded, dropped
+            if dropped:
+                return
+            if message["type"] == "http.response.start" and not responded:
+                responded = True
+                dropped = not await self._audit(auditor, scope, state, interaction, message, send)
+                return
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_audited)
+        except Exception:
+            if not responded:  # the app's own 500 handler did not answer: still leave a trace
+                auditor.buffer(auditor.event(context, interaction, 500, scope, state))
+            raise
+
+    async def _audit(
+        self,
+        auditor: Auditor,
+        scope: Scope,
+        state: dict[str, Any],
+        interaction: Interaction,
+        start: Message,
+        send: Send,
+    ) -> bool:
+        """Audit, then let the response start; False when an error response was sent instead."""
+        context = state["access"]
+        status = int(start["status"])
+        if not interaction.writes:
+            await auditor.buffer_async(auditor.event(context, interaction, status, scope, state))
+            await send(start)
+            return True
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
+        event = auditor.event(context, interaction, status, scope, state, headers)
+        try:
+            await auditor.store_write(event, context, interaction, status, headers)
+        except Exception:
+            log.exception("audit of a write could not be stored", path=scope.get("path"))
+            error = FhirError(
+                "unavailable",
+                "the change may have been applied but its audit record could not be stored; "
+                "check the resource before retrying",
+            )
+            body = error.body()
+            raw = [
+                (b"content-type", b"application/fhir+json"),
+                (b"content-length", str(len(body)).encode()),
+            ]
+            await send({"type": "http.response.start", "status": error.status, "headers": raw})
+            await send({"type": "http.response.body", "body": body})
+            return False
+        await send(start)
+        return True

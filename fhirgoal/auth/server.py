@@ -1,0 +1,392 @@
+"""Routes of the built-in authorization server (FHIRGOAL_AUTH=smart).
+
+SMART App Launch 2.2 (https://hl7.org/fhir/smart-app-launch/):
+- discovery, `GET /fhir/.well-known/smart-configuration` (conformance.html#using-well-known) and
+  the CapabilityStatement `rest.security` extension (conformance.html#declaring-support-for-oauth2-endpoints);
+- `GET /auth/authorize`: EHR launch (`launch` resolved from auth_launch) and standalone launch
+  (patient picker), PKCE S256 required (app-launch.html#obtain-authorization-code);
+- `POST /auth/login`, `POST /auth/consent`: the server-rendered login and consent pages;
+- `POST /auth/token`, `POST /auth/introspect` (auth/grants.py), `GET /auth/jwks`.
+"""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+from urllib.parse import parse_qsl, urlencode
+
+import orjson
+from fastapi import APIRouter, Request, Response
+from pymongo.asynchronous.database import AsyncDatabase
+
+from fhirgoal.auth import pages
+from fhirgoal.auth.clients import ClientRegistry
+from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.auth.grants import OAuthError, TokenService
+from fhirgoal.auth.keys import KeyRing
+from fhirgoal.auth.scopes import ScopeError, grantable, parse_scopes
+from fhirgoal.auth.state import expired, new_secret, resolve_launch, secret_hash, utcnow
+from fhirgoal.auth.tokens import TokenIssuer
+from fhirgoal.auth.users import UserDirectory
+from fhirgoal.fhir.service import FhirService
+
+router = APIRouter(include_in_schema=False)
+SMART_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+REQUEST_TTL = timedelta(minutes=10)
+CODE_TTL = timedelta(seconds=60)
+MAX_FORM_BYTES = 64 * 1024
+PICKER_SIZE = 100
+
+
+@dataclass
+class SmartServer:
+    db: AsyncDatabase[dict[str, Any]]
+    keys: KeyRing
+    issuer: TokenIssuer
+    clients: ClientRegistry
+    users: UserDirectory
+    tokens: TokenService
+    service: FhirService
+    base_url: str | None
+
+
+def _smart(request: Request) -> SmartServer:
+    server: SmartServer = request.app.state.smart
+    return server
+
+
+def fhir_base(request: Request) -> str:
+    configured = request.app.state.settings.base_url
+    return configured.rstrip("/") if configured else f"{str(request.base_url).rstrip('/')}/fhir"
+
+
+def auth_base(fhir: str) -> str:
+    return fhir[: -len("/fhir")] if fhir.endswith("/fhir") else fhir
+
+
+def endpoints(fhir: str) -> dict[str, str]:
+    root = auth_base(fhir)
+    return {
+        "authorize": f"{root}/auth/authorize",
+        "token": f"{root}/auth/token",
+        "introspect": f"{root}/auth/introspect",
+        "jwks": f"{root}/auth/jwks",
+    }
+
+
+def smart_configuration(fhir: str) -> dict[str, Any]:
+    urls = endpoints(fhir)
+    return {
+        "issuer": fhir,
+        "jwks_uri": urls["jwks"],
+        "authorization_endpoint": urls["authorize"],
+        "token_endpoint": urls["token"],
+        "introspection_endpoint": urls["introspect"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
+        "scopes_supported": [
+            "openid", "fhirUser", "launch", "launch/patient", "offline_access", "online_access",
+            "patient/*.cruds", "user/*.cruds", "system/*.cruds", "patient/*.rs", "user/*.rs",
+            "system/*.rs", "patient/*.read", "user/*.read", "system/*.read",
+        ],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["S256"],
+        "capabilities": [
+            "launch-ehr", "launch-standalone", "client-public", "client-confidential-asymmetric",
+            "context-ehr-patient", "context-standalone-patient", "sso-openid-connect",
+            "permission-offline", "permission-online", "permission-patient", "permission-user",
+            "permission-v1", "permission-v2",
+        ],
+    }  # fmt: skip
+
+
+def capability_security(fhir: str) -> dict[str, Any]:
+    """CapabilityStatement.rest.security for SMART (conformance.html, oauth-uris extension)."""
+    urls = endpoints(fhir)
+    return {
+        "cors": True,
+        "service": [
+            {
+                "coding": [
+                    {
+                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
+                        "code": "SMART-on-FHIR",
+                    }
+                ],
+                "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
+            }
+        ],
+        "extension": [
+            {
+                "url": SMART_EXTENSION,
+                "extension": [
+                    {"url": "authorize", "valueUri": urls["authorize"]},
+                    {"url": "token", "valueUri": urls["token"]},
+                    {"url": "introspect", "valueUri": urls["introspect"]},
+                ],
+            }
+        ],
+    }
+
+
+def _json(body: dict[str, Any], status: int = 200) -> Response:
+    return Response(
+        orjson.dumps(body),
+        status_code=status,
+        media_type="application/json",
+        headers={"Cache-Control": "no-store", "Pragma": "no-cache"},
+    )
+
+
+def _html(text: str, status: int = 200) -> Response:
+    return Response(
+        text,
+        status_code=status,
+        media_type="text/html; charset=utf-8",
+        headers={
+            "Cache-Control": "no-store",
+            "X-Frame-Options": "DENY",
+            # no form-action: browsers apply it to the redirect to the app after consent
+            "Content-Security-Policy": "default-src 'none'; style-src 'unsafe-inline'",
+        },
+    )
+
+
+def _redirect(uri: str, params: dict[str, str | None]) -> Response:
+    query = urlencode({k: v for k, v in params.items() if v is not None})
+    separator = "&" if "?" in uri else "?"
+    return Response(status_code=303, headers={"Location": f"{uri}{separator}{query}"})
+
+
+async def _form(request: Request) -> dict[str, str]:
+    if request.headers.get("content-type", "").split(";")[0].strip() != (
+        "application/x-www-form-urlencoded"
+    ):
+        raise OAuthError("invalid_request", "send the parameters as a form")
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            raise OAuthError("invalid_request", "the request is too large")
+    try:
+        pairs = parse_qsl(body.decode(), keep_blank_values=True)
+    except (UnicodeDecodeError, ValueError):
+        raise OAuthError("invalid_request", "the form is malformed") from None
+    form: dict[str, str] = {}
+    for name, value in pairs:
+        if name in form:  # RFC 6749 section 3.1: no parameter may be repeated
+            raise OAuthError("invalid_request", f"parameter {name} is repeated")
+        form[name] = value
+    return form
+
+
+# ---- discovery -----------------------------------------------------------------------------------
+@router.get("/fhir/.well-known/smart-configuration")
+async def well_known(request: Request) -> Response:
+    return Response(
+        orjson.dumps(smart_configuration(fhir_base(request))), media_type="application/json"
+    )
+
+
+@router.get("/auth/jwks")
+async def jwks(request: Request) -> Response:
+    return Response(
+        orjson.dumps(await _smart(request).keys.public_jwks()), media_type="application/json"
+    )
+
+
+# ---- token & introspection -------------------------------------------------------------------
+@router.post("/auth/token")
+async def token(request: Request) -> Response:
+    fhir = fhir_base(request)
+    try:
+        form = await _form(request)
+        body = await _smart(request).tokens.token(form, endpoints(fhir)["token"], fhir)
+    except OAuthError as exc:
+        return _json(exc.body(), exc.status)
+    return _json(body)
+
+
+@router.post("/auth/introspect")
+async def introspect(request: Request) -> Response:
+    fhir = fhir_base(request)
+    try:
+        form = await _form(request)
+        body = await _smart(request).tokens.introspect(form, endpoints(fhir)["token"], fhir)
+    except OAuthError as exc:
+        return _json(exc.body(), exc.status)
+    return _json(body)
+
+
+# ---- authorization code flow -----------------------------------------------------------------
+@router.get("/auth/authorize")
+async def authorize(request: Request) -> Response:
+    server = _smart(request)
+    q = request.query_params
+    client = await server.clients.get(q.get("client_id", ""))
+    if client is None:
+        return _html(pages.error_page("Unknown or revoked client."), 400)
+    redirect_uri = q.get("redirect_uri", "")
+    if redirect_uri not in client.redirect_uris:
+        return _html(pages.error_page("The redirect_uri is not registered for this client."), 400)
+    state = q.get("state")
+
+    def fail(error: str, description: str) -> Response:
+        return _redirect(
+            redirect_uri, {"error": error, "error_description": description, "state": state}
+        )
+
+    if q.get("response_type") != "code":
+        return fail("unsupported_response_type", "response_type must be code")
+    if not q.get("code_challenge") or q.get("code_challenge_method") != "S256":
+        return fail("invalid_request", "PKCE with code_challenge_method=S256 is required")
+    fhir = fhir_base(request)
+    if (q.get("aud") or "").rstrip("/") != fhir:
+        return fail("invalid_request", f"aud must be this FHIR server, {fhir}")
+    try:
+        requested = parse_scopes(q.get("scope", ""))
+    except ScopeError as exc:
+        return fail("invalid_scope", str(exc))
+    scopes = grantable(requested, client.allowed)
+    launch: dict[str, Any] = {}
+    if q.get("launch"):
+        found = await resolve_launch(server.db, q["launch"])
+        if found is None:
+            return fail("invalid_request", "the launch context is unknown or expired")
+        launch = {k: found.get(k) for k in ("patient", "encounter", "fhir_user")}
+    request_id = new_secret()
+    await server.db["auth_requests"].insert_one(
+        {
+            "_id": request_id,
+            "client_id": client.client_id,
+            "redirect_uri": redirect_uri,
+            "state": state,
+            "scope": scopes.text,
+            "code_challenge": q["code_challenge"],
+            "launch": launch,
+            "user": None,
+            "nonce": None,
+            "expires": utcnow() + REQUEST_TTL,
+        }
+    )
+    return _html(pages.login_page(request_id, client.client_id))
+
+
+async def _pending(server: SmartServer, request_id: str) -> dict[str, Any] | None:
+    doc = await server.db["auth_requests"].find_one({"_id": request_id})
+    return None if doc is None or expired(doc) else doc
+
+
+def _needs_picker(pending: dict[str, Any]) -> bool:
+    scopes = parse_scopes(pending["scope"])
+    return scopes.has("launch/patient") and not pending["launch"].get("patient")
+
+
+async def _patient_choices(server: SmartServer) -> list[tuple[str, str]]:
+    found = await server.service.repo.find(UNRESTRICTED, "Patient", {}, [("_id", 1)], PICKER_SIZE)
+    choices = []
+    for version in found:
+        names = (version.resource or {}).get("name") or [{}]
+        name = names[0]
+        label = " ".join([*name.get("given", []), name.get("family", "")]).strip()
+        choices.append((version.id, f"{label or version.id} ({version.id})"))
+    return choices
+
+
+@router.post("/auth/login")
+async def login(request: Request) -> Response:
+    server = _smart(request)
+    try:
+        form = await _form(request)
+    except OAuthError as exc:
+        return _html(pages.error_page(exc.description), 400)
+    pending = await _pending(server, form.get("request", ""))
+    if pending is None:
+        return _html(pages.error_page("This sign-in has expired; start again from the app."), 400)
+    user = await server.users.authenticate(form.get("username", ""), form.get("password", ""))
+    if user is None:
+        page = pages.login_page(
+            pending["_id"], pending["client_id"], "Wrong user name or password."
+        )
+        return _html(page, 401)
+    granted = grantable(parse_scopes(pending["scope"]), parse_scopes(user.scopes))
+    nonce = new_secret()
+    await server.db["auth_requests"].update_one(
+        {"_id": pending["_id"]},
+        {
+            "$set": {
+                "user": user.username,
+                "fhir_user": user.fhir_user,
+                "scope": granted.text,
+                "nonce": nonce,
+            }
+        },
+    )
+    pending["scope"] = granted.text
+    picker = await _patient_choices(server) if _needs_picker(pending) else None
+    return _html(
+        pages.consent_page(
+            pending["_id"], nonce, pending["client_id"], user.username, granted.text.split(), picker
+        )
+    )
+
+
+@router.post("/auth/consent")
+async def consent(request: Request) -> Response:
+    server = _smart(request)
+    try:
+        form = await _form(request)
+    except OAuthError as exc:
+        return _html(pages.error_page(exc.description), 400)
+    pending = await _pending(server, form.get("request", ""))
+    if (
+        pending is None
+        or not pending.get("nonce")
+        or not hmac.compare_digest(pending["nonce"], form.get("nonce", ""))
+    ):
+        return _html(pages.error_page("This consent has expired; start again from the app."), 400)
+    await server.db["auth_requests"].delete_one({"_id": pending["_id"]})  # one decision only
+    if form.get("decision") != "approve":
+        return _redirect(
+            pending["redirect_uri"],
+            {
+                "error": "access_denied",
+                "error_description": "the user denied access",
+                "state": pending["state"],
+            },
+        )
+    launch = pending["launch"]
+    patient = launch.get("patient")
+    if _needs_picker(pending):
+        patient = form.get("patient") or None
+        if (
+            patient is None
+            or await server.service.repo.current(UNRESTRICTED, "Patient", patient) is None
+        ):
+            return _redirect(
+                pending["redirect_uri"],
+                {
+                    "error": "invalid_request",
+                    "error_description": "no such patient was chosen",
+                    "state": pending["state"],
+                },
+            )
+    code = new_secret()
+    await server.db["auth_codes"].insert_one(
+        {
+            "_id": secret_hash(code),
+            "client_id": pending["client_id"],
+            "redirect_uri": pending["redirect_uri"],
+            "code_challenge": pending["code_challenge"],
+            "scope": pending["scope"],
+            "patient": patient,
+            "encounter": launch.get("encounter"),
+            "fhir_user": pending.get("fhir_user"),
+            "sub": pending["user"],
+            "expires": utcnow() + CODE_TTL,
+        }
+    )
+    return _redirect(pending["redirect_uri"], {"code": code, "state": pending["state"]})

@@ -1,0 +1,166 @@
+"""Fixtures for the SMART tests: the app in `smart` mode over real HTTP, real signed tokens.
+
+`smart` runs the server with FHIRGOAL_AUTH=smart on its own database; `mint` signs access tokens
+with the server's own key ring (the same path the token endpoint uses), for a registered client,
+so that scope enforcement can be tested apart from the OAuth flows (which have their own tests).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+
+from fhirgoal.auth.clients import Client
+from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.config import Settings
+from fhirgoal.fhir.service import FhirService
+from fhirgoal.store.mongo import connect
+from tests.conftest import start_server
+
+TEST_CLIENT = "test-app"
+
+
+@dataclass
+class SmartServer:
+    base: str  # FHIR base
+    origin: str  # scheme://host:port
+    settings: Settings
+    app: FastAPI
+    http: httpx.AsyncClient  # no credentials
+
+    @property
+    def service(self) -> FhirService:
+        service: FhirService = self.app.state.fhir
+        return service
+
+    async def mint(
+        self,
+        scope: str,
+        patient: str | None = None,
+        fhir_user: str | None = None,
+        client_id: str = TEST_CLIENT,
+        lifetime: int | None = None,
+        **claims: Any,
+    ) -> str:
+        body: dict[str, Any] = {
+            "iss": self.base,
+            "aud": self.base,
+            "sub": client_id,
+            "client_id": client_id,
+            "scope": scope,
+        }
+        if patient:
+            body["patient"] = patient
+        if fhir_user:
+            body["fhirUser"] = fhir_user
+        body.update(claims)
+        token: str = await self.app.state.smart.issuer.sign(body, lifetime)
+        return token
+
+    def client(self, token: str) -> httpx.AsyncClient:
+        return httpx.AsyncClient(
+            base_url=self.base, timeout=30, headers={"Authorization": f"Bearer {token}"}
+        )
+
+    async def as_scope(self, scope: str, patient: str | None = None) -> httpx.AsyncClient:
+        return self.client(await self.mint(scope, patient))
+
+    async def seed(self, resource: dict[str, Any]) -> dict[str, Any]:
+        """Store a resource as the server would, bypassing authorization (test set-up only)."""
+        rt = resource["resourceType"]
+        if "id" in resource:
+            outcome = await self.service.update(UNRESTRICTED, rt, resource["id"], resource, None)
+        else:
+            outcome = await self.service.create(UNRESTRICTED, rt, resource, None, self.base)
+        assert outcome.version is not None and outcome.version.resource is not None
+        return outcome.version.resource
+
+
+async def run_smart(mongo_uri: str, **overrides: Any) -> AsyncIterator[SmartServer]:
+    values: dict[str, Any] = {"auth": "smart", "audit_flush_seconds": 0.1, **overrides}
+    settings = Settings(mongodb_uri=mongo_uri, db=f"auth_{uuid.uuid4().hex[:12]}", **values)
+    server, task, port = await start_server(settings)
+    app: FastAPI = server.config.app
+    origin = f"http://127.0.0.1:{port}"
+    if settings.auth == "smart":
+        await app.state.smart.clients.register(
+            Client(client_id=TEST_CLIENT, scopes="patient/*.cruds user/*.cruds system/*.cruds")
+        )
+    async with httpx.AsyncClient(base_url=f"{origin}/fhir", timeout=30) as http:
+        yield SmartServer(f"{origin}/fhir", origin, settings, app, http)
+    server.should_exit = True
+    await task
+    mongo = connect(mongo_uri)
+    await mongo.drop_database(settings.db)
+    await mongo.close()
+
+
+@pytest.fixture
+async def smart(mongo_uri: str) -> AsyncIterator[SmartServer]:
+    async for running in run_smart(mongo_uri):
+        yield running
+
+
+class IssuerHost:
+    """A real HTTP server standing in for another party: serves a JWKS and answers RFC 7662
+    introspection from `active_tokens`. Counts the requests it gets."""
+
+    def __init__(self) -> None:
+        self.jwks: dict[str, Any] = {"keys": []}
+        self.active_tokens: dict[str, dict[str, Any]] = {}
+        self.jwks_hits = 0
+        self.introspection_auth: list[str | None] = []
+        self.url = ""
+        self.introspection_url = ""
+
+    def app(self) -> Any:
+        from urllib.parse import parse_qsl
+
+        from starlette.applications import Starlette
+        from starlette.requests import Request
+        from starlette.responses import JSONResponse
+        from starlette.routing import Route
+
+        async def jwks(request: Request) -> JSONResponse:
+            self.jwks_hits += 1
+            return JSONResponse(self.jwks)
+
+        async def introspect(request: Request) -> JSONResponse:
+            self.introspection_auth.append(request.headers.get("authorization"))
+            form = dict(parse_qsl((await request.body()).decode()))
+            return JSONResponse(self.active_tokens.get(form.get("token", ""), {"active": False}))
+
+        return Starlette(
+            routes=[Route("/jwks", jwks), Route("/introspect", introspect, methods=["POST"])]
+        )
+
+
+@pytest.fixture
+async def jwks_host() -> AsyncIterator[IssuerHost]:
+    import asyncio
+
+    import uvicorn
+
+    from tests.conftest import _bound_socket
+
+    host = IssuerHost()
+    sock = _bound_socket()
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(host.app(), log_level="warning", lifespan="off"))
+    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
+    task = asyncio.create_task(server.serve(sockets=[sock]))
+    while not server.started:
+        if task.done():
+            task.result()
+        await asyncio.sleep(0.01)
+    host.url = f"http://127.0.0.1:{port}/jwks"
+    host.introspection_url = f"http://127.0.0.1:{port}/introspect"
+    yield host
+    server.should_exit = True
+    await task

@@ -1,0 +1,93 @@
+"""Audit: an AuditEvent for each request, a Provenance for each write, stored before the write is
+acknowledged; reads flushed from a buffer; the trail append-only and for administrators
+(https://hl7.org/fhir/R4/auditevent.html, https://hl7.org/fhir/R4/provenance.html)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fhirgoal.auth.context import UNRESTRICTED
+from tests.auth.conftest import SmartServer
+from tests.fhir.helpers import observation
+
+
+async def stored(
+    smart: SmartServer, rt: str, query: dict[str, Any] | None = None
+) -> list[dict[str, Any]]:
+    found = await smart.service.repo.find(UNRESTRICTED, rt, query or {}, [("_id", 1)], 100)
+    return [v.resource for v in found if v.resource is not None]
+
+
+async def test_a_write_is_audited_with_provenance_before_it_is_acknowledged(
+    smart: SmartServer,
+) -> None:
+    await smart.seed({"resourceType": "Patient", "id": "pa"})
+    async with await smart.as_scope("patient/*.cruds", patient="pa") as client:
+        created = await client.post("/Observation", json=observation("pa"))
+        assert created.status_code == 201
+        # no waiting: by the time the client has its 201 both records are stored
+        events = await stored(smart, "AuditEvent")
+        provenance = await stored(smart, "Provenance")
+    target = f"Observation/{created.json()['id']}/_history/1"
+    [event] = [e for e in events if e["action"] == "C"]
+    assert event["outcome"] == "0"
+    assert event["subtype"][0]["code"] == "create"
+    assert {"reference": target} in [e.get("what") for e in event["entity"]]
+    assert {"reference": "Patient/pa"} in [e.get("what") for e in event["entity"]]
+    assert event["agent"][0]["who"]["identifier"]["value"] == "test-app"
+    assert event["agent"][0]["network"]["address"] == "127.0.0.1"
+    [record] = provenance
+    assert record["target"] == [{"reference": target}]
+    assert record["activity"]["coding"][0]["code"] == "CREATE"
+    # both are valid R4 resources
+    smart.service.validator.validate(event)
+    smart.service.validator.validate(record)
+
+
+async def test_reads_and_failures_are_audited_within_the_flush_interval(smart: SmartServer) -> None:
+    await smart.seed({"resourceType": "Patient", "id": "pa"})
+    token = await smart.mint(
+        "patient/*.rs openid fhirUser", patient="pa", fhir_user="Practitioner/doc"
+    )
+    async with smart.client(token) as client:
+        assert (await client.get("/Patient/pa")).status_code == 200
+        assert (await client.get("/Observation/nope")).status_code == 404
+        assert (await client.get("/Observation?code=29463-7")).status_code == 200
+    await asyncio.sleep(0.5)  # the tests flush every 0.1 s
+    events = await stored(smart, "AuditEvent")
+    by_subtype = {e["subtype"][0]["code"]: e for e in events if e["outcome"] == "0"}
+    read = by_subtype["read"]
+    assert read["action"] == "R" and read["outcome"] == "0"
+    assert read["agent"][0]["who"] == {"reference": "Practitioner/doc"}
+    assert read["agent"][1]["who"]["identifier"]["value"] == "test-app"
+    assert {"reference": "Patient/pa"} in [e.get("what") for e in read["entity"]]
+    assert [e for e in events if e["outcome"] == "4"]
+    search = by_subtype["search-type"]
+    assert search["action"] == "E" and any("query" in e for e in search["entity"])
+    for event in events:
+        smart.service.validator.validate(event)
+
+
+async def test_the_trail_is_searchable_by_an_administrator_only(smart: SmartServer) -> None:
+    await smart.seed({"resourceType": "Patient", "id": "pa"})
+    async with await smart.as_scope("patient/*.cruds", patient="pa") as patient_app:
+        await patient_app.get("/Patient/pa")
+        await smart.app.state.auth_runtime.auditor.flush()
+        assert (await patient_app.get("/AuditEvent")).status_code == 403
+    async with await smart.as_scope("system/AuditEvent.rs") as admin:
+        bundle = (await admin.get("/AuditEvent?patient=Patient/pa&action=R")).json()
+        assert bundle["entry"], bundle
+        event_id = bundle["entry"][0]["resource"]["id"]
+        assert (await admin.delete(f"/AuditEvent/{event_id}")).status_code == 405
+
+
+async def test_a_write_whose_audit_cannot_be_stored_is_not_acknowledged(smart: SmartServer) -> None:
+    await smart.seed({"resourceType": "Patient", "id": "pa"})
+    async with await smart.as_scope("patient/*.cruds", patient="pa") as client:
+        assert (await client.post("/Observation", json=observation("pa"))).status_code == 201
+        # make the database refuse any further AuditEvent: every one has op "POST"
+        await smart.service.repo.collection("AuditEvent").create_index("op", unique=True)
+        response = await client.post("/Observation", json=observation("pa"))
+    assert response.status_code == 503
+    assert response.json()["resourceType"] == "OperationOutcome"
