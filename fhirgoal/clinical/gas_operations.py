@@ -7,7 +7,7 @@
   `store` (POST only): the latest rating of each GAS goal on or before `date` (the baseline or that
   rater's follow-ups), weights from the goals' importance x difficulty. With `store=true` the
   T-score Observation (profiles/structuredefinitions/gas-tscore.json) is written, one per patient,
-  plan, date and rater, so recomputing replaces rather than duplicates.
+  plan, date and rater (its identifier), so recomputing replaces rather than duplicates.
 
 Both return Parameters: `tscore` (two places), `rho`, one `goal` part per goal with the raw level
 beside the level used and the weight (Kiresuk & Sherman 1968; Turner-Stokes 2009; -0.5 counted as
@@ -48,6 +48,8 @@ from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
 from fhirgoal.fhir.service import FhirService, Outcome
 
 DEFINITIONS = "https://fhirgoal.org/fhir/OperationDefinition"
+# One T-score Observation per patient, plan, date and rater: its identifier is a hash of those.
+TSCORE_IDENTIFIER = "https://fhirgoal.org/fhir/gas-tscore"
 _FIELD = re.compile(r"^goal\[(\d+)\]\.(level|weight)$")
 RATERS: tuple[Rater, ...] = ("practitioner", "patient", "caregiver")
 
@@ -189,7 +191,12 @@ async def patient_tscore(svc: FhirService, call: Invocation) -> Outcome:
 
 
 async def _store(svc: FhirService, access: AccessContext, observation: dict[str, Any]) -> Any:
-    outcome = await svc.update(access, "Observation", observation["id"], observation, None)
+    """Create the T-score Observation, or replace the one with the same identifier (a conditional
+    update: unlike a PUT to a fixed id it is allowed to patient-scoped tokens, which may not
+    probe ids - auth/context.py)."""
+    identifier = observation["identifier"][0]
+    criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]
+    outcome = await svc.conditional_update(access, "Observation", criteria, observation, None, "")
     assert outcome.version is not None
     return outcome.version.resource
 
@@ -260,7 +267,7 @@ def tscore_observation(
     rated: list[RatedGoal],
 ) -> dict[str, Any]:
     key = f"{pid}|{care_plan or ''}|{on.isoformat()}|{rater}"
-    oid = f"gas-tscore-{hashlib.sha256(key.encode()).hexdigest()[:24]}"
+    value = hashlib.sha256(key.encode()).hexdigest()[:32]
     components: list[dict[str, Any]] = [
         {
             "code": {"coding": [{"system": MEASURES, "code": "gas-rho", "display": "GAS rho"}]},
@@ -291,7 +298,7 @@ def tscore_observation(
         )  # fmt: skip
     observation: dict[str, Any] = {
         "resourceType": "Observation",
-        "id": oid,
+        "identifier": [{"system": TSCORE_IDENTIFIER, "value": value}],
         "status": "final",
         "category": [{"coding": [{"system": OBSERVATION_CATEGORY, "code": "survey"}]}],
         "code": {"coding": [{"system": MEASURES, "code": GAS_TSCORE, "display": "GAS T-score"}],
