@@ -71,7 +71,7 @@ CLIENTS: list[dict[str, Any]] = [
                   ["Under 5 hours most nights", "5-6 hours most nights", "7 hours on most nights", "7 hours nearly every night", "7+ hours every night"],
                   3, 3, [-1, -1, -1, -1, -1]),
         ],
-        "ors": (21.0, 23.5), "srs_dip": 6,
+        "ors": (20.5, 21.5), "srs_dip": 6,
     },
     {
         "id": "demo-casey", "given": "Casey", "family": "Okafor", "gender": "other", "birthDate": "2009-06-30",

@@ -48,8 +48,9 @@ async def test_demo_data_loads_once_and_every_client_has_a_plan_goals_and_sessio
             assert plan is not None and plan.resource is not None
             assert plan.resource["category"][0]["coding"][0]["code"] == "assess-plan"
             assert plan.resource["text"]["status"] == "generated"
-        # The story the demo tells: Blair's alliance dip opened a Flag that closed again; Blair's
-        # sleep goal stalled; Alex's work goal was achieved and sustained.
+        # The story the demo tells: Blair's alliance dip opened a Flag that closed again, Blair is
+        # not on track (ORS still clinical, no reliable change) and the sleep goal stalled; Alex's
+        # work goal was achieved and sustained.
         flags = await service.find_resources(UNRESTRICTED, "Flag", [("patient", "demo-blair")])
         alliance = [
             f.resource for f in flags if f.resource and "alliance" in str(f.resource["code"])
