@@ -6,11 +6,13 @@ FHIR base at /fhir (https://hl7.org/fhir/R4/http.html#general), operational prob
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import ipaddress
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -121,6 +123,22 @@ def _registry(conformance: Conformance) -> SearchRegistry:
     return SearchRegistry(conformance)
 
 
+async def sweep_pending(service: FhirService, settings: Settings) -> None:
+    """Finish, while running, the derived writes a database failure left pending (fhir/hooks.py):
+    start-up does it after a crash; this covers a server that stays up. Only writes older than one
+    interval are touched, so hooks still running in a request are never run twice at once."""
+    interval = settings.pending_sweep_seconds
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            cutoff = datetime.now(UTC) - timedelta(seconds=interval)
+            finished = await service.finish_pending(UNRESTRICTED, older_than=cutoff)
+            if finished:
+                log.warning("finished derived writes left pending", count=finished)
+        except (PyMongoError, FhirError) as error:
+            log.error("pending sweep failed; retrying next interval", error=repr(error))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     conformance = load_conformance(settings.conformance_dir)
@@ -136,6 +154,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             uri = embedded.start()
             log.info("embedded database started", uri=uri, data_dir=str(settings.data_dir))
         client = connect(uri)
+        sweeper: asyncio.Task[None] | None = None
         try:
             app.state.fhir = await build_service(settings, client)
             app.state.repository = app.state.fhir.repo
@@ -146,8 +165,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             # them on every collection (measured: a large share of per-request CPU).
             gc.collect()
             gc.freeze()
+            sweeper = asyncio.create_task(sweep_pending(app.state.fhir, settings))
             yield
         finally:
+            if sweeper is not None:
+                sweeper.cancel()
             await runtime.stop()
             await client.close()
             if embedded is not None:

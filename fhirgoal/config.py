@@ -46,6 +46,8 @@ class Settings(BaseSettings):
     srs_alert_below: Decimal = Decimal(36)
     srs_drop: Decimal = Decimal(1)
     no_progress_sessions: int = 6
+    # How often a running server finishes derived writes that a failure left pending (hooks.py).
+    pending_sweep_seconds: float = 60.0
     # A directory of {questionnaire id}.json files ({linkId: licensed item text}) for licensees.
     instrument_text_dir: Path | None = None
 

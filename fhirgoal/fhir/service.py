@@ -189,11 +189,13 @@ class FhirService:
             return
         await self.repo.clear_pending(version)
 
-    async def finish_pending(self, access: AccessContext) -> int:
+    async def finish_pending(
+        self, access: AccessContext, older_than: datetime | None = None
+    ) -> int:
         """Re-run the after-hooks of writes a crash interrupted (see hooks.py); how many ran."""
         finished = 0
         for rt in self.hooks.types_with_hooks():
-            for version in await self.repo.pending(rt):
+            for version in await self.repo.pending(rt, older_than):
                 previous = None
                 if version.deleted and version.version > 1:  # hooks read what was deleted
                     previous = await self.repo.version(access, rt, version.id, version.version - 1)

@@ -277,9 +277,15 @@ class Repository:
         if batch:
             yield batch
 
-    async def pending(self, rt: str, limit: int = 10_000) -> list[Version]:
-        """Current versions whose after-write hooks a crash interrupted."""
-        cursor = self.collection(rt).find({"pend": True}, {"json": 1, "v": 1, "lu": 1, "op": 1})
+    async def pending(
+        self, rt: str, older_than: datetime | None = None, limit: int = 10_000
+    ) -> list[Version]:
+        """Current versions whose after-write hooks did not finish (a crash, a database failure);
+        `older_than` leaves alone the writes whose hooks may still be running."""
+        query: dict[str, Any] = {"pend": True}
+        if older_than is not None:
+            query["lu"] = {"$lt": older_than}
+        cursor = self.collection(rt).find(query, _VERSION_ONLY)
         return [_version(rt, doc) async for doc in cursor.limit(limit)]
 
     async def clear_pending(self, version: Version) -> None:
