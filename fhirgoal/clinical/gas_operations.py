@@ -159,6 +159,8 @@ async def patient_tscore(svc: FhirService, call: Invocation) -> Outcome:
 
     await read_patient(svc, call.access, pid)
     plan = care_plan.text() if care_plan else None
+    if plan is not None and not plan.startswith("CarePlan/"):
+        plan = f"CarePlan/{plan}"  # one spelling, so the stored T-score is found again
     rated, unrated = await latest_ratings(svc, call.access, pid, plan, on, rater)
     if not rated:
         raise FhirError("processing", f"Patient/{pid} has no rated GAS goal on or before {on}")
@@ -238,7 +240,7 @@ async def latest_ratings(
 ) -> tuple[list[RatedGoal], list[GasGoal]]:
     """Each GAS goal's latest rating on or before `on` (baseline or `rater`'s follow-up)."""
     goals = await patient_gas_goals(svc, access, pid, care_plan)
-    ratings = await ratings_by_goal(svc, access, [g.id for g in goals])
+    ratings = await ratings_by_goal(svc, access, [g.id for g in goals], f"Patient/{pid}")
     rated, unrated = [], []
     for goal in goals:
         usable = [

@@ -60,7 +60,23 @@ class GoalStatusHook:
         return bool(self._goals(event))
 
     async def before_write(self, event: WriteEvent) -> None:
-        return None
+        """A rating may only rate a goal of its own subject: the status, Provenance and Flags it
+        drives are written by the server, so a rating must not reach another client's goal.
+        An unknown goal and another client's goal get the same answer (nothing is revealed)."""
+        if event.resource_type != "Observation" or event.resource is None:
+            return
+        gid = _rated_goal(event.resource)
+        if gid is None:
+            return
+        subject = (event.resource.get("subject") or {}).get("reference")
+        goal = await self.service.repo.current(UNRESTRICTED, "Goal", gid)
+        owner = (goal.resource or {}).get("subject", {}).get("reference") if goal else None
+        if goal is None or goal.deleted or owner != subject:
+            raise FhirError(
+                "processing",
+                f"a GAS rating must focus on a Goal of its subject ({subject}); Goal/{gid} is not one",
+                "Observation.focus",
+            )
 
     async def after_write(self, event: WriteEvent) -> None:
         for goal in sorted(self._goals(event)):
@@ -73,7 +89,8 @@ class GoalStatusHook:
             if current is None or current.resource is None:
                 return  # rated goal unknown or deleted: nothing to keep in step
             goal = current.resource
-            ratings = (await ratings_by_goal(svc, UNRESTRICTED, [gid])).get(gid, [])
+            subject = (goal.get("subject") or {}).get("reference")
+            ratings = (await ratings_by_goal(svc, UNRESTRICTED, [gid], subject)).get(gid, [])
             decision = decide(ratings)
             status = goal.get("achievementStatus")
             marked = _server_marked(status)
@@ -96,7 +113,15 @@ class GoalStatusHook:
                     "extension": [
                         {
                             "url": DERIVED_STATUS_EXTENSION,
-                            "valueReference": {"reference": f"Observation/{decision.based_on[-1]}"},
+                            "extension": [
+                                {"url": "code", "valueCode": decision.code},
+                                {
+                                    "url": "rating",
+                                    "valueReference": {
+                                        "reference": f"Observation/{decision.based_on[-1]}"
+                                    },
+                                },
+                            ],
                         }
                     ],
                     "coding": [decision.coding()],
@@ -119,9 +144,10 @@ class GoalStatusHook:
     async def _ask_for_review(
         self, goal: dict[str, Any], decision: AchievementDecision, status: Any
     ) -> None:
-        patient = str((goal.get("subject") or {}).get("reference", "")).removeprefix("Patient/")
-        if not patient:
-            return
+        subject = str((goal.get("subject") or {}).get("reference", ""))
+        if not subject.startswith("Patient/"):
+            return  # a Group's goal: no single client to flag
+        patient = subject.removeprefix("Patient/")
         current = _status_text(status)
         text = (
             f"Goal '{(goal.get('description') or {}).get('text', goal['id'])}': the ratings suggest "
@@ -142,9 +168,17 @@ class GoalStatusHook:
 
 
 def _server_marked(status: Any) -> bool:
-    return isinstance(status, dict) and any(
-        e.get("url") == DERIVED_STATUS_EXTENSION for e in status.get("extension") or []
-    )
+    """Whether the server set this status: its mark records the code it wrote, so a client that
+    edits the coding but sends the mark back (read-modify-write) is still seen as the author."""
+    if not isinstance(status, dict):
+        return False
+    codes = {c.get("code") for c in status.get("coding") or [] if isinstance(c, dict)}
+    for extension in status.get("extension") or []:
+        if extension.get("url") == DERIVED_STATUS_EXTENSION:
+            marked = {e.get("valueCode") for e in extension.get("extension") or []
+                      if e.get("url") == "code"}  # fmt: skip
+            return bool(marked) and codes == marked
+    return False
 
 
 def _status_text(status: Any) -> str:

@@ -37,12 +37,11 @@ from fhirgoal.clinical.records import (
     read_patient,
     series_in,
 )
-from fhirgoal.clinical.session_alerts import cutoffs_from
+from fhirgoal.clinical.session_alerts import cutoffs_from, interpret_outcome
 from fhirgoal.clinical.session_measures import (
     OrsPoint,
     SessionScore,
     SrsPoint,
-    interpret_ors,
     interpret_srs,
 )
 from fhirgoal.fhir.errors import FhirError
@@ -92,7 +91,7 @@ async def patient_progress(svc: FhirService, call: Invocation) -> Outcome:
     series = series_in(observations)
     outcome = [s for s in series.outcome if _on_or_before(s.when, on)]
     alliance = [s for s in series.alliance if _on_or_before(s.when, on)]
-    ors = interpret_ors(outcome, patient.get("birthDate"), cutoffs)
+    ors = interpret_outcome(outcome, patient.get("birthDate"), cutoffs)
     srs = interpret_srs(alliance, cutoffs)
     flags = await svc.find_resources(
         call.access, "Flag", [("patient", f"Patient/{pid}"), ("status", "active")], MAX_FLAGS

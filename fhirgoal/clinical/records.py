@@ -133,7 +133,9 @@ async def patient_gas_goals(
         ids = [r.split("/", 1)[1] for r in wanted if r.startswith("Goal/")]
         if not ids:
             return []
-        versions = await svc.find_resources(access, "Goal", [("_id", ",".join(ids))])
+        versions = await svc.find_resources(
+            access, "Goal", [("_id", ",".join(ids)), ("patient", f"Patient/{pid}")]
+        )
     else:
         versions = await svc.find_resources(
             access, "Goal", [("patient", f"Patient/{pid}")], MAX_RECORDS
@@ -148,17 +150,26 @@ async def patient_gas_goals(
 
 
 async def ratings_by_goal(
-    svc: FhirService, access: AccessContext, goal_ids: list[str]
+    svc: FhirService, access: AccessContext, goal_ids: list[str], subject: str | None = None
 ) -> dict[str, list[Rating]]:
-    """Every usable GAS rating of the goals, in recording order (the order decide() expects)."""
+    """Every usable GAS rating of the goals (by `subject` only, when given), in recording order
+    (the order decide() expects)."""
     if not goal_ids:
         return {}
     codes = ",".join(f"{LOINC}|{code}" for code in sorted(GAS_RATING_CODES))
     focus = ",".join(f"Goal/{gid}" for gid in goal_ids)
-    versions = await svc.find_resources(
-        access, "Observation", [("focus", focus), ("code", codes)], MAX_RECORDS, [("lu", 1)]
-    )
+    params = [("focus", focus), ("code", codes)] + ([("subject", subject)] if subject else [])
+    versions = await _latest_first(svc, access, params)
     return ratings_in([v.resource for v in versions if v.resource is not None], goal_ids)
+
+
+async def _latest_first(
+    svc: FhirService, access: AccessContext, params: list[tuple[str, str]]
+) -> list[Any]:
+    """Up to MAX_RECORDS Observations in recording order; past the cap the oldest are the ones
+    left out (a summary must never lose the newest sessions)."""
+    versions = await svc.find_resources(access, "Observation", params, MAX_RECORDS, [("lu", -1)])
+    return versions[::-1]
 
 
 def ratings_in(observations: list[dict[str, Any]], goal_ids: list[str]) -> dict[str, list[Rating]]:
@@ -178,9 +189,7 @@ async def patient_observations(
     """All the client's Observations in recording order: one indexed query serves both the GAS
     ratings and the session-measure series (on the embedded database the cost of a query is in
     the documents it touches, so one pass beats two)."""
-    versions = await svc.find_resources(
-        access, "Observation", [("subject", f"Patient/{pid}")], MAX_RECORDS, [("lu", 1)]
-    )
+    versions = await _latest_first(svc, access, [("subject", f"Patient/{pid}")])
     return [v.resource for v in versions if v.resource is not None]
 
 
@@ -235,12 +244,8 @@ def series_key(observation: dict[str, Any]) -> str | None:
 async def measure_series(svc: FhirService, access: AccessContext, pid: str) -> MeasureSeries:
     codes = [f"{MEASURES}|{c}" for c in sorted(SESSION_CODES)]
     codes += [f"{LOINC}|{c}" for c in sorted(COMPARATORS)]
-    versions = await svc.find_resources(
-        access,
-        "Observation",
-        [("subject", f"Patient/{pid}"), ("code", ",".join(codes))],
-        MAX_RECORDS,
-        [("lu", 1)],
+    versions = await _latest_first(
+        svc, access, [("subject", f"Patient/{pid}"), ("code", ",".join(codes))]
     )
     return series_in([v.resource for v in versions if v.resource is not None])
 

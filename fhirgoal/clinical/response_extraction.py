@@ -99,14 +99,31 @@ class ResponseExtractionHook:
             event.state["observations"] = await derive(self.service, UNRESTRICTED, event.resource)
 
     async def after_write(self, event: WriteEvent) -> None:
+        """Bring the derived Observations in line with the response as it is *now*: when two
+        writes of one response race, the slower hook must not restore what the newer retracted,
+        so each pass derives from the current version and repeats if it changed meanwhile."""
         svc = self.service
-        if event.resource is None:
-            wanted: list[dict[str, Any]] = []
-        elif "observations" in event.state:
-            wanted = event.state["observations"] or []
-        else:  # re-run after a crash: derive from the stored response again
-            wanted = await derive(svc, UNRESTRICTED, event.resource) or []
-        source = f"QuestionnaireResponse/{event.id}"
+        for _ in range(svc.settings.write_retries):
+            current = await svc.repo.current(UNRESTRICTED, "QuestionnaireResponse", event.id)
+            resource = current.resource if current is not None else None
+            if resource is None:
+                wanted: list[dict[str, Any]] = []
+            elif (
+                event.version is not None
+                and current is not None
+                and (current.version == event.version.version and "observations" in event.state)
+            ):
+                wanted = event.state["observations"] or []
+            else:
+                wanted = await derive(svc, UNRESTRICTED, resource) or []
+            await self._apply(event.id, wanted)
+            after = await svc.repo.current(UNRESTRICTED, "QuestionnaireResponse", event.id)
+            if (after.version if after else None) == (current.version if current else None):
+                return
+
+    async def _apply(self, rid: str, wanted: list[dict[str, Any]]) -> None:
+        svc = self.service
+        source = f"QuestionnaireResponse/{rid}"
         existing = await svc.find_resources(
             UNRESTRICTED, "Observation", [("derived-from", source)], MAX_DERIVED
         )

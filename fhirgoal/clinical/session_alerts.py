@@ -14,11 +14,13 @@ from typing import Any
 
 from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.clinical.flags import AlertFlag, clear_flag, flag_id, raise_flag
+from fhirgoal.clinical.gas import ClinicalInputError
 from fhirgoal.clinical.records import measure_series, series_key
 from fhirgoal.clinical.session_measures import (
     Alert,
     Cutoffs,
     OrsPoint,
+    SessionScore,
     SrsPoint,
     interpret_ors,
     interpret_srs,
@@ -52,11 +54,25 @@ def alert_flag_id(patient: str, kind: str) -> str:
     return flag_id("session-alert", patient, kind)
 
 
+def interpret_outcome(
+    series: list[SessionScore], birth_date: Any, cutoffs: Cutoffs
+) -> list[OrsPoint]:
+    """interpret_ors, taking a birth date that cannot apply (after a session, malformed) as
+    unknown - the adult cutoff, said so in each point - rather than refusing the whole series:
+    one typing error in a Patient must not stop a client's alerts."""
+    try:
+        return interpret_ors(series, birth_date, cutoffs)
+    except ClinicalInputError as error:
+        if error.fields != ("birth_date",):
+            raise
+        return interpret_ors(series, None, cutoffs)
+
+
 async def interpret(
     svc: FhirService, patient: dict[str, Any], cutoffs: Cutoffs
 ) -> tuple[list[OrsPoint], list[SrsPoint], list[Alert]]:
     series = await measure_series(svc, UNRESTRICTED, patient["id"])
-    ors = interpret_ors(series.outcome, patient.get("birthDate"), cutoffs)
+    ors = interpret_outcome(series.outcome, patient.get("birthDate"), cutoffs)
     srs = interpret_srs(series.alliance, cutoffs)
     return ors, srs, open_alerts(ors, srs)
 

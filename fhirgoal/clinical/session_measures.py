@@ -183,7 +183,8 @@ def _day(when: When) -> date:
     if isinstance(when, date):
         return when
     try:
-        return date.fromisoformat(when[:10])
+        # a partial dateTime ("2026-08") counts from the start of its period, as in ordering
+        return date.fromisoformat(when[:10]) if len(when) >= 10 else instant_of(when).date()
     except (TypeError, ValueError):
         raise ClinicalInputError.single("on_date", f"not a date: {when!r}") from None
 

@@ -181,11 +181,12 @@ class FhirService:
         event.version = version
         try:
             await self.hooks.after(event)
-        except FhirError as error:
+        except Exception as error:
             # The write itself is stored and stays so; what a rule derives from it is not. That
-            # is a server fault, not the client's: keep the pending mark (re-run at start-up).
+            # is a server fault, not the client's, and answering 500 would invite a retry that
+            # duplicates the write: log it and keep the pending mark (the sweep re-runs it).
             log.error("after-write rule failed", resource=f"{version.resource_type}/{version.id}",
-                      version=version.version, error=error.diagnostics)  # fmt: skip
+                      version=version.version, error=repr(error))  # fmt: skip
             return
         await self.repo.clear_pending(version)
 
@@ -196,12 +197,14 @@ class FhirService:
         finished = 0
         for rt in self.hooks.types_with_hooks():
             for version in await self.repo.pending(rt, older_than):
+                # The previous version too: hooks keep what it pointed at in step as well (a
+                # rating moved to another goal, a deletion).
                 previous = None
-                if version.deleted and version.version > 1:  # hooks read what was deleted
+                if version.version > 1:
                     previous = await self.repo.version(access, rt, version.id, version.version - 1)
                 event = WriteEvent(access, rt, version.id, version.resource, previous)
                 event.hooks = [h for h in self.hooks.for_type(rt) if h.interested(event)]
-                await self._after(event, version)
+                await self._after(event, version)  # logs and keeps the mark if a hook fails
                 if not event.hooks:
                     await self.repo.clear_pending(version)
                 finished += 1

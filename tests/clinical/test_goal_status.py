@@ -60,7 +60,10 @@ async def test_status_follows_ratings_from_baseline_to_sustaining(fhir: RunningS
     marker = goal["achievementStatus"]["extension"][0]
     assert marker == {
         "url": DERIVED_STATUS_EXTENSION,
-        "valueReference": {"reference": "Observation/f5"},
+        "extension": [
+            {"url": "code", "valueCode": "sustaining"},
+            {"url": "rating", "valueReference": {"reference": "Observation/f5"}},
+        ],
     }
 
 
@@ -124,4 +127,37 @@ async def test_retracting_a_rating_moves_the_status_back(fhir: RunningServer) ->
     await put(fhir, wrong)
     assert await status(fhir) == "in-progress"
     assert (await fhir.client.delete("/Observation/b")).status_code == 204
+    assert await status(fhir) is None
+
+
+async def test_a_clinician_editing_the_code_but_sending_the_mark_back_is_still_the_author(
+    fhir: RunningServer,
+) -> None:
+    await seed(fhir)
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    await rate(fhir, "f1", 0, "2026-08-24")
+    goal = (await fhir.client.get("/Goal/g1")).json()  # read-modify-write keeps the extension
+    goal["achievementStatus"]["coding"] = [{"system": ACHIEVEMENT, "code": "not-achieved"}]
+    await put(fhir, goal)
+    assert await status(fhir) == "not-achieved"
+    assert [f["code"]["coding"][0]["code"] for f in await active_review_flags(fhir)] == [
+        "goal-status-review"
+    ]
+
+
+async def test_a_rating_cannot_reach_another_clients_goal(fhir: RunningServer) -> None:
+    await seed(fhir)
+    await put(fhir, {"resourceType": "Patient", "id": "p2"})
+    intruder = gas_rating("x", "p2", "g1", 2, "2026-08-03", performer="Patient/p2")
+    response = await fhir.client.put("/Observation/x", json=intruder)
+    assert response.status_code == 422
+    assert "Observation.focus" in response.text
+    unknown = gas_rating("y", "p1", "nope", 2, "2026-08-03", performer="Patient/p1")
+    other = await fhir.client.put("/Observation/y", json=unknown)
+    assert other.status_code == 422
+    assert (
+        other.json()["issue"][0]["diagnostics"].replace("nope", "g1").replace("p1", "p2")
+        == (response.json()["issue"][0]["diagnostics"])
+    )  # an unknown goal and someone else's read the same
+    assert (await fhir.client.get("/Observation/x")).status_code == 404
     assert await status(fhir) is None

@@ -99,3 +99,21 @@ async def test_an_srs_sent_as_an_observation_raises_the_alliance_alert(fhir: Run
     assert "drop" in alert["code"]["text"]
     await put(fhir, srs("c", "38", 15))
     assert await flags(fhir, status="active") == {}
+
+
+async def test_partial_session_dates_and_an_impossible_birth_date_do_not_stop_the_alerts(
+    fhir: RunningServer,
+) -> None:
+    await put(fhir, {"resourceType": "Patient", "id": "p1", "birthDate": "2030-01-01"})
+    first = rating_scale_response("a", "ors", "p1", marks("30"), "2026-08")  # month precision
+    second = rating_scale_response("b", "ors", "p1", marks("24"), "2026-09-14")
+    await put(fhir, first)
+    await put(fhir, second)
+    assert set(await flags(fhir, status="active")) == {"reliable-deterioration"}
+    progress = await fhir.client.get("/Patient/p1/$progress", params={"date": "2026-12-31"})
+    assert progress.status_code == 200
+    point = {
+        q["name"]: q
+        for q in next(p for p in progress.json()["parameter"] if p["name"] == "ors")["part"]
+    }
+    assert "adult cutoff" in point["cutoffBasis"]["valueString"]
