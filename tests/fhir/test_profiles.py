@@ -82,6 +82,7 @@ async def test_a_goal_without_gas_extensions_or_measure_is_not_held_to_the_gas_p
 async def test_a_gas_rating_needs_focus_performer_and_an_LL6900_6_answer(
     fhir: RunningServer,
 ) -> None:
+    assert (await put(fhir, goal())).status_code == 201
     assert (await put(fhir, rating())).status_code == 201
     no_focus = rating(id="r2")
     del no_focus["focus"]
@@ -104,6 +105,7 @@ async def test_a_gas_rating_needs_focus_performer_and_an_LL6900_6_answer(
 
 
 async def test_variant_levels_carry_their_LL6900_6_answer(fhir: RunningServer) -> None:
+    assert (await put(fhir, goal())).status_code == 201
     partial = rating(id="r5", valueCodeableConcept=copy.deepcopy(
         gas_rating("x", "p1", "g1", "-0.5", "2026-08-03", performer="Patient/p1")["valueCodeableConcept"]))  # fmt: skip
     assert (await put(fhir, partial)).status_code == 201
