@@ -39,6 +39,7 @@ from joserfc.jwk import RSAKey
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Result, render_request, run
 from rest_core import cpu_seconds, observation
+from rest_core import start_server as start_fhirgoal
 
 from fhirgoal.auth.bearer import CachedAuthenticator
 from fhirgoal.auth.clients import Client, ClientRegistry
@@ -93,23 +94,8 @@ async def token_validation(uri: str, db_name: str, rounds: int = 300) -> dict[st
 def start_server(
     uri: str, port: int, db: str, auth: str, audit: bool = True
 ) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ, "MONGODB_URI": uri, "FHIRGOAL_DB": db, "FHIRGOAL_LOG_LEVEL": "WARNING",
-        "FHIRGOAL_AUTH": auth, "FHIRGOAL_AUDIT": "true" if audit else "false",
-    }  # fmt: skip
-    command = [sys.executable, "-m", "fhirgoal.cli", "serve", "--port", str(port)]
-    process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
-    for _ in range(600):
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise SystemExit("the server did not start")
+    audited = "true" if audit else "false"
+    return start_fhirgoal(uri, port, db, {"FHIRGOAL_AUTH": auth, "FHIRGOAL_AUDIT": audited})
 
 
 async def backend_token(uri: str, db: str, port: int, scope: str) -> str:

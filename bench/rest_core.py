@@ -96,9 +96,13 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / TICKS  # utime + stime
 
 
-def start_server(uri: str, port: int, db: str) -> subprocess.Popen[bytes]:
+def start_server(
+    uri: str, port: int, db: str, extra_env: dict[str, str] | None = None
+) -> subprocess.Popen[bytes]:
+    """`fhirgoal serve` as its own process (auth off unless `extra_env` says otherwise)."""
     env = {**os.environ, "MONGODB_URI": uri, "FHIRGOAL_DB": db, "FHIRGOAL_LOG_LEVEL": "WARNING"}
     env.setdefault("FHIRGOAL_AUTH", "off")
+    env.update(extra_env or {})
     command = [sys.executable, "-m", "fhirgoal.cli", "serve", "--port", str(port)]
     process = subprocess.Popen(
         command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL

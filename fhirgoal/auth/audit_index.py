@@ -20,6 +20,7 @@ from typing import Any
 import structlog
 
 from fhirgoal.fhir.search.registry import SearchRegistry, TypeParams
+from fhirgoal.fhir.selectors import values
 
 log = structlog.get_logger(__name__)
 
@@ -31,18 +32,7 @@ _PATIENT_UNION = re.compile(
 
 
 def _walker(steps: list[str]) -> Extractor:
-    def extract(resource: dict[str, Any]) -> list[Any]:
-        items: list[Any] = [resource]
-        for step in steps:
-            found: list[Any] = []
-            for item in items:
-                if isinstance(item, dict) and step in item:
-                    value = item[step]
-                    found.extend(value if isinstance(value, list) else [value])
-            items = found
-        return items
-
-    return extract
+    return lambda resource: values(resource, steps)
 
 
 def _patient_refs(walkers: list[Extractor]) -> Extractor:
