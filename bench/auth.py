@@ -38,7 +38,7 @@ from joserfc.jwk import RSAKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Result, render_request, run
-from rest_core import cpu_seconds, observation
+from rest_core import cpu_seconds, observation, shut_down
 from rest_core import start_server as start_fhirgoal
 
 from fhirgoal.auth.bearer import CachedAuthenticator
@@ -189,12 +189,7 @@ async def reads(
                     raise SystemExit(f"{mode}: unexpected statuses {result.statuses}")
                 rows.append(summarize(mode, clients, result, cpu, db_cpu))
     finally:
-        for process in processes.values():
-            process.terminate()
-            process.wait(timeout=30)
-        client = connect(uri)
-        await client.drop_database(db)
-        await client.close()
+        await shut_down(uri, db, *processes.values())
     return rows
 
 

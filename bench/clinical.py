@@ -23,12 +23,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import render_request, run
-from rest_core import database, measured, save_results, start_server, summarize
+from rest_core import database, measured, save_results, shut_down, start_server, summarize
 
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
 from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.store.embedded import free_port
-from fhirgoal.store.mongo import connect
 
 GOALS = 5
 START = datetime(2024, 1, 8, 15, 0, tzinfo=UTC)
@@ -100,11 +99,7 @@ async def bench(uri: str, sessions: int, total: int) -> list[dict[str, Any]]:
                 raise SystemExit(f"{name}: {result.statuses}")
             rows.append(summarize(name, 1, result, cpu))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        client = connect(uri)
-        await client.drop_database(db)
-        await client.close()
+        await shut_down(uri, db, server)
     return rows
 
 

@@ -83,6 +83,16 @@ def database() -> Iterator[str]:
             embedded.stop()
 
 
+async def shut_down(uri: str, db: str, *servers: subprocess.Popen[bytes]) -> None:
+    """Stop the benchmark's servers and drop its database."""
+    for server in servers:
+        server.terminate()
+        server.wait(timeout=30)
+    client = connect(uri)
+    await client.drop_database(db)
+    await client.close()
+
+
 def save_results(name: str, payload: Any) -> Path:
     out = Path(__file__).parent / "results"
     out.mkdir(exist_ok=True)
@@ -202,11 +212,7 @@ async def bench(uri: str, total: int, concurrency: list[int]) -> list[dict[str, 
             rows.append(summarize("raw insert_one", clients, insert, None))
             rows.append(summarize("raw find_one", clients, find, None))
     finally:
-        server.terminate()
-        server.wait(timeout=30)
-        client = connect(uri)
-        await client.drop_database(db)
-        await client.close()
+        await shut_down(uri, db, server)
     return rows
 
 

@@ -12,6 +12,7 @@ import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import httpx
 import pytest
@@ -48,11 +49,16 @@ def _bound_socket() -> socket.socket:
 
 
 async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    return await serve_app(create_app(settings))
+
+
+async def serve_app(
+    app: Any, lifespan: str = "on"
+) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
+    """Run an ASGI app with uvicorn in this event loop on a free loopback port, once started."""
     sock = _bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(
-        create_app(settings), log_level="warning", lifespan="on", access_log=False
-    )
+    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, access_log=False)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -14,7 +14,7 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
 import orjson
@@ -201,21 +201,21 @@ async def jwks(request: Request) -> Response:
 # ---- token & introspection -------------------------------------------------------------------
 @router.post("/auth/token")
 async def token(request: Request) -> Response:
-    fhir = fhir_base(request)
-    try:
-        form = await _form(request)
-        body = await _smart(request).tokens.token(form, endpoints(fhir)["token"], fhir)
-    except OAuthError as exc:
-        return _json(exc.body(), exc.status)
-    return _json(body)
+    return await _token_service(request, "token")
 
 
 @router.post("/auth/introspect")
 async def introspect(request: Request) -> Response:
+    return await _token_service(request, "introspect")
+
+
+async def _token_service(request: Request, operation: Literal["token", "introspect"]) -> Response:
+    """One form POST to the token service; OAuth errors as RFC 6749 §5.2 JSON."""
     fhir = fhir_base(request)
+    tokens = _smart(request).tokens
+    handler = tokens.token if operation == "token" else tokens.introspect
     try:
-        form = await _form(request)
-        body = await _smart(request).tokens.introspect(form, endpoints(fhir)["token"], fhir)
+        body = await handler(await _form(request), endpoints(fhir)["token"], fhir)
     except OAuthError as exc:
         return _json(exc.body(), exc.status)
     return _json(body)

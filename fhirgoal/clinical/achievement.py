@@ -109,6 +109,18 @@ def instant_of(when: When) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment.astimezone(UTC)
 
 
+def day_of(when: When) -> date:
+    """The calendar day of `when` as written (its own offset); a partial date ("2026-08") is the
+    first day of its period, as in `instant_of`. Raises ValueError when it is not a dateTime."""
+    if isinstance(when, datetime):
+        return when.date()
+    if isinstance(when, date):
+        return when
+    if isinstance(when, str) and len(when) >= 10:
+        return date.fromisoformat(when[:10])
+    return instant_of(when).date()
+
+
 def day_text(when: When) -> str:
     """The calendar day of `when` as written (its own offset), for human-readable reasons."""
     if isinstance(when, datetime):

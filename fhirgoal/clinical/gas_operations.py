@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhirgoal.auth.context import AccessContext
-from fhirgoal.clinical.achievement import Rater, Rating, instant_of
+from fhirgoal.clinical.achievement import Rater, Rating, day_of, instant_of
 from fhirgoal.clinical.codes import (
     GAS_GOAL_COMPONENT_EXTENSION,
     GAS_TSCORE,
@@ -246,7 +246,7 @@ async def latest_ratings(
         usable = [
             r
             for r in ratings.get(goal.id, [])
-            if (r.kind == "baseline" or r.rater == rater) and _day(r.when) <= on
+            if (r.kind == "baseline" or r.rater == rater) and day_of(r.when) <= on
         ]
         if usable:
             latest = max(enumerate(usable), key=lambda pair: (instant_of(pair[1].when), pair[0]))
@@ -254,10 +254,6 @@ async def latest_ratings(
         else:
             unrated.append(goal)
     return rated, unrated
-
-
-def _day(when: Any) -> date:
-    return date.fromisoformat(str(when)[:10]) if len(str(when)) >= 10 else instant_of(when).date()
 
 
 def tscore_observation(

@@ -25,7 +25,7 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from fhirgoal.clinical.achievement import instant_of
+from fhirgoal.clinical.achievement import day_of, instant_of
 from fhirgoal.clinical.codes import DERIVED_STATUS_EXTENSION
 from fhirgoal.clinical.gas import GoalScore, compute_tscore
 from fhirgoal.clinical.records import (
@@ -59,8 +59,7 @@ def register(operations: OperationRegistry) -> None:
 
 
 def _on_or_before(when: Any, on: date) -> bool:
-    text = str(when)
-    return (date.fromisoformat(text[:10]) if len(text) >= 10 else instant_of(when).date()) <= on
+    return day_of(when) <= on
 
 
 def _ref(reference: str, display: str | None = None) -> dict[str, Any]:

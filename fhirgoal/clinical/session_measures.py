@@ -59,7 +59,7 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Literal, TypeVar
 
-from fhirgoal.clinical.achievement import When, day_text, instant_of
+from fhirgoal.clinical.achievement import When, day_of, day_text, instant_of
 from fhirgoal.clinical.gas import ClinicalInputError, InputProblem, check_decimal
 
 AgeBand = Literal["adult", "adolescent", "child"]
@@ -178,13 +178,8 @@ def _birth_range(birth_date: date | str) -> tuple[date, date]:
 
 
 def _day(when: When) -> date:
-    if isinstance(when, datetime):
-        return when.date()
-    if isinstance(when, date):
-        return when
     try:
-        # a partial dateTime ("2026-08") counts from the start of its period, as in ordering
-        return date.fromisoformat(when[:10]) if len(when) >= 10 else instant_of(when).date()
+        return day_of(when)
     except (TypeError, ValueError):
         raise ClinicalInputError.single("on_date", f"not a date: {when!r}") from None
 

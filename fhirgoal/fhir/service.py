@@ -128,9 +128,10 @@ class FhirService:
         params: list[tuple[str, str]],
         limit: int = 1000,
         sort: list[tuple[str, int]] | None = None,
+        base_url: str = "",
     ) -> list[Version]:
         """Live resources matching search `params`, for server-side logic (no paging, no Bundle)."""
-        compiled = await self.engine.compile(access, rt, params, "")
+        compiled = await self.engine.compile(access, rt, params, base_url)
         return await self.repo.find(access, rt, compiled.filter, sort or [("_id", 1)], limit)
 
     async def _matches(
@@ -138,8 +139,7 @@ class FhirService:
     ) -> list[Version]:
         if not params:
             raise FhirError("bad-request", "a conditional interaction needs search criteria")
-        compiled = await self.engine.compile(access, rt, params, base_url)
-        return await self.repo.find(access, rt, compiled.filter, [("_id", 1)], 2)
+        return await self.find_resources(access, rt, params, 2, base_url=base_url)
 
     # ---- create ------------------------------------------------------------------------------
     async def create(

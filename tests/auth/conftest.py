@@ -21,7 +21,7 @@ from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.config import Settings
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.mongo import connect
-from tests.conftest import start_server
+from tests.conftest import serve_app, start_server
 
 TEST_CLIENT = "test-app"
 
@@ -143,22 +143,8 @@ class IssuerHost:
 
 @pytest.fixture
 async def jwks_host() -> AsyncIterator[IssuerHost]:
-    import asyncio
-
-    import uvicorn
-
-    from tests.conftest import _bound_socket
-
     host = IssuerHost()
-    sock = _bound_socket()
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(host.app(), log_level="warning", lifespan="off"))
-    server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-    task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    server, task, port = await serve_app(host.app(), lifespan="off")
     host.url = f"http://127.0.0.1:{port}/jwks"
     host.introspection_url = f"http://127.0.0.1:{port}/introspect"
     yield host
