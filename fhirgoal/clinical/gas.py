@@ -181,12 +181,28 @@ def level_used(level: Decimal) -> Decimal:
     return Decimal(-1) if level == PARTIAL_ACHIEVEMENT else level
 
 
+def _checked_rho(rho: object, problems: list[InputProblem]) -> Decimal | None:
+    value = check_decimal(rho, "rho", problems)
+    if value is not None and not Decimal(0) <= value < Decimal(1):
+        problems.append(InputProblem("rho", f"must be at least 0 and below 1, not {value}"))
+        return None
+    return value
+
+
+def checked_rho(rho: object) -> Decimal:
+    """`rho` as a Decimal in [0, 1), or ClinicalInputError (field ``rho``): for callers that
+    must refuse a bad rho before they gather the goals."""
+    problems: list[InputProblem] = []
+    value = _checked_rho(rho, problems)
+    if value is None:
+        raise ClinicalInputError(problems)
+    return value
+
+
 def compute_tscore(goals: Sequence[GoalScore], rho: Decimal = DEFAULT_RHO) -> TScoreResult:
     """The GAS T-score of `goals` (see the module docstring); raises `ClinicalInputError`."""
     problems: list[InputProblem] = []
-    rho_value = check_decimal(rho, "rho", problems)
-    if rho_value is not None and not Decimal(0) <= rho_value < Decimal(1):
-        problems.append(InputProblem("rho", f"must be at least 0 and below 1, not {rho_value}"))
+    rho_value = _checked_rho(rho, problems)
     if not goals:
         problems.append(InputProblem("goal", "at least one goal is required"))
     used: list[GoalUsed] = []

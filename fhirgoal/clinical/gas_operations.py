@@ -39,6 +39,7 @@ from fhirgoal.clinical.gas import (
     ClinicalInputError,
     GoalScore,
     TScoreResult,
+    checked_rho,
     compute_tscore,
     level_text,
 )
@@ -152,6 +153,11 @@ async def patient_tscore(svc: FhirService, call: Invocation) -> Outcome:
                         rater_param.expression if rater_param else None)  # fmt: skip
     rho_param = params.one("rho")
     rho = rho_param.decimal() if rho_param else DEFAULT_RHO
+    where_rho = {"rho": rho_param.expression if rho_param else "Parameters"}
+    try:
+        rho = checked_rho(rho)  # a bad input is a 400 whatever the stored data
+    except ClinicalInputError as error:
+        raise error.relocated(lambda field: where_rho.get(field, "Parameters")) from None
     store_param = params.one("store")
     store = store_param.boolean() if store_param else False
     if store and call.method == "GET":
@@ -165,8 +171,7 @@ async def patient_tscore(svc: FhirService, call: Invocation) -> Outcome:
     if not rated:
         raise FhirError("processing", f"Patient/{pid} has no rated GAS goal on or before {on}")
     scores = [GoalScore(r.rating.level, r.goal.weight, f"Goal/{r.goal.id}") for r in rated]
-    where = {"rho": rho_param.expression if rho_param else "Parameters"}
-    result = _compute(scores, rho, where)
+    result = _compute(scores, rho, where_rho)
     extra: list[list[dict[str, Any]]] = [
         [
             {"name": "goal", "valueReference": {"reference": f"Goal/{r.goal.id}",

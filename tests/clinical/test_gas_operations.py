@@ -185,3 +185,7 @@ async def test_patient_tscore_refusals(fhir: RunningServer) -> None:
     assert response.status_code == 400
     response = await fhir.client.get("/Patient/p2/$gas-tscore", params={"rater": "robot"})
     assert response.status_code == 400
+    bad_rho = {"resourceType": "Parameters", "parameter": [{"name": "rho", "valueDecimal": 2}]}
+    response = await fhir.client.post("/Patient/p2/$gas-tscore", json=bad_rho)
+    assert response.status_code == 400  # refused before looking for goals (none here)
+    assert response.json()["issue"][0]["expression"] == ["Parameters.parameter[0]"]
