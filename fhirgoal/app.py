@@ -35,6 +35,7 @@ from fhirgoal.config import Settings
 from fhirgoal.fhir.capability import build_capability
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
+from fhirgoal.fhir.dispatch import InteractionRouter
 from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.rest import FHIR_JSON, base_url, negotiate
@@ -183,6 +184,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth_runtime = runtime
+    # Added first, so it runs inside the authorization middleware, exactly where the routes do.
+    app.add_middleware(InteractionRouter, is_type=conformance.is_stored)
     if settings.auth == "off":
         # Everything is allowed, but only to callers on this machine.
         log.warning("authorization is off (FHIRGOAL_AUTH=off): loopback callers only")
