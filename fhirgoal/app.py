@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -61,6 +61,7 @@ _STATUS_CATEGORY = {
 }
 
 
+@lru_cache(maxsize=1024)  # asked for every request when authorization is off
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
