@@ -6,7 +6,8 @@ solving and its own exception wrappers) took a third of the server's CPU per rea
 recognises those paths with one split, for stored resource types only, and calls the very handlers
 the FastAPI routes are declared with (fhir/rest.py), so the two paths cannot drift apart; every
 other request (operations, history, metadata, unknown types, odd paths, other methods) goes on to
-FastAPI, which also keeps documenting all of them in the OpenAPI schema.
+FastAPI, which also keeps documenting all of them in the OpenAPI schema. (FastAPI's own
+OpenTelemetry spans, if a deployment configures a tracer, name no `http.route` for these.)
 
 It sits inside the authorization middleware, like the routes: errors are answered by the
 application's own exception handlers (app.py), looked up the way Starlette's ExceptionMiddleware
