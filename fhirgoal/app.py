@@ -13,7 +13,7 @@ import uuid
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +35,7 @@ from fhirgoal.config import Settings
 from fhirgoal.fhir.capability import build_capability
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
+from fhirgoal.fhir.dispatch import InteractionRouter
 from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.rest import FHIR_JSON, base_url, negotiate
@@ -60,6 +61,7 @@ _STATUS_CATEGORY = {
 }
 
 
+@lru_cache(maxsize=1024)  # asked for every request when authorization is off
 def is_loopback(host: str) -> bool:
     if host == "localhost":
         return True
@@ -183,6 +185,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.settings = settings
     app.state.auth_runtime = runtime
+    # Added first, so it runs inside the authorization middleware, exactly where the routes do.
+    app.add_middleware(InteractionRouter, is_type=conformance.is_stored)
     if settings.auth == "off":
         # Everything is allowed, but only to callers on this machine.
         log.warning("authorization is off (FHIRGOAL_AUTH=off): loopback callers only")

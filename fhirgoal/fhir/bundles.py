@@ -5,7 +5,6 @@ https://hl7.org/fhir/R4/search.html#bundle , https://hl7.org/fhir/R4/http.html#h
 from __future__ import annotations
 
 from datetime import UTC
-from email.utils import format_datetime
 from typing import Any
 from urllib.parse import urlencode
 
@@ -18,8 +17,18 @@ from fhirgoal.store.repository import Version
 _STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "204 No Content"}
 
 
+_WEEKDAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
+_MONTHS = ("Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec")
+
+
 def http_date(version: Version) -> str:
-    return format_datetime(version.last_updated.astimezone(UTC), usegmt=True)
+    """Last-Modified as an RFC 9110 IMF-fixdate, e.g. `Sun, 06 Nov 1994 08:49:37 GMT` (written
+    out here: email.utils.format_datetime took 1% of a read's CPU)."""
+    moment = version.last_updated.astimezone(UTC)
+    return (
+        f"{_WEEKDAYS[moment.weekday()]}, {moment.day:02d} {_MONTHS[moment.month - 1]} "
+        f"{moment.year:04d} {moment.hour:02d}:{moment.minute:02d}:{moment.second:02d} GMT"
+    )
 
 
 def link(url: str, params: list[tuple[str, str]]) -> str:

@@ -63,7 +63,9 @@ class Invariant:
     key: str
     human: str
     path: str
-    needs: tuple[str, ...]  # top-level elements that must all be present for the rule to matter
+    # Top-level elements that must all be present for the rule to matter, each as the set of
+    # JSON keys that would carry it (see `_keys_of`).
+    needs: tuple[frozenset[str], ...]
     evaluate: Callable[..., list[Any]]
 
 
@@ -90,15 +92,22 @@ class InvariantChecker:
                 continue
             needs = (path.split(".")[0],) if path else _needed_elements(expression)
             compiled.append(
-                Invariant(constraint["key"], constraint.get("human", ""), path, needs, evaluate)
+                Invariant(
+                    constraint["key"],
+                    constraint.get("human", ""),
+                    path,
+                    tuple(_keys_of(name) for name in needs),
+                    evaluate,
+                )
             )
         return tuple(compiled)
 
     def check(self, resource: dict[str, Any]) -> list[Issue]:
         rt = resource["resourceType"]
         issues = []
+        keys = resource.keys()
         for inv in self.invariants(rt):
-            if not all(_present(resource, name) for name in inv.needs):
+            if not all(not keys.isdisjoint(carriers) for carriers in inv.needs):
                 continue
             try:
                 # %resource / %rootResource are the resource being validated (fhirpath.html#vars)
@@ -141,8 +150,7 @@ def _needed_elements(expression: str) -> tuple[str, ...]:
     return tuple(needed)
 
 
-def _present(resource: dict[str, Any], name: str) -> bool:
-    if name in resource or f"_{name}" in resource:
-        return True
-    # choice elements: value -> valueQuantity
-    return any(k.startswith(name) and k[len(name) :] in CHOICE_TYPE_SUFFIXES for k in resource)
+def _keys_of(name: str) -> frozenset[str]:
+    """The JSON keys that carry element `name`: itself, its primitive's extensions (`_name`) and,
+    for a choice element, each typed variant (value -> valueQuantity)."""
+    return frozenset({name, f"_{name}", *(name + suffix for suffix in CHOICE_TYPE_SUFFIXES)})

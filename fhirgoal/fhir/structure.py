@@ -94,46 +94,53 @@ class StructureChecker:
         issues: list[Issue],
         is_resource: bool = False,
     ) -> None:
+        # Every element of every write passes here: expression strings are built only for an
+        # issue or a complex value to descend into, never for the primitives that most keys hold.
         table = self.table(type_name)
         children = table.children.get(parent, {})
         choices_seen: dict[str, str] = {}
         for key, value in node.items():
             if is_resource and key == "resourceType":
                 continue
-            base = key[1:] if key.startswith("_") else key
-            child = children.get(base)
-            where = f"{expr}.{key}"
+            primitive_part = key.startswith("_")  # extensions/id of a primitive
+            child = children.get(key[1:] if primitive_part else key)
             if child is None:
-                issues.append(Issue(f"unknown element '{key}'", where, "structure"))
+                issues.append(Issue(f"unknown element '{key}'", f"{expr}.{key}", "structure"))
                 continue
-            if child.choice and not key.startswith("_"):
+            if primitive_part:  # an object, or an array of them
+                if not isinstance(value, dict | list):
+                    issues.append(
+                        Issue(f"'{key}' must be an object or array", f"{expr}.{key}", "structure")
+                    )
+                continue
+            if child.choice:
                 other = choices_seen.get(child.name)
                 if other and other != key:
                     issues.append(
                         Issue(
                             f"only one of {child.name}[x] is allowed ({other}, {key})",
-                            where,
+                            f"{expr}.{key}",
                             "structure",
                         )
                     )
                 choices_seen[child.name] = key
-            if key.startswith("_"):  # extensions/id of a primitive: an object, or an array of them
-                if not isinstance(value, dict | list):
-                    issues.append(Issue(f"'{key}' must be an object or array", where, "structure"))
-                continue
-            if isinstance(value, list) != child.repeats:
+            repeated = isinstance(value, list)
+            if repeated != child.repeats:
                 shape = "an array" if child.repeats else "a single value, not an array"
-                issues.append(Issue(f"'{key}' must be {shape}", where, "structure"))
+                issues.append(Issue(f"'{key}' must be {shape}", f"{expr}.{key}", "structure"))
                 continue
-            if isinstance(value, list) and not value:
-                issues.append(Issue(f"'{key}' must not be an empty array", where, "structure"))
-            items = value if isinstance(value, list) else [value]
-            for i, item in enumerate(items):
-                item_expr = f"{where}[{i}]" if isinstance(value, list) else where
-                if item is None or item == {} or item == "":
-                    issues.append(Issue(f"'{key}' must not be empty", item_expr, "structure"))
-                    continue
-                self._descend(child, item, type_name, item_expr, issues)
+            if repeated and not value:
+                issues.append(
+                    Issue(f"'{key}' must not be an empty array", f"{expr}.{key}", "structure")
+                )
+            for i, item in enumerate(value if repeated else (value,)):
+                complex_value = isinstance(item, dict)
+                if item is None or item == "" or (complex_value and not item):
+                    where = f"{expr}.{key}[{i}]" if repeated else f"{expr}.{key}"
+                    issues.append(Issue(f"'{key}' must not be empty", where, "structure"))
+                elif complex_value:  # primitives: their lexical form is checked by the JSON schema
+                    where = f"{expr}.{key}[{i}]" if repeated else f"{expr}.{key}"
+                    self._descend(child, item, type_name, where, issues)
         for name, keys in table.required.get(parent, []):
             if not any(k in node or f"_{k}" in node for k in keys):
                 label = f"{name}[x]" if len(keys) > 1 or (keys and keys[0] != name) else name
@@ -142,10 +149,8 @@ class StructureChecker:
                 )
 
     def _descend(
-        self, child: Child, item: Any, type_name: str, expr: str, issues: list[Issue]
+        self, child: Child, item: dict[str, Any], type_name: str, expr: str, issues: list[Issue]
     ) -> None:
-        if not isinstance(item, dict):
-            return  # primitives: their lexical form is checked by the JSON schema
         if child.content_path is not None:
             self._walk(item, type_name, child.content_path, expr, issues)
         elif child.type_code in _SAME_TYPE:

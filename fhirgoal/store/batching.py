@@ -65,10 +65,29 @@ class Batcher(Generic[Item, Outcome]):
         lane = self.lanes.get(key)
         if lane is None:
             lane = self.lanes[key] = _Lane(runner, self.in_flight)
+        if not lane.waiting and lane.busy < lane.in_flight:
+            return await self._alone(lane, item, runner)
         future: asyncio.Future[Outcome] = asyncio.get_running_loop().create_future()
         lane.waiting.append((item, future))
         lane.kick()
         return await future
+
+    @staticmethod
+    async def _alone(
+        lane: _Lane[Item, Outcome], item: Item, runner: Runner[Item, Outcome]
+    ) -> Outcome:
+        """A request that finds its lane idle is a batch of one: it runs in the caller's own task,
+        without the task and future a queued batch needs (most of the traffic with one client).
+        Requests that arrive meanwhile queue up and go together when it is done."""
+        lane.busy += 1
+        try:
+            (result,) = await runner([item])
+        finally:
+            lane.busy -= 1
+            lane.kick()
+        if isinstance(result, BaseException):
+            raise result
+        return result
 
 
 Doc = dict[str, Any]
@@ -89,11 +108,9 @@ class BatchedCollectionOps:
         key = (collection.full_name, repr(sorted(extra.items())), repr(sorted(projection.items())))
 
         async def run(ids: list[str]) -> list[Doc | BaseException | None]:
-            query = (
-                {"_id": {"$in": sorted(set(ids))}, **extra}
-                if len(ids) > 1
-                else {"_id": ids[0], **extra}
-            )
+            if len(ids) == 1:
+                return [await _find_one(collection, {"_id": ids[0], **extra}, projection)]
+            query = {"_id": {"$in": sorted(set(ids))}, **extra}
             cursor = collection.find(query, projection)
             found = {doc["_id"]: doc async for doc in cursor}
             return [found.get(i) for i in ids]
@@ -112,6 +129,30 @@ class BatchedCollectionOps:
             return [None] * len(docs)
 
         await self.writers.submit(collection.full_name, doc, run)
+
+
+async def _find_one(collection: AsyncCollection[Doc], query: Doc, projection: Doc) -> Doc | None:
+    """The one document matching `query` (an _id), if any.
+
+    A `find` cursor is what makes a read retryable; when the client does not retry reads (the
+    embedded database, store/embedded.py) the same `find` goes as one command with a single batch
+    instead, sparing the cursor's bookkeeping (measured: 6% of the CPU of a FHIR read)."""
+    if collection.database.client.options.retry_reads:
+        return await collection.find_one(query, projection)
+    command: Doc = {
+        "find": collection.name,
+        "filter": query,
+        "projection": projection,
+        "limit": 1,
+        "singleBatch": True,
+    }
+    if collection.read_concern.document:
+        command["readConcern"] = collection.read_concern.document
+    reply = await collection.database.command(
+        command, read_preference=collection.read_preference, codec_options=collection.codec_options
+    )
+    batch: list[Doc] = reply["cursor"]["firstBatch"]
+    return batch[0] if batch else None
 
 
 def _per_document_errors(exc: BulkWriteError, count: int) -> list[BaseException | None]:

@@ -72,8 +72,10 @@ def uri_for(port: int) -> str:
     election or a dropped connection between a write and its acknowledgement, neither of which a
     single local process has, and SecantusDB keeps a record of every retryable write that it
     prunes with a scan of up to 10,000 records on each write (0.3 of its CPU per insert,
-    measured, and growing into a sort once the cap is reached). Reads stay retryable."""
-    return f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false"
+    measured, and growing into a sort once the cap is reached). Retryable reads are off for the
+    first of those reasons, which lets a read by id go as one `find` command rather than through a
+    retryable cursor (store/batching.py)."""
+    return f"mongodb://127.0.0.1:{port}/?directConnection=true&retryWrites=false&retryReads=false"
 
 
 class EmbeddedDatabase:

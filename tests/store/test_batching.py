@@ -193,3 +193,15 @@ async def test_all_callers_complete_for_various_burst_sizes(count: int) -> None:
     results = await asyncio.wait_for(asyncio.gather(*tasks), TIMEOUT)
     assert results == [i * 10 for i in range(count)]
     assert sorted(i for call in runner.calls for i in call) == list(range(count))
+
+
+async def test_cancelled_lone_submit_frees_its_lane_for_those_queued_behind_it() -> None:
+    batcher: Batcher[int, int] = Batcher()
+    runner = GatedRunner()
+    first = await start_blocked_batch(batcher, runner)  # runs in its caller's task
+    later = submit_all(batcher, runner, [1, 2])
+    await settle()
+    first.cancel()
+    assert await asyncio.wait_for(asyncio.gather(*later), TIMEOUT) == [10, 20]
+    assert runner.calls == [[0], [1, 2]]
+    assert await asyncio.wait_for(batcher.submit("k", 3, runner), TIMEOUT) == 30
