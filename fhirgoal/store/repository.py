@@ -37,14 +37,14 @@ from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
-from fhirgoal.store.planner import shape
+from fhirgoal.store.planner import KEY_FIELDS, SEARCH_KEYS, search_keys, shape
 
-# Multikey string indexes, one per kind of search value (fhir/search/index.py). `dt` is not
-# indexed: it is the exact check applied after `dtlo` / `dthi` have narrowed the candidates.
-INDEX_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi", "miss")
+# The search keys, one array per kind of search value (fhir/search/index.py), are all indexed
+# through one multikey index on `ix` (store/planner.py says why). `dt` is the exact check applied
+# after `dtlo` / `dthi` have narrowed the candidates.
 # `pend` marks a version whose after-write hooks have not all finished (fhir/hooks.py); it is
 # indexed only on the types that have such hooks, so other writes pay nothing for it.
-_SEARCH_FIELDS = (*INDEX_FIELDS, "dt", "srt", "strx", "numx", "pend")
+_SEARCH_FIELDS = (*KEY_FIELDS, SEARCH_KEYS, "dt", "srt", "strx", "numx", "pend")
 _NO_INDEX = {name: 0 for name in _SEARCH_FIELDS if name != "comp"}
 _RESOURCE_ONLY = {name: 0 for name in _SEARCH_FIELDS}
 # Inclusion projections: on the embedded database naming the few fields wanted costs markedly
@@ -135,8 +135,13 @@ class Repository:
         for rt in resource_types:
             current = self.collection(rt)
             await current.create_index([("lu", DESCENDING)], name="lastUpdated")
-            for name in (*INDEX_FIELDS, "pend") if rt in pending_types else INDEX_FIELDS:
-                await current.create_index([(name, ASCENDING)], name=name)
+            await current.create_index([(SEARCH_KEYS, ASCENDING)], name="searchKeys")
+            if rt in pending_types:
+                await current.create_index([("pend", ASCENDING)], name="pend")
+            # Databases made before the one `ix` index had one index per key field.
+            existing = {spec["name"] async for spec in await current.list_indexes()}
+            for name in existing & set(KEY_FIELDS):
+                await current.drop_index(name)
             history = self.collection(history_collection(rt))
             await history.create_index([("id", ASCENDING), ("v", DESCENDING)], name="id_version")
             await history.create_index([("lu", DESCENDING)], name="lastUpdated")
@@ -296,7 +301,8 @@ class Repository:
     async def set_index(self, version: Version, index: dict[str, Any]) -> bool:
         """Replace the search index of `version` if it is still current (a writer may have won)."""
         result = await self.collection(version.resource_type).update_one(
-            {"_id": version.id, "v": version.version}, {"$set": index}
+            {"_id": version.id, "v": version.version},
+            {"$set": {**index, SEARCH_KEYS: search_keys(index)}},
         )
         return result.matched_count == 1
 
@@ -388,6 +394,7 @@ def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:
             doc["pend"] = True
     else:
         doc.update(index)
+        doc[SEARCH_KEYS] = search_keys(index)
     return doc
 
 
