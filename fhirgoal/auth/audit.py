@@ -7,9 +7,9 @@ shape for RESTful events (https://profiles.ihe.net/ITI/BALP/).
 
 Durability: a write's AuditEvent and Provenance are stored before the write is acknowledged (the
 middleware holds the response until `store_write` returns). Reads go through a bounded in-memory
-buffer flushed every `flush_interval` seconds (default 1 s): if the process dies, the read events
-of at most that last interval are lost. When the buffer is full, requests wait for a flush rather
-than drop events.
+buffer, stored in batches of `BATCH` as soon as a batch is full and the rest every
+`flush_interval` seconds (default 1 s): if the process dies, the read events of at most that last
+interval are lost. When the buffer is full, requests wait for a flush rather than drop events.
 
 AuditEvents are append-only through the API (auth/context.py APPEND_ONLY) and are reached only by
 a scope that names them (auth/scopes.py NOT_IN_WILDCARD).
@@ -46,6 +46,7 @@ INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
 CLIENT_SYSTEM = "urn:fhirgoal:oauth-client"
 _ACTIVITY = {"C": "CREATE", "U": "UPDATE", "D": "DELETE"}
 _NOT_TRACED = frozenset({"AuditEvent", "Provenance"})  # no Provenance of the audit trail itself
+BATCH = 32  # buffered events per database call (flush)
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,6 +120,12 @@ def _written(headers: dict[str, str], interaction: Interaction) -> str | None:
     return None
 
 
+def _identified(event: dict[str, Any]) -> dict[str, Any]:
+    """The event with its id fixed now, so that resending a batch cannot store it twice."""
+    event.setdefault("id", str(uuid.uuid4()))
+    return event
+
+
 class Auditor:
     def __init__(
         self, service: FhirService, flush_interval: float = 1.0, max_buffer: int = 10_000
@@ -129,6 +136,7 @@ class Auditor:
         self._pending: list[dict[str, Any]] = []
         self._tables: dict[str, TypeParams] = {}
         self._task: asyncio.Task[None] | None = None
+        self._trickle: asyncio.Task[None] | None = None
         self._flushing: asyncio.Lock | None = None
 
     # ---- building -----------------------------------------------------------------------------
@@ -253,13 +261,17 @@ class Auditor:
         }
 
     # ---- storing ------------------------------------------------------------------------------
-    async def _store(self, resource: dict[str, Any]) -> None:
+    def _stored(self, resource: dict[str, Any]) -> tuple[Version, dict[str, Any]]:
+        """A new audit record as a first version with its search index."""
         rt = resource["resourceType"]
-        rid = str(uuid.uuid4())
+        rid = resource.get("id") or str(uuid.uuid4())
         moment = now()
         stored = stamp(resource, rid, 1, moment)
         index = self._table(rt, stored).index_fields(stored)
-        version = Version(rt, rid, 1, moment, "POST", dumps(stored).decode(), parsed=stored)
+        return Version(rt, rid, 1, moment, "POST", dumps(stored).decode(), parsed=stored), index
+
+    async def _store(self, resource: dict[str, Any]) -> None:
+        version, index = self._stored(resource)
         await self.service.repo.insert(UNRESTRICTED, version, index)
 
     def _table(self, rt: str, sample: dict[str, Any]) -> TypeParams:
@@ -287,27 +299,38 @@ class Auditor:
         if len(self._pending) >= 2 * self.max_buffer:
             log.error("audit buffer overflow: event dropped", subtype=event.get("subtype"))
             return
-        self._pending.append(event)
+        self._pending.append(_identified(event))
 
     async def buffer_async(self, event: dict[str, Any]) -> None:
         if len(self._pending) >= self.max_buffer:
             await self.flush()
-        self._pending.append(event)
+        self._pending.append(_identified(event))
+        if len(self._pending) >= BATCH and self._trickle is None:
+            # a full batch goes now rather than with the rest at the next tick: the database
+            # sees a steady trickle of short calls instead of one long one a second
+            self._trickle = asyncio.get_running_loop().create_task(self._flush_quietly())
+
+    async def _flush_quietly(self) -> None:
+        try:
+            await self.flush()
+        except Exception:
+            log.exception("audit flush failed; retrying at the next interval")
+        finally:
+            self._trickle = None
 
     async def flush(self) -> None:
+        """Store every buffered event, a batch of `BATCH` per database call, one call at a time:
+        short calls leave the database free to answer the reads in between."""
         if self._flushing is None:
             self._flushing = asyncio.Lock()
         async with self._flushing:
-            batch, self._pending = self._pending, []
-            if not batch:
-                return
-            results = await asyncio.gather(
-                *(self._store(event) for event in batch), return_exceptions=True
-            )
-            failed = [e for e, r in zip(batch, results, strict=True) if isinstance(r, Exception)]
-            if failed:  # keep them for the next flush rather than lose them
-                self._pending[:0] = failed
-                raise RuntimeError(f"{len(failed)} audit events could not be stored")
+            while self._pending:
+                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+                try:
+                    await self.service.repo.insert_batch([self._stored(e) for e in batch])
+                except Exception:
+                    self._pending[:0] = batch  # kept for the next flush rather than lost
+                    raise
 
     async def _run(self) -> None:
         while True:
@@ -321,8 +344,9 @@ class Auditor:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        for task in (self._task, self._trickle):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
         await self.flush()

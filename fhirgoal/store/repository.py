@@ -30,7 +30,7 @@ from typing import Any
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fhirgoal.auth.context import AccessContext
 from fhirgoal.fhir.errors import FhirError
@@ -178,6 +178,20 @@ class Repository:
             await self.batched.insert(self.collection(version.resource_type), doc)
         except DuplicateKeyError:
             raise AlreadyExists(version.id) from None
+
+    async def insert_batch(self, versions: list[tuple[Version, dict[str, Any]]]) -> None:
+        """Store new first versions in one call, for the server's own records (the audit trail):
+        no access check. Ids already stored count as stored, so a failed batch can be resent."""
+        by_type: dict[str, list[dict[str, Any]]] = {}
+        for version, index in versions:
+            by_type.setdefault(version.resource_type, []).append(_current_doc(version, index))
+        for rt, docs in by_type.items():
+            try:
+                await self.collection(rt).insert_many(docs, ordered=False)
+            except BulkWriteError as exc:
+                errors = exc.details.get("writeErrors", [])
+                if exc.details.get("writeConcernErrors") or not all(_id_taken(e) for e in errors):
+                    raise
 
     async def replace(
         self, access: AccessContext, previous: Version, new: Version, index: dict[str, Any]
@@ -372,6 +386,11 @@ class Repository:
             if len(page) >= skip + limit:
                 break
         return page[skip:], total
+
+
+def _id_taken(error: dict[str, Any]) -> bool:
+    """A write error saying the document's id is stored already (and no other unique key)."""
+    return error.get("code") == 11000 and error.get("keyPattern") == {"_id": 1}
 
 
 def _live(access: AccessContext, rt: str, query: dict[str, Any]) -> dict[str, Any]:

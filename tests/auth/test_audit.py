@@ -7,8 +7,12 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import pytest
+from pymongo.errors import BulkWriteError
+
+from fhirgoal.auth.audit import BATCH
 from fhirgoal.auth.context import UNRESTRICTED
-from tests.auth.conftest import SmartServer
+from tests.auth.conftest import SmartServer, run_smart
 from tests.fhir.helpers import observation
 
 
@@ -91,3 +95,38 @@ async def test_a_write_whose_audit_cannot_be_stored_is_not_acknowledged(smart: S
         response = await client.post("/Observation", json=observation("pa"))
     assert response.status_code == 503
     assert response.json()["resourceType"] == "OperationOutcome"
+
+
+async def test_a_full_batch_of_reads_is_stored_before_the_interval(mongo_uri: str) -> None:
+    async for smart in run_smart(mongo_uri, audit_flush_seconds=60):
+        await smart.seed({"resourceType": "Patient", "id": "pa"})
+        async with await smart.as_scope("patient/*.rs", patient="pa") as client:
+            for _ in range(BATCH):
+                assert (await client.get("/Patient/pa")).status_code == 200
+        for _ in range(50):  # a minute before the timer would flush them
+            if len(await stored(smart, "AuditEvent", {"tok": "subtype#read"})) == BATCH:
+                break
+            await asyncio.sleep(0.1)
+        assert len(await stored(smart, "AuditEvent", {"tok": "subtype#read"})) == BATCH
+
+
+async def test_a_batch_the_database_refuses_is_kept_and_resent_without_duplicates(
+    smart: SmartServer,
+) -> None:
+    auditor = smart.app.state.auth_runtime.auditor
+    await auditor.flush()
+    await smart.service.repo.collection("AuditEvent").create_index("op", unique=True)
+    events = [
+        {"resourceType": "AuditEvent", "type": {"code": "rest"}, "action": "R",
+         "recorded": "2026-11-23T10:00:00Z", "outcome": "0", "outcomeDesc": f"read {n}",
+         "agent": [{"requestor": True}], "source": {"observer": {"display": "fhirgoal"}}}
+        for n in range(3)
+    ]  # fmt: skip
+    for event in events:
+        auditor.buffer(event)
+    with pytest.raises(BulkWriteError):
+        await auditor.flush()  # the first is stored, the other two collide on "op"
+    await smart.service.repo.collection("AuditEvent").drop_index("op_1")
+    await auditor.flush()  # the whole batch again: the stored one is not stored twice
+    descriptions = sorted(e["outcomeDesc"] for e in await stored(smart, "AuditEvent"))
+    assert descriptions == ["read 0", "read 1", "read 2"]
