@@ -108,8 +108,8 @@ def main() -> None:
     parser.add_argument("--sessions", type=int, default=100)
     parser.add_argument("--requests", type=int, default=200)
     args = parser.parse_args()
-    with database() as uri:
-        rows = asyncio.run(bench(uri, args.sessions, args.requests))
+    with database() as db:
+        rows = asyncio.run(bench(db.uri, args.sessions, args.requests))
     print(f"{'operation':<24}{'requests':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU ms/req':>12}")
     for row in rows:
         cpu = row.get("server_cpu_ms_per_request", "")
