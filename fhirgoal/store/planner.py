@@ -8,6 +8,14 @@ query from the first key whose clause is an equality, a pure `$in` or a pure ran
 collection for anything else (including any top-level `$and`/`$or`, and any `hint`, which it turns
 into a full index scan: measured, see the closing notes of the search issue). Further conditions on
 the same field are merged as `$all: [{$elemMatch: ...}]`, negations as `$nin` / `$not`.
+
+A field with an unindexed copy (`ref`/`refx`, `tok`/`tokx`, ...: the copy holds every
+key of the field, and more) keeps ONE servable condition as its driver and moves the others to
+the copy, where they match the same documents (the copy's extra keys have other formats than any
+key a condition on the field names). A bare range moved there becomes an `$elemMatch`, which is
+stricter; conditions.py only ever sends a bare range on such a field beside an exact check that
+implies the `$elemMatch`, so no match is lost. Drivers are ordered equality / `$in` first, then
+ranges, each by the field's rank below.
 """
 
 from __future__ import annotations
@@ -24,11 +32,12 @@ _RANK = {
     "dtlo": 5,
     "dthi": 5,
     "comp": 6,
-    "miss": 7,
     "lu": 8,
 }
 _RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 _SCALAR_FIELDS = {"_id", "lu", "v", "del", "id"}
+# Indexed fields and their unindexed copies (fhir/search/index.py).
+COPIES = {"ref": "refx", "tok": "tokx", "str": "strx", "num": "numx"}
 
 
 def conditions_of(query: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -50,6 +59,10 @@ def servable(field: str, test: Any) -> bool:
     if not isinstance(test, dict):
         return True
     return bool(test) and (set(test) == {"$in"} or set(test) <= _RANGE_OPS)
+
+
+def _is_range(test: Any) -> bool:
+    return isinstance(test, dict) and bool(test) and set(test) <= _RANGE_OPS
 
 
 def _element_test(test: Any) -> dict[str, Any]:
@@ -97,11 +110,21 @@ def shape(query: dict[str, Any]) -> dict[str, Any]:
             logical.append({key: test})
         else:
             by_field.setdefault(key, []).append(test)
+    for field, copy in COPIES.items():
+        tests = by_field.get(field, [])
+        drivers = sorted(
+            (i for i, test in enumerate(tests) if servable(field, test)),
+            key=lambda i: _is_range(tests[i]),
+        )
+        if len(tests) > 1 and drivers:
+            by_field[field] = [tests[drivers[0]]]
+            moved = [test for i, test in enumerate(tests) if i != drivers[0]]
+            by_field[copy] = [*by_field.get(copy, []), *moved]
 
-    def order(field: str) -> tuple[int, int]:
+    def order(field: str) -> tuple[int, int, int]:
         tests = by_field[field]
         alone = len(tests) == 1 and servable(field, tests[0])
-        return (0 if alone else 1, _RANK.get(field, 99))
+        return (0 if alone else 1, int(alone and _is_range(tests[0])), _RANK.get(field, 99))
 
     flat: dict[str, Any] = {}
     for field in sorted(by_field, key=order):
