@@ -104,8 +104,8 @@ def _present(param: SearchParam) -> Condition:
 def missing(param: SearchParam, values: list[str]) -> Condition:
     if values not in (["true"], ["false"]):
         raise FhirError("bad-request", f"{param.code}:missing takes true or false")
-    # `miss` is not indexed (a key per absent parameter made it the largest index): `true` is a
-    # residual check, which scans when no other condition of the search drives it.
+    # `miss` is not indexed (a key per parameter a resource lacks: 27 for an Observation), so
+    # `true` is a residual check, which scans when no other condition of the search drives it.
     return {"miss": param.code} if values == ["true"] else _present(param)
 
 
