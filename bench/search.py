@@ -237,8 +237,12 @@ async def write_all(
                 await write_one(service, resource, how)
                 progress.advance(task)
 
+        # Patients and Goals first: a GAS rating must focus on a Goal that exists (of its subject).
+        phases = [[r for r in resources if r["resourceType"] != "Observation"]]
+        phases.append([r for r in resources if r["resourceType"] == "Observation"])
         started, (loader, _, database) = time.perf_counter(), processes.cpu()
-        await asyncio.gather(*(writer(resources[k::LOAD_TASKS]) for k in range(LOAD_TASKS)))
+        for phase in phases:
+            await asyncio.gather(*(writer(phase[k::LOAD_TASKS]) for k in range(LOAD_TASKS)))
     seconds, (loader_after, _, database_after) = time.perf_counter() - started, processes.cpu()
     return LoadStats(
         len(resources),

@@ -38,6 +38,7 @@ from fhirgoal.fhir.conformance import Conformance, load_conformance
 from fhirgoal.fhir.dispatch import InteractionRouter
 from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.profiles import ProfileSet
+from fhirgoal.fhir.reindex import upgrade_index
 from fhirgoal.fhir.rest import FHIR_JSON, base_url, negotiate
 from fhirgoal.fhir.rest import router as fhir_router
 from fhirgoal.fhir.rest_operations import router as operations_router
@@ -105,9 +106,9 @@ async def build_service(
     validator = _validator(conformance, settings.profiles_dir)
     service = FhirService(settings, conformance, registry, validator, repository)
     install_clinical(service)
-    await repository.ensure_indexes(
-        list(conformance.stored_types), frozenset(service.hooks.types_with_hooks())
-    )
+    pending_types = frozenset(service.hooks.types_with_hooks())
+    await repository.ensure_indexes(list(conformance.stored_types), pending_types)
+    await upgrade_index(service, pending_types)
     await load_catalog(service, settings.profiles_dir, instrument_texts(settings))
     finished = await service.finish_pending(UNRESTRICTED)
     if finished:

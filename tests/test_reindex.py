@@ -1,4 +1,5 @@
-"""Reindexing recomputes the search index of stored resources; the CLI refuses unknown types."""
+"""Reindexing recomputes the search index of stored resources, by itself when the stored index
+format is not the current one; the CLI refuses unknown types."""
 
 from __future__ import annotations
 
@@ -10,8 +11,9 @@ from fhirgoal.app import build_service
 from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.cli import app as cli
 from fhirgoal.config import Settings
-from fhirgoal.fhir.reindex import reindex
+from fhirgoal.fhir.reindex import INDEX_FORMAT, reindex, upgrade_index
 from fhirgoal.store.mongo import connect
+from fhirgoal.store.repository import META_COLLECTION
 
 
 async def test_reindex_restores_a_lost_index_and_skips_deleted(mongo_uri: str) -> None:
@@ -48,3 +50,61 @@ def test_reindex_cli_rejects_unknown_types(mongo_uri: str, monkeypatch) -> None:
     result = CliRunner().invoke(cli, ["reindex", "--type", "Spaceship"])
     assert result.exit_code == 2
     assert "Spaceship" in result.output
+
+
+async def test_a_database_in_an_older_index_format_is_reindexed_at_start_up(
+    mongo_uri: str,
+) -> None:
+    settings = Settings(mongodb_uri=mongo_uri, db=f"reindex_{uuid.uuid4().hex[:10]}", auth="off")
+    client = connect(mongo_uri)
+    db = client[settings.db]
+    try:
+        service = await build_service(settings, client)
+        assert await service.repo.index_format() == INDEX_FORMAT  # a new database records it
+        coding = {"system": "http://loinc.org", "code": "29463-7"}
+        observation = {
+            "resourceType": "Observation", "id": "o1", "status": "final",
+            "code": {"coding": [coding]}, "subject": {"reference": "Patient/p1"},
+            "valueQuantity": {"value": 72.5, "unit": "kg", "system": "http://unitsofmeasure.org", "code": "kg"},
+        }  # fmt: skip
+        await service.update(UNRESTRICTED, "Patient", "p1", {"resourceType": "Patient", "id": "p1", "name": [{"family": "Ng"}]}, None)  # fmt: skip
+        await service.update(UNRESTRICTED, "Observation", "o1", observation, None)
+        # what format 1 left behind: every key in the indexed arrays, no copies, one index per
+        # key field (`miss` too) and none over all of them, no recorded format
+        await db["Observation"].update_many(
+            {},
+            {
+                "$set": {"tok": ["code#29463-7", "code|http://loinc.org|29463-7"]},
+                "$unset": {"tokx": "", "numx": "", "strx": "", "refx": "", "ix": ""},
+            },
+        )
+        await db["Patient"].update_many({}, {"$unset": {"strx": "", "ix": ""}})
+        for name in ("miss", "tok", "ref"):
+            await db["Observation"].create_index(name, name=name)
+        await db[META_COLLECTION].delete_many({})
+        queries = [
+            ("code", "http://loinc.org|29463-7"),
+            ("value-quantity", "72.5|http://unitsofmeasure.org|kg"),
+            ("subject:missing", "false"),
+        ]
+        stale = await service.search(UNRESTRICTED, "Observation", queries, "http://x/fhir")
+        assert stale.total == 0
+
+        restarted = await build_service(settings, client)
+        assert await restarted.repo.index_format() == INDEX_FORMAT
+        found = await restarted.search(UNRESTRICTED, "Observation", queries, "http://x/fhir")
+        assert [v.id for v in found.matches] == ["o1"]
+        exact = [("family:exact", "Ng")]
+        assert [v.id for v in (await restarted.search(UNRESTRICTED, "Patient", exact, "http://x/fhir")).matches] == ["p1"]  # fmt: skip
+        indexes = [index["name"] async for index in await db["Observation"].list_indexes()]
+        assert not {"miss", "tok", "ref"} & set(indexes) and "searchKeys" in indexes
+
+        # a recorded older format is upgraded too; the current one is left alone
+        await db["Observation"].update_many({}, {"$unset": {"tokx": ""}})
+        await restarted.repo.set_index_format(INDEX_FORMAT - 1)
+        again = await build_service(settings, client)
+        assert [v.id for v in (await again.search(UNRESTRICTED, "Observation", queries[:1], "http://x/fhir")).matches] == ["o1"]  # fmt: skip
+        assert await upgrade_index(again) == 0
+    finally:
+        await client.drop_database(settings.db)
+        await client.close()

@@ -27,11 +27,9 @@ from typing import Any
 
 import structlog
 
-from fhirgoal.auth.audit_index import fast_table
 from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.jsonio import dumps
-from fhirgoal.fhir.search.registry import TypeParams
 from fhirgoal.fhir.service import FhirService, stamp
 from fhirgoal.store.repository import Version
 
@@ -134,7 +132,6 @@ class Auditor:
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
         self._pending: list[dict[str, Any]] = []
-        self._tables: dict[str, TypeParams] = {}
         self._task: asyncio.Task[None] | None = None
         self._trickle: asyncio.Task[None] | None = None
         self._flushing: asyncio.Lock | None = None
@@ -267,18 +264,13 @@ class Auditor:
         rid = resource.get("id") or str(uuid.uuid4())
         moment = now()
         stored = stamp(resource, rid, 1, moment)
-        index = self._table(rt, stored).index_fields(stored)
+        # the registry's compiled paths: no AuditEvent/Provenance expression needs fhirpathpy
+        index = self.service.registry.for_type(rt).index_fields(stored)
         return Version(rt, rid, 1, moment, "POST", dumps(stored).decode(), parsed=stored), index
 
     async def _store(self, resource: dict[str, Any]) -> None:
         version, index = self._stored(resource)
         await self.service.repo.insert(UNRESTRICTED, version, index)
-
-    def _table(self, rt: str, sample: dict[str, Any]) -> TypeParams:
-        table = self._tables.get(rt)
-        if table is None:
-            table = self._tables[rt] = fast_table(self.service.registry, rt, sample)
-        return table
 
     async def store_write(
         self,

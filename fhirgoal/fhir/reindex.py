@@ -3,13 +3,28 @@
 https://hl7.org/fhir/R4/searchparameter.html : the index is derived data, computed at write time
 from the SearchParameter expressions; this recomputes it for resources already stored. Each
 update is conditional on the version it read, so a concurrent write (which indexes itself) wins.
+
+The database records the index format its resources were indexed with (INDEX_FORMAT); a server
+that finds another one at start-up reindexes everything before it serves (`upgrade_index`), so a
+database written by an earlier release keeps answering searches.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import structlog
+
 from fhirgoal.fhir.service import FhirService
+
+log = structlog.get_logger(__name__)
+
+# The layout of the stored search keys (fhir/search/index.py). Change it whenever that layout
+# changes: servers then reindex the stored resources at start-up.
+#   1  every key indexed (no format recorded)
+#   2  one coarse indexed key per value, exact keys in unindexed copies; `miss` unindexed; all
+#      indexed keys in `ix` under one index instead of one index per field (store/planner.py)
+INDEX_FORMAT = 2
 
 
 async def reindex(
@@ -29,4 +44,23 @@ async def reindex(
                 if await service.repo.set_index(version, table.index_fields(version.resource)):
                     rewritten += 1
             on_progress(len(batch))
+    return rewritten
+
+
+async def upgrade_index(service: FhirService, pending_types: frozenset[str] = frozenset()) -> int:
+    """Reindex every stored resource if the database's index format is not INDEX_FORMAT (a
+    database that records none but holds resources predates the record); returns how many
+    resources were rewritten."""
+    repo = service.repo
+    stored = await repo.index_format()
+    if stored == INDEX_FORMAT:
+        return 0
+    types = list(service.conformance.stored_types)
+    rewritten = 0
+    if stored is not None or await repo.holds_resources(types):
+        log.warning("search index format changed: reindexing", stored=stored, now=INDEX_FORMAT)
+        dropped = await repo.drop_unused_indexes(types, pending_types)
+        rewritten = await reindex(service, types)
+        log.warning("reindexed", resources=rewritten, dropped_indexes=dropped)
+    await repo.set_index_format(INDEX_FORMAT)
     return rewritten

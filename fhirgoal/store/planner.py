@@ -4,7 +4,7 @@ Search filters are conjunctions of conditions on a few multikey fields of search
 (fhir/search/index.py). Those fields are not indexed one by one: every key is also stored in one
 array `ix` as "field:key", under a single multikey index, because on the embedded SecantusDB each
 index a document belongs to costs about 60 us per insert on top of its keys (measured: an
-AuditEvent with 15 keys costs 1.0 ms in eight indexes, 0.6 ms in one). A filter is sent as one flat
+AuditEvent with 25 keys costs 1.4 ms in eight indexes, 0.8 ms in one). A filter is sent as one flat
 document, a key per field, with no top-level `$and`, and starts with the most selective condition
 an index can serve on its own (an id, a reference, a token, ...), rewritten onto `ix`; the
 condition itself stays as an exact check on its own field. MongoDB's planner considers every key
@@ -12,7 +12,15 @@ anyway, and SecantusDB drives a query from the first key whose clause is an equa
 or a pure range, and scans the collection for anything else (including any top-level `$and`/`$or`,
 and any `hint`, which it turns into a full index scan: measured, see the closing notes of the
 search issue). Further conditions on the same field are merged as `$all: [{$elemMatch: ...}]`,
-negations as `$nin` / `$not`; any one positive condition can still drive through `ix`.
+negations as `$nin` / `$not`.
+
+A field with an unindexed copy (`ref`/`refx`, `tok`/`tokx`, ...: the copy holds every
+key of the field, and more) keeps ONE servable condition as its driver and moves the others to
+the copy, where they match the same documents (the copy's extra keys have other formats than any
+key a condition on the field names). A bare range moved there becomes an `$elemMatch`, which is
+stricter; conditions.py only ever sends a bare range on such a field beside an exact check that
+implies the `$elemMatch`, so no match is lost. Drivers are ordered equality / `$in` first, then
+ranges, each by the field's rank below.
 """
 
 from __future__ import annotations
@@ -20,7 +28,7 @@ from __future__ import annotations
 from typing import Any
 
 # Fields of search keys (fhir/search/index.py), reached through the one index on `ix`.
-KEY_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi", "miss")
+KEY_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi")
 SEARCH_KEYS = "ix"
 # Lower is more selective.
 _RANK = {
@@ -33,11 +41,12 @@ _RANK = {
     "dtlo": 5,
     "dthi": 5,
     "comp": 6,
-    "miss": 7,
     "lu": 8,
 }
 _RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 _SCALAR_FIELDS = {"_id", "lu", "v", "del", "id"}
+# Indexed fields and their unindexed copies (fhir/search/index.py).
+COPIES = {"ref": "refx", "tok": "tokx", "str": "strx", "num": "numx"}
 
 
 def conditions_of(query: dict[str, Any]) -> list[tuple[str, Any]]:
@@ -59,6 +68,10 @@ def servable(field: str, test: Any) -> bool:
     if not isinstance(test, dict):
         return True
     return bool(test) and (set(test) == {"$in"} or set(test) <= _RANGE_OPS)
+
+
+def _is_range(test: Any) -> bool:
+    return isinstance(test, dict) and bool(test) and set(test) <= _RANGE_OPS
 
 
 def _element_test(test: Any) -> dict[str, Any]:
@@ -121,14 +134,14 @@ def _driver(by_field: dict[str, list[Any]]) -> tuple[str, Any] | None:
     """The most selective single condition an index serves: `_id` or `lu` as they are, a search
     key field's through `ix`."""
     candidates = [
-        (_RANK[field], field, test)
+        (_is_range(test), _RANK[field], field, test)
         for field, tests in by_field.items()
         for test in tests
         if servable(field, test)
     ]
     if not candidates:
         return None
-    _, field, test = min(candidates, key=lambda c: c[0])
+    *_, field, test = min(candidates, key=lambda c: c[:2])
     if field in KEY_FIELDS:
         return SEARCH_KEYS, _on_search_keys(field, test)
     return field, test
@@ -143,11 +156,21 @@ def shape(query: dict[str, Any]) -> dict[str, Any]:
             logical.append({key: test})
         else:
             by_field.setdefault(key, []).append(test)
+    for field, copy in COPIES.items():
+        tests = by_field.get(field, [])
+        drivers = sorted(
+            (i for i, test in enumerate(tests) if servable(field, test)),
+            key=lambda i: _is_range(tests[i]),
+        )
+        if len(tests) > 1 and drivers:
+            by_field[field] = [tests[drivers[0]]]
+            moved = [test for i, test in enumerate(tests) if i != drivers[0]]
+            by_field[copy] = [*by_field.get(copy, []), *moved]
 
-    def order(field: str) -> tuple[int, int]:
+    def order(field: str) -> tuple[int, int, int]:
         tests = by_field[field]
         alone = len(tests) == 1 and servable(field, tests[0])
-        return (0 if alone else 1, _RANK.get(field, 99))
+        return (0 if alone else 1, int(alone and _is_range(tests[0])), _RANK.get(field, 99))
 
     flat: dict[str, Any] = {}
     driver = _driver(by_field)
@@ -164,9 +187,18 @@ def shape(query: dict[str, Any]) -> dict[str, Any]:
 
 
 def driving_field(query: dict[str, Any]) -> str | None:
-    """The field an index-first database drives `shape(query)` from, or None for a scan."""
+    """The field whose condition an index-first database drives `shape(query)` from (for a
+    search key field, through `ix`), or None for a scan."""
     shaped = shape(query)
     for field, test in shaped.items():
         if not field.startswith("$") and servable(field, test):
-            return field
+            return _field_of(test) if field == SEARCH_KEYS else field
     return None
+
+
+def _field_of(test: Any) -> str:
+    """The key field a test on `ix` was made from ("tok:code#a" -> "tok")."""
+    if isinstance(test, str):
+        return test.split(":", 1)[0]
+    key = test["$in"][0] if "$in" in test else next(iter(test.values()))
+    return str(key).split(":", 1)[0]

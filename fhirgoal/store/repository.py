@@ -3,7 +3,7 @@
 https://hl7.org/fhir/R4/http.html#versioning . Layout, per resource type T:
 
   T          the current version of every resource (tombstones for deleted ones), keyed by id,
-             with the search index fields (`tok`, `ref`, `comp`) beside the resource
+             with the search index fields (`tok`, `ref`, `comp`, ...) beside the resource
   T_history  every *earlier* version, keyed by "id/version"
 
 Why this shape: a create is a single insert and a read a single primary-key lookup, so the common
@@ -39,12 +39,20 @@ from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import KEY_FIELDS, SEARCH_KEYS, search_keys, shape
 
-# The search keys, one array per kind of search value (fhir/search/index.py), are all indexed
-# through one multikey index on `ix` (store/planner.py says why). `dt` is the exact check applied
-# after `dtlo` / `dthi` have narrowed the candidates.
+# The search keys, one array per kind of search value (fhir/search/index.py): those of the key
+# fields (planner.KEY_FIELDS) are indexed together through one multikey index on `ix`
+# (store/planner.py says why). The other search fields are not indexed, since every indexed key
+# costs the database CPU on each write: `dt` and the copies `refx`, `tokx`, ... are the exact
+# checks applied after an indexed key has narrowed the candidates, `miss` the residual check of
+# `:missing=true`, `srt` the sort keys.
 # `pend` marks a version whose after-write hooks have not all finished (fhir/hooks.py); it is
 # indexed only on the types that have such hooks, so other writes pay nothing for it.
-_SEARCH_FIELDS = (*KEY_FIELDS, SEARCH_KEYS, "dt", "srt", "strx", "numx", "pend")
+_SEARCH_FIELDS = (
+    *KEY_FIELDS, SEARCH_KEYS, "miss", "dt", "srt", "refx", "tokx", "strx", "numx", "pend"
+)  # fmt: skip
+# Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
+META_COLLECTION = "fhirgoal_meta"
+_INDEX_FORMAT_ID = "search-index"
 _NO_INDEX = {name: 0 for name in _SEARCH_FIELDS if name != "comp"}
 _RESOURCE_ONLY = {name: 0 for name in _SEARCH_FIELDS}
 # Inclusion projections: on the embedded database naming the few fields wanted costs markedly
@@ -138,14 +146,42 @@ class Repository:
             await current.create_index([(SEARCH_KEYS, ASCENDING)], name="searchKeys")
             if rt in pending_types:
                 await current.create_index([("pend", ASCENDING)], name="pend")
-            # Databases made before the one `ix` index had one index per key field.
-            existing = {spec["name"] async for spec in await current.list_indexes()}
-            for name in existing & set(KEY_FIELDS):
-                await current.drop_index(name)
             history = self.collection(history_collection(rt))
             await history.create_index([("id", ASCENDING), ("v", DESCENDING)], name="id_version")
             await history.create_index([("lu", DESCENDING)], name="lastUpdated")
             await history.create_index([("comp", ASCENDING)], name="comp")
+
+    async def drop_unused_indexes(
+        self, resource_types: list[str], pending_types: frozenset[str] = frozenset()
+    ) -> list[str]:
+        """Drop the indexes of search fields that an earlier index format indexed and this one
+        does not (one per key field, `miss`): each would still cost every write its keys."""
+        dropped = []
+        for rt in resource_types:
+            wanted = {"pend"} if rt in pending_types else set()
+            current = self.collection(rt)
+            async for index in await current.list_indexes():
+                name = index["name"]
+                if name in _SEARCH_FIELDS and name not in wanted:
+                    await current.drop_index(name)
+                    dropped.append(f"{rt}.{name}")
+        return dropped
+
+    async def index_format(self) -> int | None:
+        """The search index format the stored resources were indexed with (None: not recorded)."""
+        doc = await self.collection(META_COLLECTION).find_one({"_id": _INDEX_FORMAT_ID})
+        return doc.get("format") if doc else None
+
+    async def set_index_format(self, version: int) -> None:
+        await self.collection(META_COLLECTION).replace_one(
+            {"_id": _INDEX_FORMAT_ID}, {"format": version}, upsert=True
+        )
+
+    async def holds_resources(self, resource_types: list[str]) -> bool:
+        for rt in resource_types:
+            if await self.collection(rt).find_one({}, {"_id": 1}) is not None:
+                return True
+        return False
 
     # ---- single resources ------------------------------------------------------------------
     async def current(

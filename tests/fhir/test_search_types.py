@@ -178,11 +178,17 @@ def _stages(plan: Any) -> list[str]:
     return []
 
 
-SAMPLE_VALUES = {"token": "x|y", "reference": "Patient/1", "uri": "http://x", "string": "ab",
-                 "date": "ge2026-03", "number": "5", "quantity": "5||mg", "composite": "x|y$5"}  # fmt: skip
+SAMPLE_VALUES = {"token": ["x|y", "x", "x|", "|y", "x,a|b"], "reference": ["Patient/1"],
+                 "uri": ["http://x"], "string": ["ab"], "date": ["ge2026-03"], "number": ["5"],
+                 "quantity": ["5||mg", "5", "ne5|http://u|mg"]}  # fmt: skip
+COMPOSITE_VALUES = {"quantity": ["x|y$5", "x$ne5||mg"], "token": ["x|y$a|b", "x$b,c$d"]}
+MODIFIED = {"token": [(":of-type", "s|c|v")], "string": [(":exact", "Ab"), (":contains", "b")],
+            "reference": [(":identifier", "s|v")], "uri": [(":below", "http://x")]}  # fmt: skip
 # The embedded SecantusDB drives a query only from an equality, `$in` or bare range on the first
 # suitable field (store/planner.py); a range over an array of keys is made exact by the same range
 # as $elemMatch on an unindexed copy, so every parameter still has an index-servable driver.
+# `:missing=true` is the exception: `miss` is not indexed (index.py), so it needs another
+# condition (here a patient) to drive it.
 
 
 @pytest.mark.parametrize(
@@ -211,15 +217,25 @@ async def test_every_supported_parameter_is_served_by_an_index(
     for param in table.params.values():
         if not param.supported:
             continue
-        value = "2026" if param.code == "_lastUpdated" else SAMPLE_VALUES.get(param.type, "x")
-        for name, text in ((param.code, value), (f"{param.code}:missing", "true")):
-            if param.code.startswith("_") and name.endswith(":missing"):
-                continue
+        values = ["2026"] if param.code == "_lastUpdated" else SAMPLE_VALUES.get(param.type, ["x"])
+        if param.type == "composite":
+            values = COMPOSITE_VALUES[param.components[1][0]]
+        searches = [(param.code, value) for value in values]
+        searches += [
+            (param.code + modifier, value) for modifier, value in MODIFIED.get(param.type, [])
+        ]
+        if param.code == "_id":
+            searches = [(param.code, "x")]
+        elif not param.code.startswith("_"):
+            searches += [(f"{param.code}:missing", "false"), (f"{param.code}:missing", "true")]
+        for name, text in searches:
             query = {**compiler.compile([(name, text)], fhir.base).filter, "del": {"$ne": True}}
             alone = driving_field(query)
             with_patient = driving_field({**query, "ref": {"$in": ["patient=Patient/1"]}})
-            if alone is None or with_patient is None:
-                unserved[name] = shape(query)
+            if with_patient is None or (alone is None and (name, text)[1] != "true"):
+                unserved[f"{name}={text}"] = shape(query)
+            elif alone is None:
+                continue  # :missing=true alone scans (documented above)
             elif real_mongodb:  # MongoDB's explain reports what its planner does: check it too
                 plan = await db.command("explain", {"find": resource_type, "filter": shape(query)})
                 if "COLLSCAN" in _stages(plan["queryPlanner"]["winningPlan"]):
@@ -253,6 +269,19 @@ async def test_shaped_filters_return_the_same_matches(fhir: RunningServer) -> No
         assert (
             await collection.count_documents(nested) == await collection.count_documents(flat) == 2
         )
+        # several token conditions: all but one move to the unindexed copy, same matches
+        tokens = {
+            "$and": [
+                {"tok": {"$in": ["status#final"]}},
+                {"tok": {"$gte": "date#", "$lt": "date$"}},  # no such token: matches nothing
+                {"tokx": {"$nin": ["status#final"]}},
+            ]
+        }
+        for query in (tokens, {"$and": tokens["$and"][:1]}, {"$and": tokens["$and"][::2]}):
+            flat = shape(query)
+            assert "$and" not in flat and driving_field(query) == "tok"
+            assert await collection.count_documents(query) == await collection.count_documents(flat)
+        assert await collection.count_documents(shape({"$and": tokens["$and"][:1]})) == 3
     finally:
         await client.close()
 
@@ -372,3 +401,167 @@ async def test_in_and_not_in_use_value_sets_held_by_the_server(fhir: RunningServ
     ).status_code == 201
     refused = await fhir.client.get("/Observation", params={"code:in": filtered["url"]})
     assert refused.status_code == 422
+
+
+# ---- coarse indexed keys, exact checks (index.py): the same results as exact keys alone ------
+SYS_A, SYS_B = "http://example.org/a", "http://example.org/b"
+
+
+def coded(pid: str, *codings: dict[str, str], **extra: Any) -> dict[str, Any]:
+    return {**observation_at(pid, "2026-03-01"), "code": {"coding": list(codings)}, **extra}
+
+
+async def test_system_qualified_tokens_match_the_system_not_only_the_code(
+    fhir: RunningServer,
+) -> None:
+    pid = await make(fhir, patient())
+    in_a = await make(fhir, coded(pid, {"system": SYS_A, "code": "x"}))
+    in_b = await make(fhir, coded(pid, {"system": SYS_B, "code": "x"}))
+    bare = await make(fhir, coded(pid, {"code": "x"}))
+    both = await make(
+        fhir, coded(pid, {"system": SYS_A, "code": "y"}, {"system": SYS_B, "code": "x"})
+    )
+    textual = await make(fhir, {**observation_at(pid, "2026-03-01"), "code": {"text": "x"}})
+    assert await ids(fhir, "/Observation", code="x") == {in_a, in_b, bare, both}
+    assert await ids(fhir, "/Observation", code=f"{SYS_A}|x") == {in_a}
+    assert await ids(fhir, "/Observation", code=f"{SYS_B}|x") == {in_b, both}
+    assert await ids(fhir, "/Observation", code="|x") == {bare}
+    assert await ids(fhir, "/Observation", code=f"{SYS_A}|") == {in_a, both}
+    assert await ids(fhir, "/Observation", code=f"{SYS_A}|x,{SYS_A}|y") == {in_a, both}
+    assert await ids(fhir, "/Observation", code=f"y,{SYS_B}|x") == {in_b, both}
+    assert await ids(fhir, "/Observation", code=f"{SYS_A}|x,{SYS_B}|") == {in_a, in_b, both}
+    assert await ids(fhir, "/Observation", **{"code:not": f"{SYS_A}|x"}) == {
+        in_b, bare, both, textual
+    }  # fmt: skip
+    assert await ids(fhir, "/Observation", **{"code:not": "x"}) == {textual}
+    assert await ids(fhir, "/Observation", **{"code:not": f"{SYS_A}|x,|x"}) == {in_b, both, textual}
+    # several conditions on tokens: one drives, the others are checked on the copy
+    response = await fhir.client.get(
+        "/Observation", params=[("code", f"{SYS_B}|x"), ("code", f"{SYS_A}|y"), ("status", "final")]
+    )
+    assert {e["resource"]["id"] for e in response.json()["entry"]} == {both}
+    assert await ids(fhir, "/Observation", code="x", **{"status:not": "final"}) == set()
+
+
+async def test_of_type_and_reference_identifier_need_the_type_and_the_system(
+    fhir: RunningServer,
+) -> None:
+    v2 = "http://terminology.hl7.org/CodeSystem/v2-0203"
+
+    def typed(code: str, system: str) -> dict[str, Any]:
+        kind = {"coding": [{"system": v2, "code": code}]}
+        return {"resourceType": "Patient", "identifier": [{"type": kind, "system": system, "value": "7"}]}  # fmt: skip
+
+    mrn = await make(fhir, typed("MR", "urn:a"))
+    ssn = await make(fhir, typed("SS", "urn:b"))
+    assert await ids(fhir, "/Patient", identifier="7") == {mrn, ssn}
+    assert await ids(fhir, "/Patient", **{"identifier:of-type": f"{v2}|MR|7"}) == {mrn}
+    assert await ids(fhir, "/Patient", **{"identifier:of-type": f"{v2}|SS|7,{v2}|MR|8"}) == {ssn}
+    assert await ids(fhir, "/Patient", identifier="urn:b|7") == {ssn}
+
+    def by(system: str) -> dict[str, Any]:
+        performer = {"identifier": {"system": system, "value": "42"}}
+        return {**observation_at(mrn, "2026-03-01"), "performer": [performer]}
+
+    npi = await make(fhir, by("http://hl7.org/fhir/sid/us-npi"))
+    other = await make(fhir, by("urn:other"))
+    assert await ids(fhir, "/Observation", **{"performer:identifier": "42"}) == {npi, other}
+    assert await ids(fhir, "/Observation", **{"performer:identifier": "urn:other|42"}) == {other}
+
+
+async def test_exact_strings_differ_in_case_and_accents_from_their_folded_key(
+    fhir: RunningServer,
+) -> None:
+    accented = await make(fhir, {"resourceType": "Patient", "name": [{"family": "Müller"}]})
+    upper = await make(fhir, {"resourceType": "Patient", "name": [{"family": "MULLER"}]})
+    plain = await make(fhir, {"resourceType": "Patient", "name": [{"family": "muller"}]})
+    assert await ids(fhir, "/Patient", family="Muller") == {accented, upper, plain}
+    assert await ids(fhir, "/Patient", **{"family:exact": "Müller"}) == {accented}
+    assert await ids(fhir, "/Patient", **{"family:exact": "MULLER,muller"}) == {upper, plain}
+    assert await ids(fhir, "/Patient", **{"family:exact": "Mull"}) == set()
+    response = await fhir.client.get(
+        "/Patient", params=[("family:exact", "MULLER"), ("family", "mul")]
+    )
+    assert {e["resource"]["id"] for e in response.json()["entry"]} == {upper}
+
+
+async def test_missing_true_and_false_partition_every_parameter_type(fhir: RunningServer) -> None:
+    pid = await make(fhir, patient())
+    bp = {"code": {"coding": [{"system": "http://loinc.org", "code": "8480-6"}]},
+          "valueQuantity": {"value": 120, "unit": "mmHg", "system": "http://unitsofmeasure.org", "code": "mm[Hg]"}}  # fmt: skip
+    full = await make(
+        fhir,
+        {**coded(pid, {"system": SYS_A, "code": "x"}), "valueQuantity": {"value": 3, "unit": "kg"},
+         "component": [bp], "focus": [{"reference": f"Patient/{pid}"}], "identifier": [{"value": "i1"}]},
+    )  # fmt: skip
+    bare = await make(
+        fhir, {"resourceType": "Observation", "status": "final", "code": {"text": "t"}}
+    )
+    for name in ("identifier", "value-quantity", "component-code-value-quantity", "focus",
+                 "date", "component-code", "combo-code-value-quantity", "subject"):  # fmt: skip
+        assert await ids(fhir, "/Observation", **{f"{name}:missing": "false"}) == {full}, name
+        assert await ids(fhir, "/Observation", **{f"{name}:missing": "true"}) == {bare}, name
+    assert await ids(fhir, "/Observation", patient=pid, **{"focus:missing": "true"}) == set()
+    assert await ids(fhir, "/Observation", patient=pid, **{"focus:missing": "false"}) == {full}
+    no_name = await make(fhir, {"resourceType": "Patient", "gender": "other"})
+    assert await ids(fhir, "/Patient", **{"family:missing": "true"}) == {no_name}
+    assert no_name not in await ids(fhir, "/Patient", **{"family:missing": "false"})
+
+
+async def test_quantity_units_are_checked_after_the_number_drives(fhir: RunningServer) -> None:
+    pid = await make(fhir, patient())
+    ucum = "http://unitsofmeasure.org"
+
+    def weighing(value: float, unit: str) -> dict[str, Any]:
+        quantity = {"value": value, "unit": unit, "system": ucum, "code": unit}
+        return {**observation_at(pid, "2026-03-01"), "valueQuantity": quantity}
+
+    mg = await make(fhir, weighing(5, "mg"))
+    kg = await make(fhir, weighing(5, "kg"))
+    heavy = await make(fhir, weighing(7, "kg"))
+    assert await ids(fhir, "/Observation", **{"value-quantity": "5"}) == {mg, kg}
+    assert await ids(fhir, "/Observation", **{"value-quantity": "5||kg"}) == {kg}
+    assert await ids(fhir, "/Observation", **{"value-quantity": f"5|{ucum}|mg"}) == {mg}
+    assert await ids(fhir, "/Observation", **{"value-quantity": "5|http://other|mg"}) == set()
+    assert await ids(fhir, "/Observation", **{"value-quantity": "ge5||kg"}) == {kg, heavy}
+    assert await ids(fhir, "/Observation", **{"value-quantity": "ne5||kg"}) == {heavy}
+    assert await ids(fhir, "/Observation", **{"value-quantity": "lt6||kg,gt6||mg"}) == {kg}
+    response = await fhir.client.get(
+        "/Observation", params=[("value-quantity", "ge5||kg"), ("value-quantity", "lt6")]
+    )
+    assert {e["resource"]["id"] for e in response.json()["entry"]} == {kg}
+
+
+async def test_composites_pair_codes_with_systems_and_values_with_units(
+    fhir: RunningServer,
+) -> None:
+    pid = await make(fhir, patient())
+    ucum = "http://unitsofmeasure.org"
+
+    def scored(system: str, code: str, value: float, unit: str) -> dict[str, Any]:
+        quantity = {"value": value, "unit": unit, "system": ucum, "code": unit}
+        return {**coded(pid, {"system": system, "code": code}), "valueQuantity": quantity}
+
+    a5 = await make(fhir, scored(SYS_A, "x", 5, "kg"))
+    b5 = await make(fhir, scored(SYS_B, "x", 5, "mg"))
+    a9 = await make(fhir, scored(SYS_A, "y", 9, "kg"))
+    pair = "code-value-quantity"
+    assert await ids(fhir, "/Observation", **{pair: "x$5"}) == {a5, b5}
+    assert await ids(fhir, "/Observation", **{pair: f"{SYS_A}|x$5"}) == {a5}
+    assert await ids(fhir, "/Observation", **{pair: "x$5||mg"}) == {b5}
+    assert await ids(fhir, "/Observation", **{pair: f"{SYS_A}|x$5||mg"}) == set()
+    assert await ids(fhir, "/Observation", **{pair: "x$gt4,y$gt8"}) == {a5, b5, a9}
+    assert await ids(fhir, "/Observation", **{pair: "x$gt6"}) == set()  # 9 is y's
+    assert await ids(fhir, "/Observation", **{pair: "x$ne5"}) == set()
+    concept = "code-value-concept"
+    answered = await make(
+        fhir,
+        {**coded(pid, {"system": SYS_A, "code": "q"}),
+         "valueCodeableConcept": {"coding": [{"system": SYS_B, "code": "yes"}]}},
+    )  # fmt: skip
+    assert await ids(fhir, "/Observation", **{concept: "q$yes"}) == {answered}
+    assert await ids(fhir, "/Observation", **{concept: f"{SYS_A}|q${SYS_B}|yes"}) == {answered}
+    assert await ids(fhir, "/Observation", **{concept: f"{SYS_B}|q$yes"}) == set()
+    assert await ids(fhir, "/Observation", **{concept: f"q${SYS_A}|yes"}) == set()
+    assert await ids(fhir, "/Observation", **{concept: "q$no,q$yes"}) == {answered}
+    assert await ids(fhir, "/Observation", **{concept: "yes$q"}) == set()

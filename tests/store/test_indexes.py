@@ -21,6 +21,8 @@ async def test_one_index_serves_every_search_key_and_old_per_field_indexes_go(
             await client[db_name]["Goal"].create_index([(name, ASCENDING)], name=name)
         repo = Repository(client, db_name)
         await repo.ensure_indexes(["Goal", "Flag"], pending_types=frozenset({"Flag"}))
+        dropped = await repo.drop_unused_indexes(["Goal", "Flag"], frozenset({"Flag"}))
+        assert sorted(dropped) == ["Goal.miss", "Goal.ref", "Goal.tok"]
         goal = {spec["name"] async for spec in await client[db_name]["Goal"].list_indexes()}
         flag = {spec["name"] async for spec in await client[db_name]["Flag"].list_indexes()}
         assert goal == {"_id_", "lastUpdated", "searchKeys"}

@@ -2,9 +2,13 @@
 
 https://hl7.org/fhir/R4/search.html#ptypes and #modifiers . Each builder turns the comma-separated
 (OR) values of one parameter into one condition. Conditions only ever compare the string keys
-built by index.py / keys.py, so every condition is a range or equality on an indexed field, and a
-user value can never become an operator or a field name. Where a range can only narrow (dates,
-`:contains`, `ne`), an exact residual check on the same document follows it.
+built by index.py / keys.py, so a user value can never become an operator or a field name.
+
+Each condition carries a driver an index can serve alone (an equality, `$in` or bare range on an
+indexed field: store/planner.py) and, where the driver only narrows, an exact residual check on
+the same document: the exact keys on the field's unindexed copy (`tokx`, `strx`, `numx`: a system,
+a unit, `:exact`), the paired date ranges (`dt`), or the same range as one element's `$elemMatch`.
+Every exact key implies its driver's coarse key (index.py), so a driver never loses a match.
 """
 
 from __future__ import annotations
@@ -21,8 +25,9 @@ from fhirgoal.fhir.search.keys import fold, instant_key, number_key
 from fhirgoal.fhir.search.registry import SearchParam
 
 Condition = dict[str, Any]
-# Fields stored twice (index.py): indexed keys, and an unindexed copy ("strx") for exact ranges.
-EXACT_COPIES = {"str", "num"}
+# Fields stored twice (index.py): coarse indexed keys, and an unindexed copy ("tokx", ...) holding
+# every key, for exact checks and exact ranges.
+EXACT_COPIES = {"tok", "ref", "str", "num"}
 
 
 def starts_with(field: str, prefix: str) -> Condition:
@@ -68,6 +73,10 @@ def _exact_range(
     }
 
 
+def _driven(driver: Condition, check: Condition | None) -> Condition:
+    return driver if check is None else {"$and": [driver, check]}
+
+
 def _unsupported(param: SearchParam, modifier: str) -> FhirError:
     return FhirError(
         "not-supported", f"modifier ':{modifier}' is not supported on '{param.code}' ({param.type})"
@@ -77,45 +86,76 @@ def _unsupported(param: SearchParam, modifier: str) -> FhirError:
 # ---- :missing ---------------------------------------------------------------------------------
 def _present(param: SearchParam) -> Condition:
     c = param.code
-    if param.type in ("token", "uri"):
-        return any_of([_between("tok", f"{c}#", f"{c}$"), _between("tok", f"{c}|", f"{c}}}")])
+    if param.type in ("token", "uri"):  # every token value has its 'code#value' key
+        return _exact_range("tok", f"{c}#", f"{c}$")
     if param.type == "reference":
-        return _between("ref", f"{c}=", f"{c}>")
+        return _exact_range("ref", f"{c}=", f"{c}>")
     if param.type == "date":
-        return _between("dtlo", f"{c}|", f"{c}}}")
+        return {"$and": [_range("dtlo", f"{c}|", f"{c}}}"), {"dt": {"$elemMatch": {"p": c}}}]}
     if param.type == "string":
         return _exact_range("str", f"{c}|", f"{c}}}")
-    if param.type == "composite" and param.components[1][0] == "token":
-        return _between("tok", f"{c}|", f"{c}}}")
-    return _exact_range("num", f"{c}|", f"{c}}}")
+    field = "tok" if param.type == "composite" and param.components[1][0] == "token" else "num"
+    if param.driver is not None:  # a pair implies its first value's key (registry.py)
+        d = param.driver
+        return {"$and": [_range("tok", f"{d}#", f"{d}$"), _between(field + "x", f"{c}|", f"{c}}}")]}
+    return _exact_range(field, f"{c}|", f"{c}}}")
 
 
 def missing(param: SearchParam, values: list[str]) -> Condition:
     if values not in (["true"], ["false"]):
         raise FhirError("bad-request", f"{param.code}:missing takes true or false")
+    # `miss` is not indexed (a key per parameter a resource lacks: 27 for an Observation), so
+    # `true` is a residual check, which scans when no other condition of the search drives it.
     return {"miss": param.code} if values == ["true"] else _present(param)
 
 
 # ---- token, uri, reference ---------------------------------------------------------------------
 def token_key(code: str, value: str) -> str:
+    """The exact key (in `tokx`) of a token search value: code, system|code, |code or system|."""
     if "|" not in value:
         return f"{code}#{value}"
     system, _, token = value.partition("|")
     return f"{code}@{system}" if token == "" else f"{code}|{system}|{token}"
 
 
+def token_match(code: str, values: list[str]) -> Condition:
+    """Any of the token values: the coarse 'code#value' keys drive (a system-only value: the
+    parameter's whole key range), the exact keys decide when a value names a system."""
+    exact = [token_key(code, v) for v in values]
+    coarse = [f"{code}#{v.partition('|')[2] if '|' in v else v}" for v in values]
+    if any(key.startswith(f"{code}@") for key in exact):
+        driver = _range("tok", f"{code}#", f"{code}$")
+    else:
+        driver = {"tok": {"$in": sorted(set(coarse))}}
+    return _driven(driver, None if exact == coarse else {"tokx": {"$in": sorted(set(exact))}})
+
+
+def codings_match(code: str, codings: list[tuple[str, str]]) -> Condition:
+    """Any of these (system, code) pairs ('' = explicitly no system), as `token_match`."""
+    return {
+        "$and": [
+            {"tok": {"$in": sorted({f"{code}#{c}" for _, c in codings})}},
+            {"tokx": {"$in": sorted({f"{code}|{system}|{c}" for system, c in codings})}},
+        ]
+    }
+
+
 def token(param: SearchParam, modifier: str, values: list[str]) -> Condition:
-    keys = [token_key(param.code, v) for v in values]
     if modifier == "":
-        return {"tok": {"$in": keys}}
+        return token_match(param.code, values)
     if modifier == "not":  # search.html#token: also matches resources with no value at all
-        return {"tok": {"$nin": keys}}
+        return {"tokx": {"$nin": [token_key(param.code, v) for v in values]}}
     if modifier == "text":  # the text or display, case- and accent-insensitive starts-with
         return any_of([starts_with("str", f"{param.code}:text|{fold(v)}") for v in values])
-    if modifier == "of-type":  # type-system|type-code|value
+    if modifier == "of-type":  # type-system|type-code|value; the identifier's value drives
         if any(v.count("|") != 2 for v in values):
             raise FhirError("bad-request", f"{param.code}:of-type takes system|code|value")
-        return {"tok": {"$in": [f"{param.code}:of-type|{v}" for v in values]}}
+        return {
+            "$and": [
+                {"tok": {"$in": sorted({f"{param.code}#{v.rsplit('|', 1)[1]}" for v in values})}},
+                {"tokx": {"$in": [f"{param.code}:of-type|{v}" for v in values]}},
+            ]
+        }
     raise _unsupported(param, modifier)
 
 
@@ -132,7 +172,7 @@ def uri(param: SearchParam, modifier: str, values: list[str]) -> Condition:
 
 def reference(param: SearchParam, modifier: str, values: list[str], base_url: str) -> Condition:
     if modifier == "identifier":  # the Reference.identifier, as a token (system|value or value)
-        return {"tok": {"$in": [f"{param.code}:identifier{token_key('', v)}" for v in values]}}
+        return token_match(f"{param.code}:identifier", values)
     if modifier and not (modifier[:1].isupper() and modifier in param.targets):
         raise _unsupported(param, modifier)
     keys: list[str] = []
@@ -158,8 +198,13 @@ def reference(param: SearchParam, modifier: str, values: list[str], base_url: st
 # ---- string ------------------------------------------------------------------------------------
 def string(param: SearchParam, modifier: str, values: list[str]) -> Condition:
     c = param.code
-    if modifier == "exact":
-        return {"str": {"$in": [f"{c}={v}" for v in values]}}
+    if modifier == "exact":  # the folded key drives: equal texts fold equally
+        return {
+            "$and": [
+                {"str": {"$in": sorted({f"{c}|{fold(v)}" for v in values})}},
+                {"strx": {"$in": [f"{c}={v}" for v in values]}},
+            ]
+        }
     if modifier == "contains":
         low, high = f"{c}|", f"{c}}}"
         pattern = "|".join(re.escape(fold(v)) for v in values)
@@ -229,30 +274,41 @@ def _decimal(text: str, code: str) -> Decimal:
     return value
 
 
-def _numeric(field_prefix: str, prefix: str, value: Decimal) -> Condition:
-    """Keys under `field_prefix` (ending in '#') compared with `value` and its implicit precision."""
+def _numeric(
+    coarse: str, exact: str, prefix: str, value: Decimal, driver: Condition | None = None
+) -> Condition:
+    """The keys under `exact` (ending in '#', in `numx`) compared with `value` and its implicit
+    precision; the same comparison on the indexed keys under `coarse` drives, unless `driver`
+    is given (a composite's first value: registry.py)."""
     half = Decimal(5).scaleb(value.as_tuple().exponent - 1)  # type: ignore[operator]
-    low, high = field_prefix, field_prefix[:-1] + "$"  # '$' follows '#'
 
-    def key(number: Decimal) -> str:
-        return field_prefix + number_key(number)
+    def key(head: str, number: Decimal) -> str:
+        return head + number_key(number)
 
-    if prefix == "eq":
-        return _exact_range("num", key(value - half), key(value + half))
-    if prefix in ("gt", "sa"):
-        return _exact_range("num", key(value), high, "$gt")
-    if prefix in ("lt", "eb"):
-        return _exact_range("num", low, key(value))
-    if prefix == "ge":
-        return _exact_range("num", key(value), high)
-    if prefix == "le":
-        return _exact_range("num", low, key(value), "$gte", "$lte")
-    if prefix == "ap":
-        slack = max(abs(value) * Decimal("0.1"), half)
-        return _exact_range("num", key(value - slack), key(value + slack), "$gte", "$lte")
-    # ne: a value of the parameter, none of them inside the range
-    inside = {"$elemMatch": {"$gte": key(value - half), "$lt": key(value + half)}}
-    return {"$and": [_exact_range("num", low, high), {"numx": {"$not": inside}}]}
+    def bounds(head: str) -> tuple[str, str, str, str]:
+        low, high = head, head[:-1] + "$"  # '$' follows '#': every number under `head`
+        if prefix == "eq":
+            return key(head, value - half), key(head, value + half), "$gte", "$lt"
+        if prefix in ("gt", "sa"):
+            return key(head, value), high, "$gt", "$lt"
+        if prefix in ("lt", "eb"):
+            return low, key(head, value), "$gte", "$lt"
+        if prefix == "ge":
+            return key(head, value), high, "$gte", "$lt"
+        if prefix == "le":
+            return low, key(head, value), "$gte", "$lte"
+        if prefix == "ap":
+            slack = max(abs(value) * Decimal("0.1"), half)
+            return key(head, value - slack), key(head, value + slack), "$gte", "$lte"
+        return low, high, "$gte", "$lt"  # ne: a value of the parameter, checked below
+
+    drive = driver if driver is not None else _range("num", *bounds(coarse))
+    check = _between("numx", *bounds(exact))
+    if prefix != "ne":
+        return {"$and": [drive, check]}
+    # ne: none of the values inside the range
+    inside = {"$elemMatch": {"$gte": key(exact, value - half), "$lt": key(exact, value + half)}}
+    return {"$and": [drive, check, {"numx": {"$not": inside}}]}
 
 
 def number(param: SearchParam, modifier: str, values: list[str]) -> Condition:
@@ -261,13 +317,17 @@ def number(param: SearchParam, modifier: str, values: list[str]) -> Condition:
     conditions = []
     for value in values:
         prefix, text = split_prefix(value)
-        conditions.append(_numeric(f"{param.code}|#", prefix, _decimal(text, param.code)))
+        head = f"{param.code}|#"
+        conditions.append(_numeric(head, head, prefix, _decimal(text, param.code)))
     return any_of(conditions)
 
 
-def _quantity_value(head: str, value: str, code: str) -> Condition:
+def _quantity_value(
+    code: str, coarse: str, exact: str, value: str, driver: Condition | None = None
+) -> Condition:
     """`[prefix]number`, `[prefix]number|system|code` or `[prefix]number||code` against the keys
-    under `head` (index.py: 'head#n', 'head system|code|#n', 'head |unit|#n')."""
+    under `exact` (index.py: 'exact#n', 'exact system|code|#n', 'exact |unit|#n'), driven by the
+    indexed 'coarse#n' (any unit) or `driver`."""
     parts = value.split("|")
     if len(parts) not in (1, 3):
         raise FhirError(
@@ -278,14 +338,15 @@ def _quantity_value(head: str, value: str, code: str) -> Condition:
         raise FhirError("bad-request", f"'{value}': a quantity system needs a code")
     prefix, text = split_prefix(number_text)
     unit_prefix = f"{system}|{unit}|" if unit else ""
-    return _numeric(head + unit_prefix + "#", prefix, _decimal(text, code))
+    return _numeric(coarse + "#", exact + unit_prefix + "#", prefix, _decimal(text, code), driver)
 
 
 def quantity(param: SearchParam, modifier: str, values: list[str]) -> Condition:
     """search.html#quantity"""
     if modifier:
         raise _unsupported(param, modifier)
-    return any_of([_quantity_value(f"{param.code}|", v, param.code) for v in values])
+    head = f"{param.code}|"
+    return any_of([_quantity_value(param.code, head, head, v) for v in values])
 
 
 # ---- composite ---------------------------------------------------------------------------------
@@ -296,21 +357,38 @@ def _composite_token_key(text: str) -> str:
     return f"|{system}|{code}"
 
 
+def _code_of(text: str) -> str:
+    return text.partition("|")[2] if "|" in text else text
+
+
 def composite(param: SearchParam, modifier: str, values: list[str]) -> Condition:
-    """`token$token` or `token$[prefix]quantity` (search.html#composite)."""
+    """`token$token` or `token$[prefix]quantity` (search.html#composite). The first value's key
+    under the driving token parameter drives (registry.py), else the coarse pair '#a$#b'."""
     if modifier:
         raise _unsupported(param, modifier)
-    second_type = param.components[1][0]
-    conditions = []
+    c, second_type = param.code, param.components[1][0]
+    pairs: list[tuple[str, str, str]] = []
     for value in values:
         first, dollar, second = value.partition("$")
         if not dollar or not first or not second:
             raise FhirError(
                 "bad-request", f"'{value}': a composite value is first$second ({param.code})"
             )
-        head = f"{param.code}|{_composite_token_key(first)}$"
-        if second_type == "token":
-            conditions.append({"tok": head + _composite_token_key(second)})
-        else:
-            conditions.append(_quantity_value(head, second, param.code))
-    return any_of(conditions)
+        pairs.append((first, second, f"{param.driver}#{_code_of(first)}" if param.driver else ""))
+    if second_type == "token":
+        drivers = {d or f"{c}|#{_code_of(a)}$#{_code_of(b)}" for a, b, d in pairs}
+        exact = {f"{c}|{_composite_token_key(a)}${_composite_token_key(b)}" for a, b, _ in pairs}
+        check = None if exact == drivers else {"tokx": {"$in": sorted(exact)}}
+        return _driven({"tok": {"$in": sorted(drivers)}}, check)
+    return any_of(
+        [
+            _quantity_value(
+                c,
+                f"{c}|#{_code_of(first)}$",
+                f"{c}|{_composite_token_key(first)}$",
+                second,
+                {"tok": driver} if driver else None,
+            )
+            for first, second, driver in pairs
+        ]
+    )

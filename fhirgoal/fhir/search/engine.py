@@ -19,6 +19,7 @@ from fhirgoal.config import Settings
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.jsonio import dumps
+from fhirgoal.fhir.search import conditions
 from fhirgoal.fhir.search.index import reference_entries
 from fhirgoal.fhir.search.query import CompiledSearch, Cursor, Deferred, IncludeSpec, SearchCompiler
 from fhirgoal.fhir.search.registry import SearchRegistry
@@ -173,7 +174,7 @@ class SearchEngine:
 
     async def _in_value_set(self, access: AccessContext, deferred: Deferred) -> dict[str, Any]:
         """`:in` / `:not-in`: the codes of ValueSets held by this server (search.html#token)."""
-        keys: list[str] = []
+        codings: list[tuple[str, str]] = []
         for url in deferred.value.split(","):
             found = await self.repo.find(
                 access, "ValueSet", {"tok": {"$in": [f"url#{url}"]}}, [("_id", 1)], 1
@@ -182,13 +183,13 @@ class SearchEngine:
                 raise FhirError(
                     "bad-request", f"ValueSet '{url}' is not held by this server", deferred.param
                 )
-            keys += [
-                f"{deferred.param}|{system}|{code}"
-                for system, code in value_set_codes(found[0].resource)
-            ]
+            codings += value_set_codes(found[0].resource)
+        if not codings:
+            return _NOTHING if deferred.rest == "in" else {}
         if deferred.rest == "in":
-            return {"tok": {"$in": sorted(set(keys))}} if keys else _NOTHING
-        return {"tok": {"$nin": sorted(set(keys))}} if keys else {}
+            return conditions.codings_match(deferred.param, codings)
+        exact = sorted({f"{deferred.param}|{system}|{code}" for system, code in codings})
+        return {"tokx": {"$nin": exact}}
 
     async def _chain(
         self, access: AccessContext, chain: Deferred, base_url: str, depth: int

@@ -1,31 +1,49 @@
 """Write-time search index: SearchParameter values normalized into indexable strings.
 
-Field by field (each has one multikey index; keys.py explains the orderings):
-  str        "name|eric" (folded, for the default starts-with match) and "name=Éric" (:exact)
-  dtlo/dthi  "date|2026-03-01T00:00:00.000000Z": the low and high ends of each date range, and
-  dt         [{p, lo, hi}]: the same ranges paired, for the exact check after the index narrows
-  num        "value-quantity|<number key>", with "|system|code|" and "||unit|" variants
-  srt        {param: smallest key}: what `_sort` orders by
-  strx/numx  unindexed copies of `str` / `num`: a bare range on the indexed field lets any index
-             drive the query, the same range as $elemMatch on the copy makes it exact
-  miss       the supported parameters a resource has no value for (`:missing=true`; `false` is a
-             range over the parameter's own keys)
+https://hl7.org/fhir/R4/search.html#token , #reference , #uri , #string , #date , #number ,
+#quantity , #composite . Each supported parameter's values go into one of a few multikey arrays
+of the stored document, and the keys of the indexed ones into one more array, `ix` ("tok:code#x"),
+under one MongoDB index that serves every parameter (store/planner.py), so a custom
+SearchParameter needs no new index.
 
-https://hl7.org/fhir/R4/search.html#token , #reference , #uri . Each supported parameter's values
-go into one of a few multikey arrays of the stored document, so one MongoDB index per array serves
-every parameter of that kind and a custom SearchParameter needs no new index:
+An indexed key costs the database about as much CPU on every write as the rest of the document
+(measured on the embedded SecantusDB: ~45 us per key), so each value gets ONE coarse, selective
+indexed key, and its exact keys (systems, units, case) live in an unindexed copy of the array
+(the field's name + "x"), which also holds the coarse keys. A query drives the index with the
+coarse key and checks the exact key on the copy (conditions.py); every exact key implies its
+coarse key, so the results are those of the exact keys alone. keys.py explains the orderings.
 
-  tok  token and uri values:   "code#1234" (any system), "code|http://loinc.org|1234",
-                                "code||1234" (explicitly no system), "code@http://loinc.org" (system only)
-  ref  reference values:        "subject=Patient/123", or the absolute/canonical URL as written
-  comp patient compartment:     "Patient/123" (https://hl7.org/fhir/R4/compartmentdefinition-patient.html)
+Indexed (through `ix`, store/planner.py KEY_FIELDS):
+  tok   token and uri values "code#1234" (any system); reference identifiers
+        "performer:identifier#v"; composite pairs "P|#a$#b" of a composite that cannot drive
+        from its first component's own token parameter (registry.py `driver`)
+  ref   reference values "subject=Patient/123", or the absolute/canonical URL as written
+  comp  patient compartment "Patient/123" (https://hl7.org/fhir/R4/compartmentdefinition-patient.html)
+  str   strings folded for the default starts-with match "name|eric"; token text "code:text|..."
+  num   numbers and quantities "value-quantity|#<number key>" (any unit); composite pairs
+        "P|#a$#<number key>" as for tok
+  dtlo/dthi  "date|2026-03-01T00:00:00.000000Z": the low and high ends of each date range
+
+Unindexed:
+  refx  ref (a second condition on references is checked there while the first drives)
+  tokx  tok, plus "code|http://loinc.org|1234", "code||1234" (explicitly no system),
+        "code@http://loinc.org" (system only), "identifier:of-type|type-system|type-code|value",
+        "performer:identifier|system|v", and composite token pairs with systems ("P||s|a$|t|b")
+  strx  str, plus "name=Éric" (:exact)
+  numx  num, plus "value-quantity|system|code|#n" and "value-quantity||unit|#n", and composite
+        quantity pairs with systems and units
+  dt    [{p, lo, hi}]: the date ranges paired, for the exact check after dtlo/dthi narrow
+  srt   {param: smallest key}: what `_sort` orders by
+  miss  the supported parameters a resource has no value for (`:missing=true`, a residual check:
+        such a query needs another condition to drive it, or it scans; `false` is a range over
+        the parameter's own keys)
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 from decimal import Decimal
-from typing import Any
+from typing import Any, NamedTuple
 
 from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.search.dates import parse_range
@@ -35,30 +53,45 @@ from fhirgoal.fhir.search.paths import reference_type
 _CONTACT_SYSTEMS = {"phone", "fax", "email", "pager", "url", "sms", "other"}
 
 
-def token_pairs(value: Any) -> Iterable[tuple[str, str]]:
-    """(system, code) pairs of a token-typed value: Coding, CodeableConcept, Identifier, primitive."""
+def token_pairs(value: Any) -> list[tuple[str, str]]:
+    """(system, code) pairs of a token-typed value: Coding, CodeableConcept, Identifier, primitive.
+    (A list, not a generator: this runs for every token value of every write.)"""
     if isinstance(value, bool):
-        yield "", "true" if value else "false"
-    elif isinstance(value, str):
-        yield "", value
-    elif isinstance(value, dict):
-        if "coding" in value:
-            for coding in value["coding"]:
-                yield from token_pairs(coding)
-        elif "code" in value and isinstance(value["code"], str):
-            yield value.get("system", ""), value["code"]
-        elif "value" in value and isinstance(value["value"], str):
-            system = value.get("system", "")
-            # ContactPoint.system is a kind of contact ("phone"), not a URI: match on value only.
-            yield ("" if system in _CONTACT_SYSTEMS else system), value["value"]
+        return [("", "true" if value else "false")]
+    if isinstance(value, str):
+        return [("", value)]
+    if not isinstance(value, dict):
+        return []
+    if "coding" in value:
+        return [pair for coding in value["coding"] for pair in token_pairs(coding)]
+    code = value.get("code")
+    if isinstance(code, str):
+        return [(value.get("system", ""), code)]
+    text = value.get("value")
+    if isinstance(text, str):
+        system = value.get("system", "")
+        # ContactPoint.system is a kind of contact ("phone"), not a URI: match on value only.
+        return [("" if system in _CONTACT_SYSTEMS else system, text)]
+    return []
 
 
-def token_entries(code: str, values: Iterable[Any]) -> set[str]:
-    entries: set[str] = set()
+class Entries(NamedTuple):
+    """The keys of one parameter: `coarse` go to the indexed field, `exact` to its copy only."""
+
+    coarse: set[str]
+    exact: set[str]
+
+
+def token_entries(code: str, values: Iterable[Any]) -> Entries:
+    coarse: set[str] = set()
+    exact: set[str] = set()
     for value in values:
-        entries |= {f"{code}{key}" for key in _token_keys(value)}
-        entries |= {f"{code}@{system}" for system, _ in token_pairs(value) if system}
-    return entries
+        for system, token in token_pairs(value):
+            coarse.add(f"{code}#{token}")
+            exact.add(f"{code}|{system}|{token}")
+            if system:
+                exact.add(f"{code}@{system}")
+    return Entries(coarse, exact)
 
 
 def uri_entries(code: str, values: Iterable[Any]) -> set[str]:
@@ -122,14 +155,15 @@ def string_values(value: Any) -> Iterable[str]:
                     yield text
 
 
-def string_entries(code: str, values: Iterable[Any]) -> set[str]:
+def string_entries(code: str, values: Iterable[Any]) -> Entries:
     """'code|folded' for the default starts-with match, 'code=text' for :exact."""
-    entries: set[str] = set()
+    coarse: set[str] = set()
+    exact: set[str] = set()
     for value in values:
         for text in string_values(value):
-            entries.add(f"{code}|{fold(text)}")
-            entries.add(f"{code}={text}")
-    return entries
+            coarse.add(f"{code}|{fold(text)}")
+            exact.add(f"{code}={text}")
+    return Entries(coarse, exact)
 
 
 def date_ranges(value: Any) -> Iterable[tuple[str, str]]:
@@ -179,12 +213,18 @@ def number_entries(code: str, values: Iterable[Any]) -> set[str]:
     }
 
 
-def quantity_entries(code: str, values: Iterable[Any]) -> set[str]:
-    """'code|#n', 'code|system|unitcode|#n' and 'code||unit|#n' per Quantity (n = number key).
-
-    The '#' keeps number keys apart from system URLs in range scans ('#' sorts before them).
-    """
-    return {f"{code}|{key}" for value in values for key in _quantity_keys(value)}
+def quantity_entries(code: str, values: Iterable[Any]) -> Entries:
+    """'code|#n' (indexed), 'code|system|unitcode|#n' and 'code||unit|#n' per Quantity
+    (n = number key). The '#' keeps number keys apart from system URLs in range scans ('#'
+    sorts before them)."""
+    coarse: set[str] = set()
+    exact: set[str] = set()
+    for value in values:
+        number, units = _quantity_keys(value)
+        if number:
+            coarse.add(f"{code}|{number}")
+            exact |= {f"{code}|{key}" for key in units}
+    return Entries(coarse, exact)
 
 
 def first_sort_key(param_type: str, values: list[Any]) -> str | None:
@@ -210,45 +250,56 @@ def first_sort_key(param_type: str, values: list[Any]) -> str | None:
     return min(keys) if keys else None
 
 
-def _token_keys(value: Any) -> set[str]:
-    keys = set()
-    for system, code in token_pairs(value):
-        keys.add(f"#{code}")
-        keys.add(f"|{system}|{code}")
-    return keys
-
-
-def _quantity_keys(value: Any) -> set[str]:
+def _quantity_keys(value: Any) -> tuple[str | None, set[str]]:
+    """('#n', the unit keys 'system|code|#n' and '|unit|#n') of a Quantity; (None, ∅) if no value."""
     if not isinstance(value, dict) or not isinstance(value.get("value"), int | float | Decimal):
-        return set()
+        return None, set()
     number = "#" + number_key(value["value"])
-    keys = {number}
+    units = set()
     system, unit_code, unit = value.get("system", ""), value.get("code"), value.get("unit")
     if unit_code:
-        keys.add(f"{system}|{unit_code}|{number}")
+        units.add(f"{system}|{unit_code}|{number}")
     for label in {unit_code, unit} - {None}:
-        keys.add(f"|{label}|{number}")
-    return keys
+        units.add(f"|{label}|{number}")
+    return number, units
 
 
 def composite_entries(
     code: str, nodes: Iterable[Any], components: tuple[tuple[str, Any], ...]
-) -> tuple[set[str], set[str]]:
-    """'code|<token key>$<second key>' per node, pairing values of the same node only
-    (search.html#composite): token+token go to `tok`, token+quantity to `num`."""
-    tok: set[str] = set()
-    num: set[str] = set()
+) -> tuple[Entries, Entries]:
+    """'code|<first key>$<second key>' per node, pairing values of the same node only
+    (search.html#composite): token+token keys for `tok`, token+quantity keys for `num`. The
+    coarse pair is '#a$#b' (no systems, no units); `exact` holds every pair, coarse included."""
+    tok, num = Entries(set(), set()), Entries(set(), set())
     (_, first), (second_type, second) = components
+    pairs = num if second_type == "quantity" else tok
     for node in nodes:
         if not isinstance(node, dict):
             continue
-        firsts = {k for value in first(node) for k in _token_keys(value)}
-        if second_type == "quantity":
-            seconds = {k for value in second(node) for k in _quantity_keys(value)}
-            num |= {f"{code}|{a}${b}" for a in firsts for b in seconds}
-        else:
-            seconds = {k for value in second(node) for k in _token_keys(value)}
-            tok |= {f"{code}|{a}${b}" for a in firsts for b in seconds}
+        first_coarse: set[str] = set()
+        first_all: set[str] = set()
+        for value in first(node):
+            for system, token in token_pairs(value):
+                first_coarse.add(f"#{token}")
+                first_all.add(f"|{system}|{token}")
+        if not first_coarse:
+            continue
+        first_all |= first_coarse
+        second_coarse: set[str] = set()
+        second_all: set[str] = set()
+        for value in second(node):
+            if second_type == "quantity":
+                number, units = _quantity_keys(value)
+                if number:
+                    second_coarse.add(number)
+                    second_all |= units
+            else:
+                for system, token in token_pairs(value):
+                    second_coarse.add(f"#{token}")
+                    second_all.add(f"|{system}|{token}")
+        second_all |= second_coarse
+        pairs.coarse.update({f"{code}|{a}${b}" for a in first_coarse for b in second_coarse})
+        pairs.exact.update({f"{code}|{a}${b}" for a in first_all for b in second_all})
     return tok, num
 
 
@@ -265,7 +316,8 @@ def token_text_entries(code: str, values: Iterable[Any]) -> set[str]:
 
 
 def identifier_type_entries(code: str, values: Iterable[Any]) -> set[str]:
-    """'code:of-type|type-system|type-code|value' for typed Identifiers (token :of-type)."""
+    """'code:of-type|type-system|type-code|value' for typed Identifiers (token :of-type): exact
+    keys, whose coarse key is the identifier's own 'code#value'."""
     entries = set()
     for value in values:
         if isinstance(value, dict) and isinstance(value.get("value"), str):
@@ -276,12 +328,12 @@ def identifier_type_entries(code: str, values: Iterable[Any]) -> set[str]:
     return entries
 
 
-def reference_identifier_entries(code: str, values: Iterable[Any]) -> set[str]:
+def reference_identifier_entries(code: str, values: Iterable[Any]) -> Entries:
     """'code:identifier#value' and 'code:identifier|system|value' (reference :identifier)."""
-    entries = set()
+    coarse, exact = set(), set()
     for value in values:
         identifier = value.get("identifier") if isinstance(value, dict) else None
         if isinstance(identifier, dict) and isinstance(identifier.get("value"), str):
-            entries.add(f"{code}:identifier#{identifier['value']}")
-            entries.add(f"{code}:identifier|{identifier.get('system', '')}|{identifier['value']}")
-    return entries
+            coarse.add(f"{code}:identifier#{identifier['value']}")
+            exact.add(f"{code}:identifier|{identifier.get('system', '')}|{identifier['value']}")
+    return Entries(coarse, exact)

@@ -8,7 +8,7 @@ disagree.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fhirgoal.fhir.conformance import Conformance
@@ -27,7 +27,14 @@ from fhirgoal.fhir.search.index import (
     token_text_entries,
     uri_entries,
 )
-from fhirgoal.fhir.search.paths import Extractor, compile_expression, compile_relative
+from fhirgoal.fhir.search.paths import (
+    Extractor,
+    branches_for_type,
+    compile_expression,
+    compile_relative,
+    split_top_level,
+    strip_parens,
+)
 
 # Parameter types whose values are indexed and searchable today. The others are registered (so
 # strict mode can tell "unsupported" from "unknown") but not yet advertised.
@@ -52,6 +59,10 @@ class SearchParam:
     documentation: str = ""
     # composite parameters: (component type, extractor relative to each composite node)
     components: tuple[tuple[str, Extractor], ...] = ()
+    # composite parameters: the token parameter whose indexed keys drive this one's queries
+    # (its first component's own SearchParameter, when that provably holds every first value),
+    # so the composite's pairs need no indexed keys of their own (SearchRegistry._link_composite)
+    driver: str | None = None
 
     @property
     def supported(self) -> bool:
@@ -74,6 +85,10 @@ class TypeParams:
         ref: set[str] = set()
         text: set[str] = set()
         num: set[str] = set()
+        # keys only in the unindexed copies (index.py: exact systems, units, cases)
+        tokx: set[str] = set()
+        strx: set[str] = set()
+        numx: set[str] = set()
         lows: set[str] = set()
         highs: set[str] = set()
         ranges: list[dict[str, str]] = []
@@ -90,24 +105,37 @@ class TypeParams:
             if sort_key is not None:
                 sort_keys[param.code] = sort_key
             if param.type == "token":
-                tok |= token_entries(param.code, values)
-                tok |= identifier_type_entries(param.code, values)
+                coarse, exact = token_entries(param.code, values)
+                tok |= coarse
+                tokx |= exact
+                tokx |= identifier_type_entries(param.code, values)
                 text |= token_text_entries(param.code, values)
             elif param.type == "uri":
                 tok |= uri_entries(param.code, values)
             elif param.type == "reference":
                 ref |= reference_entries(param.code, values)
-                tok |= reference_identifier_entries(param.code, values)
+                coarse, exact = reference_identifier_entries(param.code, values)
+                tok |= coarse
+                tokx |= exact
             elif param.type == "string":
-                text |= string_entries(param.code, values)
+                coarse, exact = string_entries(param.code, values)
+                text |= coarse
+                strx |= exact
             elif param.type == "number":
                 num |= number_entries(param.code, values)
             elif param.type == "quantity":
-                num |= quantity_entries(param.code, values)
+                coarse, exact = quantity_entries(param.code, values)
+                num |= coarse
+                numx |= exact
             elif param.type == "composite":
                 pairs_tok, pairs_num = composite_entries(param.code, values, param.components)
-                tok |= pairs_tok
-                num |= pairs_num
+                if not (pairs_tok.coarse or pairs_num.coarse):  # nodes, but no pair in any
+                    miss.append(param.code)
+                tokx |= pairs_tok.exact
+                numx |= pairs_num.exact
+                if param.driver is None:  # else the driver's own keys are indexed
+                    tok |= pairs_tok.coarse
+                    num |= pairs_num.coarse
             elif param.type == "date":
                 lo, hi, pairs = date_entries(param.code, values)
                 lows |= lo
@@ -120,7 +148,9 @@ class TypeParams:
             "tok": sorted(tok), "ref": sorted(ref), "comp": compartment, "str": sorted(text),
             "num": sorted(num), "dtlo": sorted(lows), "dthi": sorted(highs), "dt": ranges,
             "miss": miss, "srt": sort_keys,
-            "strx": sorted(text), "numx": sorted(num),  # unindexed copies: exact ranges
+            # unindexed copies: every key, coarse and exact (index.py)
+            "refx": sorted(ref), "tokx": sorted(tok | tokx), "strx": sorted(text | strx),
+            "numx": sorted(num | numx),
         }  # fmt: skip
 
 
@@ -136,6 +166,9 @@ class SearchRegistry:
         self.type_by_url = {d.get("url"): d["type"] for d in conformance.search_parameters}
         for definition in conformance.search_parameters:
             self._add(definition)
+        for definition in conformance.search_parameters:
+            if definition.get("type") == "composite" and definition.get("component"):
+                self._link_composite(definition)
 
     def _add(self, definition: dict[str, Any]) -> None:
         bases = definition.get("base", [])
@@ -162,6 +195,31 @@ class SearchRegistry:
                 documentation=definition.get("description", ""),
                 components=components,
             )
+
+    def _link_composite(self, definition: dict[str, Any]) -> None:
+        """Let a composite drive its queries from its first component's token parameter when
+        that parameter's expression holds, for this type, every path the first component takes
+        (the composite's node paths + the component's relative path): then each first value of a
+        pair is indexed as that parameter's coarse key, which a query for the pair implies."""
+        first = definition["component"][0]
+        for resource_type, table in self.types.items():
+            param = table.params.get(definition["code"])
+            if param is None or param.url != definition.get("url", "") or not param.supported:
+                continue
+            driver = next(
+                (p for p in table.params.values() if p.url == first.get("definition")), None
+            )
+            if driver is None or driver.type != "token" or not driver.supported:
+                continue
+            nodes = branches_for_type(param.expression, resource_type)
+            steps = [strip_parens(step) for step in split_top_level(first.get("expression", ""))]
+            paths = {f"{node}.{step}" for node in nodes for step in steps}
+            if (
+                nodes
+                and steps
+                and paths <= set(branches_for_type(driver.expression, resource_type))
+            ):
+                table.params[param.code] = replace(param, driver=driver.code)
 
     def for_type(self, resource_type: str) -> TypeParams:
         return self.types[resource_type]
