@@ -39,6 +39,7 @@ class RunningServer:
     base: str  # the FHIR base URL
     settings: Settings
     client: httpx.AsyncClient
+    app: Any = None  # the running FastAPI application
 
 
 def _bound_socket() -> socket.socket:
@@ -80,7 +81,7 @@ async def fhir(mongo_uri: str) -> AsyncIterator[RunningServer]:
     server, task, port = await start_server(settings)
     base = f"http://127.0.0.1:{port}/fhir"
     async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        yield RunningServer(base, settings, client)
+        yield RunningServer(base, settings, client, server.config.app)
     server.should_exit = True
     await task
     mongo = connect(mongo_uri)

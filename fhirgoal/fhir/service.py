@@ -36,6 +36,9 @@ from fhirgoal.store.repository import AlreadyExists, Repository, Version
 log = structlog.get_logger(__name__)
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
+# Runs of the after-write rules of one write when a concurrent write keeps changing what they
+# update; beyond that the pending mark stays and the sweep finishes them.
+AFTER_HOOK_ATTEMPTS = 3
 
 
 @dataclass
@@ -179,16 +182,30 @@ class FhirService:
         if not event.hooks:
             return
         event.version = version
-        try:
-            await self.hooks.after(event)
-        except Exception as error:
-            # The write itself is stored and stays so; what a rule derives from it is not. That
-            # is a server fault, not the client's, and answering 500 would invite a retry that
-            # duplicates the write: log it and keep the pending mark (the sweep re-runs it).
-            log.error("after-write rule failed", resource=f"{version.resource_type}/{version.id}",
-                      version=version.version, error=repr(error))  # fmt: skip
-            return
+        for attempt in range(1, AFTER_HOOK_ATTEMPTS + 1):
+            try:
+                await self.hooks.after(event)
+                break
+            except FhirError as error:
+                # Another request changed a resource a rule keeps in step (two sessions of one
+                # client written at once update the same Flag or Goal): rules derive from current
+                # state, so running them again converges.
+                if error.category == "precondition-failed" and attempt < AFTER_HOOK_ATTEMPTS:
+                    continue
+                self._after_failed(version, error)
+                return
+            except Exception as error:
+                self._after_failed(version, error)
+                return
         await self.repo.clear_pending(version)
+
+    @staticmethod
+    def _after_failed(version: Version, error: Exception) -> None:
+        # The write itself is stored and stays so; what a rule derives from it is not. That is a
+        # server fault, not the client's, and answering 500 would invite a retry that duplicates
+        # the write: log it and keep the pending mark (the sweep re-runs it).
+        log.error("after-write rule failed", resource=f"{version.resource_type}/{version.id}",
+                  version=version.version, error=repr(error))  # fmt: skip
 
     async def finish_pending(
         self, access: AccessContext, older_than: datetime | None = None
