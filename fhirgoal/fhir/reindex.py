@@ -22,8 +22,7 @@ log = structlog.get_logger(__name__)
 # The layout of the stored search keys (fhir/search/index.py). Change it whenever that layout
 # changes: servers then reindex the stored resources at start-up.
 #   1  every key indexed (no format recorded)
-#   2  one coarse indexed key per value, exact keys in unindexed copies; `miss` unindexed; all
-#      indexed keys in `ix` under one index instead of one index per field (store/planner.py)
+#   2  one coarse indexed key per value, exact keys in unindexed copies; `miss` unindexed
 INDEX_FORMAT = 2
 
 

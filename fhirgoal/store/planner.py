@@ -1,18 +1,13 @@
 """Shaping search filters so that the database drives them from an index.
 
-Search filters are conjunctions of conditions on a few multikey fields of search keys
-(fhir/search/index.py). Those fields are not indexed one by one: every key is also stored in one
-array `ix` as "field:key", under a single multikey index, because on the embedded SecantusDB each
-index a document belongs to costs about 60 us per insert on top of its keys (measured: an
-AuditEvent with 25 keys costs 1.4 ms in eight indexes, 0.8 ms in one). A filter is sent as one flat
-document, a key per field, with no top-level `$and`, and starts with the most selective condition
-an index can serve on its own (an id, a reference, a token, ...), rewritten onto `ix`; the
-condition itself stays as an exact check on its own field. MongoDB's planner considers every key
-anyway, and SecantusDB drives a query from the first key whose clause is an equality, a pure `$in`
-or a pure range, and scans the collection for anything else (including any top-level `$and`/`$or`,
-and any `hint`, which it turns into a full index scan: measured, see the closing notes of the
-search issue). Further conditions on the same field are merged as `$all: [{$elemMatch: ...}]`,
-negations as `$nin` / `$not`.
+Search filters are conjunctions of conditions on a few multikey fields (fhir/search/index.py).
+They are sent as one flat document, a key per field, with no top-level `$and`, ordered so that the
+first key is the most selective condition an index can serve on its own (an id, a reference, a
+token, ...): MongoDB's planner considers every key anyway, and the embedded SecantusDB drives a
+query from the first key whose clause is an equality, a pure `$in` or a pure range, and scans the
+collection for anything else (including any top-level `$and`/`$or`, and any `hint`, which it turns
+into a full index scan: measured, see the closing notes of the search issue). Further conditions on
+the same field are merged as `$all: [{$elemMatch: ...}]`, negations as `$nin` / `$not`.
 
 A field with an unindexed copy (`ref`/`refx`, `tok`/`tokx`, ...: the copy holds every
 key of the field, and more) keeps ONE servable condition as its driver and moves the others to
@@ -27,12 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
-# Fields of search keys (fhir/search/index.py), reached through the one index on `ix`.
-KEY_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi")
-SEARCH_KEYS = "ix"
 # Lower is more selective.
 _RANK = {
-    SEARCH_KEYS: 0,
     "_id": 0,
     "ref": 1,
     "tok": 2,
@@ -110,43 +101,6 @@ def _merge(field: str, tests: list[Any]) -> tuple[Any, list[dict[str, Any]]]:
     return merged, leftovers
 
 
-def search_keys(index: dict[str, Any]) -> list[str]:
-    """The `ix` array of a stored document: every search key, prefixed with its field."""
-    return [f"{name}:{key}" for name in KEY_FIELDS for key in index.get(name, ())]
-
-
-def _on_search_keys(field: str, test: Any) -> Any:
-    """A servable test on `field`, as the same test on `ix` (an order-preserving prefix)."""
-    prefix = f"{field}:"
-    if not isinstance(test, dict):
-        return prefix + test
-    if "$in" in test:
-        return {"$in": [prefix + key for key in test["$in"]]}
-    bounds = {op: prefix + key for op, key in test.items()}
-    if not bounds.keys() & {"$gt", "$gte"}:
-        bounds["$gte"] = prefix
-    if not bounds.keys() & {"$lt", "$lte"}:
-        bounds["$lt"] = f"{field};"  # ';' follows ':'
-    return bounds
-
-
-def _driver(by_field: dict[str, list[Any]]) -> tuple[str, Any] | None:
-    """The most selective single condition an index serves: `_id` or `lu` as they are, a search
-    key field's through `ix`."""
-    candidates = [
-        (_is_range(test), _RANK[field], field, test)
-        for field, tests in by_field.items()
-        for test in tests
-        if servable(field, test)
-    ]
-    if not candidates:
-        return None
-    *_, field, test = min(candidates, key=lambda c: c[:2])
-    if field in KEY_FIELDS:
-        return SEARCH_KEYS, _on_search_keys(field, test)
-    return field, test
-
-
 def shape(query: dict[str, Any]) -> dict[str, Any]:
     """The flat, index-first form of a conjunctive filter (same matches)."""
     by_field: dict[str, list[Any]] = {}
@@ -173,9 +127,6 @@ def shape(query: dict[str, Any]) -> dict[str, Any]:
         return (0 if alone else 1, int(alone and _is_range(tests[0])), _RANK.get(field, 99))
 
     flat: dict[str, Any] = {}
-    driver = _driver(by_field)
-    if driver is not None and driver[0] == SEARCH_KEYS:
-        flat[SEARCH_KEYS] = driver[1]
     for field in sorted(by_field, key=order):
         flat[field], leftovers = _merge(field, by_field[field])
         logical += leftovers
@@ -187,18 +138,9 @@ def shape(query: dict[str, Any]) -> dict[str, Any]:
 
 
 def driving_field(query: dict[str, Any]) -> str | None:
-    """The field whose condition an index-first database drives `shape(query)` from (for a
-    search key field, through `ix`), or None for a scan."""
+    """The field an index-first database drives `shape(query)` from, or None for a scan."""
     shaped = shape(query)
     for field, test in shaped.items():
         if not field.startswith("$") and servable(field, test):
-            return _field_of(test) if field == SEARCH_KEYS else field
+            return field
     return None
-
-
-def _field_of(test: Any) -> str:
-    """The key field a test on `ix` was made from ("tok:code#a" -> "tok")."""
-    if isinstance(test, str):
-        return test.split(":", 1)[0]
-    key = test["$in"][0] if "$in" in test else next(iter(test.values()))
-    return str(key).split(":", 1)[0]

@@ -37,19 +37,16 @@ from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
-from fhirgoal.store.planner import KEY_FIELDS, SEARCH_KEYS, search_keys, shape
+from fhirgoal.store.planner import shape
 
-# The search keys, one array per kind of search value (fhir/search/index.py): those of the key
-# fields (planner.KEY_FIELDS) are indexed together through one multikey index on `ix`
-# (store/planner.py says why). The other search fields are not indexed, since every indexed key
-# costs the database CPU on each write: `dt` and the copies `refx`, `tokx`, ... are the exact
-# checks applied after an indexed key has narrowed the candidates, `miss` the residual check of
-# `:missing=true`, `srt` the sort keys.
+# Multikey string indexes, one per kind of search value (fhir/search/index.py). The other search
+# fields are not indexed, since every indexed key costs the database CPU on each write: `dt` and
+# the copies `refx`, `tokx`, ... are the exact checks applied after an indexed field has narrowed
+# the candidates, `miss` the residual check of `:missing=true`, `srt` the sort keys.
+INDEX_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi")
 # `pend` marks a version whose after-write hooks have not all finished (fhir/hooks.py); it is
 # indexed only on the types that have such hooks, so other writes pay nothing for it.
-_SEARCH_FIELDS = (
-    *KEY_FIELDS, SEARCH_KEYS, "miss", "dt", "srt", "refx", "tokx", "strx", "numx", "pend"
-)  # fmt: skip
+_SEARCH_FIELDS = (*INDEX_FIELDS, "miss", "dt", "srt", "refx", "tokx", "strx", "numx", "pend")
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
 META_COLLECTION = "fhirgoal_meta"
 _INDEX_FORMAT_ID = "search-index"
@@ -143,9 +140,8 @@ class Repository:
         for rt in resource_types:
             current = self.collection(rt)
             await current.create_index([("lu", DESCENDING)], name="lastUpdated")
-            await current.create_index([(SEARCH_KEYS, ASCENDING)], name="searchKeys")
-            if rt in pending_types:
-                await current.create_index([("pend", ASCENDING)], name="pend")
+            for name in (*INDEX_FIELDS, "pend") if rt in pending_types else INDEX_FIELDS:
+                await current.create_index([(name, ASCENDING)], name=name)
             history = self.collection(history_collection(rt))
             await history.create_index([("id", ASCENDING), ("v", DESCENDING)], name="id_version")
             await history.create_index([("lu", DESCENDING)], name="lastUpdated")
@@ -155,10 +151,10 @@ class Repository:
         self, resource_types: list[str], pending_types: frozenset[str] = frozenset()
     ) -> list[str]:
         """Drop the indexes of search fields that an earlier index format indexed and this one
-        does not (one per key field, `miss`): each would still cost every write its keys."""
+        does not (e.g. `miss`): each would still cost every write its keys."""
         dropped = []
         for rt in resource_types:
-            wanted = {"pend"} if rt in pending_types else set()
+            wanted = {*INDEX_FIELDS, "pend"} if rt in pending_types else set(INDEX_FIELDS)
             current = self.collection(rt)
             async for index in await current.list_indexes():
                 name = index["name"]
@@ -351,8 +347,7 @@ class Repository:
     async def set_index(self, version: Version, index: dict[str, Any]) -> bool:
         """Replace the search index of `version` if it is still current (a writer may have won)."""
         result = await self.collection(version.resource_type).update_one(
-            {"_id": version.id, "v": version.version},
-            {"$set": {**index, SEARCH_KEYS: search_keys(index)}},
+            {"_id": version.id, "v": version.version}, {"$set": index}
         )
         return result.matched_count == 1
 
@@ -449,7 +444,6 @@ def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:
             doc["pend"] = True
     else:
         doc.update(index)
-        doc[SEARCH_KEYS] = search_keys(index)
     return doc
 
 

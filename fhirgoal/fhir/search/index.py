@@ -2,9 +2,8 @@
 
 https://hl7.org/fhir/R4/search.html#token , #reference , #uri , #string , #date , #number ,
 #quantity , #composite . Each supported parameter's values go into one of a few multikey arrays
-of the stored document, and the keys of the indexed ones into one more array, `ix` ("tok:code#x"),
-under one MongoDB index that serves every parameter (store/planner.py), so a custom
-SearchParameter needs no new index.
+of the stored document, so one MongoDB index per array serves every parameter of that kind and a
+custom SearchParameter needs no new index.
 
 An indexed key costs the database about as much CPU on every write as the rest of the document
 (measured on the embedded SecantusDB: ~45 us per key), so each value gets ONE coarse, selective
@@ -13,7 +12,7 @@ indexed key, and its exact keys (systems, units, case) live in an unindexed copy
 coarse key and checks the exact key on the copy (conditions.py); every exact key implies its
 coarse key, so the results are those of the exact keys alone. keys.py explains the orderings.
 
-Indexed (through `ix`, store/planner.py KEY_FIELDS):
+Indexed (one MongoDB index each, store/repository.py INDEX_FIELDS):
   tok   token and uri values "code#1234" (any system); reference identifiers
         "performer:identifier#v"; composite pairs "P|#a$#b" of a composite that cannot drive
         from its first component's own token parameter (registry.py `driver`)
