@@ -38,7 +38,7 @@ from joserfc.jwk import RSAKey
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from loadgen import Result, render_request, run
-from rest_core import cpu_seconds, observation, shut_down
+from rest_core import DatabaseCpu, cpu_seconds, observation, shut_down
 from rest_core import start_server as start_fhirgoal
 
 from fhirgoal.auth.bearer import CachedAuthenticator
@@ -152,6 +152,7 @@ async def reads(
     bare = start_server(uri, bare_port, db, "smart", audit=False)
     processes = {off_port: off, smart_port: smart, bare_port: bare}
     rows: list[dict[str, Any]] = []
+    database_cpu = DatabaseCpu(db_pid)
     try:
         seed = [
             render_request("POST", "/fhir/Observation", f"127.0.0.1:{off_port}",
@@ -180,11 +181,11 @@ async def reads(
                 await run("127.0.0.1", port, requests, 200, clients)  # warm-up
                 await asyncio.sleep(1.5)
                 before = cpu_seconds(process.pid)
-                db_before = cpu_seconds(db_pid) if db_pid else 0.0
+                database_cpu.start()
                 result = await run("127.0.0.1", port, requests, total, clients)
                 await asyncio.sleep(1.5)  # let the audit buffer flush inside the measurement
                 cpu = cpu_seconds(process.pid) - before
-                db_cpu = cpu_seconds(db_pid) - db_before if db_pid else None
+                db_cpu = database_cpu.stop()
                 if set(result.statuses) != {200}:
                     raise SystemExit(f"{mode}: unexpected statuses {result.statuses}")
                 rows.append(summarize(mode, clients, result, cpu, db_cpu))
