@@ -6,6 +6,11 @@ records the running process so that a second command (an admin CLI, a restart af
 it instead of fighting over the WiredTiger lock. The child is tied to its parent with
 PR_SET_PDEATHSIG on Linux: if the server is killed, the database shuts down cleanly rather than
 lingering.
+
+It runs `--standalone`: by default SecantusDB presents itself as a one-member replica set and writes
+an oplog entry (a BSON copy of the document) for every write, which only change streams and
+point-in-time restore read; fhirgoal uses neither, and a standalone server skips the oplog
+(measured: 0.15-0.45 ms less database CPU per insert, 15-20% of an indexed insert).
 """
 
 from __future__ import annotations
@@ -122,6 +127,7 @@ class EmbeddedDatabase:
             "--host", "127.0.0.1", "--port", str(port),
             "--storage-path", str(self.data_dir / "db"),
             "--log-level", "WARNING",
+            "--standalone",
         ]  # fmt: skip
         self.process = subprocess.Popen(
             command, stdout=log, stderr=log, stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent
