@@ -108,6 +108,7 @@ async def build_service(
     install_clinical(service)
     pending_types = frozenset(service.hooks.types_with_hooks())
     await repository.ensure_indexes(list(conformance.stored_types), pending_types)
+    await service.audit_log.ensure_indexes()
     await upgrade_index(service, pending_types)
     await load_catalog(service, settings.profiles_dir, instrument_texts(settings))
     finished = await service.finish_pending(UNRESTRICTED)
@@ -158,8 +159,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info("embedded database started", uri=uri, data_dir=str(settings.data_dir))
         client = connect(uri)
         sweeper: asyncio.Task[None] | None = None
+        service: FhirService | None = None
         try:
-            app.state.fhir = await build_service(settings, client)
+            service = app.state.fhir = await build_service(settings, client)
             app.state.repository = app.state.fhir.repo
             await runtime.start(app.state.fhir)
             app.state.smart = runtime.smart
@@ -169,11 +171,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             gc.collect()
             gc.freeze()
             sweeper = asyncio.create_task(sweep_pending(app.state.fhir, settings))
+            service.audit_log.start()
             yield
         finally:
             if sweeper is not None:
                 sweeper.cancel()
             await runtime.stop()
+            if service is not None:
+                await service.audit_log.stop()
             await client.close()
             if embedded is not None:
                 embedded.stop()

@@ -69,3 +69,6 @@ class Settings(BaseSettings):
     audit: bool = True
     audit_flush_seconds: float = 1.0
     audit_buffer: int = 10_000
+    # audit events stored but not yet indexed past which indexing no longer waits for quiet time
+    # (store/append_log.py): bounds how long an AuditEvent search can wait for the index
+    audit_index_backlog: int = 10_000

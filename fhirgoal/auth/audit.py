@@ -7,9 +7,14 @@ shape for RESTful events (https://profiles.ihe.net/ITI/BALP/).
 
 Durability: a write's AuditEvent and Provenance are stored before the write is acknowledged (the
 middleware holds the response until `store_write` returns). Reads go through a bounded in-memory
-buffer, stored in batches of `BATCH` as soon as a batch is full and the rest every
-`flush_interval` seconds (default 1 s): if the process dies, the read events of at most that last
-interval are lost. When the buffer is full, requests wait for a flush rather than drop events.
+buffer, stored as soon as `SEGMENT` events wait and the rest every `flush_interval` seconds
+(default 1 s): if the process dies, the read events of at most that last interval are lost. When
+the buffer is full, requests wait for a flush rather than drop events.
+
+AuditEvents are stored through the append log (store/append_log.py): a flush is one database
+write whatever its size, and the events get their search index later, off the request path; every
+reader of AuditEvent catches the log up first, so a search always sees every stored event.
+Provenance is stored as an ordinary resource at once (clinical views read it).
 
 AuditEvents are append-only through the API (auth/context.py APPEND_ONLY) and are reached only by
 a scope that names them (auth/scopes.py NOT_IN_WILDCARD).
@@ -29,9 +34,8 @@ import structlog
 
 from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.fhir.instants import instant_text, now
-from fhirgoal.fhir.jsonio import dumps
-from fhirgoal.fhir.service import FhirService, stamp
-from fhirgoal.store.repository import Version
+from fhirgoal.fhir.service import FhirService
+from fhirgoal.store.append_log import SEGMENT_MAX
 
 log = structlog.get_logger(__name__)
 
@@ -44,7 +48,7 @@ INTERACTION_SYSTEM = "http://hl7.org/fhir/restful-interaction"
 CLIENT_SYSTEM = "urn:fhirgoal:oauth-client"
 _ACTIVITY = {"C": "CREATE", "U": "UPDATE", "D": "DELETE"}
 _NOT_TRACED = frozenset({"AuditEvent", "Provenance"})  # no Provenance of the audit trail itself
-BATCH = 32  # buffered events per database call (flush)
+SEGMENT = 500  # buffered read events that are stored at once rather than at the next interval
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,18 +262,8 @@ class Auditor:
         }
 
     # ---- storing ------------------------------------------------------------------------------
-    def _stored(self, resource: dict[str, Any]) -> tuple[Version, dict[str, Any]]:
-        """A new audit record as a first version with its search index."""
-        rt = resource["resourceType"]
-        rid = resource.get("id") or str(uuid.uuid4())
-        moment = now()
-        stored = stamp(resource, rid, 1, moment)
-        # the registry's compiled paths: no AuditEvent/Provenance expression needs fhirpathpy
-        index = self.service.registry.for_type(rt).index_fields(stored)
-        return Version(rt, rid, 1, moment, "POST", dumps(stored).decode(), parsed=stored), index
-
     async def _store(self, resource: dict[str, Any]) -> None:
-        version, index = self._stored(resource)
+        version, index = self.service.first_version(resource, now())
         await self.service.repo.insert(UNRESTRICTED, version, index)
 
     async def store_write(
@@ -281,11 +275,11 @@ class Auditor:
         headers: dict[str, str],
     ) -> None:
         """Store a write's AuditEvent (and Provenance when it succeeded) before it is answered."""
-        records = [event]
+        stores = [self.service.audit_log.append([_identified(event)])]
         target = _written(headers, interaction) if status < 300 else None
         if target and interaction.resource_type not in _NOT_TRACED:
-            records.append(self.provenance(context, interaction, target))
-        await asyncio.gather(*(self._store(r) for r in records))
+            stores.append(self._store(self.provenance(context, interaction, target)))
+        await asyncio.gather(*stores)
 
     def buffer(self, event: dict[str, Any]) -> None:
         if len(self._pending) >= 2 * self.max_buffer:
@@ -297,9 +291,9 @@ class Auditor:
         if len(self._pending) >= self.max_buffer:
             await self.flush()
         self._pending.append(_identified(event))
-        if len(self._pending) >= BATCH and self._trickle is None:
-            # a full batch goes now rather than with the rest at the next tick: the database
-            # sees a steady trickle of short calls instead of one long one a second
+        if len(self._pending) >= SEGMENT and self._trickle is None:
+            # a full segment goes now rather than at the next tick: the buffer stays small and
+            # the database sees a steady trickle of writes instead of one large one a second
             self._trickle = asyncio.get_running_loop().create_task(self._flush_quietly())
 
     async def _flush_quietly(self) -> None:
@@ -311,17 +305,18 @@ class Auditor:
             self._trickle = None
 
     async def flush(self) -> None:
-        """Store every buffered event, a batch of `BATCH` per database call, one call at a time:
-        short calls leave the database free to answer the reads in between."""
+        """Store every buffered event, one call at a time."""
         if self._flushing is None:
             self._flushing = asyncio.Lock()
         async with self._flushing:
             while self._pending:
-                batch, self._pending = self._pending[:BATCH], self._pending[BATCH:]
+                batch, self._pending = self._pending[:SEGMENT_MAX], self._pending[SEGMENT_MAX:]
                 try:
-                    await self.service.repo.insert_batch([self._stored(e) for e in batch])
+                    await self.service.audit_log.append(batch)
                 except Exception:
-                    self._pending[:0] = batch  # kept for the next flush rather than lost
+                    # kept for the next flush rather than lost; if the database stored them after
+                    # all, their fixed ids keep the resent copies from being indexed twice
+                    self._pending[:0] = batch
                     raise
 
     async def _run(self) -> None:

@@ -31,6 +31,7 @@ from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.validation import Validator
+from fhirgoal.store.append_log import AppendLog
 from fhirgoal.store.repository import AlreadyExists, Repository, Version
 
 log = structlog.get_logger(__name__)
@@ -92,6 +93,16 @@ class FhirService:
         self.engine = SearchEngine(settings, conformance, registry, repository)
         self.hooks = HookSet()
         self.operations = OperationRegistry()
+        # The audit trail of reads is stored through an append log and indexed later; every
+        # reader of AuditEvent catches it up first, whatever the authorization mode.
+        self.audit_log = AppendLog(
+            repository,
+            "AuditEvent",
+            self.first_version,
+            interval=settings.audit_flush_seconds,
+            max_backlog=settings.audit_index_backlog,
+        )
+        repository.write_through_log(self.audit_log)
 
     # ---- helpers -----------------------------------------------------------------------------
     def require_type(self, rt: str) -> None:
@@ -117,6 +128,18 @@ class FhirService:
         self.validator.validate(stored)
         index = self.registry.for_type(stored["resourceType"]).index_fields(stored)
         return stored, index
+
+    def first_version(
+        self, resource: dict[str, Any], moment: datetime
+    ) -> tuple[Version, dict[str, Any]]:
+        """A record the server writes about itself (an AuditEvent, a Provenance) as a first
+        version with its search index. Not validated: the server built it, and its tests
+        validate what it builds."""
+        rt = resource["resourceType"]
+        rid = resource.get("id") or str(uuid.uuid4())
+        stored = stamp(resource, rid, 1, moment)
+        index = self.registry.for_type(rt).index_fields(stored)
+        return self._version(rt, rid, 1, moment, "POST", stored), index
 
     @staticmethod
     def _version(

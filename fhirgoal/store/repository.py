@@ -16,6 +16,9 @@ current version.
 
 Every method takes the request's AccessContext and narrows its query with it: authorization lives
 here, where no route can skip it.
+
+A type whose records are written through an append log (store/append_log.py: the AuditEvents of
+reads) is caught up before any read of it, so readers never see the log's indexing lag.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 from fhirgoal.auth.context import AccessContext
 from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.jsonio import loads_stored
+from fhirgoal.store.append_log import AppendLog
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import shape
@@ -126,6 +130,16 @@ class Repository:
         )
         self.batched = BatchedCollectionOps(batch_in_flight)
         self._collections: dict[str, AsyncCollection[dict[str, Any]]] = {}
+        self._logs: dict[str, AppendLog] = {}
+
+    def write_through_log(self, append_log: AppendLog) -> None:
+        """Records of `append_log.resource_type` may wait in that log: catch up before reading."""
+        self._logs[append_log.resource_type] = append_log
+
+    async def _settle(self, rt: str) -> None:
+        append_log = self._logs.get(rt)
+        if append_log is not None:
+            await append_log.catch_up()
 
     def collection(self, name: str) -> AsyncCollection[dict[str, Any]]:
         found = self._collections.get(name)
@@ -185,6 +199,8 @@ class Repository:
     ) -> Version | None:
         """The current version if the caller may `interaction` it; None when unknown or out of
         reach (the two are indistinguishable on purpose)."""
+        if rt in self._logs:
+            await self._logs[rt].catch_up()
         extra = access.constrain(rt, interaction, {})
         doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _NO_INDEX)
         return _version(rt, doc) if doc else None
@@ -261,6 +277,7 @@ class Repository:
         sort: list[tuple[str, int]],
         limit: int,
     ) -> list[Version]:
+        await self._settle(rt)
         query = _live(access, rt, query)
         cursor = self.collection(rt).find(query, _VERSION_ONLY, sort=sort, limit=limit)
         return [_version(rt, doc) async for doc in cursor]
@@ -274,6 +291,7 @@ class Repository:
         limit: int,
     ) -> list[tuple[Version, dict[str, Any]]]:
         """Like `find`, with each row's sort keys (`srt`) for keyset paging."""
+        await self._settle(rt)
         query = _live(access, rt, query)
         cursor = self.collection(rt).find(query, _WITH_SORT_KEYS, sort=sort, limit=limit)
         return [(_version(rt, doc), doc.get("srt") or {}) async for doc in cursor]
@@ -290,6 +308,7 @@ class Repository:
     async def ids(
         self, access: AccessContext, rt: str, query: dict[str, Any], limit: int
     ) -> list[str]:
+        await self._settle(rt)
         query = _live(access, rt, query)
         cursor = self.collection(rt).find(query, {"_id": 1}, limit=limit)
         return [doc["_id"] async for doc in cursor]
@@ -298,6 +317,7 @@ class Repository:
         self, access: AccessContext, rt: str, query: dict[str, Any], param: str, limit: int
     ) -> list[str]:
         """The `param=Type/id` reference entries of the resources matching `query`."""
+        await self._settle(rt)
         query = _live(access, rt, query)
         cursor = self.collection(rt).find(query, {"ref": 1}, limit=limit)
         prefix = f"{param}="
@@ -307,15 +327,18 @@ class Repository:
         return found
 
     async def count(self, access: AccessContext, rt: str, query: dict[str, Any]) -> int:
+        await self._settle(rt)
         query = _live(access, rt, query)
         return await self.collection(rt).count_documents(query)
 
     # ---- maintenance ----------------------------------------------------------------------------
     async def count_all(self, rt: str) -> int:
+        await self._settle(rt)
         return await self.collection(rt).estimated_document_count()
 
     async def live_versions(self, rt: str, batch_size: int = 500) -> AsyncIterator[list[Version]]:
         """Every current, non-deleted resource of a type, in batches (for reindexing)."""
+        await self._settle(rt)
         batch: list[Version] = []
         cursor = self.collection(rt).find(
             {"del": {"$ne": True}}, {"json": 1, "v": 1, "lu": 1, "op": 1}
@@ -388,6 +411,8 @@ class Repository:
         skip: int,
     ) -> tuple[list[Version], int]:
         """Versions of every resource of the given types, newest first, merged across collections."""
+        for rt in resource_types:
+            await self._settle(rt)
         window: dict[str, Any] = {"$lte": until}
         if since:
             window["$gte"] = since

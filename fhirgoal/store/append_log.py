@@ -1,0 +1,182 @@
+"""Records the server writes about itself, stored at once and indexed for search later.
+
+The audit trail (auth/audit.py, https://hl7.org/fhir/R4/auditevent.html) writes an AuditEvent for
+every read. Stored as an ordinary resource document, each costs the embedded database 1.3-2.5 ms
+of CPU for its ~15 search keys in 6 indexes (bench/auth.py), more than the read it records, and an
+audited read must cost little more than an unaudited one. So the records of one flush go to the
+database together as one *segment* document in `<T>_log`:
+
+    {_id, at: when stored, n: how many records, body: the records as one JSON array}
+
+with no search keys: about the cost of one small insert for the whole flush, and durable as soon
+as `append` returns. Segments become ordinary documents of `T`, with their search keys and
+`meta.lastUpdated` = the segment's `at`, later:
+
+- before anything reads `T`: the repository calls `catch_up` first (store/repository.py), so a
+  search, read, history or export of `T` sees every record stored before it began;
+- in the background while the server is lightly loaded (at most `light_load` records a second
+  appended), a segment at a time, stopping as soon as the load comes back;
+- in the background whatever the load once more than `max_backlog` records wait, which bounds how
+  long a catch-up can take and how much indexing work can be owed.
+
+So the cost of indexing is not avoided but moved off the request path, into quiet time; under a
+load that never lets up, the backlog bound brings back the cost of indexing as the records come.
+
+Turning a segment into documents is idempotent: a record's id is fixed before it is appended, an
+id already stored counts as stored (Repository.insert_batch), and the segment is deleted only
+after all its records are stored. A crash midway, or two replicas working on the same segment,
+stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+import uuid
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import orjson
+import structlog
+from pymongo import ASCENDING
+
+if TYPE_CHECKING:
+    from fhirgoal.store.repository import Repository, Version
+
+log = structlog.get_logger(__name__)
+
+# A record as it will be stored: its first version and its search index, with `meta.lastUpdated`
+# the given moment (FhirService.first_version).
+Prepare = Callable[[dict[str, Any], datetime], "tuple[Version, dict[str, Any]]"]
+
+SEGMENT_MAX = 1000  # records per segment document (about 1 MB of AuditEvents, far below 16 MB)
+_CHUNK = 64  # records prepared and inserted per call while indexing: keeps each pause short
+_FETCH = 8  # segments fetched per query while indexing
+
+
+def log_collection(resource_type: str) -> str:
+    return f"{resource_type}_log"
+
+
+class AppendLog:
+    def __init__(
+        self,
+        repo: Repository,
+        resource_type: str,
+        prepare: Prepare,
+        *,
+        interval: float = 1.0,
+        light_load: float = 50.0,
+        max_backlog: int = 10_000,
+    ) -> None:
+        self.repo = repo
+        self.resource_type = resource_type
+        self.prepare = prepare
+        self.interval = interval
+        self.light_load = light_load  # records a second below which the background indexes
+        self.max_backlog = max_backlog
+        self.segments = repo.collection(log_collection(resource_type))
+        self._indexing = asyncio.Lock()
+        self._appended = 0  # records appended by this process since the background last looked
+        self._backlog = 0  # this process's estimate of the records waiting, refreshed when needed
+        self._task: asyncio.Task[None] | None = None
+
+    async def ensure_indexes(self) -> None:
+        await self.segments.create_index([("at", ASCENDING)], name="at")
+        self._backlog = await self.backlog()
+
+    # ---- writing --------------------------------------------------------------------------------
+    async def append(self, records: list[dict[str, Any]]) -> None:
+        """Store records durably (each with its final `id` set), at most SEGMENT_MAX at a time."""
+        for start in range(0, len(records), SEGMENT_MAX):
+            part = records[start : start + SEGMENT_MAX]
+            at = datetime.now(UTC)
+            await self.segments.insert_one(
+                {"_id": uuid.uuid4().hex, "at": at, "n": len(part), "body": orjson.dumps(part)}
+            )
+            self._appended += len(part)
+            self._backlog += len(part)
+
+    # ---- indexing -------------------------------------------------------------------------------
+    async def backlog(self) -> int:
+        """Records stored in segments and not yet indexed (by any replica)."""
+        return sum([doc["n"] async for doc in self.segments.find({}, {"n": 1})])
+
+    async def catch_up(self) -> int:
+        """Index every segment stored before this call; how many records were indexed."""
+        began = datetime.now(UTC)
+        if await self.segments.find_one({"at": {"$lte": began}}, {"_id": 1}) is None:
+            return 0  # the common case, answered without taking the lock
+        async with self._indexing:
+            return await self._index_segments({"at": {"$lte": began}}, lambda: False)
+
+    async def _index_segments(self, query: dict[str, Any], stop: Callable[[], bool]) -> int:
+        """Index segments oldest first until none match `query` or `stop()` says so."""
+        indexed = 0
+        while not stop():
+            batch = await self.segments.find(
+                query, sort=[("at", ASCENDING), ("_id", ASCENDING)], limit=_FETCH
+            ).to_list()
+            if not batch:
+                if not query:
+                    self._backlog = 0  # the estimate may count segments others have indexed
+                break
+            for segment in batch:
+                if stop():
+                    break
+                done = await self._index(segment)
+                indexed += done
+                self._backlog = max(0, self._backlog - done)
+        return indexed
+
+    async def _index(self, segment: dict[str, Any]) -> int:
+        records = orjson.loads(segment["body"])
+        at = segment["at"]
+        for start in range(0, len(records), _CHUNK):
+            prepared = [self.prepare(record, at) for record in records[start : start + _CHUNK]]
+            await self.repo.insert_batch(prepared)
+        await self.segments.delete_one({"_id": segment["_id"]})
+        return len(records)
+
+    # ---- in the background ----------------------------------------------------------------------
+    async def background_pass(self, elapsed: float) -> int:
+        """One look at the backlog after `elapsed` seconds: index while the load is light, or
+        down to the bound when the backlog has outgrown it."""
+        recent, self._appended = self._appended, 0
+        if self._backlog <= 0:
+            return 0
+        if recent <= self.light_load * elapsed:
+            async with self._indexing:
+                # stop once the load is back: more than a second's worth of light load arrived
+                return await self._index_segments({}, lambda: self._appended > self.light_load)
+        if self._backlog <= self.max_backlog:
+            return 0
+        self._backlog = await self.backlog()  # exact, other replicas' segments included
+        async with self._indexing:
+            return await self._index_segments({}, lambda: self._backlog <= self.max_backlog)
+
+    async def _run(self) -> None:
+        last = time.monotonic()
+        while True:
+            await asyncio.sleep(self.interval)
+            started = time.monotonic()
+            try:
+                indexed = await self.background_pass(started - last)
+            except Exception:
+                log.exception("indexing the append log failed; retrying", log=self.segments.name)
+                indexed = 0
+            if indexed:
+                log.debug("append log indexed", records=indexed, seconds=time.monotonic() - started)
+            last = time.monotonic()
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+            self._task = None
