@@ -15,7 +15,8 @@ as `append` returns. Segments become ordinary documents of `T`, with their searc
 - before anything reads `T`: the repository calls `catch_up` first (store/repository.py), so a
   search, read, history or export of `T` sees every record stored before it began;
 - in the background while the server is lightly loaded (at most `light_load` records a second
-  appended), a segment at a time, stopping as soon as the load comes back;
+  announced or appended), `_CHUNK` records per database call, giving way as soon as records
+  arrive faster than that again; a segment left midway records how far it got (`done`);
 - in the background whatever the load once more than `max_backlog` records wait, which bounds how
   long a catch-up can take and how much indexing work can be owed.
 
@@ -54,6 +55,7 @@ Prepare = Callable[[dict[str, Any], datetime], "tuple[Version, dict[str, Any]]"]
 SEGMENT_MAX = 1000  # records per segment document (about 1 MB of AuditEvents, far below 16 MB)
 _CHUNK = 16  # records indexed per database call: a request arriving meanwhile waits ~30 ms at most
 _FETCH = 8  # segments fetched per query while indexing
+_BURST = 8  # records that may arrive at once before quiet-time indexing gives way
 
 
 def log_collection(resource_type: str) -> str:
@@ -79,7 +81,8 @@ class AppendLog:
         self.max_backlog = max_backlog
         self.segments = repo.collection(log_collection(resource_type))
         self._indexing = asyncio.Lock()
-        self._appended = 0  # records appended by this process since the background last looked
+        # records announced or appended by this process since the background last looked
+        self._activity = 0
         self._backlog = 0  # this process's estimate of the records waiting, refreshed when needed
         self._task: asyncio.Task[None] | None = None
 
@@ -88,7 +91,11 @@ class AppendLog:
         self._backlog = await self.backlog()
 
     # ---- writing --------------------------------------------------------------------------------
-    async def append(self, records: list[dict[str, Any]]) -> None:
+    def announce(self, count: int = 1) -> None:
+        """Records are on their way (buffered by a writer): load the background should wait out."""
+        self._activity += count
+
+    async def append(self, records: list[dict[str, Any]], announced: bool = False) -> None:
         """Store records durably (each with its final `id` set), at most SEGMENT_MAX at a time."""
         for start in range(0, len(records), SEGMENT_MAX):
             part = records[start : start + SEGMENT_MAX]
@@ -96,13 +103,15 @@ class AppendLog:
             await self.segments.insert_one(
                 {"_id": uuid.uuid4().hex, "at": at, "n": len(part), "body": orjson.dumps(part)}
             )
-            self._appended += len(part)
+            if not announced:
+                self._activity += len(part)
             self._backlog += len(part)
 
     # ---- indexing -------------------------------------------------------------------------------
     async def backlog(self) -> int:
         """Records stored in segments and not yet indexed (by any replica)."""
-        return sum([doc["n"] async for doc in self.segments.find({}, {"n": 1})])
+        pending = self.segments.find({}, {"n": 1, "done": 1})
+        return sum([doc["n"] - doc.get("done", 0) async for doc in pending])
 
     async def catch_up(self) -> int:
         """Index every segment stored before this call; how many records were indexed."""
@@ -124,33 +133,47 @@ class AppendLog:
                     self._backlog = 0  # the estimate may count segments others have indexed
                 break
             for segment in batch:
-                if stop():
-                    break
-                done = await self._index(segment)
-                indexed += done
-                self._backlog = max(0, self._backlog - done)
+                count, finished = await self._index(segment, stop)
+                indexed += count
+                self._backlog = max(0, self._backlog - count)
+                if not finished:
+                    return indexed
         return indexed
 
-    async def _index(self, segment: dict[str, Any]) -> int:
+    async def _index(self, segment: dict[str, Any], stop: Callable[[], bool]) -> tuple[int, bool]:
+        """Index a segment's records from where an earlier pass stopped, `_CHUNK` at a time,
+        checking `stop()` before each chunk; (records indexed, whether the segment is done)."""
         records = orjson.loads(segment["body"])
         at = segment["at"]
-        for start in range(0, len(records), _CHUNK):
-            prepared = [self.prepare(record, at) for record in records[start : start + _CHUNK]]
-            await self.repo.insert_batch(prepared)
+        begin = position = segment.get("done", 0)
+        while position < len(records):
+            if stop():
+                if position > begin:
+                    await self.segments.update_one(
+                        {"_id": segment["_id"]}, {"$set": {"done": position}}
+                    )
+                return position - begin, False
+            chunk = records[position : position + _CHUNK]
+            await self.repo.insert_batch([self.prepare(record, at) for record in chunk])
+            position += len(chunk)
         await self.segments.delete_one({"_id": segment["_id"]})
-        return len(records)
+        return position - begin, True
 
     # ---- in the background ----------------------------------------------------------------------
     async def background_pass(self, elapsed: float) -> int:
         """One look at the backlog after `elapsed` seconds: index while the load is light, or
         down to the bound when the backlog has outgrown it."""
-        recent, self._appended = self._appended, 0
+        recent, self._activity = self._activity, 0
         if self._backlog <= 0:
             return 0
         if recent <= self.light_load * elapsed:
+            began = time.monotonic()
+
+            def load_is_back() -> bool:  # records arriving faster than a light load would
+                return self._activity > self.light_load * (time.monotonic() - began) + _BURST
+
             async with self._indexing:
-                # stop once the load is back: more than a second's worth of light load arrived
-                return await self._index_segments({}, lambda: self._appended > self.light_load)
+                return await self._index_segments({}, load_is_back)
         if self._backlog <= self.max_backlog:
             return 0
         self._backlog = await self.backlog()  # exact, other replicas' segments included

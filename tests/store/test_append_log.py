@@ -141,3 +141,24 @@ async def test_a_backlog_past_its_bound_is_indexed_whatever_the_load(
     # busy (300 records in the second), and 300 wait: the oldest go until at most 150 wait
     assert await log.background_pass(elapsed=1.0) == 200
     assert await log.backlog() == 100
+
+
+async def test_quiet_time_indexing_gives_way_to_load_and_resumes_where_it_stopped(
+    service: FhirService,
+) -> None:
+    log = AppendLog(service.repo, "AuditEvent", service.first_version, light_load=50)
+    await log.append(events(200))
+    log._activity = 0  # a quiet second has passed
+    indexing = asyncio.create_task(log.background_pass(elapsed=1.0))
+    while await indexed(service) == 0:  # the first chunk is in
+        await asyncio.sleep(0.001)
+    log.announce(100)  # a burst of requests arrives
+    stopped_after = await indexing
+    assert 0 < stopped_after < 200
+    [segment] = await log.segments.find({}).to_list()
+    assert segment["done"] == stopped_after == await indexed(service)
+    assert await log.backlog() == 200 - stopped_after
+    # the next quiet pass goes on from there: nothing indexed twice, nothing left
+    assert await log.background_pass(elapsed=1.0) == 0  # the burst counts as load
+    assert await log.background_pass(elapsed=1.0) == 200 - stopped_after
+    assert await indexed(service) == 200 and await log.backlog() == 0
