@@ -6,7 +6,7 @@ of CPU for its ~15 search keys in 6 indexes (bench/auth.py), more than the read 
 audited read must cost little more than an unaudited one. So the records of one flush go to the
 database together as one *segment* document in `<T>_log`:
 
-    {_id, at: when stored, n: how many records, body: the records as one JSON array}
+    {_id, at: when stored, n: how many records, body: the records as one JSON array (fhir/jsonio)}
 
 with no search keys: about the cost of one small insert for the whole flush, and durable as soon
 as `append` returns. Segments become ordinary documents of `T`, with their search keys and
@@ -39,9 +39,10 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-import orjson
 import structlog
 from pymongo import ASCENDING
+
+from fhirgoal.fhir.jsonio import dumps, loads_stored
 
 if TYPE_CHECKING:
     from fhirgoal.store.repository import Repository, Version
@@ -101,7 +102,7 @@ class AppendLog:
             part = records[start : start + SEGMENT_MAX]
             at = datetime.now(UTC)
             await self.segments.insert_one(
-                {"_id": uuid.uuid4().hex, "at": at, "n": len(part), "body": orjson.dumps(part)}
+                {"_id": uuid.uuid4().hex, "at": at, "n": len(part), "body": dumps(part)}
             )
             if not announced:
                 self._activity += len(part)
@@ -143,7 +144,7 @@ class AppendLog:
     async def _index(self, segment: dict[str, Any], stop: Callable[[], bool]) -> tuple[int, bool]:
         """Index a segment's records from where an earlier pass stopped, `_CHUNK` at a time,
         checking `stop()` before each chunk; (records indexed, whether the segment is done)."""
-        records = orjson.loads(segment["body"])
+        records = loads_stored(segment["body"])
         at = segment["at"]
         begin = position = segment.get("done", 0)
         while position < len(records):
