@@ -54,12 +54,12 @@ _SEARCH_FIELDS = (*INDEX_FIELDS, "miss", "dt", "srt", "refx", "tokx", "strx", "n
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
 META_COLLECTION = "fhirgoal_meta"
 _INDEX_FORMAT_ID = "search-index"
-_RESOURCE_ONLY = {name: 0 for name in _SEARCH_FIELDS}
 # Inclusion projections: on the embedded database naming the few fields wanted costs markedly
 # less per document than excluding the many index fields (measured: 37 ms against 52-77 ms for
 # the same 370 Observations; a read by id, 0.43 against 0.57-0.78 ms of database CPU).
 _VERSION_ONLY = {"json": 1, "v": 1, "lu": 1, "op": 1, "comp": 1}
 _WITH_SORT_KEYS = {**_VERSION_ONLY, "srt": 1}
+_ANY_VERSION = {**_VERSION_ONLY, "id": 1}  # current or history documents (history ones carry `id`)
 _VERBS = {"u": "update", "d": "delete"}
 
 
@@ -423,7 +423,7 @@ class Repository:
                 total += await collection.count_documents(query)
                 cursor = collection.find(
                     query,
-                    _RESOURCE_ONLY,
+                    _ANY_VERSION,
                     sort=[("lu", DESCENDING)],
                     limit=skip + limit,
                 )
