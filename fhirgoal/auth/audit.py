@@ -37,7 +37,7 @@ import structlog
 from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.service import FhirService
-from fhirgoal.store.append_log import SEGMENT_MAX
+from fhirgoal.store.append_log import SEGMENT_MAX, serialized
 
 log = structlog.get_logger(__name__)
 
@@ -167,7 +167,7 @@ class Auditor:
         self.service = service
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
-        self._pending: list[dict[str, Any]] = []
+        self._pending: list[bytes] = []  # serialized events, each with its id
         self._task: asyncio.Task[None] | None = None
         self._trickle: asyncio.Task[None] | None = None
         self._flushing: asyncio.Lock | None = None
@@ -295,13 +295,13 @@ class Auditor:
         if len(self._pending) >= 2 * self.max_buffer:
             log.error("audit buffer overflow: event dropped", subtype=event.get("subtype"))
             return
-        self._pending.append(_identified(event))
+        self._pending.append(serialized(_identified(event)))
         self.service.audit_log.announce()
 
     async def buffer_async(self, event: dict[str, Any]) -> None:
         if len(self._pending) >= self.max_buffer:
             await self.flush()
-        self._pending.append(_identified(event))
+        self._pending.append(serialized(_identified(event)))
         self.service.audit_log.announce()
         if len(self._pending) >= SEGMENT and self._trickle is None:
             # a full segment goes now rather than at the next tick: the buffer stays small and
