@@ -226,7 +226,7 @@ async def reads(
                     await asyncio.sleep(1.5)
                     if mode == "smart":  # the warm-up's events stored and indexed first
                         await logged_events(mongo, db, until=200)
-                        await deferred_indexing(uri, db, process.pid, database_cpu, 1)
+                        await deferred_indexing(mongo, db, process.pid, database_cpu, 1)
                     before = cpu_seconds(process.pid)
                     database_cpu.start()
                     result = await run("127.0.0.1", port, requests, total, clients)
@@ -240,7 +240,7 @@ async def reads(
                     if mode == "smart":
                         # waited for here, before the next mode runs on the same machine
                         deferred = await deferred_indexing(
-                            uri, db, process.pid, database_cpu, len(result.latencies)
+                            mongo, db, process.pid, database_cpu, len(result.latencies)
                         )
                     measured[mode].append(Measured(result, cpu, db_cpu, deferred))
             rows += [summarize(mode, clients, runs) for mode, runs in measured.items()]
@@ -267,21 +267,21 @@ async def logged_events(
 
 
 async def deferred_indexing(
-    uri: str, db: str, pid: int, database_cpu: DatabaseCpu, requests: int
+    mongo: AsyncMongoClient[dict[str, Any]],
+    db: str,
+    pid: int,
+    database_cpu: DatabaseCpu,
+    requests: int,
 ) -> dict[str, Any]:
     """Wait until the audit log's backlog is indexed; its duration and CPU per audited read."""
-    client = connect(uri)
-    segments = client[db][log_collection("AuditEvent")]
+    segments = mongo[db][log_collection("AuditEvent")]
     started, before = time.perf_counter(), cpu_seconds(pid)
     database_cpu.start()
-    try:
+    waiting = await segments.count_documents({})
+    deadline = started + 600
+    while waiting and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
         waiting = await segments.count_documents({})
-        deadline = started + 600
-        while waiting and time.perf_counter() < deadline:
-            await asyncio.sleep(0.05)
-            waiting = await segments.count_documents({})
-    finally:
-        await client.close()
     db_cpu = database_cpu.stop()
     return {
         "seconds": round(time.perf_counter() - started, 2),

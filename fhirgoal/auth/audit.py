@@ -295,18 +295,20 @@ class Auditor:
         if len(self._pending) >= 2 * self.max_buffer:
             log.error("audit buffer overflow: event dropped", subtype=event.get("subtype"))
             return
-        self._pending.append(serialized(_identified(event)))
-        self.service.audit_log.announce()
+        self._enqueue(event)
 
     async def buffer_async(self, event: dict[str, Any]) -> None:
         if len(self._pending) >= self.max_buffer:
             await self.flush()
-        self._pending.append(serialized(_identified(event)))
-        self.service.audit_log.announce()
+        self._enqueue(event)
         if len(self._pending) >= SEGMENT and self._trickle is None:
             # a full segment goes now rather than at the next tick: the buffer stays small and
             # the database sees a steady trickle of writes instead of one large one a second
             self._trickle = asyncio.get_running_loop().create_task(self._flush_quietly())
+
+    def _enqueue(self, event: dict[str, Any]) -> None:
+        self._pending.append(serialized(_identified(event)))
+        self.service.audit_log.announce()
 
     async def _flush_quietly(self) -> None:
         try:

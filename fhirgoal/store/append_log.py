@@ -126,11 +126,11 @@ class AppendLog:
 
     async def catch_up(self) -> int:
         """Index every segment stored before this call; how many records were indexed."""
-        began = datetime.now(UTC)
-        if await self.segments.find_one({"at": {"$lte": began}}, {"_id": 1}) is None:
+        stored_before = {"at": {"$lte": datetime.now(UTC)}}
+        if await self.segments.find_one(stored_before, {"_id": 1}) is None:
             return 0  # the common case, answered without taking the lock
         async with self._indexing:
-            return await self._index_segments({"at": {"$lte": began}}, lambda: False)
+            return await self._index_segments(stored_before, lambda: False)
 
     async def _index_segments(self, query: dict[str, Any], stop: Callable[[], bool]) -> int:
         """Index segments oldest first until none match `query` or `stop()` says so."""

@@ -198,7 +198,7 @@ class Repository:
     ) -> Version | None:
         """The current version if the caller may `interaction` it; None when unknown or out of
         reach (the two are indistinguishable on purpose)."""
-        if rt in self._logs:
+        if rt in self._logs:  # `_settle`, without a coroutine on the hottest path
             await self._logs[rt].catch_up()
         extra = access.constrain(rt, interaction, {})
         doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _VERSION_ONLY)
