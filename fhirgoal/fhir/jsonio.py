@@ -39,8 +39,22 @@ def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return obj
 
 
+# What orjson writes as an integer, and (but for the top half of the unsigned range) BSON can hold.
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1
+
+
+def _integer(text: str) -> int | Decimal:
+    """An integer outside the range above stays a Decimal, so that it is written back as sent
+    (a 30-digit `valueDecimal` is legal R4) instead of failing on the way to storage."""
+    value = int(text)
+    return value if _INT_MIN <= value <= _INT_MAX else Decimal(text)
+
+
 _decoder = json.JSONDecoder(
-    parse_float=Decimal, parse_constant=_reject_constant, object_pairs_hook=_no_duplicates
+    parse_float=Decimal,
+    parse_int=_integer,
+    parse_constant=_reject_constant,
+    object_pairs_hook=_no_duplicates,
 )
 
 
@@ -93,4 +107,19 @@ def _decimal_text(value: Decimal) -> str:
 
 def dumps(value: Any) -> bytes:
     """Serialize to JSON bytes, writing decimals exactly as they were received."""
-    return orjson.dumps(value, default=_default)
+    try:
+        return orjson.dumps(value, default=_default)
+    except TypeError:
+        # orjson refuses integers beyond 64 bits without asking `_default`; they come from
+        # parsing stored text (loads_stored keeps them as int) and are written as they were
+        return orjson.dumps(_big_integers_as_text(value), default=_default)
+
+
+def _big_integers_as_text(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {key: _big_integers_as_text(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_big_integers_as_text(item) for item in value]
+    if isinstance(value, int) and not isinstance(value, bool) and not _INT_MIN <= value <= _INT_MAX:
+        return orjson.Fragment(str(value))
+    return value

@@ -16,6 +16,15 @@ from typing import Any
 from fhirgoal.fhir.errors import Issue
 
 _SAME_TYPE = {"BackboneElement", "Element"}
+_INT32_MAX = 2**31 - 1
+# https://hl7.org/fhir/R4/datatypes.html#primitive and json.html#primitive: whole JSON numbers
+# (no fraction, no exponent) in these ranges. The R4 JSON schema types them as any `number` (its
+# patterns apply to strings only), so 1.5, -1 or 2**40 would pass it.
+_WHOLE_NUMBER_RANGES = {
+    "integer": (-(2**31), _INT32_MAX),
+    "unsignedInt": (0, _INT32_MAX),
+    "positiveInt": (1, _INT32_MAX),
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +150,23 @@ class StructureChecker:
                 elif complex_value:  # primitives: their lexical form is checked by the JSON schema
                     where = f"{expr}.{key}[{i}]" if repeated else f"{expr}.{key}"
                     self._descend(child, item, type_name, where, issues)
+                elif child.type_code in _WHOLE_NUMBER_RANGES:
+                    low, high = _WHOLE_NUMBER_RANGES[child.type_code]
+                    # the JSON parser gives an int only for a number written without a fraction
+                    # or exponent (fhir/jsonio.py); a bool is the schema's to refuse
+                    whole = type(item) is int
+                    if (whole and not low <= item <= high) or (
+                        not whole and not isinstance(item, bool | str)
+                    ):
+                        where = f"{expr}.{key}[{i}]" if repeated else f"{expr}.{key}"
+                        issues.append(
+                            Issue(
+                                f"'{key}' must be a whole number from {low} to {high} "
+                                f"({child.type_code}), not {item}",
+                                where,
+                                "value",
+                            )
+                        )
         for name, keys in table.required.get(parent, []):
             if not any(k in node or f"_{k}" in node for k in keys):
                 label = f"{name}[x]" if len(keys) > 1 or (keys and keys[0] != name) else name

@@ -32,6 +32,23 @@ INVALID = [
     ({"resourceType": "Patient", "name": []}, ["Patient.name"]),
     ({"resourceType": "Patient", "birthDate": "2026-13-45"}, ["Patient.birthDate"]),
     ({"resourceType": "Observation", "code": {"text": "x"}}, ["Observation.status"]),
+    # integer types: whole numbers in range (the R4 JSON schema lets any number through)
+    ({"resourceType": "Patient", "multipleBirthInteger": 1.5}, ["Patient.multipleBirthInteger"]),
+    ({"resourceType": "Patient", "multipleBirthInteger": 2**31}, ["Patient.multipleBirthInteger"]),
+    ({"resourceType": "Patient", "multipleBirthInteger": 10**30}, ["Patient.multipleBirthInteger"]),
+    (
+        {"resourceType": "Group", "type": "person", "actual": True, "quantity": -1},
+        ["Group.quantity"],
+    ),
+    (
+        {
+            "resourceType": "Task",
+            "status": "draft",
+            "intent": "order",
+            "restriction": {"repetitions": 0},
+        },
+        ["Task.restriction.repetitions"],
+    ),
 ]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from tests.conftest import RunningServer
 from tests.fhir.helpers import FHIR_JSON, issues, patient, raw_observation
@@ -32,13 +33,19 @@ async def test_create_assigns_id_and_version_and_returns_absolute_location(
     assert response.headers["Content-Type"].startswith("application/fhir+json")
 
 
-async def test_decimals_and_datetime_precision_come_back_as_sent(fhir: RunningServer) -> None:
+# beyond 64 bits too: R4 decimals have no size limit, and neither orjson nor BSON takes such an int
+@pytest.mark.parametrize(
+    "value", ["72.50", "1.5E+3", "123456789012345678901234567890", "-9223372036854775809"]
+)
+async def test_decimals_and_datetime_precision_come_back_as_sent(
+    fhir: RunningServer, value: str
+) -> None:
     pid = (await create(fhir.client, patient())).json()["id"]
-    sent = raw_observation(pid, "72.50")
+    sent = raw_observation(pid, value)
     created = await fhir.client.post("/Observation", content=sent, headers=FHIR_JSON)
     assert created.status_code == 201, created.text
     read = await fhir.client.get(f"/Observation/{created.json()['id']}")
-    assert b'"value":72.50' in read.content
+    assert f'"value":{value},'.encode() in read.content
     assert b'"effectiveDateTime":"2026-01-05T10:00:00.120+01:00"' in read.content
     # everything but meta and id is exactly what was sent, in the same order
     body = read.content.decode()
