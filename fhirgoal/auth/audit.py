@@ -29,15 +29,15 @@ import functools
 import itertools
 import secrets
 from collections.abc import MutableMapping
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import structlog
 
 from fhirgoal.auth.context import UNRESTRICTED, AccessContext
-from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.instants import instant_text, now, now_text
+from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.service import FhirService
-from fhirgoal.store.append_log import SEGMENT_MAX, serialized
+from fhirgoal.store.append_log import SEGMENT_MAX
 
 log = structlog.get_logger(__name__)
 
@@ -53,8 +53,10 @@ _NOT_TRACED = frozenset({"AuditEvent", "Provenance"})  # no Provenance of the au
 SEGMENT = 500  # buffered read events that are stored at once rather than at the next interval
 
 
-@dataclass(frozen=True, slots=True)
-class Interaction:
+class Interaction(NamedTuple):
+    """What a request does, as its AuditEvent says it. A tuple: one is built per request, and
+    a frozen dataclass costs a `setattr` call per field."""
+
     action: str  # C R U D E (E: a search, per the AuditEvent action value set)
     subtype: str  # restful-interaction code
     resource_type: str | None = None
@@ -125,19 +127,15 @@ def _written(headers: dict[str, str], interaction: Interaction) -> str | None:
 
 
 # Event ids: a random 64-bit prefix per process and a counter, unique like a UUID4 across processes
-# and restarts at a tenth of the cost of uuid4() (a system call and an object per event).
+# and restarts at a tenth of the cost of uuid4() (a system call and an object per event). An id is
+# fixed when the event is built, so that resending a batch cannot store it twice.
 _ID_PREFIX = secrets.token_hex(8)
 _ID_SEQUENCE = itertools.count(1)
 
-
-def _identified(event: dict[str, Any]) -> dict[str, Any]:
-    """The event with its id fixed now, so that resending a batch cannot store it twice."""
-    if "id" not in event:
-        event["id"] = f"{_ID_PREFIX}-{next(_ID_SEQUENCE):x}"
-    return event
-
-
-# Parts every event shares, built once: events are serialized, never changed after they are built.
+# An event is written straight to the JSON its append-log segment holds (store/append_log.py): the
+# parts that repeat (event type and subtype, the outcome of a status, the agents of a token calling
+# from one address) are serialized once and joined with the few that change (id, time, entities).
+# Every part goes through jsonio.dumps, so whatever a request path holds is escaped as JSON.
 _SOURCE = {
     "observer": {"display": "fhirgoal"},
     "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}],
@@ -148,16 +146,43 @@ _PATIENT_ROLE = {
     "display": "Patient",
 }
 _QUERY_TYPE = {"system": "http://terminology.hl7.org/CodeSystem/audit-entity-type", "code": "2"}
+_AGENTS_KEPT = 4096  # (token, address) pairs whose agents are kept serialized
 
 
 @functools.cache
-def _subtype(code: str) -> list[dict[str, str]]:
-    return [{"system": INTERACTION_SYSTEM, "code": code}]
+def _head(subtype: str, action: str) -> bytes:
+    """`{"resourceType":"AuditEvent",...,"source":{...}` without its closing brace."""
+    return dumps(
+        {
+            "resourceType": "AuditEvent",
+            "type": EVENT_TYPE,
+            "subtype": [{"system": INTERACTION_SYSTEM, "code": subtype}],
+            "action": action,
+            "source": _SOURCE,
+        }
+    )[:-1]
 
 
 @functools.cache
-def _outcome(status: int) -> tuple[str, str]:
-    return ("0" if status < 400 else "4" if status < 500 else "8"), f"HTTP {status}"
+def _outcome(status: int) -> bytes:
+    """`,"outcome":..,"outcomeDesc":..` for an HTTP status: 0 success, 4 minor, 8 serious failure."""
+    outcome = "0" if status < 400 else "4" if status < 500 else "8"
+    return b"," + dumps({"outcome": outcome, "outcomeDesc": f"HTTP {status}"})[1:-1]
+
+
+def _agents(context: AccessContext, address: str | None) -> list[dict[str, Any]]:
+    """The requestor (the user, else the client) with its network address; and the client app
+    when a user is acting through it."""
+    requestor: dict[str, Any] = {"who": _who(context), "requestor": True}
+    if address:
+        requestor["network"] = {"address": address, "type": "2"}
+    agents = [requestor]
+    if context.fhir_user and context.client_id:
+        client = {"system": CLIENT_SYSTEM, "value": context.client_id}
+        agents.append(
+            {"who": {"identifier": client, "display": context.client_id}, "requestor": False}
+        )
+    return agents
 
 
 class Auditor:
@@ -168,6 +193,8 @@ class Auditor:
         self.flush_interval = flush_interval
         self.max_buffer = max_buffer
         self._pending: list[bytes] = []  # serialized events, each with its id
+        # the serialized agents of a token calling from an address (contexts are cached per token)
+        self._agents: dict[tuple[AccessContext, str | None], bytes] = {}
         self._task: asyncio.Task[None] | None = None
         self._trickle: asyncio.Task[None] | None = None
         self._flushing: asyncio.Lock | None = None
@@ -181,22 +208,15 @@ class Auditor:
         scope: MutableMapping[str, Any],
         state: dict[str, Any],
         headers: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
+    ) -> bytes:
+        """The request's AuditEvent, its id included, as the JSON its log segment holds."""
         client = scope.get("client")
-        requestor: dict[str, Any] = {"who": _who(context), "requestor": True}
-        if client:
-            requestor["network"] = {"address": str(client[0]), "type": "2"}
-        agents = [requestor]
-        if context.fhir_user and context.client_id:
-            agents.append(
-                {
-                    "who": {
-                        "identifier": {"system": CLIENT_SYSTEM, "value": context.client_id},
-                        "display": context.client_id,
-                    },
-                    "requestor": False,
-                }
-            )
+        address = str(client[0]) if client else None
+        agents = self._agents.get((context, address))
+        if agents is None:
+            if len(self._agents) >= _AGENTS_KEPT:
+                self._agents.clear()
+            agents = self._agents[(context, address)] = dumps(_agents(context, address))
         entities: list[dict[str, Any]] = []
         what = None
         if headers and interaction.writes and status < 300:
@@ -211,21 +231,17 @@ class Auditor:
             )
         for patient in self._patients(context, interaction, state):
             entities.append({"what": {"reference": patient}, "role": _PATIENT_ROLE})
-        outcome, description = _outcome(status)
-        event: dict[str, Any] = {
-            "resourceType": "AuditEvent",
-            "type": EVENT_TYPE,
-            "subtype": _subtype(interaction.subtype),
-            "action": interaction.action,
-            "recorded": instant_text(now()),
-            "outcome": outcome,
-            "outcomeDesc": description,
-            "agent": agents,
-            "source": _SOURCE,
-        }
-        if entities:
-            event["entity"] = entities
-        return event
+        return b"".join(
+            (
+                _head(interaction.subtype, interaction.action),
+                f',"id":"{_ID_PREFIX}-{next(_ID_SEQUENCE):x}","recorded":"{now_text()}"'.encode(),
+                _outcome(status),
+                b',"agent":',
+                agents,
+                b',"entity":' + dumps(entities) if entities else b"",
+                b"}",
+            )
+        )
 
     @staticmethod
     def _patients(
@@ -278,37 +294,37 @@ class Auditor:
 
     async def store_write(
         self,
-        event: dict[str, Any],
+        event: bytes,
         context: AccessContext,
         interaction: Interaction,
         status: int,
         headers: dict[str, str],
     ) -> None:
         """Store a write's AuditEvent (and Provenance when it succeeded) before it is answered."""
-        stores = [self.service.audit_log.append([_identified(event)])]
+        stores = [self.service.audit_log.append([event])]
         target = _written(headers, interaction) if status < 300 else None
         if target and interaction.resource_type not in _NOT_TRACED:
             stores.append(self._store(self.provenance(context, interaction, target)))
         await asyncio.gather(*stores)
 
-    def buffer(self, event: dict[str, Any]) -> None:
-        if len(self._pending) >= 2 * self.max_buffer:
-            log.error("audit buffer overflow: event dropped", subtype=event.get("subtype"))
+    @property
+    def full(self) -> bool:
+        """Whether a request should wait for a flush before its event is buffered: the buffer
+        is bounded, and under a database slower than the load, requests slow down rather than
+        events being dropped."""
+        return len(self._pending) >= self.max_buffer
+
+    def buffer(self, event: bytes) -> None:
+        """Keep a read's event (`event()`) until the next flush; a full segment is flushed at
+        once rather than at the next tick, so the buffer stays small and the database sees a
+        steady trickle of writes instead of one large one a second."""
+        if len(self._pending) >= 2 * self.max_buffer:  # only when the database keeps failing
+            log.error("audit buffer overflow: event dropped", size=len(self._pending))
             return
-        self._enqueue(event)
-
-    async def buffer_async(self, event: dict[str, Any]) -> None:
-        if len(self._pending) >= self.max_buffer:
-            await self.flush()
-        self._enqueue(event)
-        if len(self._pending) >= SEGMENT and self._trickle is None:
-            # a full segment goes now rather than at the next tick: the buffer stays small and
-            # the database sees a steady trickle of writes instead of one large one a second
-            self._trickle = asyncio.get_running_loop().create_task(self._flush_quietly())
-
-    def _enqueue(self, event: dict[str, Any]) -> None:
-        self._pending.append(serialized(_identified(event)))
+        self._pending.append(event)
         self.service.audit_log.announce()
+        if len(self._pending) >= SEGMENT and self._trickle is None:
+            self._trickle = asyncio.get_running_loop().create_task(self._flush_quietly())
 
     async def _flush_quietly(self) -> None:
         try:

@@ -86,12 +86,21 @@ class BearerAuth:
 
         async def send_audited(message: Message) -> None:
             nonlocal responded, dropped
-            if dropped:
+            if responded or message["type"] != "http.response.start":
+                if not dropped:
+                    await send(message)
                 return
-            if message["type"] == "http.response.start" and not responded:
-                responded = True
-                dropped = not await self._audit(auditor, scope, state, interaction, message, send)
-                return
+            responded = True
+            if interaction.writes:
+                dropped = not await self._audit_write(
+                    auditor, scope, state, interaction, message, send
+                )
+                if dropped:
+                    return
+            else:  # reads are buffered: no database round trip before the response starts
+                if auditor.full:
+                    await auditor.flush()
+                auditor.buffer(auditor.event(context, interaction, message["status"], scope, state))
             await send(message)
 
         try:
@@ -101,7 +110,7 @@ class BearerAuth:
                 auditor.buffer(auditor.event(context, interaction, 500, scope, state))
             raise
 
-    async def _audit(
+    async def _audit_write(
         self,
         auditor: Auditor,
         scope: Scope,
@@ -110,13 +119,10 @@ class BearerAuth:
         start: Message,
         send: Send,
     ) -> bool:
-        """Audit, then let the response start; False when an error response was sent instead."""
+        """Store the write's audit records; False when they could not be, and a 503 was sent
+        in place of the response, whose start is then dropped with the rest of it."""
         context = state["access"]
         status = int(start["status"])
-        if not interaction.writes:
-            await auditor.buffer_async(auditor.event(context, interaction, status, scope, state))
-            await send(start)
-            return True
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
         event = auditor.event(context, interaction, status, scope, state, headers)
         try:
@@ -136,5 +142,4 @@ class BearerAuth:
             await send({"type": "http.response.start", "status": error.status, "headers": raw})
             await send({"type": "http.response.body", "body": body})
             return False
-        await send(start)
         return True

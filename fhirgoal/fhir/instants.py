@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from datetime import UTC, datetime
 
 
@@ -26,3 +27,19 @@ def instant_text(moment: datetime) -> str:
         prefix = moment.strftime("%Y-%m-%dT%H:%M:%S")
         _last_second = (second, prefix)
     return f"{prefix}.{moment.microsecond // 1000:03d}Z"
+
+
+_now_second: tuple[int, str] = (-1, "")
+
+
+def now_text() -> str:
+    """`instant_text(now())` at a tenth of its cost, for a text stamped on every request (an
+    audited read's AuditEvent.recorded): one clock reading in whole milliseconds, and the second
+    formatted once per second."""
+    global _now_second
+    second, millisecond = divmod(time.time_ns() // 1_000_000, 1000)
+    cached, prefix = _now_second
+    if second != cached:
+        prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+        _now_second = (second, prefix)
+    return f"{prefix}.{millisecond:03d}Z"

@@ -12,6 +12,7 @@ from pymongo.errors import WriteError
 
 from fhirgoal.auth.audit import SEGMENT
 from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.fhir.jsonio import dumps
 from tests.auth.conftest import SmartServer, run_smart
 from tests.fhir.helpers import observation
 
@@ -124,13 +125,13 @@ async def test_reads_the_database_refuses_are_kept_and_stored_later_once(
     auditor = smart.app.state.auth_runtime.auditor
     await auditor.flush()
     events = [
-        {"resourceType": "AuditEvent", "type": {"code": "rest"}, "action": "R",
+        {"resourceType": "AuditEvent", "id": f"refused-{n}", "type": {"code": "rest"}, "action": "R",
          "recorded": "2026-11-23T10:00:00Z", "outcome": "0", "outcomeDesc": f"read {n}",
          "agent": [{"requestor": True}], "source": {"observer": {"display": "fhirgoal"}}}
         for n in range(3)
     ]  # fmt: skip
     for event in events:
-        auditor.buffer(event)
+        auditor.buffer(dumps(event))
     await refuse_audit_records(smart)
     with pytest.raises(WriteError):
         await auditor.flush()

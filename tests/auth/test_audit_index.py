@@ -12,6 +12,7 @@ from fhirgoal.auth.scopes import parse_scopes
 from fhirgoal.config import Settings
 from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.instants import now
+from fhirgoal.fhir.jsonio import loads
 from fhirgoal.fhir.search.paths import _compile_steps, branches_for_type
 from fhirgoal.fhir.service import stamp
 
@@ -54,7 +55,9 @@ def test_audit_records_are_indexed_by_patient_agent_and_target(case: tuple) -> N
     auditor = Auditor(service)  # type: ignore[arg-type]
     access = context(patient, fhir_user)
     interaction = classify(method, path, query)
-    event = auditor.event(access, interaction, status, {"client": ("10.0.0.7", 1)}, state, headers)  # type: ignore[arg-type]
+    event = loads(
+        auditor.event(access, interaction, status, {"client": ("10.0.0.7", 1)}, state, headers)
+    )  # type: ignore[arg-type]
     index = service.registry.for_type("AuditEvent").index_fields(stamp(event, "e1", 1, now()))
     for member in state.get("patients", ()):
         assert f"patient={member}" in index["ref"] and member in index["comp"]
@@ -66,3 +69,33 @@ def test_audit_records_are_indexed_by_patient_agent_and_target(case: tuple) -> N
         provenance = stamp(auditor.provenance(access, interaction, target), "p1", 1, now())  # type: ignore[arg-type]
         indexed = service.registry.for_type("Provenance").index_fields(provenance)
         assert "target=Observation/n1" in indexed["ref"]
+
+
+HOSTILE = ['a"b', "a\\b", "ä\u2028x", "<script>", "x\u0000y", "\ud7ff", "%22"]
+
+
+@pytest.mark.parametrize("text", HOSTILE)
+def test_an_event_is_well_formed_json_whatever_the_request_path_holds(text: str) -> None:
+    """Events are joined from pre-serialized parts (auth/audit.py): whatever a client puts in a
+    path, query or token, the result is one JSON object with no repeated member, and each part
+    comes back as it was."""
+    auditor = Auditor(_Service())  # type: ignore[arg-type]
+    access = build_context(
+        parse_scopes("user/*.rs"), subject="s", client_id=f"app{text}", patient=None,
+        fhir_user=None, compile_params=None,
+    )  # fmt: skip
+    interaction = classify("GET", f"/fhir/Observation/{text}", f"code={text}".encode())
+    scope = {"client": (f"10.0.0.{text}", 1)}
+    state = {"patients": (f"Patient/{text}",)}
+    for status in (200, 404, 500):
+        event = loads(auditor.event(access, interaction, status, scope, state))  # type: ignore[arg-type]
+        assert event["resourceType"] == "AuditEvent" and event["action"] == "R"
+        assert event["subtype"][0]["code"] == "read" and event["outcomeDesc"] == f"HTTP {status}"
+        assert event["outcome"] == {200: "0", 404: "4", 500: "8"}[status]
+        [requestor] = event["agent"]
+        assert requestor["who"]["identifier"]["value"] == f"app{text}"
+        assert requestor["network"]["address"] == f"10.0.0.{text}"
+        references = [e["what"]["reference"] for e in event["entity"] if "what" in e]
+        assert references == [f"Observation/{text}", f"Patient/{text}"]
+    first, second = (loads(auditor.event(access, interaction, 200, scope, state)) for _ in "12")  # type: ignore[arg-type]
+    assert first["id"] != second["id"]
