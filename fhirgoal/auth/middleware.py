@@ -19,7 +19,8 @@ import structlog
 from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhirgoal.auth.audit import Auditor, Interaction, classify
+from fhirgoal.auth.audit import Auditor
+from fhirgoal.auth.audit_events import Interaction, classify, stored_before_response
 from fhirgoal.auth.bearer import bearer_token, unauthorized
 from fhirgoal.auth.runtime import AuthRuntime
 from fhirgoal.auth.tokens import InvalidToken
@@ -81,6 +82,33 @@ class BearerAuth:
         if auditor is None:
             await self.app(scope, receive, send)
             return
+        if stored_before_response(scope["method"], path):
+            await self._audited_write(auditor, scope, receive, send)
+            return
+        responded = False
+
+        async def send_noted(message: Message) -> None:
+            nonlocal responded
+            if not responded and message["type"] == "http.response.start":
+                responded = True
+                if auditor.full:
+                    await auditor.flush()
+                auditor.note(context, scope, state, message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_noted)
+        except Exception:
+            if not responded:  # the app's own 500 handler did not answer: still leave a trace
+                auditor.note(context, scope, state, 500)
+            raise
+
+    async def _audited_write(
+        self, auditor: Auditor, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        """Answer a request that may change data once its audit records are stored."""
+        state = scope["state"]
+        path = scope["path"]
         interaction = classify(scope["method"], path, scope.get("query_string", b""))
         responded = dropped = False
 
@@ -91,23 +119,15 @@ class BearerAuth:
                     await send(message)
                 return
             responded = True
-            if interaction.writes:
-                dropped = not await self._audit_write(
-                    auditor, scope, state, interaction, message, send
-                )
-                if dropped:
-                    return
-            else:  # reads are buffered: no database round trip before the response starts
-                if auditor.full:
-                    await auditor.flush()
-                auditor.buffer(auditor.event(context, interaction, message["status"], scope, state))
-            await send(message)
+            dropped = not await self._audit_write(auditor, scope, state, interaction, message, send)
+            if not dropped:
+                await send(message)
 
         try:
             await self.app(scope, receive, send_audited)
         except Exception:
             if not responded:  # the app's own 500 handler did not answer: still leave a trace
-                auditor.buffer(auditor.event(context, interaction, 500, scope, state))
+                auditor.note(state["access"], scope, state, 500)
             raise
 
     async def _audit_write(
@@ -124,7 +144,7 @@ class BearerAuth:
         context = state["access"]
         status = int(start["status"])
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
-        event = auditor.event(context, interaction, status, scope, state, headers)
+        event = auditor.write_event(context, interaction, status, scope, state, headers)
         try:
             await auditor.store_write(event, context, interaction, status, headers)
         except Exception:

@@ -59,6 +59,7 @@ async def test_reads_and_failures_are_audited_within_the_flush_interval(smart: S
         assert (await client.get("/Patient/pa")).status_code == 200
         assert (await client.get("/Observation/nope")).status_code == 404
         assert (await client.get("/Observation?code=29463-7")).status_code == 200
+        progress = await client.get("/Patient/pa/$progress")
     await asyncio.sleep(0.5)  # the tests flush every 0.1 s
     events = await stored(smart, "AuditEvent")
     by_subtype = {e["subtype"][0]["code"]: e for e in events if e["outcome"] == "0"}
@@ -70,6 +71,10 @@ async def test_reads_and_failures_are_audited_within_the_flush_interval(smart: S
     assert [e for e in events if e["outcome"] == "4"]
     search = by_subtype["search-type"]
     assert search["action"] == "E" and any("query" in e for e in search["entity"])
+    # an operation is named as one, never as a read of a resource whose id is `$progress`
+    [operation] = [e for e in events if e["subtype"][0]["code"] == "operation"]
+    assert operation["action"] == "E" and operation["outcomeDesc"] == f"HTTP {progress.status_code}"
+    assert {"reference": "Patient/pa"} in [e.get("what") for e in operation["entity"]]
     for event in events:
         smart.service.validator.validate(event)
 

@@ -4,12 +4,13 @@ fhir/instants.py gives the same text as formatting each moment in full."""
 from __future__ import annotations
 
 import re
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from fhirgoal.fhir.instants import instant_text, now, now_text
+from fhirgoal.fhir.instants import clock_text, instant_text, now
 
 INSTANT = re.compile(r"^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}\.\d{3}Z$")
 
@@ -27,10 +28,17 @@ def test_instant_text_is_the_full_formatting_whatever_came_before(seq: list[date
         assert instant_text(moment) == expected
 
 
-def test_now_text_reads_the_clock_like_instant_text_of_now() -> None:
+def test_clock_text_reads_the_clock_like_instant_text_of_now() -> None:
     for _ in range(2000):  # across millisecond and (likely) second boundaries
         before = instant_text(now())
-        text = now_text()
+        text = clock_text(time.time_ns())
         after = instant_text(now())
         assert INSTANT.match(text), text
         assert before <= text <= after
+
+
+@given(moments)
+def test_clock_text_of_any_moment_is_its_instant_text(moment: datetime) -> None:
+    utc = moment.astimezone(UTC).replace(microsecond=moment.microsecond // 1000 * 1000)
+    nanoseconds = (utc - datetime(1970, 1, 1, tzinfo=UTC)) // timedelta(microseconds=1) * 1000
+    assert clock_text(nanoseconds + 999_999) == instant_text(utc)
