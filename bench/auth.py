@@ -16,7 +16,12 @@ authorization on (FHIRGOAL_AUTH=smart, audit included) against off, in one run.
    the figure compared with the target: smart >= 0.85 of off. Throughput (median run), latency
    and the CPU per request of the server process and (when the bench started it) of the embedded
    database are reported too, counted until every audit event of the run is stored.
-3. The audit trail's search index is built after the load, in quiet time (store/append_log.py).
+3. Paired: the same modes loaded all at once, `--requests` reads and `clients` clients each,
+   `--rounds` times. Drift then slows every mode alike, so this is the steadier measure of what
+   authorization and audit cost: each mode's rate over the off rate of the same moment, and the
+   server CPU per read beyond off's (each server's read as its own load ends). The machine is
+   more loaded than in the sequential runs, so CPU per read is higher for every mode.
+4. The audit trail's search index is built after the load, in quiet time (store/append_log.py).
    After each audited run the bench waits until it is built and reports that work apart: its
    duration and CPU per audited read, and the "all-in" ratio, the audited rate had the requests
    also waited for their events to be indexed.
@@ -205,7 +210,7 @@ def summarize(
 
 async def reads(
     uri: str, total: int, concurrency: list[int], db_pid: int | None, rounds: int
-) -> list[dict[str, Any]]:
+) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     db = f"bench_auth_{int(time.time())}"
     off_port, smart_port, bare_port = free_port(), free_port(), free_port()
     off = start_server(uri, off_port, db, "off")
@@ -214,6 +219,7 @@ async def reads(
     bare = start_server(uri, bare_port, db, "smart", audit=False)
     processes = {off_port: off, smart_port: smart, bare_port: bare}
     rows: list[dict[str, Any]] = []
+    paired_rows: list[dict[str, Any]] = []
     database_cpu = DatabaseCpu(db_pid)
     mongo = connect(uri)
     try:
@@ -245,10 +251,70 @@ async def reads(
                     )  # fmt: skip
             baseline = measured["off"]
             rows += [summarize(mode, clients, runs, baseline) for mode, runs in measured.items()]
+            paired_rows.append(
+                await paired(modes, processes, ids, total, clients, rounds, mongo, db)
+            )
     finally:
         await mongo.close()
         await shut_down(uri, db, *processes.values())
-    return rows
+    return rows, paired_rows
+
+
+async def paired(
+    modes: list[tuple[str, int, BackendClient | None]],
+    processes: dict[int, subprocess.Popen[bytes]],
+    ids: list[str],
+    total: int,
+    clients: int,
+    rounds: int,
+    mongo: AsyncMongoClient[dict[str, Any]],
+    db: str,
+) -> dict[str, Any]:
+    """Every mode loaded at the same time, `clients` clients each: the machine's drift then
+    slows all of them alike, so the rates' ratios and the servers' CPU differences per request
+    are measured on the same footing (each server's CPU is read when its own load ends)."""
+    rates: dict[str, list[float]] = {mode: [] for mode, _, _ in modes}
+    cpu: dict[str, list[float]] = {mode: [] for mode, _, _ in modes}
+    for _ in range(rounds):
+        loads = []
+        for mode, port, client in modes:
+            bearer = await client.token() if client else None
+            headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+            host = f"127.0.0.1:{port}"
+            requests = [
+                render_request("GET", f"/fhir/Observation/{rid}", host, headers=headers)
+                for rid in ids
+            ]
+            await run("127.0.0.1", port, requests, 200, clients)  # warm-up
+            loads.append((mode, port, requests))
+        await asyncio.sleep(1.5)
+        await logged_events(mongo, db, until=200)
+        await drained(mongo, db)  # the warm-up's events indexed first
+
+        async def load(mode: str, port: int, requests: list[bytes]) -> None:
+            before = cpu_seconds(processes[port].pid)
+            result = await run("127.0.0.1", port, requests, total, clients)
+            cpu[mode].append((cpu_seconds(processes[port].pid) - before) * 1000 / total)
+            rates[mode].append(result.rate)
+
+        await asyncio.gather(*(load(*arguments) for arguments in loads))
+        await logged_events(mongo, db, until=total)
+        await drained(mongo, db)
+    median = statistics.median
+    return {
+        "clients": clients,
+        "cpu_ms_per_request": {mode: round(median(values), 3) for mode, values in cpu.items()},
+        "ratios": {
+            mode: [rate / off for rate, off in zip(values, rates["off"], strict=True)]
+            for mode, values in rates.items()
+            if mode != "off"
+        },
+        "cpu_over_off": {
+            mode: [c - off for c, off in zip(values, cpu["off"], strict=True)]
+            for mode, values in cpu.items()
+            if mode != "off"
+        },
+    }
 
 
 async def measure(
@@ -308,6 +374,19 @@ async def logged_events(
         await asyncio.sleep(0.05)
 
 
+async def drained(
+    mongo: AsyncMongoClient[dict[str, Any]], db: str, wait_seconds: float = 600.0
+) -> int:
+    """Wait until every audit log segment is indexed (or the wait is over); segments left."""
+    segments = mongo[db][log_collection("AuditEvent")]
+    deadline = time.perf_counter() + wait_seconds
+    waiting = await segments.count_documents({})
+    while waiting and time.perf_counter() < deadline:
+        await asyncio.sleep(0.05)
+        waiting = await segments.count_documents({})
+    return waiting
+
+
 async def deferred_indexing(
     mongo: AsyncMongoClient[dict[str, Any]],
     db: str,
@@ -316,14 +395,9 @@ async def deferred_indexing(
     requests: int,
 ) -> dict[str, Any]:
     """Wait until the audit log's backlog is indexed; its duration and CPU per audited read."""
-    segments = mongo[db][log_collection("AuditEvent")]
     started, before = time.perf_counter(), cpu_seconds(pid)
     database_cpu.start()
-    waiting = await segments.count_documents({})
-    deadline = started + 600
-    while waiting and time.perf_counter() < deadline:
-        await asyncio.sleep(0.05)
-        waiting = await segments.count_documents({})
+    waiting = await drained(mongo, db)
     db_cpu = database_cpu.stop()
     return {
         "seconds": round(time.perf_counter() - started, 2),
@@ -348,7 +422,9 @@ def main() -> None:
         try:
             validation = asyncio.run(token_validation(uri, f"bench_keys_{int(time.time())}"))
             db_pid = embedded.process.pid if embedded and embedded.process else None
-            rows = asyncio.run(reads(uri, args.requests, args.concurrency, db_pid, args.rounds))
+            rows, paired_rows = asyncio.run(
+                reads(uri, args.requests, args.concurrency, db_pid, args.rounds)
+            )
         finally:
             if embedded:
                 embedded.stop()
@@ -388,6 +464,19 @@ def main() -> None:
             )
             if "all_in_ratio" in row:
                 print(f"    all-in, index build included: {row['all_in_ratio']:.2f}")
+    print()
+    print("paired: every mode loaded at once, each with its clients: median (each round)")
+    for row in paired_rows:
+        cpu = row["cpu_ms_per_request"]
+        print(f"  {row['clients']} clients each, server CPU ms/req: "
+              + ", ".join(f"{mode} {value}" for mode, value in cpu.items()))  # fmt: skip
+        for mode, ratios in row["ratios"].items():
+            extra = row["cpu_over_off"][mode]
+            print(
+                f"    {mode:<16} rate / off {statistics.median(ratios):.2f}"
+                f" ({' '.join(f'{r:.2f}' for r in ratios)}); server CPU over off"
+                f" {statistics.median(extra):+.3f} ms ({' '.join(f'{c:+.3f}' for c in extra)})"
+            )
 
 
 if __name__ == "__main__":
