@@ -260,6 +260,13 @@ async def reads(
     return rows, paired_rows
 
 
+def reads_of(ids: list[str], port: int, bearer: str | None) -> list[bytes]:
+    """A read of each seeded Observation, with the bearer token when there is one."""
+    headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
+    host = f"127.0.0.1:{port}"
+    return [render_request("GET", f"/fhir/Observation/{rid}", host, headers=headers) for rid in ids]
+
+
 async def paired(
     modes: list[tuple[str, int, BackendClient | None]],
     processes: dict[int, subprocess.Popen[bytes]],
@@ -278,13 +285,7 @@ async def paired(
     for _ in range(rounds):
         loads = []
         for mode, port, client in modes:
-            bearer = await client.token() if client else None
-            headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
-            host = f"127.0.0.1:{port}"
-            requests = [
-                render_request("GET", f"/fhir/Observation/{rid}", host, headers=headers)
-                for rid in ids
-            ]
+            requests = reads_of(ids, port, await client.token() if client else None)
             await run("127.0.0.1", port, requests, 200, clients)  # warm-up
             loads.append((mode, port, requests))
         await asyncio.sleep(1.5)
@@ -330,11 +331,7 @@ async def measure(
     database_cpu: DatabaseCpu,
 ) -> Measured:
     """One run of one mode: `total` reads of the seeded Observations by `clients` clients."""
-    headers = {"Authorization": f"Bearer {bearer}"} if bearer else None
-    host = f"127.0.0.1:{port}"
-    requests = [
-        render_request("GET", f"/fhir/Observation/{rid}", host, headers=headers) for rid in ids
-    ]
+    requests = reads_of(ids, port, bearer)
     await run("127.0.0.1", port, requests, 200, clients)  # warm-up
     await asyncio.sleep(1.5)
     audited = mode == "smart"

@@ -69,7 +69,7 @@ class Auditor:
         self._flushing: asyncio.Lock | None = None
 
     # ---- writes: stored before the response -----------------------------------------------------
-    def write_event(
+    async def store_write(
         self,
         context: AccessContext,
         interaction: Interaction,
@@ -77,28 +77,18 @@ class Auditor:
         scope: MutableMapping[str, Any],
         state: dict[str, Any],
         headers: dict[str, str],
-    ) -> bytes:
-        what = written(headers, interaction) if interaction.writes and status < 300 else None
-        recorded = clock_text(time.time_ns())
-        address = _address(scope)
-        patients = state.get("patients")
-        return self.events.event(context, address, interaction, status, recorded, patients, what)
-
-    async def store_write(
-        self,
-        event: bytes,
-        context: AccessContext,
-        interaction: Interaction,
-        status: int,
-        headers: dict[str, str],
     ) -> None:
-        """Store a write's AuditEvent (and Provenance when it succeeded) before it is answered."""
+        """Store the AuditEvent of a request that may change data (and the Provenance of the
+        version it wrote, if any) before it is answered."""
+        target = written(headers, interaction) if interaction.writes and status < 300 else None
+        recorded = clock_text(time.time_ns())
+        patients = state.get("patients")
+        event = self.events.event(
+            context, _address(scope), interaction, status, recorded, patients, target
+        )
         stores = [self.service.audit_log.append([event])]
-        target = written(headers, interaction) if status < 300 and interaction.writes else None
         if target and interaction.resource_type not in _NOT_TRACED:
-            stores.append(
-                self._store(provenance(context, interaction, target, clock_text(time.time_ns())))
-            )
+            stores.append(self._store(provenance(context, interaction, target, recorded)))
         await asyncio.gather(*stores)
 
     async def _store(self, resource: dict[str, Any]) -> None:

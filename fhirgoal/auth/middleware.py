@@ -82,34 +82,11 @@ class BearerAuth:
         if auditor is None:
             await self.app(scope, receive, send)
             return
+        # a request that may change data is answered once its audit is stored; others are noted
+        # in the buffer as their response starts
+        interaction = None
         if stored_before_response(scope["method"], path):
-            await self._audited_write(auditor, scope, receive, send)
-            return
-        responded = False
-
-        async def send_noted(message: Message) -> None:
-            nonlocal responded
-            if not responded and message["type"] == "http.response.start":
-                responded = True
-                if auditor.full:
-                    await auditor.flush()
-                auditor.note(context, scope, state, message["status"])
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_noted)
-        except Exception:
-            if not responded:  # the app's own 500 handler did not answer: still leave a trace
-                auditor.note(context, scope, state, 500)
-            raise
-
-    async def _audited_write(
-        self, auditor: Auditor, scope: Scope, receive: Receive, send: Send
-    ) -> None:
-        """Answer a request that may change data once its audit records are stored."""
-        state = scope["state"]
-        path = scope["path"]
-        interaction = classify(scope["method"], path, scope.get("query_string", b""))
+            interaction = classify(scope["method"], path, scope.get("query_string", b""))
         responded = dropped = False
 
         async def send_audited(message: Message) -> None:
@@ -119,34 +96,39 @@ class BearerAuth:
                     await send(message)
                 return
             responded = True
-            dropped = not await self._audit_write(auditor, scope, state, interaction, message, send)
-            if not dropped:
-                await send(message)
+            if interaction is None:
+                if auditor.full:
+                    await auditor.flush()
+                auditor.note(context, scope, state, message["status"])
+            elif not await self._audit_write(auditor, scope, interaction, message, receive, send):
+                dropped = True
+                return
+            await send(message)
 
         try:
             await self.app(scope, receive, send_audited)
         except Exception:
             if not responded:  # the app's own 500 handler did not answer: still leave a trace
-                auditor.note(state["access"], scope, state, 500)
+                auditor.note(context, scope, state, 500)
             raise
 
     async def _audit_write(
         self,
         auditor: Auditor,
         scope: Scope,
-        state: dict[str, Any],
         interaction: Interaction,
         start: Message,
+        receive: Receive,
         send: Send,
     ) -> bool:
         """Store the write's audit records; False when they could not be, and a 503 was sent
         in place of the response, whose start is then dropped with the rest of it."""
+        state = scope["state"]
         context = state["access"]
         status = int(start["status"])
         headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in start["headers"]}
-        event = auditor.write_event(context, interaction, status, scope, state, headers)
         try:
-            await auditor.store_write(event, context, interaction, status, headers)
+            await auditor.store_write(context, interaction, status, scope, state, headers)
         except Exception:
             log.exception("audit of a write could not be stored", path=scope.get("path"))
             error = FhirError(
@@ -154,12 +136,6 @@ class BearerAuth:
                 "the change may have been applied but its audit record could not be stored; "
                 "check the resource before retrying",
             )
-            body = error.body()
-            raw = [
-                (b"content-type", b"application/fhir+json"),
-                (b"content-length", str(len(body)).encode()),
-            ]
-            await send({"type": "http.response.start", "status": error.status, "headers": raw})
-            await send({"type": "http.response.body", "body": body})
+            await _send_error(error, scope, receive, send)
             return False
         return True
