@@ -72,3 +72,16 @@ class Settings(BaseSettings):
     # audit events stored but not yet indexed past which indexing no longer waits for quiet time
     # (store/append_log.py): bounds how long an AuditEvent search can wait for the index
     audit_index_backlog: int = 10_000
+    # ---- resilience (issue 12) ----
+    # A request's headers must arrive within this many seconds of its first byte, and its body
+    # within this many seconds of its headers, else 408 and the connection closes (serving.py).
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    # How long SIGTERM waits for requests in flight before closing their connections.
+    shutdown_grace_seconds: int = 5
+    # How long a request waits for an unreachable database before its 503 (store/mongo.py).
+    db_timeout_seconds: float = 2.0
+    # The embedded database is restarted this many times within db_restart_window_seconds after
+    # it dies; one more death and the server exits non-zero for its supervisor (store/embedded.py).
+    db_restarts: int = 5
+    db_restart_window_seconds: float = 300.0

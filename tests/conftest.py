@@ -20,6 +20,7 @@ import uvicorn
 
 from fhirgoal.app import create_app
 from fhirgoal.config import Settings
+from fhirgoal.serving import server_config
 from fhirgoal.store.embedded import EmbeddedDatabase
 from fhirgoal.store.mongo import connect
 
@@ -59,7 +60,9 @@ async def serve_app(
     """Run an ASGI app with uvicorn in this event loop on a free loopback port, once started."""
     sock = _bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, access_log=False)
+    state = getattr(app, "state", None)
+    settings = getattr(state, "settings", None) or Settings()
+    config = server_config(app, settings, log_level="warning", lifespan=lifespan)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))

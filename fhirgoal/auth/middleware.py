@@ -25,6 +25,7 @@ from fhirgoal.auth.bearer import bearer_token, unauthorized
 from fhirgoal.auth.runtime import AuthRuntime
 from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.fhir.errors import FhirError
+from fhirgoal.guard import error_response
 
 log = structlog.get_logger(__name__)
 
@@ -46,8 +47,6 @@ def fhir_base(scope: Scope, configured: str | None) -> str:
 
 
 async def _send_error(error: FhirError, scope: Scope, receive: Receive, send: Send) -> None:
-    from fhirgoal.app import error_response
-
     await error_response(error)(scope, receive, send)
 
 
