@@ -138,10 +138,10 @@ async def sweep_pending(service: FhirService, settings: Settings) -> None:
             log.error("pending sweep failed; retrying next interval", error=repr(error))
 
 
-# How long start-up waits for the database to answer (it may still be starting), and how long each
-# shutdown step may take.
+# How long start-up waits for the database to answer (it may still be starting), and how long the
+# application's shutdown may take (after uvicorn's grace period; SIGTERM must finish in 15 s).
 STARTUP_DATABASE_WAIT = 60.0
-SHUTDOWN_STEP_SECONDS = 3.0
+SHUTDOWN_SECONDS = 3.0
 
 
 async def wait_for_database(client: AsyncMongoClient[dict[str, Any]], seconds: float) -> None:
@@ -158,11 +158,20 @@ async def wait_for_database(client: AsyncMongoClient[dict[str, Any]], seconds: f
             await asyncio.sleep(0.5)
 
 
-async def _within(seconds: float, step: Awaitable[None], what: str) -> None:
+async def _close(
+    runtime: AuthRuntime, service: FhirService | None, client: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    await runtime.stop()
+    if service is not None:
+        await service.audit_log.stop()
+    await client.close()
+
+
+async def _within(seconds: float, shutdown: Awaitable[None]) -> None:
     try:
-        await asyncio.wait_for(step, seconds)
+        await asyncio.wait_for(shutdown, seconds)
     except (TimeoutError, PyMongoError) as error:
-        log.error("shutdown step did not finish", step=what, error=repr(error))
+        log.error("shutdown did not finish in time", seconds=seconds, error=repr(error))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -179,11 +188,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if uri is None:
             embedded = EmbeddedDatabase(settings.data_dir)
             uri = embedded.start()
-            embedded.supervise(settings.db_restarts, settings.db_restart_window_seconds)
+            embedded.supervise(
+                settings.db_restarts,
+                settings.db_restart_window_seconds,
+                backoff=settings.db_restart_backoff_seconds,
+            )
             log.info(
                 "embedded database started", uri=redacted(uri), data_dir=str(settings.data_dir)
             )
-        client = connect(uri, settings.db_timeout_seconds)
+        client = connect(uri, settings.db_timeout_seconds, settings.db_socket_timeout_seconds)
         sweeper: asyncio.Task[None] | None = None
         service: FhirService | None = None
         try:
@@ -203,12 +216,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if sweeper is not None:
                 sweeper.cancel()
-            # Bounded, so that SIGTERM finishes even with the database gone: what is not
+            # Bounded, so that SIGTERM finishes even with the database gone or hung: what is not
             # flushed by then is what the README says a crash can lose (buffered read audits).
-            await _within(SHUTDOWN_STEP_SECONDS, runtime.stop(), "stopping authorization")
-            if service is not None:
-                await _within(SHUTDOWN_STEP_SECONDS, service.audit_log.stop(), "flushing audit")
-            await client.close()
+            await _within(SHUTDOWN_SECONDS, _close(runtime, service, client))
             if embedded is not None:
                 embedded.stop()
 

@@ -14,13 +14,12 @@ from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-import uvicorn
 from pymongo.asynchronous.database import AsyncDatabase
 from rich.console import Console
 
 from fhirgoal.app import create_app, is_loopback
 from fhirgoal.config import Settings
-from fhirgoal.serving import server_config
+from fhirgoal.serving import Server, server_config
 from fhirgoal.store.embedded import EmbeddedDatabase, EmbeddedUnavailable, redacted
 
 app = typer.Typer(
@@ -84,6 +83,7 @@ def serve(
             settings.db_restarts,
             settings.db_restart_window_seconds,
             on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM),
+            backoff=settings.db_restart_backoff_seconds,
         )
     try:
         if demo:
@@ -98,7 +98,7 @@ def serve(
         config = server_config(
             application, settings, host=host, port=port, log_level=settings.log_level.lower()
         )
-        uvicorn.Server(config).run()
+        Server(config).run()
     finally:
         if embedded:
             embedded.stop()

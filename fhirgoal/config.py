@@ -79,9 +79,13 @@ class Settings(BaseSettings):
     body_timeout_seconds: float = 30.0
     # How long SIGTERM waits for requests in flight before closing their connections.
     shutdown_grace_seconds: int = 5
-    # How long a request waits for an unreachable database before its 503 (store/mongo.py).
+    # How long a request waits for an unreachable database before its 503, and for the answer to
+    # one database command (a hung database) before the same (store/mongo.py).
     db_timeout_seconds: float = 2.0
+    db_socket_timeout_seconds: float = 10.0
     # The embedded database is restarted this many times within db_restart_window_seconds after
     # it dies; one more death and the server exits non-zero for its supervisor (store/embedded.py).
     db_restarts: int = 5
     db_restart_window_seconds: float = 300.0
+    # The pause before a restart, doubled with each death within the window.
+    db_restart_backoff_seconds: float = 0.5

@@ -21,6 +21,8 @@ forever by default), so that shutdown finishes in well under 15 s (issue 12).
 from __future__ import annotations
 
 import asyncio
+import signal
+from types import FrameType
 from typing import Any
 
 import uvicorn
@@ -102,6 +104,17 @@ class DeadlineProtocol(HttpToolsProtocol):
         return False
 
 
+class Server(uvicorn.Server):
+    """uvicorn's server, except that SIGTERM ends `run()` like any graceful stop. uvicorn re-raises
+    a captured SIGTERM once it has shut down, which kills the process with the signal before the
+    CLI's own clean-up (stopping the embedded database) and exit status can happen."""
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            self._captured_signals.remove(sig)
+
+
 def protocol_for(settings: Settings) -> type[DeadlineProtocol]:
     """The protocol class with this configuration's deadlines."""
     return type(
@@ -125,4 +138,4 @@ def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Confi
     )
 
 
-__all__ = ["DeadlineProtocol", "protocol_for", "server_config"]
+__all__ = ["DeadlineProtocol", "Server", "protocol_for", "server_config"]

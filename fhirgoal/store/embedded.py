@@ -21,7 +21,8 @@ read the data dir can therefore reach the database, and nothing else on the mach
 
 Supervision (issue 12): `supervise()` watches the child from a thread that waits on it, so a dead
 database is reaped at once (never a zombie) and restarted on the same port, where the driver
-finds it again by itself. More than `restarts` deaths within `window` seconds and it gives up:
+finds it again by itself, after a pause that doubles with each recent death. More than `restarts`
+deaths within `window` seconds and it gives up:
 `on_give_up` is called (the CLI then stops the server, which exits non-zero so that its own
 supervisor can act).
 """
@@ -241,6 +242,7 @@ class EmbeddedDatabase:
         restarts: int = 5,
         window: float = 300.0,
         on_give_up: Callable[[], None] | None = None,
+        backoff: float = 0.5,
     ) -> None:
         """Restart the child whenever it dies (see the module docstring); a no-op for a found
         instance, which belongs to another command."""
@@ -248,13 +250,19 @@ class EmbeddedDatabase:
             return
         watcher = threading.Thread(
             target=self._watch,
-            args=(restarts, window, on_give_up),
+            args=(restarts, window, on_give_up, backoff),
             name="embedded-database-watch",
             daemon=True,
         )
         watcher.start()
 
-    def _watch(self, restarts: int, window: float, on_give_up: Callable[[], None] | None) -> None:
+    def _watch(
+        self,
+        restarts: int,
+        window: float,
+        on_give_up: Callable[[], None] | None,
+        backoff: float,
+    ) -> None:
         deaths: list[float] = []
         while True:
             process = self.process
@@ -277,6 +285,9 @@ class EmbeddedDatabase:
                 if on_give_up is not None:
                     on_give_up()
                 return
+            # a pause that doubles with each recent death, so a crash loop does not spin
+            if self._stopping.wait(backoff * 2 ** (len(deaths) - 1)):
+                return
             with self._lock:
                 if self._stopping.is_set():
                     return
@@ -289,7 +300,7 @@ class EmbeddedDatabase:
                     time.sleep(1.0)
 
     @staticmethod
-    def _terminate(process: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
+    def _terminate(process: subprocess.Popen[bytes], timeout: float = 3.0) -> None:
         if process.poll() is None:
             process.terminate()
             try:

@@ -12,7 +12,8 @@ flush; SecantusDB without `j` loses every write since its last checkpoint to `ki
 
 Waits are bounded: with the database unreachable, an operation fails after `timeout` seconds of
 server selection (PyMongo's default is 30 s), so a request gets its 503 quickly instead of
-holding a connection, and the driver reconnects by itself when the database returns.
+holding a connection, and the driver reconnects by itself when the database returns; the server
+also bounds each command's wait for an answer (`socket_timeout`), for a database that hangs.
 """
 
 from __future__ import annotations
@@ -37,9 +38,14 @@ CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
 )
 
 
-def connect(uri: str, timeout: float = 2.0) -> AsyncMongoClient[dict[str, Any]]:
+def connect(
+    uri: str, timeout: float = 2.0, socket_timeout: float | None = None
+) -> AsyncMongoClient[dict[str, Any]]:
     """An async client with journaled writes; the URI carries topology, TLS and `w`."""
     milliseconds = max(1, int(timeout * 1000))
+    options: dict[str, Any] = {}
+    if socket_timeout is not None:
+        options["socketTimeoutMS"] = max(1, int(socket_timeout * 1000))
     return AsyncMongoClient(
         uri,
         tz_aware=True,
@@ -48,4 +54,5 @@ def connect(uri: str, timeout: float = 2.0) -> AsyncMongoClient[dict[str, Any]]:
         serverSelectionTimeoutMS=milliseconds,
         connectTimeoutMS=milliseconds,
         appname="fhirgoal",
+        **options,
     )
