@@ -49,6 +49,8 @@ from pymongo.errors import PyMongoError
 
 STATE_FILE = "embedded.json"
 CREDENTIALS_FILE = "embedded-credentials.json"
+# How long a database whose starter died may take to shut down before it is killed.
+ORPHAN_GRACE_SECONDS = 10.0
 log = structlog.get_logger(__name__)
 _PR_SET_PDEATHSIG = 1
 
@@ -70,13 +72,29 @@ def _die_with_parent() -> None:  # runs in the child between fork and exec
 
 
 def _pid_alive(pid: int) -> bool:
+    """Whether `pid` runs; a zombie (exited, not yet reaped by its parent) does not."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
         return True
+    with contextlib.suppress(OSError, IndexError):
+        # /proc/<pid>/stat: "pid (comm) state ..."; comm may contain spaces, not ')'
+        if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+            return False
     return True
+
+
+def _await_exit(pid: int, seconds: float) -> None:
+    """Until `pid` (not our child) has exited; SIGKILL after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while _pid_alive(pid):
+        if time.monotonic() > deadline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            deadline = time.monotonic() + seconds
+        time.sleep(0.05)
 
 
 def _answers(uri: str, timeout_ms: int = 500) -> bool:
@@ -145,14 +163,22 @@ class EmbeddedDatabase:
             return None
 
     def _running_instance(self) -> str | None:
+        """The URI of the database another live command started on this data dir, if any. One
+        whose starter died (killed: the database got SIGTERM with it and is shutting down) is
+        waited for, or killed, so that it cannot be found now and vanish a moment later."""
         try:
             state = json.loads(self.state_path.read_text())
-        except (OSError, ValueError):
+            pid, port = int(state["pid"]), int(state["port"])
+            owner = int(state.get("owner", 0))
+        except (OSError, ValueError, KeyError, TypeError):
             return None
-        uri = uri_for(int(state["port"]), self._credentials())
-        if _pid_alive(int(state["pid"])) and _answers(uri):
-            return uri
-        return None
+        if not _pid_alive(pid):
+            return None
+        if owner and not _pid_alive(owner):
+            _await_exit(pid, ORPHAN_GRACE_SECONDS)
+            return None
+        uri = uri_for(port, self._credentials())
+        return uri if _answers(uri) else None
 
     def start(self) -> str:
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -208,7 +234,9 @@ class EmbeddedDatabase:
                 raise EmbeddedUnavailable("the embedded database did not start in time")
             time.sleep(0.1)
         if record:
-            self.state_path.write_text(json.dumps({"pid": process.pid, "port": port}))
+            self.state_path.write_text(
+                json.dumps({"pid": process.pid, "port": port, "owner": os.getpid()})
+            )
         return uri
 
     def _provision(self) -> tuple[str, str]:
