@@ -17,6 +17,7 @@ from __future__ import annotations
 import itertools
 import json
 import operator
+import re
 from decimal import Decimal
 from typing import Any
 
@@ -88,6 +89,8 @@ def _check_depth(body: bytes, limit: int) -> None:
         raise FhirError("bad-request", f"malformed JSON: nested deeper than {limit} levels")
 
 
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89abcdefABCDEF]")
+
 _decoder = json.JSONDecoder(
     parse_float=Decimal,
     parse_int=_integer,
@@ -112,14 +115,20 @@ def loads(body: bytes | str, max_depth: int = MAX_DEPTH) -> Any:
         raise FhirError("bad-request", f"malformed JSON: {exc}") from None
     except ValueError as exc:
         raise FhirError("bad-request", f"malformed JSON: {exc}") from None
+    if _SURROGATE_ESCAPE.search(raw):
+        # `\ud800` alone is JSON but no Unicode text (nor FHIR string); paired escapes are fine
+        try:
+            orjson.dumps(value, default=_default)
+        except TypeError:
+            raise FhirError("bad-request", "a JSON string holds a lone surrogate") from None
     return value
 
 
-def check_nesting(value: Any, limit: int = MAX_DEPTH) -> None:
-    """The same 400 as `loads` for a parsed value nested deeper than `limit` (iterative): for
-    values built from bodies rather than parsed, like the result of a JSON Patch, whose `add`
-    operations can each nest their value inside the last one."""
-    pending = [(value, 1)]
+def check_nesting(value: Any, limit: int = MAX_DEPTH, level: int = 1) -> None:
+    """The same 400 as `loads` for a parsed value nested deeper than `limit` (iteratively), its
+    top at `level`: for values built from bodies rather than parsed, like what a JSON Patch
+    places, whose `add` operations can each nest their value inside the last one."""
+    pending = [(value, level)]
     while pending:
         node, depth = pending.pop()
         if depth > limit:

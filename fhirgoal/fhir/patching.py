@@ -41,8 +41,8 @@ def apply_patch(
             elif op in ("add", "replace"):
                 value = operation.get("value")
             if isinstance(value, dict | list) and isinstance(path, str):
-                # the value's top level sits one below the last segment of its path
-                check_nesting(value, max_depth - path.count("/"))
+                # the document is level 1; a value's top sits one below its path's last segment
+                check_nesting(value, max_depth, path.count("/") + 1)
             if op == "copy" and value is not None:
                 copied += len(dumps(value))
                 if copied > max_bytes:
