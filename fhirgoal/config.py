@@ -89,3 +89,18 @@ class Settings(BaseSettings):
     db_restart_window_seconds: float = 300.0
     # The pause before a restart, doubled with each death within the window.
     db_restart_backoff_seconds: float = 0.5
+
+    # ---- input limits (issue 12) ----
+    # Deepest nesting of arrays and objects in a JSON body (resources, JSON Patch, Parameters).
+    # The deepest R4 spec example nests 22 levels; refused with 400 before any recursive parsing.
+    max_json_depth: int = Field(default=100, ge=8, le=200)
+    # Search (and conditional-interaction) parameters per request, each name=value pair counting.
+    max_search_params: int = Field(default=50, ge=1)
+    # Comma-separated (OR) values in one search parameter.
+    max_search_values: int = Field(default=100, ge=1)
+    # Characters in one search value (each of the comma-separated values) or parameter name.
+    max_search_value_length: int = Field(default=1024, ge=64)
+    # Keys in one `_sort`.
+    max_sort_keys: int = Field(default=5, ge=1)
+    # Operations in one JSON Patch body (what `copy` operations add is bounded by max_body_bytes).
+    max_patch_operations: int = Field(default=100, ge=1)

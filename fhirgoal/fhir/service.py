@@ -17,8 +17,6 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import jsonpatch
-import jsonpointer
 import structlog
 from bson.errors import BSONError
 from pymongo.errors import PyMongoError
@@ -31,6 +29,7 @@ from fhirgoal.fhir.hooks import HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.operations import OperationRegistry
+from fhirgoal.fhir.patching import apply_patch
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
 from fhirgoal.fhir.search.registry import SearchRegistry
@@ -461,12 +460,14 @@ class FhirService:
                 "precondition-failed",
                 f"version conflict: If-Match is {expected}, the current version is {current.version}",
             )
-        try:
-            patched = jsonpatch.JsonPatch(operations).apply(current.resource)
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise FhirError("processing", f"the patch cannot be applied: {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FhirError("bad-request", f"malformed JSON Patch operation: {exc}") from None
+        settings = self.settings
+        patched = apply_patch(
+            current.resource,
+            operations,
+            settings.max_patch_operations,
+            settings.max_json_depth,
+            settings.max_body_bytes,
+        )
         if not isinstance(patched, dict) or patched.get("id") != rid:
             raise FhirError("processing", "a patch may not change the resource id", f"{rt}.id")
         return await self.update(access, rt, rid, patched, f'W/"{current.version}"', method="PATCH")
