@@ -196,7 +196,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             log.info(
                 "embedded database started", uri=redacted(uri), data_dir=str(settings.data_dir)
             )
-        client = connect(uri, settings.db_timeout_seconds, settings.db_socket_timeout_seconds)
+        client = connect(
+            uri,
+            settings.db_timeout_seconds,
+            settings.db_socket_timeout_seconds,
+            settings.db_journal,
+        )
         sweeper: asyncio.Task[None] | None = None
         service: FhirService | None = None
         try:

@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     # one database command (a hung database) before the same (store/mongo.py).
     db_timeout_seconds: float = 2.0
     db_socket_timeout_seconds: float = 10.0
+    # Acknowledge writes only once journaled (j: true). false is for measurements only (bench/),
+    # like FHIRGOAL_AUDIT=false: a crash then loses acknowledged writes.
+    db_journal: bool = True
     # The embedded database is restarted this many times within db_restart_window_seconds after
     # it dies; one more death and the server exits non-zero for its supervisor (store/embedded.py).
     db_restarts: int = 5

@@ -39,7 +39,7 @@ CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
 
 
 def connect(
-    uri: str, timeout: float = 2.0, socket_timeout: float | None = None
+    uri: str, timeout: float = 2.0, socket_timeout: float | None = None, journal: bool = True
 ) -> AsyncMongoClient[dict[str, Any]]:
     """An async client with journaled writes; the URI carries topology, TLS and `w`."""
     milliseconds = max(1, int(timeout * 1000))
@@ -50,7 +50,7 @@ def connect(
         uri,
         tz_aware=True,
         type_registry=CODEC_OPTIONS.type_registry,
-        journal=True,
+        journal=journal,
         serverSelectionTimeoutMS=milliseconds,
         connectTimeoutMS=milliseconds,
         appname="fhirgoal",
