@@ -50,9 +50,11 @@ class DeadlineProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._reading_headers = True
 
-    def _arm(self, seconds: float) -> None:
+    def _arm(self, seconds: float, reading_headers: bool) -> None:
         self._disarm()
+        self._reading_headers = reading_headers
         self._deadline = self.loop.call_later(seconds, self._expired)
 
     def _disarm(self) -> None:
@@ -65,15 +67,21 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is None or cycle.response_complete or not cycle.response_started:
+        # Answer 408 unless an answer is being sent on the connection (the request's own, or
+        # the previous one's while the next request's headers trickle in).
+        if self._reading_headers:
+            answering = cycle is not None and not cycle.response_complete
+        else:
+            answering = cycle is None or cycle.response_started
+        if not answering:
             self.transport.write(_TIMEOUT_RESPONSE)
-        if cycle is not None and not cycle.response_complete:
+        if cycle is not None:
             cycle.keep_alive = False
         self.transport.close()
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        self._arm(self.header_timeout)
+        self._arm(self.header_timeout, reading_headers=True)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
@@ -82,12 +90,12 @@ class DeadlineProtocol(HttpToolsProtocol):
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self._deadline is None:
-            self._arm(self.header_timeout)
+            self._arm(self.header_timeout, reading_headers=True)
 
     def on_headers_complete(self) -> None:
         super().on_headers_complete()
         if self._has_body():
-            self._arm(self.body_timeout)
+            self._arm(self.body_timeout, reading_headers=False)
         else:
             self._disarm()
 

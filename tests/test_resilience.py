@@ -141,6 +141,19 @@ def test_a_body_that_never_arrives_gets_408(served: ServeProcess) -> None:
     assert httpx.get(f"{served.base}/Patient?_summary=count").json()["total"] == 0
 
 
+def test_an_answer_given_before_the_body_arrived_is_not_followed_by_a_408(
+    served: ServeProcess,
+) -> None:
+    with socket.create_connection(("127.0.0.1", served.port)) as sock:
+        sock.sendall(
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
+        )
+        answer = answer_of(sock, 5)
+    assert answer.startswith(b"HTTP/1.1 415 ")
+    assert b" 408 " not in answer
+
+
 def test_the_embedded_database_needs_the_credentials_in_the_data_dir(
     served: ServeProcess,
 ) -> None:
