@@ -74,7 +74,7 @@ async def token_validation(uri: str, db_name: str, rounds: int = 300) -> dict[st
     try:
         for alg in ("RS384", "ES384"):
             db = client[f"{db_name}_{alg.lower()}"]
-            keys = KeyRing(db, alg)
+            keys = KeyRing(db, bytes(32), alg)
             await keys.ensure()
             issuer = TokenIssuer(keys, 300)
 

@@ -256,7 +256,12 @@ def client_revoke(
     from fhirgoal.auth.clients import ClientRegistry
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> bool:
-        return await ClientRegistry(db).revoke(client_id)
+        from fhirgoal.auth.revocation import revoke_and_audit
+
+        found = await ClientRegistry(db).revoke(client_id)
+        if found:
+            await revoke_and_audit(db, "client", client_id)
+        return found
 
     if not _admin(data_dir, work):
         _fail(f"no client {client_id}")
@@ -314,7 +319,12 @@ def user_revoke(
     from fhirgoal.auth.users import UserDirectory
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> bool:
-        return await UserDirectory(db).revoke(username)
+        from fhirgoal.auth.revocation import revoke_and_audit
+
+        found = await UserDirectory(db).revoke(username)
+        if found:
+            await revoke_and_audit(db, "user", username)
+        return found
 
     if not _admin(data_dir, work):
         _fail(f"no user {username}")
@@ -326,13 +336,16 @@ def key_rotate(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
     """Start signing with a new key; the old one keeps verifying until its tokens have expired."""
     from datetime import timedelta
 
-    from fhirgoal.auth.keys import REFRESH_SECONDS, KeyRing
+    from fhirgoal.auth.keys import REFRESH_SECONDS, KeyRing, encryption_key
 
     settings = _settings(data_dir=data_dir)
     keep = timedelta(seconds=settings.access_token_seconds + 2 * REFRESH_SECONDS + 60)
+    kek = encryption_key(settings.key_encryption_key, settings.data_dir)
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> str:
-        return await KeyRing(db, settings.signing_alg).rotate(keep)
+        keys = KeyRing(db, kek, settings.signing_alg)
+        await keys.seal_plaintext()
+        return await keys.rotate(keep)
 
     typer.echo(f"signing with key {_admin(data_dir, work)}")
 
