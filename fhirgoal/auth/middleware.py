@@ -28,6 +28,7 @@ from fhirgoal.auth.audit_events import (
     stored_before_response,
 )
 from fhirgoal.auth.bearer import bearer_token, unauthorized
+from fhirgoal.auth.context import SERVER_WRITTEN
 from fhirgoal.auth.runtime import AuthRuntime
 from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.fhir.errors import FhirError
@@ -83,14 +84,19 @@ class BearerAuth:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["access"] = context
         auditor = self.runtime.auditor
-        if auditor is None:
-            await self.app(scope, receive, send)
-            return
         # a request that may change data is answered once its audit is stored; others are noted
         # in the buffer as their response starts
         interaction = None
         if stored_before_response(scope["method"], path):
             interaction = classify(scope["method"], path, scope.get("query_string", b""))
+            if interaction.writes and interaction.resource_type in SERVER_WRITTEN:
+                # refused before any handler runs: a conditional create that would match an
+                # existing event, or a delete that would find none, is still a write attempt
+                await self._refuse_write(auditor, scope, interaction, receive, send)
+                return
+        if auditor is None:
+            await self.app(scope, receive, send)
+            return
         responded = dropped = False
 
         async def send_audited(message: Message) -> None:
@@ -115,6 +121,27 @@ class BearerAuth:
             if not responded:  # the app's own 500 handler did not answer: still leave a trace
                 auditor.note(context, scope, state, 500)
             raise
+
+    async def _refuse_write(
+        self,
+        auditor: Auditor | None,
+        scope: Scope,
+        interaction: Interaction,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        error = FhirError(
+            "method-not-allowed",
+            f"{interaction.resource_type} is written by the server only: "
+            "it cannot be created or changed",
+        )
+        if auditor is not None:
+            state = scope["state"]
+            try:
+                await auditor.store_write(state["access"], interaction, 405, scope, state, {})
+            except Exception:
+                log.exception("audit of a refused write could not be stored")
+        await _send_error(error, scope, receive, send)
 
     def _record(self, scope: Scope, kind: str, outcome: str, description: str) -> None:
         """Audit an authentication failure (rate limited per address: auth/audit.py)."""
