@@ -273,13 +273,13 @@ class SecurityTrail:
             summary = SecurityEvent(
                 "suppressed",
                 "4",
-                f"{count} '{key[0]}' events were not recorded (rate limit)"
+                f"'{key[0]}' events held back by the rate limit"
                 + (f"; the last: {last.description}" if last else ""),
                 address=None if key[1] == "-" else key[1],
                 client_id=last.client_id if last else None,
                 user=last.user if last else None,
             )
-            self._store(summary, 0)
+            self._store(summary, count)
 
     def _key(self, kind: str, address: str, at: float) -> tuple[str, str]:
         key = (kind, address)
