@@ -87,12 +87,13 @@ class SmartServer:
 
 async def run_smart(mongo_uri: str, **overrides: Any) -> AsyncIterator[SmartServer]:
     values: dict[str, Any] = {
+        "db": f"auth_{uuid.uuid4().hex[:12]}",
         "auth": "smart",
         "audit_flush_seconds": 0.1,
         "key_encryption_key": TEST_KEK,
         **overrides,
     }
-    settings = Settings(mongodb_uri=mongo_uri, db=f"auth_{uuid.uuid4().hex[:12]}", **values)
+    settings = Settings(mongodb_uri=mongo_uri, **values)
     server, task, port = await start_server(settings)
     app: FastAPI = server.config.app
     origin = f"http://127.0.0.1:{port}"
