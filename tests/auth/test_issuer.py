@@ -13,7 +13,7 @@ from joserfc.jwk import KeySet
 from fhirgoal.auth.clients import Client
 from fhirgoal.config import Settings
 from tests.auth import jose
-from tests.auth.conftest import SmartServer, run_smart
+from tests.auth.conftest import SmartServer
 from tests.auth.test_backend_services import grant
 
 EVIL = {"Host": "evil.example"}
@@ -61,14 +61,6 @@ async def test_a_token_for_the_host_header_is_refused(smart: SmartServer) -> Non
     async with smart.client(token) as client:
         assert (await client.get("/Patient", headers=EVIL)).status_code == 401
         assert (await client.get("/Patient")).status_code == 401
-
-
-async def test_the_configured_base_url_wins_over_the_serve_address(mongo_uri: str) -> None:
-    public = "https://fhir.clinic.example/fhir"
-    async for smart in run_smart(mongo_uri, base_url=public + "/"):
-        config = (await smart.http.get("/.well-known/smart-configuration")).json()
-        assert config["issuer"] == public
-        assert config["token_endpoint"] == "https://fhir.clinic.example/auth/token"
 
 
 @pytest.mark.parametrize(
