@@ -73,7 +73,7 @@ async def test_a_wildcard_registration_is_not_granted_the_audit_trail(smart: Sma
             client_id="auditor",
             scopes="system/*.rs system/AuditEvent.rs",
             jwks=jose.public_jwks(named),
-        )  # fmt: skip
+        )
     )
     response = await token_request(smart, grant(named, smart, "auditor", "system/AuditEvent.rs"))
     assert response.status_code == 200 and response.json()["scope"] == "system/AuditEvent.rs"
