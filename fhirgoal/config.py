@@ -78,7 +78,7 @@ class Settings(BaseSettings):
     # (kind, source address): `burst` at once, then this many a minute; a kind for all addresses
     # together at most ten times that (auth/audit.py SecurityTrail).
     security_audit_burst: int = 20
-    security_audit_per_minute: float = 12.0
+    security_audit_per_minute: float = 6.0
     # Login throttling: after this many failed logins within the window, for one user name or
     # from one address, further attempts are refused (429, Retry-After) until the window passes.
     login_max_failures_per_user: int = 5
