@@ -71,12 +71,19 @@ def serve(
         if demo:
             _load_demo(settings)
         application = create_app(settings)
-        console.print(f"FHIR base: http://{host}:{port}/fhir")
+        base = settings.public_fhir_base()  # the issuer and every URL the server gives out
+        console.print(f"FHIR base: {base}")
         if settings.auth == "smart":
             console.print(
-                f"SMART: http://{host}:{port}/fhir/.well-known/smart-configuration "
+                f"SMART: {base}/.well-known/smart-configuration "
                 "(register apps with `fhirgoal client register`, users with `fhirgoal user add`)"
             )
+            if not settings.base_url and host in ("0.0.0.0", "::", ""):
+                console.print(
+                    "[yellow]warning:[/yellow] serving on all interfaces without "
+                    "FHIRGOAL_BASE_URL: tokens and discovery name localhost; set "
+                    "FHIRGOAL_BASE_URL to the URL other machines use"
+                )
         uvicorn.run(
             application,
             host=host,

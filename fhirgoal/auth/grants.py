@@ -34,6 +34,7 @@ from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from fhirgoal.auth.clients import Client, ClientRegistry
+from fhirgoal.auth.revocation import Revocations, token_keys
 from fhirgoal.auth.scopes import ScopeError, Scopes, grantable, parse_scopes
 from fhirgoal.auth.state import expired, new_secret, remember_jti, secret_hash, utcnow
 from fhirgoal.auth.tokens import InvalidToken, TokenIssuer, unverified_header, verify_jwt
@@ -356,6 +357,8 @@ class TokenService:
         client_id = claims.get("client_id")
         if not isinstance(client_id, str) or await self.clients.get(client_id) is None:
             return {"active": False}
+        if await Revocations(self.db).any_revoked(token_keys(claims)):
+            return {"active": False}  # its grant, client or user was revoked (auth/revocation.py)
         answer = {"active": True, "token_type": "Bearer"}
         for name in (
             "scope",

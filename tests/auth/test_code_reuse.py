@@ -39,6 +39,10 @@ async def test_reusing_a_code_revokes_its_access_and_refresh_tokens(browser: Bro
         assert again.status_code == 400 and again.json()["error"] == "invalid_grant"
         # the cached verification is dropped at once on this replica
         assert (await fhir.get("/Patient/pa")).status_code == 401
+    introspection = await browser.http.post(
+        "/auth/introspect", data={"client_id": "webapp", "token": first["access_token"]}
+    )
+    assert introspection.json() == {"active": False}
     refreshed = await browser.token(grant_type="refresh_token", refresh_token=first["refresh_token"])  # fmt: skip
     assert refreshed.status_code == 400
     async with browser.smart.client(other["access_token"]) as fhir:
