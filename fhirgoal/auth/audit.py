@@ -209,8 +209,8 @@ class SecurityTrail:
     events a minute per kind. An event refused by a bucket is counted for its (kind, address);
     the next one recorded for it says how many were held back, and the Auditor's timer records a
     summary (kind `suppressed`) for a (kind, address) that has gone quiet with a count pending.
-    The buckets are bounded (`MAX_KEYS`): when full, the idle ones are forgotten, and if none is,
-    events of new addresses share one bucket for their kind.
+    The buckets are bounded (`MAX_KEYS`): while they are all in use, events of new addresses share
+    one bucket for their kind, and the timer forgets the buckets that have refilled.
 
     Security events are buffered like reads (stored within the flush interval), not held before
     the response: they are evidence of attempts, and an attacker must not be able to slow the
@@ -238,7 +238,7 @@ class SecurityTrail:
     def record(self, event: SecurityEvent) -> bool:
         """Buffer the event's AuditEvent unless the rate limit holds it back (False then)."""
         at = self.clock()
-        key = self._key(event.kind, event.address or "-", at)
+        key = self._key(event.kind, event.address or "-")
         bucket = self._buckets.get(key)
         if bucket is None:
             bucket = self._buckets[key] = _Bucket(self.burst, at)
@@ -275,22 +275,28 @@ class SecurityTrail:
                 "4",
                 f"'{key[0]}' events held back by the rate limit"
                 + (f"; the last: {last.description}" if last else ""),
-                address=None if key[1] == "-" else key[1],
+                address=None if key[1] in ("-", "*") else key[1],
                 client_id=last.client_id if last else None,
                 user=last.user if last else None,
             )
             self._store(summary, count)
+        if len(self._buckets) >= self.MAX_KEYS // 2:
+            self._prune(at)
 
-    def _key(self, kind: str, address: str, at: float) -> tuple[str, str]:
+    def _key(self, kind: str, address: str) -> tuple[str, str]:
+        """The bucket of an event: its (kind, address), or while MAX_KEYS buckets are kept, one
+        shared by the new addresses of its kind (no scan on the request path: the timer prunes)."""
         key = (kind, address)
         if key in self._buckets or len(self._buckets) < self.MAX_KEYS:
             return key
-        # forget buckets that are full again and owe no summary; else share one per kind
-        for old in [k for k, b in self._buckets.items() if not b.suppressed]:
-            bucket = self._buckets[old]
-            if min(self.burst, bucket.tokens + (at - bucket.at) * self.rate) >= self.burst:
-                del self._buckets[old]
-        return key if len(self._buckets) < self.MAX_KEYS else (kind, "*")
+        return (kind, "*")
+
+    def _prune(self, at: float) -> None:
+        """Forget the buckets that are full again and owe no summary."""
+        for key, bucket in list(self._buckets.items()):
+            refilled = bucket.tokens + (at - bucket.at) * self.rate
+            if not bucket.suppressed and refilled >= self.burst:
+                del self._buckets[key]
 
     def _store(self, event: SecurityEvent, suppressed: int) -> None:
         recorded = clock_text(time.time_ns())
