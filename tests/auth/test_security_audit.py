@@ -90,6 +90,8 @@ async def test_the_token_endpoint_audits_each_answer(smart: SmartServer) -> None
     descriptions = sorted(e["outcomeDesc"].split(":")[0] for e in refusals)
     assert descriptions == ["invalid_client", "invalid_scope", "unsupported_grant_type"]
     assert all(e["outcome"] == "4" for e in refusals)
+    for event in await security_events(smart):
+        smart.service.validator.validate(event)  # valid R4, entity details included
 
 
 async def test_logins_and_consent_decisions_are_audited_without_passwords(
@@ -120,8 +122,11 @@ async def test_logins_and_consent_decisions_are_audited_without_passwords(
     assert login["agent"][1]["who"]["identifier"]["value"] == "webapp"
     [decision] = await security_events(smart, "consent-denied")
     assert decision["subtype"][0]["code"] == "110123"  # Logout: the user ended the session
-    text = dumps(await security_events(smart)).decode()
+    events = await security_events(smart)
+    text = dumps(events).decode()
     assert "hunter2-wrong" not in text and "s3cret-pass" not in text
+    for event in events:
+        smart.service.validator.validate(event)
 
 
 async def test_a_flood_is_rate_limited_and_the_suppressed_count_recorded(mongo_uri: str) -> None:
