@@ -234,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.fhir_base = settings.public_fhir_base()  # never taken from a request (fhir/rest.py)
     app.state.auth_runtime = runtime
     # Added first, so it runs inside the authorization middleware, exactly where the routes do.
     app.add_middleware(InteractionRouter, is_type=conformance.is_stored)

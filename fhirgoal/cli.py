@@ -89,12 +89,19 @@ def serve(
         if demo:
             _load_demo(settings)
         application = create_app(settings)
-        console.print(f"FHIR base: http://{host}:{port}/fhir")
+        base = settings.public_fhir_base()  # the issuer and every URL the server gives out
+        console.print(f"FHIR base: {base}")
         if settings.auth == "smart":
             console.print(
-                f"SMART: http://{host}:{port}/fhir/.well-known/smart-configuration "
+                f"SMART: {base}/.well-known/smart-configuration "
                 "(register apps with `fhirgoal client register`, users with `fhirgoal user add`)"
             )
+            if not settings.base_url and host in ("0.0.0.0", "::", ""):
+                console.print(
+                    "[yellow]warning:[/yellow] serving on all interfaces without "
+                    "FHIRGOAL_BASE_URL: tokens and discovery name localhost; set "
+                    "FHIRGOAL_BASE_URL to the URL other machines use"
+                )
         config = server_config(
             application, settings, host=host, port=port, log_level=settings.log_level.lower()
         )
@@ -276,7 +283,12 @@ def client_revoke(
     from fhirgoal.auth.clients import ClientRegistry
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> bool:
-        return await ClientRegistry(db).revoke(client_id)
+        from fhirgoal.auth.revocation import revoke_and_audit
+
+        found = await ClientRegistry(db).revoke(client_id)
+        if found:
+            await revoke_and_audit(db, "client", client_id)
+        return found
 
     if not _admin(data_dir, work):
         _fail(f"no client {client_id}")
@@ -332,7 +344,12 @@ def user_revoke(username: Annotated[str, typer.Argument()], data_dir: DataDir = 
     from fhirgoal.auth.users import UserDirectory
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> bool:
-        return await UserDirectory(db).revoke(username)
+        from fhirgoal.auth.revocation import revoke_and_audit
+
+        found = await UserDirectory(db).revoke(username)
+        if found:
+            await revoke_and_audit(db, "user", username)
+        return found
 
     if not _admin(data_dir, work):
         _fail(f"no user {username}")
@@ -344,13 +361,16 @@ def key_rotate(data_dir: DataDir = None) -> None:
     """Start signing with a new key; the old one keeps verifying until its tokens have expired."""
     from datetime import timedelta
 
-    from fhirgoal.auth.keys import REFRESH_SECONDS, KeyRing
+    from fhirgoal.auth.keys import REFRESH_SECONDS, KeyRing, encryption_key
 
     settings = _settings(data_dir=data_dir)
     keep = timedelta(seconds=settings.access_token_seconds + 2 * REFRESH_SECONDS + 60)
+    kek = encryption_key(settings.key_encryption_key, settings.data_dir)
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> str:
-        return await KeyRing(db, settings.signing_alg).rotate(keep)
+        keys = KeyRing(db, kek, settings.signing_alg)
+        await keys.seal_plaintext()
+        return await keys.rotate(keep)
 
     typer.echo(f"signing with key {_admin(data_dir, work)}")
 

@@ -107,3 +107,34 @@ class Settings(BaseSettings):
     max_sort_keys: int = Field(default=5, ge=1)
     # Operations in one JSON Patch body (what `copy` operations add is bounded by max_body_bytes).
     max_patch_operations: int = Field(default=100, ge=1)
+
+    # ---- auth hardening (issue 12) ----
+    # Security events (failed tokens, token endpoint, logins, consent, revocations) stored per
+    # (kind, source address): `burst` at once, then this many a minute; a kind for all addresses
+    # together at most ten times that (auth/audit.py SecurityTrail).
+    security_audit_burst: int = 20
+    security_audit_per_minute: float = 6.0
+    # Login throttling: after this many failed logins within the window, for one user name or
+    # from one address, further attempts are refused (429, Retry-After) until the window passes.
+    login_max_failures_per_user: int = 5
+    login_max_failures_per_address: int = 20
+    login_failure_window_seconds: int = 900
+    # How often a replica rereads revocations made elsewhere (another replica, the CLI) and drops
+    # the verified tokens it keeps in memory that they concern; on the replica that revokes, the
+    # effect is immediate.
+    revocation_check_seconds: float = 5.0
+    # Encrypts the signing keys at rest (AES-256-GCM): 32 bytes, base64 or base64url. Unset: a key
+    # file `signing-keys.key` (0600) generated in data_dir. Every replica needs the same key.
+    key_encryption_key: str | None = Field(default=None, repr=False)
+
+    def public_fhir_base(self) -> str:
+        """The FHIR base URL every token's iss/aud, the discovery document and Location headers
+        name: FHIRGOAL_BASE_URL, else the serve address. Never a request's Host header."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):  # all interfaces: no name to give; see README
+            host = "localhost"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/fhir"

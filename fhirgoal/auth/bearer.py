@@ -6,7 +6,8 @@ that give the context (`scope`, `patient`, `fhirUser`:
 https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html).
 
 A token is verified once: the AccessContext built from it is kept in an LRU cache keyed by the token
-string until the token expires, so the per-request cost of a known token is a dict lookup.
+string until the token expires, so the per-request cost of a known token is a dict lookup (and a
+clock reading, to know when to reread revocations: auth/revocation.py).
 """
 
 from __future__ import annotations
@@ -81,23 +82,43 @@ class Authenticator(Protocol):
 
 
 Verifier = Callable[[str, str], Awaitable[dict[str, Any]]]
+# The revocation keys a token's claims concern (auth/revocation.py token_keys).
+KeysOf = Callable[[dict[str, Any]], tuple[str, ...]]
+# Keys revoked since the last call, by any replica (auth/revocation.py Revocations.recent).
+RecentRevocations = Callable[[], Awaitable[set[str]]]
 
 
 class CachedAuthenticator:
-    """Verify a token with `verifier` (claims or InvalidToken), cache the context until expiry."""
+    """Verify a token with `verifier` (claims or InvalidToken), cache the context until expiry.
+
+    Revocation (auth/revocation.py): `evict` drops the cached tokens of revoked keys at once (the
+    replica that revokes calls it), and every `check_seconds` the first request rereads the keys
+    revoked elsewhere (one query per interval, not per request) and drops theirs."""
 
     def __init__(
         self,
         verifier: Verifier,
         compile_params: ParamCompiler | None,
         max_cache_seconds: float | None = None,
+        keys_of: KeysOf | None = None,
+        recent: RecentRevocations | None = None,
+        check_seconds: float = 5.0,
     ) -> None:
         self.verifier = verifier
         self.compile_params = compile_params
         self.max_cache_seconds = max_cache_seconds
-        self._cache: OrderedDict[tuple[str, str], tuple[float, AccessContext]] = OrderedDict()
+        self.keys_of = keys_of
+        self.recent = recent
+        self.check_seconds = check_seconds
+        self._next_check = time.monotonic() + check_seconds
+        self._cache: OrderedDict[tuple[str, str], tuple[float, AccessContext, tuple[str, ...]]] = (
+            OrderedDict()
+        )
 
     async def authenticate(self, token: str, base: str) -> AccessContext:
+        if self.recent is not None and time.monotonic() >= self._next_check:
+            self._next_check = time.monotonic() + self.check_seconds
+            self.evict(await self.recent())
         key = (token, base)
         hit = self._cache.get(key)
         now = time.time()
@@ -111,10 +132,20 @@ class CachedAuthenticator:
         until = float(claims.get("exp") or now + (self.max_cache_seconds or 0))
         if self.max_cache_seconds is not None:
             until = min(until, now + self.max_cache_seconds)
-        self._cache[key] = (until, context)
+        keys = self.keys_of(claims) if self.keys_of is not None else ()
+        self._cache[key] = (until, context, keys)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return context
+
+    def evict(self, revoked: set[str]) -> int:
+        """Forget the cached tokens that any of the `revoked` keys concerns; how many."""
+        if not revoked:
+            return 0
+        gone = [k for k, (_, _, keys) in self._cache.items() if not revoked.isdisjoint(keys)]
+        for key in gone:
+            del self._cache[key]
+        return len(gone)
 
     def forget(self) -> None:
         self._cache.clear()

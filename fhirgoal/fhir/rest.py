@@ -7,7 +7,6 @@ render its Outcome. Responses are pre-serialized bytes (never a pydantic re-dump
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -50,36 +49,11 @@ def access(request: Request) -> AccessContext:
 
 
 def base_url(request: Request) -> str:
-    configured = request.app.state.settings.base_url
-    if configured:
-        return configured.rstrip("/")
-    scope = request.scope
-    host = next((value for name, value in scope["headers"] if name == b"host"), None)
-    server = scope.get("server")
-    return _request_base_url(
-        scope.get("scheme", "http"),
-        host,
-        tuple(server) if server else None,
-        scope.get("app_root_path", scope.get("root_path", "")),
-    )
-
-
-@lru_cache(maxsize=256)
-def _request_base_url(
-    scheme: str, host: bytes | None, server: tuple[str, int] | None, root_path: str
-) -> str:
-    """The FHIR base of the requests that share these, the only parts of a request Starlette's
-    `base_url` reads: computed by Starlette, once rather than per write (8 us each)."""
-    scope = {
-        "type": "http",
-        "scheme": scheme,
-        "server": server,
-        "root_path": root_path,
-        "path": "/",
-        "query_string": b"",
-        "headers": [] if host is None else [(b"host", host)],
-    }
-    return f"{str(Request(scope).base_url).rstrip('/')}/fhir"
+    """The FHIR base URL of this server, fixed by configuration (Settings.public_fhir_base):
+    FHIRGOAL_BASE_URL or the serve address, never a request's Host header (which a caller chooses:
+    it would become Location headers, Bundle links and, through auth/, tokens' iss/aud)."""
+    base: str = request.app.state.fhir_base
+    return base
 
 
 def negotiate(request: Request) -> None:
