@@ -58,8 +58,10 @@ async def run(
     total: int,
     concurrency: int,
     keep_bodies: bool = False,
+    stop: asyncio.Event | None = None,
 ) -> Result:
-    """Send `total` requests over `concurrency` keep-alive connections; measure each one."""
+    """Send `total` requests over `concurrency` keep-alive connections; measure each one. With
+    `stop`, no request is started once it is set (loads run side by side end together)."""
     result = Result()
     counter = iter(range(total))
 
@@ -70,6 +72,8 @@ async def run(
         reader, writer = await asyncio.open_connection(host, port)
         try:
             for n in counter:
+                if stop is not None and stop.is_set():
+                    break
                 payload = request_for(n)
                 started = time.perf_counter()
                 writer.write(payload)

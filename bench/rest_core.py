@@ -125,15 +125,20 @@ def cpu_seconds(pid: int) -> float:
 
 
 def start_server(
-    uri: str, port: int, db: str, extra_env: dict[str, str] | None = None
+    uri: str,
+    port: int,
+    db: str,
+    extra_env: dict[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """`fhirgoal serve` as its own process (auth off unless `extra_env` says otherwise)."""
+    """`fhirgoal serve` as its own process (auth off unless `extra_env` says otherwise), run
+    from `cwd` when given (`-m` imports `fhirgoal` from there first: another checkout's code)."""
     env = {**os.environ, "MONGODB_URI": uri, "FHIRGOAL_DB": db, "FHIRGOAL_LOG_LEVEL": "WARNING"}
     env.setdefault("FHIRGOAL_AUTH", "off")
     env.update(extra_env or {})
     command = [sys.executable, "-m", "fhirgoal.cli", "serve", "--port", str(port)]
     process = subprocess.Popen(
-        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
     for _ in range(600):
         try:
