@@ -36,7 +36,7 @@ class Settings(BaseSettings):
     # Built-in Questionnaires, profiles, ValueSets and CodeSystems, loaded at start-up.
     profiles_dir: Path = PROJECT_ROOT / "profiles"
     # How many times an update without If-Match re-reads and retries after losing a race.
-    write_retries: int = 5
+    write_retries: int = 10
     log_level: str = "INFO"
     # ORS/SRS interpretation (clinical/session_measures.py; PCOMS defaults).
     ors_cutoff_adult: Decimal = Decimal(25)

@@ -52,7 +52,7 @@ CLAIM_ATTEMPTS = 12
 async def _back_off(attempt: int) -> None:
     """After losing a compare-and-set to a concurrent writer: a random pause that grows with each
     loss, so that a burst of writers to one resource spreads out instead of colliding again."""
-    await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
+    await asyncio.sleep(random.uniform(0, min(0.005 * 2**attempt, 0.25)))
 
 
 @dataclass
@@ -230,6 +230,7 @@ class FhirService:
         and the id to create) that no concurrent request holds (store/claims.py). A request that
         loses the claim searches again, so it finds the winner's resource once it is stored."""
         key = claim_key(rt, params)
+        stored_before_search: str | None = None  # a claimant's resource seen before a search
         for attempt in range(CLAIM_ATTEMPTS):
             matches = await self._matches(access, rt, params, base_url)
             if matches:
@@ -238,18 +239,21 @@ class FhirService:
             held = await self.repo.claims.claim(key, rid)
             if held is None:
                 return [], (key, rid)
+            if held.target and held.target == stored_before_search:
+                # Its resource was stored before the search above, which did not find it: it no
+                # longer matches (for this caller), so the claim no longer stands for the criteria.
+                if await self.repo.claims.take_over(key, held.target, rid):
+                    return [], (key, rid)
+                continue
             holder = await self.repo.current(UNRESTRICTED, rt, held.target) if held.target else None
-            # The claimant's resource exists, yet (searched again after it was stored) it does not
-            # match for this caller: the claim no longer stands for the criteria. Or its claimant
-            # died before creating anything.
-            superseded = holder is not None and (holder.deleted or attempt > 0)
-            abandoned = holder is None and bool(held.target) and held.stale
-            if (superseded or abandoned) and await self.repo.claims.take_over(
-                key, held.target, rid
-            ):
+            if holder is not None and not holder.deleted:
+                stored_before_search = held.target  # search again: it may match now
+                continue
+            # deleted (it cannot match again), or never created by a claimant that died
+            gone = holder is not None or (bool(held.target) and held.stale)
+            if gone and await self.repo.claims.take_over(key, held.target, rid):
                 return [], (key, rid)
-            if holder is None:
-                await asyncio.sleep(min(0.005 * 2**attempt, 0.25))  # the claimant is creating
+            await asyncio.sleep(min(0.005 * 2**attempt, 0.25))  # the claimant is creating
         raise FhirError(
             "conflict",
             f"concurrent conditional writes on the same {rt} criteria; retry the request",
