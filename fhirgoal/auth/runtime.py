@@ -5,7 +5,8 @@ database is connected (SMART App Launch 2.2, https://hl7.org/fhir/smart-app-laun
   access tokens verified against the server's own key set, and refused once their client is
   revoked;
 - `external`: tokens of an EHR's authorization server (auth/external.py);
-- both: the Auditor (auth/audit.py).
+- both: the Auditor (auth/audit.py), and under FHIRGOAL_USER_ACCESS=caseload the caseloads
+  (auth/caseload.py) that confine `user/` tokens and the patient picker.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from typing import Any
 
 from fhirgoal.auth.audit import Auditor
 from fhirgoal.auth.bearer import Authenticator, CachedAuthenticator
+from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.context import ParamCompiler
 from fhirgoal.config import Settings
 from fhirgoal.fhir.errors import FhirError
@@ -45,12 +47,15 @@ class AuthRuntime:
     authenticator: Authenticator | None = None
     auditor: Auditor | None = None
     smart: Any = None  # auth.server.SmartServer in smart mode
+    caseloads: Caseloads | None = None  # None: FHIRGOAL_USER_ACCESS=all
 
     async def start(self, service: FhirService) -> None:
         settings = self.settings
         compile_params = param_compiler(service)
+        if settings.user_access == "caseload":
+            self.caseloads = Caseloads(service, settings.caseload_refresh_seconds)
         if settings.auth == "smart":
-            self.smart = await _smart_server(settings, service)
+            self.smart = await _smart_server(settings, service, self.caseloads)
             issuer, clients = self.smart.issuer, self.smart.clients
 
             async def verify(token: str, base: str) -> dict[str, Any]:
@@ -62,7 +67,9 @@ class AuthRuntime:
                     raise InvalidToken("the token's client is revoked")
                 return claims
 
-            self.authenticator = CachedAuthenticator(verify, compile_params)
+            self.authenticator = CachedAuthenticator(
+                verify, compile_params, caseloads=self.caseloads
+            )
         elif settings.auth == "external":
             from fhirgoal.auth.external import ExternalVerifier
 
@@ -70,6 +77,7 @@ class AuthRuntime:
                 ExternalVerifier(settings),
                 compile_params,
                 max_cache_seconds=settings.external_introspection_cache_seconds,
+                caseloads=self.caseloads,
             )
         if settings.audit and settings.auth != "off":
             self.auditor = Auditor(service, settings.audit_flush_seconds, settings.audit_buffer)
@@ -80,7 +88,9 @@ class AuthRuntime:
             await self.auditor.stop()
 
 
-async def _smart_server(settings: Settings, service: FhirService) -> Any:
+async def _smart_server(
+    settings: Settings, service: FhirService, caseloads: Caseloads | None
+) -> Any:
     from fhirgoal.auth import state
     from fhirgoal.auth.clients import ClientRegistry
     from fhirgoal.auth.grants import TokenService
@@ -105,4 +115,5 @@ async def _smart_server(settings: Settings, service: FhirService) -> Any:
         tokens=TokenService(db, issuer, clients, settings.refresh_token_seconds, users),
         service=service,
         base_url=settings.base_url,
+        caseloads=caseloads,
     )

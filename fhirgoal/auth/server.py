@@ -4,7 +4,9 @@ SMART App Launch 2.2 (https://hl7.org/fhir/smart-app-launch/):
 - discovery, `GET /fhir/.well-known/smart-configuration` (conformance.html#using-well-known) and
   the CapabilityStatement `rest.security` extension (conformance.html#declaring-support-for-oauth2-endpoints);
 - `GET /auth/authorize`: EHR launch (`launch` resolved from auth_launch) and standalone launch
-  (patient picker), PKCE S256 required (app-launch.html#obtain-authorization-code);
+  (patient picker), PKCE S256 required (app-launch.html#obtain-authorization-code); under
+  FHIRGOAL_USER_ACCESS=caseload the picker offers, and a launch may name, only a patient of the
+  practitioner's caseload (auth/caseload.py);
 - `POST /auth/login`, `POST /auth/consent`: the server-rendered login and consent pages;
 - `POST /auth/token`, `POST /auth/introspect` (auth/grants.py), `GET /auth/jwks`.
 """
@@ -22,6 +24,7 @@ from fastapi import APIRouter, Request, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
 from fhirgoal.auth import pages
+from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.clients import ClientRegistry
 from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.auth.grants import OAuthError, TokenService
@@ -50,6 +53,7 @@ class SmartServer:
     tokens: TokenService
     service: FhirService
     base_url: str | None
+    caseloads: Caseloads | None = None  # None: FHIRGOAL_USER_ACCESS=all
 
 
 def _smart(request: Request) -> SmartServer:
@@ -285,8 +289,14 @@ def _needs_picker(pending: dict[str, Any]) -> bool:
     return scopes.has("launch/patient") and not pending["launch"].get("patient")
 
 
-async def _patient_choices(server: SmartServer) -> list[tuple[str, str]]:
-    found = await server.service.repo.find(UNRESTRICTED, "Patient", {}, [("_id", 1)], PICKER_SIZE)
+async def _patient_choices(server: SmartServer, fhir_user: str | None) -> list[tuple[str, str]]:
+    query: dict[str, Any] = {}
+    if server.caseloads is not None:
+        patients = (await server.caseloads.of(fhir_user)).patients
+        query = {"_id": {"$in": sorted(p.removeprefix("Patient/") for p in patients)}}
+    found = await server.service.repo.find(
+        UNRESTRICTED, "Patient", query, [("_id", 1)], PICKER_SIZE
+    )
     choices = []
     for version in found:
         names = (version.resource or {}).get("name") or [{}]
@@ -294,6 +304,13 @@ async def _patient_choices(server: SmartServer) -> list[tuple[str, str]]:
         label = " ".join([*name.get("given", []), name.get("family", "")]).strip()
         choices.append((version.id, f"{label or version.id} ({version.id})"))
     return choices
+
+
+async def _may_launch(server: SmartServer, fhir_user: str | None, patient: str) -> bool:
+    """Is the patient in the practitioner's caseload (always, under FHIRGOAL_USER_ACCESS=all)?"""
+    if server.caseloads is None:
+        return True
+    return f"Patient/{patient}" in (await server.caseloads.of(fhir_user)).patients
 
 
 @router.post("/auth/login")
@@ -326,7 +343,7 @@ async def login(request: Request) -> Response:
         },
     )
     pending["scope"] = granted.text
-    picker = await _patient_choices(server) if _needs_picker(pending) else None
+    picker = await _patient_choices(server, user.fhir_user) if _needs_picker(pending) else None
     return _html(
         pages.consent_page(
             pending["_id"], nonce, pending["client_id"], user.username, granted.text.split(), picker
@@ -365,6 +382,7 @@ async def consent(request: Request) -> Response:
         if (
             patient is None
             or await server.service.repo.current(UNRESTRICTED, "Patient", patient) is None
+            or not await _may_launch(server, pending.get("fhir_user"), patient)
         ):
             return _redirect(
                 pending["redirect_uri"],
@@ -374,6 +392,15 @@ async def consent(request: Request) -> Response:
                     "state": pending["state"],
                 },
             )
+    elif patient and not await _may_launch(server, pending.get("fhir_user"), patient):
+        return _redirect(
+            pending["redirect_uri"],
+            {
+                "error": "access_denied",
+                "error_description": "the launch patient is not in the user's caseload",
+                "state": pending["state"],
+            },
+        )
     code = new_secret()
     await server.db["auth_codes"].insert_one(
         {
