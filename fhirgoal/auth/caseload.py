@@ -61,20 +61,22 @@ class Caseloads:
         if hit is not None and hit.fresh:
             self._cache.move_to_end(key)
             return hit
-        patients = await self.compute(key)
-        caseload = Caseload(patients, time.monotonic() + self.refresh_seconds)
+        patients, carers = await self.compute(key)
+        caseload = Caseload(patients, time.monotonic() + self.refresh_seconds, carers)
         self._cache[key] = caseload
         self._cache.move_to_end(key)
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
         return caseload
 
-    async def compute(self, user: str) -> frozenset[str]:
+    async def compute(self, user: str) -> tuple[frozenset[str], frozenset[str]]:
+        """The user's patients ("Patient/id"), and the references that make a patient theirs
+        as general practitioner."""
         rtype, _, rid = user.partition("/")
         if rtype == "Patient":
-            return frozenset({user})
+            return frozenset({user}), frozenset()
         if rtype != "Practitioner" or not rid:
-            return frozenset()
+            return frozenset(), frozenset()
         svc = self.service
         roles = await svc.find_resources(
             UNRESTRICTED, "PractitionerRole", [("practitioner", user)], MAX_ROLES
@@ -105,4 +107,7 @@ class Caseloads:
         )
         ids = await svc.repo.ids(UNRESTRICTED, "Patient", cared.filter, MAX_CASELOAD)
         patients.update(f"Patient/{pid}" for pid in ids)
-        return frozenset(sorted(p for p in patients if p.startswith("Patient/"))[:MAX_CASELOAD])
+        listed = sorted(p for p in patients if p.startswith("Patient/"))
+        if len(listed) > MAX_CASELOAD:
+            log.warning("caseload cut", user=user, patients=len(listed), kept=MAX_CASELOAD)
+        return frozenset(listed[:MAX_CASELOAD]), frozenset(carers)

@@ -51,6 +51,8 @@ class Caseload:
 
     patients: frozenset[str]
     expires: float  # time.monotonic()
+    # the practitioner, their active PractitionerRoles and those roles' Organizations
+    carers: frozenset[str] = frozenset()
     # the condition on a stored document of a compartment type: in one of the patients'
     # compartments, or in none (shared); tombstones, whose index is cleared, are left out
     condition: dict[str, Any] = field(init=False, repr=False)
@@ -59,10 +61,18 @@ class Caseload:
         within: list[Any] = [*sorted(self.patients), []]
         object.__setattr__(self, "condition", {"comp": {"$in": within}, "del": LIVE})
 
-    def holds(self, comp: Any) -> bool:
-        """May a document with this compartment be written: every patient in it is in the
-        caseload (a write may not reach into a patient outside it through a second reference)."""
-        return all(patient in self.patients for patient in comp or ())
+    def holds(self, resource_type: str, document: dict[str, Any]) -> bool:
+        """May a document (id + index fields) be written: every patient in its compartment is in
+        the caseload, so that no second reference reaches into a patient outside it. A new
+        Patient may be written when it names one of the carers as general practitioner (it
+        joins the caseload when the caseload is next computed)."""
+        outside = [p for p in document.get("comp") or () if p not in self.patients]
+        if not outside:
+            return True
+        if resource_type == "Patient" and outside == [f"Patient/{document.get('_id')}"]:
+            refs = document.get("ref") or ()
+            return any(f"general-practitioner={carer}" in refs for carer in self.carers)
+        return False
 
     @property
     def fresh(self) -> bool:
@@ -85,7 +95,7 @@ class Grant:
         return merge(self.condition, self.caseload.condition)
 
     def permits(self, resource_type: str, document: dict[str, Any]) -> bool:
-        if self.caseload is not None and not self.caseload.holds(document.get("comp")):
+        if self.caseload is not None and not self.caseload.holds(resource_type, document):
             return False
         return matches(document, self.condition)
 
@@ -305,13 +315,15 @@ def build_context(
         if scope.context == "patient":
             if not patient:
                 continue  # a patient scope without a patient in context reaches nobody
+            condition["comp"] = f"Patient/{patient}"
             if (
                 caseload is not None
                 and _practitioner(fhir_user)
-                and f"Patient/{patient}" not in caseload.patients
+                and condition["comp"] not in caseload.patients
             ):
-                continue  # a practitioner's launch outside their caseload opens nothing
-            condition["comp"] = f"Patient/{patient}"
+                # a practitioner's launch outside their caseload finds nothing (as if the
+                # patient's data did not exist, like any out-of-reach resource)
+                condition["comp"] = {"$in": []}
         if scope.params:
             if scope.resource_type == "*" or compile_params is None:
                 continue
