@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import os
 import statistics
 import subprocess
@@ -66,6 +67,8 @@ from fhirgoal.store.embedded import EmbeddedDatabase, free_port
 from fhirgoal.store.mongo import connect
 
 BASE = "http://bench.invalid/fhir"
+# the servers share one database and so one set of signing keys, encrypted with this key
+BENCH_KEK = base64.b64encode(b"fhirgoal bench key-encryption k.").decode()
 
 
 async def token_validation(uri: str, db_name: str, rounds: int = 300) -> dict[str, float]:
@@ -74,7 +77,7 @@ async def token_validation(uri: str, db_name: str, rounds: int = 300) -> dict[st
     try:
         for alg in ("RS384", "ES384"):
             db = client[f"{db_name}_{alg.lower()}"]
-            keys = KeyRing(db, alg)
+            keys = KeyRing(db, bytes(32), alg)
             await keys.ensure()
             issuer = TokenIssuer(keys, 300)
 
@@ -112,7 +115,12 @@ def start_server(
     uri: str, port: int, db: str, auth: str, audit: bool = True
 ) -> subprocess.Popen[bytes]:
     audited = "true" if audit else "false"
-    return start_fhirgoal(uri, port, db, {"FHIRGOAL_AUTH": auth, "FHIRGOAL_AUDIT": audited})
+    env = {
+        "FHIRGOAL_AUTH": auth,
+        "FHIRGOAL_AUDIT": audited,
+        "FHIRGOAL_KEY_ENCRYPTION_KEY": BENCH_KEK,
+    }
+    return start_fhirgoal(uri, port, db, env)
 
 
 class BackendClient:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
-import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from functools import cache, lru_cache
@@ -45,7 +44,9 @@ from fhirgoal.fhir.rest_operations import router as operations_router
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.fhir.validation import Validator
-from fhirgoal.store.embedded import EmbeddedDatabase
+from fhirgoal.guard import RequestGuard, database_unavailable, error_response
+from fhirgoal.logs import configure_logging
+from fhirgoal.store.embedded import EmbeddedDatabase, redacted
 from fhirgoal.store.mongo import connect
 from fhirgoal.store.repository import Repository
 
@@ -70,12 +71,6 @@ def is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host).is_loopback
     except ValueError:
         return False
-
-
-def error_response(error: FhirError) -> Response:
-    return Response(
-        error.body(), status_code=error.status, media_type=FHIR_JSON, headers=error.headers
-    )
 
 
 class LoopbackOnly:
@@ -143,8 +138,45 @@ async def sweep_pending(service: FhirService, settings: Settings) -> None:
             log.error("pending sweep failed; retrying next interval", error=repr(error))
 
 
+# How long start-up waits for the database to answer (it may still be starting), and how long the
+# application's shutdown may take (after uvicorn's grace period; SIGTERM must finish in 15 s).
+STARTUP_DATABASE_WAIT = 60.0
+SHUTDOWN_SECONDS = 3.0
+
+
+async def wait_for_database(client: AsyncMongoClient[dict[str, Any]], seconds: float) -> None:
+    """Wait until the database answers a ping (each try is bounded by the client's timeout)."""
+    deadline = asyncio.get_running_loop().time() + seconds
+    while True:
+        try:
+            await client.admin.command("ping")
+            return
+        except PyMongoError as error:
+            if asyncio.get_running_loop().time() > deadline:
+                raise
+            log.warning("waiting for the database", error=repr(error))
+            await asyncio.sleep(0.5)
+
+
+async def _close(
+    runtime: AuthRuntime, service: FhirService | None, client: AsyncMongoClient[dict[str, Any]]
+) -> None:
+    await runtime.stop()
+    if service is not None:
+        await service.audit_log.stop()
+    await client.close()
+
+
+async def _within(seconds: float, shutdown: Awaitable[None]) -> None:
+    try:
+        await asyncio.wait_for(shutdown, seconds)
+    except (TimeoutError, PyMongoError) as error:
+        log.error("shutdown did not finish in time", seconds=seconds, error=repr(error))
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
+    configure_logging(settings.log_level)
     conformance = load_conformance(settings.conformance_dir)
     registry = _registry(conformance)
     runtime = AuthRuntime(settings)
@@ -156,11 +188,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if uri is None:
             embedded = EmbeddedDatabase(settings.data_dir)
             uri = embedded.start()
-            log.info("embedded database started", uri=uri, data_dir=str(settings.data_dir))
-        client = connect(uri)
+            embedded.supervise(
+                settings.db_restarts,
+                settings.db_restart_window_seconds,
+                backoff=settings.db_restart_backoff_seconds,
+            )
+            log.info(
+                "embedded database started", uri=redacted(uri), data_dir=str(settings.data_dir)
+            )
+        client = connect(
+            uri,
+            settings.db_timeout_seconds,
+            settings.db_socket_timeout_seconds,
+            settings.db_journal,
+        )
         sweeper: asyncio.Task[None] | None = None
         service: FhirService | None = None
         try:
+            await wait_for_database(client, STARTUP_DATABASE_WAIT)
             service = app.state.fhir = await build_service(settings, client)
             app.state.repository = app.state.fhir.repo
             await runtime.start(app.state.fhir)
@@ -176,10 +221,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         finally:
             if sweeper is not None:
                 sweeper.cancel()
-            await runtime.stop()
-            if service is not None:
-                await service.audit_log.stop()
-            await client.close()
+            # Bounded, so that SIGTERM finishes even with the database gone or hung: what is not
+            # flushed by then is what the README says a crash can lose (buffered read audits).
+            await _within(SHUTDOWN_SECONDS, _close(runtime, service, client))
             if embedded is not None:
                 embedded.stop()
 
@@ -190,6 +234,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     app.state.settings = settings
+    app.state.fhir_base = settings.public_fhir_base()  # never taken from a request (fhir/rest.py)
     app.state.auth_runtime = runtime
     # Added first, so it runs inside the authorization middleware, exactly where the routes do.
     app.add_middleware(InteractionRouter, is_type=conformance.is_stored)
@@ -202,6 +247,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # BearerAuth puts each request's AccessContext into its state (auth/middleware.py).
         app.add_middleware(BearerAuth, runtime=runtime)
         app.state.access_for = _access_from_state
+    app.add_middleware(RequestGuard)  # added last: outermost
 
     @app.exception_handler(FhirError)
     async def fhir_error(_: Request, exc: FhirError) -> Response:
@@ -218,21 +264,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(PyMongoError)
     async def database_error(request: Request, exc: PyMongoError) -> Response:
-        correlation = str(uuid.uuid4())
-        log.error(
-            "database error", correlation_id=correlation, path=request.url.path, error=repr(exc)
-        )
-        return error_response(
-            FhirError("unavailable", f"the database is unavailable (correlation id {correlation})")
-        )
+        return error_response(database_unavailable(request.url.path, exc))
 
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, exc: Exception) -> Response:
-        correlation = str(uuid.uuid4())
-        log.exception("unhandled error", correlation_id=correlation, path=request.url.path)
-        return error_response(
-            FhirError("internal", f"internal error (correlation id {correlation})")
-        )
+    # Anything else is answered by RequestGuard (guard.py), the outermost middleware.
 
     @app.get("/fhir/metadata", summary="capabilities")
     async def metadata(request: Request) -> Response:
@@ -280,4 +314,4 @@ def _access_from_state(request: Request) -> AccessContext:
     return context
 
 
-__all__ = ["create_app", "is_loopback"]
+__all__ = ["create_app", "error_response", "is_loopback"]

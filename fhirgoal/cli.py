@@ -8,18 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
-import uvicorn
 from pymongo.asynchronous.database import AsyncDatabase
 from rich.console import Console
 
 from fhirgoal.app import create_app, is_loopback
 from fhirgoal.config import Settings
-from fhirgoal.store.embedded import EmbeddedDatabase, EmbeddedUnavailable
+from fhirgoal.serving import Server, server_config
+from fhirgoal.store.embedded import EmbeddedDatabase, EmbeddedUnavailable, redacted
 
 app = typer.Typer(
     help="fhirgoal: a FHIR R4 server for goals, GAS and session measures.", no_args_is_help=True
@@ -27,8 +28,13 @@ app = typer.Typer(
 console = Console(stderr=True)
 T = TypeVar("T")
 
+# Options default to None so that an unset option leaves the FHIRGOAL_ environment variable (or
+# the Settings default) in force; `_settings` drops the Nones.
 DataDir = Annotated[
-    Path, typer.Option("--data-dir", help="Where the embedded database keeps its data.")
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Where the embedded database keeps its data [FHIRGOAL_DATA_DIR]."
+    ),
 ]
 
 
@@ -46,19 +52,22 @@ def _start_database(settings: Settings) -> tuple[Settings, EmbeddedDatabase | No
     except EmbeddedUnavailable as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(2) from None
-    console.print(f"embedded database at {uri} (data in {settings.data_dir})")
+    console.print(f"embedded database at {redacted(uri)} (data in {settings.data_dir})")
     return settings.model_copy(update={"mongodb_uri": uri}), embedded
 
 
 @app.command()
 def serve(
-    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="TCP port.")] = 8080,
-    data_dir: DataDir = Path("./fhirgoal-data"),
+    host: Annotated[
+        str | None, typer.Option(help="Interface to listen on [FHIRGOAL_HOST, 127.0.0.1].")
+    ] = None,
+    port: Annotated[int | None, typer.Option(help="TCP port [FHIRGOAL_PORT, 8080].")] = None,
+    data_dir: DataDir = None,
     demo: Annotated[bool, typer.Option("--demo", help="Load the demo data set first.")] = False,
 ) -> None:
     """Serve the FHIR API at http://HOST:PORT/fhir (with /healthz and /readyz)."""
     settings = _settings(host=host, port=port, data_dir=data_dir)
+    host, port = settings.host, settings.port
     if settings.auth == "off" and not is_loopback(host):
         console.print("[red]error:[/red] FHIRGOAL_AUTH=off is only allowed on a loopback interface")
         raise typer.Exit(2)
@@ -67,30 +76,46 @@ def serve(
             "[yellow]warning:[/yellow] authorization is off (FHIRGOAL_AUTH=off): loopback only"
         )
     settings, embedded = _start_database(settings)
+    if embedded is not None:
+        # When the database keeps dying, stop serving: uvicorn takes SIGTERM as a graceful stop,
+        # and the exit status below tells this process's own supervisor.
+        embedded.supervise(
+            settings.db_restarts,
+            settings.db_restart_window_seconds,
+            on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM),
+            backoff=settings.db_restart_backoff_seconds,
+        )
     try:
         if demo:
             _load_demo(settings)
         application = create_app(settings)
-        console.print(f"FHIR base: http://{host}:{port}/fhir")
+        base = settings.public_fhir_base()  # the issuer and every URL the server gives out
+        console.print(f"FHIR base: {base}")
         if settings.auth == "smart":
             console.print(
-                f"SMART: http://{host}:{port}/fhir/.well-known/smart-configuration "
+                f"SMART: {base}/.well-known/smart-configuration "
                 "(register apps with `fhirgoal client register`, users with `fhirgoal user add`)"
             )
-        uvicorn.run(
-            application,
-            host=host,
-            port=port,
-            log_level=settings.log_level.lower(),
-            access_log=False,
+            if not settings.base_url and host in ("0.0.0.0", "::", ""):
+                console.print(
+                    "[yellow]warning:[/yellow] serving on all interfaces without "
+                    "FHIRGOAL_BASE_URL: tokens and discovery name localhost; set "
+                    "FHIRGOAL_BASE_URL to the URL other machines use"
+                )
+        config = server_config(
+            application, settings, host=host, port=port, log_level=settings.log_level.lower()
         )
+        Server(config).run()
     finally:
         if embedded:
             embedded.stop()
+    if embedded is not None and embedded.failed:
+        console.print("[red]error:[/red] the embedded database kept dying; see embedded.log")
+        raise typer.Exit(1)
 
 
 @app.command("demo")
-def demo_command(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
+def demo_command(data_dir: DataDir = None) -> None:
     """Load the demo data set: patients with care plans, goals and a dozen sessions of ratings."""
     settings, embedded = _start_database(_settings(data_dir=data_dir))
     try:
@@ -102,7 +127,7 @@ def demo_command(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
 
 @app.command("reindex")
 def reindex_command(
-    data_dir: DataDir = Path("./fhirgoal-data"),
+    data_dir: DataDir = None,
     resource_type: Annotated[
         list[str] | None, typer.Option("--type", help="Only these resource types (repeatable).")
     ] = None,
@@ -125,7 +150,7 @@ async def _reindex(settings: Settings, only: list[str]) -> int:
     from fhirgoal.store.mongo import connect
 
     assert settings.mongodb_uri
-    client = connect(settings.mongodb_uri)
+    client = connect(settings.mongodb_uri, timeout=10.0)
     try:
         service = await build_service(settings, client)
         unknown = [t for t in only if not service.conformance.is_stored(t)]
@@ -160,7 +185,9 @@ app.add_typer(user_app, name="user")
 app.add_typer(key_app, name="key")
 
 
-def _admin(data_dir: Path, work: Callable[[AsyncDatabase[dict[str, Any]]], Awaitable[T]]) -> T:
+def _admin(
+    data_dir: Path | None, work: Callable[[AsyncDatabase[dict[str, Any]]], Awaitable[T]]
+) -> T:
     """Run `work` against the server's database: MONGODB_URI, or the embedded one on `data_dir`
     (shared when it runs, started for the command and stopped after when it does not)."""
     settings, embedded = _start_database(_settings(data_dir=data_dir))
@@ -169,7 +196,7 @@ def _admin(data_dir: Path, work: Callable[[AsyncDatabase[dict[str, Any]]], Await
         from fhirgoal.store.mongo import connect
 
         assert settings.mongodb_uri
-        client = connect(settings.mongodb_uri)
+        client = connect(settings.mongodb_uri, timeout=10.0)
         try:
             return await work(client.get_database(settings.db))
         finally:
@@ -197,7 +224,7 @@ def client_register(
     redirect_uri: Annotated[
         list[str] | None, typer.Option("--redirect-uri", help="Allowed redirect URI (repeatable).")
     ] = None,
-    data_dir: DataDir = Path("./fhirgoal-data"),
+    data_dir: DataDir = None,
 ) -> None:
     """Register a client: confidential (JWKS) for backend services, or public (redirect URIs)."""
     import json
@@ -234,7 +261,7 @@ def client_register(
 
 
 @client_app.command("list")
-def client_list(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
+def client_list(data_dir: DataDir = None) -> None:
     """List registered clients."""
     from fhirgoal.auth.clients import ClientRegistry
 
@@ -250,13 +277,18 @@ def client_list(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
 @client_app.command("revoke")
 def client_revoke(
     client_id: Annotated[str, typer.Argument(help="The client_id.")],
-    data_dir: DataDir = Path("./fhirgoal-data"),
+    data_dir: DataDir = None,
 ) -> None:
     """Revoke a client: no new tokens, and its current tokens stop working."""
     from fhirgoal.auth.clients import ClientRegistry
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> bool:
-        return await ClientRegistry(db).revoke(client_id)
+        from fhirgoal.auth.revocation import revoke_and_audit
+
+        found = await ClientRegistry(db).revoke(client_id)
+        if found:
+            await revoke_and_audit(db, "client", client_id)
+        return found
 
     if not _admin(data_dir, work):
         _fail(f"no client {client_id}")
@@ -273,7 +305,7 @@ def user_add(
     scopes: Annotated[
         str | None, typer.Option("--scopes", help="Scopes this user may grant to apps.")
     ] = None,
-    data_dir: DataDir = Path("./fhirgoal-data"),
+    data_dir: DataDir = None,
 ) -> None:
     """Add a practitioner login (the password is stored as an argon2id hash)."""
     from fhirgoal.auth.users import DEFAULT_USER_SCOPES, UserDirectory, UserExists
@@ -294,7 +326,7 @@ def user_add(
 
 
 @user_app.command("list")
-def user_list(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
+def user_list(data_dir: DataDir = None) -> None:
     """List practitioner logins."""
     from fhirgoal.auth.users import UserDirectory
 
@@ -307,14 +339,17 @@ def user_list(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
 
 
 @user_app.command("revoke")
-def user_revoke(
-    username: Annotated[str, typer.Argument()], data_dir: DataDir = Path("./fhirgoal-data")
-) -> None:
+def user_revoke(username: Annotated[str, typer.Argument()], data_dir: DataDir = None) -> None:
     """Revoke a login (it can no longer sign in)."""
     from fhirgoal.auth.users import UserDirectory
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> bool:
-        return await UserDirectory(db).revoke(username)
+        from fhirgoal.auth.revocation import revoke_and_audit
+
+        found = await UserDirectory(db).revoke(username)
+        if found:
+            await revoke_and_audit(db, "user", username)
+        return found
 
     if not _admin(data_dir, work):
         _fail(f"no user {username}")
@@ -322,17 +357,20 @@ def user_revoke(
 
 
 @key_app.command("rotate")
-def key_rotate(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
+def key_rotate(data_dir: DataDir = None) -> None:
     """Start signing with a new key; the old one keeps verifying until its tokens have expired."""
     from datetime import timedelta
 
-    from fhirgoal.auth.keys import REFRESH_SECONDS, KeyRing
+    from fhirgoal.auth.keys import REFRESH_SECONDS, KeyRing, encryption_key
 
     settings = _settings(data_dir=data_dir)
     keep = timedelta(seconds=settings.access_token_seconds + 2 * REFRESH_SECONDS + 60)
+    kek = encryption_key(settings.key_encryption_key, settings.data_dir)
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> str:
-        return await KeyRing(db, settings.signing_alg).rotate(keep)
+        keys = KeyRing(db, kek, settings.signing_alg)
+        await keys.seal_plaintext()
+        return await keys.rotate(keep)
 
     typer.echo(f"signing with key {_admin(data_dir, work)}")
 
@@ -341,7 +379,7 @@ def key_rotate(data_dir: DataDir = Path("./fhirgoal-data")) -> None:
 def launch_command(
     patient: Annotated[str, typer.Option("--patient", help="Patient id of the launch context.")],
     encounter: Annotated[str | None, typer.Option("--encounter")] = None,
-    data_dir: DataDir = Path("./fhirgoal-data"),
+    data_dir: DataDir = None,
 ) -> None:
     """Create an EHR launch context and print its `launch` value (valid for an hour)."""
     from fhirgoal.auth.state import create_launch

@@ -72,6 +72,7 @@ class Settings(BaseSettings):
     # audit events stored but not yet indexed past which indexing no longer waits for quiet time
     # (store/append_log.py): bounds how long an AuditEvent search can wait for the index
     audit_index_backlog: int = 10_000
+
     # ---- user access policy (issue 12) ----
     # Whom a practitioner's `user/` scopes and the login's patient picker reach (auth/caseload.py):
     # `caseload`, the patients whose CareTeam lists them or whose generalPractitioner is them,
@@ -80,3 +81,70 @@ class Settings(BaseSettings):
     # How long a computed caseload is used: a CareTeam, Patient or PractitionerRole change
     # reaches every token within this time (on every replica).
     caseload_refresh_seconds: float = 60.0
+
+    # ---- resilience (issue 12) ----
+    # A request's headers must arrive within this many seconds of its first byte, and its body
+    # within this many seconds of its headers, else 408 and the connection closes (serving.py).
+    header_timeout_seconds: float = 10.0
+    body_timeout_seconds: float = 30.0
+    # How long SIGTERM waits for requests in flight before closing their connections.
+    shutdown_grace_seconds: int = 5
+    # How long a request waits for an unreachable database before its 503, and for the answer to
+    # one database command (a hung database) before the same (store/mongo.py).
+    db_timeout_seconds: float = 2.0
+    db_socket_timeout_seconds: float = 10.0
+    # Acknowledge writes only once journaled (j: true). false is for measurements only (bench/),
+    # like FHIRGOAL_AUDIT=false: a crash then loses acknowledged writes.
+    db_journal: bool = True
+    # The embedded database is restarted this many times within db_restart_window_seconds after
+    # it dies; one more death and the server exits non-zero for its supervisor (store/embedded.py).
+    db_restarts: int = 5
+    db_restart_window_seconds: float = 300.0
+    # The pause before a restart, doubled with each death within the window.
+    db_restart_backoff_seconds: float = 0.5
+
+    # ---- input limits (issue 12) ----
+    # Deepest nesting of arrays and objects in a JSON body (resources, JSON Patch, Parameters).
+    # The deepest R4 spec example nests 22 levels; refused with 400 before any recursive parsing.
+    max_json_depth: int = Field(default=100, ge=8, le=200)
+    # Search (and conditional-interaction) parameters per request, each name=value pair counting.
+    max_search_params: int = Field(default=50, ge=1)
+    # Comma-separated (OR) values in one search parameter.
+    max_search_values: int = Field(default=100, ge=1)
+    # Characters in one search value (each of the comma-separated values) or parameter name.
+    max_search_value_length: int = Field(default=1024, ge=64)
+    # Keys in one `_sort`.
+    max_sort_keys: int = Field(default=5, ge=1)
+    # Operations in one JSON Patch body (what `copy` operations add is bounded by max_body_bytes).
+    max_patch_operations: int = Field(default=100, ge=1)
+
+    # ---- auth hardening (issue 12) ----
+    # Security events (failed tokens, token endpoint, logins, consent, revocations) stored per
+    # (kind, source address): `burst` at once, then this many a minute; a kind for all addresses
+    # together at most ten times that (auth/audit.py SecurityTrail).
+    security_audit_burst: int = 20
+    security_audit_per_minute: float = 6.0
+    # Login throttling: after this many failed logins within the window, for one user name or
+    # from one address, further attempts are refused (429, Retry-After) until the window passes.
+    login_max_failures_per_user: int = 5
+    login_max_failures_per_address: int = 20
+    login_failure_window_seconds: int = 900
+    # How often a replica rereads revocations made elsewhere (another replica, the CLI) and drops
+    # the verified tokens it keeps in memory that they concern; on the replica that revokes, the
+    # effect is immediate.
+    revocation_check_seconds: float = 5.0
+    # Encrypts the signing keys at rest (AES-256-GCM): 32 bytes, base64 or base64url. Unset: a key
+    # file `signing-keys.key` (0600) generated in data_dir. Every replica needs the same key.
+    key_encryption_key: str | None = Field(default=None, repr=False)
+
+    def public_fhir_base(self) -> str:
+        """The FHIR base URL every token's iss/aud, the discovery document and Location headers
+        name: FHIRGOAL_BASE_URL, else the serve address. Never a request's Host header."""
+        if self.base_url:
+            return self.base_url.rstrip("/")
+        host = self.host
+        if host in ("0.0.0.0", "::", ""):  # all interfaces: no name to give; see README
+            host = "localhost"
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}/fhir"

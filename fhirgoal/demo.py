@@ -242,7 +242,7 @@ async def load_demo(settings: Settings) -> int:
     from fhirgoal.app import build_service
 
     assert settings.mongodb_uri, "the database must be running"
-    client = connect(settings.mongodb_uri)
+    client = connect(settings.mongodb_uri, timeout=10.0)
     try:
         return await write_demo(await build_service(settings, client))
     finally:

@@ -20,6 +20,7 @@ import uvicorn
 
 from fhirgoal.app import create_app
 from fhirgoal.config import Settings
+from fhirgoal.serving import server_config
 from fhirgoal.store.embedded import EmbeddedDatabase
 from fhirgoal.store.mongo import connect
 
@@ -50,16 +51,22 @@ def _bound_socket() -> socket.socket:
 
 
 async def start_server(settings: Settings) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
-    return await serve_app(create_app(settings))
+    """The app of `settings` on a free loopback port, which becomes the settings' serve address
+    (the server's URLs come from its configuration, never from a request's Host header)."""
+    sock = _bound_socket()
+    settings.host, settings.port = "127.0.0.1", sock.getsockname()[1]
+    return await serve_app(create_app(settings), sock=sock)
 
 
 async def serve_app(
-    app: Any, lifespan: str = "on"
+    app: Any, lifespan: str = "on", sock: socket.socket | None = None
 ) -> tuple[uvicorn.Server, asyncio.Task[None], int]:
     """Run an ASGI app with uvicorn in this event loop on a free loopback port, once started."""
-    sock = _bound_socket()
+    sock = sock or _bound_socket()
     port = sock.getsockname()[1]
-    config = uvicorn.Config(app, log_level="warning", lifespan=lifespan, access_log=False)
+    state = getattr(app, "state", None)
+    settings = getattr(state, "settings", None) or Settings()
+    config = server_config(app, settings, log_level="warning", lifespan=lifespan)
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))

@@ -6,14 +6,13 @@ import asyncio
 import os
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import httpx
 import pytest
 
 from fhirgoal.store.embedded import free_port
+from tests.serve_process import ServeProcess
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("MONGODB_URI")), reason="exercises the embedded database"
@@ -21,26 +20,9 @@ pytestmark = pytest.mark.skipif(
 
 
 def start_serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
-    env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
-    env["FHIRGOAL_AUTH"] = "off"  # this test is about restarts, not authorization
-    log_path = data_dir / "serve.log"
-    with open(log_path, "ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "fhirgoal.cli", "serve", "--port", str(port), "--data-dir", str(data_dir)],
-            env=env, stdout=log, stderr=log,
-        )  # fmt: skip
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            raise AssertionError(f"serve exited: {log_path.read_text()}")
-        try:
-            if httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=1).status_code == 200:
-                return process
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    process.kill()
-    raise AssertionError("serve did not become ready")
+    process = ServeProcess(data_dir, port).start().process
+    assert process is not None
+    return process
 
 
 async def test_kill_mid_write_then_restart_keeps_history_consistent(tmp_path: Path) -> None:

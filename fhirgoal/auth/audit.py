@@ -18,8 +18,9 @@ write whatever its size, and the events get their search index later, off the re
 reader of AuditEvent catches the log up first, so a search always sees every stored event.
 Provenance is stored as an ordinary resource at once (clinical views read it).
 
-AuditEvents are append-only through the API (auth/context.py APPEND_ONLY) and are reached only by
-a scope that names them (auth/scopes.py NOT_IN_WILDCARD).
+AuditEvents are written by the server only (auth/context.py SERVER_WRITTEN) and are reached only by
+a scope that names them, granted only to a client registered with a scope that names them too
+(auth/scopes.py NOT_IN_WILDCARD).
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from typing import Any
 
 import structlog
@@ -35,12 +36,15 @@ import structlog
 from fhirgoal.auth.audit_events import (
     EventWriter,
     Interaction,
+    SecurityEvent,
     classify,
     provenance,
+    security_event,
     written,
 )
 from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.fhir.instants import clock_text, now
+from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.append_log import SEGMENT_MAX
 
@@ -67,6 +71,7 @@ class Auditor:
         self._task: asyncio.Task[None] | None = None
         self._trickle: asyncio.Task[None] | None = None
         self._flushing: asyncio.Lock | None = None
+        self.security: SecurityTrail | None = None
 
     # ---- writes: stored before the response -----------------------------------------------------
     async def store_write(
@@ -156,6 +161,8 @@ class Auditor:
     async def _run(self) -> None:
         while True:
             await asyncio.sleep(self.flush_interval)
+            if self.security is not None:
+                self.security.summarize()
             try:
                 await self.flush()
             except Exception:
@@ -171,3 +178,126 @@ class Auditor:
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
         await self.flush()
+
+
+class _Bucket:
+    """A token bucket: `burst` events at once, then `rate` a second; counts what it refused."""
+
+    __slots__ = ("at", "suppressed", "tokens")
+
+    def __init__(self, burst: float, at: float) -> None:
+        self.tokens = burst
+        self.at = at
+        self.suppressed = 0
+
+    def take(self, burst: float, rate: float, at: float) -> bool:
+        self.tokens = min(burst, self.tokens + (at - self.at) * rate)
+        self.at = at
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class SecurityTrail:
+    """Security events (auth/audit_events.py SECURITY_KINDS) into the Auditor's buffer, rate
+    limited so that a flood of forged tokens or failed logins cannot fill the disk.
+
+    Each (kind, source address) has a token bucket (`burst` events, then `per_minute`), and each
+    kind a bucket for all addresses together (`KIND_FACTOR` times larger), so neither one address
+    nor many can store more than the kind's bucket allows: at most `KIND_FACTOR * per_minute`
+    events a minute per kind. An event refused by a bucket is counted for its (kind, address);
+    the next one recorded for it says how many were held back, and the Auditor's timer records a
+    summary (kind `suppressed`) for a (kind, address) that has gone quiet with a count pending.
+    The buckets are bounded (`MAX_KEYS`): while they are all in use, events of new addresses share
+    one bucket for their kind, and the timer forgets the buckets that have refilled.
+
+    Security events are buffered like reads (stored within the flush interval), not held before
+    the response: they are evidence of attempts, and an attacker must not be able to slow the
+    token endpoint by making the audit wait.
+    """
+
+    KIND_FACTOR = 10
+    MAX_KEYS = 10_000
+
+    def __init__(
+        self,
+        auditor: Auditor,
+        burst: int,
+        per_minute: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.auditor = auditor
+        self.burst = float(burst)
+        self.rate = per_minute / 60.0
+        self.clock = clock
+        self._buckets: dict[tuple[str, str], _Bucket] = {}
+        self._kinds: dict[str, _Bucket] = {}
+        self._last: dict[tuple[str, str], SecurityEvent] = {}
+
+    def record(self, event: SecurityEvent) -> bool:
+        """Buffer the event's AuditEvent unless the rate limit holds it back (False then)."""
+        at = self.clock()
+        key = self._key(event.kind, event.address or "-")
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = _Bucket(self.burst, at)
+        kind = self._kinds.get(event.kind)
+        if kind is None:
+            kind = self._kinds[event.kind] = _Bucket(self.burst * self.KIND_FACTOR, at)
+        if not bucket.take(self.burst, self.rate, at) or not kind.take(
+            self.burst * self.KIND_FACTOR, self.rate * self.KIND_FACTOR, at
+        ):
+            bucket.suppressed += 1
+            self._last[key] = event
+            return False
+        suppressed, bucket.suppressed = bucket.suppressed, 0
+        self._last.pop(key, None)
+        self._store(event, suppressed)
+        return True
+
+    def summarize(self) -> None:
+        """Record how many events were held back for each (kind, address) whose bucket has
+        room again (called by the Auditor's timer)."""
+        at = self.clock()
+        summaries = self._kinds.get("suppressed")
+        if summaries is None:
+            summaries = self._kinds["suppressed"] = _Bucket(self.burst * self.KIND_FACTOR, at)
+        for key, bucket in list(self._buckets.items()):
+            if not bucket.suppressed or not bucket.take(self.burst, self.rate, at):
+                continue
+            if not summaries.take(self.burst * self.KIND_FACTOR, self.rate * self.KIND_FACTOR, at):
+                break  # summaries too are bounded; the counts wait for the next tick
+            last = self._last.pop(key, None)
+            count, bucket.suppressed = bucket.suppressed, 0
+            summary = SecurityEvent(
+                "suppressed",
+                "4",
+                f"'{key[0]}' events held back by the rate limit"
+                + (f"; the last: {last.description}" if last else ""),
+                address=None if key[1] in ("-", "*") else key[1],
+                client_id=last.client_id if last else None,
+                user=last.user if last else None,
+            )
+            self._store(summary, count)
+        if len(self._buckets) >= self.MAX_KEYS // 2:
+            self._prune(at)
+
+    def _key(self, kind: str, address: str) -> tuple[str, str]:
+        """The bucket of an event: its (kind, address), or while MAX_KEYS buckets are kept, one
+        shared by the new addresses of its kind (no scan on the request path: the timer prunes)."""
+        key = (kind, address)
+        if key in self._buckets or len(self._buckets) < self.MAX_KEYS:
+            return key
+        return (kind, "*")
+
+    def _prune(self, at: float) -> None:
+        """Forget the buckets that are full again and owe no summary."""
+        for key, bucket in list(self._buckets.items()):
+            refilled = bucket.tokens + (at - bucket.at) * self.rate
+            if not bucket.suppressed and refilled >= self.burst:
+                del self._buckets[key]
+
+    def _store(self, event: SecurityEvent, suppressed: int) -> None:
+        recorded = clock_text(time.time_ns())
+        self.auditor.buffer(dumps(security_event(event, recorded, suppressed)))

@@ -265,3 +265,109 @@ class EventWriter:
                 b"}",
             )
         )
+
+
+# ---- security events: authentication, tokens, logins, consent, revocation ------------------------
+# DICOM event types (http://dicom.nema.org/resources/ontology/DCM, listed in the R4 audit-event-type
+# value set): 110114 User Authentication (subtypes 110122 Login, 110123 Logout), 110113 Security
+# Alert (a token or credential that looks forged, a replayed code), 110137 User Security Attributes
+# Changed (a revocation). A project subtype names what happened exactly, for search and reports.
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+SECURITY_SUBTYPE_SYSTEM = "urn:fhirgoal:security-event"
+USER_SYSTEM = "urn:fhirgoal:user"
+_AUTHENTICATION = {"system": DCM, "code": "110114", "display": "User Authentication"}
+_ALERT = {"system": DCM, "code": "110113", "display": "Security Alert"}
+_ATTRIBUTES = {"system": DCM, "code": "110137", "display": "User Security Attributes Changed"}
+_LOGIN = {"system": DCM, "code": "110122", "display": "Login"}
+_LOGOUT = {"system": DCM, "code": "110123", "display": "Logout"}
+
+# kind -> (type, DICOM subtype or None); the kind itself is the project subtype's code
+SECURITY_KINDS: dict[str, tuple[dict[str, str], dict[str, str] | None]] = {
+    "bearer-missing": (_AUTHENTICATION, _LOGIN),  # /fhir without a token
+    "bearer-invalid": (_AUTHENTICATION, _LOGIN),  # expired, wrong audience, revoked ...
+    "bearer-forged": (_ALERT, None),  # bad signature, `alg: none`, unknown key, malformed
+    "token-issued": (_AUTHENTICATION, _LOGIN),  # an access token from /auth/token
+    "token-refused": (_AUTHENTICATION, _LOGIN),  # an RFC 6749 5.2 error from /auth/token
+    "code-reused": (_ALERT, None),  # RFC 6749 4.1.2: every token of the code is revoked
+    "refresh-reused": (_ALERT, None),  # RFC 9700 4.14.2: the refresh family is revoked
+    "login": (_AUTHENTICATION, _LOGIN),
+    "login-failed": (_AUTHENTICATION, _LOGIN),
+    "login-throttled": (_AUTHENTICATION, _LOGIN),
+    "consent-approved": (_AUTHENTICATION, _LOGIN),
+    "consent-denied": (_AUTHENTICATION, _LOGOUT),
+    "csrf-refused": (_ALERT, None),
+    # a picker choice or EHR launch outside the user's caseload (auth/caseload.py)
+    "launch-refused": (_AUTHENTICATION, _LOGIN),
+    "client-revoked": (_ATTRIBUTES, None),
+    "user-revoked": (_ATTRIBUTES, None),
+    "suppressed": (_ALERT, None),  # a summary of events the rate limit held back
+}
+
+
+class SecurityEvent(NamedTuple):
+    """What an authentication or authorization-server event says. Never a password or a token:
+    only who (user name, client id), from where, and what happened, in words."""
+
+    kind: str  # a key of SECURITY_KINDS
+    outcome: str  # "0" success, "4" minor failure (refused), "8" serious failure (forged, replay)
+    description: str
+    address: str | None = None
+    client_id: str | None = None
+    user: str | None = None  # a user name of the login page
+    fhir_user: str | None = None  # "Practitioner/123"
+    grant_type: str | None = None
+
+
+def security_event(event: SecurityEvent, recorded: str, suppressed: int = 0) -> dict[str, Any]:
+    """The AuditEvent of a security event; `suppressed` counts the events of the same kind from
+    the same address that the rate limit held back since the last one recorded."""
+    event_type, dicom = SECURITY_KINDS[event.kind]
+    subtype = [{"system": SECURITY_SUBTYPE_SYSTEM, "code": event.kind}]
+    if dicom is not None:
+        subtype.insert(0, dicom)
+    agents: list[dict[str, Any]] = []
+    user: dict[str, Any] | None = None
+    if event.fhir_user:
+        user = {"reference": event.fhir_user}
+        if event.user:
+            user["display"] = event.user
+    elif event.user:
+        user = {"identifier": {"system": USER_SYSTEM, "value": event.user}, "display": event.user}
+    client = (
+        {
+            "identifier": {"system": CLIENT_SYSTEM, "value": event.client_id},
+            "display": event.client_id,
+        }
+        if event.client_id
+        else None
+    )
+    requestor = user or client or {"display": "unidentified caller"}
+    first: dict[str, Any] = {"who": requestor, "requestor": True}
+    if event.address:
+        first["network"] = {"address": event.address, "type": "2"}
+    agents.append(first)
+    if user is not None and client is not None:
+        agents.append({"who": client, "requestor": False})
+    description = event.description
+    if suppressed:
+        description += f" ({suppressed} similar events before this one were not recorded)"
+    resource: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": f"{_ID_PREFIX}-{next(_ID_SEQUENCE):x}",
+        "type": event_type,
+        "subtype": subtype,
+        "action": "E",
+        "recorded": recorded,
+        "outcome": event.outcome,
+        "outcomeDesc": description,
+        "agent": agents,
+        "source": _SOURCE,
+    }
+    details = []
+    if event.grant_type:
+        details.append({"type": "grant_type", "valueString": event.grant_type})
+    if suppressed:
+        details.append({"type": "suppressed", "valueString": str(suppressed)})
+    if details:
+        resource["entity"] = [{"what": {"display": "authorization server"}, "detail": details}]
+    return resource

@@ -18,8 +18,9 @@ names no patient (a CareTeam of the clinic, a Group of practitioners) stays reac
 A `fhirUser` that is a Patient reaches that patient only; any other `fhirUser`, or none, reaches
 no patient. With FHIRGOAL_USER_ACCESS=all a `user/` scope reaches every patient.
 
-The caseload is computed with three indexed searches when a practitioner's token is first used and
-kept per practitioner; a context built on it is rebuilt once it is older than
+The caseload is computed with three indexed searches (more when the practitioner's roles and
+organizations exceed FHIRGOAL_MAX_SEARCH_VALUES, one per that many) when a practitioner's token
+is first used and kept per practitioner; a context built on it is rebuilt once it is older than
 FHIRGOAL_CASELOAD_REFRESH_SECONDS, so a change to a CareTeam, a Patient or a PractitionerRole
 reaches every token, on every replica, within that time.
 """
@@ -91,23 +92,33 @@ class Caseloads:
             organization = (resource.get("organization") or {}).get("reference")
             if isinstance(organization, str) and organization.startswith("Organization/"):
                 carers.append(organization)
-        teams = await svc.engine.compile(
-            UNRESTRICTED,
-            "CareTeam",
-            [("participant", ",".join(members))]
-            + [("status:not", status) for status in ENDED_CARE_TEAM],
-            "",
-        )
-        found = await svc.repo.references(
-            UNRESTRICTED, "CareTeam", teams.filter, "subject", MAX_CASELOAD
-        )
-        patients = {entry.partition("=")[2] for entry in found}
-        cared = await svc.engine.compile(
-            UNRESTRICTED, "Patient", [("general-practitioner", ",".join(sorted(set(carers))))], ""
-        )
-        ids = await svc.repo.ids(UNRESTRICTED, "Patient", cared.filter, MAX_CASELOAD)
-        patients.update(f"Patient/{pid}" for pid in ids)
+        # one search per FHIRGOAL_MAX_SEARCH_VALUES references: the limit on a request's
+        # comma-separated values applies to these searches too (fhir/search/query.py)
+        size = max(1, svc.engine.limits.values)
+        patients: set[str] = set()
+        for chunk in _chunks(members, size):
+            teams = await svc.engine.compile(
+                UNRESTRICTED,
+                "CareTeam",
+                [("participant", ",".join(chunk))]
+                + [("status:not", status) for status in ENDED_CARE_TEAM],
+                "",
+            )
+            found = await svc.repo.references(
+                UNRESTRICTED, "CareTeam", teams.filter, "subject", MAX_CASELOAD
+            )
+            patients.update(entry.partition("=")[2] for entry in found)
+        for chunk in _chunks(sorted(set(carers)), size):
+            cared = await svc.engine.compile(
+                UNRESTRICTED, "Patient", [("general-practitioner", ",".join(chunk))], ""
+            )
+            ids = await svc.repo.ids(UNRESTRICTED, "Patient", cared.filter, MAX_CASELOAD)
+            patients.update(f"Patient/{pid}" for pid in ids)
         listed = sorted(p for p in patients if p.startswith("Patient/"))
         if len(listed) > MAX_CASELOAD:
             log.warning("caseload cut", user=user, patients=len(listed), kept=MAX_CASELOAD)
         return frozenset(listed[:MAX_CASELOAD]), frozenset(carers)
+
+
+def _chunks(values: list[str], size: int) -> list[list[str]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]

@@ -37,8 +37,10 @@ from fhirgoal.auth.scopes import ResourceScope, Scopes
 INTERACTIONS = frozenset("cruds")
 # Not a deletion's tombstone (whose search index, `comp` included, is cleared).
 LIVE = {"$ne": True}
-# The audit trail is append-only through the API, for every caller.
-APPEND_ONLY = frozenset({"AuditEvent"})
+# Written by the server only: no create, update, delete or patch through the API for any caller,
+# an unrestricted one included (the server stores its AuditEvents through the append log, never
+# through a context). Issue 12: a client must not be able to plant backdated events.
+SERVER_WRITTEN = frozenset({"AuditEvent"})
 
 # Compiles the search parameters of a granular scope into a filter for one type; raises
 # ValueError when it cannot (then the scope grants nothing).
@@ -191,7 +193,7 @@ class AccessContext:
         return found
 
     def allows(self, resource_type: str, interaction: str) -> bool:
-        if interaction in "ud" and resource_type in APPEND_ONLY:
+        if interaction in "cud" and resource_type in SERVER_WRITTEN:
             return False
         return self.condition(resource_type, interaction) is not None
 
@@ -205,11 +207,12 @@ class AccessContext:
         """Return `query` narrowed to what this context may see; raise FhirError when denied."""
         if interaction not in INTERACTIONS:
             raise ValueError(f"unknown interaction {interaction!r}")
-        if interaction in "ud" and resource_type in APPEND_ONLY:
+        if interaction in "cud" and resource_type in SERVER_WRITTEN:
             from fhirgoal.fhir.errors import FhirError
 
             raise FhirError(
-                "method-not-allowed", f"{resource_type} is append-only: it cannot be changed"
+                "method-not-allowed",
+                f"{resource_type} is written by the server only: it cannot be created or changed",
             )
         condition = self.condition(resource_type, interaction)
         if condition is None:

@@ -6,9 +6,15 @@
   client_id, aud = the token endpoint URL, exp at most 5 minutes ahead, jti never reused,
   RS384 or ES384;
 - `client_credentials` (https://hl7.org/fhir/smart-app-launch/backend-services.html);
-- `authorization_code` with PKCE S256 (RFC 7636, https://www.rfc-editor.org/rfc/rfc7636);
+- `authorization_code` with PKCE S256 (RFC 7636, https://www.rfc-editor.org/rfc/rfc7636); a code
+  is used once, and presenting it again revokes every token issued from it, access tokens
+  included (RFC 6749 section 4.1.2; auth/revocation.py);
 - `refresh_token` with rotation: each refresh token is used once; presenting a used one revokes
-  its whole family (RFC 9700 section 4.14.2, https://www.rfc-editor.org/rfc/rfc9700);
+  its whole family and the access tokens of the same grant (RFC 9700 section 4.14.2,
+  https://www.rfc-editor.org/rfc/rfc9700);
+
+Every access token carries `grant_id`: one per authorization code or client-credentials request,
+kept through refreshes (the refresh family), so that a grant's tokens can be revoked together.
 - introspection: RFC 7662 (https://www.rfc-editor.org/rfc/rfc7662).
 
 Errors are RFC 6749 section 5.2 JSON (`{"error": ..., "error_description": ...}`).
@@ -20,13 +26,15 @@ import base64
 import hashlib
 import hmac
 import time
+from collections.abc import Awaitable, Callable
 from datetime import timedelta
-from typing import Any
+from typing import Any, NamedTuple
 
 from pymongo import ReturnDocument
 from pymongo.asynchronous.database import AsyncDatabase
 
 from fhirgoal.auth.clients import Client, ClientRegistry
+from fhirgoal.auth.revocation import Revocations, token_keys
 from fhirgoal.auth.scopes import ScopeError, Scopes, grantable, parse_scopes
 from fhirgoal.auth.state import expired, new_secret, remember_jti, secret_hash, utcnow
 from fhirgoal.auth.tokens import InvalidToken, TokenIssuer, unverified_header, verify_jwt
@@ -38,11 +46,17 @@ MAX_ASSERTION_SECONDS = 300
 
 
 class OAuthError(Exception):
-    def __init__(self, error: str, description: str, status: int = 400) -> None:
+    """An RFC 6749 section 5.2 error. `alert`: the security-event kind when the request is a
+    replay (auth/audit_events.py SECURITY_KINDS), audited as a security alert."""
+
+    def __init__(
+        self, error: str, description: str, status: int = 400, alert: str | None = None
+    ) -> None:
         super().__init__(description)
         self.error = error
         self.description = description
         self.status = status
+        self.alert = alert
 
     def body(self) -> dict[str, str]:
         return {"error": self.error, "error_description": self.description}
@@ -67,6 +81,19 @@ def _unverified_claims(token: str) -> dict[str, Any]:
     return claims
 
 
+class Issued(NamedTuple):
+    """A token response and, for the audit trail, whom it was issued to."""
+
+    body: dict[str, Any]
+    client_id: str
+    user: str | None = None
+    fhir_user: str | None = None
+
+
+async def _no_revocation(keys: list[str]) -> None:
+    return None
+
+
 class TokenService:
     def __init__(
         self,
@@ -75,7 +102,9 @@ class TokenService:
         clients: ClientRegistry,
         refresh_lifetime: int,
         users: UserDirectory | None = None,
+        revoke: Callable[[list[str]], Awaitable[None]] = _no_revocation,
     ) -> None:
+        self.revoke = revoke  # auth/runtime.py AuthRuntime.revoke
         self.users = users
         self.db = db
         self.issuer = issuer
@@ -138,16 +167,18 @@ class TokenService:
         return client
 
     # ---- token endpoint --------------------------------------------------------------------------
-    async def token(self, form: dict[str, str], token_url: str, fhir_base: str) -> dict[str, Any]:
+    async def token(self, form: dict[str, str], token_url: str, fhir_base: str) -> Issued:
         grant = form.get("grant_type")
         if grant not in ("client_credentials", "authorization_code", "refresh_token"):
             raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
         client = await self.authenticate_client(form, token_url)
         if grant == "client_credentials":
-            return await self._client_credentials(client, form, fhir_base)
+            return Issued(await self._client_credentials(client, form, fhir_base), client.client_id)
         if grant == "authorization_code":
-            return await self._authorization_code(client, form, fhir_base)
-        return await self._refresh(client, form, fhir_base)
+            body, doc = await self._authorization_code(client, form, fhir_base)
+        else:
+            body, doc = await self._refresh(client, form, fhir_base)
+        return Issued(body, client.client_id, doc.get("sub"), doc.get("fhir_user"))
 
     async def _client_credentials(
         self, client: Client, form: dict[str, str], fhir_base: str
@@ -165,6 +196,7 @@ class TokenService:
                 "sub": client.client_id,
                 "client_id": client.client_id,
                 "scope": granted.text,
+                "grant_id": new_secret(),
             }
         )
         return {
@@ -176,14 +208,35 @@ class TokenService:
 
     async def _authorization_code(
         self, client: Client, form: dict[str, str], fhir_base: str
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         code = form.get("code")
         verifier = form.get("code_verifier")
         if not code:
             raise OAuthError("invalid_request", "code is required")
-        # single use: whoever deletes it owns it, a second presentation finds nothing
-        doc = await self.db["auth_codes"].find_one_and_delete({"_id": secret_hash(code)})
-        if doc is None or expired(doc):
+        codes = self.db["auth_codes"]
+        key = secret_hash(code)
+        # single use: whoever marks it used owns it. The used code is kept as long as the tokens
+        # issued from it live, so that a second presentation can revoke them (RFC 6749 4.1.2).
+        keep = utcnow() + timedelta(seconds=self.issuer.lifetime + 60)
+        doc = await codes.find_one_and_update(
+            {"_id": key, "used": {"$ne": True}},
+            {"$set": {"used": True, "expires": keep}},
+            return_document=ReturnDocument.BEFORE,
+        )
+        if doc is None:
+            seen = await codes.find_one({"_id": key})
+            if seen is not None and seen.get("grant"):
+                await self.revoke([f"grant:{seen['grant']}"])
+                await self.db["auth_refresh"].update_many(
+                    {"family": seen["grant"]}, {"$set": {"revoked": True}}
+                )
+                raise OAuthError(
+                    "invalid_grant",
+                    "the code was used before: every token issued from it is revoked",
+                    alert="code-reused",
+                )
+            raise OAuthError("invalid_grant", "the code is unknown, used or expired")
+        if expired(doc):
             raise OAuthError("invalid_grant", "the code is unknown, used or expired")
         if doc["client_id"] != client.client_id:
             raise OAuthError("invalid_grant", "the code was issued to another client")
@@ -196,11 +249,11 @@ class TokenService:
         if not hmac.compare_digest(pkce_challenge(verifier), doc["code_challenge"]):
             raise OAuthError("invalid_grant", "the PKCE code_verifier does not match")
         grant = {k: doc.get(k) for k in ("scope", "patient", "fhir_user", "sub", "encounter")}
-        return await self._issue(client, grant, fhir_base, family=None)
+        return await self._issue(client, grant, fhir_base, family=doc.get("grant")), doc
 
     async def _refresh(
         self, client: Client, form: dict[str, str], fhir_base: str
-    ) -> dict[str, Any]:
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
         presented = form.get("refresh_token")
         if not presented:
             raise OAuthError("invalid_request", "refresh_token is required")
@@ -215,6 +268,12 @@ class TokenService:
             seen = await refresh.find_one({"_id": key})
             if seen is not None:  # a used token again: stolen or replayed, end the family
                 await refresh.update_many({"family": seen["family"]}, {"$set": {"revoked": True}})
+                await self.revoke([f"grant:{seen['family']}"])
+                raise OAuthError(
+                    "invalid_grant",
+                    "the refresh token was used before: its grant is revoked",
+                    alert="refresh-reused",
+                )
             raise OAuthError("invalid_grant", "the refresh token is unknown, used or revoked")
         if expired(doc) or doc["client_id"] != client.client_id:
             raise OAuthError("invalid_grant", "the refresh token is expired or not this client's")
@@ -228,18 +287,20 @@ class TokenService:
         if form.get("scope"):
             narrower = grantable(_scopes(form["scope"]), parse_scopes(doc["scope"]))
             grant["scope"] = narrower.text
-        return await self._issue(client, grant, fhir_base, family=doc["family"])
+        return await self._issue(client, grant, fhir_base, family=doc["family"]), doc
 
     async def _issue(
         self, client: Client, grant: dict[str, Any], fhir_base: str, family: str | None
     ) -> dict[str, Any]:
         scopes = parse_scopes(grant["scope"] or "")
+        family = family or new_secret()
         claims: dict[str, Any] = {
             "iss": fhir_base,
             "aud": fhir_base,
             "sub": grant.get("sub") or client.client_id,
             "client_id": client.client_id,
             "scope": scopes.text,
+            "grant_id": family,  # the refresh family is the grant (auth/revocation.py)
         }
         if grant.get("patient"):
             claims["patient"] = grant["patient"]
@@ -269,7 +330,7 @@ class TokenService:
             await self.db["auth_refresh"].insert_one(
                 {
                     "_id": secret_hash(token),
-                    "family": family or new_secret(),
+                    "family": family,
                     "client_id": client.client_id,
                     **{k: grant.get(k) for k in ("patient", "fhir_user", "sub", "encounter")},
                     "scope": scopes.text,
@@ -296,6 +357,8 @@ class TokenService:
         client_id = claims.get("client_id")
         if not isinstance(client_id, str) or await self.clients.get(client_id) is None:
             return {"active": False}
+        if await Revocations(self.db).any_revoked(token_keys(claims)):
+            return {"active": False}  # its grant, client or user was revoked (auth/revocation.py)
         answer = {"active": True, "token_type": "Bearer"}
         for name in (
             "scope",

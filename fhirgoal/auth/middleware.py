@@ -2,7 +2,9 @@
 
 RFC 6750 section 2.1 (https://www.rfc-editor.org/rfc/rfc6750#section-2.1): the token comes in the
 `Authorization: Bearer` header; a missing or rejected one gets 401 with a `WWW-Authenticate`
-challenge. The context goes into the request state, where `fhir.rest.access` hands it to the
+challenge, and is audited as a security event (a forged one as a security alert), rate limited
+per source address (auth/audit.py SecurityTrail). The `aud` a token must name is the configured
+FHIR base (Settings.public_fhir_base), never the request's Host header. The context goes into the request state, where `fhir.rest.access` hands it to the
 service and the repository.
 
 Audit (https://hl7.org/fhir/R4/auditevent.html, https://hl7.org/fhir/R4/provenance.html): the
@@ -16,15 +18,21 @@ from __future__ import annotations
 from typing import Any
 
 import structlog
-from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from fhirgoal.auth.audit import Auditor
-from fhirgoal.auth.audit_events import Interaction, classify, stored_before_response
+from fhirgoal.auth.audit_events import (
+    Interaction,
+    SecurityEvent,
+    classify,
+    stored_before_response,
+)
 from fhirgoal.auth.bearer import bearer_token, unauthorized
+from fhirgoal.auth.context import SERVER_WRITTEN
 from fhirgoal.auth.runtime import AuthRuntime
 from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.fhir.errors import FhirError
+from fhirgoal.guard import error_response
 
 log = structlog.get_logger(__name__)
 
@@ -33,21 +41,7 @@ log = structlog.get_logger(__name__)
 PUBLIC = frozenset({"/fhir/metadata", "/fhir/.well-known/smart-configuration"})
 
 
-def fhir_base(scope: Scope, configured: str | None) -> str:
-    """The FHIR base URL a request was sent to (the `aud` its token must name), as
-    `fhir.rest.base_url` computes it, without building a Request on the hot path."""
-    if configured:
-        return configured.rstrip("/")
-    for name, value in scope["headers"]:
-        if name == b"host":
-            root = scope.get("root_path", "").rstrip("/")
-            return f"{scope.get('scheme', 'http')}://{value.decode('latin-1')}{root}/fhir"
-    return f"{str(Request(scope).base_url).rstrip('/')}/fhir"
-
-
 async def _send_error(error: FhirError, scope: Scope, receive: Receive, send: Send) -> None:
-    from fhirgoal.app import error_response
-
     await error_response(error)(scope, receive, send)
 
 
@@ -55,7 +49,8 @@ class BearerAuth:
     def __init__(self, app: ASGIApp, runtime: AuthRuntime) -> None:
         self.app = app
         self.runtime = runtime  # filled in by the lifespan, once the database is connected
-        self.base_url = runtime.settings.base_url
+        # the `aud` every token must name: configured, never a request's Host (fhir/rest.py)
+        self.fhir_base = runtime.settings.public_fhir_base()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -63,15 +58,24 @@ class BearerAuth:
             await self.app(scope, receive, send)
             return
         try:
-            token = bearer_token(scope["headers"])
+            try:
+                token = bearer_token(scope["headers"])
+            except FhirError:
+                self._record(scope, "bearer-invalid", "4", "not a Bearer Authorization header")
+                raise
             if token is None:
+                self._record(scope, "bearer-missing", "4", "no access token")
                 raise unauthorized(None, "this server needs a Bearer access token")
             authenticator = self.runtime.authenticator
             if authenticator is None:
                 raise FhirError("unavailable", "the server is starting")
             try:
-                context = await authenticator.authenticate(token, fhir_base(scope, self.base_url))
+                context = await authenticator.authenticate(token, self.fhir_base)
             except InvalidToken as exc:
+                if exc.forged:
+                    self._record(scope, "bearer-forged", "8", str(exc))
+                else:
+                    self._record(scope, "bearer-invalid", "4", str(exc))
                 raise unauthorized("invalid_token", str(exc)) from None
         except FhirError as error:
             await _send_error(error, scope, receive, send)
@@ -79,14 +83,19 @@ class BearerAuth:
         state: dict[str, Any] = scope.setdefault("state", {})
         state["access"] = context
         auditor = self.runtime.auditor
-        if auditor is None:
-            await self.app(scope, receive, send)
-            return
         # a request that may change data is answered once its audit is stored; others are noted
         # in the buffer as their response starts
         interaction = None
         if stored_before_response(scope["method"], path):
             interaction = classify(scope["method"], path, scope.get("query_string", b""))
+            if interaction.writes and interaction.resource_type in SERVER_WRITTEN:
+                # refused before any handler runs: a conditional create that would match an
+                # existing event, or a delete that would find none, is still a write attempt
+                await self._refuse_write(auditor, scope, interaction, receive, send)
+                return
+        if auditor is None:
+            await self.app(scope, receive, send)
+            return
         responded = dropped = False
 
         async def send_audited(message: Message) -> None:
@@ -111,6 +120,39 @@ class BearerAuth:
             if not responded:  # the app's own 500 handler did not answer: still leave a trace
                 auditor.note(context, scope, state, 500)
             raise
+
+    async def _refuse_write(
+        self,
+        auditor: Auditor | None,
+        scope: Scope,
+        interaction: Interaction,
+        receive: Receive,
+        send: Send,
+    ) -> None:
+        error = FhirError(
+            "method-not-allowed",
+            f"{interaction.resource_type} is written by the server only: "
+            "it cannot be created or changed",
+        )
+        if auditor is not None:
+            state = scope["state"]
+            try:
+                await auditor.store_write(state["access"], interaction, 405, scope, state, {})
+            except Exception:
+                log.exception("audit of a refused write could not be stored")
+        await _send_error(error, scope, receive, send)
+
+    def _record(self, scope: Scope, kind: str, outcome: str, description: str) -> None:
+        """Audit an authentication failure (rate limited per address: auth/audit.py)."""
+        client = scope.get("client")
+        self.runtime.record(
+            SecurityEvent(
+                kind,
+                outcome,
+                f"{scope['method']} {scope['path']}: {description}"[:300],
+                address=str(client[0]) if client else None,
+            )
+        )
 
     async def _audit_write(
         self,

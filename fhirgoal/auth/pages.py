@@ -2,7 +2,8 @@
 
 SMART App Launch 2.2 leaves the user interaction to the server
 (https://hl7.org/fhir/smart-app-launch/app-launch.html#obtain-authorization-code); these are plain
-HTML forms with no script, every value escaped, and no state outside the pending-request record.
+HTML forms with no script, every value escaped, and no state outside the pending-request record
+and the browser's CSRF cookie, whose value each form repeats in a hidden `csrf` field.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ def _page(title: str, body: str) -> str:
     )
 
 
-def login_page(request_id: str, client_id: str, error: str | None = None) -> str:
+def login_page(request_id: str, client_id: str, csrf: str, error: str | None = None) -> str:
     notice = f'<p class="error">{escape(error)}</p>' if error else ""
     return _page(
         "Sign in to fhirgoal",
@@ -32,6 +33,7 @@ def login_page(request_id: str, client_id: str, error: str | None = None) -> str
         f"{notice}"
         '<form method="post" action="/auth/login">'
         f'<input type="hidden" name="request" value="{escape(request_id)}">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
         '<label for="username">User name</label>'
         '<input id="username" name="username" autocomplete="username" required>'
         '<label for="password">Password</label>'
@@ -43,6 +45,7 @@ def login_page(request_id: str, client_id: str, error: str | None = None) -> str
 def consent_page(
     request_id: str,
     nonce: str,
+    csrf: str,
     client_id: str,
     username: str,
     scopes: list[str],
@@ -73,6 +76,7 @@ def consent_page(
         '<form method="post" action="/auth/consent">'
         f'<input type="hidden" name="request" value="{escape(request_id)}">'
         f'<input type="hidden" name="nonce" value="{escape(nonce)}">'
+        f'<input type="hidden" name="csrf" value="{escape(csrf)}">'
         f"{picker}"
         '<button type="submit" name="decision" value="approve">Allow</button> '
         '<button type="submit" name="decision" value="deny">Deny</button></form>',

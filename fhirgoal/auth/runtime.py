@@ -1,12 +1,14 @@
 """Wiring of the authorization modes into the app: what exists per FHIRGOAL_AUTH, built once the
 database is connected (SMART App Launch 2.2, https://hl7.org/fhir/smart-app-launch/).
 
-- `smart`: key ring, token issuer, client registry, users, token service (auth/server.py routes);
-  access tokens verified against the server's own key set, and refused once their client is
-  revoked;
+- `smart`: key ring (keys encrypted at rest), token issuer, client registry, users, token service
+  (auth/server.py routes); access tokens verified against the server's own key set, refused once
+  their client, user or grant is revoked (auth/revocation.py), and refused when they name a type
+  kept out of `*` (AuditEvent) that their client's registration does not name;
 - `external`: tokens of an EHR's authorization server (auth/external.py);
-- both: the Auditor (auth/audit.py), and under FHIRGOAL_USER_ACCESS=caseload the caseloads
-  (auth/caseload.py) that confine `user/` tokens and the patient picker.
+- both: the Auditor (auth/audit.py) and its rate-limited trail of security events, and under
+  FHIRGOAL_USER_ACCESS=caseload the caseloads (auth/caseload.py) that confine `user/` tokens and
+  the patient picker.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fhirgoal.auth.audit import Auditor
+from fhirgoal.auth.audit import Auditor, SecurityTrail
+from fhirgoal.auth.audit_events import SecurityEvent
 from fhirgoal.auth.bearer import Authenticator, CachedAuthenticator
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.context import ParamCompiler
@@ -46,29 +49,62 @@ class AuthRuntime:
     settings: Settings
     authenticator: Authenticator | None = None
     auditor: Auditor | None = None
+    security: SecurityTrail | None = None
     smart: Any = None  # auth.server.SmartServer in smart mode
     caseloads: Caseloads | None = None  # None: FHIRGOAL_USER_ACCESS=all
+
+    def record(self, event: SecurityEvent) -> None:
+        """Audit a security event (rate limited; nothing when the audit is off)."""
+        if self.security is not None:
+            self.security.record(event)
 
     async def start(self, service: FhirService) -> None:
         settings = self.settings
         compile_params = param_compiler(service)
+        if settings.audit and settings.auth != "off":
+            self.auditor = Auditor(service, settings.audit_flush_seconds, settings.audit_buffer)
+            self.security = self.auditor.security = SecurityTrail(
+                self.auditor, settings.security_audit_burst, settings.security_audit_per_minute
+            )
+            self.auditor.start()
         if settings.user_access == "caseload":
             self.caseloads = Caseloads(service, settings.caseload_refresh_seconds)
         if settings.auth == "smart":
-            self.smart = await _smart_server(settings, service, self.caseloads)
+            from fhirgoal.auth import revocation
+            from fhirgoal.auth.scopes import names_unregistered, parse_scopes
+            from fhirgoal.auth.tokens import InvalidToken
+
+            self.smart = await _smart_server(settings, service, self)
             issuer, clients = self.smart.issuer, self.smart.clients
+            revocations = revocation.Revocations(service.repo.db)
 
             async def verify(token: str, base: str) -> dict[str, Any]:
-                from fhirgoal.auth.tokens import InvalidToken
-
                 claims = await issuer.verify(token, issuer=base, audience=base)
                 client_id = claims.get("client_id")
-                if not isinstance(client_id, str) or await clients.get(client_id) is None:
+                client = await clients.get(client_id) if isinstance(client_id, str) else None
+                if client is None:
                     raise InvalidToken("the token's client is revoked")
+                scope = claims.get("scope")
+                if (
+                    isinstance(scope, str)
+                    and "AuditEvent" in scope
+                    and names_unregistered(parse_scopes(scope), client.allowed)
+                ):
+                    raise InvalidToken(
+                        "the token names AuditEvent, which its client is not registered for",
+                        forged=True,
+                    )
+                if await revocations.any_revoked(revocation.token_keys(claims)):
+                    raise InvalidToken("the token is revoked")
                 return claims
 
             self.authenticator = CachedAuthenticator(
-                verify, compile_params, caseloads=self.caseloads
+                verify,
+                compile_params,
+                keys_of=revocation.token_keys,
+                recent=revocations.recent,
+                check_seconds=settings.revocation_check_seconds,
+                caseloads=self.caseloads,
             )
         elif settings.auth == "external":
             from fhirgoal.auth.external import ExternalVerifier
@@ -79,41 +115,52 @@ class AuthRuntime:
                 max_cache_seconds=settings.external_introspection_cache_seconds,
                 caseloads=self.caseloads,
             )
-        if settings.audit and settings.auth != "off":
-            self.auditor = Auditor(service, settings.audit_flush_seconds, settings.audit_buffer)
-            self.auditor.start()
+
+    async def revoke(self, keys: list[str]) -> None:
+        """Revoke tokens (auth/revocation.py): recorded for every replica, and dropped from this
+        replica's cache at once."""
+        from fhirgoal.auth import revocation
+
+        assert self.smart is not None
+        await revocation.revoke(self.smart.db, keys)
+        if isinstance(self.authenticator, CachedAuthenticator):
+            self.authenticator.evict(set(keys))
 
     async def stop(self) -> None:
         if self.auditor is not None:
             await self.auditor.stop()
 
 
-async def _smart_server(
-    settings: Settings, service: FhirService, caseloads: Caseloads | None
-) -> Any:
-    from fhirgoal.auth import state
+async def _smart_server(settings: Settings, service: FhirService, runtime: AuthRuntime) -> Any:
+    from fhirgoal.auth import revocation, state
     from fhirgoal.auth.clients import ClientRegistry
     from fhirgoal.auth.grants import TokenService
-    from fhirgoal.auth.keys import KeyRing
+    from fhirgoal.auth.keys import KeyRing, encryption_key
     from fhirgoal.auth.server import SmartServer
     from fhirgoal.auth.tokens import TokenIssuer
     from fhirgoal.auth.users import UserDirectory
 
     db = service.repo.db
-    keys = KeyRing(db, settings.signing_alg)
+    keys = KeyRing(
+        db, encryption_key(settings.key_encryption_key, settings.data_dir), settings.signing_alg
+    )
     await keys.ensure()
     await state.ensure_indexes(db)
+    await revocation.ensure_indexes(db)
     issuer = TokenIssuer(keys, settings.access_token_seconds)
     clients = ClientRegistry(db)
     users = UserDirectory(db)
+    tokens = TokenService(
+        db, issuer, clients, settings.refresh_token_seconds, users, revoke=runtime.revoke
+    )
     return SmartServer(
         db=db,
         keys=keys,
         issuer=issuer,
         clients=clients,
         users=users,
-        tokens=TokenService(db, issuer, clients, settings.refresh_token_seconds, users),
+        tokens=tokens,
         service=service,
-        base_url=settings.base_url,
-        caseloads=caseloads,
+        runtime=runtime,
+        caseloads=runtime.caseloads,
     )

@@ -23,8 +23,9 @@ Context = Literal["patient", "user", "system"]
 LETTERS = "cruds"
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
 _RESOURCE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{1,63})\.([a-z*]+)(?:\?(.*))?$")
-# Types that a `*` scope does not reach: the audit trail is for administrators who ask for it by
-# name (system/AuditEvent.rs), not for every app holding patient/*.read.
+# Types that a `*` scope does not reach, neither in a token nor in a registration: the audit trail
+# is for administrators who ask for it by name (system/AuditEvent.rs) through a client registered
+# for it by name, not for every app holding patient/*.read or registered for system/*.rs.
 NOT_IN_WILDCARD = frozenset({"AuditEvent"})
 
 
@@ -48,10 +49,14 @@ class ResourceScope:
         return self.resource_type == resource_type
 
     def covers(self, other: ResourceScope) -> bool:
-        """Whether granting `self` allows granting `other` (used to cap what a client may get)."""
+        """Whether granting `self` allows granting `other` (used to cap what a client may get).
+        A `*` never covers a type in NOT_IN_WILDCARD: a registration must name it."""
+        named = self.resource_type == other.resource_type
         return (
             self.context == other.context
-            and (self.resource_type == "*" or self.resource_type == other.resource_type)
+            and (
+                named or (self.resource_type == "*" and other.resource_type not in NOT_IN_WILDCARD)
+            )
             and other.letters <= self.letters
             and (not self.params or self.params == other.params)
         )
@@ -131,3 +136,13 @@ def grantable(requested: Scopes, allowed: Scopes) -> Scopes:
         elif any(a.covers(scope) for a in allowed.resources):
             kept.append(item)
     return parse_scopes(" ".join(kept))
+
+
+def names_unregistered(scopes: Scopes, allowed: Scopes) -> bool:
+    """Whether a token's scopes name a NOT_IN_WILDCARD type that the client's registration does
+    not name: such a token was not issued by this server's grant logic (auth/grants.py) and is
+    refused (checked once per token, when it is verified)."""
+    return any(
+        s.resource_type in NOT_IN_WILDCARD and not any(a.covers(s) for a in allowed.resources)
+        for s in scopes.resources
+    )

@@ -9,13 +9,29 @@ SMART App Launch 2.2 (https://hl7.org/fhir/smart-app-launch/):
   practitioner's caseload (auth/caseload.py);
 - `POST /auth/login`, `POST /auth/consent`: the server-rendered login and consent pages;
 - `POST /auth/token`, `POST /auth/introspect` (auth/grants.py), `GET /auth/jwks`.
+
+Hardening (issue 12):
+- `state` is required (RFC 6749 section 4.1.2.1 errors go to a valid redirect_uri; SMART App
+  Launch 2.2 makes `state` mandatory);
+- login and consent are bound to the browser that started the request (OWASP CSRF Prevention
+  Cheat Sheet, synchronizer token + cookie): /authorize sets a random `fhirgoal_csrf` cookie
+  (HttpOnly, SameSite=Strict, Path=/auth) whose hash the pending request keeps, and both forms
+  carry the same value in a hidden field; a POST without the matching cookie and field is
+  refused, so knowing a pending request's id is not enough;
+- login throttling (OWASP Authentication Cheat Sheet): after `login_max_failures_per_user`
+  failures for one user name, or `login_max_failures_per_address` from one address, within
+  `login_failure_window_seconds`, attempts are refused with 429 and Retry-After, before any
+  password is checked (counters in `auth_throttle`, shared by replicas);
+- every login, failed login, consent decision, token issued and token request refused is
+  audited (auth/audit.py SecurityTrail, rate limited).
 """
 
 from __future__ import annotations
 
 import hmac
+import math
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, timedelta
 from typing import Any, Literal
 from urllib.parse import parse_qsl, urlencode
 
@@ -24,6 +40,7 @@ from fastapi import APIRouter, Request, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
 from fhirgoal.auth import pages
+from fhirgoal.auth.audit_events import SecurityEvent
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.clients import ClientRegistry
 from fhirgoal.auth.context import UNRESTRICTED
@@ -41,6 +58,19 @@ REQUEST_TTL = timedelta(minutes=10)
 CODE_TTL = timedelta(seconds=60)
 MAX_FORM_BYTES = 64 * 1024
 PICKER_SIZE = 100
+CSRF_COOKIE = "fhirgoal_csrf"
+THROTTLE = "auth_throttle"
+
+
+def _address(request: Request) -> str | None:
+    return request.client.host if request.client else None
+
+
+def _record(request: Request, kind: str, outcome: str, description: str, **who: Any) -> None:
+    """Audit a security event of the authorization server (rate limited, buffered)."""
+    _smart(request).runtime.record(
+        SecurityEvent(kind, outcome, description, address=_address(request), **who)
+    )
 
 
 @dataclass
@@ -52,7 +82,7 @@ class SmartServer:
     users: UserDirectory
     tokens: TokenService
     service: FhirService
-    base_url: str | None
+    runtime: Any  # auth.runtime.AuthRuntime: the security trail, revocation
     caseloads: Caseloads | None = None  # None: FHIRGOAL_USER_ACCESS=all
 
 
@@ -62,8 +92,11 @@ def _smart(request: Request) -> SmartServer:
 
 
 def fhir_base(request: Request) -> str:
-    configured = request.app.state.settings.base_url
-    return configured.rstrip("/") if configured else f"{str(request.base_url).rstrip('/')}/fhir"
+    """This server's FHIR base: the tokens' iss and aud, and the root of every URL the discovery
+    document gives. Fixed by configuration (Settings.public_fhir_base), never by the request's
+    Host: a request sent with another Host still gets the configured URLs."""
+    base: str = request.app.state.fhir_base
+    return base
 
 
 def auth_base(fhir: str) -> str:
@@ -217,12 +250,40 @@ async def _token_service(request: Request, operation: Literal["token", "introspe
     """One form POST to the token service; OAuth errors as RFC 6749 §5.2 JSON."""
     fhir = fhir_base(request)
     tokens = _smart(request).tokens
-    handler = tokens.token if operation == "token" else tokens.introspect
+    token_url = endpoints(fhir)["token"]
+    form: dict[str, str] = {}
     try:
-        body = await handler(await _form(request), endpoints(fhir)["token"], fhir)
+        form = await _form(request)
+        if operation == "introspect":
+            return _json(await tokens.introspect(form, token_url, fhir))
+        issued = await tokens.token(form, token_url, fhir)
     except OAuthError as exc:
+        if operation == "token":
+            _record(
+                request,
+                exc.alert or "token-refused",
+                "8" if exc.alert else "4",
+                f"{exc.error}: {exc.description}",
+                client_id=_short(form.get("client_id")),
+                grant_type=_short(form.get("grant_type")),
+            )
         return _json(exc.body(), exc.status)
-    return _json(body)
+    _record(
+        request,
+        "token-issued",
+        "0",
+        f"access token issued, scope: {issued.body.get('scope', '')}",
+        client_id=issued.client_id,
+        user=issued.user,
+        fhir_user=issued.fhir_user,
+        grant_type=form.get("grant_type"),
+    )
+    return _json(issued.body)
+
+
+def _short(value: str | None, limit: int = 200) -> str | None:
+    """A caller-chosen value for the audit trail, cut to a sane length."""
+    return value[:limit] if value else None
 
 
 # ---- authorization code flow -----------------------------------------------------------------
@@ -243,6 +304,8 @@ async def authorize(request: Request) -> Response:
             redirect_uri, {"error": error, "error_description": description, "state": state}
         )
 
+    if not state:
+        return fail("invalid_request", "state is required")
     if q.get("response_type") != "code":
         return fail("unsupported_response_type", "response_type must be code")
     if not q.get("code_challenge") or q.get("code_challenge_method") != "S256":
@@ -262,6 +325,10 @@ async def authorize(request: Request) -> Response:
             return fail("invalid_request", "the launch context is unknown or expired")
         launch = {k: found.get(k) for k in ("patient", "encounter", "fhir_user")}
     request_id = new_secret()
+    # the browser's CSRF secret: kept while it is one of ours, so that two tabs share it
+    csrf = request.cookies.get(CSRF_COOKIE) or ""
+    if len(csrf) != 43:
+        csrf = new_secret()
     await server.db["auth_requests"].insert_one(
         {
             "_id": request_id,
@@ -273,10 +340,77 @@ async def authorize(request: Request) -> Response:
             "launch": launch,
             "user": None,
             "nonce": None,
+            "csrf": secret_hash(csrf),
             "expires": utcnow() + REQUEST_TTL,
         }
     )
-    return _html(pages.login_page(request_id, client.client_id))
+    response = _html(pages.login_page(request_id, client.client_id, csrf))
+    response.set_cookie(
+        CSRF_COOKIE,
+        csrf,
+        max_age=int(REQUEST_TTL.total_seconds()),
+        path="/auth",
+        secure=fhir_base(request).startswith("https:"),
+        httponly=True,
+        samesite="strict",
+    )
+    return response
+
+
+def _same_browser(request: Request, pending: dict[str, Any], form: dict[str, str]) -> bool:
+    """The CSRF check: the form's hidden value, the browser's cookie and the hash the pending
+    request keeps all agree."""
+    cookie = request.cookies.get(CSRF_COOKIE) or ""
+    field = form.get("csrf") or ""
+    return bool(
+        cookie
+        and pending.get("csrf")
+        and hmac.compare_digest(cookie, field)
+        and hmac.compare_digest(secret_hash(cookie), pending["csrf"])
+    )
+
+
+def _csrf_refused(request: Request, pending: dict[str, Any]) -> Response:
+    _record(
+        request,
+        "csrf-refused",
+        "8",
+        "a login or consent form was posted without the browser's CSRF cookie and field",
+        client_id=pending.get("client_id"),
+    )
+    return _html(
+        pages.error_page(
+            "This request did not come from the sign-in page this browser opened "
+            "(cookies must be enabled); start again from the app."
+        ),
+        403,
+    )
+
+
+async def _throttled(server: SmartServer, keys: list[tuple[str, int]]) -> int:
+    """Seconds until a throttled login may be tried again; 0 when it is not throttled."""
+    now = utcnow()
+    found = server.db[THROTTLE].find({"_id": {"$in": [key for key, _ in keys]}})
+    limits = dict(keys)
+    wait = 0
+    async for doc in found:
+        expires = doc["expires"] if doc["expires"].tzinfo else doc["expires"].replace(tzinfo=UTC)
+        if doc.get("n", 0) >= limits[doc["_id"]] and expires > now:
+            wait = max(wait, math.ceil((expires - now).total_seconds()))
+    return wait
+
+
+async def _count_failure(server: SmartServer, keys: list[tuple[str, int]], window: int) -> None:
+    now = utcnow()
+    throttle = server.db[THROTTLE]
+    for key, _ in keys:
+        counted = await throttle.update_one(
+            {"_id": key, "expires": {"$gt": now}}, {"$inc": {"n": 1}}
+        )
+        if counted.matched_count == 0:  # a first failure, or the last window is over
+            await throttle.replace_one(
+                {"_id": key}, {"n": 1, "expires": now + timedelta(seconds=window)}, upsert=True
+            )
 
 
 async def _pending(server: SmartServer, request_id: str) -> dict[str, Any] | None:
@@ -306,6 +440,18 @@ async def _patient_choices(server: SmartServer, fhir_user: str | None) -> list[t
     return choices
 
 
+def _caseload_refused(request: Request, pending: dict[str, Any], what: str) -> None:
+    _record(
+        request,
+        "launch-refused",
+        "4",
+        f"{what} is not in the user's caseload",
+        user=pending.get("user"),
+        fhir_user=pending.get("fhir_user"),
+        client_id=pending["client_id"],
+    )
+
+
 async def _may_launch(server: SmartServer, fhir_user: str | None, patient: str) -> bool:
     """Is the patient in the practitioner's caseload (always, under FHIRGOAL_USER_ACCESS=all)?"""
     if server.caseloads is None:
@@ -323,12 +469,61 @@ async def login(request: Request) -> Response:
     pending = await _pending(server, form.get("request", ""))
     if pending is None:
         return _html(pages.error_page("This sign-in has expired; start again from the app."), 400)
-    user = await server.users.authenticate(form.get("username", ""), form.get("password", ""))
-    if user is None:
+    if not _same_browser(request, pending, form):
+        return _csrf_refused(request, pending)
+    settings = request.app.state.settings
+    username = form.get("username", "")
+    throttle_keys = [
+        (f"user:{username}", settings.login_max_failures_per_user),
+        (f"address:{_address(request)}", settings.login_max_failures_per_address),
+    ]
+    csrf = form["csrf"]
+    wait = await _throttled(server, throttle_keys)
+    if wait:
+        _record(
+            request,
+            "login-throttled",
+            "4",
+            "sign-in refused: too many failed attempts",
+            user=_short(username),
+            client_id=pending["client_id"],
+        )
+        minutes = max(1, math.ceil(wait / 60))
         page = pages.login_page(
-            pending["_id"], pending["client_id"], "Wrong user name or password."
+            pending["_id"],
+            pending["client_id"],
+            csrf,
+            f"Too many failed sign-ins for this user name or from this address. "
+            f"Try again in {minutes} minute{'s' if minutes > 1 else ''}.",
+        )
+        response = _html(page, 429)
+        response.headers["Retry-After"] = str(wait)
+        return response
+    user = await server.users.authenticate(username, form.get("password", ""))
+    if user is None:
+        await _count_failure(server, throttle_keys, settings.login_failure_window_seconds)
+        _record(
+            request,
+            "login-failed",
+            "4",
+            "wrong user name or password",
+            user=_short(username),
+            client_id=pending["client_id"],
+        )
+        page = pages.login_page(
+            pending["_id"], pending["client_id"], csrf, "Wrong user name or password."
         )
         return _html(page, 401)
+    await server.db[THROTTLE].delete_one({"_id": f"user:{username}"})
+    _record(
+        request,
+        "login",
+        "0",
+        "signed in",
+        user=user.username,
+        fhir_user=user.fhir_user,
+        client_id=pending["client_id"],
+    )
     granted = grantable(parse_scopes(pending["scope"]), parse_scopes(user.scopes))
     nonce = new_secret()
     await server.db["auth_requests"].update_one(
@@ -346,7 +541,13 @@ async def login(request: Request) -> Response:
     picker = await _patient_choices(server, user.fhir_user) if _needs_picker(pending) else None
     return _html(
         pages.consent_page(
-            pending["_id"], nonce, pending["client_id"], user.username, granted.text.split(), picker
+            pending["_id"],
+            nonce,
+            csrf,
+            pending["client_id"],
+            user.username,
+            granted.text.split(),
+            picker,
         )
     )
 
@@ -365,8 +566,20 @@ async def consent(request: Request) -> Response:
         or not hmac.compare_digest(pending["nonce"], form.get("nonce", ""))
     ):
         return _html(pages.error_page("This consent has expired; start again from the app."), 400)
+    if not _same_browser(request, pending, form):
+        return _csrf_refused(request, pending)
     await server.db["auth_requests"].delete_one({"_id": pending["_id"]})  # one decision only
-    if form.get("decision") != "approve":
+    approved = form.get("decision") == "approve"
+    _record(
+        request,
+        "consent-approved" if approved else "consent-denied",
+        "0",
+        f"the user {'approved' if approved else 'denied'} scope: {pending['scope']}",
+        user=pending.get("user"),
+        fhir_user=pending.get("fhir_user"),
+        client_id=pending["client_id"],
+    )
+    if not approved:
         return _redirect(
             pending["redirect_uri"],
             {
@@ -379,11 +592,14 @@ async def consent(request: Request) -> Response:
     patient = launch.get("patient")
     if _needs_picker(pending):
         patient = form.get("patient") or None
-        if (
-            patient is None
-            or await server.service.repo.current(UNRESTRICTED, "Patient", patient) is None
-            or not await _may_launch(server, pending.get("fhir_user"), patient)
-        ):
+        exists = (
+            patient is not None
+            and await server.service.repo.current(UNRESTRICTED, "Patient", patient) is not None
+        )
+        allowed = exists and await _may_launch(server, pending.get("fhir_user"), str(patient))
+        if exists and not allowed:  # the picker offered only the caseload: a crafted choice
+            _caseload_refused(request, pending, f"a picker choice, Patient/{patient}")
+        if not allowed:
             return _redirect(
                 pending["redirect_uri"],
                 {
@@ -393,6 +609,7 @@ async def consent(request: Request) -> Response:
                 },
             )
     elif patient and not await _may_launch(server, pending.get("fhir_user"), patient):
+        _caseload_refused(request, pending, f"the EHR launch's Patient/{patient}")
         return _redirect(
             pending["redirect_uri"],
             {
@@ -405,6 +622,7 @@ async def consent(request: Request) -> Response:
     await server.db["auth_codes"].insert_one(
         {
             "_id": secret_hash(code),
+            "grant": new_secret(),  # names every token issued from this code (auth/grants.py)
             "client_id": pending["client_id"],
             "redirect_uri": pending["redirect_uri"],
             "code_challenge": pending["code_challenge"],

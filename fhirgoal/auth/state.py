@@ -4,9 +4,11 @@ Collections, each with a TTL index on `expires` (MongoDB removes expired documen
 minute; every read also checks `expires`, so a slow or absent reaper is never a hole):
 
   auth_requests  pending authorization requests between /authorize, login and consent (10 min)
-  auth_codes     authorization codes (RFC 6749 section 4.1.2: single use, 60 s here)
+  auth_codes     authorization codes (RFC 6749 section 4.1.2: single use, 60 s here; a used code
+                 is kept as long as its tokens live, to revoke them if it comes back)
   auth_refresh   refresh tokens by SHA-256, grouped in families for rotation (RFC 9700 4.14.2)
   auth_jti       client-assertion `jti`s seen, until the assertion expires (RFC 7523 section 3)
+  auth_throttle  failed logins per user name and per address, until their window ends
   auth_launch    EHR launch contexts handed over by the EHR integration (SMART App Launch 2.2,
                  https://hl7.org/fhir/smart-app-launch/app-launch.html#launch-app-ehr-launch)
 """
@@ -22,7 +24,14 @@ from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError, OperationFailure
 
-COLLECTIONS = ("auth_requests", "auth_codes", "auth_refresh", "auth_jti", "auth_launch")
+COLLECTIONS = (
+    "auth_requests",
+    "auth_codes",
+    "auth_refresh",
+    "auth_jti",
+    "auth_launch",
+    "auth_throttle",
+)
 
 
 def utcnow() -> datetime:

@@ -29,7 +29,13 @@ LEEWAY_SECONDS = 30
 
 
 class InvalidToken(Exception):
-    """The token cannot be accepted; the message is safe to show (RFC 6750 error_description)."""
+    """The token cannot be accepted; the message is safe to show (RFC 6750 error_description).
+    `forged`: it is not a token this server's keys could have made (bad signature, refused
+    algorithm such as `none`, unknown key, not a JWS at all), audited as a security alert."""
+
+    def __init__(self, message: str, forged: bool = False) -> None:
+        super().__init__(message)
+        self.forged = forged
 
 
 def _b64json(part: str) -> dict[str, Any]:
@@ -46,11 +52,11 @@ def unverified_header(token: str) -> dict[str, Any]:
     """The JOSE header, to pick a key by `kid` and refuse bad algorithms before any crypto."""
     parts = token.split(".")
     if len(parts) != 3:
-        raise InvalidToken("the token is not a signed JWT")
+        raise InvalidToken("the token is not a signed JWT", forged=True)
     try:
         return _b64json(parts[0])
     except (ValueError, TypeError):
-        raise InvalidToken("the token header is malformed") from None
+        raise InvalidToken("the token header is malformed", forged=True) from None
 
 
 def looks_like_jwt(token: str) -> bool:
@@ -73,15 +79,15 @@ async def verify_jwt(
     header = unverified_header(token)
     alg = header.get("alg")
     if alg not in algorithms:
-        raise InvalidToken(f"the signing algorithm {alg!r} is not accepted")
+        raise InvalidToken(f"the signing algorithm {alg!r} is not accepted", forged=True)
     kid = header.get("kid")
     key_set = await keys(kid if isinstance(kid, str) else None)
     if isinstance(kid, str) and not any(k.kid == kid for k in key_set.keys):
-        raise InvalidToken("the token is signed with an unknown key")
+        raise InvalidToken("the token is signed with an unknown key", forged=True)
     try:
         decoded = jwt.decode(token, key_set, algorithms=list(algorithms))
     except (JoseError, ValueError):
-        raise InvalidToken("the token signature is invalid") from None
+        raise InvalidToken("the token signature is invalid", forged=True) from None
     claims = dict(decoded.claims)
     now = int(time.time())
     exp = claims.get("exp")

@@ -7,7 +7,6 @@ render its Outcome. Responses are pre-serialized bytes (never a pydantic re-dump
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -50,36 +49,11 @@ def access(request: Request) -> AccessContext:
 
 
 def base_url(request: Request) -> str:
-    configured = request.app.state.settings.base_url
-    if configured:
-        return configured.rstrip("/")
-    scope = request.scope
-    host = next((value for name, value in scope["headers"] if name == b"host"), None)
-    server = scope.get("server")
-    return _request_base_url(
-        scope.get("scheme", "http"),
-        host,
-        tuple(server) if server else None,
-        scope.get("app_root_path", scope.get("root_path", "")),
-    )
-
-
-@lru_cache(maxsize=256)
-def _request_base_url(
-    scheme: str, host: bytes | None, server: tuple[str, int] | None, root_path: str
-) -> str:
-    """The FHIR base of the requests that share these, the only parts of a request Starlette's
-    `base_url` reads: computed by Starlette, once rather than per write (8 us each)."""
-    scope = {
-        "type": "http",
-        "scheme": scheme,
-        "server": server,
-        "root_path": root_path,
-        "path": "/",
-        "query_string": b"",
-        "headers": [] if host is None else [(b"host", host)],
-    }
-    return f"{str(Request(scope).base_url).rstrip('/')}/fhir"
+    """The FHIR base URL of this server, fixed by configuration (Settings.public_fhir_base):
+    FHIRGOAL_BASE_URL or the serve address, never a request's Host header (which a caller chooses:
+    it would become Location headers, Bundle links and, through auth/, tokens' iss/aud)."""
+    base: str = request.app.state.fhir_base
+    return base
 
 
 def negotiate(request: Request) -> None:
@@ -132,7 +106,21 @@ async def read_resource(request: Request) -> Any:
     body = await read_body(request, _JSON_TYPES)
     if not body.strip():
         raise FhirError("bad-request", "the request has no body")
-    return jsonio.loads(body)
+    return jsonio.loads(body, request.app.state.settings.max_json_depth)
+
+
+def form_pairs(
+    request: Request, text: str, what: str, strict: bool = False
+) -> list[tuple[str, str]]:
+    """The name=value pairs of a form or query text, refused with a 400 past the parameter limit
+    before they are all split out (a 4 MB `_search` body could hold a million)."""
+    limit = request.app.state.settings.max_search_params
+    try:
+        return parse_qsl(text, keep_blank_values=True, strict_parsing=strict, max_num_fields=limit)
+    except ValueError as exc:
+        if "Max number of fields" in str(exc):
+            raise FhirError("bad-request", f"{what} has more than {limit} parameters") from None
+        raise FhirError("bad-request", f"{what} is not a valid form") from None
 
 
 def search_params(request: Request) -> list[tuple[str, str]]:
@@ -255,7 +243,7 @@ async def create(rt: str, request: Request) -> Response:
     condition = request.headers.get("if-none-exist")
     criteria = None
     if condition is not None:  # "identifier=x|1", "?identifier=..." or "Patient?identifier=..."
-        criteria = parse_qsl(condition.split("?", 1)[-1], keep_blank_values=True)
+        criteria = form_pairs(request, condition.split("?", 1)[-1], "If-None-Exist")
     outcome = await svc.create(access(request), rt, resource, criteria, base_url(request))
     return render(request, outcome)
 
@@ -290,7 +278,8 @@ async def patch(rt: str, rid: str, request: Request) -> Response:
     svc = service(request)
     svc.require_type(rt)
     negotiate(request)
-    operations = jsonio.loads(await read_body(request, _PATCH_TYPES))
+    body = await read_body(request, _PATCH_TYPES)
+    operations = jsonio.loads(body, request.app.state.settings.max_json_depth)
     outcome = await svc.patch(access(request), rt, rid, operations, request.headers.get("if-match"))
     return render(request, outcome)
 
@@ -373,7 +362,8 @@ async def search(rt: str, request: Request) -> Response:
 async def search_post(rt: str, request: Request) -> Response:
     body = await read_body(request, {"application/x-www-form-urlencoded"})
     try:
-        form = parse_qsl(body.decode("utf-8"), keep_blank_values=True, strict_parsing=bool(body))
-    except (UnicodeDecodeError, ValueError):
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
         raise FhirError("bad-request", "the _search body is not a valid form") from None
+    form = form_pairs(request, text, "the _search body", strict=bool(body))
     return await _search(rt, request, search_params(request) + form)

@@ -8,18 +8,20 @@ index and speaks to the repository; it never formats HTTP (rest.py does).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import random
 import re
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import jsonpatch
-import jsonpointer
 import structlog
 from bson.errors import BSONError
+from pymongo.errors import PyMongoError
 
-from fhirgoal.auth.context import AccessContext
+from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.config import Settings
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.errors import FhirError
@@ -27,11 +29,13 @@ from fhirgoal.fhir.hooks import HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.operations import OperationRegistry
+from fhirgoal.fhir.patching import apply_patch
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.append_log import AppendLog
+from fhirgoal.store.claims import claim_key
 from fhirgoal.store.repository import AlreadyExists, Repository, Version
 
 log = structlog.get_logger(__name__)
@@ -40,6 +44,15 @@ _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
 # Runs of the after-write rules of one write when a concurrent write keeps changing what they
 # update; beyond that the pending mark stays and the sweep finishes them.
 AFTER_HOOK_ATTEMPTS = 3
+# Searches and claims of a conditional create before it gives up with 409 (about 2 s of waiting
+# for a concurrent claimant to store its resource).
+CLAIM_ATTEMPTS = 12
+
+
+async def _back_off(attempt: int) -> None:
+    """After losing a compare-and-set to a concurrent writer: a random pause that grows with each
+    loss, so that a burst of writers to one resource spreads out instead of colliding again."""
+    await asyncio.sleep(random.uniform(0, 0.005 * 2**attempt))
 
 
 @dataclass
@@ -177,24 +190,70 @@ class FhirService:
         base_url: str,
     ) -> Outcome:
         resource = self._check_body(rt, resource)
-        if if_none_exist is not None:
-            matches = await self._matches(access, rt, if_none_exist, base_url)
-            if len(matches) > 1:
-                raise FhirError(
-                    "precondition-failed", "If-None-Exist criteria match several resources"
-                )
-            if matches:
-                return Outcome(
-                    200, matches[0], message="a matching resource exists; nothing created"
-                )
+        if if_none_exist is None:
+            return await self._create_new(access, rt, resource, str(uuid.uuid4()))
+        matches, claimed = await self._claim_absent(access, rt, if_none_exist, base_url)
+        if len(matches) > 1:
+            raise FhirError("precondition-failed", "If-None-Exist criteria match several resources")
+        if matches:
+            return Outcome(200, matches[0], message="a matching resource exists; nothing created")
+        assert claimed is not None
+        return await self._create_claimed(access, rt, resource, claimed)
+
+    async def _create_new(
+        self, access: AccessContext, rt: str, resource: dict[str, Any], rid: str
+    ) -> Outcome:
         moment = now()
-        rid = str(uuid.uuid4())
         stored, index = self._prepare(resource, rid, 1, moment)
         version = self._version(rt, rid, 1, moment, "POST", stored)
         event = WriteEvent(access, rt, rid, stored, None)
         await self._insert(access, version, await self._before(event, index))
         await self._after(event, version)
         return Outcome(201, version)
+
+    async def _create_claimed(
+        self, access: AccessContext, rt: str, resource: dict[str, Any], claimed: tuple[str, str]
+    ) -> Outcome:
+        key, rid = claimed
+        try:
+            return await self._create_new(access, rt, resource, rid)
+        except BaseException:
+            # nothing was created: let a concurrent request with the same criteria go ahead
+            with contextlib.suppress(PyMongoError):
+                await self.repo.claims.release(key, rid)
+            raise
+
+    async def _claim_absent(
+        self, access: AccessContext, rt: str, params: list[tuple[str, str]], base_url: str
+    ) -> tuple[list[Version], tuple[str, str] | None]:
+        """The resources matching `params`; when there are none, a claim on the criteria (its key
+        and the id to create) that no concurrent request holds (store/claims.py). A request that
+        loses the claim searches again, so it finds the winner's resource once it is stored."""
+        key = claim_key(rt, params)
+        for attempt in range(CLAIM_ATTEMPTS):
+            matches = await self._matches(access, rt, params, base_url)
+            if matches:
+                return matches, None
+            rid = str(uuid.uuid4())
+            held = await self.repo.claims.claim(key, rid)
+            if held is None:
+                return [], (key, rid)
+            holder = await self.repo.current(UNRESTRICTED, rt, held.target) if held.target else None
+            # The claimant's resource exists, yet (searched again after it was stored) it does not
+            # match for this caller: the claim no longer stands for the criteria. Or its claimant
+            # died before creating anything.
+            superseded = holder is not None and (holder.deleted or attempt > 0)
+            abandoned = holder is None and bool(held.target) and held.stale
+            if (superseded or abandoned) and await self.repo.claims.take_over(
+                key, held.target, rid
+            ):
+                return [], (key, rid)
+            if holder is None:
+                await asyncio.sleep(min(0.005 * 2**attempt, 0.25))  # the claimant is creating
+        raise FhirError(
+            "conflict",
+            f"concurrent conditional writes on the same {rt} criteria; retry the request",
+        )
 
     async def _before(self, event: WriteEvent, index: dict[str, Any]) -> dict[str, Any]:
         """Run the before-hooks; the index to store, marked pending when after-hooks will run."""
@@ -302,10 +361,11 @@ class FhirService:
                 f"{rt}.id",
             )
         expected = parse_etag(if_match)
-        for _ in range(self.settings.write_retries):
+        for attempt in range(self.settings.write_retries):
             outcome = await self._try_update(access, rt, rid, resource, expected, method)
             if outcome is not None:
                 return outcome
+            await _back_off(attempt)
         raise FhirError("conflict", f"{rt}/{rid} is being changed concurrently; retry the update")
 
     async def _try_update(
@@ -376,7 +436,11 @@ class FhirService:
             return await self.update(access, rt, rid, {**resource, "id": rid}, if_match)
         if "id" in resource:
             return await self.update(access, rt, resource["id"], resource, if_match)
-        return await self.create(access, rt, resource, None, base_url)
+        matches, claimed = await self._claim_absent(access, rt, params, base_url)
+        if matches:  # created concurrently: update it instead
+            return await self.conditional_update(access, rt, params, resource, if_match, base_url)
+        assert claimed is not None
+        return await self._create_claimed(access, rt, resource, claimed)
 
     # ---- patch -------------------------------------------------------------------------------
     async def patch(
@@ -396,19 +460,21 @@ class FhirService:
                 "precondition-failed",
                 f"version conflict: If-Match is {expected}, the current version is {current.version}",
             )
-        try:
-            patched = jsonpatch.JsonPatch(operations).apply(current.resource)
-        except (jsonpatch.JsonPatchException, jsonpointer.JsonPointerException) as exc:
-            raise FhirError("processing", f"the patch cannot be applied: {exc}") from None
-        except (KeyError, TypeError, ValueError) as exc:
-            raise FhirError("bad-request", f"malformed JSON Patch operation: {exc}") from None
+        settings = self.settings
+        patched = apply_patch(
+            current.resource,
+            operations,
+            settings.max_patch_operations,
+            settings.max_json_depth,
+            settings.max_body_bytes,
+        )
         if not isinstance(patched, dict) or patched.get("id") != rid:
             raise FhirError("processing", "a patch may not change the resource id", f"{rt}.id")
         return await self.update(access, rt, rid, patched, f'W/"{current.version}"', method="PATCH")
 
     # ---- delete ------------------------------------------------------------------------------
     async def delete(self, access: AccessContext, rt: str, rid: str) -> Outcome:
-        for _ in range(self.settings.write_retries):
+        for attempt in range(self.settings.write_retries):
             current = await self.repo.current(access, rt, rid, "d")
             if current is None:
                 raise FhirError("not-found", f"{rt}/{rid} is not known")
@@ -420,6 +486,7 @@ class FhirService:
             if await self.repo.replace(access, current, tombstone, await self._before(event, {})):
                 await self._after(event, tombstone)
                 return Outcome(204, tombstone)
+            await _back_off(attempt)
         raise FhirError("conflict", f"{rt}/{rid} is being changed concurrently; retry the delete")
 
     async def conditional_delete(

@@ -88,6 +88,54 @@ class StructureChecker:
             self._walk(resource, rt, "", rt, issues, is_resource=True)
         return issues
 
+    def _is_primitive(self, code: str | None) -> bool:
+        entry = self.structure.get(code) if code is not None else None
+        return entry is not None and bool(entry.get("primitive"))
+
+    def _primitive_parts(
+        self,
+        child: Child,
+        key: str,
+        value: Any,
+        values: Any,
+        expr: str,
+        issues: list[Issue],
+    ) -> None:
+        """`_name`: the id and extensions of primitive `name` (json.html#primitive), an Element;
+        for a repeating primitive an array aligned with `name`'s, with null where a value has
+        none, and never null at both places (nor where `name` is absent)."""
+        where = f"{expr}.{key}"
+        if not child.repeats:
+            if not isinstance(value, dict) or not value:
+                issues.append(Issue(f"'{key}' must be a non-empty object", where, "structure"))
+            else:
+                self._walk(value, "Element", "", where, issues)
+            return
+        if not isinstance(value, list) or not value:
+            issues.append(Issue(f"'{key}' must be a non-empty array", where, "structure"))
+            return
+        aligned = isinstance(values, list)
+        if aligned and len(values) != len(value):
+            issues.append(
+                Issue(f"'{key}' must have as many items as '{key[1:]}' ({len(values)}), "
+                      f"not {len(value)}", where, "structure")
+            )  # fmt: skip
+            return
+        for i, item in enumerate(value):
+            if item is None:
+                if not aligned or values[i] is None:
+                    issues.append(
+                        Issue(f"'{key}' may hold null only beside a value of '{key[1:]}'",
+                              f"{where}[{i}]", "structure")
+                    )  # fmt: skip
+            elif not isinstance(item, dict) or not item:
+                issues.append(
+                    Issue(f"'{key}' items must be non-empty objects or null", f"{where}[{i}]",
+                          "structure")
+                )  # fmt: skip
+            else:
+                self._walk(item, "Element", "", f"{where}[{i}]", issues)
+
     def _is_complex(self, code: str | None) -> bool:
         if code is None:
             return False
@@ -111,16 +159,15 @@ class StructureChecker:
         for key, value in node.items():
             if is_resource and key == "resourceType":
                 continue
-            primitive_part = key.startswith("_")  # extensions/id of a primitive
+            primitive_part = key.startswith(
+                "_"
+            )  # id/extensions of a primitive (json.html#primitive)
             child = children.get(key[1:] if primitive_part else key)
-            if child is None:
+            if child is None or (primitive_part and not self._is_primitive(child.type_code)):
                 issues.append(Issue(f"unknown element '{key}'", f"{expr}.{key}", "structure"))
                 continue
-            if primitive_part:  # an object, or an array of them
-                if not isinstance(value, dict | list):
-                    issues.append(
-                        Issue(f"'{key}' must be an object or array", f"{expr}.{key}", "structure")
-                    )
+            if primitive_part:
+                self._primitive_parts(child, key, value, node.get(key[1:]), expr, issues)
                 continue
             if child.choice:
                 other = choices_seen.get(child.name)
@@ -142,9 +189,24 @@ class StructureChecker:
                 issues.append(
                     Issue(f"'{key}' must not be an empty array", f"{expr}.{key}", "structure")
                 )
+            # a null in an array of primitives holds the place of one that has only extensions
+            parts = node.get(f"_{key}") if repeated and None in value else None
             for i, item in enumerate(value if repeated else (value,)):
                 complex_value = isinstance(item, dict)
-                if item is None or item == "" or (complex_value and not item):
+                if isinstance(item, list):
+                    where = f"{expr}.{key}[{i}]" if repeated else f"{expr}.{key}"
+                    issues.append(
+                        Issue(f"'{key}' must not hold an array (R4 JSON has no arrays of arrays)",
+                              where, "structure")
+                    )  # fmt: skip
+                elif item is None:
+                    placeholder = (
+                        isinstance(parts, list) and i < len(parts) and parts[i] is not None
+                    )
+                    if not placeholder:
+                        where = f"{expr}.{key}[{i}]" if repeated else f"{expr}.{key}"
+                        issues.append(Issue(f"'{key}' must not be null", where, "structure"))
+                elif item == "" or (complex_value and not item):
                     where = f"{expr}.{key}[{i}]" if repeated else f"{expr}.{key}"
                     issues.append(Issue(f"'{key}' must not be empty", where, "structure"))
                 elif complex_value:  # primitives: their lexical form is checked by the JSON schema

@@ -68,6 +68,15 @@ def log_collection(resource_type: str) -> str:
     return f"{resource_type}_log"
 
 
+async def append_segment(segments: Any, records: Sequence[dict[str, Any] | bytes]) -> None:
+    """Store up to SEGMENT_MAX records as one segment of the log collection `segments`: also
+    the way for a process that runs no AppendLog (the CLI) to add records the server indexes."""
+    body = b"[" + b",".join(serialized(record) for record in records) + b"]"
+    await segments.insert_one(
+        {"_id": uuid.uuid4().hex, "at": datetime.now(UTC), "n": len(records), "body": body}
+    )
+
+
 class AppendLog:
     def __init__(
         self,
@@ -109,11 +118,7 @@ class AppendLog:
         waiting keeps them as bytes, which the garbage collector never has to walk."""
         for start in range(0, len(records), SEGMENT_MAX):
             part = records[start : start + SEGMENT_MAX]
-            body = b"[" + b",".join(serialized(record) for record in part) + b"]"
-            at = datetime.now(UTC)
-            await self.segments.insert_one(
-                {"_id": uuid.uuid4().hex, "at": at, "n": len(part), "body": body}
-            )
+            await append_segment(self.segments, part)
             if not announced:
                 self._activity += len(part)
             self._backlog += len(part)

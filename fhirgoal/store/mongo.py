@@ -2,6 +2,18 @@
 
 https://pymongo.readthedocs.io/en/stable/async-tutorial.html . Decimals (parsed from FHIR JSON with
 their precision) are encoded as BSON Decimal128 through the codec, so no document is walked twice.
+
+A 2xx means durable: every write is acknowledged only once it is journaled (write concern
+`j: true`, https://www.mongodb.com/docs/manual/reference/write-concern/#j-option), whatever the
+URI says about `journal` (a URI's `w`, e.g. `majority`, is kept; `w=0` is refused with it). With
+MongoDB's default `{w: 1, j: false}` an acknowledged write sits in memory until the next journal
+flush; SecantusDB without `j` loses every write since its last checkpoint to `kill -9` (measured:
+200 of 200 lost, against none with `j: true`, at 0.7 -> 1.0 ms per insert).
+
+Waits are bounded: with the database unreachable, an operation fails after `timeout` seconds of
+server selection (PyMongo's default is 30 s), so a request gets its 503 quickly instead of
+holding a connection, and the driver reconnects by itself when the database returns; the server
+also bounds each command's wait for an answer (`socket_timeout`), for a database that hangs.
 """
 
 from __future__ import annotations
@@ -26,12 +38,21 @@ CODEC_OPTIONS: CodecOptions[dict[str, Any]] = CodecOptions(
 )
 
 
-def connect(uri: str) -> AsyncMongoClient[dict[str, Any]]:
-    """An async client; the URI carries topology, TLS and write-concern options."""
+def connect(
+    uri: str, timeout: float = 2.0, socket_timeout: float | None = None, journal: bool = True
+) -> AsyncMongoClient[dict[str, Any]]:
+    """An async client with journaled writes; the URI carries topology, TLS and `w`."""
+    milliseconds = max(1, int(timeout * 1000))
+    options: dict[str, Any] = {}
+    if socket_timeout is not None:
+        options["socketTimeoutMS"] = max(1, int(socket_timeout * 1000))
     return AsyncMongoClient(
         uri,
         tz_aware=True,
         type_registry=CODEC_OPTIONS.type_registry,
-        serverSelectionTimeoutMS=10_000,
+        journal=journal,
+        serverSelectionTimeoutMS=milliseconds,
+        connectTimeoutMS=milliseconds,
         appname="fhirgoal",
+        **options,
     )

@@ -40,6 +40,7 @@ from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.jsonio import loads_stored
 from fhirgoal.store.append_log import AppendLog
 from fhirgoal.store.batching import BatchedCollectionOps
+from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import shape
 
@@ -130,6 +131,7 @@ class Repository:
         self.batched = BatchedCollectionOps(batch_in_flight)
         self._collections: dict[str, AsyncCollection[dict[str, Any]]] = {}
         self._logs: dict[str, AppendLog] = {}
+        self.claims = ConditionClaims(self.db)
 
     def write_through_log(self, append_log: AppendLog) -> None:
         """Records of `append_log.resource_type` may wait in that log: catch up before reading."""
@@ -150,6 +152,7 @@ class Repository:
     async def ensure_indexes(
         self, resource_types: list[str], pending_types: frozenset[str] = frozenset()
     ) -> None:
+        await self.claims.ensure_indexes()
         for rt in resource_types:
             current = self.collection(rt)
             await current.create_index([("lu", DESCENDING)], name="lastUpdated")

@@ -24,6 +24,9 @@ from fhirgoal.store.mongo import connect
 from tests.conftest import serve_app, start_server
 
 TEST_CLIENT = "test-app"
+# the signing keys' encryption key of test servers (never a key file in the working directory)
+TEST_KEK = "dGVzdC1rZXktZW5jcnlwdGlvbi1rZXktMzItYnl0ZXM="
+AUDIT_CLIENT = "audit-admin"  # registered for the audit trail by name
 
 
 @dataclass
@@ -83,14 +86,23 @@ class SmartServer:
 
 
 async def run_smart(mongo_uri: str, **overrides: Any) -> AsyncIterator[SmartServer]:
-    values: dict[str, Any] = {"auth": "smart", "audit_flush_seconds": 0.1, **overrides}
-    settings = Settings(mongodb_uri=mongo_uri, db=f"auth_{uuid.uuid4().hex[:12]}", **values)
+    values: dict[str, Any] = {
+        "db": f"auth_{uuid.uuid4().hex[:12]}",
+        "auth": "smart",
+        "audit_flush_seconds": 0.1,
+        "key_encryption_key": TEST_KEK,
+        **overrides,
+    }
+    settings = Settings(mongodb_uri=mongo_uri, **values)
     server, task, port = await start_server(settings)
     app: FastAPI = server.config.app
     origin = f"http://127.0.0.1:{port}"
     if settings.auth == "smart":
         await app.state.smart.clients.register(
             Client(client_id=TEST_CLIENT, scopes="patient/*.cruds user/*.cruds system/*.cruds")
+        )
+        await app.state.smart.clients.register(
+            Client(client_id=AUDIT_CLIENT, scopes="system/AuditEvent.rs user/AuditEvent.rs")
         )
     async with httpx.AsyncClient(base_url=f"{origin}/fhir", timeout=30) as http:
         yield SmartServer(f"{origin}/fhir", origin, settings, app, http)

@@ -13,7 +13,7 @@ from pymongo.errors import WriteError
 from fhirgoal.auth.audit import SEGMENT
 from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.fhir.jsonio import dumps
-from tests.auth.conftest import SmartServer, run_smart
+from tests.auth.conftest import AUDIT_CLIENT, SmartServer, run_smart
 from tests.fhir.helpers import observation
 
 
@@ -87,7 +87,8 @@ async def test_the_trail_is_searchable_by_an_administrator_only(smart: SmartServ
         await patient_app.get("/Patient/pa")
         await smart.app.state.auth_runtime.auditor.flush()
         assert (await patient_app.get("/AuditEvent")).status_code == 403
-    async with await smart.as_scope("system/AuditEvent.rs") as admin:
+    admin_token = await smart.mint("system/AuditEvent.rs", client_id=AUDIT_CLIENT)
+    async with smart.client(admin_token) as admin:
         bundle = (await admin.get("/AuditEvent?patient=Patient/pa&action=R")).json()
         assert bundle["entry"], bundle
         event_id = bundle["entry"][0]["resource"]["id"]

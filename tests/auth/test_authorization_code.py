@@ -64,9 +64,10 @@ class Browser:
         assert "<form" in page.text and 'name="password"' in page.text
         consent = await self.http.post("/auth/login", data={
             "request": hidden(page.text, "request"), "username": "lee", "password": password,
+            "csrf": hidden(page.text, "csrf"),
         })  # fmt: skip
         assert consent.status_code == 200, consent.text
-        form = {"request": hidden(consent.text, "request"), "nonce": hidden(consent.text, "nonce"), "decision": "approve"}  # fmt: skip
+        form = {"request": hidden(consent.text, "request"), "nonce": hidden(consent.text, "nonce"), "csrf": hidden(consent.text, "csrf"), "decision": "approve"}  # fmt: skip
         if patient is not None:
             assert f'<option value="{patient}"' in consent.text
             form["patient"] = patient
@@ -199,6 +200,7 @@ async def test_wrong_password_shows_the_login_page_again(browser: Browser) -> No
     )
     response = await browser.http.post("/auth/login", data={
         "request": hidden(page.text, "request"), "username": "lee", "password": "nope",
+        "csrf": hidden(page.text, "csrf"),
     })  # fmt: skip
     assert response.status_code == 401
     assert "Wrong user name or password" in response.text
@@ -232,8 +234,8 @@ async def test_denying_consent_redirects_with_access_denied(browser: Browser) ->
     page = await browser.http.get(
         "/auth/authorize", params=browser.authorize_params("patient/*.rs", challenge)
     )
-    consent = await browser.http.post("/auth/login", data={"request": hidden(page.text, "request"), "username": "lee", "password": "s3cret-pass"})  # fmt: skip
-    denied = await browser.http.post("/auth/consent", data={"request": hidden(consent.text, "request"), "nonce": hidden(consent.text, "nonce"), "decision": "deny"})  # fmt: skip
+    consent = await browser.http.post("/auth/login", data={"request": hidden(page.text, "request"), "username": "lee", "password": "s3cret-pass", "csrf": hidden(page.text, "csrf")})  # fmt: skip
+    denied = await browser.http.post("/auth/consent", data={"request": hidden(consent.text, "request"), "nonce": hidden(consent.text, "nonce"), "csrf": hidden(consent.text, "csrf"), "decision": "deny"})  # fmt: skip
     assert parse_qs(urlsplit(denied.headers["location"]).query)["error"] == ["access_denied"]
 
 

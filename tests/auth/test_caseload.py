@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import json
 import re
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from decimal import Decimal
@@ -16,12 +17,16 @@ from decimal import Decimal
 import httpx
 import pytest
 
+from fhirgoal.auth.bearer import CachedAuthenticator
 from fhirgoal.auth.clients import Client
-from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.auth.context import UNRESTRICTED, Caseload
+from fhirgoal.auth.revocation import token_keys
 from fhirgoal.auth.state import create_launch
+from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
 from tests.auth.conftest import SmartServer, run_smart
 from tests.auth.test_authorization_code import REDIRECT, hidden, pkce
+from tests.auth.test_security_audit import security_events
 from tests.fhir.helpers import FHIR_JSON, observation
 
 SURVEY = {
@@ -130,6 +135,26 @@ async def test_the_caseload_is_care_teams_and_general_practitioner(world: World)
     assert ids(response) == CASELOAD
     for pid in CASELOAD:
         assert (await world.lee.get(f"/Patient/{pid}")).status_code == 200, pid
+
+
+async def test_the_caseload_is_computed_past_the_search_value_limit(mongo_uri: str) -> None:
+    # the caseload's own searches name every role and organization of the practitioner: they
+    # are not refused by FHIRGOAL_MAX_SEARCH_VALUES (3 members and 5 carers here, limit 2)
+    async for smart in run_smart(mongo_uri, max_search_values=2):
+        for resource in [
+            {"resourceType": "Practitioner", "id": "doc"},
+            *[{"resourceType": "PractitionerRole", "id": f"role-{n}", "active": True,
+               "practitioner": {"reference": "Practitioner/doc"},
+               "organization": {"reference": f"Organization/clinic-{n}"}} for n in (1, 2)],
+            patient("p-team"), patient("p-gp", "Practitioner/doc"),
+            patient("p-org", "Organization/clinic-2"), patient("p-bbbb"),
+            care_team("team-1", "p-team", "PractitionerRole/role-2"),
+        ]:  # fmt: skip
+            await smart.seed(resource)
+        async with smart.client(await smart.mint("user/*.rs", fhir_user="Practitioner/doc")) as lee:
+            response = await lee.get("/Patient", params={"_count": 50})
+            assert response.status_code == 200, response.text
+            assert ids(response) == {"p-team", "p-gp", "p-org"}
 
 
 async def test_reads_of_b_answer_404_exactly_as_for_an_unknown_id(world: World) -> None:
@@ -352,7 +377,8 @@ async def consent_page(smart: SmartServer, http: httpx.AsyncClient, user: str, *
     page = await http.get("/auth/authorize", params=params)
     assert page.status_code == 200, page.text
     consent = await http.post("/auth/login", data={
-        "request": hidden(page.text, "request"), "username": user, "password": "s3cret-pass"})  # fmt: skip
+        "request": hidden(page.text, "request"), "csrf": hidden(page.text, "csrf"),
+        "username": user, "password": "s3cret-pass"})  # fmt: skip
     assert consent.status_code == 200, consent.text
     return consent.text
 
@@ -361,7 +387,7 @@ async def decide(
     http: httpx.AsyncClient, consent: str, patient: str | None
 ) -> dict[str, list[str]]:
     form = {"request": hidden(consent, "request"), "nonce": hidden(consent, "nonce"),
-            "decision": "approve"}  # fmt: skip
+            "csrf": hidden(consent, "csrf"), "decision": "approve"}  # fmt: skip
     if patient:
         form["patient"] = patient
     redirect = await http.post("/auth/consent", data=form)
@@ -394,6 +420,8 @@ async def test_the_picker_offers_the_caseload_only(
     # a choice outside the caseload, sent by hand, is refused
     refused = await decide(browser, consent, "p-bbbb")
     assert refused["error"] == ["invalid_request"] and "code" not in refused
+    [audited] = await security_events(world.smart, "launch-refused")
+    assert audited["outcome"] == "4" and "Patient/p-bbbb" in audited["outcomeDesc"]
     consent = await consent_page(world.smart, browser, "lee")
     assert "code" in await decide(browser, consent, "p-gp")
 
@@ -414,6 +442,61 @@ async def test_an_ehr_launch_outside_the_caseload_is_refused(
     consent = await consent_page(world.smart, browser, "lee", scope="launch openid fhirUser patient/*.rs", launch=outside)  # fmt: skip
     refused = await decide(browser, consent, None)
     assert refused["error"] == ["access_denied"] and "code" not in refused
+    [audited] = await security_events(world.smart, "launch-refused")
+    assert "EHR launch's Patient/p-bbbb" in audited["outcomeDesc"]
     inside = await create_launch(db, patient="p-team")
     consent = await consent_page(world.smart, browser, "lee", scope="launch openid fhirUser patient/*.rs", launch=inside)  # fmt: skip
     assert "code" in await decide(browser, consent, None)
+
+
+# ---- the token cache: caseload refresh and revocation together ----------------------------------
+async def test_a_rebuilt_caseload_context_is_still_revocable(mongo_uri: str) -> None:
+    # revocations made elsewhere are not reread during the test: only this replica's eviction
+    async for smart in run_smart(
+        mongo_uri, caseload_refresh_seconds=0.3, revocation_check_seconds=3600
+    ):
+        await seed_world(smart)
+        token = await smart.mint("user/*.rs", fhir_user="Practitioner/doc", grant_id="g-lee")
+        async with smart.client(token) as lee:
+            assert (await lee.get("/Patient/p-team")).status_code == 200
+            await asyncio.sleep(0.4)  # the caseload is stale: the next use rebuilds the context
+            assert (await lee.get("/Patient/p-team")).status_code == 200
+            await smart.app.state.auth_runtime.revoke(["grant:g-lee"])
+            assert (await lee.get("/Patient/p-team")).status_code == 401
+
+
+class _RevokedMeanwhile:
+    """Caseloads whose computation sees a revocation land (another request's code reuse)."""
+
+    patient_types = frozenset({"Patient"})
+
+    def __init__(self) -> None:
+        self.authenticator: CachedAuthenticator | None = None
+        self.revoke = False
+
+    async def of(self, fhir_user: str | None) -> Caseload:
+        if self.revoke and self.authenticator is not None:
+            self.authenticator.evict({"grant:g-1"})
+        return Caseload(frozenset({"Patient/p-team"}), time.monotonic() - 1)  # stale at once
+
+
+async def test_a_revocation_during_a_caseload_build_refuses_the_token() -> None:
+    claims = {"scope": "user/*.rs", "fhirUser": "Practitioner/doc", "sub": "lee",
+              "client_id": "app", "grant_id": "g-1", "exp": time.time() + 60}  # fmt: skip
+    verified = 0
+
+    async def verify(token: str, base: str) -> dict[str, object]:
+        nonlocal verified
+        verified += 1
+        return dict(claims)
+
+    caseloads = _RevokedMeanwhile()
+    cache = CachedAuthenticator(verify, None, keys_of=token_keys, caseloads=caseloads)  # type: ignore[arg-type]
+    caseloads.authenticator = cache
+    assert (await cache.authenticate("t", "b")).caseload is not None
+    caseloads.revoke = True  # revoked while the stale context is rebuilt: refused, not cached
+    with pytest.raises(InvalidToken):
+        await cache.authenticate("t", "b")
+    with pytest.raises(InvalidToken):  # revoked while a first verification builds it
+        await cache.authenticate("t2", "b")
+    assert verified == 2 and cache.evict({"grant:g-1"}) == 0

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 import httpx
 import pytest
 
+from fhirgoal.auth.clients import Client
 from tests.auth.conftest import SmartServer
 from tests.fhir.helpers import FHIR_JSON, observation
 
@@ -107,7 +108,9 @@ async def test_granular_scope_confines_reads_and_writes_to_its_filter(smart: Sma
 
 
 async def test_the_audit_trail_cannot_be_changed_even_with_full_scopes(smart: SmartServer) -> None:
-    async with await smart.as_scope("system/*.cruds system/AuditEvent.cruds") as client:
+    full = "system/*.cruds system/AuditEvent.cruds"
+    await smart.app.state.smart.clients.register(Client(client_id="full", scopes=full))
+    async with smart.client(await smart.mint(full, client_id="full")) as client:
         await client.get("/Observation")
         await smart.app.state.auth_runtime.auditor.flush()
         events = (await client.get("/AuditEvent")).json()["entry"]

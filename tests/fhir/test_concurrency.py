@@ -50,3 +50,56 @@ async def test_concurrent_updates_without_if_match_all_land_in_order(fhir: Runni
         "2",
         "1",
     ]
+
+
+async def test_parallel_conditional_creates_make_exactly_one_resource(fhir: RunningServer) -> None:
+    for round_ in range(3):
+        system_value = f"urn:sys|X{round_}"
+        body = {
+            **patient(f"Same{round_}"),
+            "identifier": [{"system": "urn:sys", "value": f"X{round_}"}],
+        }
+        responses = await asyncio.gather(
+            *(
+                fhir.client.post(
+                    "/Patient",
+                    json=body,
+                    headers={**FHIR_JSON, "If-None-Exist": f"identifier={system_value}"},
+                )
+                for _ in range(20)
+            )
+        )
+        statuses = sorted(r.status_code for r in responses)
+        assert statuses == [200] * 19 + [201], statuses
+        assert len({r.json()["id"] for r in responses}) == 1
+        found = (await fhir.client.get("/Patient", params={"identifier": system_value})).json()
+        assert found["total"] == 1
+
+
+async def test_parallel_conditional_updates_create_once_then_update(fhir: RunningServer) -> None:
+    body = {**patient("Upsert"), "identifier": [{"system": "urn:sys", "value": "U1"}]}
+    responses = await asyncio.gather(
+        *(
+            fhir.client.put("/Patient?identifier=urn:sys|U1", json=body, headers=FHIR_JSON)
+            for _ in range(8)
+        )
+    )
+    statuses = sorted(r.status_code for r in responses)
+    assert statuses == [200] * 7 + [201], statuses
+    assert len({r.json()["id"] for r in responses}) == 1
+    found = (await fhir.client.get("/Patient", params={"identifier": "urn:sys|U1"})).json()
+    assert found["total"] == 1
+    assert found["entry"][0]["resource"]["meta"]["versionId"] == "8"
+
+
+async def test_failed_conditional_create_does_not_block_the_next(fhir: RunningServer) -> None:
+    criteria = {**FHIR_JSON, "If-None-Exist": "identifier=urn:sys|F1"}
+    bad = {
+        "resourceType": "Patient",
+        "identifier": [{"system": "urn:sys", "value": "F1"}],
+        "gender": "robot",
+    }
+    assert (await fhir.client.post("/Patient", json=bad, headers=criteria)).status_code == 400
+    good = {**patient("Fine"), "identifier": [{"system": "urn:sys", "value": "F1"}]}
+    created = await fhir.client.post("/Patient", json=good, headers=criteria)
+    assert created.status_code == 201, created.text

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 
 import pytest
@@ -168,3 +169,59 @@ def test_integers_beyond_64_bits_keep_their_text() -> None:
                            Decimal("-9223372036854775809"), 18446744073709551615]  # fmt: skip
     assert jsonio.dumps(parsed) == text.encode()
     assert jsonio.dumps(jsonio.loads_stored(text)) == text.encode()
+
+
+def _depth(value: object) -> int:
+    if isinstance(value, dict):
+        return 1 + max(map(_depth, value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max(map(_depth, value), default=0)
+    return 0
+
+
+_bracket_texts = st.text(alphabet='[]{}"\\ ,:ab', max_size=12)
+_nested_values = st.recursive(
+    st.none() | st.integers() | _bracket_texts,
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(_bracket_texts, children, max_size=3)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=400, deadline=None, database=None)
+@given(_nested_values, st.integers(min_value=1, max_value=8), st.booleans())
+def test_property_depth_limit_matches_the_nesting_strings_aside(
+    value: object, limit: int, pretty: bool
+) -> None:
+    """Brackets, quotes and backslashes inside strings never count; the limit is exact."""
+    text = json.dumps(value, indent=1 if pretty else None)
+    if _depth(value) > limit:
+        with pytest.raises(FhirError, match=f"nested deeper than {limit} levels"):
+            jsonio.loads(text, max_depth=limit)
+    else:
+        assert jsonio.loads(text, max_depth=limit) == json.loads(text)
+
+
+@pytest.mark.parametrize("depth", [101, 1000, 100_000])
+def test_deep_nesting_is_refused_before_parsing(depth: int) -> None:
+    for body in (b"[" * depth + b"]" * depth, b'{"a":' * depth + b"1" + b"}" * depth):
+        with pytest.raises(FhirError, match="nested deeper than 100 levels"):
+            jsonio.loads(body)
+    with pytest.raises(FhirError):  # never closed: the parser must not descend into it
+        jsonio.loads(b"[" * depth)
+
+
+def test_lone_surrogate_escape_is_refused_and_a_pair_is_kept() -> None:
+    with pytest.raises(FhirError, match="lone surrogate"):
+        jsonio.loads(b'{"family": "\\ud800"}')
+    assert jsonio.loads(b'{"family": "\\ud83d\\ude00"}') == {"family": "\U0001f600"}
+
+
+def test_check_nesting_bounds_built_values() -> None:
+    value: object = 1
+    for _ in range(150):
+        value = [value]
+    with pytest.raises(FhirError, match="nested deeper than 100"):
+        jsonio.check_nesting(value)
+    jsonio.check_nesting(value, limit=150)

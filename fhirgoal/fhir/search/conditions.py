@@ -28,6 +28,9 @@ Condition = dict[str, Any]
 # Fields stored twice (index.py): coarse indexed keys, and an unindexed copy ("tokx", ...) holding
 # every key, for exact checks and exact ranges.
 EXACT_COPIES = {"tok", "ref", "str", "num"}
+# The longest regular expression sent to the database: SecantusDB refuses more than 1000 characters
+# (a 1000-character `:contains` value answered 503 as a database error).
+MAX_PATTERN = 1000
 
 
 def starts_with(field: str, prefix: str) -> Condition:
@@ -207,11 +210,20 @@ def string(param: SearchParam, modifier: str, values: list[str]) -> Condition:
         }
     if modifier == "contains":
         low, high = f"{c}|", f"{c}}}"
-        pattern = "|".join(re.escape(fold(v)) for v in values)
+        # one pattern per value: the database refuses long patterns (SecantusDB: 1000 characters,
+        # MongoDB: 32 KiB), and one alternation of a hundred values would pass neither
+        patterns = [f"^{re.escape(c)}\\|.*{re.escape(fold(v))}" for v in values]
+        if max(map(len, patterns)) > MAX_PATTERN:
+            raise FhirError(
+                "bad-request",
+                f"a value of '{c}:contains' is too long (at most {MAX_PATTERN} characters "
+                "once case and accents are folded and special characters escaped)",
+                f"{c}:contains",
+            )
         return {
             "$and": [
                 _range("str", low, high),
-                {"strx": {"$regex": f"^{re.escape(c)}\\|.*({pattern})"}},
+                any_of([{"strx": {"$regex": pattern}} for pattern in patterns]),
             ]
         }
     if modifier:

@@ -21,7 +21,14 @@ from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.search import conditions
 from fhirgoal.fhir.search.index import reference_entries
-from fhirgoal.fhir.search.query import CompiledSearch, Cursor, Deferred, IncludeSpec, SearchCompiler
+from fhirgoal.fhir.search.query import (
+    CompiledSearch,
+    Cursor,
+    Deferred,
+    IncludeSpec,
+    SearchCompiler,
+    SearchLimits,
+)
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.subsetting import Subsetter
 from fhirgoal.store.repository import Repository, Version
@@ -135,12 +142,21 @@ class SearchEngine:
         self.registry = registry
         self.repo = repo
         self.subsetter = Subsetter(conformance.structure)
+        self.limits = SearchLimits(
+            settings.max_search_params,
+            settings.max_search_values,
+            settings.max_search_value_length,
+            settings.max_sort_keys,
+        )
 
     def compiler(self, rt: str) -> SearchCompiler:
         if not self.conformance.is_stored(rt):
             raise FhirError("not-supported", f"unknown or unsupported resource type '{rt}'")
         return SearchCompiler(
-            self.registry.for_type(rt), self.settings.max_page_size, self.settings.default_page_size
+            self.registry.for_type(rt),
+            self.settings.max_page_size,
+            self.settings.default_page_size,
+            self.limits,
         )
 
     # ---- conditions needing other searches -------------------------------------------------

@@ -1,0 +1,100 @@
+"""`fhirgoal serve` as a real process (its own process group, with the embedded database as its
+child), for tests about crashes, restarts, slow clients and a dying database."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+
+@dataclass
+class ServeProcess:
+    data_dir: Path
+    port: int
+    env: dict[str, str] = field(default_factory=dict)
+    process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def origin(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def base(self) -> str:
+        return f"{self.origin}/fhir"
+
+    @property
+    def log_path(self) -> Path:
+        return self.data_dir / "serve.log"
+
+    def log_text(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+    def database_pid(self) -> int:
+        return int(json.loads((self.data_dir / "embedded.json").read_text())["pid"])
+
+    def start(self, wait: float = 90.0) -> ServeProcess:
+        env = {k: v for k, v in os.environ.items() if k != "MONGODB_URI"}
+        env.setdefault("FHIRGOAL_AUTH", "off")
+        env.update(self.env)
+        command = [
+            sys.executable, "-m", "fhirgoal.cli", "serve",
+            "--port", str(self.port), "--data-dir", str(self.data_dir),
+        ]  # fmt: skip
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(
+                command, env=env, stdout=log, stderr=log, start_new_session=True
+            )
+        deadline = time.monotonic() + wait
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise AssertionError(f"serve exited: {self.log_text()[-3000:]}")
+            try:
+                if httpx.get(f"{self.origin}/readyz", timeout=1).status_code == 200:
+                    return self
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.2)
+        self.kill_group()
+        raise AssertionError(f"serve did not become ready: {self.log_text()[-3000:]}")
+
+    def kill_server(self) -> None:
+        """SIGKILL of the server process alone (its database child follows it: PDEATHSIG)."""
+        assert self.process is not None
+        self.process.send_signal(signal.SIGKILL)
+        self.process.wait()
+
+    def kill_group(self) -> None:
+        """SIGKILL of the server and its database at once."""
+        if self.process is None:
+            return
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
+        self.process.wait()
+
+    def stop(self, timeout: float = 30.0) -> int:
+        assert self.process is not None
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        try:
+            return self.process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill_group()
+            raise
+
+
+def wait_until_gone(pid: int, timeout: float = 15.0) -> None:
+    """Until `pid` has exited (and been reaped: a zombie still has a /proc entry)."""
+    deadline = time.monotonic() + timeout
+    while Path(f"/proc/{pid}").exists():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"process {pid} is still there")
+        time.sleep(0.05)
