@@ -72,6 +72,16 @@ class Settings(BaseSettings):
     # audit events stored but not yet indexed past which indexing no longer waits for quiet time
     # (store/append_log.py): bounds how long an AuditEvent search can wait for the index
     audit_index_backlog: int = 10_000
+
+    # ---- user access policy (issue 12) ----
+    # Whom a practitioner's `user/` scopes and the login's patient picker reach (auth/caseload.py):
+    # `caseload`, the patients whose CareTeam lists them or whose generalPractitioner is them,
+    # their PractitionerRole or its Organization; `all`, every patient (small practices).
+    user_access: Literal["all", "caseload"] = "caseload"
+    # How long a computed caseload is used: a CareTeam, Patient or PractitionerRole change
+    # reaches every token within this time (on every replica).
+    caseload_refresh_seconds: float = 60.0
+
     # ---- resilience (issue 12) ----
     # A request's headers must arrive within this many seconds of its first byte, and its body
     # within this many seconds of its headers, else 408 and the connection closes (serving.py).

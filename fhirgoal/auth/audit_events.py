@@ -296,6 +296,8 @@ SECURITY_KINDS: dict[str, tuple[dict[str, str], dict[str, str] | None]] = {
     "consent-approved": (_AUTHENTICATION, _LOGIN),
     "consent-denied": (_AUTHENTICATION, _LOGOUT),
     "csrf-refused": (_ALERT, None),
+    # a picker choice or EHR launch outside the user's caseload (auth/caseload.py)
+    "launch-refused": (_AUTHENTICATION, _LOGIN),
     "client-revoked": (_ATTRIBUTES, None),
     "user-revoked": (_ATTRIBUTES, None),
     "suppressed": (_ALERT, None),  # a summary of events the rate limit held back

@@ -7,7 +7,9 @@ https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html).
 
 A token is verified once: the AccessContext built from it is kept in an LRU cache keyed by the token
 string until the token expires, so the per-request cost of a known token is a dict lookup (and a
-clock reading, to know when to reread revocations: auth/revocation.py).
+clock reading, to know when to reread revocations: auth/revocation.py). A context built on a
+user's caseload (auth/caseload.py) is rebuilt from the cached claims once that caseload is older
+than FHIRGOAL_CASELOAD_REFRESH_SECONDS; the rebuilt context keeps the token's revocation keys.
 """
 
 from __future__ import annotations
@@ -15,12 +17,22 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
-from fhirgoal.auth.context import AccessContext, ParamCompiler, build_context
-from fhirgoal.auth.scopes import ScopeError, parse_scopes
+from fhirgoal.auth.context import (
+    AccessContext,
+    Caseload,
+    ParamCompiler,
+    build_context,
+    needs_caseload,
+)
+from fhirgoal.auth.scopes import ScopeError, Scopes, parse_scopes
 from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.fhir.errors import FhirError
+
+if TYPE_CHECKING:
+    from fhirgoal.auth.caseload import Caseloads
 
 CACHE_SIZE = 10_000
 
@@ -52,18 +64,13 @@ def bearer_token(headers: list[tuple[bytes, bytes]]) -> str | None:
 
 
 def context_from_claims(
-    claims: dict[str, Any], compile_params: ParamCompiler | None
+    claims: dict[str, Any],
+    compile_params: ParamCompiler | None,
+    caseload: Caseload | None = None,
+    patient_types: frozenset[str] = frozenset(),
 ) -> AccessContext:
     """The AccessContext of verified claims (a JWT's or an introspection response's)."""
-    scope = claims.get("scope")
-    if isinstance(scope, list):  # some issuers send `scp` style arrays
-        scope = " ".join(str(s) for s in scope)
-    if not isinstance(scope, str):
-        raise InvalidToken("the token carries no scope")
-    try:
-        scopes = parse_scopes(scope)
-    except ScopeError as exc:
-        raise InvalidToken(str(exc)) from None
+    scopes = _scopes(claims)
     patient = claims.get("patient")
     fhir_user = claims.get("fhirUser")
     subject = claims.get("sub") or claims.get("client_id") or "unknown"
@@ -74,7 +81,21 @@ def context_from_claims(
         patient=str(patient) if patient else None,
         fhir_user=str(fhir_user) if fhir_user else None,
         compile_params=compile_params,
+        caseload=caseload,
+        patient_types=patient_types,
     )
+
+
+def _scopes(claims: dict[str, Any]) -> Scopes:
+    scope = claims.get("scope")
+    if isinstance(scope, list):  # some issuers send `scp` style arrays
+        scope = " ".join(str(s) for s in scope)
+    if not isinstance(scope, str):
+        raise InvalidToken("the token carries no scope")
+    try:
+        return parse_scopes(scope)
+    except ScopeError as exc:
+        raise InvalidToken(str(exc)) from None
 
 
 class Authenticator(Protocol):
@@ -88,12 +109,28 @@ KeysOf = Callable[[dict[str, Any]], tuple[str, ...]]
 RecentRevocations = Callable[[], Awaitable[set[str]]]
 
 
+@dataclass(slots=True)
+class _Cached:
+    """A verified token: its context until `until` (epoch seconds), the claims it was built from
+    (to rebuild it on a newer caseload) and the revocation keys that concern it."""
+
+    until: float
+    context: AccessContext
+    claims: dict[str, Any]
+    keys: tuple[str, ...]
+
+
 class CachedAuthenticator:
     """Verify a token with `verifier` (claims or InvalidToken), cache the context until expiry.
 
     Revocation (auth/revocation.py): `evict` drops the cached tokens of revoked keys at once (the
     replica that revokes calls it), and every `check_seconds` the first request rereads the keys
-    revoked elsewhere (one query per interval, not per request) and drops theirs."""
+    revoked elsewhere (one query per interval, not per request) and drops theirs. A key evicted
+    while a context is being built (the verification, a caseload's searches) refuses that token
+    too, so that a context built across a revocation is neither used nor cached.
+
+    With `caseloads` (FHIRGOAL_USER_ACCESS=caseload), a token the policy bears on gets the
+    caseload of its `fhirUser`; patient and system tokens never wait for one."""
 
     def __init__(
         self,
@@ -103,6 +140,7 @@ class CachedAuthenticator:
         keys_of: KeysOf | None = None,
         recent: RecentRevocations | None = None,
         check_seconds: float = 5.0,
+        caseloads: Caseloads | None = None,
     ) -> None:
         self.verifier = verifier
         self.compile_params = compile_params
@@ -110,10 +148,12 @@ class CachedAuthenticator:
         self.keys_of = keys_of
         self.recent = recent
         self.check_seconds = check_seconds
+        self.caseloads = caseloads
         self._next_check = time.monotonic() + check_seconds
-        self._cache: OrderedDict[tuple[str, str], tuple[float, AccessContext, tuple[str, ...]]] = (
-            OrderedDict()
-        )
+        self._cache: OrderedDict[tuple[str, str], _Cached] = OrderedDict()
+        # evictions so far, and the recently evicted keys with the count at their eviction
+        self._evictions = 0
+        self._evicted: OrderedDict[str, int] = OrderedDict()
 
     async def authenticate(self, token: str, base: str) -> AccessContext:
         if self.recent is not None and time.monotonic() >= self._next_check:
@@ -123,26 +163,63 @@ class CachedAuthenticator:
         hit = self._cache.get(key)
         now = time.time()
         if hit is not None:
-            if hit[0] > now:
+            if hit.until > now:
                 self._cache.move_to_end(key)
-                return hit[1]
+                if hit.context.caseload is None or hit.context.caseload.fresh:
+                    return hit.context
+                # the caseload is stale: rebuild on the current one, keeping claims and keys
+                before = self._evictions
+                context = await self._context(hit.claims)
+                self._refuse_if_evicted(before, hit.keys)
+                hit.context = context
+                if key not in self._cache:  # dropped from the LRU meanwhile
+                    self._store(key, hit)
+                return context
             del self._cache[key]
+        before = self._evictions
         claims = await self.verifier(token, base)
-        context = context_from_claims(claims, self.compile_params)
+        context = await self._context(claims)
+        keys = self.keys_of(claims) if self.keys_of is not None else ()
+        self._refuse_if_evicted(before, keys)
         until = float(claims.get("exp") or now + (self.max_cache_seconds or 0))
         if self.max_cache_seconds is not None:
             until = min(until, now + self.max_cache_seconds)
-        keys = self.keys_of(claims) if self.keys_of is not None else ()
-        self._cache[key] = (until, context, keys)
+        self._store(key, _Cached(until, context, claims, keys))
+        return context
+
+    def _store(self, key: tuple[str, str], entry: _Cached) -> None:
+        self._cache[key] = entry
         if len(self._cache) > CACHE_SIZE:
             self._cache.popitem(last=False)
-        return context
+
+    def _refuse_if_evicted(self, before: int, keys: tuple[str, ...]) -> None:
+        """InvalidToken when one of the token's keys was evicted after eviction number `before`
+        (while its context was being built)."""
+        if self._evictions != before and any(self._evicted.get(k, 0) > before for k in keys):
+            raise InvalidToken("the token is revoked")
+
+    async def _context(self, claims: dict[str, Any]) -> AccessContext:
+        caseloads = self.caseloads
+        if caseloads is None:
+            return context_from_claims(claims, self.compile_params)
+        fhir_user = claims.get("fhirUser")
+        fhir_user = str(fhir_user) if fhir_user else None
+        if not needs_caseload(_scopes(claims), fhir_user):
+            return context_from_claims(claims, self.compile_params)
+        caseload = await caseloads.of(fhir_user)
+        return context_from_claims(claims, self.compile_params, caseload, caseloads.patient_types)
 
     def evict(self, revoked: set[str]) -> int:
         """Forget the cached tokens that any of the `revoked` keys concerns; how many."""
         if not revoked:
             return 0
-        gone = [k for k, (_, _, keys) in self._cache.items() if not revoked.isdisjoint(keys)]
+        self._evictions += 1
+        for revoked_key in revoked:
+            self._evicted[revoked_key] = self._evictions
+            self._evicted.move_to_end(revoked_key)
+        while len(self._evicted) > CACHE_SIZE:
+            self._evicted.popitem(last=False)
+        gone = [k for k, entry in self._cache.items() if not revoked.isdisjoint(entry.keys)]
         for key in gone:
             del self._cache[key]
         return len(gone)

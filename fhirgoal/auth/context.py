@@ -9,10 +9,15 @@ letter (c r u d s). What the scope then allows is a *condition* on the stored do
 
 - `patient/` scopes: the patient's compartment, `{"comp": "Patient/<id>"}` (the compartment is
   computed at write time for every resource, a Patient included in its own);
-- `user/` and `system/` scopes: no condition (the user's or client's own reach); a practitioner
-  user's reach is what their registration's scopes allow;
+- `user/` scopes: under FHIRGOAL_USER_ACCESS=caseload, on the types that have a patient
+  compartment, the user's caseload (auth/caseload.py): `{"comp": {"$in": [...patients, []]}}`,
+  i.e. in one of those patients' compartments or in none; under `all`, no condition;
+- `system/` scopes: no condition (the client's own reach);
 - granular v2 parameters (`?category=survey`): their search filter, compiled by the search
   compiler, added to the scope's condition.
+
+A practitioner's token under `caseload` whose launch patient is outside the caseload gets nothing
+from its `patient/` scopes either (an EHR launch or a picker choice cannot widen the caseload).
 
 Several scopes for the same type and letter are ORed. `constrain` is the hot path: a dict lookup
 and a dict merge. Reads outside the condition simply find nothing (404, never a hint that the
@@ -21,6 +26,7 @@ resource exists); a write whose new content falls outside is refused with 403 (`
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -29,6 +35,8 @@ from fhirgoal.auth.scopes import ResourceScope, Scopes
 
 # Interactions in SMART v2 letters: c(reate) r(ead) u(pdate) d(elete) s(earch).
 INTERACTIONS = frozenset("cruds")
+# Not a deletion's tombstone (whose search index, `comp` included, is cleared).
+LIVE = {"$ne": True}
 # Written by the server only: no create, update, delete or patch through the API for any caller,
 # an unrestricted one included (the server stores its AuditEvents through the append log, never
 # through a context). Issue 12: a client must not be able to plant backdated events.
@@ -39,6 +47,40 @@ SERVER_WRITTEN = frozenset({"AuditEvent"})
 ParamCompiler = Callable[[str, tuple[tuple[str, str], ...]], dict[str, Any]]
 
 
+@dataclass(frozen=True, eq=False)
+class Caseload:
+    """The patients ("Patient/id") one user reaches, and until when this answer is used."""
+
+    patients: frozenset[str]
+    expires: float  # time.monotonic()
+    # the practitioner, their active PractitionerRoles and those roles' Organizations
+    carers: frozenset[str] = frozenset()
+    # the condition on a stored document of a compartment type: in one of the patients'
+    # compartments, or in none (shared); tombstones, whose index is cleared, are left out
+    condition: dict[str, Any] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        within: list[Any] = [*sorted(self.patients), []]
+        object.__setattr__(self, "condition", {"comp": {"$in": within}, "del": LIVE})
+
+    def holds(self, resource_type: str, document: dict[str, Any]) -> bool:
+        """May a document (id + index fields) be written: every patient in its compartment is in
+        the caseload, so that no second reference reaches into a patient outside it. A new
+        Patient may be written when it names one of the carers as general practitioner (it
+        joins the caseload when the caseload is next computed)."""
+        outside = [p for p in document.get("comp") or () if p not in self.patients]
+        if not outside:
+            return True
+        if resource_type == "Patient" and outside == [f"Patient/{document.get('_id')}"]:
+            refs = document.get("ref") or ()
+            return any(f"general-practitioner={carer}" in refs for carer in self.carers)
+        return False
+
+    @property
+    def fresh(self) -> bool:
+        return time.monotonic() < self.expires
+
+
 @dataclass(frozen=True, slots=True)
 class Grant:
     """One scope, resolved: the types and letters it opens, and the condition it imposes."""
@@ -46,6 +88,18 @@ class Grant:
     resource_type: str  # a type, or "*"
     scope: ResourceScope
     condition: dict[str, Any]
+    # a `user/` scope under the caseload policy: its condition on the compartment types
+    caseload: Caseload | None = None
+
+    def condition_on(self, resource_type: str, patient_types: frozenset[str]) -> dict[str, Any]:
+        if self.caseload is None or resource_type not in patient_types:
+            return self.condition
+        return merge(self.condition, self.caseload.condition)
+
+    def permits(self, resource_type: str, document: dict[str, Any]) -> bool:
+        if self.caseload is not None and not self.caseload.holds(resource_type, document):
+            return False
+        return matches(document, self.condition)
 
 
 def _forbidden(diagnostics: str) -> Exception:
@@ -57,12 +111,40 @@ def _forbidden(diagnostics: str) -> Exception:
 
 
 def merge(query: dict[str, Any], condition: dict[str, Any]) -> dict[str, Any]:
-    """`query` AND `condition`: a plain dict merge unless both name the same key."""
+    """`query` AND `condition`: a plain dict merge unless both test the same key differently.
+
+    Two compartment tests (a compartment search under a patient scope or a caseload) become
+    their intersection, still one indexable test: an `$and` of both would make the database
+    check one while it scans for the other (store/planner.py)."""
     if not condition:
         return query
-    if query.keys() & condition.keys():
-        return {"$and": [query, condition]}
-    return {**query, **condition}
+    overlap = query.keys() & condition.keys()
+    merged = {**query, **condition}
+    for key in overlap:
+        if query[key] == condition[key]:
+            continue
+        both = _both_within(query[key], condition[key]) if key == "comp" else None
+        if both is None:
+            return {"$and": [query, condition]}
+        merged[key] = both
+    return merged
+
+
+def _values(test: Any) -> list[Any] | None:
+    if isinstance(test, str):
+        return [test]
+    if isinstance(test, dict) and set(test) == {"$in"}:
+        return list(test["$in"])
+    return None
+
+
+def _both_within(first: Any, second: Any) -> Any:
+    """The compartment test both tests pass (equality or `$in`), or None for other shapes."""
+    a, b = _values(first), _values(second)
+    if a is None or b is None:
+        return None
+    common = [value for value in a if value in b]
+    return common[0] if len(common) == 1 and isinstance(common[0], str) else {"$in": common}
 
 
 @dataclass(frozen=True, eq=False)
@@ -76,6 +158,10 @@ class AccessContext:
     fhir_user: str | None = None  # "Practitioner/123"
     scope: str = ""
     grants: tuple[Grant, ...] = ()
+    # types with a patient compartment, on which a caseload applies (the others are shared)
+    patient_types: frozenset[str] = frozenset()
+    # the caseload the `user/` grants were built on; the context is rebuilt once it is stale
+    caseload: Caseload | None = None
     # (type, letter) -> the ORed conditions, or None when denied; filled on first use
     _conditions: dict[tuple[str, str], dict[str, Any] | None] = field(
         default_factory=dict, repr=False
@@ -93,16 +179,16 @@ class AccessContext:
             found = {}
         else:
             conditions = [
-                g.condition for g in self.grants if g.scope.applies_to(resource_type, interaction)
+                g.condition_on(resource_type, self.patient_types)
+                for g in self.grants
+                if g.scope.applies_to(resource_type, interaction)
             ]
             if not conditions:
                 found = None
             elif any(not c for c in conditions):
                 found = {}
-            elif len(conditions) == 1:
-                found = conditions[0]
             else:
-                found = {"$or": conditions}
+                found = any_of(conditions)
         self._conditions[key] = found
         return found
 
@@ -135,8 +221,40 @@ class AccessContext:
 
     def permits(self, resource_type: str, interaction: str, document: dict[str, Any]) -> bool:
         """Does a document about to be written (id + index fields) satisfy the condition?"""
-        condition = self.condition(resource_type, interaction)
-        return condition is not None and matches(document, condition)
+        if self.unrestricted:
+            return True
+        return any(
+            g.permits(resource_type, document)
+            for g in self.grants
+            if g.scope.applies_to(resource_type, interaction)
+        )
+
+
+def any_of(conditions: list[dict[str, Any]]) -> dict[str, Any]:
+    """Conditions ORed. When each is only a compartment test (a patient scope's, a caseload's),
+    the union is one `$in` on `comp`, which the database serves from its index; a top-level `$or`
+    it would not (store/planner.py)."""
+    if len(conditions) == 1:
+        return conditions[0]
+    within: set[str] = set()
+    shared = live = False
+    for condition in conditions:
+        test = condition.get("comp")
+        if set(condition) - {"comp", "del"} or condition.get("del", LIVE) != LIVE:
+            return {"$or": conditions}
+        if isinstance(test, str):
+            within.add(test)
+        elif isinstance(test, dict) and set(test) == {"$in"}:
+            within.update(v for v in test["$in"] if isinstance(v, str))
+            shared = shared or [] in test["$in"]
+        else:
+            return {"$or": conditions}
+        live = live or "del" in condition
+    values: list[Any] = sorted(within)
+    union: dict[str, Any] = {"comp": {"$in": [*values, []] if shared else values}}
+    if live:
+        union["del"] = LIVE
+    return union
 
 
 def matches(document: dict[str, Any], condition: dict[str, Any]) -> bool:
@@ -188,8 +306,12 @@ def build_context(
     patient: str | None,
     fhir_user: str | None,
     compile_params: ParamCompiler | None,
+    caseload: Caseload | None = None,
+    patient_types: frozenset[str] = frozenset(),
 ) -> AccessContext:
-    """The context a token's scopes and launch context give. Unusable scopes grant nothing."""
+    """The context a token's scopes and launch context give. Unusable scopes grant nothing.
+
+    `caseload`: the user's, when the caseload policy applies to this token (`needs_caseload`)."""
     grants: list[Grant] = []
     for scope in scopes.resources:
         condition: dict[str, Any] = {}
@@ -197,6 +319,14 @@ def build_context(
             if not patient:
                 continue  # a patient scope without a patient in context reaches nobody
             condition["comp"] = f"Patient/{patient}"
+            if (
+                caseload is not None
+                and _practitioner(fhir_user)
+                and condition["comp"] not in caseload.patients
+            ):
+                # a practitioner's launch outside their caseload finds nothing (as if the
+                # patient's data did not exist, like any out-of-reach resource)
+                condition["comp"] = {"$in": []}
         if scope.params:
             if scope.resource_type == "*" or compile_params is None:
                 continue
@@ -204,7 +334,8 @@ def build_context(
                 condition = merge(condition, compile_params(scope.resource_type, scope.params))
             except ValueError:
                 continue
-        grants.append(Grant(scope.resource_type, scope, condition))
+        confined = caseload if scope.context == "user" else None
+        grants.append(Grant(scope.resource_type, scope, condition, confined))
     return AccessContext(
         subject=subject,
         client_id=client_id,
@@ -212,7 +343,33 @@ def build_context(
         fhir_user=fhir_user,
         scope=scopes.text,
         grants=tuple(grants),
+        patient_types=patient_types,
+        caseload=caseload,
     )
+
+
+def local_user(fhir_user: str | None) -> str | None:
+    """'Practitioner/123' from a relative or absolute `fhirUser` URL."""
+    if not fhir_user:
+        return None
+    parts = fhir_user.rstrip("/").split("/")
+    if len(parts) < 2 or not parts[-2][:1].isupper() or not parts[-1]:
+        return None
+    return f"{parts[-2]}/{parts[-1]}"
+
+
+def _practitioner(fhir_user: str | None) -> bool:
+    user = local_user(fhir_user)
+    return user is not None and user.startswith("Practitioner/")
+
+
+def needs_caseload(scopes: Scopes, fhir_user: str | None) -> bool:
+    """Does the caseload policy bear on this token: it has `user/` scopes, or it is a
+    practitioner's token with `patient/` scopes (whose launch patient must be in the caseload)."""
+    contexts = {scope.context for scope in scopes.resources}
+    if "user" in contexts:
+        return True
+    return "patient" in contexts and _practitioner(fhir_user)
 
 
 UNRESTRICTED = AccessContext(subject="system", unrestricted=True)

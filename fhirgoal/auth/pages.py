@@ -63,6 +63,12 @@ def consent_page(
             '<label for="patient">Patient</label>'
             f'<select id="patient" name="patient" required>{options}</select>'
         )
+        if not patients:  # FHIRGOAL_USER_ACCESS=caseload: nobody in this user's caseload
+            picker = (
+                '<p class="error">No patients are in your caseload: no CareTeam lists you and no '
+                "patient names you (or your role or organization) as general practitioner. "
+                "Ask an administrator to add you to a patient's care team.</p>"
+            )
     return _page(
         "Allow access?",
         f"<p>Signed in as <strong>{escape(username)}</strong>.</p>{notice}"

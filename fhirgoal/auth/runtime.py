@@ -6,7 +6,9 @@ database is connected (SMART App Launch 2.2, https://hl7.org/fhir/smart-app-laun
   their client, user or grant is revoked (auth/revocation.py), and refused when they name a type
   kept out of `*` (AuditEvent) that their client's registration does not name;
 - `external`: tokens of an EHR's authorization server (auth/external.py);
-- both: the Auditor (auth/audit.py) and its rate-limited trail of security events.
+- both: the Auditor (auth/audit.py) and its rate-limited trail of security events, and under
+  FHIRGOAL_USER_ACCESS=caseload the caseloads (auth/caseload.py) that confine `user/` tokens and
+  the patient picker.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 from fhirgoal.auth.audit import Auditor, SecurityTrail
 from fhirgoal.auth.audit_events import SecurityEvent
 from fhirgoal.auth.bearer import Authenticator, CachedAuthenticator
+from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.context import ParamCompiler
 from fhirgoal.config import Settings
 from fhirgoal.fhir.errors import FhirError
@@ -48,6 +51,7 @@ class AuthRuntime:
     auditor: Auditor | None = None
     security: SecurityTrail | None = None
     smart: Any = None  # auth.server.SmartServer in smart mode
+    caseloads: Caseloads | None = None  # None: FHIRGOAL_USER_ACCESS=all
 
     def record(self, event: SecurityEvent) -> None:
         """Audit a security event (rate limited; nothing when the audit is off)."""
@@ -63,6 +67,8 @@ class AuthRuntime:
                 self.auditor, settings.security_audit_burst, settings.security_audit_per_minute
             )
             self.auditor.start()
+        if settings.user_access == "caseload":
+            self.caseloads = Caseloads(service, settings.caseload_refresh_seconds)
         if settings.auth == "smart":
             from fhirgoal.auth import revocation
             from fhirgoal.auth.scopes import names_unregistered, parse_scopes
@@ -98,6 +104,7 @@ class AuthRuntime:
                 keys_of=revocation.token_keys,
                 recent=revocations.recent,
                 check_seconds=settings.revocation_check_seconds,
+                caseloads=self.caseloads,
             )
         elif settings.auth == "external":
             from fhirgoal.auth.external import ExternalVerifier
@@ -106,6 +113,7 @@ class AuthRuntime:
                 ExternalVerifier(settings),
                 compile_params,
                 max_cache_seconds=settings.external_introspection_cache_seconds,
+                caseloads=self.caseloads,
             )
 
     async def revoke(self, keys: list[str]) -> None:
@@ -154,4 +162,5 @@ async def _smart_server(settings: Settings, service: FhirService, runtime: AuthR
         tokens=tokens,
         service=service,
         runtime=runtime,
+        caseloads=runtime.caseloads,
     )

@@ -4,7 +4,9 @@ SMART App Launch 2.2 (https://hl7.org/fhir/smart-app-launch/):
 - discovery, `GET /fhir/.well-known/smart-configuration` (conformance.html#using-well-known) and
   the CapabilityStatement `rest.security` extension (conformance.html#declaring-support-for-oauth2-endpoints);
 - `GET /auth/authorize`: EHR launch (`launch` resolved from auth_launch) and standalone launch
-  (patient picker), PKCE S256 required (app-launch.html#obtain-authorization-code);
+  (patient picker), PKCE S256 required (app-launch.html#obtain-authorization-code); under
+  FHIRGOAL_USER_ACCESS=caseload the picker offers, and a launch may name, only a patient of the
+  practitioner's caseload (auth/caseload.py);
 - `POST /auth/login`, `POST /auth/consent`: the server-rendered login and consent pages;
 - `POST /auth/token`, `POST /auth/introspect` (auth/grants.py), `GET /auth/jwks`.
 
@@ -39,6 +41,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from fhirgoal.auth import pages
 from fhirgoal.auth.audit_events import SecurityEvent
+from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.clients import ClientRegistry
 from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.auth.grants import OAuthError, TokenService
@@ -80,6 +83,7 @@ class SmartServer:
     tokens: TokenService
     service: FhirService
     runtime: Any  # auth.runtime.AuthRuntime: the security trail, revocation
+    caseloads: Caseloads | None = None  # None: FHIRGOAL_USER_ACCESS=all
 
 
 def _smart(request: Request) -> SmartServer:
@@ -419,8 +423,14 @@ def _needs_picker(pending: dict[str, Any]) -> bool:
     return scopes.has("launch/patient") and not pending["launch"].get("patient")
 
 
-async def _patient_choices(server: SmartServer) -> list[tuple[str, str]]:
-    found = await server.service.repo.find(UNRESTRICTED, "Patient", {}, [("_id", 1)], PICKER_SIZE)
+async def _patient_choices(server: SmartServer, fhir_user: str | None) -> list[tuple[str, str]]:
+    query: dict[str, Any] = {}
+    if server.caseloads is not None:
+        patients = (await server.caseloads.of(fhir_user)).patients
+        query = {"_id": {"$in": sorted(p.removeprefix("Patient/") for p in patients)}}
+    found = await server.service.repo.find(
+        UNRESTRICTED, "Patient", query, [("_id", 1)], PICKER_SIZE
+    )
     choices = []
     for version in found:
         names = (version.resource or {}).get("name") or [{}]
@@ -428,6 +438,25 @@ async def _patient_choices(server: SmartServer) -> list[tuple[str, str]]:
         label = " ".join([*name.get("given", []), name.get("family", "")]).strip()
         choices.append((version.id, f"{label or version.id} ({version.id})"))
     return choices
+
+
+def _caseload_refused(request: Request, pending: dict[str, Any], what: str) -> None:
+    _record(
+        request,
+        "launch-refused",
+        "4",
+        f"{what} is not in the user's caseload",
+        user=pending.get("user"),
+        fhir_user=pending.get("fhir_user"),
+        client_id=pending["client_id"],
+    )
+
+
+async def _may_launch(server: SmartServer, fhir_user: str | None, patient: str) -> bool:
+    """Is the patient in the practitioner's caseload (always, under FHIRGOAL_USER_ACCESS=all)?"""
+    if server.caseloads is None:
+        return True
+    return f"Patient/{patient}" in (await server.caseloads.of(fhir_user)).patients
 
 
 @router.post("/auth/login")
@@ -509,7 +538,7 @@ async def login(request: Request) -> Response:
         },
     )
     pending["scope"] = granted.text
-    picker = await _patient_choices(server) if _needs_picker(pending) else None
+    picker = await _patient_choices(server, user.fhir_user) if _needs_picker(pending) else None
     return _html(
         pages.consent_page(
             pending["_id"],
@@ -563,10 +592,14 @@ async def consent(request: Request) -> Response:
     patient = launch.get("patient")
     if _needs_picker(pending):
         patient = form.get("patient") or None
-        if (
-            patient is None
-            or await server.service.repo.current(UNRESTRICTED, "Patient", patient) is None
-        ):
+        exists = (
+            patient is not None
+            and await server.service.repo.current(UNRESTRICTED, "Patient", patient) is not None
+        )
+        allowed = exists and await _may_launch(server, pending.get("fhir_user"), str(patient))
+        if exists and not allowed:  # the picker offered only the caseload: a crafted choice
+            _caseload_refused(request, pending, f"a picker choice, Patient/{patient}")
+        if not allowed:
             return _redirect(
                 pending["redirect_uri"],
                 {
@@ -575,6 +608,16 @@ async def consent(request: Request) -> Response:
                     "state": pending["state"],
                 },
             )
+    elif patient and not await _may_launch(server, pending.get("fhir_user"), patient):
+        _caseload_refused(request, pending, f"the EHR launch's Patient/{patient}")
+        return _redirect(
+            pending["redirect_uri"],
+            {
+                "error": "access_denied",
+                "error_description": "the launch patient is not in the user's caseload",
+                "state": pending["state"],
+            },
+        )
     code = new_secret()
     await server.db["auth_codes"].insert_one(
         {

@@ -51,7 +51,9 @@ async def test_a_write_is_audited_with_provenance_before_it_is_acknowledged(
 
 
 async def test_reads_and_failures_are_audited_within_the_flush_interval(smart: SmartServer) -> None:
-    await smart.seed({"resourceType": "Patient", "id": "pa"})
+    # a practitioner's launch: pa must be in their caseload (FHIRGOAL_USER_ACCESS=caseload)
+    doc = [{"reference": "Practitioner/doc"}]
+    await smart.seed({"resourceType": "Patient", "id": "pa", "generalPractitioner": doc})
     token = await smart.mint(
         "patient/*.rs openid fhirUser", patient="pa", fhir_user="Practitioner/doc"
     )

@@ -99,10 +99,18 @@ async def browser(smart: SmartServer) -> Any:
         "openid fhirUser launch launch/patient offline_access patient/*.rs user/Observation.rs",
     )
     await smart.seed({"resourceType": "Practitioner", "id": "doc"})
+    # both in lee's caseload (FHIRGOAL_USER_ACCESS=caseload, the default; test_caseload.py)
+    doc = [{"reference": "Practitioner/doc"}]
+    await smart.seed({"resourceType": "Patient", "id": "pa", "generalPractitioner": doc,
+                      "name": [{"family": "Aalto", "given": ["Ann"]}]})  # fmt: skip
     await smart.seed(
-        {"resourceType": "Patient", "id": "pa", "name": [{"family": "Aalto", "given": ["Ann"]}]}
+        {
+            "resourceType": "Patient",
+            "id": "pb",
+            "name": [{"family": "Berg"}],
+            "generalPractitioner": doc,
+        }
     )
-    await smart.seed({"resourceType": "Patient", "id": "pb", "name": [{"family": "Berg"}]})
     async with httpx.AsyncClient(base_url=smart.origin, timeout=30) as http:
         yield Browser(smart, http)
 

@@ -31,7 +31,9 @@ async def external(
         "external_jwks_min_refetch": 1.0,
     }  # fmt: skip
     async for running in run_smart(mongo_uri, **overrides):
-        await running.seed({"resourceType": "Patient", "id": "pa"})
+        # pa is in the EHR user's caseload (FHIRGOAL_USER_ACCESS=caseload, test_caseload.py)
+        doc = [{"reference": "Practitioner/doc"}]
+        await running.seed({"resourceType": "Patient", "id": "pa", "generalPractitioner": doc})
         await running.seed({"resourceType": "Patient", "id": "pb"})
         yield running, jwks_host, key
 

@@ -181,7 +181,9 @@ async def test_cli_revocations_are_audited_and_end_cached_tokens(mongo_uri: str)
 
 async def test_revoking_a_user_ends_their_cached_tokens(mongo_uri: str) -> None:
     async for smart in run_smart(mongo_uri, revocation_check_seconds=0.2):
-        await smart.seed({"resourceType": "Patient", "id": "pa"})
+        # in kim's caseload (FHIRGOAL_USER_ACCESS=caseload, the default): kim is pa's GP
+        gp = {"reference": "Practitioner/kim"}
+        await smart.seed({"resourceType": "Patient", "id": "pa", "generalPractitioner": [gp]})
         await smart.app.state.smart.users.add("kim", "pw-kim-123", "Practitioner/kim", "user/*.rs")
         token = await smart.mint("user/*.rs", fhir_user="Practitioner/kim", sub="kim")
         async with smart.client(token) as client:
