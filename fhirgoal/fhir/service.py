@@ -32,6 +32,7 @@ from fhirgoal.fhir.operations import OperationRegistry
 from fhirgoal.fhir.patching import apply_patch
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
+from fhirgoal.fhir.search.query import SERVER_SEARCH_LIMITS
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.append_log import AppendLog
@@ -168,9 +169,13 @@ class FhirService:
         limit: int = 1000,
         sort: list[tuple[str, int]] | None = None,
         base_url: str = "",
+        from_client: bool = False,
     ) -> list[Version]:
-        """Live resources matching search `params`, for server-side logic (no paging, no Bundle)."""
-        compiled = await self.engine.compile(access, rt, params, base_url)
+        """Live resources matching search `params`, for server-side logic (no paging, no Bundle);
+        `from_client`: the parameters came from a request (conditional criteria), so the
+        client search limits apply."""
+        limits = None if from_client else SERVER_SEARCH_LIMITS
+        compiled = await self.engine.compile(access, rt, params, base_url, limits=limits)
         return await self.repo.find(access, rt, compiled.filter, sort or [("_id", 1)], limit)
 
     async def _matches(
@@ -178,7 +183,7 @@ class FhirService:
     ) -> list[Version]:
         if not params:
             raise FhirError("bad-request", "a conditional interaction needs search criteria")
-        return await self.find_resources(access, rt, params, 2, base_url=base_url)
+        return await self.find_resources(access, rt, params, 2, base_url=base_url, from_client=True)
 
     # ---- create ------------------------------------------------------------------------------
     async def create(

@@ -161,3 +161,31 @@ async def test_a_rating_cannot_reach_another_clients_goal(fhir: RunningServer) -
     )  # an unknown goal and someone else's read the same
     assert (await fhir.client.get("/Observation/x")).status_code == 404
     assert await status(fhir) is None
+
+
+async def test_client_search_limits_do_not_bind_the_servers_own_rules(mongo_uri: str) -> None:
+    """An operator's tight FHIRGOAL_MAX_SEARCH_VALUES is for clients: the after-write rules,
+    which search several rating codes at once, still run."""
+    import uuid
+
+    import httpx
+
+    from fhirgoal.config import Settings
+    from tests.conftest import start_server
+
+    settings = Settings(
+        mongodb_uri=mongo_uri, db=f"test_{uuid.uuid4().hex[:12]}", auth="off", max_search_values=1
+    )
+    server, task, port = await start_server(settings)
+    try:
+        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/fhir") as client:
+            fhir = RunningServer(f"http://127.0.0.1:{port}/fhir", settings, client)
+            await seed(fhir)
+            await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+            await rate(fhir, "f1", 0, "2026-08-24")
+            assert await status(fhir) == "achieved"
+            refused = await client.get("/Observation", params={"code": "a,b"})
+            assert refused.status_code == 400  # clients still get the limit
+    finally:
+        server.should_exit = True
+        await task

@@ -149,14 +149,14 @@ class SearchEngine:
             settings.max_sort_keys,
         )
 
-    def compiler(self, rt: str) -> SearchCompiler:
+    def compiler(self, rt: str, limits: SearchLimits | None = None) -> SearchCompiler:
         if not self.conformance.is_stored(rt):
             raise FhirError("not-supported", f"unknown or unsupported resource type '{rt}'")
         return SearchCompiler(
             self.registry.for_type(rt),
             self.settings.max_page_size,
             self.settings.default_page_size,
-            self.limits,
+            limits or self.limits,
         )
 
     # ---- conditions needing other searches -------------------------------------------------
@@ -168,12 +168,15 @@ class SearchEngine:
         base_url: str,
         lenient: bool = False,
         depth: int = 0,
+        limits: SearchLimits | None = None,
     ) -> CompiledSearch:
+        """`limits`: the settings' (for what a client sent) unless the server's own logic says
+        otherwise (SERVER_SEARCH_LIMITS)."""
         if depth > MAX_CHAIN_DEPTH:
             raise FhirError(
                 "bad-request", f"chains and _has may nest at most {MAX_CHAIN_DEPTH} deep"
             )
-        compiled = self.compiler(rt).compile(params, base_url, lenient)
+        compiled = self.compiler(rt, limits).compile(params, base_url, lenient)
         for deferred in compiled.deferred:
             if deferred.kind == "chain":
                 clause = await self._chain(access, deferred, base_url, depth)

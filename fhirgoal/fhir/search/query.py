@@ -60,6 +60,13 @@ class SearchLimits:
     sort_keys: int = 5
 
 
+# The server's own searches (after-write rules, caseloads) are sized by its code, not by a client:
+# the limits an operator sets for clients must not break them.
+SERVER_SEARCH_LIMITS = SearchLimits(
+    params=10_000, values=100_000, value_length=100_000, sort_keys=20
+)
+
+
 @dataclass(frozen=True)
 class Deferred:
     """A condition that needs another search first (search.html#chaining, #has).
