@@ -99,6 +99,12 @@ class Grant:
     def permits(self, resource_type: str, document: dict[str, Any]) -> bool:
         if self.caseload is not None and not self.caseload.holds(resource_type, document):
             return False
+        patient = self.condition.get("comp")
+        if isinstance(patient, str) and any(p != patient for p in document.get("comp") or ()):
+            # A patient scope: what is written may be about that patient alone. A second
+            # reference (an Observation of A whose performer is Patient/B) would put it in B's
+            # record too, where B's own apps would find it.
+            return False
         return matches(document, self.condition)
 
 

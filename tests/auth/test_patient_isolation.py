@@ -196,6 +196,16 @@ async def test_writing_into_b_compartment_is_403(world: World) -> None:
     assert own["subject"]["reference"] == "Patient/pa"
 
 
+async def test_a_second_reference_cannot_reach_into_b_compartment(world: World) -> None:
+    about_both = observation("pa", performer=[{"reference": "Patient/p-bbbb"}])
+    created = await world.a.post("/Observation", json=about_both)
+    assert created.status_code == 403, created.text
+    stored = await world.smart.service.repo.find(
+        UNRESTRICTED, "Observation", {"comp": "Patient/p-bbbb"}, [("_id", 1)], 100
+    )
+    assert [v.id for v in stored] == ["obs-bbbb"]  # only B's own, seeded
+
+
 async def test_conditional_interactions_do_not_leak_b(world: World) -> None:
     # If-None-Exist matching only B's resource: it is not seen, so A's resource is created
     created = await world.a.post(
