@@ -1,15 +1,32 @@
-"""Settings from the environment (prefix FHIRGOAL_, plus the conventional MONGODB_URI)."""
+"""Settings from the environment (prefix FHIRGOAL_, plus the conventional MONGODB_URI).
+
+The built-in data ships inside the package, as package data: fhirgoal/conformance (the vendored R4
+definitions) and fhirgoal/profiles (the built-in Questionnaires, profiles, ValueSets, CodeSystems).
+They are found through the installed package (importlib.resources), so an editable checkout, a
+wheel installed into site-packages and the Docker image all read the same files from any working
+directory. FHIRGOAL_CONFORMANCE_DIR and FHIRGOAL_PROFILES_DIR override them; a missing or empty
+directory stops start-up (fhir/conformance.py, fhir/catalog.py).
+"""
 
 from __future__ import annotations
 
 from decimal import Decimal
+from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
 from pydantic import AliasChoices, Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+def _package_data(name: str) -> Path:
+    """A data directory shipped inside the fhirgoal package (a real directory: the package is
+    installed unzipped, as pip does)."""
+    return Path(str(files("fhirgoal").joinpath(name)))
+
+
+BUILTIN_CONFORMANCE_DIR = _package_data("conformance")
+BUILTIN_PROFILES_DIR = _package_data("profiles")
 
 
 class Settings(BaseSettings):
@@ -32,9 +49,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = 4 * 1024 * 1024
     default_page_size: int = 20
     max_page_size: int = 500
-    conformance_dir: Path = PROJECT_ROOT / "conformance"
+    # The vendored R4 definitions and custom SearchParameters (scripts/vendor_conformance.py).
+    conformance_dir: Path = BUILTIN_CONFORMANCE_DIR
     # Built-in Questionnaires, profiles, ValueSets and CodeSystems, loaded at start-up.
-    profiles_dir: Path = PROJECT_ROOT / "profiles"
+    profiles_dir: Path = BUILTIN_PROFILES_DIR
     # How many times an update without If-Match re-reads and retries after losing a race.
     write_retries: int = 10
     log_level: str = "INFO"

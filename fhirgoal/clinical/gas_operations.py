@@ -13,7 +13,7 @@ Both return Parameters: `tscore` (two places), `rho`, one `goal` part per goal w
 beside the level used and the weight (Kiresuk & Sherman 1968; Turner-Stokes 2009; -0.5 counted as
 -1 per Turner-Stokes & Williams 2010), `variant`s and `note`s. Limitations the literature names
 (ordinal levels, modest inter-rater reliability) are why raw levels and the rater are always shown.
-OperationDefinitions: conformance/operations/.
+OperationDefinitions: profiles/operations/.
 """
 
 from __future__ import annotations

@@ -1,11 +1,13 @@
 """Built-in definitional resources, loaded at start-up and served as ordinary resources.
 
-profiles/ holds the Questionnaires, StructureDefinitions, ValueSets and CodeSystems the server
-ships (https://hl7.org/fhir/R4/conformance-module.html). Each file is one resource with a fixed
-`id`. At start-up every one that is missing, or whose content differs from the file (meta aside),
-is written through the FhirService, so it is validated, versioned and searchable by url, name,
+fhirgoal/profiles/ (package data, or FHIRGOAL_PROFILES_DIR) holds the Questionnaires,
+StructureDefinitions, ValueSets and CodeSystems the server ships
+(https://hl7.org/fhir/R4/conformance-module.html). Each file is one resource with a fixed `id`.
+At start-up every one that is missing, or whose content differs from the file (meta aside), is
+written through the FhirService, so it is validated, versioned and searchable by url, name,
 title and status like anything a client creates. Clinicians' own Questionnaires are ordinary
-creates and never touched here.
+creates and never touched here. A missing directory, or one without any resource, stops start-up:
+a server without its built-in Questionnaires and profiles must not run.
 """
 
 from __future__ import annotations
@@ -32,9 +34,15 @@ class CatalogReport:
 
 @cache
 def read_catalog(directory: Path) -> tuple[dict[str, Any], ...]:
-    """Every resource under `directory` (recursively), in path order; ValueError names a bad file."""
+    """Every resource under `directory` (recursively), in path order; ValueError names a bad file,
+    FileNotFoundError a missing or empty directory."""
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no profiles directory: {directory} (FHIRGOAL_PROFILES_DIR)")
+    paths = sorted(directory.rglob("*.json"))
+    if not paths:
+        raise FileNotFoundError(f"no resources in {directory} (FHIRGOAL_PROFILES_DIR)")
     resources = []
-    for path in sorted(directory.rglob("*.json")):
+    for path in paths:
         resource = loads(path.read_bytes())
         if not isinstance(resource, dict) or not resource.get("resourceType"):
             raise ValueError(f"{path}: not a FHIR resource")

@@ -1,5 +1,6 @@
-"""The server's conformance data, loaded once from conformance/ (vendored by
-scripts/vendor_conformance.py from the R4 definitions: https://hl7.org/fhir/R4/downloads.html).
+"""The server's conformance data, loaded once from fhirgoal/conformance/ (package data, vendored by
+scripts/vendor_conformance.py from the R4 definitions: https://hl7.org/fhir/R4/downloads.html), or
+from FHIRGOAL_CONFORMANCE_DIR. A missing directory or file stops start-up with its path named.
 
 Everything the server knows about resource types (which are stored, their structure, their search
 parameters, their patient compartment membership) comes from here, so adding a type is data.
@@ -34,12 +35,17 @@ class Conformance:
 
 
 def _read(directory: Path, name: str) -> Any:
-    with open(directory / name, encoding="utf-8") as fh:
+    path = directory / name
+    if not path.is_file():
+        raise FileNotFoundError(f"conformance data missing: {path} (FHIRGOAL_CONFORMANCE_DIR)")
+    with open(path, encoding="utf-8") as fh:
         return json.load(fh)
 
 
 @cache
 def load_conformance(directory: Path) -> Conformance:
+    if not directory.is_dir():
+        raise FileNotFoundError(f"no conformance directory: {directory} (FHIRGOAL_CONFORMANCE_DIR)")
     types = _read(directory, "resource-types.json")
     bundle = _read(directory, "search-parameters.json")
     # the project's own SearchParameters: data, like the R4 ones (no code per parameter)

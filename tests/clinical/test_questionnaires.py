@@ -6,7 +6,6 @@ from __future__ import annotations
 import re
 from decimal import Decimal
 from functools import cache
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from fhirgoal.clinical.questionnaires import (
 )
 from fhirgoal.clinical.scoring import copy_json
 from fhirgoal.clinical.sdc import Expression, compile_questionnaire
-from fhirgoal.config import Settings
+from fhirgoal.config import BUILTIN_PROFILES_DIR, Settings
 from fhirgoal.fhir import jsonio
 from fhirgoal.fhir.catalog import read_catalog
 from fhirgoal.fhir.conformance import load_conformance
@@ -30,7 +29,7 @@ from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.validation import Validator
 
-PROFILES = Path(__file__).resolve().parents[2] / "profiles"
+PROFILES = BUILTIN_PROFILES_DIR
 MEASURES = "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures"
 LOINC = "http://loinc.org"
 BASE = "https://fhirgoal.org/fhir/Questionnaire/"

@@ -1,5 +1,5 @@
-"""The vendored R4 definitions (conformance/, written by scripts/vendor_conformance.py) cover
-every type listed in conformance/resource-types.json and have the shape the server reads."""
+"""The vendored R4 definitions (fhirgoal/conformance/, written by scripts/vendor_conformance.py)
+cover every type listed in resource-types.json and have the shape the server reads."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 
 import jsonschema_rs
 
-CONFORMANCE = Path(__file__).resolve().parents[2] / "conformance"
+CONFORMANCE = Path(__file__).resolve().parents[2] / "fhirgoal" / "conformance"
 GENERIC_BASES = {"Resource", "DomainResource"}
 NO_OWN_PARAMETERS = {"Binary"}  # R4 defines only the Resource-level ones (_id, ...) for Binary
 
