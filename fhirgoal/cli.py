@@ -19,6 +19,7 @@ from rich.console import Console
 
 from fhirgoal.app import create_app, is_loopback
 from fhirgoal.config import Settings
+from fhirgoal.logs import configure_logging
 from fhirgoal.serving import Server, server_config
 from fhirgoal.store.embedded import EmbeddedDatabase, EmbeddedUnavailable, redacted
 
@@ -39,8 +40,12 @@ DataDir = Annotated[
 
 
 def _settings(**overrides: object) -> Settings:
+    """Every command's settings: the environment, with the options given; logging configured
+    from them (FHIRGOAL_LOG_LEVEL) before the command logs anything."""
     values = {k: v for k, v in overrides.items() if v is not None}
-    return Settings(**values)  # type: ignore[arg-type]
+    settings = Settings(**values)  # type: ignore[arg-type]
+    configure_logging(settings.log_level)
+    return settings
 
 
 def _start_database(settings: Settings) -> tuple[Settings, EmbeddedDatabase | None]:

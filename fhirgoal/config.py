@@ -56,14 +56,16 @@ class Settings(BaseSettings):
     # How many times an update without If-Match re-reads and retries after losing a race.
     write_retries: int = 10
     log_level: str = "INFO"
-    # ORS/SRS interpretation (clinical/session_measures.py; PCOMS defaults).
-    ors_cutoff_adult: Decimal = Decimal(25)
-    ors_cutoff_adolescent: Decimal = Decimal(28)
-    ors_cutoff_child: Decimal = Decimal(32)
-    reliable_change: Decimal = Decimal(5)
-    srs_alert_below: Decimal = Decimal(36)
-    srs_drop: Decimal = Decimal(1)
-    no_progress_sessions: int = 6
+    # ORS/SRS interpretation: unset, the published PCOMS value. The values (and their checks) live
+    # in one place, `Cutoffs` in clinical/session_measures.py; clinical/session_alerts.py
+    # `cutoffs_from` builds it from these overrides.
+    ors_cutoff_adult: Decimal | None = None
+    ors_cutoff_adolescent: Decimal | None = None
+    ors_cutoff_child: Decimal | None = None
+    reliable_change: Decimal | None = None
+    srs_alert_below: Decimal | None = None
+    srs_drop: Decimal | None = None
+    no_progress_sessions: int | None = None
     # How often a running server finishes derived writes that a failure left pending (hooks.py).
     pending_sweep_seconds: float = 60.0
     # A directory of {questionnaire id}.json files ({linkId: licensed item text}) for licensees.

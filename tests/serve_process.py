@@ -22,10 +22,18 @@ class ServeProcess:
     port: int
     env: dict[str, str] = field(default_factory=dict)
     process: subprocess.Popen[bytes] | None = None
+    # False: no --port/--data-dir options, so they must come from the environment (`env`);
+    # `port` and `data_dir` are then only where the test expects the server and its log.
+    flags: bool = True
+    options: list[str] = field(default_factory=list)  # more options after `serve`
+    # The program before `serve`; default: this interpreter's `-m fhirgoal.cli`.
+    program: list[str] | None = None
+    cwd: Path | None = None
+    host: str = "127.0.0.1"  # where /readyz is reached
 
     @property
     def origin(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"http://{self.host}:{self.port}"
 
     @property
     def base(self) -> str:
@@ -46,12 +54,16 @@ class ServeProcess:
         env.setdefault("FHIRGOAL_AUTH", "off")
         env.update(self.env)
         command = [
-            sys.executable, "-m", "fhirgoal.cli", "serve",
-            "--port", str(self.port), "--data-dir", str(self.data_dir),
-        ]  # fmt: skip
+            *(self.program or [sys.executable, "-m", "fhirgoal.cli"]),
+            "serve",
+            *self.options,
+        ]
+        if self.flags:
+            command += ["--port", str(self.port), "--data-dir", str(self.data_dir)]
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
-                command, env=env, stdout=log, stderr=log, start_new_session=True
+                command, env=env, cwd=self.cwd, stdout=log, stderr=log, start_new_session=True
             )
         deadline = time.monotonic() + wait
         while time.monotonic() < deadline:

@@ -38,16 +38,26 @@ ALERT_CODES = {
 }
 
 
+# Cutoffs field <- Settings field (FHIRGOAL_<NAME>); an unset setting keeps the Cutoffs default.
+CUTOFF_SETTINGS = {
+    "ors_adult": "ors_cutoff_adult",
+    "ors_adolescent": "ors_cutoff_adolescent",
+    "ors_child": "ors_cutoff_child",
+    "reliable_change": "reliable_change",
+    "srs_alert_below": "srs_alert_below",
+    "srs_drop": "srs_drop",
+    "no_progress_sessions": "no_progress_sessions",
+}
+
+
 def cutoffs_from(settings: Settings) -> Cutoffs:
-    return Cutoffs(
-        ors_adult=settings.ors_cutoff_adult,
-        ors_adolescent=settings.ors_cutoff_adolescent,
-        ors_child=settings.ors_cutoff_child,
-        reliable_change=settings.reliable_change,
-        srs_alert_below=settings.srs_alert_below,
-        srs_drop=settings.srs_drop,
-        no_progress_sessions=settings.no_progress_sessions,
-    )
+    """The configured cutoffs: the PCOMS defaults of `Cutoffs`, with what the settings override."""
+    overrides = {
+        name: value
+        for name, setting in CUTOFF_SETTINGS.items()
+        if (value := getattr(settings, setting)) is not None
+    }
+    return Cutoffs(**overrides)
 
 
 def alert_flag_id(patient: str, kind: str) -> str:

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
+import pytest
+
 from fhirgoal.clinical.resources import rating_scale_response
+from fhirgoal.clinical.session_alerts import CUTOFF_SETTINGS, cutoffs_from
+from fhirgoal.clinical.session_measures import DEFAULT_CUTOFFS, Cutoffs
+from fhirgoal.config import Settings
 from fhirgoal.fhir.jsonio import dumps, loads
 from tests.conftest import RunningServer
 
@@ -117,3 +123,21 @@ async def test_partial_session_dates_and_an_impossible_birth_date_do_not_stop_th
         for q in next(p for p in progress.json()["parameter"] if p["name"] == "ors")["part"]
     }
     assert "adult cutoff" in point["cutoffBasis"]["valueString"]
+
+
+def test_every_cutoff_has_one_setting() -> None:
+    assert set(CUTOFF_SETTINGS) == {f.name for f in dataclasses.fields(Cutoffs)}
+    assert set(CUTOFF_SETTINGS.values()) <= set(Settings.model_fields)
+
+
+def test_cutoffs_are_the_pcoms_defaults_unless_the_environment_sets_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    for setting in CUTOFF_SETTINGS.values():
+        monkeypatch.delenv(f"FHIRGOAL_{setting.upper()}", raising=False)
+    assert cutoffs_from(Settings()) == DEFAULT_CUTOFFS
+    monkeypatch.setenv("FHIRGOAL_ORS_CUTOFF_ADULT", "20")
+    monkeypatch.setenv("FHIRGOAL_NO_PROGRESS_SESSIONS", "3")
+    assert cutoffs_from(Settings()) == dataclasses.replace(
+        DEFAULT_CUTOFFS, ors_adult=Decimal(20), no_progress_sessions=3
+    )
