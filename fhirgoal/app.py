@@ -26,16 +26,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgoal import __version__
 from fhirgoal.auth.bearer import unauthorized
-from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.auth.middleware import BearerAuth
 from fhirgoal.auth.runtime import AuthRuntime
 from fhirgoal.clinical.install import install_clinical, instrument_texts
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.capability import build_capability
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
 from fhirgoal.fhir.dispatch import InteractionRouter
-from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.reindex import upgrade_index
 from fhirgoal.fhir.rest import FHIR_JSON, base_url, negotiate
@@ -271,7 +271,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/fhir/metadata", summary="capabilities")
     async def metadata(request: Request) -> Response:
         negotiate(request)
-        from fhirgoal.fhir.jsonio import dumps
+        from fhirgoal.core.jsonio import dumps
 
         base = base_url(request)
         service: FhirService = request.app.state.fhir

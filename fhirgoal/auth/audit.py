@@ -42,9 +42,9 @@ from fhirgoal.auth.audit_events import (
     security_event,
     written,
 )
-from fhirgoal.auth.context import UNRESTRICTED, AccessContext
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.instants import clock_text, now
-from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.append_log import SEGMENT_MAX
 

@@ -32,7 +32,8 @@ from collections import OrderedDict
 
 import structlog
 
-from fhirgoal.auth.context import UNRESTRICTED, Caseload, local_user
+from fhirgoal.auth.context import local_user
+from fhirgoal.core.access import UNRESTRICTED, Caseload
 from fhirgoal.fhir.service import FhirService
 
 log = structlog.get_logger(__name__)

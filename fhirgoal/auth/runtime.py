@@ -22,7 +22,7 @@ from fhirgoal.auth.bearer import Authenticator, CachedAuthenticator
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.context import ParamCompiler
 from fhirgoal.config import Settings
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.service import FhirService
 
 

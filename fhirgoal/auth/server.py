@@ -43,13 +43,13 @@ from fhirgoal.auth import pages
 from fhirgoal.auth.audit_events import SecurityEvent
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.clients import ClientRegistry
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.auth.grants import OAuthError, TokenService
 from fhirgoal.auth.keys import KeyRing
 from fhirgoal.auth.scopes import ScopeError, grantable, parse_scopes
 from fhirgoal.auth.state import expired, new_secret, resolve_launch, secret_hash, utcnow
 from fhirgoal.auth.tokens import TokenIssuer
 from fhirgoal.auth.users import UserDirectory
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
 
 router = APIRouter(include_in_schema=False)

@@ -20,7 +20,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.clinical.codes import (
     ALERTS,
     FLAG_CATEGORY,
@@ -28,6 +27,7 @@ from fhirgoal.clinical.codes import (
     PROVENANCE_ACTIVITY,
     PROVENANCE_AGENT_TYPE,
 )
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.repository import Version

@@ -25,7 +25,6 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from fhirgoal.auth.context import AccessContext
 from fhirgoal.clinical.achievement import Rater, Rating, day_of, instant_of
 from fhirgoal.clinical.codes import (
     GAS_GOAL_COMPONENT_EXTENSION,
@@ -44,9 +43,11 @@ from fhirgoal.clinical.gas import (
     level_text,
 )
 from fhirgoal.clinical.records import GasGoal, patient_gas_goals, ratings_by_goal, read_patient
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
-from fhirgoal.fhir.service import FhirService, Outcome
+from fhirgoal.fhir.outcome import Outcome
+from fhirgoal.fhir.service import FhirService
 
 DEFINITIONS = "https://fhirgoal.org/fhir/OperationDefinition"
 # One T-score Observation per patient, plan, date and rater: its identifier is a hash of those.

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.clinical.achievement import AchievementDecision, StatusChange, decide, status_change
 from fhirgoal.clinical.codes import DERIVED_STATUS_EXTENSION
 from fhirgoal.clinical.flags import (
@@ -24,7 +23,8 @@ from fhirgoal.clinical.flags import (
     record_provenance,
 )
 from fhirgoal.clinical.records import rating_of, ratings_by_goal
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.access import UNRESTRICTED
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.hooks import WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.service import FhirService

@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from fhirgoal.auth.context import AccessContext
 from fhirgoal.clinical.achievement import Rater, Rating
 from fhirgoal.clinical.codes import (
     ALLIANCE_TOTALS,
@@ -32,7 +31,8 @@ from fhirgoal.clinical.codes import (
 )
 from fhirgoal.clinical.gas import weight_from
 from fhirgoal.clinical.session_measures import SessionScore
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.service import FhirService
 
 INACTIVE_GOALS = {"cancelled", "entered-in-error", "rejected"}

@@ -27,16 +27,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.clinical.questionnaires import (
     extract_observations,
     observation_ids,
     validate_and_score,
 )
-from fhirgoal.fhir.errors import FhirError, informational_outcome
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.core.errors import FhirError, informational_outcome
 from fhirgoal.fhir.hooks import WriteEvent
 from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
-from fhirgoal.fhir.service import FhirService, Outcome
+from fhirgoal.fhir.outcome import Outcome
+from fhirgoal.fhir.service import FhirService
 
 MAX_DERIVED = 500
 SDC_EXTRACT = "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract"

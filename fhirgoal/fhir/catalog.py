@@ -16,8 +16,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED
-from fhirgoal.fhir.jsonio import loads
+from fhirgoal.core.access import UNRESTRICTED
+from fhirgoal.core.jsonio import loads
 from fhirgoal.fhir.service import FhirService
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]

@@ -13,7 +13,6 @@ import contextlib
 import random
 import re
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -21,14 +20,15 @@ import structlog
 from bson.errors import BSONError
 from pymongo.errors import PyMongoError
 
-from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.core.errors import FhirError
+from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.conformance import Conformance
-from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.hooks import HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
-from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.operations import OperationRegistry
+from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.patching import apply_patch
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
@@ -54,17 +54,6 @@ async def _back_off(attempt: int) -> None:
     """After losing a compare-and-set to a concurrent writer: a random pause that grows with each
     loss, so that a burst of writers to one resource spreads out instead of colliding again."""
     await asyncio.sleep(random.uniform(0, min(0.005 * 2**attempt, 0.25)))
-
-
-@dataclass
-class Outcome:
-    """What an interaction produced; rest.py turns it into status, headers and body."""
-
-    status: int
-    version: Version | None = None
-    body: dict[str, Any] | None = None  # Bundles and OperationOutcomes
-    message: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def parse_etag(value: str | None) -> int | None:

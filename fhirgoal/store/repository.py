@@ -28,17 +28,16 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from fhirgoal.auth.context import AccessContext
-from fhirgoal.fhir.errors import FhirError
-from fhirgoal.fhir.jsonio import loads_stored
-from fhirgoal.store.append_log import AppendLog
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.errors import FhirError
+from fhirgoal.core.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
@@ -62,6 +61,16 @@ _VERSION_ONLY = {"json": 1, "v": 1, "lu": 1, "op": 1, "comp": 1}
 _WITH_SORT_KEYS = {**_VERSION_ONLY, "srt": 1}
 _ANY_VERSION = {**_VERSION_ONLY, "id": 1}  # current or history documents (history ones carry `id`)
 _VERBS = {"u": "update", "d": "delete"}
+
+
+class PendingLog(Protocol):
+    """Records of one type that may wait in a log before they are stored: store/append_log.py's
+    AppendLog, which is built on this repository (named here by its shape, so that the repository
+    does not import the module built on it)."""
+
+    resource_type: str
+
+    async def catch_up(self) -> object: ...
 
 
 class AlreadyExists(Exception):
@@ -130,10 +139,10 @@ class Repository:
         )
         self.batched = BatchedCollectionOps(batch_in_flight)
         self._collections: dict[str, AsyncCollection[dict[str, Any]]] = {}
-        self._logs: dict[str, AppendLog] = {}
+        self._logs: dict[str, PendingLog] = {}
         self.claims = ConditionClaims(self.db)
 
-    def write_through_log(self, append_log: AppendLog) -> None:
+    def write_through_log(self, append_log: PendingLog) -> None:
         """Records of `append_log.resource_type` may wait in that log: catch up before reading."""
         self._logs[append_log.resource_type] = append_log
 

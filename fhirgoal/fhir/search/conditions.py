@@ -17,7 +17,7 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.instants import now
 from fhirgoal.fhir.search.dates import parse_range, split_prefix
 from fhirgoal.fhir.search.index import local_reference

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from fhirgoal.auth.context import AccessContext
 from fhirgoal.config import Settings
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.errors import FhirError
+from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.conformance import Conformance
-from fhirgoal.fhir.errors import FhirError
-from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.search import conditions
 from fhirgoal.fhir.search.index import reference_entries
 from fhirgoal.fhir.search.query import (

@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.keys import NEG_INFINITY, POS_INFINITY, fold, instant_key, number_key
 from fhirgoal.fhir.search.paths import reference_type

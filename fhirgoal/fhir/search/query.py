@@ -19,7 +19,7 @@ from typing import Any
 
 import orjson
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.search import conditions
 from fhirgoal.fhir.search.dates import instant_filter, split_prefix
 from fhirgoal.fhir.search.registry import SORTABLE_TYPES, SearchParam, TypeParams
