@@ -226,7 +226,7 @@ def demo_resources(seed: int = 7) -> list[dict[str, Any]]:
 
 async def write_demo(service: FhirService) -> int:
     """Write the demo set unless it is there already; returns how many resources were written."""
-    if await service.repo.current(UNRESTRICTED, "Patient", CLIENTS[0]["id"]) is not None:
+    if await service.current(UNRESTRICTED, "Patient", CLIENTS[0]["id"]) is not None:
         return 0
     resources = demo_resources()
     for resource in resources:

@@ -98,7 +98,7 @@ class Auditor:
 
     async def _store(self, resource: dict[str, Any]) -> None:
         version, index = self.service.first_version(resource, now())
-        await self.service.repo.insert(UNRESTRICTED, version, index)
+        await self.service.store_first_version(UNRESTRICTED, version, index)
 
     # ---- reads: buffered ------------------------------------------------------------------------
     @property

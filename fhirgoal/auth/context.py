@@ -7,10 +7,10 @@ A context is built once per token from its scopes, its `patient` and its `fhirUs
 default: an interaction on a type is allowed only when a scope names that type (or `*`) and that
 letter (c r u d s). What the scope then allows is a *condition* on the stored document:
 
-- `patient/` scopes: the patient's compartment, `{"comp": "Patient/<id>"}` (the compartment is
+- `patient/` scopes: the patient's compartment, `{fields.COMPARTMENT: "Patient/<id>"}` (the compartment is
   computed at write time for every resource, a Patient included in its own);
 - `user/` scopes: under FHIRGOAL_USER_ACCESS=caseload, on the types that have a patient
-  compartment, the user's caseload (auth/caseload.py): `{"comp": {"$in": [...patients, []]}}`,
+  compartment, the user's caseload (auth/caseload.py): `{fields.COMPARTMENT: {"$in": [...patients, []]}}`,
   i.e. in one of those patients' compartments or in none; under `all`, no condition;
 - `system/` scopes: no condition (the client's own reach);
 - granular v2 parameters (`?category=survey`): their search filter, compiled by the search
@@ -30,6 +30,7 @@ from collections.abc import Callable
 from typing import Any
 
 from fhirgoal.auth.scopes import Scopes
+from fhirgoal.core import fields
 from fhirgoal.core.access import AccessContext, Caseload, Grant, merge
 
 # Compiles the search parameters of a granular scope into a filter for one type; raises
@@ -57,15 +58,15 @@ def build_context(
         if scope.context == "patient":
             if not patient:
                 continue  # a patient scope without a patient in context reaches nobody
-            condition["comp"] = f"Patient/{patient}"
+            condition[fields.COMPARTMENT] = f"Patient/{patient}"
             if (
                 caseload is not None
                 and _practitioner(fhir_user)
-                and condition["comp"] not in caseload.patients
+                and condition[fields.COMPARTMENT] not in caseload.patients
             ):
                 # a practitioner's launch outside their caseload finds nothing (as if the
                 # patient's data did not exist, like any out-of-reach resource)
-                condition["comp"] = {"$in": []}
+                condition[fields.COMPARTMENT] = {"$in": []}
         if scope.params:
             if scope.resource_type == "*" or compile_params is None:
                 continue

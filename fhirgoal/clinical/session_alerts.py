@@ -107,7 +107,7 @@ class SessionAlertHook:
 
     async def refresh(self, pid: str) -> None:
         svc = self.service
-        current = await svc.repo.current(UNRESTRICTED, "Patient", pid)
+        current = await svc.current(UNRESTRICTED, "Patient", pid)
         patient = current.resource if current is not None else None
         if patient is None:
             return

@@ -18,6 +18,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from fhirgoal.core import fields
 from fhirgoal.core.errors import FhirError
 
 # Interactions in SMART v2 letters: c(reate) r(ead) u(pdate) d(elete) s(earch).
@@ -50,18 +51,20 @@ class Caseload:
 
     def __post_init__(self) -> None:
         within: list[Any] = [*sorted(self.patients), []]
-        object.__setattr__(self, "condition", {"comp": {"$in": within}, "del": LIVE})
+        object.__setattr__(
+            self, "condition", {fields.COMPARTMENT: {"$in": within}, fields.DELETED: LIVE}
+        )
 
     def holds(self, resource_type: str, document: dict[str, Any]) -> bool:
         """May a document (id + index fields) be written: every patient in its compartment is in
         the caseload, so that no second reference reaches into a patient outside it. A new
         Patient may be written when it names one of the carers as general practitioner (it
         joins the caseload when the caseload is next computed)."""
-        outside = [p for p in document.get("comp") or () if p not in self.patients]
+        outside = [p for p in document.get(fields.COMPARTMENT) or () if p not in self.patients]
         if not outside:
             return True
         if resource_type == "Patient" and outside == [f"Patient/{document.get('_id')}"]:
-            refs = document.get("ref") or ()
+            refs = document.get(fields.REFERENCE) or ()
             return any(f"general-practitioner={carer}" in refs for carer in self.carers)
         return False
 
@@ -88,8 +91,10 @@ class Grant:
     def permits(self, resource_type: str, document: dict[str, Any]) -> bool:
         if self.caseload is not None and not self.caseload.holds(resource_type, document):
             return False
-        patient = self.condition.get("comp")
-        if isinstance(patient, str) and any(p != patient for p in document.get("comp") or ()):
+        patient = self.condition.get(fields.COMPARTMENT)
+        if isinstance(patient, str) and any(
+            p != patient for p in document.get(fields.COMPARTMENT) or ()
+        ):
             # A patient scope: what is written may be about that patient alone. A second
             # reference (an Observation of A whose performer is Patient/B) would put it in B's
             # record too, where B's own apps would find it.
@@ -116,7 +121,7 @@ def merge(query: dict[str, Any], condition: dict[str, Any]) -> dict[str, Any]:
     for key in overlap:
         if query[key] == condition[key]:
             continue
-        both = _both_within(query[key], condition[key]) if key == "comp" else None
+        both = _both_within(query[key], condition[key]) if key == fields.COMPARTMENT else None
         if both is None:
             return {"$and": [query, condition]}
         merged[key] = both
@@ -230,8 +235,11 @@ def any_of(conditions: list[dict[str, Any]]) -> dict[str, Any]:
     within: set[str] = set()
     shared = live = False
     for condition in conditions:
-        test = condition.get("comp")
-        if set(condition) - {"comp", "del"} or condition.get("del", LIVE) != LIVE:
+        test = condition.get(fields.COMPARTMENT)
+        if (
+            set(condition) - {fields.COMPARTMENT, fields.DELETED}
+            or condition.get(fields.DELETED, LIVE) != LIVE
+        ):
             return {"$or": conditions}
         if isinstance(test, str):
             within.add(test)
@@ -240,11 +248,11 @@ def any_of(conditions: list[dict[str, Any]]) -> dict[str, Any]:
             shared = shared or [] in test["$in"]
         else:
             return {"$or": conditions}
-        live = live or "del" in condition
+        live = live or fields.DELETED in condition
     values: list[Any] = sorted(within)
-    union: dict[str, Any] = {"comp": {"$in": [*values, []] if shared else values}}
+    union: dict[str, Any] = {fields.COMPARTMENT: {"$in": [*values, []] if shared else values}}
     if live:
-        union["del"] = LIVE
+        union[fields.DELETED] = LIVE
     return union
 
 

@@ -55,7 +55,7 @@ async def load_catalog(
     for resource in read_catalog(directory):
         wanted = transform(resource) if transform else resource
         rt, rid = wanted["resourceType"], wanted["id"]
-        current = await service.repo.current(UNRESTRICTED, rt, rid)
+        current = await service.current(UNRESTRICTED, rt, rid)
         stored = current.resource if current is not None else None
         if stored is not None and _content(stored) == _content(wanted):
             unchanged += 1

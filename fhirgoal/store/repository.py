@@ -37,20 +37,13 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fhirgoal.core.access import AccessContext
 from fhirgoal.core.errors import FhirError
+from fhirgoal.core.fields import INDEX_FIELDS, SEARCH_FIELDS
 from fhirgoal.core.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import shape
 
-# Multikey string indexes, one per kind of search value (fhir/search/index.py). The other search
-# fields are not indexed, since every indexed key costs the database CPU on each write: `dt` and
-# the copies `refx`, `tokx`, ... are the exact checks applied after an indexed field has narrowed
-# the candidates, `miss` the residual check of `:missing=true`, `srt` the sort keys.
-INDEX_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi")
-# `pend` marks a version whose after-write hooks have not all finished (fhir/hooks.py); it is
-# indexed only on the types that have such hooks, so other writes pay nothing for it.
-_SEARCH_FIELDS = (*INDEX_FIELDS, "miss", "dt", "srt", "refx", "tokx", "strx", "numx", "pend")
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
 META_COLLECTION = "fhirgoal_meta"
 _INDEX_FORMAT_ID = "search-index"
@@ -183,7 +176,7 @@ class Repository:
             current = self.collection(rt)
             async for index in await current.list_indexes():
                 name = index["name"]
-                if name in _SEARCH_FIELDS and name not in wanted:
+                if name in SEARCH_FIELDS and name not in wanted:
                     await current.drop_index(name)
                     dropped.append(f"{rt}.{name}")
         return dropped
@@ -475,7 +468,7 @@ def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:
     }
     if version.deleted:
         doc["del"] = True
-        doc.update({name: [] for name in _SEARCH_FIELDS})
+        doc.update({name: [] for name in SEARCH_FIELDS})
         if index.get("pend"):
             doc["pend"] = True
     else:
