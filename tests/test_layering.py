@@ -1,8 +1,8 @@
-"""The structure drawing, as a test: floors and no import circles.
+"""The structure drawing, as a test: floors, no import circles, the repository behind the service.
 
 Every module of the package is parsed (not imported) and each `import` / `from ... import` in it,
 at the top, inside a function or under `if TYPE_CHECKING:`, is an arrow to a fhirgoal module. The
-rule (README, "Layout"):
+rule (README, "Code layout"):
 
 - `core/` and `config` are the ground floor: they import no other fhirgoal module (core/ may
   import within itself);
@@ -10,7 +10,9 @@ rule (README, "Layout"):
 - `fhir/` imports only the ground floor and `store/`;
 - nothing in store/ or fhir/ imports auth/, clinical/, exchange/, evidence/, webapp/ or the
   top-level modules (app, cli, demo, guard, serving, logs);
-- no circle among fhirgoal modules, whatever their floor.
+- no circle among fhirgoal modules, whatever their floor;
+- auth/, clinical/ (and exchange/, evidence/, webapp/) never touch `svc.repo`: they reach stored
+  data through the service.
 """
 
 from __future__ import annotations
@@ -139,3 +141,19 @@ def test_the_drawing_sees_function_local_imports() -> None:
     edges = graph()
     assert edges and all(isinstance(t, set) for t in edges.values())
     assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]
+
+
+# The floors above fhir/ that reach stored data through the service (FhirService), never through
+# its repository (`svc.repo`).
+THROUGH_THE_SERVICE = {"auth", "clinical", "exchange", "evidence", "webapp"}
+
+
+def test_upper_floors_do_not_reach_the_repository() -> None:
+    reaching = [
+        f"{name}:{node.lineno}"
+        for name, path in _modules().items()
+        if _floor(name) in THROUGH_THE_SERVICE
+        for node in ast.walk(ast.parse(path.read_text(), str(path)))
+        if isinstance(node, ast.Attribute) and node.attr == "repo"
+    ]
+    assert reaching == []

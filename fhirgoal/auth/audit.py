@@ -18,7 +18,7 @@ write whatever its size, and the events get their search index later, off the re
 reader of AuditEvent catches the log up first, so a search always sees every stored event.
 Provenance is stored as an ordinary resource at once (clinical views read it).
 
-AuditEvents are written by the server only (auth/context.py SERVER_WRITTEN) and are reached only by
+AuditEvents are written by the server only (core/access.py SERVER_WRITTEN) and are reached only by
 a scope that names them, granted only to a client registered with a scope that names them too
 (auth/scopes.py NOT_IN_WILDCARD).
 """

@@ -201,7 +201,7 @@ async def patient_tscore(svc: FhirService, call: Invocation) -> Outcome:
 async def _store(svc: FhirService, access: AccessContext, observation: dict[str, Any]) -> Any:
     """Create the T-score Observation, or replace the one with the same identifier (a conditional
     update: unlike a PUT to a fixed id it is allowed to patient-scoped tokens, which may not
-    probe ids - auth/context.py)."""
+    probe ids - core/access.py)."""
     identifier = observation["identifier"][0]
     criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]
     outcome = await svc.conditional_update(access, "Observation", criteria, observation, None, "")

@@ -36,7 +36,7 @@ from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from fhirgoal.core.access import AccessContext
-from fhirgoal.core.errors import FhirError
+from fhirgoal.core.errors import FhirError, FhirgoalError
 from fhirgoal.core.fields import INDEX_FIELDS, SEARCH_FIELDS
 from fhirgoal.core.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
@@ -66,7 +66,7 @@ class PendingLog(Protocol):
     async def catch_up(self) -> object: ...
 
 
-class AlreadyExists(Exception):
+class AlreadyExists(FhirgoalError):
     """A create collided with an existing id."""
 
 
