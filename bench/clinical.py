@@ -26,7 +26,7 @@ from loadgen import render_request, run
 from rest_core import database, measured, save_results, shut_down, start_server, summarize
 
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
-from fhirgoal.fhir.jsonio import dumps
+from fhirgoal.core.jsonio import dumps
 from fhirgoal.store.embedded import free_port
 
 GOALS = 5

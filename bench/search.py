@@ -56,10 +56,10 @@ from loadgen import Result, render_request, run
 from rest_core import cpu_seconds, start_server, summarize
 
 from fhirgoal.app import build_service
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.clinical.codes import GAS_ANSWERS, LOINC, MEASURES, UCUM
 from fhirgoal.clinical.resources import RATING_SCALE_ITEMS, SURVEY
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.embedded import EmbeddedDatabase, free_port
 from fhirgoal.store.mongo import connect

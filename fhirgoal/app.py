@@ -26,16 +26,16 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from fhirgoal import __version__
 from fhirgoal.auth.bearer import unauthorized
-from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.auth.middleware import BearerAuth
 from fhirgoal.auth.runtime import AuthRuntime
 from fhirgoal.clinical.install import install_clinical, instrument_texts
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.core.errors import FhirError, category_for_status
 from fhirgoal.fhir.capability import build_capability
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
 from fhirgoal.fhir.dispatch import InteractionRouter
-from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.reindex import upgrade_index
 from fhirgoal.fhir.rest import FHIR_JSON, base_url, negotiate
@@ -51,16 +51,6 @@ from fhirgoal.store.mongo import connect
 from fhirgoal.store.repository import Repository
 
 log = structlog.get_logger(__name__)
-
-_STATUS_CATEGORY = {
-    404: "not-found",
-    405: "method-not-allowed",
-    406: "not-acceptable",
-    413: "too-large",
-    415: "unsupported-media-type",
-    401: "unauthorized",
-    403: "forbidden",
-}
 
 
 @lru_cache(maxsize=1024)  # asked for every request when authorization is off
@@ -255,7 +245,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(_: Request, exc: StarletteHTTPException) -> Response:
-        category = _STATUS_CATEGORY.get(exc.status_code, "bad-request")
+        category = category_for_status(exc.status_code)
         return error_response(FhirError(category, str(exc.detail)))
 
     @app.exception_handler(RequestValidationError)
@@ -271,7 +261,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.get("/fhir/metadata", summary="capabilities")
     async def metadata(request: Request) -> Response:
         negotiate(request)
-        from fhirgoal.fhir.jsonio import dumps
+        from fhirgoal.core.jsonio import dumps
 
         base = base_url(request)
         service: FhirService = request.app.state.fhir

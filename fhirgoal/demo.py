@@ -19,11 +19,11 @@ from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.clinical.codes import LOINC, UCUM
 from fhirgoal.clinical.gas_operations import store_patient_tscore
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.mongo import connect
 
@@ -226,7 +226,7 @@ def demo_resources(seed: int = 7) -> list[dict[str, Any]]:
 
 async def write_demo(service: FhirService) -> int:
     """Write the demo set unless it is there already; returns how many resources were written."""
-    if await service.repo.current(UNRESTRICTED, "Patient", CLIENTS[0]["id"]) is not None:
+    if await service.current(UNRESTRICTED, "Patient", CLIENTS[0]["id"]) is not None:
         return 0
     resources = demo_resources()
     for resource in resources:

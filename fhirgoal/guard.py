@@ -1,7 +1,7 @@
 """The one error path from an exception to an HTTP answer, and the guard around every request.
 
 Errors are OperationOutcomes (https://hl7.org/fhir/R4/operationoutcome.html) with the status from
-fhir/errors.py's table. `exception_response` decides the answer for anything raised: a FhirError
+core/errors.py's table. `exception_response` decides the answer for anything raised: a FhirError
 answers for itself; a database failure is 503 with `Retry-After` (the client should come back,
 https://www.rfc-editor.org/rfc/rfc9110#section-10.2.3); anything else is 500 with a correlation id
 and no internals, its traceback logged as plain text.
@@ -23,7 +23,7 @@ from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 
 log = structlog.get_logger(__name__)
 

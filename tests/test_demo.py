@@ -6,8 +6,8 @@ import uuid
 from typing import Any
 
 from fhirgoal.app import build_service
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.demo import CLIENTS, demo_resources, write_demo
 from fhirgoal.store.mongo import connect
 

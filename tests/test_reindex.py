@@ -8,9 +8,9 @@ import uuid
 from typer.testing import CliRunner
 
 from fhirgoal.app import build_service
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.cli import app as cli
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.reindex import INDEX_FORMAT, reindex, upgrade_index
 from fhirgoal.store.mongo import connect
 from fhirgoal.store.repository import META_COLLECTION

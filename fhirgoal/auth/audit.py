@@ -18,7 +18,7 @@ write whatever its size, and the events get their search index later, off the re
 reader of AuditEvent catches the log up first, so a search always sees every stored event.
 Provenance is stored as an ordinary resource at once (clinical views read it).
 
-AuditEvents are written by the server only (auth/context.py SERVER_WRITTEN) and are reached only by
+AuditEvents are written by the server only (core/access.py SERVER_WRITTEN) and are reached only by
 a scope that names them, granted only to a client registered with a scope that names them too
 (auth/scopes.py NOT_IN_WILDCARD).
 """
@@ -42,9 +42,9 @@ from fhirgoal.auth.audit_events import (
     security_event,
     written,
 )
-from fhirgoal.auth.context import UNRESTRICTED, AccessContext
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.instants import clock_text, now
-from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.append_log import SEGMENT_MAX
 
@@ -98,7 +98,7 @@ class Auditor:
 
     async def _store(self, resource: dict[str, Any]) -> None:
         version, index = self.service.first_version(resource, now())
-        await self.service.repo.insert(UNRESTRICTED, version, index)
+        await self.service.store_first_version(UNRESTRICTED, version, index)
 
     # ---- reads: buffered ------------------------------------------------------------------------
     @property

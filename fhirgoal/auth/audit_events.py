@@ -22,8 +22,8 @@ import secrets
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
-from fhirgoal.auth.context import AccessContext
-from fhirgoal.fhir.jsonio import dumps
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.jsonio import dumps
 
 EVENT_TYPE = {
     "system": "http://terminology.hl7.org/CodeSystem/audit-event-type",

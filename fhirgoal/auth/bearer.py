@@ -20,16 +20,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
-from fhirgoal.auth.context import (
-    AccessContext,
-    Caseload,
-    ParamCompiler,
-    build_context,
-    needs_caseload,
-)
+from fhirgoal.auth.context import ParamCompiler, build_context, needs_caseload
 from fhirgoal.auth.scopes import ScopeError, Scopes, parse_scopes
 from fhirgoal.auth.tokens import InvalidToken
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.access import AccessContext, Caseload
+from fhirgoal.core.errors import FhirError
 
 if TYPE_CHECKING:
     from fhirgoal.auth.caseload import Caseloads

@@ -32,7 +32,8 @@ from collections import OrderedDict
 
 import structlog
 
-from fhirgoal.auth.context import UNRESTRICTED, Caseload, local_user
+from fhirgoal.auth.context import local_user
+from fhirgoal.core.access import UNRESTRICTED, Caseload
 from fhirgoal.fhir.service import FhirService
 
 log = structlog.get_logger(__name__)
@@ -104,7 +105,7 @@ class Caseloads:
                 + [("status:not", status) for status in ENDED_CARE_TEAM],
                 "",
             )
-            found = await svc.repo.references(
+            found = await svc.references_where(
                 UNRESTRICTED, "CareTeam", teams.filter, "subject", MAX_CASELOAD
             )
             patients.update(entry.partition("=")[2] for entry in found)
@@ -112,7 +113,7 @@ class Caseloads:
             cared = await svc.engine.compile(
                 UNRESTRICTED, "Patient", [("general-practitioner", ",".join(chunk))], ""
             )
-            ids = await svc.repo.ids(UNRESTRICTED, "Patient", cared.filter, MAX_CASELOAD)
+            ids = await svc.ids_where(UNRESTRICTED, "Patient", cared.filter, MAX_CASELOAD)
             patients.update(f"Patient/{pid}" for pid in ids)
         listed = sorted(p for p in patients if p.startswith("Patient/"))
         if len(listed) > MAX_CASELOAD:

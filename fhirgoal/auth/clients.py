@@ -19,11 +19,12 @@ from pymongo.errors import DuplicateKeyError
 
 from fhirgoal.auth.jwks import JwksCache, key_set
 from fhirgoal.auth.scopes import Scopes, parse_scopes
+from fhirgoal.core.errors import FhirgoalError
 
 COLLECTION = "auth_clients"
 
 
-class ClientExists(Exception):
+class ClientExists(FhirgoalError):
     pass
 
 

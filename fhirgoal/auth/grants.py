@@ -39,13 +39,14 @@ from fhirgoal.auth.scopes import ScopeError, Scopes, grantable, parse_scopes
 from fhirgoal.auth.state import expired, new_secret, remember_jti, secret_hash, utcnow
 from fhirgoal.auth.tokens import InvalidToken, TokenIssuer, unverified_header, verify_jwt
 from fhirgoal.auth.users import UserDirectory
+from fhirgoal.core.errors import FhirgoalError
 
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS384", "ES384")
 MAX_ASSERTION_SECONDS = 300
 
 
-class OAuthError(Exception):
+class OAuthError(FhirgoalError):
     """An RFC 6749 section 5.2 error. `alert`: the security-event kind when the request is a
     replay (auth/audit_events.py SECURITY_KINDS), audited as a security alert."""
 

@@ -43,13 +43,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from joserfc.jwk import ECKey, KeySet, RSAKey
 from pymongo.asynchronous.database import AsyncDatabase
 
+from fhirgoal.core.errors import FhirgoalError
+
 COLLECTION = "auth_keys"
 REFRESH_SECONDS = 60.0
 MIN_RELOAD_SECONDS = 5.0  # an unknown kid rereads the set at most this often
 KEY_FILE = "signing-keys.key"
 
 
-class KeyEncryptionError(RuntimeError):
+class KeyEncryptionError(FhirgoalError, RuntimeError):
     """The key-encryption key is malformed or does not open the stored signing keys."""
 
 

@@ -28,10 +28,10 @@ from fhirgoal.auth.audit_events import (
     stored_before_response,
 )
 from fhirgoal.auth.bearer import bearer_token, unauthorized
-from fhirgoal.auth.context import SERVER_WRITTEN
 from fhirgoal.auth.runtime import AuthRuntime
 from fhirgoal.auth.tokens import InvalidToken
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.access import SERVER_WRITTEN
+from fhirgoal.core.errors import FhirError
 from fhirgoal.guard import error_response
 
 log = structlog.get_logger(__name__)

@@ -22,7 +22,7 @@ from fhirgoal.auth.bearer import Authenticator, CachedAuthenticator
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.context import ParamCompiler
 from fhirgoal.config import Settings
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.service import FhirService
 
 
@@ -76,7 +76,7 @@ class AuthRuntime:
 
             self.smart = await _smart_server(settings, service, self)
             issuer, clients = self.smart.issuer, self.smart.clients
-            revocations = revocation.Revocations(service.repo.db)
+            revocations = revocation.Revocations(service.database)
 
             async def verify(token: str, base: str) -> dict[str, Any]:
                 claims = await issuer.verify(token, issuer=base, audience=base)
@@ -140,7 +140,7 @@ async def _smart_server(settings: Settings, service: FhirService, runtime: AuthR
     from fhirgoal.auth.tokens import TokenIssuer
     from fhirgoal.auth.users import UserDirectory
 
-    db = service.repo.db
+    db = service.database
     keys = KeyRing(
         db, encryption_key(settings.key_encryption_key, settings.data_dir), settings.signing_alg
     )

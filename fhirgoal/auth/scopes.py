@@ -19,6 +19,8 @@ from functools import lru_cache
 from typing import Literal
 from urllib.parse import parse_qsl
 
+from fhirgoal.core.errors import FhirgoalError
+
 Context = Literal["patient", "user", "system"]
 LETTERS = "cruds"
 _V1 = {"read": "rs", "write": "cud", "*": "cruds"}
@@ -29,7 +31,7 @@ _RESOURCE = re.compile(r"^(patient|user|system)/(\*|[A-Z][A-Za-z]{1,63})\.([a-z*
 NOT_IN_WILDCARD = frozenset({"AuditEvent"})
 
 
-class ScopeError(ValueError):
+class ScopeError(FhirgoalError, ValueError):
     """A scope string that is neither a resource scope nor a plain word."""
 
 

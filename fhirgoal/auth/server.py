@@ -43,13 +43,13 @@ from fhirgoal.auth import pages
 from fhirgoal.auth.audit_events import SecurityEvent
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.clients import ClientRegistry
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.auth.grants import OAuthError, TokenService
 from fhirgoal.auth.keys import KeyRing
 from fhirgoal.auth.scopes import ScopeError, grantable, parse_scopes
 from fhirgoal.auth.state import expired, new_secret, resolve_launch, secret_hash, utcnow
 from fhirgoal.auth.tokens import TokenIssuer
 from fhirgoal.auth.users import UserDirectory
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
 
 router = APIRouter(include_in_schema=False)
@@ -428,7 +428,7 @@ async def _patient_choices(server: SmartServer, fhir_user: str | None) -> list[t
     if server.caseloads is not None:
         patients = (await server.caseloads.of(fhir_user)).patients
         query = {"_id": {"$in": sorted(p.removeprefix("Patient/") for p in patients)}}
-    found = await server.service.repo.find(
+    found = await server.service.find_where(
         UNRESTRICTED, "Patient", query, [("_id", 1)], PICKER_SIZE
     )
     choices = []
@@ -594,7 +594,7 @@ async def consent(request: Request) -> Response:
         patient = form.get("patient") or None
         exists = (
             patient is not None
-            and await server.service.repo.current(UNRESTRICTED, "Patient", patient) is not None
+            and await server.service.current(UNRESTRICTED, "Patient", patient) is not None
         )
         allowed = exists and await _may_launch(server, pending.get("fhir_user"), str(patient))
         if exists and not allowed:  # the picker offered only the caseload: a crafted choice

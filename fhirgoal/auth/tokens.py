@@ -22,13 +22,14 @@ from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, RSAKey
 
 from fhirgoal.auth.keys import KeyRing
+from fhirgoal.core.errors import FhirgoalError
 
 # SMART requires RS384 and ES384; RS256/ES256 are what many EHR issuers sign with.
 ASYMMETRIC = ("RS384", "ES384", "RS256", "ES256")
 LEEWAY_SECONDS = 30
 
 
-class InvalidToken(Exception):
+class InvalidToken(FhirgoalError):
     """The token cannot be accepted; the message is safe to show (RFC 6750 error_description).
     `forged`: it is not a token this server's keys could have made (bad signature, refused
     algorithm such as `none`, unknown key, not a JWS at all), audited as a security alert."""

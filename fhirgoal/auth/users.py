@@ -18,12 +18,14 @@ from argon2.exceptions import InvalidHashError, VerificationError
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
 
+from fhirgoal.core.errors import FhirgoalError
+
 COLLECTION = "auth_users"
 DEFAULT_USER_SCOPES = "openid fhirUser launch launch/patient offline_access online_access user/*.cruds patient/*.cruds"
 _hasher = PasswordHasher()
 
 
-class UserExists(Exception):
+class UserExists(FhirgoalError):
     pass
 
 

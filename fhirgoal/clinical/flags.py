@@ -20,7 +20,6 @@ import hashlib
 from dataclasses import dataclass
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.clinical.codes import (
     ALERTS,
     FLAG_CATEGORY,
@@ -28,6 +27,7 @@ from fhirgoal.clinical.codes import (
     PROVENANCE_ACTIVITY,
     PROVENANCE_AGENT_TYPE,
 )
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.repository import Version
@@ -54,7 +54,7 @@ class AlertFlag:
 
 async def raise_flag(svc: FhirService, alert: AlertFlag) -> None:
     """Make the alert's Flag active (created, reopened or its text refreshed)."""
-    current = await svc.repo.current(UNRESTRICTED, "Flag", alert.id)
+    current = await svc.current(UNRESTRICTED, "Flag", alert.id)
     existing = current.resource if current is not None else None
     start = alert.since
     if existing and existing.get("status") == "active":
@@ -78,7 +78,7 @@ async def raise_flag(svc: FhirService, alert: AlertFlag) -> None:
 
 async def clear_flag(svc: FhirService, fid: str, when: str, why: str) -> None:
     """Close the Flag `fid` if it is active (period.end = `when`, the reason in the text)."""
-    current = await svc.repo.current(UNRESTRICTED, "Flag", fid)
+    current = await svc.current(UNRESTRICTED, "Flag", fid)
     flag = current.resource if current is not None else None
     if flag is None or flag.get("status") != "active":
         return

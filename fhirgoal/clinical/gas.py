@@ -40,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Context, Decimal, localcontext
 
-from fhirgoal.fhir.errors import FhirError, Issue
+from fhirgoal.core.errors import FhirError, Issue
 
 DEFAULT_RHO = Decimal("0.3")
 HUNDREDTHS = Decimal("0.01")

@@ -25,7 +25,6 @@ from datetime import date
 from decimal import Decimal
 from typing import Any
 
-from fhirgoal.auth.context import AccessContext
 from fhirgoal.clinical.achievement import Rater, Rating, day_of, instant_of
 from fhirgoal.clinical.codes import (
     GAS_GOAL_COMPONENT_EXTENSION,
@@ -44,9 +43,11 @@ from fhirgoal.clinical.gas import (
     level_text,
 )
 from fhirgoal.clinical.records import GasGoal, patient_gas_goals, ratings_by_goal, read_patient
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
-from fhirgoal.fhir.service import FhirService, Outcome
+from fhirgoal.fhir.outcome import Outcome
+from fhirgoal.fhir.service import FhirService
 
 DEFINITIONS = "https://fhirgoal.org/fhir/OperationDefinition"
 # One T-score Observation per patient, plan, date and rater: its identifier is a hash of those.
@@ -200,7 +201,7 @@ async def patient_tscore(svc: FhirService, call: Invocation) -> Outcome:
 async def _store(svc: FhirService, access: AccessContext, observation: dict[str, Any]) -> Any:
     """Create the T-score Observation, or replace the one with the same identifier (a conditional
     update: unlike a PUT to a fixed id it is allowed to patient-scoped tokens, which may not
-    probe ids - auth/context.py)."""
+    probe ids - core/access.py)."""
     identifier = observation["identifier"][0]
     criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]
     outcome = await svc.conditional_update(access, "Observation", criteria, observation, None, "")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.clinical.achievement import AchievementDecision, StatusChange, decide, status_change
 from fhirgoal.clinical.codes import DERIVED_STATUS_EXTENSION
 from fhirgoal.clinical.flags import (
@@ -24,7 +23,8 @@ from fhirgoal.clinical.flags import (
     record_provenance,
 )
 from fhirgoal.clinical.records import rating_of, ratings_by_goal
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.access import UNRESTRICTED
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.hooks import WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.service import FhirService
@@ -69,7 +69,7 @@ class GoalStatusHook:
         if gid is None:
             return
         subject = (event.resource.get("subject") or {}).get("reference")
-        goal = await self.service.repo.current(UNRESTRICTED, "Goal", gid)
+        goal = await self.service.current(UNRESTRICTED, "Goal", gid)
         owner = (goal.resource or {}).get("subject", {}).get("reference") if goal else None
         if goal is None or goal.deleted or owner != subject:
             raise FhirError(
@@ -85,7 +85,7 @@ class GoalStatusHook:
     async def refresh(self, gid: str) -> None:
         svc = self.service
         for _ in range(svc.settings.write_retries):
-            current = await svc.repo.current(UNRESTRICTED, "Goal", gid)
+            current = await svc.current(UNRESTRICTED, "Goal", gid)
             if current is None or current.resource is None:
                 return  # rated goal unknown or deleted: nothing to keep in step
             goal = current.resource

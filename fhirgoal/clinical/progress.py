@@ -44,9 +44,10 @@ from fhirgoal.clinical.session_measures import (
     SrsPoint,
     interpret_srs,
 )
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
-from fhirgoal.fhir.service import FhirService, Outcome
+from fhirgoal.fhir.outcome import Outcome
+from fhirgoal.fhir.service import FhirService
 
 MAX_FLAGS = 200
 

@@ -1,6 +1,6 @@
 """Built-in measures as Questionnaires: validate, score and extract QuestionnaireResponses.
 
-Pure functions over parsed FHIR JSON (numbers as `decimal.Decimal`, see fhirgoal.fhir.jsonio; the
+Pure functions over parsed FHIR JSON (numbers as `decimal.Decimal`, see fhirgoal.core.jsonio; the
 BSON Decimal128 of documents read back from MongoDB is accepted too); no I/O, inputs are never
 modified. The server calls them on write and for `$extract`:
 
@@ -63,7 +63,7 @@ from fhirgoal.clinical.sdc import (
     answer_value,
     compile_questionnaire,
 )
-from fhirgoal.fhir.errors import FhirError, Issue
+from fhirgoal.core.errors import FhirError, Issue
 
 __all__ = [
     "apply_licensed_text",

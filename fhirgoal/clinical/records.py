@@ -12,7 +12,6 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from fhirgoal.auth.context import AccessContext
 from fhirgoal.clinical.achievement import Rater, Rating
 from fhirgoal.clinical.codes import (
     ALLIANCE_TOTALS,
@@ -32,7 +31,9 @@ from fhirgoal.clinical.codes import (
 )
 from fhirgoal.clinical.gas import weight_from
 from fhirgoal.clinical.session_measures import SessionScore
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.errors import FhirError
+from fhirgoal.core.fields import NEWEST_FIRST
 from fhirgoal.fhir.service import FhirService
 
 INACTIVE_GOALS = {"cancelled", "entered-in-error", "rejected"}
@@ -168,7 +169,7 @@ async def _latest_first(
 ) -> list[Any]:
     """Up to MAX_RECORDS Observations in recording order; past the cap the oldest are the ones
     left out (a summary must never lose the newest sessions)."""
-    versions = await svc.find_resources(access, "Observation", params, MAX_RECORDS, [("lu", -1)])
+    versions = await svc.find_resources(access, "Observation", params, MAX_RECORDS, NEWEST_FIRST)
     return versions[::-1]
 
 

@@ -27,16 +27,18 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.clinical.questionnaires import (
     extract_observations,
     observation_ids,
     validate_and_score,
 )
-from fhirgoal.fhir.errors import FhirError, informational_outcome
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.core.errors import FhirError, informational_outcome
+from fhirgoal.core.fields import NEWEST_FIRST
 from fhirgoal.fhir.hooks import WriteEvent
 from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
-from fhirgoal.fhir.service import FhirService, Outcome
+from fhirgoal.fhir.outcome import Outcome
+from fhirgoal.fhir.service import FhirService
 
 MAX_DERIVED = 500
 SDC_EXTRACT = "http://hl7.org/fhir/uv/sdc/OperationDefinition/QuestionnaireResponse-extract"
@@ -47,11 +49,11 @@ async def find_questionnaire(
 ) -> dict[str, Any] | None:
     """The Questionnaire a response names, or None when the server holds none."""
     if canonical.startswith("Questionnaire/"):
-        version = await svc.repo.current(access, "Questionnaire", canonical.split("/", 1)[1])
+        version = await svc.current(access, "Questionnaire", canonical.split("/", 1)[1])
         return version.resource if version is not None and not version.deleted else None
     url, _, wanted = canonical.partition("|")
     params = [("url", url)] + ([("version", wanted)] if wanted else [])
-    found = await svc.find_resources(access, "Questionnaire", params, 20, [("lu", -1)])
+    found = await svc.find_resources(access, "Questionnaire", params, 20, NEWEST_FIRST)
     questionnaires = [v.resource for v in found if v.resource is not None]
     active = [q for q in questionnaires if q.get("status") == "active"]
     chosen = active or questionnaires
@@ -104,7 +106,7 @@ class ResponseExtractionHook:
         so each pass derives from the current version and repeats if it changed meanwhile."""
         svc = self.service
         for _ in range(svc.settings.write_retries):
-            current = await svc.repo.current(UNRESTRICTED, "QuestionnaireResponse", event.id)
+            current = await svc.current(UNRESTRICTED, "QuestionnaireResponse", event.id)
             resource = current.resource if current is not None else None
             if resource is None:
                 wanted: list[dict[str, Any]] = []
@@ -117,7 +119,7 @@ class ResponseExtractionHook:
             else:
                 wanted = await derive(svc, UNRESTRICTED, resource) or []
             await self._apply(event.id, wanted)
-            after = await svc.repo.current(UNRESTRICTED, "QuestionnaireResponse", event.id)
+            after = await svc.current(UNRESTRICTED, "QuestionnaireResponse", event.id)
             if (after.version if after else None) == (current.version if current else None):
                 return
 

@@ -15,7 +15,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhirgoal.clinical.sdc import CompiledQuestionnaire, ItemDef, compile_questionnaire, plain_json
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 
 copy_json = plain_json
 

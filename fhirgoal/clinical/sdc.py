@@ -34,7 +34,7 @@ from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models as fhirpath_models
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 
 EXT_MIN = "http://hl7.org/fhir/StructureDefinition/minValue"
 EXT_MAX = "http://hl7.org/fhir/StructureDefinition/maxValue"

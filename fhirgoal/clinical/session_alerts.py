@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.clinical.flags import AlertFlag, clear_flag, flag_id, raise_flag
 from fhirgoal.clinical.gas import ClinicalInputError
 from fhirgoal.clinical.records import measure_series, series_key
@@ -27,6 +26,7 @@ from fhirgoal.clinical.session_measures import (
     open_alerts,
 )
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.hooks import WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.service import FhirService
@@ -117,7 +117,7 @@ class SessionAlertHook:
 
     async def refresh(self, pid: str) -> None:
         svc = self.service
-        current = await svc.repo.current(UNRESTRICTED, "Patient", pid)
+        current = await svc.current(UNRESTRICTED, "Patient", pid)
         patient = current.resource if current is not None else None
         if patient is None:
             return

@@ -10,7 +10,7 @@ from urllib.parse import urlencode
 
 import orjson
 
-from fhirgoal.fhir.errors import informational_outcome
+from fhirgoal.core.errors import informational_outcome
 from fhirgoal.fhir.instants import instant_text
 from fhirgoal.store.repository import Version
 

@@ -18,8 +18,8 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
-from fhirgoal.auth.context import UNRESTRICTED
-from fhirgoal.fhir.jsonio import loads
+from fhirgoal.core.access import UNRESTRICTED
+from fhirgoal.core.jsonio import loads
 from fhirgoal.fhir.service import FhirService
 
 Transform = Callable[[dict[str, Any]], dict[str, Any]]
@@ -63,7 +63,7 @@ async def load_catalog(
     for resource in read_catalog(directory):
         wanted = transform(resource) if transform else resource
         rt, rid = wanted["resourceType"], wanted["id"]
-        current = await service.repo.current(UNRESTRICTED, rt, rid)
+        current = await service.current(UNRESTRICTED, rt, rid)
         stored = current.resource if current is not None else None
         if stored is not None and _content(stored) == _content(wanted):
             unchanged += 1

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
-    from fhirgoal.auth.context import AccessContext
+    from fhirgoal.core.access import AccessContext
     from fhirgoal.store.repository import Version
 
 

@@ -15,11 +15,11 @@ from dataclasses import dataclass, field
 from decimal import Decimal, InvalidOperation
 from typing import TYPE_CHECKING, Any, Literal
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 
 if TYPE_CHECKING:
-    from fhirgoal.auth.context import AccessContext
-    from fhirgoal.fhir.service import FhirService, Outcome
+    from fhirgoal.core.access import AccessContext
+    from fhirgoal.fhir.outcome import Outcome
 
 Level = Literal["system", "type", "instance"]
 
@@ -138,7 +138,9 @@ class Invocation:
     method: str
 
 
-Handler = Callable[["FhirService", Invocation], Awaitable["Outcome"]]
+# A handler is called with the FhirService (service.py), which holds this registry: it is `Any`
+# here so that the model does not import the service that imports it (no import circle).
+Handler = Callable[[Any, Invocation], Awaitable["Outcome"]]
 
 
 @dataclass

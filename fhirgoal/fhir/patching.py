@@ -16,8 +16,8 @@ from typing import Any
 import jsonpatch
 import jsonpointer
 
-from fhirgoal.fhir.errors import FhirError
-from fhirgoal.fhir.jsonio import check_nesting, dumps
+from fhirgoal.core.errors import FhirError
+from fhirgoal.core.jsonio import check_nesting, dumps
 
 
 def apply_patch(

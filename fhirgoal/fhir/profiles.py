@@ -33,7 +33,7 @@ import structlog
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
-from fhirgoal.fhir.errors import Issue
+from fhirgoal.core.errors import Issue
 from fhirgoal.fhir.search.paths import CHOICE_TYPE_SUFFIXES
 from fhirgoal.fhir.selectors import Selector, compile_selector
 

@@ -12,13 +12,15 @@ from urllib.parse import parse_qsl
 
 from fastapi import APIRouter, Request, Response
 
-from fhirgoal.auth.context import AccessContext
-from fhirgoal.fhir import bundles, jsonio
+from fhirgoal.core import jsonio
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.errors import FhirError, informational_outcome
+from fhirgoal.fhir import bundles
 from fhirgoal.fhir.bundles import http_date
-from fhirgoal.fhir.errors import FhirError, informational_outcome
+from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.search.engine import SearchPage
 from fhirgoal.fhir.search.query import encode_cursor
-from fhirgoal.fhir.service import FhirService, Outcome
+from fhirgoal.fhir.service import FhirService
 
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = {"application/fhir+json", "application/json", "text/json"}

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.operations import Invocation, Level, Parameters
 from fhirgoal.fhir.rest import access, base_url, read_resource, render, service
 

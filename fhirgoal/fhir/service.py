@@ -13,22 +13,24 @@ import contextlib
 import random
 import re
 import uuid
-from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import structlog
 from bson.errors import BSONError
+from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import PyMongoError
 
-from fhirgoal.auth.context import UNRESTRICTED, AccessContext
 from fhirgoal.config import Settings
+from fhirgoal.core import fields
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.core.errors import FhirError
+from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.conformance import Conformance
-from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.hooks import HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
-from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.operations import OperationRegistry
+from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.patching import apply_patch
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
@@ -54,17 +56,6 @@ async def _back_off(attempt: int) -> None:
     """After losing a compare-and-set to a concurrent writer: a random pause that grows with each
     loss, so that a burst of writers to one resource spreads out instead of colliding again."""
     await asyncio.sleep(random.uniform(0, min(0.005 * 2**attempt, 0.25)))
-
-
-@dataclass
-class Outcome:
-    """What an interaction produced; rest.py turns it into status, headers and body."""
-
-    status: int
-    version: Version | None = None
-    body: dict[str, Any] | None = None  # Bundles and OperationOutcomes
-    message: str = ""
-    headers: dict[str, str] = field(default_factory=dict)
 
 
 def parse_etag(value: str | None) -> int | None:
@@ -117,6 +108,50 @@ class FhirService:
             max_backlog=settings.audit_index_backlog,
         )
         repository.write_through_log(self.audit_log)
+
+    # ---- stored data, for the server's own logic (auth/, clinical/) -------------------------
+    # The layers above reach stored data through these, never through `repo`: no hooks, no
+    # validation, the caller's access context applied by the repository as always.
+    @property
+    def database(self) -> AsyncDatabase[dict[str, Any]]:
+        """The database the resources live in (auth/ keeps its own collections there)."""
+        return self.repo.db
+
+    async def current(self, access: AccessContext, rt: str, rid: str) -> Version | None:
+        """The current version (a deletion's tombstone included), or None when unknown or out of
+        the caller's reach."""
+        return await self.repo.current(access, rt, rid)
+
+    async def find_where(
+        self,
+        access: AccessContext,
+        rt: str,
+        query: dict[str, Any],
+        sort: list[tuple[str, int]],
+        limit: int,
+    ) -> list[Version]:
+        """Live resources matching a compiled filter (`engine.compile(...).filter`, or a test
+        on `_id`)."""
+        return await self.repo.find(access, rt, query, sort, limit)
+
+    async def ids_where(
+        self, access: AccessContext, rt: str, query: dict[str, Any], limit: int
+    ) -> list[str]:
+        """The ids of the live resources matching a compiled filter."""
+        return await self.repo.ids(access, rt, query, limit)
+
+    async def references_where(
+        self, access: AccessContext, rt: str, query: dict[str, Any], param: str, limit: int
+    ) -> list[str]:
+        """The `param=Type/id` reference entries of the live resources matching a filter."""
+        return await self.repo.references(access, rt, query, param, limit)
+
+    async def store_first_version(
+        self, access: AccessContext, version: Version, index: dict[str, Any]
+    ) -> None:
+        """Store a version made by `first_version` as it is (the server's own records, such as
+        an audit Provenance): no validation, no hooks."""
+        await self.repo.insert(access, version, index)
 
     # ---- helpers -----------------------------------------------------------------------------
     def require_type(self, rt: str) -> None:
@@ -267,7 +302,7 @@ class FhirService:
     async def _before(self, event: WriteEvent, index: dict[str, Any]) -> dict[str, Any]:
         """Run the before-hooks; the index to store, marked pending when after-hooks will run."""
         await self.hooks.before(event)
-        return {**index, "pend": True} if event.hooks else index
+        return {**index, fields.PENDING: True} if event.hooks else index
 
     async def _after(self, event: WriteEvent, version: Version) -> None:
         if not event.hooks:

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from functools import cache
 from typing import Any
 
-from fhirgoal.fhir.errors import Issue
+from fhirgoal.core.errors import Issue
 
 _SAME_TYPE = {"BackboneElement", "Element"}
 _INT32_MAX = 2**31 - 1
@@ -215,7 +215,7 @@ class StructureChecker:
                 elif child.type_code in _WHOLE_NUMBER_RANGES:
                     low, high = _WHOLE_NUMBER_RANGES[child.type_code]
                     # the JSON parser gives an int only for a number written without a fraction
-                    # or exponent (fhir/jsonio.py); a bool is the schema's to refuse
+                    # or exponent (core/jsonio.py); a bool is the schema's to refuse
                     whole = type(item) is int
                     if (whole and not low <= item <= high) or (
                         not whole and not isinstance(item, bool | str)

@@ -16,8 +16,8 @@ from typing import Any
 
 import jsonschema_rs
 
+from fhirgoal.core.errors import FhirError, Issue
 from fhirgoal.fhir.conformance import Conformance
-from fhirgoal.fhir.errors import FhirError, Issue
 from fhirgoal.fhir.invariants import InvariantChecker
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.structure import StructureChecker

@@ -6,7 +6,7 @@ of CPU for its ~15 search keys in 6 indexes (bench/auth.py), more than the read 
 audited read must cost little more than an unaudited one. So the records of one flush go to the
 database together as one *segment* document in `<T>_log`:
 
-    {_id, at: when stored, n: how many records, body: the records as one JSON array (fhir/jsonio)}
+    {_id, at: when stored, n: how many records, body: the records as one JSON array (core/jsonio)}
 
 with no search keys: about the cost of one small insert for the whole flush, and durable as soon
 as `append` returns. Segments become ordinary documents of `T`, with their search keys and
@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 import structlog
 from pymongo import ASCENDING
 
-from fhirgoal.fhir.jsonio import dumps, loads_stored
+from fhirgoal.core.jsonio import dumps, loads_stored
 
 if TYPE_CHECKING:
     from fhirgoal.store.repository import Repository, Version
@@ -60,7 +60,7 @@ _BURST = 8  # records that may arrive at once before quiet-time indexing gives w
 
 
 def serialized(record: dict[str, Any] | bytes) -> bytes:
-    """A record as the JSON its segment holds (fhir/jsonio: decimals keep their digits)."""
+    """A record as the JSON its segment holds (core/jsonio: decimals keep their digits)."""
     return record if isinstance(record, bytes) else dumps(record)
 
 

@@ -47,6 +47,8 @@ import structlog
 from pymongo import MongoClient
 from pymongo.errors import PyMongoError
 
+from fhirgoal.core.errors import FhirgoalError
+
 STATE_FILE = "embedded.json"
 CREDENTIALS_FILE = "embedded-credentials.json"
 # How long a database whose starter died may take to shut down before it is killed.
@@ -55,7 +57,7 @@ log = structlog.get_logger(__name__)
 _PR_SET_PDEATHSIG = 1
 
 
-class EmbeddedUnavailable(RuntimeError):
+class EmbeddedUnavailable(FhirgoalError, RuntimeError):
     """The embedded database cannot be started (extra not installed, port or data dir problem)."""
 
 

@@ -28,30 +28,22 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
-from typing import Any
+from typing import Any, Protocol
 
 from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from fhirgoal.auth.context import AccessContext
-from fhirgoal.fhir.errors import FhirError
-from fhirgoal.fhir.jsonio import loads_stored
-from fhirgoal.store.append_log import AppendLog
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.errors import FhirError, FhirgoalError
+from fhirgoal.core.fields import INDEX_FIELDS, SEARCH_FIELDS
+from fhirgoal.core.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import shape
 
-# Multikey string indexes, one per kind of search value (fhir/search/index.py). The other search
-# fields are not indexed, since every indexed key costs the database CPU on each write: `dt` and
-# the copies `refx`, `tokx`, ... are the exact checks applied after an indexed field has narrowed
-# the candidates, `miss` the residual check of `:missing=true`, `srt` the sort keys.
-INDEX_FIELDS = ("tok", "ref", "comp", "str", "num", "dtlo", "dthi")
-# `pend` marks a version whose after-write hooks have not all finished (fhir/hooks.py); it is
-# indexed only on the types that have such hooks, so other writes pay nothing for it.
-_SEARCH_FIELDS = (*INDEX_FIELDS, "miss", "dt", "srt", "refx", "tokx", "strx", "numx", "pend")
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
 META_COLLECTION = "fhirgoal_meta"
 _INDEX_FORMAT_ID = "search-index"
@@ -64,7 +56,17 @@ _ANY_VERSION = {**_VERSION_ONLY, "id": 1}  # current or history documents (histo
 _VERBS = {"u": "update", "d": "delete"}
 
 
-class AlreadyExists(Exception):
+class PendingLog(Protocol):
+    """Records of one type that may wait in a log before they are stored: store/append_log.py's
+    AppendLog, which is built on this repository (named here by its shape, so that the repository
+    does not import the module built on it)."""
+
+    resource_type: str
+
+    async def catch_up(self) -> object: ...
+
+
+class AlreadyExists(FhirgoalError):
     """A create collided with an existing id."""
 
 
@@ -130,10 +132,10 @@ class Repository:
         )
         self.batched = BatchedCollectionOps(batch_in_flight)
         self._collections: dict[str, AsyncCollection[dict[str, Any]]] = {}
-        self._logs: dict[str, AppendLog] = {}
+        self._logs: dict[str, PendingLog] = {}
         self.claims = ConditionClaims(self.db)
 
-    def write_through_log(self, append_log: AppendLog) -> None:
+    def write_through_log(self, append_log: PendingLog) -> None:
         """Records of `append_log.resource_type` may wait in that log: catch up before reading."""
         self._logs[append_log.resource_type] = append_log
 
@@ -174,7 +176,7 @@ class Repository:
             current = self.collection(rt)
             async for index in await current.list_indexes():
                 name = index["name"]
-                if name in _SEARCH_FIELDS and name not in wanted:
+                if name in SEARCH_FIELDS and name not in wanted:
                     await current.drop_index(name)
                     dropped.append(f"{rt}.{name}")
         return dropped
@@ -466,7 +468,7 @@ def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:
     }
     if version.deleted:
         doc["del"] = True
-        doc.update({name: [] for name in _SEARCH_FIELDS})
+        doc.update({name: [] for name in SEARCH_FIELDS})
         if index.get("pend"):
             doc["pend"] = True
     else:

@@ -17,8 +17,8 @@ import pytest
 from fastapi import FastAPI
 
 from fhirgoal.auth.clients import Client
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.mongo import connect
 from tests.conftest import serve_app, start_server

@@ -11,8 +11,8 @@ import pytest
 from pymongo.errors import WriteError
 
 from fhirgoal.auth.audit import SEGMENT
-from fhirgoal.auth.context import UNRESTRICTED
-from fhirgoal.fhir.jsonio import dumps
+from fhirgoal.core.access import UNRESTRICTED
+from fhirgoal.core.jsonio import dumps
 from tests.auth.conftest import AUDIT_CLIENT, SmartServer, run_smart
 from tests.fhir.helpers import observation
 

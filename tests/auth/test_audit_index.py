@@ -16,9 +16,9 @@ from fhirgoal.auth.audit_events import (
 from fhirgoal.auth.context import build_context
 from fhirgoal.auth.scopes import parse_scopes
 from fhirgoal.config import Settings
+from fhirgoal.core.jsonio import loads
 from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.instants import now
-from fhirgoal.fhir.jsonio import loads
 from fhirgoal.fhir.search.paths import _compile_steps, branches_for_type
 from fhirgoal.fhir.service import stamp
 

@@ -19,11 +19,11 @@ import pytest
 
 from fhirgoal.auth.bearer import CachedAuthenticator
 from fhirgoal.auth.clients import Client
-from fhirgoal.auth.context import UNRESTRICTED, Caseload
 from fhirgoal.auth.revocation import token_keys
 from fhirgoal.auth.state import create_launch
 from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
+from fhirgoal.core.access import UNRESTRICTED, Caseload
 from tests.auth.conftest import SmartServer, run_smart
 from tests.auth.test_authorization_code import REDIRECT, hidden, pkce
 from tests.auth.test_security_audit import security_events

@@ -7,7 +7,7 @@ from __future__ import annotations
 from decimal import Decimal
 
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
-from fhirgoal.fhir.jsonio import dumps
+from fhirgoal.core.jsonio import dumps
 from tests.auth.conftest import SmartServer
 
 LEVELS = ["much less", "less", "expected", "more", "much more"]

@@ -10,8 +10,8 @@ from typing import Any
 
 import httpx
 
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED
 from tests.auth.conftest import SmartServer
 from tests.auth.test_authorization_code import REDIRECT, Browser, browser, pkce
 from tests.conftest import start_server

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import httpx
 import pytest
 
-from fhirgoal.auth.context import UNRESTRICTED
+from fhirgoal.core.access import UNRESTRICTED
 from tests.auth.conftest import SmartServer
 from tests.fhir.helpers import FHIR_JSON, observation
 

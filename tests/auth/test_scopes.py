@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from fhirgoal.auth.context import build_context, matches
+from fhirgoal.auth.context import build_context
 from fhirgoal.auth.scopes import ScopeError, grantable, parse_scope, parse_scopes
+from fhirgoal.core.access import matches
 
 
 @pytest.mark.parametrize(

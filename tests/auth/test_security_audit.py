@@ -13,9 +13,9 @@ import httpx
 from typer.testing import CliRunner
 
 from fhirgoal.auth.clients import Client
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.cli import app as cli
-from fhirgoal.fhir.jsonio import dumps
+from fhirgoal.core.access import UNRESTRICTED
+from fhirgoal.core.jsonio import dumps
 from tests.auth import jose
 from tests.auth.conftest import TEST_KEK, SmartServer, run_smart
 from tests.auth.test_authorization_code import REDIRECT, Browser, browser, hidden, pkce

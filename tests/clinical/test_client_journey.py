@@ -13,7 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
-from fhirgoal.fhir.jsonio import dumps, loads
+from fhirgoal.core.jsonio import dumps, loads
 from tests.conftest import RunningServer
 
 START = datetime(2026, 8, 3, 15, 0, tzinfo=UTC)

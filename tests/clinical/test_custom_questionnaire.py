@@ -5,7 +5,7 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from fhirgoal.fhir.jsonio import dumps, loads
+from fhirgoal.core.jsonio import dumps, loads
 from tests.conftest import RunningServer
 
 SDC = "http://hl7.org/fhir/uv/sdc/StructureDefinition"

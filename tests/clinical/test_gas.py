@@ -18,7 +18,7 @@ from fhirgoal.clinical.gas import (
     level_text,
     weight_from,
 )
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 
 D = Decimal
 

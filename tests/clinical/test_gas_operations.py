@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fhirgoal.clinical.resources import gas_goal, gas_rating
-from fhirgoal.fhir.jsonio import loads
+from fhirgoal.core.jsonio import loads
 from tests.conftest import RunningServer
 
 LEVELS = ["much less", "less", "expected", "more", "much more"]

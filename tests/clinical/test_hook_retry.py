@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.hooks import WriteEvent
 from fhirgoal.fhir.service import AFTER_HOOK_ATTEMPTS
 from fhirgoal.store.mongo import connect

@@ -11,7 +11,7 @@ import httpx
 
 from fhirgoal.clinical.resources import rating_scale_response
 from fhirgoal.config import Settings
-from fhirgoal.fhir.jsonio import dumps
+from fhirgoal.core.jsonio import dumps
 from fhirgoal.store.mongo import connect
 from tests.conftest import start_server
 

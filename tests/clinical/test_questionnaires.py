@@ -22,10 +22,10 @@ from fhirgoal.clinical.questionnaires import (
 from fhirgoal.clinical.scoring import copy_json
 from fhirgoal.clinical.sdc import Expression, compile_questionnaire
 from fhirgoal.config import BUILTIN_PROFILES_DIR, Settings
-from fhirgoal.fhir import jsonio
+from fhirgoal.core import jsonio
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.catalog import read_catalog
 from fhirgoal.fhir.conformance import load_conformance
-from fhirgoal.fhir.errors import FhirError
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.validation import Validator
 

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from fhirgoal.clinical.resources import rating_scale_response
-from fhirgoal.fhir.jsonio import loads
+from fhirgoal.core.jsonio import loads
 from tests.conftest import RunningServer
 
 MEASURES = "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures"
@@ -28,7 +28,7 @@ async def put(fhir: RunningServer, resource: dict[str, Any]) -> Any:
 
 
 def resource_json(resource: dict[str, Any]) -> bytes:
-    from fhirgoal.fhir.jsonio import dumps
+    from fhirgoal.core.jsonio import dumps
 
     return dumps(resource)
 

@@ -13,7 +13,7 @@ from fhirgoal.clinical.resources import rating_scale_response
 from fhirgoal.clinical.session_alerts import CUTOFF_SETTINGS, cutoffs_from
 from fhirgoal.clinical.session_measures import DEFAULT_CUTOFFS, Cutoffs
 from fhirgoal.config import Settings
-from fhirgoal.fhir.jsonio import dumps, loads
+from fhirgoal.core.jsonio import dumps, loads
 from tests.conftest import RunningServer
 
 START = datetime(2026, 8, 3, 15, 0, tzinfo=UTC)

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.search.dates import PREFIXES, instant_filter, parse_range, split_prefix
 
 

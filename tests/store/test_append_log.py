@@ -13,8 +13,8 @@ import pytest
 from pymongo.errors import BulkWriteError
 
 from fhirgoal.app import build_service
-from fhirgoal.auth.context import UNRESTRICTED
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.append_log import AppendLog
 from fhirgoal.store.mongo import connect

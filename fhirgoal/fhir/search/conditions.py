@@ -17,7 +17,8 @@ import re
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core import fields
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.instants import now
 from fhirgoal.fhir.search.dates import parse_range, split_prefix
 from fhirgoal.fhir.search.index import local_reference
@@ -27,7 +28,7 @@ from fhirgoal.fhir.search.registry import SearchParam
 Condition = dict[str, Any]
 # Fields stored twice (index.py): coarse indexed keys, and an unindexed copy ("tokx", ...) holding
 # every key, for exact checks and exact ranges.
-EXACT_COPIES = {"tok", "ref", "str", "num"}
+EXACT_COPIES = {fields.TOKEN, fields.REFERENCE, fields.STRING, fields.NUMBER}
 # The longest regular expression sent to the database: SecantusDB refuses more than 1000 characters
 # (a 1000-character `:contains` value answered 503 as a database error).
 MAX_PATTERN = 1000
@@ -90,17 +91,26 @@ def _unsupported(param: SearchParam, modifier: str) -> FhirError:
 def _present(param: SearchParam) -> Condition:
     c = param.code
     if param.type in ("token", "uri"):  # every token value has its 'code#value' key
-        return _exact_range("tok", f"{c}#", f"{c}$")
+        return _exact_range(fields.TOKEN, f"{c}#", f"{c}$")
     if param.type == "reference":
-        return _exact_range("ref", f"{c}=", f"{c}>")
+        return _exact_range(fields.REFERENCE, f"{c}=", f"{c}>")
     if param.type == "date":
         return {"$and": [_range("dtlo", f"{c}|", f"{c}}}"), {"dt": {"$elemMatch": {"p": c}}}]}
     if param.type == "string":
-        return _exact_range("str", f"{c}|", f"{c}}}")
-    field = "tok" if param.type == "composite" and param.components[1][0] == "token" else "num"
+        return _exact_range(fields.STRING, f"{c}|", f"{c}}}")
+    field = (
+        fields.TOKEN
+        if param.type == "composite" and param.components[1][0] == "token"
+        else fields.NUMBER
+    )
     if param.driver is not None:  # a pair implies its first value's key (registry.py)
         d = param.driver
-        return {"$and": [_range("tok", f"{d}#", f"{d}$"), _between(field + "x", f"{c}|", f"{c}}}")]}
+        return {
+            "$and": [
+                _range(fields.TOKEN, f"{d}#", f"{d}$"),
+                _between(field + "x", f"{c}|", f"{c}}}"),
+            ]
+        }
     return _exact_range(field, f"{c}|", f"{c}}}")
 
 
@@ -127,18 +137,24 @@ def token_match(code: str, values: list[str]) -> Condition:
     exact = [token_key(code, v) for v in values]
     coarse = [f"{code}#{v.partition('|')[2] if '|' in v else v}" for v in values]
     if any(key.startswith(f"{code}@") for key in exact):
-        driver = _range("tok", f"{code}#", f"{code}$")
+        driver = _range(fields.TOKEN, f"{code}#", f"{code}$")
     else:
-        driver = {"tok": {"$in": sorted(set(coarse))}}
-    return _driven(driver, None if exact == coarse else {"tokx": {"$in": sorted(set(exact))}})
+        driver = {fields.TOKEN: {"$in": sorted(set(coarse))}}
+    return _driven(
+        driver, None if exact == coarse else {fields.TOKEN_EXACT: {"$in": sorted(set(exact))}}
+    )
 
 
 def codings_match(code: str, codings: list[tuple[str, str]]) -> Condition:
     """Any of these (system, code) pairs ('' = explicitly no system), as `token_match`."""
     return {
         "$and": [
-            {"tok": {"$in": sorted({f"{code}#{c}" for _, c in codings})}},
-            {"tokx": {"$in": sorted({f"{code}|{system}|{c}" for system, c in codings})}},
+            {fields.TOKEN: {"$in": sorted({f"{code}#{c}" for _, c in codings})}},
+            {
+                fields.TOKEN_EXACT: {
+                    "$in": sorted({f"{code}|{system}|{c}" for system, c in codings})
+                }
+            },
         ]
     }
 
@@ -147,16 +163,20 @@ def token(param: SearchParam, modifier: str, values: list[str]) -> Condition:
     if modifier == "":
         return token_match(param.code, values)
     if modifier == "not":  # search.html#token: also matches resources with no value at all
-        return {"tokx": {"$nin": [token_key(param.code, v) for v in values]}}
+        return {fields.TOKEN_EXACT: {"$nin": [token_key(param.code, v) for v in values]}}
     if modifier == "text":  # the text or display, case- and accent-insensitive starts-with
-        return any_of([starts_with("str", f"{param.code}:text|{fold(v)}") for v in values])
+        return any_of([starts_with(fields.STRING, f"{param.code}:text|{fold(v)}") for v in values])
     if modifier == "of-type":  # type-system|type-code|value; the identifier's value drives
         if any(v.count("|") != 2 for v in values):
             raise FhirError("bad-request", f"{param.code}:of-type takes system|code|value")
         return {
             "$and": [
-                {"tok": {"$in": sorted({f"{param.code}#{v.rsplit('|', 1)[1]}" for v in values})}},
-                {"tokx": {"$in": [f"{param.code}:of-type|{v}" for v in values]}},
+                {
+                    fields.TOKEN: {
+                        "$in": sorted({f"{param.code}#{v.rsplit('|', 1)[1]}" for v in values})
+                    }
+                },
+                {fields.TOKEN_EXACT: {"$in": [f"{param.code}:of-type|{v}" for v in values]}},
             ]
         }
     raise _unsupported(param, modifier)
@@ -164,13 +184,13 @@ def token(param: SearchParam, modifier: str, values: list[str]) -> Condition:
 
 def uri(param: SearchParam, modifier: str, values: list[str]) -> Condition:
     if modifier == "below":  # the stored uri starts with the value
-        return any_of([starts_with("tok", f"{param.code}#{v}") for v in values])
+        return any_of([starts_with(fields.TOKEN, f"{param.code}#{v}") for v in values])
     if modifier == "above":  # the stored uri is the value or one of its parents
         parents = {v.rsplit("/", n)[0] for v in values for n in range(v.count("/") + 1)}
-        return {"tok": {"$in": sorted(f"{param.code}#{p}" for p in parents if p)}}
+        return {fields.TOKEN: {"$in": sorted(f"{param.code}#{p}" for p in parents if p)}}
     if modifier:
         raise _unsupported(param, modifier)
-    return {"tok": {"$in": [f"{param.code}#{v}" for v in values]}}
+    return {fields.TOKEN: {"$in": [f"{param.code}#{v}" for v in values]}}
 
 
 def reference(param: SearchParam, modifier: str, values: list[str], base_url: str) -> Condition:
@@ -195,7 +215,7 @@ def reference(param: SearchParam, modifier: str, values: list[str], base_url: st
             ]
         else:
             keys.append(f"{param.code}={value}")
-    return {"ref": {"$in": keys}}
+    return {fields.REFERENCE: {"$in": keys}}
 
 
 # ---- string ------------------------------------------------------------------------------------
@@ -204,7 +224,7 @@ def string(param: SearchParam, modifier: str, values: list[str]) -> Condition:
     if modifier == "exact":  # the folded key drives: equal texts fold equally
         return {
             "$and": [
-                {"str": {"$in": sorted({f"{c}|{fold(v)}" for v in values})}},
+                {fields.STRING: {"$in": sorted({f"{c}|{fold(v)}" for v in values})}},
                 {"strx": {"$in": [f"{c}={v}" for v in values]}},
             ]
         }
@@ -222,13 +242,13 @@ def string(param: SearchParam, modifier: str, values: list[str]) -> Condition:
             )
         return {
             "$and": [
-                _range("str", low, high),
+                _range(fields.STRING, low, high),
                 any_of([{"strx": {"$regex": pattern}} for pattern in patterns]),
             ]
         }
     if modifier:
         raise _unsupported(param, modifier)
-    return any_of([starts_with("str", f"{c}|{fold(v)}") for v in values])
+    return any_of([starts_with(fields.STRING, f"{c}|{fold(v)}") for v in values])
 
 
 # ---- date --------------------------------------------------------------------------------------
@@ -314,7 +334,7 @@ def _numeric(
             return key(head, value - slack), key(head, value + slack), "$gte", "$lte"
         return low, high, "$gte", "$lt"  # ne: a value of the parameter, checked below
 
-    drive = driver if driver is not None else _range("num", *bounds(coarse))
+    drive = driver if driver is not None else _range(fields.NUMBER, *bounds(coarse))
     check = _between("numx", *bounds(exact))
     if prefix != "ne":
         return {"$and": [drive, check]}
@@ -390,8 +410,8 @@ def composite(param: SearchParam, modifier: str, values: list[str]) -> Condition
     if second_type == "token":
         drivers = {d or f"{c}|#{_code_of(a)}$#{_code_of(b)}" for a, b, d in pairs}
         exact = {f"{c}|{_composite_token_key(a)}${_composite_token_key(b)}" for a, b, _ in pairs}
-        check = None if exact == drivers else {"tokx": {"$in": sorted(exact)}}
-        return _driven({"tok": {"$in": sorted(drivers)}}, check)
+        check = None if exact == drivers else {fields.TOKEN_EXACT: {"$in": sorted(exact)}}
+        return _driven({fields.TOKEN: {"$in": sorted(drivers)}}, check)
     return any_of(
         [
             _quantity_value(
@@ -399,7 +419,7 @@ def composite(param: SearchParam, modifier: str, values: list[str]) -> Condition
                 f"{c}|#{_code_of(first)}$",
                 f"{c}|{_composite_token_key(first)}$",
                 second,
-                {"tok": driver} if driver else None,
+                {fields.TOKEN: driver} if driver else None,
             )
             for first, second, driver in pairs
         ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from datetime import UTC, datetime, timedelta, timezone
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 
 PREFIXES = ("eq", "ne", "gt", "lt", "ge", "le", "sa", "eb", "ap")
 _DATE = re.compile(

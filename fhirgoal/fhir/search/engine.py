@@ -14,11 +14,12 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
-from fhirgoal.auth.context import AccessContext
 from fhirgoal.config import Settings
+from fhirgoal.core import fields
+from fhirgoal.core.access import AccessContext
+from fhirgoal.core.errors import FhirError
+from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.conformance import Conformance
-from fhirgoal.fhir.errors import FhirError
-from fhirgoal.fhir.jsonio import dumps
 from fhirgoal.fhir.search import conditions
 from fhirgoal.fhir.search.index import reference_entries
 from fhirgoal.fhir.search.query import (
@@ -96,14 +97,18 @@ _NOTHING: dict[str, Any] = {"_id": {"$in": []}}
 def _sort_value(keys: dict[str, Any], field_name: str, version: Version) -> Any:
     if field_name == "_id":
         return version.id
-    if field_name == "lu":
+    if field_name == fields.LAST_UPDATED:
         return version.last_updated.isoformat()
     return keys.get(field_name.split(".", 1)[1])
 
 
 def _db_value(name: str, value: Any) -> Any:
     # cursors carry text; _lastUpdated is stored as a BSON date
-    return datetime.fromisoformat(value) if name == "lu" and isinstance(value, str) else value
+    return (
+        datetime.fromisoformat(value)
+        if name == fields.LAST_UPDATED and isinstance(value, str)
+        else value
+    )
 
 
 def _after(sort: list[tuple[str, int]], cursor: Cursor, id_op: str = "$gt") -> dict[str, Any]:
@@ -196,7 +201,7 @@ class SearchEngine:
         codings: list[tuple[str, str]] = []
         for url in deferred.value.split(","):
             found = await self.repo.find(
-                access, "ValueSet", {"tok": {"$in": [f"url#{url}"]}}, [("_id", 1)], 1
+                access, "ValueSet", {fields.TOKEN: {"$in": [f"url#{url}"]}}, [("_id", 1)], 1
             )
             if not found or found[0].resource is None:
                 raise FhirError(
@@ -208,7 +213,7 @@ class SearchEngine:
         if deferred.rest == "in":
             return conditions.codings_match(deferred.param, codings)
         exact = sorted({f"{deferred.param}|{system}|{code}" for system, code in codings})
-        return {"tokx": {"$nin": exact}}
+        return {fields.TOKEN_EXACT: {"$nin": exact}}
 
     async def _chain(
         self, access: AccessContext, chain: Deferred, base_url: str, depth: int
@@ -234,7 +239,7 @@ class SearchEngine:
                     f"the chain {chain.param}.{chain.rest} matches more than {MAX_CHAIN_MATCHES} {target} resources; narrow it",
                 )
             keys += [f"{chain.param}={target}/{rid}" for rid in ids]
-        return {"ref": {"$in": keys}} if keys else _NOTHING
+        return {fields.REFERENCE: {"$in": keys}} if keys else _NOTHING
 
     async def _has(
         self, access: AccessContext, rt: str, has: Deferred, base_url: str, depth: int
@@ -275,7 +280,7 @@ class SearchEngine:
     ) -> SearchPage:
         compiled = await self.compile(access, rt, params, base_url, lenient)
         if compartment is not None:
-            compiled.filter = _and(compiled.filter, {"comp": compartment})
+            compiled.filter = _and(compiled.filter, {fields.COMPARTMENT: compartment})
         page = SearchPage(compiled, [])
         wants_total = compiled.total != "none" or compiled.summary_count
         if compiled.count == 0 or compiled.summary_count:
@@ -324,11 +329,9 @@ class SearchEngine:
         if not rows:
             return
         first, last = rows[0], rows[-1]
-        fields = [name for name, _ in sort]
-        after_last = Cursor("a", [_sort_value(last[1], f, last[0]) for f in fields], last[0].id)
-        before_first = Cursor(
-            "b", [_sort_value(first[1], f, first[0]) for f in fields], first[0].id
-        )
+        names = [name for name, _ in sort]
+        after_last = Cursor("a", [_sort_value(last[1], f, last[0]) for f in names], last[0].id)
+        before_first = Cursor("b", [_sort_value(first[1], f, first[0]) for f in names], first[0].id)
         has_next = (more and not backwards) or backwards
         has_previous = (more and backwards) or (cursor is not None and not backwards)
         page.next_cursor = after_last if has_next else None
@@ -486,5 +489,5 @@ class SearchEngine:
         if not keys:
             return []
         return await self.repo.find_sorted_versions(
-            access, spec.source_type, {"ref": {"$in": keys}}, MAX_INCLUDED
+            access, spec.source_type, {fields.REFERENCE: {"$in": keys}}, MAX_INCLUDED
         )

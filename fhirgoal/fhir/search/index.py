@@ -12,7 +12,7 @@ indexed key, and its exact keys (systems, units, case) live in an unindexed copy
 coarse key and checks the exact key on the copy (conditions.py); every exact key implies its
 coarse key, so the results are those of the exact keys alone. keys.py explains the orderings.
 
-Indexed (one MongoDB index each, store/repository.py INDEX_FIELDS):
+Indexed (one MongoDB index each, core/fields.py INDEX_FIELDS; the names: core/fields.py):
   tok   token and uri values "code#1234" (any system); reference identifiers
         "performer:identifier#v"; composite pairs "P|#a$#b" of a composite that cannot drive
         from its first component's own token parameter (registry.py `driver`)
@@ -44,7 +44,7 @@ from collections.abc import Iterable
 from decimal import Decimal
 from typing import Any, NamedTuple
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.keys import NEG_INFINITY, POS_INFINITY, fold, instant_key, number_key
 from fhirgoal.fhir.search.paths import reference_type

@@ -19,7 +19,8 @@ from typing import Any
 
 import orjson
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core import fields
+from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.search import conditions
 from fhirgoal.fhir.search.dates import instant_filter, split_prefix
 from fhirgoal.fhir.search.registry import SORTABLE_TYPES, SearchParam, TypeParams
@@ -270,7 +271,9 @@ class SearchCompiler:
                     f"modifier ':{modifier}' is not supported on '_lastUpdated'",
                     name,
                 )
-            return conditions.any_of([{"lu": instant_filter(*split_prefix(v))} for v in values])
+            return conditions.any_of(
+                [{fields.LAST_UPDATED: instant_filter(*split_prefix(v))} for v in values]
+            )
         if param.type == "reference":
             return conditions.reference(param, modifier, values, base_url)
         builder = _BUILDERS[param.type]
@@ -323,7 +326,7 @@ class SearchCompiler:
         if code == "_id":
             return "_id", direction
         if code == "_lastUpdated":
-            return "lu", direction
+            return fields.LAST_UPDATED, direction
         param = self.table.params.get(code)
         if param is None or not param.supported or param.type not in SORTABLE_TYPES:
             raise FhirError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fhirgoal.core import fields
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.search.index import (
     compartment_members,
@@ -145,13 +146,22 @@ class TypeParams:
         if self.in_compartment_as_self and "id" in resource:
             compartment = sorted({*compartment, f"Patient/{resource['id']}"})
         return {
-            "tok": sorted(tok), "ref": sorted(ref), "comp": compartment, "str": sorted(text),
-            "num": sorted(num), "dtlo": sorted(lows), "dthi": sorted(highs), "dt": ranges,
-            "miss": miss, "srt": sort_keys,
+            fields.TOKEN: sorted(tok),
+            fields.REFERENCE: sorted(ref),
+            fields.COMPARTMENT: compartment,
+            fields.STRING: sorted(text),
+            fields.NUMBER: sorted(num),
+            fields.DATE_LOW: sorted(lows),
+            fields.DATE_HIGH: sorted(highs),
+            fields.DATES: ranges,
+            fields.MISSING: miss,
+            fields.SORT_KEYS: sort_keys,
             # unindexed copies: every key, coarse and exact (index.py)
-            "refx": sorted(ref), "tokx": sorted(tok | tokx), "strx": sorted(text | strx),
-            "numx": sorted(num | numx),
-        }  # fmt: skip
+            fields.REFERENCE_EXACT: sorted(ref),
+            fields.TOKEN_EXACT: sorted(tok | tokx),
+            fields.STRING_EXACT: sorted(text | strx),
+            fields.NUMBER_EXACT: sorted(num | numx),
+        }
 
 
 class SearchRegistry:

@@ -1,4 +1,4 @@
-"""Lossless FHIR JSON: decimals keep their text, malformed input is a 400 (fhirgoal.fhir.jsonio)."""
+"""Lossless FHIR JSON: decimals keep their text, malformed input is a 400 (fhirgoal.core.jsonio)."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from bson.decimal128 import Decimal128
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fhirgoal.fhir import jsonio
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core import jsonio
+from fhirgoal.core.errors import FhirError
 
 
 @pytest.mark.parametrize("text", ["72.50", "-0.5", "1.000", "0.10", "0.0", "-12.340"])

@@ -36,6 +36,22 @@ STATUS_TABLE: dict[str, tuple[int, str]] = {
     "unavailable": (503, "transient"),
 }
 
+# status -> category, derived from the table (the first category naming a status): how an error
+# that arrives as a bare status (a framework's 404 or 405) is rendered
+_CATEGORY_OF_STATUS = {status: c for c, (status, _) in reversed(STATUS_TABLE.items())}
+
+
+def category_for_status(status: int) -> str:
+    """The category of an HTTP error status; `bad-request` for a status the table lacks."""
+    return _CATEGORY_OF_STATUS.get(status, "bad-request")
+
+
+class FhirgoalError(Exception):
+    """The base of the exceptions this package raises on purpose. FhirError (and its family)
+    becomes an OperationOutcome; the others are caught where they are meaningful (InvalidToken,
+    OAuthError: auth/; AlreadyExists: fhir/service.py; UserExists, ClientExists,
+    KeyEncryptionError, EmbeddedUnavailable: start-up and the CLI; ScopeError: scope parsing)."""
+
 
 @dataclass(frozen=True, slots=True)
 class Issue:
@@ -58,7 +74,7 @@ class Issue:
 
 
 @dataclass
-class FhirError(Exception):
+class FhirError(FhirgoalError):
     """A failure that becomes an OperationOutcome response."""
 
     category: str

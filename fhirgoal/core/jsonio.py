@@ -25,7 +25,7 @@ import msgspec
 import orjson
 from bson.decimal128 import Decimal128
 
-from fhirgoal.fhir.errors import FhirError
+from fhirgoal.core.errors import FhirError
 
 # The default of settings.max_json_depth: several times what real resources need (see above).
 MAX_DEPTH = 100
