@@ -25,7 +25,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import hmac
-import time
 from collections.abc import Awaitable, Callable
 from datetime import timedelta
 from typing import Any, NamedTuple
@@ -382,7 +381,3 @@ def _scopes(text: str) -> Scopes:
         return parse_scopes(text)
     except ScopeError as exc:
         raise OAuthError("invalid_scope", str(exc)) from None
-
-
-def now_seconds() -> int:
-    return int(time.time())

@@ -288,12 +288,6 @@ def _note(goal: GoalUsed) -> str | None:
     return None
 
 
-# --- weights ------------------------------------------------------------------------------------
-
-IMPORTANCE_LABELS = ("not at all", "a little", "moderately", "very")  # 0..3, Turner-Stokes 2009
-DIFFICULTY_LABELS = ("not at all", "a little", "moderately", "very")  # 0..3, Turner-Stokes 2009
-
-
 def weight_from(importance: int, difficulty: int) -> Decimal:
     """Turner-Stokes (2009) goal weight: importance (0-3) x difficulty (0-3), so 0..9.
 

@@ -19,7 +19,6 @@ OperationDefinitions: profiles/operations/.
 from __future__ import annotations
 
 import hashlib
-import re
 from dataclasses import dataclass
 from datetime import date
 from decimal import Decimal
@@ -27,6 +26,7 @@ from typing import Any
 
 from fhirgoal.clinical.achievement import Rater, Rating, day_of, instant_of
 from fhirgoal.clinical.codes import (
+    FHIRGOAL,
     GAS_GOAL_COMPONENT_EXTENSION,
     GAS_TSCORE,
     MEASURES,
@@ -49,10 +49,9 @@ from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
 from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.service import FhirService
 
-DEFINITIONS = "https://fhirgoal.org/fhir/OperationDefinition"
+DEFINITIONS = f"{FHIRGOAL}/OperationDefinition"
 # One T-score Observation per patient, plan, date and rater: its identifier is a hash of those.
-TSCORE_IDENTIFIER = "https://fhirgoal.org/fhir/gas-tscore"
-_FIELD = re.compile(r"^goal\[(\d+)\]\.(level|weight)$")
+TSCORE_IDENTIFIER = f"{FHIRGOAL}/gas-tscore"
 RATERS: tuple[Rater, ...] = ("practitioner", "patient", "caregiver")
 
 

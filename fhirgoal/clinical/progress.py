@@ -26,7 +26,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhirgoal.clinical.achievement import day_of, instant_of
-from fhirgoal.clinical.codes import DERIVED_STATUS_EXTENSION
+from fhirgoal.clinical.codes import DERIVED_STATUS_EXTENSION, FHIRGOAL
 from fhirgoal.clinical.gas import GoalScore, compute_tscore
 from fhirgoal.clinical.records import (
     COMPARATORS,
@@ -55,7 +55,7 @@ MAX_FLAGS = 200
 def register(operations: OperationRegistry) -> None:
     operations.register(
         Operation("progress", "instance", "Patient", patient_progress,
-                  definition="https://fhirgoal.org/fhir/OperationDefinition/Patient-progress")
+                  definition=f"{FHIRGOAL}/OperationDefinition/Patient-progress")
     )  # fmt: skip
 
 

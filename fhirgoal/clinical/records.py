@@ -194,13 +194,6 @@ async def patient_observations(
     return [v.resource for v in versions if v.resource is not None]
 
 
-def measure_code(observation: dict[str, Any]) -> str | None:
-    for coding in (observation.get("code") or {}).get("coding") or []:
-        if coding.get("system") == MEASURES:
-            return str(coding.get("code"))
-    return None
-
-
 @dataclass(frozen=True)
 class MeasureSeries:
     """A client's session-measure totals, each series in time order."""

@@ -12,6 +12,7 @@ from decimal import Decimal
 from typing import Any
 
 from fhirgoal.clinical.codes import (
+    FHIRGOAL,
     GAS_ANSWERS,
     GAS_BASELINE,
     GAS_CODE_DISPLAY,
@@ -145,7 +146,7 @@ RATING_SCALE_ITEMS = {
     "ors": ("ors-individually", "ors-interpersonally", "ors-socially", "ors-overall"),
     "srs": ("srs-relationship", "srs-goals-and-topics", "srs-approach-or-method", "srs-overall"),
 }
-QUESTIONNAIRES = "https://fhirgoal.org/fhir/Questionnaire"
+QUESTIONNAIRES = f"{FHIRGOAL}/Questionnaire"
 
 
 def rating_scale_response(

@@ -33,8 +33,3 @@ def number_key(value: float | Decimal | int) -> str:
     bits = int.from_bytes(struct.pack(">d", float(value)), "big")
     bits = (~bits & 0xFFFF_FFFF_FFFF_FFFF) if bits >> 63 else (bits | 1 << 63)
     return f"{bits:016x}"
-
-
-def param_space(code: str) -> tuple[str, str]:
-    """[low, high) bounds that hold every key of one parameter ('|' + 1 == '}')."""
-    return f"{code}|", f"{code}}}"
