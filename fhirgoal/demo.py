@@ -239,7 +239,7 @@ async def write_demo(service: FhirService) -> int:
 
 
 async def load_demo(settings: Settings) -> int:
-    from fhirgoal.app import build_service
+    from fhirgoal.bootstrap import build_service
 
     assert settings.mongodb_uri, "the database must be running"
     client = connect(settings.mongodb_uri, timeout=10.0)

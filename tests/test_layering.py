@@ -9,7 +9,7 @@ rule (README, "Code layout"):
 - `store/` imports only the ground floor;
 - `fhir/` imports only the ground floor and `store/`;
 - nothing in store/ or fhir/ imports auth/, clinical/, exchange/, evidence/, webapp/ or the
-  top-level modules (app, cli, demo, guard, serving, logs);
+  top-level modules (app, bootstrap, cli, demo, guard, logs, serving, system_routes);
 - no circle among fhirgoal modules, whatever their floor;
 - auth/, clinical/ (and exchange/, evidence/, webapp/) never touch `svc.repo`: they reach stored
   data through the service.
