@@ -79,6 +79,7 @@ async def test_reads_of_b_answer_404_exactly_as_for_an_unknown_id(world: World) 
         assert seen.status_code == unknown.status_code == 404, seen.text
         assert set(seen.json()) == set(unknown.json())
     for path in (
+        "Patient/p-bbbb/$everything",
         "Observation/obs-bbbb/_history/1",
         "Observation/obs-bbbb/_history/2",
         "Observation/obs-bbbb/_history",
@@ -112,6 +113,8 @@ SEARCHES = [
     "/Patient/p-bbbb/Observation",
     "/Patient/p-bbbb/Goal",
     "/Patient/p-bbbb/Encounter?_include=Encounter:subject",
+    "/Patient/pa/$everything",
+    "/Patient/pa/$everything?_count=1",
     "/?_type=Observation,Goal,Encounter,Patient",
     "/",
     "/?_id=obs-bbbb",

@@ -379,25 +379,40 @@ class SearchEngine:
             page.total = sum([await self.repo.count(access, rt, c.filter) for rt, c in pairs])
         if first.count == 0 or first.summary_count:
             return page
-        cursor = first.cursor
+        page.matches, page.next_cursor = await self.across_types(
+            access, list(zip(sorted(types), per_type, strict=True)), first.count, first.cursor
+        )
+        return page
+
+    async def across_types(
+        self,
+        access: AccessContext,
+        searches: list[tuple[str, CompiledSearch]],
+        count: int,
+        cursor: Cursor | None,
+    ) -> tuple[list[Version], Cursor | None]:
+        """One page of the matches of several types' searches, in the order of `searches` then
+        id, and the cursor of the next page (keyset: the type and id of the last row)."""
         if cursor is not None and (cursor.direction != "a" or len(cursor.values) != 1):
             raise FhirError("bad-request", "the _cursor does not belong to this search")
-        limit = first.count + 1
+        order = {rt: i for i, (rt, _) in enumerate(searches)}
+        if cursor is not None and cursor.values[0] not in order:
+            raise FhirError("bad-request", "the _cursor does not belong to this search")
+        start = order[cursor.values[0]] if cursor is not None else 0
+        limit = count + 1
         rows: list[Version] = []
-        for rt, compiled in zip(sorted(types), per_type, strict=True):
-            if cursor is not None and rt < cursor.values[0]:
-                continue
+        for rt, compiled in searches[start:]:
             query = compiled.filter
             if cursor is not None and rt == cursor.values[0]:
                 query = _and(query, {"_id": {"$gt": cursor.id}})
             rows += await self.repo.find(access, rt, query, [("_id", 1)], limit - len(rows))
             if len(rows) >= limit:
                 break
-        page.matches = rows[: first.count]
-        if len(rows) > first.count:
-            last = page.matches[-1]
-            page.next_cursor = Cursor("a", [last.resource_type], last.id)
-        return page
+        matches = rows[:count]
+        if len(rows) > count:
+            last = matches[-1]
+            return matches, Cursor("a", [last.resource_type], last.id)
+        return matches, None
 
     # ---- includes ----------------------------------------------------------------------------
     async def _includes(
