@@ -28,6 +28,7 @@ from fhirgoal.bootstrap import (
     build_service,
     close_within,
     embedded_database,
+    export_runner,
     sweep_pending,
     wait_for_database,
 )
@@ -35,7 +36,9 @@ from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.dispatch import InteractionRouter
+from fhirgoal.fhir.export import ExportRunner
 from fhirgoal.fhir.rest import router as fhir_router
+from fhirgoal.fhir.rest_export import router as export_router
 from fhirgoal.fhir.rest_operations import router as operations_router
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.guard import RequestGuard, install_error_handlers
@@ -66,10 +69,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             sweeper: asyncio.Task[None] | None = None
             service: FhirService | None = None
+            exports: ExportRunner | None = None
             try:
                 await wait_for_database(client, STARTUP_DATABASE_WAIT)
                 service = app.state.fhir = await build_service(opened, client)
-                await runtime.start(service)
+                exports = app.state.exports = await export_runner(service, opened)
+                await runtime.start(service, exports)
                 app.state.smart = runtime.smart
                 # The conformance tables (schema, structure, search parameters) are hundreds of
                 # thousands of long-lived objects; freezing them keeps the cyclic GC from
@@ -78,10 +83,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 gc.freeze()
                 sweeper = asyncio.create_task(sweep_pending(service, opened))
                 service.audit_log.start()
+                exports.start()
                 yield
             finally:
                 if sweeper is not None:
                     sweeper.cancel()
+                if exports is not None:
+                    await exports.stop()
                 # Bounded, so that SIGTERM finishes even with the database gone or hung.
                 await close_within(SHUTDOWN_SECONDS, _close(runtime, service, client))
 
@@ -112,6 +120,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from fhirgoal.auth.server import router as smart_router
 
         app.include_router(smart_router)  # before the FHIR routes: .well-known is not a type
+    app.include_router(export_router, prefix="/fhir")  # before `/{type}/{id}` takes `_export/..`
     app.include_router(operations_router, prefix="/fhir")
     app.include_router(fhir_router, prefix="/fhir")
     return app

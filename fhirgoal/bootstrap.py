@@ -4,6 +4,7 @@
   MONGODB_URI is set, supervised when the caller serves, and stopped when the caller is done.
 - `build_service`: the FHIR service over a connected database, with its indexes, the index layout
   upgraded, the built-in catalogue loaded and writes a crash interrupted finished.
+- `export_runner`: the Bulk Data export jobs of a serving process.
 - `wait_for_database`, `sweep_pending`, `close_within`: the lifespan's waits and background work.
 """
 
@@ -25,14 +26,17 @@ from fhirgoal.clinical.install import install_clinical, instrument_texts
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
+from fhirgoal.fhir import everything, export
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
+from fhirgoal.fhir.export import ExportRunner
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.reindex import upgrade_index
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.embedded import EmbeddedDatabase, redacted
+from fhirgoal.store.exports import ExportStore
 from fhirgoal.store.repository import Repository
 
 log = structlog.get_logger(__name__)
@@ -83,6 +87,7 @@ async def build_service(
     service = FhirService(
         settings, conformance, search_registry(conformance), validator, repository
     )
+    everything.register(service.operations)
     install_clinical(service)
     pending_types = frozenset(service.hooks.types_with_hooks())
     await repository.ensure_indexes(list(conformance.stored_types), pending_types)
@@ -93,6 +98,22 @@ async def build_service(
     if finished:
         log.warning("finished writes a crash had interrupted", count=finished)
     return service
+
+
+async def export_runner(service: FhirService, settings: Settings) -> ExportRunner:
+    """The Bulk Data export runner of a serving process, its kick-off operations registered
+    (fhir/export.py); the caller starts and stops it. `access_for_owner` is set by auth/."""
+    store = ExportStore(service.database)
+    await store.ensure_indexes()
+    runner = ExportRunner(
+        service,
+        store,
+        retention=timedelta(seconds=settings.export_retention_seconds),
+        lease_seconds=settings.export_lease_seconds,
+        file_lines=settings.export_file_lines,
+    )
+    export.register(service.operations, runner)
+    return runner
 
 
 @cache  # one per conformance directory and profile set: built once per process

@@ -157,6 +157,16 @@ class Settings(BaseSettings):
     # file `signing-keys.key` (0600) generated in data_dir. Every replica needs the same key.
     key_encryption_key: str | None = Field(default=None, repr=False)
 
+    # ---- Bulk Data export (issue 16) ----
+    # How long an export's files stay downloadable after it completes (the manifest's Expires);
+    # expired files and jobs are removed by the database (TTL indexes).
+    export_retention_seconds: int = Field(default=86_400, ge=60)
+    # A running export renews its lease this often at the least; a job whose lease lapses (its
+    # process died) is taken over and run again from the start.
+    export_lease_seconds: float = Field(default=60.0, ge=5.0)
+    # Each resource type's output is split into NDJSON files of at most this many resources.
+    export_file_lines: int = Field(default=100_000, ge=1)
+
     def public_fhir_base(self) -> str:
         """The FHIR base URL every token's iss/aud, the discovery document and Location headers
         name: FHIRGOAL_BASE_URL, else the serve address. Never a request's Host header."""

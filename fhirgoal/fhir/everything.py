@@ -24,7 +24,7 @@ gets its own patient's record, a user sees what the caseload policy lets them se
 from __future__ import annotations
 
 import re
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from fhirgoal.core import fields
 from fhirgoal.core.errors import FhirError
@@ -32,10 +32,8 @@ from fhirgoal.fhir import bundles
 from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
 from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.search.query import CompiledSearch, encode_cursor
+from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.repository import Version
-
-if TYPE_CHECKING:
-    from fhirgoal.fhir.service import FhirService
 
 DEFINITION = "http://hl7.org/fhir/OperationDefinition/Patient-everything"
 PARAMETERS = {"start", "end", "_since", "_type", "_count", "_cursor"}

@@ -136,6 +136,12 @@ class Invocation:
     parameters: Parameters
     base_url: str
     method: str
+    prefer: str = ""  # the request's Prefer header, as sent (e.g. "respond-async")
+
+    def prefers(self, token: str) -> bool:
+        """Whether the Prefer header names `token` (RFC 7240; `respond-async`, ...)."""
+        items = (item.strip().partition("=")[0].strip().lower() for item in self.prefer.split(","))
+        return token in {i for part in items for i in part.split(";")}
 
 
 # A handler is called with the FhirService (service.py), which holds this registry: it is `Any`

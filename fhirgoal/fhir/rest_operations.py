@@ -28,7 +28,14 @@ async def _invoke(
     else:
         parameters = Parameters.from_resource(await read_resource(request))
     invocation = Invocation(
-        access(request), name, rt, rid, parameters, base_url(request), request.method
+        access(request),
+        name,
+        rt,
+        rid,
+        parameters,
+        base_url(request),
+        request.method,
+        request.headers.get("prefer", ""),
     )
     return render(request, await operation.handler(svc, invocation))
 

@@ -26,7 +26,6 @@ from fhirgoal.core import fields
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError
 from fhirgoal.core.jsonio import dumps
-from fhirgoal.fhir import everything
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.hooks import HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
@@ -99,7 +98,6 @@ class FhirService:
         self.engine = SearchEngine(settings, conformance, registry, repository)
         self.hooks = HookSet()
         self.operations = OperationRegistry()
-        everything.register(self.operations)  # the generic FHIR operations (clinical/ adds its own)
         # The audit trail of reads is stored through an append log and indexed later; every
         # reader of AuditEvent catches it up first, whatever the authorization mode.
         self.audit_log = AppendLog(

@@ -355,6 +355,24 @@ class Repository:
         if batch:
             yield batch
 
+    async def scan(
+        self, access: AccessContext, rt: str, query: dict[str, Any], batch_size: int = 1000
+    ) -> AsyncIterator[list[Version]]:
+        """Every live resource matching `query` within the caller's reach, in batches, in no
+        particular order, from one cursor (Bulk Data export: memory stays constant)."""
+        await self._settle(rt)
+        cursor = self.collection(rt).find(
+            _live(access, rt, query), _VERSION_ONLY, batch_size=batch_size
+        )
+        batch: list[Version] = []
+        async for doc in cursor:
+            batch.append(_version(rt, doc))
+            if len(batch) >= batch_size:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     async def pending(
         self, rt: str, older_than: datetime | None = None, limit: int = 10_000
     ) -> list[Version]:
