@@ -146,7 +146,12 @@ async def test_group_export_is_its_active_members(fhir: RunningServer) -> None:
         ("/$export", {"patient": "Patient/p1"}, ASYNC, "patient"),
         ("/$export", {"_type": "Nonsense"}, ASYNC, "Nonsense"),
         ("/Patient/$export", {"_type": "Practitioner"}, ASYNC, "Practitioner"),
-        ("/$export", {"_type": "Patient", "_typeFilter": "Observation?code=x"}, ASYNC, "not exported"),
+        (
+            "/$export",
+            {"_type": "Patient", "_typeFilter": "Observation?code=x"},
+            ASYNC,
+            "not exported",
+        ),
         ("/$export", {"_type": "Observation", "_typeFilter": "Observation?_count=5"}, ASYNC, ""),
         ("/$export", {"_type": "Observation", "_typeFilter": "Observation?colour=red"}, ASYNC, ""),
         ("/$export", {"_since": "yesterday"}, ASYNC, "_since"),
