@@ -22,7 +22,7 @@ from fhirgoal.clinical.flags import (
     raise_flag,
     record_provenance,
 )
-from fhirgoal.clinical.records import rating_of, ratings_by_goal
+from fhirgoal.clinical.records import is_gas_goal, rating_of, ratings_by_goal
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.hooks import WriteEvent
@@ -89,6 +89,12 @@ class GoalStatusHook:
             if current is None or current.resource is None:
                 return  # rated goal unknown or deleted: nothing to keep in step
             goal = current.resource
+            if not is_gas_goal(goal):
+                # A rating of a goal without GAS levels (a PCO goal with only the GAS measure,
+                # or none) has no scale behind it: the server decides nothing and raises nothing.
+                await clear_flag(svc, flag_id("goal-status-review", gid), instant_text(now()),
+                                 "the goal is not scaled for GAS")  # fmt: skip
+                return
             subject = (goal.get("subject") or {}).get("reference")
             ratings = (await ratings_by_goal(svc, UNRESTRICTED, [gid], subject)).get(gid, [])
             decision = decide(ratings)

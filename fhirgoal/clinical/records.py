@@ -16,10 +16,9 @@ from fhirgoal.clinical.achievement import Rater, Rating
 from fhirgoal.clinical.codes import (
     ALLIANCE_TOTALS,
     GAD7_TOTAL,
-    GAS_BASELINE,
+    GAS_BASELINE_CODES,
     GAS_EXTENSION,
     GAS_FOLLOW_UP,
-    GAS_GOAL_MEASURE,
     GAS_RATING_CODES,
     GAS_VARIANT_EXTENSION,
     GAS_WEIGHT_EXTENSION,
@@ -61,13 +60,11 @@ class GasGoal:
 
 
 def is_gas_goal(goal: dict[str, Any]) -> bool:
-    if any(e.get("url") == GAS_EXTENSION for e in goal.get("extension") or []):
-        return True
-    return any(
-        c.get("system") == LOINC and c.get("code") == GAS_GOAL_MEASURE
-        for t in goal.get("target") or []
-        for c in (t.get("measure") or {}).get("coding") or []
-    )
+    """Whether the goal is scored by GAS: it describes its attainment levels (PCO extension
+    pco-goal-attainment-scaling). A PCO goal with the GAS `target.measure` but no levels is
+    stored and searchable like any goal, but has no scale to score against, so the T-score,
+    `$progress` and the status rules leave it out."""
+    return any(e.get("url") == GAS_EXTENSION for e in goal.get("extension") or [])
 
 
 def gas_goal(goal: dict[str, Any]) -> GasGoal:
@@ -105,7 +102,7 @@ def rating_of(observation: dict[str, Any]) -> tuple[str, Rating] | None:
     if not codes or goal is None or level is None or not when:
         return None
     code = codes[0]
-    if code == GAS_BASELINE:
+    if code in GAS_BASELINE_CODES:
         performers: list[dict[str, Any]] = observation.get("performer") or [{}]
         performer = str(performers[0].get("reference", ""))
         rater: Rater = _RATER_OF_TYPE.get(performer.split("/", 1)[0], "practitioner")
