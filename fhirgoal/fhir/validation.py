@@ -13,8 +13,8 @@ FHIRPath `expression`s:
 from __future__ import annotations
 
 import re
-from functools import cache
 from collections.abc import Iterable
+from functools import cache
 from typing import Any
 
 import jsonschema_rs
