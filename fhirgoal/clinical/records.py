@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -30,7 +31,7 @@ from fhirgoal.clinical.codes import (
 )
 from fhirgoal.clinical.gas import weight_from
 from fhirgoal.clinical.session_measures import SessionScore
-from fhirgoal.core.access import AccessContext
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError
 from fhirgoal.core.fields import NEWEST_FIRST
 from fhirgoal.fhir.service import FhirService
@@ -159,6 +160,17 @@ async def ratings_by_goal(
     params = [("focus", focus), ("code", codes)] + ([("subject", subject)] if subject else [])
     versions = await _latest_first(svc, access, params)
     return ratings_in([v.resource for v in versions if v.resource is not None], goal_ids)
+
+
+async def first_rating_recorded(svc: FhirService, gid: str, subject: str | None) -> datetime | None:
+    """When the earliest current GAS rating of Goal `gid` was recorded (meta.lastUpdated)."""
+    codes = ",".join(f"{LOINC}|{code}" for code in sorted(GAS_RATING_CODES))
+    params = [("focus", f"Goal/{gid}"), ("code", codes)] + (
+        [("subject", subject)] if subject else []
+    )
+    versions = await svc.find_resources(UNRESTRICTED, "Observation", params, MAX_RECORDS)
+    times = [v.last_updated for v in versions if v.resource is not None and rating_of(v.resource)]
+    return min(times) if times else None
 
 
 async def _latest_first(
