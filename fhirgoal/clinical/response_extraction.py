@@ -191,12 +191,14 @@ async def extract(svc: FhirService, call: Invocation) -> Outcome:
     }
     parameters: list[dict[str, Any]] = [{"name": "return", "resource": bundle}]
     if not observations:
-        parameters.append(
-            {
-                "name": "issues",
-                "resource": informational_outcome(
-                    "nothing to extract: only a completed or amended response yields Observations"
-                ),
-            }
+        status = response.get("status")
+        why = (
+            f"nothing to extract: the response is {status}; only a completed or amended "
+            "response yields Observations"
+            if status not in ("completed", "amended")
+            else "nothing to extract: no answered item of this response is marked for "
+            "extraction (sdc-questionnaire-observationExtract on the Questionnaire, an item or "
+            "an item.code) with a code to give its Observation"
         )
+        parameters.append({"name": "issues", "resource": informational_outcome(why)})
     return Outcome(200, body={"resourceType": "Parameters", "parameter": parameters})

@@ -405,6 +405,9 @@ def _compile_item(
     item_type = raw.get("type", "")
     declared = _ext(raw, EXT_OBS_EXTRACT) is not None
     extract = _extract_mode(raw) if declared else inherited_extract
+    if not declared and any(ext_value(c, EXT_OBS_EXTRACT) is True for c in raw.get("code", ())):
+        # SDC allows the extension on item.code too: that coding's item extracts.
+        declared, extract = True, True
     category = _categories(raw) or inherited_category
     keys = ANSWER_KEYS.get(item_type, ())
     options: dict[tuple[str | None, str | None], Option] | None = None

@@ -23,6 +23,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Protocol
 
+from fhirgoal.core.errors import Issue
+
 if TYPE_CHECKING:
     from fhirgoal.core.access import AccessContext
     from fhirgoal.store.repository import Version
@@ -41,6 +43,7 @@ class WriteEvent:
     version: Version | None = None  # set once the write is stored
     state: dict[str, Any] = field(default_factory=dict)  # what before_write planned
     hooks: list[WriteHook] = field(default_factory=list)  # the hooks interested in this write
+    warnings: list[Issue] = field(default_factory=list)  # accepted, but worth telling the client
 
     @property
     def deleted(self) -> bool:

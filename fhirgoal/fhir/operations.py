@@ -108,6 +108,9 @@ class Parameters:
             ]
         )
 
+    def as_json(self) -> list[dict[str, Any]]:
+        return [p.element for p in self.values]
+
     def all(self, name: str) -> list[ParameterValue]:
         return [p for p in self.values if p.name == name]
 
@@ -157,6 +160,9 @@ class Operation:
     handler: Handler
     affects_state: bool = False  # GET is refused for operations that change things
     definition: str = ""  # the OperationDefinition's canonical URL (CapabilityStatement)
+    # The POST body may be a resource instead of Parameters (`$validate`): it becomes the
+    # `resource` parameter.
+    resource_body: bool = False
 
 
 @dataclass

@@ -170,7 +170,9 @@ def render(request: Request, outcome: Outcome) -> Response:
             f"{version.resource_type}/{version.id} version {version.version}" if version else "done"
         )
         status = 200 if outcome.status == 204 else outcome.status
-        return fhir_response(status, informational_outcome(text), headers)
+        body = informational_outcome(text)
+        body["issue"] += [w.to_json("informational") for w in outcome.warnings]
+        return fhir_response(status, body, headers)
     if text is None or request.method == "DELETE" or wanted == "minimal":
         return Response(status_code=outcome.status, headers=headers)
     return Response(

@@ -24,7 +24,7 @@ from pymongo.errors import PyMongoError
 from fhirgoal.config import Settings
 from fhirgoal.core import fields
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
-from fhirgoal.core.errors import FhirError
+from fhirgoal.core.errors import FhirError, Issue
 from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.hooks import HookSet, WriteEvent
@@ -36,6 +36,7 @@ from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
 from fhirgoal.fhir.search.query import SERVER_SEARCH_LIMITS
 from fhirgoal.fhir.search.registry import SearchRegistry
+from fhirgoal.fhir.validate_operation import register as register_validate
 from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.append_log import AppendLog
 from fhirgoal.store.claims import claim_key
@@ -98,6 +99,7 @@ class FhirService:
         self.engine = SearchEngine(settings, conformance, registry, repository)
         self.hooks = HookSet()
         self.operations = OperationRegistry()
+        register_validate(self.operations, conformance.stored_types)
         # The audit trail of reads is stored through an append log and indexed later; every
         # reader of AuditEvent catches it up first, whatever the authorization mode.
         self.audit_log = AppendLog(
@@ -172,11 +174,12 @@ class FhirService:
 
     def _prepare(
         self, resource: dict[str, Any], rid: str, vid: int, moment: datetime
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> tuple[dict[str, Any], dict[str, Any], list[Issue]]:
+        """The resource as stored, its search index, and the validation warnings."""
         stored = stamp(resource, rid, vid, moment)
-        self.validator.validate(stored)
+        warnings = self.validator.validate(stored)
         index = self.registry.for_type(stored["resourceType"]).index_fields(stored)
-        return stored, index
+        return stored, index, warnings
 
     def first_version(
         self, resource: dict[str, Any], moment: datetime
@@ -244,12 +247,12 @@ class FhirService:
         self, access: AccessContext, rt: str, resource: dict[str, Any], rid: str
     ) -> Outcome:
         moment = now()
-        stored, index = self._prepare(resource, rid, 1, moment)
+        stored, index, warnings = self._prepare(resource, rid, 1, moment)
         version = self._version(rt, rid, 1, moment, "POST", stored)
-        event = WriteEvent(access, rt, rid, stored, None)
+        event = WriteEvent(access, rt, rid, stored, None, warnings=warnings)
         await self._insert(access, version, await self._before(event, index))
         await self._after(event, version)
-        return Outcome(201, version)
+        return Outcome(201, version, warnings=event.warnings)
 
     async def _create_claimed(
         self, access: AccessContext, rt: str, resource: dict[str, Any], claimed: tuple[str, str]
@@ -433,27 +436,27 @@ class FhirService:
                     "precondition-failed", f"{rt}/{rid} does not exist (If-Match given)"
                 )
             moment = now()
-            stored, index = self._prepare(resource, rid, 1, moment)
+            stored, index, warnings = self._prepare(resource, rid, 1, moment)
             version = self._version(rt, rid, 1, moment, method, stored)
-            event = WriteEvent(access, rt, rid, stored, None)
+            event = WriteEvent(access, rt, rid, stored, None, warnings=warnings)
             try:
                 await self._insert(access, version, await self._before(event, index))
             except AlreadyExists:
                 return None  # created meanwhile: go round again as an update
             await self._after(event, version)
-            return Outcome(201, version)
+            return Outcome(201, version, warnings=event.warnings)
         if expected is not None and expected != current.version:
             raise FhirError(
                 "precondition-failed",
                 f"version conflict: If-Match is {expected}, the current version is {current.version}",
             )
         moment = max(now(), current.last_updated)
-        stored, index = self._prepare(resource, rid, current.version + 1, moment)
+        stored, index, warnings = self._prepare(resource, rid, current.version + 1, moment)
         version = self._version(rt, rid, current.version + 1, moment, method, stored)
-        event = WriteEvent(access, rt, rid, stored, current)
+        event = WriteEvent(access, rt, rid, stored, current, warnings=warnings)
         if await self.repo.replace(access, current, version, await self._before(event, index)):
             await self._after(event, version)
-            return Outcome(200, version)
+            return Outcome(200, version, warnings=event.warnings)
         if expected is not None:
             raise FhirError("precondition-failed", f"{rt}/{rid} was changed by another request")
         return None

@@ -60,7 +60,7 @@ async def test_partial_achievement_is_reported_raw_beside_the_level_used(
     assert parts == {"level": -0.5, "levelUsed": -1, "weight": 1}
     assert first is goals[1] or first  # both goals are listed, in input order
     assert {p["name"]: p["valueDecimal"] for p in goals[1]["part"]}["weight"] == 6
-    assert any(p["name"] == "variant" and p["valueCode"] == "partial-achievement"
+    assert any(p["name"] == "variant" and p["valueCode"] == "partial"
                for p in result["parameter"])  # fmt: skip
     # 50 + 10 * (-1 + 6) / sqrt(0.7 * 37 + 0.3 * 49) = 50 + 50 / sqrt(40.6) = 57.85
     assert value(result, "tscore")["valueDecimal"] == 57.85

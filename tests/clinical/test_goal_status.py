@@ -98,10 +98,11 @@ async def test_a_clinicians_status_is_kept_and_a_review_flag_raised_then_closed(
     fhir: RunningServer,
 ) -> None:
     await seed(fhir)
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    # Set after the first rating: the clinician's judgement (before it, a starting value).
     goal = (await fhir.client.get("/Goal/g1")).json()
     goal["achievementStatus"] = {"coding": [{"system": ACHIEVEMENT, "code": "not-achieved"}]}
     await put(fhir, goal)
-    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
     await rate(fhir, "f1", 0, "2026-08-24")
     assert await status(fhir) == "not-achieved"  # never overwritten
     flags = await active_review_flags(fhir)
@@ -115,6 +116,21 @@ async def test_a_clinicians_status_is_kept_and_a_review_flag_raised_then_closed(
     assert await active_review_flags(fhir) == []
     closed = (await fhir.client.get(f"/Flag/{flags[0]['id']}")).json()
     assert closed["status"] == "inactive" and "end" in closed["period"]
+
+
+async def test_a_status_sent_before_the_first_rating_is_a_starting_value(
+    fhir: RunningServer,
+) -> None:
+    """An EHR creates the goal `in-progress` (PCO examples do): the ratings take over."""
+    await seed(fhir)
+    goal = (await fhir.client.get("/Goal/g1")).json()
+    goal["achievementStatus"] = {"coding": [{"system": ACHIEVEMENT, "code": "in-progress"}]}
+    await put(fhir, goal)
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    assert await status(fhir) == "in-progress"
+    await rate(fhir, "f1", 0, "2026-08-24")
+    assert await status(fhir) == "achieved"
+    assert await active_review_flags(fhir) == []
 
 
 async def test_retracting_a_rating_moves_the_status_back(fhir: RunningServer) -> None:

@@ -171,10 +171,15 @@ async def test_capability_statement_lists_operations_and_supported_profiles(
     rest = statement["rest"][0]
     assert {o["name"] for o in rest["operation"]} == {"gas-tscore"}
     by_type = {r["type"]: r for r in rest["resource"]}
-    assert {o["name"] for o in by_type["Patient"]["operation"]} == {"gas-tscore", "progress"}
-    assert by_type["QuestionnaireResponse"]["operation"][0]["definition"].endswith(
-        "QuestionnaireResponse-extract"
+    assert {o["name"] for o in by_type["Patient"]["operation"]} == {
+        "gas-tscore",
+        "progress",
+        "validate",
+    }
+    extract = next(
+        o for o in by_type["QuestionnaireResponse"]["operation"] if o["name"] == "extract"
     )
+    assert extract["definition"].endswith("QuestionnaireResponse-extract")
     assert (
         "https://fhirgoal.org/fhir/StructureDefinition/gas-goal"
         in by_type["Goal"]["supportedProfile"]
