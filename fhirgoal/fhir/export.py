@@ -68,10 +68,11 @@ _NOT_FILTERS = {
 }  # fmt: skip
 CHUNK_BYTES = 512 * 1024  # NDJSON text per stored chunk
 PATIENTS_PER_QUERY = 500  # Group members per compartment query
+# fhirgoal's own definitions (profiles/operations), each `base`d on the Bulk Data IG's
 DEFINITIONS = {
-    "system": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/export",
-    "type": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/patient-export",
-    "instance": "http://hl7.org/fhir/uv/bulkdata/OperationDefinition/group-export",
+    "system": "https://fhirgoal.org/fhir/OperationDefinition/export",
+    "type": "https://fhirgoal.org/fhir/OperationDefinition/patient-export",
+    "instance": "https://fhirgoal.org/fhir/OperationDefinition/group-export",
 }
 
 OwnerAccess = Callable[[dict[str, Any]], Awaitable[AccessContext | None]]

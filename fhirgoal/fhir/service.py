@@ -36,7 +36,6 @@ from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.engine import SearchEngine, SearchPage
 from fhirgoal.fhir.search.query import SERVER_SEARCH_LIMITS
 from fhirgoal.fhir.search.registry import SearchRegistry
-from fhirgoal.fhir.validate_operation import register as register_validate
 from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.append_log import AppendLog
 from fhirgoal.store.claims import claim_key
@@ -99,7 +98,6 @@ class FhirService:
         self.engine = SearchEngine(settings, conformance, registry, repository)
         self.hooks = HookSet()
         self.operations = OperationRegistry()
-        register_validate(self.operations, conformance.stored_types)
         # The audit trail of reads is stored through an append log and indexed later; every
         # reader of AuditEvent catches it up first, whatever the authorization mode.
         self.audit_log = AppendLog(

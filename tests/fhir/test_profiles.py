@@ -169,12 +169,14 @@ async def test_capability_statement_lists_operations_and_supported_profiles(
 ) -> None:
     statement = (await fhir.client.get("/metadata")).json()
     rest = statement["rest"][0]
-    assert {o["name"] for o in rest["operation"]} == {"gas-tscore"}
+    assert {o["name"] for o in rest["operation"]} == {"gas-tscore", "export"}
     by_type = {r["type"]: r for r in rest["resource"]}
     assert {o["name"] for o in by_type["Patient"]["operation"]} == {
         "gas-tscore",
         "progress",
         "validate",
+        "everything",
+        "export",
     }
     extract = next(
         o for o in by_type["QuestionnaireResponse"]["operation"] if o["name"] == "extract"
@@ -184,7 +186,8 @@ async def test_capability_statement_lists_operations_and_supported_profiles(
         "https://fhirgoal.org/fhir/StructureDefinition/gas-goal"
         in by_type["Goal"]["supportedProfile"]
     )
-    for op in [*rest["operation"], *by_type["Patient"]["operation"]]:  # each definition is served
+    operations = [*rest["operation"], *by_type["Patient"]["operation"]]
+    for op in [*operations, *by_type["Group"]["operation"]]:  # each definition is served
         found = (
             await fhir.client.get("/OperationDefinition", params={"url": op["definition"]})
         ).json()
