@@ -206,7 +206,7 @@ def _relative(url: str, base: str) -> str:
     """A request url relative to the base: this server's absolute base is taken off."""
     if url.startswith(base + "/"):
         return url[len(base) + 1 :]
-    if "://" in url:
+    if "://" in url.split("?", 1)[0]:
         raise FhirError("not-supported", f"{url} is not on this server ({base})")
     return url.lstrip("/")
 

@@ -3,6 +3,9 @@ conditional references, processing order, every interaction in entries)."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
 from typing import Any
 
 from tests.conftest import RunningServer
@@ -113,3 +116,237 @@ async def test_a_failing_entry_stores_nothing_and_names_the_entry(fhir: RunningS
     assert await count(fhir, "Patient", identifier=f"{MRN}|ROLLBACK") == 0
     history = (await fhir.client.get("/Patient/_history")).json()
     assert history["total"] == 0
+
+
+def json_patch(operations: list[dict[str, Any]]) -> dict[str, Any]:
+    data = base64.b64encode(json.dumps(operations).encode()).decode()
+    return {"resourceType": "Binary", "contentType": "application/json-patch+json", "data": data}
+
+
+async def stored(fhir: RunningServer, mrn: str, family: str = "Rivera") -> dict[str, Any]:
+    response = await fhir.client.post("/Patient", json=with_mrn(mrn, family), headers=FHIR_JSON)
+    assert response.status_code == 201
+    return response.json()
+
+
+async def test_every_interaction_in_one_transaction(fhir: RunningServer) -> None:
+    kept = await stored(fhir, "KEEP")
+    patched = await stored(fhir, "PATCH")
+    doomed = await stored(fhir, "DELETE")
+    doomed_by_criteria = await stored(fhir, "DELETE-Q")
+    updated = await stored(fhir, "UPDATE")
+    bundle = transaction(
+        request("GET", f"Patient?identifier={MRN}|NEW"),  # processed last: sees the create
+        create(with_mrn("NEW"), PAT, ifNoneExist=f"identifier={MRN}|NEW"),
+        create(with_mrn("KEEP", "Other"), ifNoneExist=f"identifier={MRN}|KEEP"),
+        request(
+            "PUT",
+            f"Patient/{updated['id']}",
+            {**with_mrn("UPDATE", "Changed"), "id": updated["id"]},
+            ifMatch='W/"1"',
+        ),  # fmt: skip
+        request("PUT", f"Patient?identifier={MRN}|CU", with_mrn("CU", "Conditional")),
+        request(
+            "PATCH",
+            f"Patient/{patched['id']}",
+            json_patch([{"op": "replace", "path": "/name/0/family", "value": "Patched"}]),
+        ),  # fmt: skip
+        request("DELETE", f"Patient/{doomed['id']}"),
+        request("DELETE", f"Patient?identifier={MRN}|DELETE-Q"),
+        request("GET", f"Patient/{kept['id']}"),
+        request("GET", f"Patient/{kept['id']}/_history/1"),
+        request("GET", f"Patient/{kept['id']}", ifNoneMatch='W/"1"'),
+        request("GET", f"Patient/{kept['id']}", ifModifiedSince="2999-01-01T00:00:00Z"),
+        request("GET", f"Patient/{updated['id']}/_history"),
+    )
+    response = await post(fhir, bundle)
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    statuses = [e["response"]["status"] for e in entries]
+    assert statuses == [
+        "200 OK", "201 Created", "200 OK", "200 OK", "201 Created", "200 OK", "204 No Content",
+        "204 No Content", "200 OK", "200 OK", "304 Not Modified", "304 Not Modified", "200 OK",
+    ]  # fmt: skip
+    search = entries[0]["resource"]
+    assert search["type"] == "searchset" and search["total"] == 1
+    assert search["entry"][0]["resource"]["id"] == entries[1]["resource"]["id"]
+    assert entries[2]["resource"]["id"] == kept["id"]  # the match, unchanged
+    assert entries[2]["resource"]["name"][0]["family"] == "Rivera"
+    assert entries[3]["response"]["etag"] == 'W/"2"'
+    assert entries[5]["resource"]["name"][0]["family"] == "Patched"
+    assert "resource" not in entries[10]
+    assert entries[12]["resource"]["type"] == "history"
+    assert entries[12]["resource"]["total"] == 2
+    assert (await fhir.client.get(f"/Patient/{doomed['id']}")).status_code == 410
+    assert (await fhir.client.get(f"/Patient/{doomed_by_criteria['id']}")).status_code == 410
+    assert await count(fhir, "Patient", identifier=f"{MRN}|CU") == 1
+    assert await count(fhir, "Patient", identifier=f"{MRN}|KEEP") == 1
+
+
+async def test_a_version_conflict_rolls_back_the_entries_before_it(fhir: RunningServer) -> None:
+    target = await stored(fhir, "VERSIONED")
+    await fhir.client.put(
+        f"/Patient/{target['id']}", json={**target, "active": True}, headers=FHIR_JSON
+    )
+    bundle = transaction(
+        create(with_mrn("NEVER"), PAT),
+        request("PUT", f"Patient/{target['id']}", {**target, "active": False}, ifMatch='W/"1"'),
+        request("DELETE", f"Patient?identifier={MRN}|VERSIONED"),
+    )
+    bundle["entry"].pop()  # the same resource twice is a 400 of its own (tested below)
+    response = await post(fhir, bundle)
+    assert response.status_code == 412, response.text
+    assert "Bundle.entry[1]" in issues(response.json())[0]["diagnostics"]
+    assert await count(fhir, "Patient", identifier=f"{MRN}|NEVER") == 0
+    history = (await fhir.client.get(f"/Patient/{target['id']}/_history")).json()
+    assert history["total"] == 2
+    assert (await fhir.client.get("/Patient/_history")).json()["total"] == 2  # its own two
+
+
+async def test_conditional_references_resolve_to_their_one_match(fhir: RunningServer) -> None:
+    known = await stored(fhir, "REF-1")
+    bundle = transaction(
+        create(observation("x", subject={"reference": f"Patient?identifier={MRN}|REF-1"})),
+        # the criteria of a conditional create of the same Bundle name its resource
+        create(observation("x", subject={"reference": f"Patient?identifier={MRN}|REF-NEW"})),
+        create(with_mrn("REF-NEW"), PAT, ifNoneExist=f"identifier={MRN}|REF-NEW"),
+    )
+    response = await post(fhir, bundle)
+    assert response.status_code == 200, response.text
+    entries = response.json()["entry"]
+    assert entries[0]["resource"]["subject"]["reference"] == f"Patient/{known['id']}"
+    new_id = entries[2]["resource"]["id"]
+    assert entries[1]["resource"]["subject"]["reference"] == f"Patient/{new_id}"
+
+
+async def test_a_conditional_reference_without_exactly_one_match_fails(
+    fhir: RunningServer,
+) -> None:
+    await stored(fhir, "TWICE")
+    await stored(fhir, "TWICE")
+    for criteria in ("NOBODY", "TWICE"):
+        bundle = transaction(
+            create(with_mrn("BYSTANDER")),
+            create(
+                observation("x", subject={"reference": f"Patient?identifier={MRN}|{criteria}"}), ENC
+            ),  # fmt: skip
+        )
+        response = await post(fhir, bundle)
+        assert response.status_code == 412, response.text
+        text = issues(response.json())[0]["diagnostics"]
+        assert "Bundle.entry[1]" in text and ENC in text
+    assert await count(fhir, "Patient", identifier=f"{MRN}|BYSTANDER") == 0
+    assert await count(fhir, "Observation") == 0
+
+
+async def test_placeholders_in_criteria_and_their_cycles(fhir: RunningServer) -> None:
+    a, b = (
+        "urn:uuid:aaaaaaaa-0000-4000-8000-000000000001",
+        "urn:uuid:bbbbbbbb-0000-4000-8000-000000000002",
+    )
+    cyclic = transaction(
+        create(
+            observation("x", subject={"reference": b}), a, ifNoneExist=f"subject={b}&code=29463-7"
+        ),  # fmt: skip
+        request("PUT", f"Patient?link={a}", with_mrn("CYCLE")) | {"fullUrl": b},
+    )
+    response = await post(fhir, cyclic)
+    assert response.status_code == 400, response.text
+    assert "depend on each other" in issues(response.json())[0]["diagnostics"]
+    assert await count(fhir, "Patient") == 0
+    acyclic = transaction(
+        create(with_mrn("CRIT"), PAT),
+        create(
+            observation("x", subject={"reference": PAT}), ifNoneExist=f"subject={PAT}&code=29463-7"
+        ),  # fmt: skip
+    )
+    response = await post(fhir, acyclic)
+    assert response.status_code == 200, response.text
+    assert [e["response"]["status"] for e in response.json()["entry"]] == ["201 Created"] * 2
+
+
+async def test_bad_bundles_are_clear_400s(fhir: RunningServer) -> None:
+    known = await stored(fhir, "BAD")
+    cases: list[tuple[Any, str]] = [
+        ({"resourceType": "Patient"}, "Bundle"),
+        ({"resourceType": "Bundle", "type": "collection"}, "'collection'"),
+        (transaction({"resource": with_mrn("X")}), "no request"),
+        (transaction(request("FETCH", "Patient")), "unknown request method"),
+        (transaction(request("POST", "Patient")), "needs its resource"),
+        (
+            transaction(create(observation("x", subject={"reference": "urn:uuid:nobody"}))),
+            "names no entry",
+        ),  # fmt: skip
+        (transaction(create(with_mrn("D1"), PAT), create(with_mrn("D2"), PAT)), "same fullUrl"),
+        (
+            transaction(
+                request("DELETE", f"Patient/{known['id']}"),
+                request("PUT", f"Patient/{known['id']}", known),
+            ),
+            "both act on",
+        ),  # fmt: skip
+        (transaction(request("PATCH", f"Patient/{known['id']}", with_mrn("P"))), "Binary"),
+        (transaction(create({"resourceType": "NoSuchType"})), "NoSuchType"),
+    ]
+    for bundle, words in cases:
+        response = await post(fhir, bundle)
+        assert response.status_code == 400 or (
+            "NoSuchType" in words and response.status_code == 404
+        ), (words, response.text)
+        assert words in json.dumps(response.json()), (words, response.text)
+    assert (await fhir.client.get("/Patient/_history")).json()["total"] == 1
+
+
+async def test_too_many_entries_is_413(fhir: RunningServer) -> None:
+    limit = fhir.settings.max_bundle_entries
+    bundle = transaction(*[request("GET", "Patient/x")] * (limit + 1))
+    response = await post(fhir, bundle)
+    assert response.status_code == 413, response.text
+    assert str(limit) in issues(response.json())[0]["diagnostics"]
+
+
+async def test_prefer_return_minimal_and_operation_outcome(fhir: RunningServer) -> None:
+    minimal = await post(fhir, transaction(create(with_mrn("MIN"))), Prefer="return=minimal")
+    entry = minimal.json()["entry"][0]
+    assert "resource" not in entry and entry["response"]["status"] == "201 Created"
+    assert entry["response"]["location"].startswith(f"{fhir.base}/Patient/")
+    outcome = await post(fhir, transaction(create(with_mrn("OO"))),
+                         Prefer="return=OperationOutcome")  # fmt: skip
+    entry = outcome.json()["entry"][0]
+    assert entry["response"]["outcome"]["resourceType"] == "OperationOutcome"
+
+
+async def test_concurrent_transactions_on_one_resource_exactly_one_wins(
+    fhir: RunningServer,
+) -> None:
+    target = await stored(fhir, "RACE")
+
+    def contender(family: str) -> dict[str, Any]:
+        return transaction(
+            create(with_mrn(f"SIDE-{family}")),
+            request(
+                "PUT",
+                f"Patient/{target['id']}",
+                {**target, "name": [{"family": family}]},
+                ifMatch='W/"1"',
+            ),  # fmt: skip
+        )
+
+    responses = await asyncio.gather(*(post(fhir, contender(f"F{i}")) for i in range(4)))
+    codes = sorted(r.status_code for r in responses)
+    assert codes.count(200) == 1, [r.text for r in responses]
+    assert all(code in (409, 412) for code in codes if code != 200)
+    history = (await fhir.client.get(f"/Patient/{target['id']}/_history")).json()
+    assert history["total"] == 2
+    assert sum([await count(fhir, "Patient", identifier=f"{MRN}|SIDE-F{i}") for i in range(4)]) == 1
+
+
+async def test_concurrent_conditional_creates_in_transactions_create_once(
+    fhir: RunningServer,
+) -> None:
+    bundle = transaction(create(with_mrn("ONCE"), PAT, ifNoneExist=f"identifier={MRN}|ONCE"))
+    responses = await asyncio.gather(*(post(fhir, bundle) for _ in range(5)))
+    assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+    statuses = sorted(r.json()["entry"][0]["response"]["status"] for r in responses)
+    assert statuses == ["200 OK"] * 4 + ["201 Created"]
+    assert await count(fhir, "Patient", identifier=f"{MRN}|ONCE") == 1
