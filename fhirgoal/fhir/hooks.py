@@ -102,5 +102,5 @@ class EntryAudit(Protocol):
     records commit with the entries or not at all."""
 
     async def __call__(
-        self, access: AccessContext, address: str | None, records: list[EntryRecord]
+        self, access: AccessContext, address: str | None, records: list[EntryRecord], /
     ) -> None: ...

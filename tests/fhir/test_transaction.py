@@ -64,9 +64,14 @@ async def test_placeholders_become_the_assigned_ids_everywhere_a_link_stands(
         {"url": "https://example.org/ext/about", "valueReference": {"reference": PAT}}
     ]
     obs["contained"] = [
-        {"resourceType": "Provenance", "id": "p1", "target": [{"reference": ENC}],
-         "recorded": "2026-01-05T10:00:00Z", "agent": [{"who": {"reference": PAT}}]}
-    ]  # fmt: skip
+        {
+            "resourceType": "Provenance",
+            "id": "p1",
+            "target": [{"reference": ENC}],
+            "recorded": "2026-01-05T10:00:00Z",
+            "agent": [{"who": {"reference": PAT}}],
+        }
+    ]
     obs["derivedFrom"] = [{"reference": "#p1"}]
     obs["identifier"] = [{"system": "urn:ietf:rfc:3986", "value": PAT}]  # a string: kept
     encounter = {
@@ -144,13 +149,13 @@ async def test_every_interaction_in_one_transaction(fhir: RunningServer) -> None
             f"Patient/{updated['id']}",
             {**with_mrn("UPDATE", "Changed"), "id": updated["id"]},
             ifMatch='W/"1"',
-        ),  # fmt: skip
+        ),
         request("PUT", f"Patient?identifier={MRN}|CU", with_mrn("CU", "Conditional")),
         request(
             "PATCH",
             f"Patient/{patched['id']}",
             json_patch([{"op": "replace", "path": "/name/0/family", "value": "Patched"}]),
-        ),  # fmt: skip
+        ),
         request("DELETE", f"Patient/{doomed['id']}"),
         request("DELETE", f"Patient?identifier={MRN}|DELETE-Q"),
         request("GET", f"Patient/{kept['id']}"),
@@ -164,9 +169,20 @@ async def test_every_interaction_in_one_transaction(fhir: RunningServer) -> None
     entries = response.json()["entry"]
     statuses = [e["response"]["status"] for e in entries]
     assert statuses == [
-        "200 OK", "201 Created", "200 OK", "200 OK", "201 Created", "200 OK", "204 No Content",
-        "204 No Content", "200 OK", "200 OK", "304 Not Modified", "304 Not Modified", "200 OK",
-    ]  # fmt: skip
+        "200 OK",
+        "201 Created",
+        "200 OK",
+        "200 OK",
+        "201 Created",
+        "200 OK",
+        "204 No Content",
+        "204 No Content",
+        "200 OK",
+        "200 OK",
+        "304 Not Modified",
+        "304 Not Modified",
+        "200 OK",
+    ]
     search = entries[0]["resource"]
     assert search["type"] == "searchset" and search["total"] == 1
     assert search["entry"][0]["resource"]["id"] == entries[1]["resource"]["id"]
@@ -229,7 +245,7 @@ async def test_a_conditional_reference_without_exactly_one_match_fails(
             create(with_mrn("BYSTANDER")),
             create(
                 observation("x", subject={"reference": f"Patient?identifier={MRN}|{criteria}"}), ENC
-            ),  # fmt: skip
+            ),
         )
         response = await post(fhir, bundle)
         assert response.status_code == 412, response.text
@@ -247,7 +263,7 @@ async def test_placeholders_in_criteria_and_their_cycles(fhir: RunningServer) ->
     cyclic = transaction(
         create(
             observation("x", subject={"reference": b}), a, ifNoneExist=f"subject={b}&code=29463-7"
-        ),  # fmt: skip
+        ),
         request("PUT", f"Patient?link={a}", with_mrn("CYCLE")) | {"fullUrl": b},
     )
     response = await post(fhir, cyclic)
@@ -258,7 +274,7 @@ async def test_placeholders_in_criteria_and_their_cycles(fhir: RunningServer) ->
         create(with_mrn("CRIT"), PAT),
         create(
             observation("x", subject={"reference": PAT}), ifNoneExist=f"subject={PAT}&code=29463-7"
-        ),  # fmt: skip
+        ),
     )
     response = await post(fhir, acyclic)
     assert response.status_code == 200, response.text
@@ -276,7 +292,7 @@ async def test_bad_bundles_are_clear_400s(fhir: RunningServer) -> None:
         (
             transaction(create(observation("x", subject={"reference": "urn:uuid:nobody"}))),
             "names no entry",
-        ),  # fmt: skip
+        ),
         (transaction(create(with_mrn("D1"), PAT), create(with_mrn("D2"), PAT)), "same fullUrl"),
         (
             transaction(
@@ -284,7 +300,7 @@ async def test_bad_bundles_are_clear_400s(fhir: RunningServer) -> None:
                 request("PUT", f"Patient/{known['id']}", known),
             ),
             "both act on",
-        ),  # fmt: skip
+        ),
         (transaction(request("PATCH", f"Patient/{known['id']}", with_mrn("P"))), "Binary"),
         (transaction(create({"resourceType": "NoSuchType"})), "NoSuchType"),
     ]
@@ -310,8 +326,9 @@ async def test_prefer_return_minimal_and_operation_outcome(fhir: RunningServer) 
     entry = minimal.json()["entry"][0]
     assert "resource" not in entry and entry["response"]["status"] == "201 Created"
     assert entry["response"]["location"].startswith(f"{fhir.base}/Patient/")
-    outcome = await post(fhir, transaction(create(with_mrn("OO"))),
-                         Prefer="return=OperationOutcome")  # fmt: skip
+    outcome = await post(
+        fhir, transaction(create(with_mrn("OO"))), Prefer="return=OperationOutcome"
+    )
     entry = outcome.json()["entry"][0]
     assert entry["response"]["outcome"]["resourceType"] == "OperationOutcome"
 
@@ -329,7 +346,7 @@ async def test_concurrent_transactions_on_one_resource_exactly_one_wins(
                 f"Patient/{target['id']}",
                 {**target, "name": [{"family": family}]},
                 ifMatch='W/"1"',
-            ),  # fmt: skip
+            ),
         )
 
     responses = await asyncio.gather(*(post(fhir, contender(f"F{i}")) for i in range(4)))
