@@ -138,6 +138,14 @@ class Settings(BaseSettings):
     # Operations in one JSON Patch body (what `copy` operations add is bounded by max_body_bytes).
     max_patch_operations: int = Field(default=100, ge=1)
 
+    # ---- batch and transaction Bundles (issue 13, fhir/transaction.py) ----
+    # Entries in one batch or transaction Bundle (413 beyond), and the size of its body (413
+    # beyond; single resources keep max_body_bytes).
+    max_bundle_entries: int = Field(default=1000, ge=1)
+    max_bundle_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Runs of a transaction that conflicts with concurrent writes before it is answered 409.
+    transaction_attempts: int = Field(default=5, ge=1)
+
     # ---- auth hardening (issue 12) ----
     # Security events (failed tokens, token endpoint, logins, consent, revocations) stored per
     # (kind, source address): `burst` at once, then this many a minute; a kind for all addresses

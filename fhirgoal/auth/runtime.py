@@ -72,6 +72,7 @@ class AuthRuntime:
                 self.auditor, settings.security_audit_burst, settings.security_audit_per_minute
             )
             self.auditor.start()
+            service.entry_audit = self.auditor.store_entries
         if settings.user_access == "caseload":
             self.caseloads = Caseloads(service, settings.caseload_refresh_seconds)
         if settings.auth == "smart":

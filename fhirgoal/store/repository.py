@@ -17,6 +17,9 @@ current version.
 Every method takes the request's AccessContext and narrows its query with it: authorization lives
 here, where no route can skip it.
 
+Inside a unit of work (store/units.py) every call goes with the unit's session: the unit's
+writes commit together, and its reads see its own snapshot (never batched with other requests').
+
 A type whose records are written through an append log (store/append_log.py: the AuditEvents of
 reads) is caught up before any read of it, so readers never see the log's indexing lag.
 """
@@ -43,6 +46,7 @@ from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import shape
+from fhirgoal.store.units import current_session
 
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
 META_COLLECTION = "fhirgoal_meta"
@@ -206,7 +210,13 @@ class Repository:
         if rt in self._logs:  # `_settle`, without a coroutine on the hottest path
             await self._logs[rt].catch_up()
         extra = access.constrain(rt, interaction, {})
-        doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _VERSION_ONLY)
+        session = current_session()
+        if session is None:
+            doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _VERSION_ONLY)
+        else:  # a unit of work reads its own snapshot: never batched with other requests
+            doc = await self.collection(rt).find_one(
+                {"_id": rid, **extra}, _VERSION_ONLY, session=session
+            )
         return _version(rt, doc) if doc else None
 
     async def version(self, access: AccessContext, rt: str, rid: str, vid: int) -> Version | None:
@@ -216,7 +226,9 @@ class Repository:
         if vid == current.version:
             return current
         query = access.constrain(rt, "r", {"_id": f"{rid}/{vid}"})
-        doc = await self.collection(history_collection(rt)).find_one(query)
+        doc = await self.collection(history_collection(rt)).find_one(
+            query, session=current_session()
+        )
         return _version(rt, doc) if doc else None
 
     async def insert(self, access: AccessContext, version: Version, index: dict[str, Any]) -> None:
@@ -226,8 +238,12 @@ class Repository:
         ):
             raise FhirError("forbidden", f"this token may not create that {rt} (out of its scope)")
         doc = _current_doc(version, index)
+        session = current_session()
         try:
-            await self.batched.insert(self.collection(version.resource_type), doc)
+            if session is None:
+                await self.batched.insert(self.collection(version.resource_type), doc)
+            else:
+                await self.collection(version.resource_type).insert_one(doc, session=session)
         except DuplicateKeyError:
             raise AlreadyExists(version.id) from None
 
@@ -239,7 +255,9 @@ class Repository:
             by_type.setdefault(version.resource_type, []).append(_current_doc(version, index))
         for rt, docs in by_type.items():
             try:
-                await self.collection(rt).insert_many(docs, ordered=False)
+                await self.collection(rt).insert_many(
+                    docs, ordered=False, session=current_session()
+                )
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
                 if exc.details.get("writeConcernErrors") or not all(_id_taken(e) for e in errors):
@@ -250,13 +268,15 @@ class Repository:
     ) -> bool:
         """Make `new` current if `previous` still is; False when another writer got there first."""
         rt = new.resource_type
+        session = current_session()
         interaction = "d" if new.deleted else "u"
         query = access.constrain(rt, interaction, {"_id": new.id, "v": previous.version})
         if not access.sees_all(rt, interaction):
             # A constrained caller: the resource must be within reach now (the caller may have
             # read it through another scope) and, for an update, stay within reach afterwards.
             within = access.constrain(rt, interaction, {"_id": new.id})
-            if await self.collection(rt).find_one(within, {"_id": 1}) is None:
+            found = await self.collection(rt).find_one(within, {"_id": 1}, session=session)
+            if found is None:
                 raise FhirError(
                     "forbidden", f"this token may not {_VERBS[interaction]} {rt}/{new.id}"
                 )
@@ -265,10 +285,13 @@ class Repository:
                     "forbidden", f"the new content of {rt}/{new.id} is out of this token's scope"
                 )
         await self.collection(history_collection(previous.resource_type)).replace_one(
-            {"_id": f"{previous.id}/{previous.version}"}, _history_doc(previous), upsert=True
+            {"_id": f"{previous.id}/{previous.version}"},
+            _history_doc(previous),
+            upsert=True,
+            session=session,
         )
         result = await self.collection(new.resource_type).replace_one(
-            query, _current_doc(new, index)
+            query, _current_doc(new, index), session=session
         )
         return result.matched_count == 1
 
@@ -283,7 +306,9 @@ class Repository:
     ) -> list[Version]:
         await self._settle(rt)
         query = _live(access, rt, query)
-        cursor = self.collection(rt).find(query, _VERSION_ONLY, sort=sort, limit=limit)
+        cursor = self.collection(rt).find(
+            query, _VERSION_ONLY, sort=sort, limit=limit, session=current_session()
+        )
         return [_version(rt, doc) async for doc in cursor]
 
     async def find_sorted(
@@ -297,7 +322,9 @@ class Repository:
         """Like `find`, with each row's sort keys (`srt`) for keyset paging."""
         await self._settle(rt)
         query = _live(access, rt, query)
-        cursor = self.collection(rt).find(query, _WITH_SORT_KEYS, sort=sort, limit=limit)
+        cursor = self.collection(rt).find(
+            query, _WITH_SORT_KEYS, sort=sort, limit=limit, session=current_session()
+        )
         return [(_version(rt, doc), doc.get("srt") or {}) async for doc in cursor]
 
     async def find_sorted_versions(
@@ -314,7 +341,7 @@ class Repository:
     ) -> list[str]:
         await self._settle(rt)
         query = _live(access, rt, query)
-        cursor = self.collection(rt).find(query, {"_id": 1}, limit=limit)
+        cursor = self.collection(rt).find(query, {"_id": 1}, limit=limit, session=current_session())
         return [doc["_id"] async for doc in cursor]
 
     async def references(
@@ -323,7 +350,7 @@ class Repository:
         """The `param=Type/id` reference entries of the resources matching `query`."""
         await self._settle(rt)
         query = _live(access, rt, query)
-        cursor = self.collection(rt).find(query, {"ref": 1}, limit=limit)
+        cursor = self.collection(rt).find(query, {"ref": 1}, limit=limit, session=current_session())
         prefix = f"{param}="
         found: list[str] = []
         async for doc in cursor:
@@ -333,7 +360,7 @@ class Repository:
     async def count(self, access: AccessContext, rt: str, query: dict[str, Any]) -> int:
         await self._settle(rt)
         query = _live(access, rt, query)
-        return await self.collection(rt).count_documents(query)
+        return await self.collection(rt).count_documents(query, session=current_session())
 
     # ---- maintenance ----------------------------------------------------------------------------
     async def count_all(self, rt: str) -> int:
@@ -386,7 +413,9 @@ class Repository:
 
     async def clear_pending(self, version: Version) -> None:
         await self.collection(version.resource_type).update_one(
-            {"_id": version.id, "v": version.version}, {"$unset": {"pend": ""}}
+            {"_id": version.id, "v": version.version},
+            {"$unset": {"pend": ""}},
+            session=current_session(),
         )
 
     async def set_index(self, version: Version, index: dict[str, Any]) -> bool:
@@ -414,12 +443,13 @@ class Repository:
             query["lu"] = {"$gte": since}
         query = access.constrain(rt, "r", query)
         older = self.collection(history_collection(rt))
-        total = await older.count_documents(query)
+        session = current_session()
+        total = await older.count_documents(query, session=session)
         total += int(not since or current.last_updated >= since)
         versions: list[Version] = []
         if not since or current.last_updated >= since:
             versions.append(current)
-        cursor = older.find(query, sort=[("v", DESCENDING)], limit=skip + limit)
+        cursor = older.find(query, sort=[("v", DESCENDING)], limit=skip + limit, session=session)
         versions += [_version(rt, doc) async for doc in cursor]
         return versions[skip : skip + limit], total
 
@@ -439,16 +469,18 @@ class Repository:
         if since:
             window["$gte"] = since
         streams, total = [], 0
+        session = current_session()
         for rt in resource_types:
             query = access.constrain(rt, "s", {"lu": window})
             for name in (rt, history_collection(rt)):
                 collection = self.collection(name)
-                total += await collection.count_documents(query)
+                total += await collection.count_documents(query, session=session)
                 cursor = collection.find(
                     query,
                     _ANY_VERSION,
                     sort=[("lu", DESCENDING)],
                     limit=skip + limit,
+                    session=session,
                 )
                 streams.append([_version(rt, doc) async for doc in cursor])
         merged = heapq.merge(*streams, key=lambda v: v.last_updated, reverse=True)
