@@ -14,7 +14,7 @@ from fhirgoal.auth.audit import SEGMENT
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.jsonio import dumps
 from tests.auth.conftest import AUDIT_CLIENT, SmartServer, run_smart
-from tests.fhir.helpers import observation
+from tests.helpers import observation
 
 
 async def stored(

@@ -27,7 +27,7 @@ from fhirgoal.core.access import UNRESTRICTED, Caseload
 from tests.auth.conftest import SmartServer, run_smart
 from tests.auth.test_authorization_code import REDIRECT, hidden, pkce
 from tests.auth.test_security_audit import security_events
-from tests.fhir.helpers import FHIR_JSON, observation
+from tests.helpers import FHIR_JSON, observation
 
 SURVEY = {
     "coding": [

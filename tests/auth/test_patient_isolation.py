@@ -12,7 +12,7 @@ import pytest
 
 from fhirgoal.core.access import UNRESTRICTED
 from tests.auth.conftest import SmartServer
-from tests.fhir.helpers import FHIR_JSON, observation
+from tests.helpers import FHIR_JSON, observation
 
 SURVEY = {
     "coding": [

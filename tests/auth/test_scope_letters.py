@@ -11,7 +11,7 @@ import pytest
 
 from fhirgoal.auth.clients import Client
 from tests.auth.conftest import SmartServer
-from tests.fhir.helpers import FHIR_JSON, observation
+from tests.helpers import FHIR_JSON, observation
 
 Call = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
 PATCH = {"Content-Type": "application/json-patch+json"}

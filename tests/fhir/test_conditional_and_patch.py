@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, issues, patient
+from tests.helpers import FHIR_JSON, issues, patient
 
 MRN = "https://example.org/mrn"
 PATCH = {"Content-Type": "application/json-patch+json"}

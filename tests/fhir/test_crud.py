@@ -6,7 +6,7 @@ import httpx
 import pytest
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, issues, patient, raw_observation
+from tests.helpers import FHIR_JSON, issues, patient, raw_observation
 
 
 async def create(client: httpx.AsyncClient, resource: dict, **headers: str) -> httpx.Response:

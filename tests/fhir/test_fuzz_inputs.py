@@ -22,7 +22,7 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, observation, patient
+from tests.helpers import FHIR_JSON, observation, patient
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 PATCH_JSON = {"Content-Type": "application/json-patch+json"}

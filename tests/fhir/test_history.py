@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, patient
+from tests.helpers import FHIR_JSON, patient
 
 
 async def test_instance_history_lists_every_version_newest_first(fhir: RunningServer) -> None:

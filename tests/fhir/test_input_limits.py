@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, expressions, issues, patient
+from tests.helpers import FHIR_JSON, expressions, issues, patient
 
 PATCH_JSON = {"Content-Type": "application/json-patch+json"}
 EXTENSION = {"url": "http://example.org/x", "valueString": "a"}

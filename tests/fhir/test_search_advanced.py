@@ -6,7 +6,7 @@ from typing import Any
 
 from fhirgoal.clinical.resources import SURVEY, gas_goal
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON
+from tests.helpers import FHIR_JSON
 
 
 async def put(fhir: RunningServer, resource: dict[str, Any]) -> None:

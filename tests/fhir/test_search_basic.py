@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, issues, observation, patient
+from tests.helpers import FHIR_JSON, issues, observation, patient
 
 
 async def make(fhir: RunningServer, resource: dict) -> dict:

@@ -14,7 +14,7 @@ from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.store.mongo import connect
 from fhirgoal.store.planner import driving_field, shape
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, patient, raw_observation
+from tests.helpers import FHIR_JSON, patient, raw_observation
 
 
 async def make(fhir: RunningServer, resource: dict[str, Any]) -> str:
