@@ -121,7 +121,7 @@ class Served:
     def host(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def request(self, method: str, path: str, body: bytes | None = None) -> bytes:
+    def request(self, method: str, path: str, body: bytes = b"") -> bytes:
         return render_request(method, path, self.host, body)
 
     async def run(self, requests: list[bytes], total: int, clients: int, **options: Any) -> Result:

@@ -82,6 +82,18 @@ def half_sent(port: int, path: str, content_type: str = "application/fhir+json")
         time.sleep(0.02)  # the client's part: it hangs up a moment after the partial body
 
 
+def partial_post(port: int, content_type: str, sent: bytes = b"") -> bytes:
+    """POST /fhir/Patient announcing 100 bytes of body and sending only `sent`: the server's
+    answer, until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Content-Type: {content_type}\r\nContent-Length: 100\r\n\r\n".encode()
+            + sent
+        )
+        return answer_of(sock, 5)
+
+
 def answer_of(sock: socket.socket, timeout: float) -> bytes:
     """Everything the server sends until it closes the connection."""
     sock.settimeout(timeout)
@@ -140,12 +152,7 @@ def test_slow_headers_get_408_and_the_connection_closes(served: ServeProcess) ->
 
 
 def test_a_body_that_never_arrives_gets_408(served: ServeProcess) -> None:
-    with socket.create_connection(("127.0.0.1", served.port)) as sock:
-        sock.sendall(
-            b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{"
-        )
-        answer = answer_of(sock, 5)
+    answer = partial_post(served.port, "application/fhir+json", b"{")
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"resourceType":"OperationOutcome"' in answer
     # nothing was stored
@@ -155,12 +162,7 @@ def test_a_body_that_never_arrives_gets_408(served: ServeProcess) -> None:
 def test_an_answer_given_before_the_body_arrived_is_not_followed_by_a_408(
     served: ServeProcess,
 ) -> None:
-    with socket.create_connection(("127.0.0.1", served.port)) as sock:
-        sock.sendall(
-            b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
-        )
-        answer = answer_of(sock, 5)
+    answer = partial_post(served.port, "text/plain")
     assert answer.startswith(b"HTTP/1.1 415 ")
     assert b" 408 " not in answer
 

@@ -148,18 +148,21 @@ async def test_a_flood_is_rate_limited_and_the_suppressed_count_recorded(mongo_u
         assert summaries[0]["agent"][0]["network"]["address"] == "127.0.0.1"
 
 
+async def revoke_with_the_cli(smart: SmartServer, kind: str, name: str) -> None:
+    """`fhirgoal <kind> revoke <name>` run as an operator would, on the server's database."""
+    env = {"MONGODB_URI": smart.settings.mongodb_uri or "", "FHIRGOAL_DB": smart.settings.db,
+           "FHIRGOAL_KEY_ENCRYPTION_KEY": TEST_KEK}  # fmt: skip
+    result = await asyncio.to_thread(CliRunner().invoke, cli, [kind, "revoke", name], env=env)
+    assert result.exit_code == 0, result.output
+
+
 async def test_cli_revocations_are_audited_and_end_cached_tokens(mongo_uri: str) -> None:
     async with run_smart(mongo_uri, revocation_check_seconds=0.2) as smart:
         await smart.seed({"resourceType": "Patient", "id": "pa"})
         token = await smart.mint("patient/*.rs", patient="pa")
         async with smart.client(token) as client:
             assert (await client.get("/Patient/pa")).status_code == 200  # verified and cached
-            env = {"MONGODB_URI": mongo_uri, "FHIRGOAL_DB": smart.settings.db,
-                   "FHIRGOAL_KEY_ENCRYPTION_KEY": TEST_KEK}  # fmt: skip
-            result = await asyncio.to_thread(
-                CliRunner().invoke, cli, ["client", "revoke", "test-app"], env=env
-            )
-            assert result.exit_code == 0, result.output
+            await revoke_with_the_cli(smart, "client", "test-app")
             await wait_until(refused(client), within=2, what="the revocation reached the cache")
         [event] = await security_events(smart, "client-revoked")
         assert event["type"]["code"] == "110137" and event["outcome"] == "0"
@@ -175,12 +178,7 @@ async def test_revoking_a_user_ends_their_cached_tokens(mongo_uri: str) -> None:
         token = await smart.mint("user/*.rs", fhir_user="Practitioner/kim", sub="kim")
         async with smart.client(token) as client:
             assert (await client.get("/Patient/pa")).status_code == 200
-            env = {"MONGODB_URI": mongo_uri, "FHIRGOAL_DB": smart.settings.db,
-                   "FHIRGOAL_KEY_ENCRYPTION_KEY": TEST_KEK}  # fmt: skip
-            result = await asyncio.to_thread(
-                CliRunner().invoke, cli, ["user", "revoke", "kim"], env=env
-            )
-            assert result.exit_code == 0, result.output
+            await revoke_with_the_cli(smart, "user", "kim")
             await wait_until(refused(client), within=2, what="the revocation reached the cache")
         [event] = await security_events(smart, "user-revoked")
         assert event["agent"][0]["who"]["identifier"]["value"] == "kim"

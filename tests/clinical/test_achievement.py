@@ -46,7 +46,8 @@ def baseline(when: str, level: str = "-1", obs: str = "base") -> Rating:
 
 def decided(ratings: list[Rating], **options: Any) -> AchievementDecision:
     """The decision on `ratings`, asserted to be one."""
-    decision = decided(ratings, **options)
+    decision = decide(ratings, **options)
+    assert decision is not None
     return decision
 
 
