@@ -12,7 +12,7 @@ import httpx
 from fhirgoal.auth.clients import Client
 from fhirgoal.core.jsonio import loads
 from tests.auth.conftest import AUDIT_CLIENT, SmartServer
-from tests.fhir.helpers import observation, patient
+from tests.helpers import observation, patient
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from fhirgoal.core.access import UNRESTRICTED
 from tests.auth.conftest import SmartServer
-from tests.fhir.helpers import observation
+from tests.helpers import observation
 
 PAT = "urn:uuid:6a1c3e8e-8d7b-4b7e-9d1e-5b0e7d2a4c11"
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, patient
+from tests.helpers import FHIR_JSON, patient
 
 MRN = "https://example.org/mrn"
 

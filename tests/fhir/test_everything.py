@@ -8,14 +8,7 @@ from typing import Any
 import httpx
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, issues, observation, patient
-
-
-async def put(client: httpx.AsyncClient, resource: dict[str, Any]) -> None:
-    response = await client.put(
-        f"/{resource['resourceType']}/{resource['id']}", json=resource, headers=FHIR_JSON
-    )
-    assert response.status_code in (200, 201), response.text
+from tests.helpers import FHIR_JSON, issues, observation, patient, store
 
 
 def encounter(rid: str, patient_id: str, start: str) -> dict[str, Any]:
@@ -31,19 +24,19 @@ def encounter(rid: str, patient_id: str, start: str) -> dict[str, Any]:
 
 
 async def seed(client: httpx.AsyncClient) -> None:
-    await put(client, {"resourceType": "Organization", "id": "clinic", "name": "Clinic"})
-    await put(client, {"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Lee"}]})
-    await put(client, {"resourceType": "Practitioner", "id": "unused", "name": [{"family": "X"}]})
-    await put(
+    await store(client, {"resourceType": "Organization", "id": "clinic", "name": "Clinic"})
+    await store(client, {"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Lee"}]})
+    await store(client, {"resourceType": "Practitioner", "id": "unused", "name": [{"family": "X"}]})
+    await store(
         client,
         patient("Aalto", id="pa", generalPractitioner=[{"reference": "Practitioner/doc"}]),
     )
-    await put(client, patient("Berg", id="pb"))
-    await put(client, encounter("e1", "pa", "2026-01-10"))
-    await put(client, encounter("e2", "pa", "2026-03-10"))
-    await put(client, encounter("eb", "pb", "2026-01-10"))
+    await store(client, patient("Berg", id="pb"))
+    await store(client, encounter("e1", "pa", "2026-01-10"))
+    await store(client, encounter("e2", "pa", "2026-03-10"))
+    await store(client, encounter("eb", "pb", "2026-01-10"))
     for i, day in enumerate(("2026-01-10", "2026-02-10", "2026-03-10")):
-        await put(
+        await store(
             client,
             observation(
                 "pa",
@@ -54,8 +47,8 @@ async def seed(client: httpx.AsyncClient) -> None:
                 encounter={"reference": "Encounter/eb"},
             ),
         )
-    await put(client, observation("pb", id="ob"))
-    await put(
+    await store(client, observation("pb", id="ob"))
+    await store(
         client,
         {
             "resourceType": "Goal",
@@ -130,7 +123,7 @@ async def test_type_since_and_care_dates(fhir: RunningServer) -> None:
     # _since: only what changed after the instant; POST with Parameters works the same
     later = await fhir.client.get("/Observation/o2")
     stamp = later.json()["meta"]["lastUpdated"]
-    await put(fhir.client, {**later.json(), "status": "amended"})
+    await store(fhir.client, {**later.json(), "status": "amended"})
     posted = await fhir.client.post(
         "/Patient/pa/$everything",
         json={

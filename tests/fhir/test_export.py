@@ -15,27 +15,20 @@ import pytest
 from fhirgoal.core.jsonio import loads
 from fhirgoal.store.exports import RUNNING, ExportStore
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, issues, observation, patient
+from tests.helpers import issues, observation, patient, store
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 HEIGHT = {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]}
 
 
-async def put(client: httpx.AsyncClient, resource: dict[str, Any]) -> None:
-    response = await client.put(
-        f"/{resource['resourceType']}/{resource['id']}", json=resource, headers=FHIR_JSON
-    )
-    assert response.status_code in (200, 201), response.text
-
-
 async def seed(client: httpx.AsyncClient) -> None:
-    await put(client, {"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Lee"}]})
+    await store(client, {"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Lee"}]})
     for p in ("p1", "p2", "p3"):
-        await put(client, patient(p.upper(), id=p))
+        await store(client, patient(p.upper(), id=p))
         for i in range(5):
-            await put(client, observation(p, id=f"{p}-o{i}"))
-        await put(client, observation(p, id=f"{p}-phq", code=HEIGHT))
-    await put(
+            await store(client, observation(p, id=f"{p}-o{i}"))
+        await store(client, observation(p, id=f"{p}-phq", code=HEIGHT))
+    await store(
         client,
         {
             "resourceType": "Group",
@@ -121,7 +114,7 @@ async def test_patient_export_with_type_filter_and_since(fhir: RunningServer) ->
     assert sorted(found["Observation"]) == ["p1-phq", "p2-phq", "p3-phq"]
     assert sorted(found["Patient"]) == ["p1", "p2", "p3"]
     # _since: what changed after the first export's transactionTime, nothing else
-    await put(fhir.client, observation("p3", "80.0", id="p3-o1"))
+    await store(fhir.client, observation("p3", "80.0", id="p3-o1"))
     again = await run_export(fhir.client, "/Patient/$export", _since=manifest["transactionTime"])
     assert await exported(fhir.client, again) == {"Observation": ["p3-o1"]}
 

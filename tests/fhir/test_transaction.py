@@ -9,7 +9,7 @@ import json
 from typing import Any
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, issues, observation, patient
+from tests.helpers import FHIR_JSON, issues, observation, patient
 
 MRN = "https://example.org/mrn"
 PAT = "urn:uuid:0b7e1a5c-4f3e-4a55-9a7c-3c1d2e0f9a01"
