@@ -62,7 +62,6 @@ SEARCHES = [
     f"/Patient/{B}/Observation",
     f"/Patient/{B}/Goal",
     f"/Patient/{B}/Encounter?_include=Encounter:subject",
-    f"/Patient/{B}/$everything",
     "/",
     "/?_id=obs-bbbb",
     "/Observation/_history",

@@ -59,6 +59,8 @@ async def test_reads_of_b_answer_404_exactly_as_for_an_unknown_id(world: World) 
         "/Patient?_id=pa&_revinclude=Observation:subject",
         "/Patient?_revinclude=Goal:subject&_revinclude=Encounter:subject",
         "/?_type=Observation,Goal,Encounter,Patient",
+        "/Patient/pa/$everything",
+        "/Patient/pa/$everything?_count=1",
     ],
 )
 async def test_searches_never_return_b(world: World, path: str) -> None:
