@@ -25,7 +25,8 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from fhirgoal.config import Settings
-from fhirgoal.webapp.routes import WebApp, router
+from fhirgoal.webapp import goal_routes, launch_routes, overview_routes
+from fhirgoal.webapp.context import WebApp
 from fhirgoal.webapp.sessions import SessionStore
 
 # outbound calls to FHIR and authorization servers: bounded, never hanging a page for long
@@ -38,7 +39,8 @@ def mount(app: FastAPI, settings: Settings) -> None:
         return
     webapp = WebApp(settings, SessionStore(settings.app_session_seconds))
     app.state.webapp = webapp
-    app.include_router(router)
+    for routes in (launch_routes, overview_routes, goal_routes):
+        app.include_router(routes.router)
     app.mount(
         "/app/static",
         StaticFiles(packages=[("fhirgoal.webapp", "static")]),

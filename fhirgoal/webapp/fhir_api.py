@@ -127,10 +127,11 @@ class FhirApi:
             if isinstance(entry, dict) and isinstance(entry.get("resource"), dict)
         ]
 
-    async def write(self, method: str, path: str, resource: dict[str, Any]) -> dict[str, Any]:
-        return await self.request(
-            method,
-            path,
-            content=orjson.dumps(resource),
-            headers={"Content-Type": FHIR_JSON, "Prefer": "return=representation"},
-        )
+    async def write(
+        self, method: str, path: str, resource: dict[str, Any], if_match: str | None = None
+    ) -> dict[str, Any]:
+        """Create or update; `if_match` (a versionId) makes an update conditional on it."""
+        headers = {"Content-Type": FHIR_JSON, "Prefer": "return=representation"}
+        if if_match:
+            headers["If-Match"] = f'W/"{if_match}"'
+        return await self.request(method, path, content=orjson.dumps(resource), headers=headers)

@@ -164,3 +164,16 @@ async def screenshot(page: Any, name: str) -> Path:
     path = SCREENSHOTS / f"{name}.png"
     await page.screenshot(path=str(path), full_page=True)
     return path
+
+
+async def open_patient(page: Any, server: SmartServer, patient: str) -> str:
+    """An EHR launch of the app on `patient`, signed in and consented; the overview's URL."""
+    from urllib.parse import quote
+
+    launch = cli_launch(server, patient)
+    await page.goto(f"{server.origin}/app/launch?iss={quote(server.base)}&launch={quote(launch)}")
+    await sign_in(page)
+    await approve(page)
+    await page.wait_for_url("**/app/c/*/")
+    url: str = page.url
+    return url
