@@ -19,7 +19,7 @@ import httpx
 import orjson
 
 from fhirgoal.webapp.sessions import Launch
-from fhirgoal.webapp.smart_client import LaunchError, refresh
+from fhirgoal.webapp.smart_client import LaunchError, TokenSet, refresh
 
 REFRESH_MARGIN_SECONDS = 60
 FHIR_JSON = "application/fhir+json"
@@ -67,34 +67,40 @@ class FhirApi:
         self.launch = launch
         self.client_id = client_id
 
-    async def _renew(self) -> None:
-        try:
-            self.launch.tokens = await refresh(
-                self.http,
-                self.launch.endpoints,
-                client_id=self.client_id,
-                tokens=self.launch.tokens,
-            )
-        except LaunchError as exc:
-            raise NeedsRelaunch(str(exc)) from None
+    async def _renew(self, stale: TokenSet) -> None:
+        """Refresh the launch's tokens unless another request already replaced `stale` (compared
+        as objects: two tokens issued in the same second can be the same text)."""
+        async with self.launch.refreshing:
+            if self.launch.tokens is not stale:
+                return
+            try:
+                self.launch.tokens = await refresh(
+                    self.http,
+                    self.launch.endpoints,
+                    client_id=self.client_id,
+                    tokens=stale,
+                )
+            except LaunchError as exc:
+                raise NeedsRelaunch(str(exc)) from None
 
     async def _send(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
         tokens = self.launch.tokens
         if tokens.expires_within(REFRESH_MARGIN_SECONDS):
             if tokens.refresh_token:
-                await self._renew()
+                await self._renew(tokens)
             elif tokens.expires_within(0):
                 raise NeedsRelaunch("the access token has expired")
         url = f"{self.launch.iss}/{path.lstrip('/')}"
         headers = {"Accept": FHIR_JSON, **kwargs.pop("headers", {})}
         for attempt in (1, 2):
-            headers["Authorization"] = f"Bearer {self.launch.tokens.access_token}"
+            used = self.launch.tokens
+            headers["Authorization"] = f"Bearer {used.access_token}"
             response = await self.http.request(method, url, headers=headers, **kwargs)
             if response.status_code != 401:
                 return response
             if attempt == 2 or not self.launch.tokens.refresh_token:
                 break
-            await self._renew()  # revoked or expired early: one fresh token, one more try
+            await self._renew(used)  # revoked or expired early: one fresh token, one more try
         raise NeedsRelaunch("the FHIR server no longer accepts this sign-in")
 
     @staticmethod

@@ -19,6 +19,7 @@ in again; README says so.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import secrets
 import time
@@ -53,6 +54,9 @@ class Launch:
     tokens: TokenSet
     kind: str
     operations: frozenset[str] = frozenset()  # operation names the CapabilityStatement lists
+    # one refresh at a time: a page's parallel requests must not present the same refresh token
+    # twice (the server takes a reused refresh token as stolen and revokes the grant)
+    refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
 
     @property
     def iss(self) -> str:
