@@ -154,7 +154,11 @@ async def callback(request: Request) -> Response:
     api = FhirApi(http_of(webapp), launch, webapp.settings.app_client_id)
     launch.operations = await _operations(api)
     session.add_launch(launch)
-    return Response(status_code=303, headers={"Location": f"/app/c/{launch.key}/"})
+    response = Response(status_code=303, headers={"Location": f"/app/c/{launch.key}/"})
+    renewed = webapp.sessions.rotate(request.cookies.get(COOKIE, ""))
+    if renewed:
+        _set_cookie(webapp, response, renewed)
+    return response
 
 
 async def _operations(api: FhirApi) -> frozenset[str]:

@@ -123,6 +123,16 @@ class SessionStore:
             self._sessions.popitem(last=False)
         return cookie, session
 
+    def rotate(self, cookie: str) -> str | None:
+        """A new id for the session `cookie` names, the old one forgotten (OWASP: renew the
+        session id when the user signs in, so an id planted before sign-in is worth nothing)."""
+        session = self._sessions.pop(_key(cookie), None)
+        if session is None:
+            return None
+        fresh = secrets.token_urlsafe(32)
+        self._sessions[_key(fresh)] = session
+        return fresh
+
     def end(self, cookie: str | None) -> None:
         if cookie:
             self._sessions.pop(_key(cookie), None)

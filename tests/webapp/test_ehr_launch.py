@@ -18,6 +18,7 @@ async def test_ehr_launch_through_login_and_consent_to_the_overview(
     launch = cli_launch(ehr, "demo-blair")
     await page.goto(f"{ehr.origin}/app/launch?iss={quote(ehr.base)}&launch={quote(launch)}")
     assert "/auth/authorize" in page.url  # redirected to the discovered authorization endpoint
+    before = {c["name"]: c["value"] for c in await page.context.cookies()}["fhirgoal_app"]
     await sign_in(page)
     await approve(page)  # an EHR launch carries its patient: no picker
     await page.wait_for_url("**/app/c/*/")
@@ -51,6 +52,7 @@ async def test_ehr_launch_through_login_and_consent_to_the_overview(
     cookies = await page.context.cookies()
     app_cookie = next(c for c in cookies if c["name"] == "fhirgoal_app")
     assert app_cookie["httpOnly"] and app_cookie["sameSite"] == "Lax"
+    assert app_cookie["value"] != before  # a new session id once signed in
     assert "eyJ" not in (await page.content())
     response = await page.request.get(page.url)
     csp = response.headers["content-security-policy"]
