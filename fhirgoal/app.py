@@ -17,7 +17,7 @@ import structlog
 from fastapi import FastAPI, Request
 from pymongo import AsyncMongoClient
 
-from fhirgoal import __version__
+from fhirgoal import __version__, webapp
 from fhirgoal.auth.bearer import unauthorized
 from fhirgoal.auth.loopback import LoopbackOnly
 from fhirgoal.auth.middleware import BearerAuth
@@ -123,6 +123,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(export_router, prefix="/fhir")  # before `/{type}/{id}` takes `_export/..`
     app.include_router(operations_router, prefix="/fhir")
     app.include_router(fhir_router, prefix="/fhir")
+    webapp.mount(app, settings)  # the clinician app under /app (fhirgoal/webapp)
     return app
 
 

@@ -105,6 +105,8 @@ def serve(
                 f"SMART: {base}/.well-known/smart-configuration "
                 "(register apps with `fhirgoal client register`, users with `fhirgoal user add`)"
             )
+            if demo and settings.app_enabled:
+                _print_demo_access(settings)
             if not settings.base_url and host in ("0.0.0.0", "::", ""):
                 console.print(
                     "[yellow]warning:[/yellow] serving on all interfaces without "
@@ -387,6 +389,24 @@ def launch_command(
 def _fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(2)
+
+
+def _print_demo_access(settings: Settings) -> None:
+    """The clinician app's way in with the demo data: a login and an EHR-launch link."""
+    from urllib.parse import quote
+
+    from fhirgoal.demo import DEMO_LAUNCH_PATIENT, DEMO_USER, demo_access
+
+    password, launch = asyncio.run(demo_access(settings))
+    base, origin = settings.public_fhir_base(), settings.public_origin()
+    console.print(
+        f"clinician app: {origin}/app/  (sign in as {DEMO_USER} / {password})", soft_wrap=True
+    )
+    console.print(
+        f"EHR launch of {DEMO_LAUNCH_PATIENT} (valid for an hour): "
+        f"{origin}/app/launch?iss={quote(base, safe='')}&launch={quote(launch, safe='')}",
+        soft_wrap=True,  # one line, to copy
+    )
 
 
 def _load_demo(settings: Settings) -> None:

@@ -1,8 +1,8 @@
 """Wiring of the authorization modes into the app: what exists per FHIRGOAL_AUTH, built once the
 database is connected (SMART App Launch 2.2, https://hl7.org/fhir/smart-app-launch/).
 
-- `smart`: key ring (keys encrypted at rest), token issuer, client registry, users, token service
-  (auth/server.py routes); access tokens verified against the server's own key set, refused once
+- `smart`: key ring (keys encrypted at rest), token issuer, client registry (with the web app's
+  built-in client, auth/builtin_app.py), users, token service (auth/server.py routes); access tokens verified against the server's own key set, refused once
   their client, user or grant is revoked (auth/revocation.py), and refused when they name a type
   kept out of `*` (AuditEvent) that their client's registration does not name;
 - `external`: tokens of an EHR's authorization server (auth/external.py);
@@ -163,6 +163,7 @@ class AuthRuntime:
 
 async def _smart_server(settings: Settings, service: FhirService, runtime: AuthRuntime) -> Any:
     from fhirgoal.auth import revocation, state
+    from fhirgoal.auth.builtin_app import register_builtin_app
     from fhirgoal.auth.clients import ClientRegistry
     from fhirgoal.auth.grants import TokenService
     from fhirgoal.auth.keys import KeyRing, encryption_key
@@ -179,6 +180,7 @@ async def _smart_server(settings: Settings, service: FhirService, runtime: AuthR
     await revocation.ensure_indexes(db)
     issuer = TokenIssuer(keys, settings.access_token_seconds)
     clients = ClientRegistry(db)
+    await register_builtin_app(clients, settings)
     users = UserDirectory(db)
     tokens = TokenService(
         db, issuer, clients, settings.refresh_token_seconds, users, revoke=runtime.revoke
