@@ -54,6 +54,7 @@ SCALE_0_3 = [
     ("3", "3 - very"),
 ]
 
+GAS_GOAL_PROFILE = "https://fhirgoal.org/fhir/StructureDefinition/gas-goal"
 # Profile invariants of fhirgoal's GAS Goal (profiles/structuredefinitions/gas-goal.json) and the
 # fields they concern: they are reported on `Goal`, so the key says where they belong.
 INVARIANT_FIELDS = {
@@ -212,6 +213,14 @@ def goal_resource(
         goal["addresses"] = [{"reference": c} for c in form.conditions]
     else:
         goal.pop("addresses", None)
-    for server_owned in ("meta", "text"):
-        goal.pop(server_owned, None)
+    # meta: the server owns versionId and lastUpdated; the goal claims fhirgoal's GAS Goal profile
+    # (beside any the EHR gave it), so the server holds it to the profile strictly, where a goal
+    # that only looks like a GAS goal gets warnings (an EHR's PCO goal may lack what we require)
+    claimed = (goal.get("meta") or {}).get("profile") or []
+    kept = {k: v for k, v in (goal.get("meta") or {}).items() if k in ("tag", "security")}
+    goal["meta"] = {
+        **kept,
+        "profile": [*[p for p in claimed if p != GAS_GOAL_PROFILE], GAS_GOAL_PROFILE],
+    }
+    goal.pop("text", None)  # generated from the old content: it would no longer say the same
     return goal

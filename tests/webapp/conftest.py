@@ -110,7 +110,7 @@ async def with_demo(server: SmartServer) -> SmartServer:
 @pytest.fixture
 async def ehr(mongo_uri: str) -> AsyncIterator[SmartServer]:
     """fhirgoal in smart mode with the demo data: the EHR, its FHIR server and the app's host."""
-    async for server in run_smart(mongo_uri):
+    async with run_smart(mongo_uri) as server:
         yield await with_demo(server)
 
 

@@ -40,7 +40,7 @@ async def test_standalone_launch_with_the_patient_picker(ehr: SmartServer, page:
 @pytest.fixture
 async def short_tokens(mongo_uri: str) -> AsyncIterator[SmartServer]:
     """Access tokens that live 2 seconds: every page after that needs a refresh."""
-    async for server in run_smart(mongo_uri, access_token_seconds=2):
+    async with run_smart(mongo_uri, access_token_seconds=2) as server:
         yield await with_demo(server)
 
 
