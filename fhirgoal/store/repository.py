@@ -357,10 +357,16 @@ class Repository:
             found += [entry for entry in doc.get("ref", []) if entry.startswith(prefix)]
         return found
 
-    async def count(self, access: AccessContext, rt: str, query: dict[str, Any]) -> int:
+    async def count(
+        self, access: AccessContext, rt: str, query: dict[str, Any], limit: int | None = None
+    ) -> int:
+        """How many live resources match (at most `limit`, which bounds the database's work)."""
         await self._settle(rt)
         query = _live(access, rt, query)
-        return await self.collection(rt).count_documents(query, session=current_session())
+        options = {"limit": limit} if limit else {}
+        return await self.collection(rt).count_documents(
+            query, session=current_session(), **options
+        )
 
     # ---- maintenance ----------------------------------------------------------------------------
     async def count_all(self, rt: str) -> int:

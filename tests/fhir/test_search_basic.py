@@ -77,7 +77,7 @@ async def test_last_updated_prefixes(fhir: RunningServer) -> None:
 async def test_count_and_paging_links_walk_every_match_once(fhir: RunningServer) -> None:
     ids = {(await create(fhir.client, patient(f"P{i}")))["id"] for i in range(7)}
     seen: list[str] = []
-    url: str | None = "/Patient?_count=3"
+    url: str | None = "/Patient?_count=3&_total=accurate"
     pages = 0
     while url:
         bundle = (await fhir.client.get(url)).json()
@@ -95,6 +95,31 @@ async def test_count_and_paging_links_walk_every_match_once(fhir: RunningServer)
     back = (await fhir.client.get(links["previous"])).json()
     assert len(back["entry"]) == 3
     assert (await fhir.client.get("/Patient", params={"_count": "0"})).json().get("entry") is None
+
+
+async def test_the_total_rule(fhir: RunningServer) -> None:
+    """Bundle.total (search.html#total): free when one page holds every match; counted when asked
+    (`_total=accurate`, `estimate`, `_summary=count`, `_count=0`, fhirpy's `_totalMethod=count`);
+    otherwise left out, so that paging a long result does not count it on every page."""
+    for i in range(5):
+        await create(fhir.client, patient(f"T{i}"))
+
+    async def total(**params: str) -> int | None:
+        response = await fhir.client.get("/Patient", params=params)
+        assert response.status_code == 200, response.text
+        found: int | None = response.json().get("total")
+        return found
+
+    assert await total() == 5  # one page holds them all
+    assert await total(_count="2") is None
+    assert await total(_count="2", _total="accurate") == 5
+    assert await total(_count="2", _total="estimate") == 5
+    assert await total(_total="none") is None
+    assert await total(_summary="count") == 5
+    assert await total(_count="0") == 5
+    assert await total(_count="0", _totalMethod="count") == 5
+    bad = await fhir.client.get("/Patient", params={"_totalMethod": "roughly"})
+    assert bad.status_code == 400
 
 
 async def test_unknown_parameter_is_400_unless_lenient(fhir: RunningServer) -> None:
