@@ -45,7 +45,7 @@ from fhirgoal.core.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
-from fhirgoal.store.planner import shape
+from fhirgoal.store.planner import excludes_tombstones, shape
 from fhirgoal.store.units import current_session
 
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
@@ -510,8 +510,13 @@ def _id_taken(error: dict[str, Any]) -> bool:
 
 
 def _live(access: AccessContext, rt: str, query: dict[str, Any]) -> dict[str, Any]:
-    """A search filter as sent: live resources only, narrowed by the caller's access, index-first."""
-    return shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+    """A search filter as sent: live resources only, narrowed by the caller's access, index-first.
+    The `del` test is left out where the index test that drives the query already excludes every
+    tombstone (planner.excludes_tombstones)."""
+    shaped = shape(access.constrain(rt, "s", query))
+    if excludes_tombstones(shaped):
+        return shaped
+    return shape({**shaped, "del": {"$ne": True}})
 
 
 def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import RunningServer
-from tests.helpers import FHIR_JSON, create, issues, patient, raw_observation
+from tests.helpers import FHIR_JSON, create, issues, observation, patient, raw_observation
 
 
 async def test_create_assigns_id_and_version_and_returns_absolute_location(
@@ -160,3 +160,21 @@ async def test_json_content_type_is_also_accepted(fhir: RunningServer) -> None:
         "/Patient", json=patient(), headers={"Content-Type": "application/json; charset=utf-8"}
     )
     assert response.status_code == 201
+
+
+async def test_a_deleted_resource_is_found_by_no_search(fhir: RunningServer) -> None:
+    """Its tombstone's index is empty: reference, token, date and compartment searches (which
+    the repository runs without a `del` test, store/planner.py) and `_id` all miss it."""
+    kept = await create(fhir.client, observation("p-del"))
+    gone = await create(fhir.client, observation("p-del"))
+    assert (await fhir.client.delete(f"/Observation/{gone['id']}")).status_code in (200, 204)
+    for query in (
+        "subject=Patient/p-del",
+        "code=http://loinc.org|29463-7&subject=Patient/p-del",
+        "date=ge2026-01-01&subject=Patient/p-del",
+        f"_id={gone['id']},{kept['id']}",
+    ):
+        body = (await fhir.client.get(f"/Observation?{query}")).json()
+        assert [e["resource"]["id"] for e in body.get("entry", [])] == [kept["id"]], query
+    compartment = (await fhir.client.get("/Patient/p-del/Observation")).json()
+    assert [e["resource"]["id"] for e in compartment["entry"]] == [kept["id"]]
