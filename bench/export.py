@@ -17,9 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -27,12 +25,12 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rest_core import cpu_seconds, start_server
+from harness import cpu_seconds, database, save_results, start_server
 from search import Plan, Processes, load_patients
 
 from fhirgoal.bootstrap import build_service
 from fhirgoal.config import Settings
-from fhirgoal.store.embedded import EmbeddedDatabase, free_port
+from fhirgoal.store.embedded import free_port
 from fhirgoal.store.mongo import connect
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
@@ -120,17 +118,10 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
     plan = Plan(args.patients, args.per_patient, "create")
-    uri = os.environ.get("MONGODB_URI")
-    with tempfile.TemporaryDirectory() as tmp:
-        embedded = None if uri else EmbeddedDatabase(Path(tmp))
-        uri = uri or embedded.start()  # type: ignore[union-attr]
-        try:
-            database_pid = embedded.process.pid if embedded and embedded.process else None
-            result = asyncio.run(bench(uri, database_pid, plan, args.runs))
-        finally:
-            if embedded:
-                embedded.stop()
+    with database() as db:
+        result = asyncio.run(bench(db.uri, db.pid, plan, args.runs))
     print(result)
+    print(f"results: {save_results('export', result)}")
 
 
 if __name__ == "__main__":

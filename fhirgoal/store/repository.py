@@ -38,7 +38,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from fhirgoal.core.access import AccessContext
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError, FhirgoalError
 from fhirgoal.core.fields import INDEX_FIELDS, SEARCH_FIELDS
 from fhirgoal.core.jsonio import loads_stored
@@ -375,17 +375,7 @@ class Repository:
 
     async def live_versions(self, rt: str, batch_size: int = 500) -> AsyncIterator[list[Version]]:
         """Every current, non-deleted resource of a type, in batches (for reindexing)."""
-        await self._settle(rt)
-        batch: list[Version] = []
-        cursor = self.collection(rt).find(
-            {"del": {"$ne": True}}, {"json": 1, "v": 1, "lu": 1, "op": 1}
-        )
-        async for doc in cursor:
-            batch.append(_version(rt, doc))
-            if len(batch) >= batch_size:
-                yield batch
-                batch = []
-        if batch:
+        async for batch in self.scan(UNRESTRICTED, rt, {}, batch_size):
             yield batch
 
     async def scan(
