@@ -13,13 +13,13 @@
   stored resources as stored (meta and all), fullUrl `{base}/{type}/{id}`; the T-score points'
   Observations (computed, not stored) under stable `urn:uuid:` fullUrls.
 
-Deterministic: the same inputs and data give the same document. Ids derive from the request
-(EvidenceRequest.key); R4 requires a date in three places (Bundle.timestamp, Composition.date,
+Deterministic: the same inputs and data give the same document. The Composition's id and
+identifier derive from the request (EvidenceRequest.key); R4 requires a date in three places (Bundle.timestamp, Composition.date,
 Signature.when) and each is the latest `meta.lastUpdated` of the clinical records in the document,
-the moment the data it shows was last changed, never the clock; Bundle.identifier (the
-version-specific document id) is a name-based UUID of the content, so a change in the data is a
-new document identifier while the Composition identifier (one per patient, period, plan and
-payer) stays.
+the moment the data it shows was last changed, never the clock; the Bundle's id and identifier
+(the version-specific document id) are a digest of the content, so a change in the data is a new
+document (a document is never edited: each is kept) while the Composition identifier (one per
+patient, period, plan and payer) stays.
 """
 
 from __future__ import annotations
@@ -80,12 +80,12 @@ def build_document(
     entries += [{"fullUrl": _full_url(base, r), "resource": known[r]} for r in included]
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
-        "id": document_id(ask),
         "type": "document",
         "timestamp": timestamp,
         "entry": entries,
     }
     digest = hashlib.sha256(dumps_canonical(bundle)).hexdigest()
+    bundle["id"] = f"medical-necessity-{digest[:32]}"
     bundle["identifier"] = {
         "system": DOCUMENT_IDENTIFIER,
         "value": f"urn:uuid:{uuid.uuid5(uuid.NAMESPACE_URL, f'{DOCUMENT_IDENTIFIER}|{digest}')}",

@@ -5,8 +5,9 @@ One path: inputs (request.py) -> records read with the caller's access (records.
 computed by clinical/ (figures.py) -> gaps refused (gaps.py) -> sections (report.py) -> document
 (document.py), signed (signing.py, keys.py) -> PDF (pdf.py) -> DocumentReferences
 (references.py). GET previews (nothing stored); POST stores the Bundle and the DocumentReferences
-in one unit of work, under ids derived from the inputs, so asking again for the same period
-replaces rather than adds. The answer is a Parameters resource: `document`, `documentReference`,
+in one unit of work: the Bundle under an id derived from its content (the same document again is
+the same resource), the DocumentReferences under ids derived from the request (asking again for
+the same period points them at the newest document rather than adding more). The answer is a Parameters resource: `document`, `documentReference`,
 `pdf` as asked by `format`.
 """
 
@@ -74,8 +75,18 @@ async def _store(
     async def write() -> dict[str, dict[str, Any]]:
         stored = {}
         for name, resource in outputs.items():
-            rt = resource["resourceType"]
-            outcome = await svc.update(call.access, rt, resource["id"], resource, None)
+            rt, rid = resource["resourceType"], resource["id"]
+            identifier = resource["identifier"]
+            if isinstance(identifier, list):
+                identifier = identifier[0]
+            criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]
+            # A conditional update on the identifier, creating under the id the request derives
+            # (not a PUT to that id, which a caller who cannot see every resource of the type
+            # may not do: core/access.py).
+            body = {k: v for k, v in resource.items() if k != "id"}
+            outcome = await svc.conditional_update(
+                call.access, rt, criteria, body, None, call.base_url, new_id=rid
+            )
             assert outcome.version is not None and outcome.version.resource is not None
             stored[name] = outcome.version.resource
         return stored

@@ -28,12 +28,18 @@ CATEGORY = {
 }  # fmt: skip
 
 
+REQUEST_IDENTIFIER = f"{DOCUMENT_IDENTIFIER}-request"
+
+
 def _common(
-    rid: str, ask: EvidenceRequest, composition: dict[str, Any], when: str
+    kind: str, ask: EvidenceRequest, composition: dict[str, Any], when: str
 ) -> dict[str, Any]:
     return {
         "resourceType": "DocumentReference",
-        "id": rid,
+        "id": f"medical-necessity-{ask.key}-{kind}",
+        # the same request names the same DocumentReference, which then points at the newest
+        # document: a conditional update on this identifier replaces it
+        "identifier": [{"system": REQUEST_IDENTIFIER, "value": f"{ask.key}-{kind}"}],
         "status": "current",
         "docStatus": "final",
         "type": {"coding": [DOCUMENT_TYPE]},
@@ -48,7 +54,7 @@ def _common(
 
 def document_reference(bundle: dict[str, Any], ask: EvidenceRequest, when: str) -> dict[str, Any]:
     composition = bundle["entry"][0]["resource"]
-    reference = _common(f"{bundle['id']}-document", ask, composition, when)
+    reference = _common("document", ask, composition, when)
     reference["masterIdentifier"] = bundle["identifier"]
     reference["content"] = [{"attachment": {
         "contentType": "application/fhir+json", "url": f"Bundle/{bundle['id']}",
@@ -68,7 +74,7 @@ def pdf_reference(
     """The PDF's DocumentReference; `document`: the document's DocumentReference, when the
     document is produced with it (then the PDF says it was made from it)."""
     composition = bundle["entry"][0]["resource"]
-    reference = _common(f"{bundle['id']}-pdf", ask, composition, when)
+    reference = _common("pdf", ask, composition, when)
     digest = hashlib.sha256(pdf).hexdigest()
     reference["masterIdentifier"] = {
         "system": DOCUMENT_IDENTIFIER,

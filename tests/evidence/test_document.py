@@ -45,8 +45,7 @@ def rows(section: dict[str, Any], table: int = 0) -> list[list[str]]:
 
 def parts(parameter: dict[str, Any]) -> dict[str, Any]:
     return {
-        p["name"]: next(v for k, v in p.items() if k.startswith("value"))
-        for p in parameter["part"]
+        p["name"]: next(v for k, v in p.items() if k.startswith("value")) for p in parameter["part"]
     }
 
 
@@ -145,15 +144,15 @@ def rows_change(value: Any) -> str:
 
 
 async def test_comparators_appear_when_recorded(demo: RunningServer) -> None:
-    alex = outputs(
-        await demo.client.get(f"/Patient/demo-alex/{OPERATION}", params={**PERIOD})
-    )["document"]
+    alex = outputs(await demo.client.get(f"/Patient/demo-alex/{OPERATION}", params={**PERIOD}))[
+        "document"
+    ]
     phq9 = sections_by_title(alex)["PHQ-9"]
     assert [r[1] for r in rows(phq9)] == ["13", "8", "4"]
     assert "PHQ-9 total 13 on 2026-08-03, 4 on 2026-10-19 (-9)." in phq9["text"]["div"]
-    blair = outputs(
-        await demo.client.get(f"/Patient/demo-blair/{OPERATION}", params={**PERIOD})
-    )["document"]
+    blair = outputs(await demo.client.get(f"/Patient/demo-blair/{OPERATION}", params={**PERIOD}))[
+        "document"
+    ]
     assert "PHQ-9" not in sections_by_title(blair)
 
 
