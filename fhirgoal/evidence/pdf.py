@@ -11,7 +11,6 @@ creation time or random file id in the PDF, so the same content gives the same b
 from __future__ import annotations
 
 import io
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from html import escape
@@ -190,9 +189,6 @@ def _capped(least: list[float]) -> list[float]:
     return least
 
 
-_SVG = re.compile(r"<svg\b.*?</svg>", re.S)
-
-
 def chart_flowable(svg: str) -> Flowable:
     """An SVG chart as a drawing scaled to the page width."""
     drawing = svg2rlg(io.BytesIO(svg.encode("utf-8")))
@@ -203,9 +199,3 @@ def chart_flowable(svg: str) -> Flowable:
     drawing.width, drawing.height = drawing.width * scale, drawing.height * scale
     drawing.hAlign = "LEFT"
     return drawing
-
-
-def svg_of(html: str) -> str | None:
-    """The first `<svg>` element of an HTML fragment (the app renders figure + svg + table)."""
-    match = _SVG.search(html)
-    return match.group(0) if match else None
