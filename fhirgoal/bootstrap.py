@@ -26,6 +26,7 @@ from fhirgoal.clinical.install import install_clinical, instrument_texts
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
+from fhirgoal.evidence.install import install_evidence
 from fhirgoal.fhir import everything, export, validate_operation
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
@@ -87,10 +88,12 @@ async def build_service(
     service = FhirService(
         settings, conformance, search_registry(conformance), validator, repository
     )
-    # the generic FHIR operations; clinical/ adds its own, and a serving process $export
+    # the generic FHIR operations; clinical/ and evidence/ add their own, and a serving process
+    # $export
     everything.register(service.operations)
     validate_operation.register(service.operations, conformance.stored_types)
     install_clinical(service)
+    install_evidence(service)
     pending_types = frozenset(service.hooks.types_with_hooks())
     await repository.ensure_indexes(list(conformance.stored_types), pending_types)
     await service.audit_log.ensure_indexes()

@@ -3,6 +3,8 @@
 - `GET /fhir/metadata` (https://hl7.org/fhir/R4/http.html#capabilities), with the SMART security
   block when the server is its own authorization server
   (https://hl7.org/fhir/smart-app-launch/conformance.html);
+- `GET /evidence/jwks`: the public keys that sign medical-necessity documents (evidence/keys.py),
+  in every authorization mode and without a token, so that anyone holding a document can verify it;
 - `GET /healthz`: the process is up; `GET /readyz`: the database answers a ping.
 """
 
@@ -13,6 +15,7 @@ from pymongo.errors import PyMongoError
 
 from fhirgoal.config import Settings
 from fhirgoal.core.jsonio import dumps
+from fhirgoal.evidence.keys import JWKS_PATH, published_jwks
 from fhirgoal.fhir.capability import build_capability
 from fhirgoal.fhir.rest import FHIR_JSON, base_url, negotiate
 from fhirgoal.fhir.service import FhirService
@@ -34,6 +37,12 @@ async def metadata(request: Request) -> Response:
 
         statement["rest"][0]["security"] = capability_security(base)
     return Response(dumps(statement), media_type=FHIR_JSON)
+
+
+@router.get(JWKS_PATH, summary="document-signing keys (JWK Set)")
+async def evidence_jwks(request: Request) -> Response:
+    service: FhirService = request.app.state.fhir
+    return Response(dumps(await published_jwks(service.database)), media_type="application/json")
 
 
 @router.get("/healthz", include_in_schema=False)

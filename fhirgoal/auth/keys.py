@@ -142,8 +142,15 @@ class _Loaded:
 class KeyRing:
     """Signing key and verification key set, shared through the `auth_keys` collection."""
 
-    def __init__(self, db: AsyncDatabase[dict[str, Any]], kek: bytes, alg: str = "RS384") -> None:
-        self.collection = db[COLLECTION]
+    def __init__(
+        self,
+        db: AsyncDatabase[dict[str, Any]],
+        kek: bytes,
+        alg: str = "RS384",
+        collection: str = COLLECTION,
+    ) -> None:
+        # `collection`: another purpose keeps its keys apart (evidence/keys.py, document signing)
+        self.collection = db[collection]
         self.kek = kek
         self.alg = alg
         self._private: dict[str, RSAKey | ECKey] = {}  # kid -> unsealed signing key

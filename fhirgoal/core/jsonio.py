@@ -182,6 +182,18 @@ def dumps(value: Any) -> bytes:
         return orjson.dumps(_big_integers_as_text(value), default=_default)
 
 
+def dumps_canonical(value: Any) -> bytes:
+    """FHIR's canonical JSON (https://hl7.org/fhir/R4/json.html#canonical), what a signature is
+    computed over: properties in alphabetical order, no whitespace between tokens, every value as
+    `dumps` writes it (decimals with their digits)."""
+    try:
+        return orjson.dumps(value, default=_default, option=orjson.OPT_SORT_KEYS)
+    except TypeError:
+        return orjson.dumps(
+            _big_integers_as_text(value), default=_default, option=orjson.OPT_SORT_KEYS
+        )
+
+
 def _big_integers_as_text(value: Any) -> Any:
     if isinstance(value, dict):
         return {key: _big_integers_as_text(item) for key, item in value.items()}

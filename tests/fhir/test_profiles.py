@@ -169,6 +169,7 @@ async def test_capability_statement_lists_operations_and_supported_profiles(
         "validate",
         "everything",
         "export",
+        "medical-necessity",
     }
     extract = next(
         o for o in by_type["QuestionnaireResponse"]["operation"] if o["name"] == "extract"
