@@ -16,7 +16,7 @@ from tests.evidence.conftest import OPERATION, PERIOD
 
 @pytest.fixture
 async def smart_demo(mongo_uri: str) -> AsyncIterator[SmartServer]:
-    async for running in run_smart(mongo_uri):
+    async with run_smart(mongo_uri) as running:
         await write_demo(running.service)
         yield running
 
