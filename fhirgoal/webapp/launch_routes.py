@@ -33,9 +33,12 @@ router = APIRouter(prefix="/app", include_in_schema=False)
 
 # The clinician's request: identity, the launch context, a refresh token while signed in, and
 # read/write on the launched patient's record only (least privilege: a patient/ scope reaches
-# that one compartment, whatever the clinician's caseload).
-EHR_SCOPE = "launch openid fhirUser online_access patient/*.cruds"
-STANDALONE_SCOPE = "launch/patient openid fhirUser online_access patient/*.cruds"
+# that one compartment, whatever the clinician's caseload), and read of Questionnaires, which
+# are in no patient's compartment: the session screen builds the ORS/SRS from the server's own.
+EHR_SCOPE = "launch openid fhirUser online_access patient/*.cruds user/Questionnaire.rs"
+STANDALONE_SCOPE = (
+    "launch/patient openid fhirUser online_access patient/*.cruds user/Questionnaire.rs"
+)
 
 
 def _set_cookie(webapp: WebApp, response: Response, value: str) -> None:
