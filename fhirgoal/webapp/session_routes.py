@@ -93,13 +93,16 @@ async def _render(screen: Screen, form: SessionForm, status: int = 200) -> Respo
         load_instruments(screen.api, ("ors", "srs")),
         _goals(screen.api, screen.patient_id),
     )
+    done = screen.launch.self_reported
     return screen.render(
         "session.html",
         status,
         patient=patient_banner(patient),
         show_banner=screen.launch.tokens.need_patient_banner,
         form=form,
-        instruments=instruments,
+        # what the client completed on this device is not asked for again
+        instruments=[i for i in instruments if i.key not in done],
+        self_reported=[(i, done[i.key]) for i in instruments if i.key in done],
         goals=goals,
     )
 
@@ -149,7 +152,8 @@ async def save_session(request: Request, key: str) -> Response:
             encounter=tokens.encounter,
             when=now_instant(),
         )
-        bundle, roles = session_bundle(form, instruments, goals, context)
+        asked = [i for i in instruments if i.key not in screen.launch.self_reported]
+        bundle, roles = session_bundle(form, asked, goals, context)
         if not records_something(roles):
             form.general.append("Nothing to save: mark the ORS or SRS lines, or rate a goal.")
             return await _render(screen, form, 422)
