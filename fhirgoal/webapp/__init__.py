@@ -26,6 +26,7 @@ from starlette.staticfiles import StaticFiles
 
 from fhirgoal.config import Settings
 from fhirgoal.webapp import (
+    flag_routes,
     goal_routes,
     launch_routes,
     overview_routes,
@@ -45,7 +46,14 @@ def mount(app: FastAPI, settings: Settings) -> None:
         return
     webapp = WebApp(settings, SessionStore(settings.app_session_seconds))
     app.state.webapp = webapp
-    for routes in (launch_routes, overview_routes, goal_routes, session_routes, selfreport_routes):
+    for routes in (
+        launch_routes,
+        overview_routes,
+        goal_routes,
+        session_routes,
+        selfreport_routes,
+        flag_routes,
+    ):
         app.include_router(routes.router)
     app.mount(
         "/app/static",
