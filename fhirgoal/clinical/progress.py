@@ -14,6 +14,9 @@ operation results, with:
   from intake, reliable change, clinically significant change, and the progress colour
   (green / amber / red / grey) with its reason; `reliableChangeBand`: intake +/- the RCI;
 - `srs` (series): total, change since the previous session, alliance alert and why;
+  `allianceThreshold`: the rule those alerts follow (`below`: a total under it is a concern,
+  36 by default; `drop`: a fall of this much since the previous session is one, 1 by default;
+  both configurable), so a chart can draw the line the server applies;
 - `comparator` (series): PHQ-9 and GAD-7 totals;
 - `status`: the latest progress colour and reason; `alert`: the client's open Flags.
 
@@ -130,6 +133,15 @@ async def patient_progress(svc: FhirService, call: Invocation) -> Outcome:
         out.append({"name": "status", "valueCode": "grey"})
         out.append({"name": "statusReason", "valueString": "no Outcome Rating Scale yet"})
     out += [_srs_part(point) for point in srs]
+    out.append(
+        {
+            "name": "allianceThreshold",
+            "part": [
+                {"name": "below", "valueDecimal": cutoffs.srs_alert_below},
+                {"name": "drop", "valueDecimal": cutoffs.srs_drop},
+            ],
+        }
+    )
     for code, scores in sorted(series.other.items()):
         out += [_comparator_part(code, s) for s in scores if _on_or_before(s.when, on)]
     for flag in flags:

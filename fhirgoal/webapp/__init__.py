@@ -25,7 +25,14 @@ from fastapi import FastAPI
 from starlette.staticfiles import StaticFiles
 
 from fhirgoal.config import Settings
-from fhirgoal.webapp import goal_routes, launch_routes, overview_routes
+from fhirgoal.webapp import (
+    flag_routes,
+    goal_routes,
+    launch_routes,
+    overview_routes,
+    selfreport_routes,
+    session_routes,
+)
 from fhirgoal.webapp.context import WebApp
 from fhirgoal.webapp.sessions import SessionStore
 
@@ -39,7 +46,14 @@ def mount(app: FastAPI, settings: Settings) -> None:
         return
     webapp = WebApp(settings, SessionStore(settings.app_session_seconds))
     app.state.webapp = webapp
-    for routes in (launch_routes, overview_routes, goal_routes):
+    for routes in (
+        launch_routes,
+        overview_routes,
+        goal_routes,
+        session_routes,
+        selfreport_routes,
+        flag_routes,
+    ):
         app.include_router(routes.router)
     app.mount(
         "/app/static",

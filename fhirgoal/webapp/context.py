@@ -72,10 +72,26 @@ class Screen:
 
 
 def screen_of(request: Request, key: str) -> Screen | None:
-    webapp = webapp_of(request)
+    """The clinician's screen of launch `key`; None when it is not open in this browser, or
+    while the device is handed to the client (then `closed` answers with the hand-back page)."""
     session = session_of(request)
-    launch = session.launches.get(key) if session else None
-    if session is None or launch is None:
+    if session is None or session.handover is not None:
+        return None
+    return _screen(request, session, key)
+
+
+def client_screen_of(request: Request, key: str) -> Screen | None:
+    """The launch `key` while its client has the device (client mode), else None."""
+    session = session_of(request)
+    if session is None or session.handover is None or session.handover.key != key:
+        return None
+    return _screen(request, session, key)
+
+
+def _screen(request: Request, session: BrowserSession, key: str) -> Screen | None:
+    webapp = webapp_of(request)
+    launch = session.launches.get(key)
+    if launch is None:
         return None
     return Screen(
         webapp, session, launch, FhirApi(http_of(webapp), launch, webapp.settings.app_client_id)
@@ -99,7 +115,16 @@ def relaunch(request: Request, launch: Launch | None, why: str) -> Response:
 
 
 def closed(request: Request) -> Response:
+    session = session_of(request)
+    if session is not None and session.handover is not None:
+        return handed_over(request)
     return relaunch(request, None, "This patient view is no longer open in this browser")
+
+
+def handed_over(request: Request) -> Response:
+    """What any clinician page shows while the client has the device: nothing of the record,
+    and the way back for the clinician (signing in again)."""
+    return pages.html(webapp_of(request).settings, "handed_over.html", 403)
 
 
 async def form_of(request: Request, session: BrowserSession) -> dict[str, list[str]] | None:

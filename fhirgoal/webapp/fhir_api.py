@@ -90,7 +90,8 @@ class FhirApi:
                 await self._renew(tokens)
             elif tokens.expires_within(0):
                 raise NeedsRelaunch("the access token has expired")
-        url = f"{self.launch.iss}/{path.lstrip('/')}"
+        # the base itself takes batches and transactions (http.html#transaction)
+        url = f"{self.launch.iss}/{path.lstrip('/')}" if path else self.launch.iss
         headers = {"Accept": FHIR_JSON, **kwargs.pop("headers", {})}
         for attempt in (1, 2):
             used = self.launch.tokens
@@ -141,3 +142,9 @@ class FhirApi:
         if if_match:
             headers["If-Match"] = f'W/"{if_match}"'
         return await self.request(method, path, content=orjson.dumps(resource), headers=headers)
+
+    async def transaction(self, bundle: dict[str, Any]) -> dict[str, Any]:
+        """POST a transaction Bundle to the base: all of it is stored or none (the server
+        answers a failing entry with one OperationOutcome naming it)."""
+        headers = {"Content-Type": FHIR_JSON}
+        return await self.request("POST", "", content=orjson.dumps(bundle), headers=headers)

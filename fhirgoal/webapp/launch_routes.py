@@ -13,16 +13,18 @@ SMART App Launch 2.2 (https://hl7.org/fhir/smart-app-launch/app-launch.html):
 from __future__ import annotations
 
 import secrets
+from dataclasses import replace
 
 import httpx
 from fastapi import APIRouter, Request, Response
 
 from fhirgoal.webapp import pages
-from fhirgoal.webapp.context import WebApp, error, http_of, session_of, webapp_of
+from fhirgoal.webapp.context import WebApp, error, handed_over, http_of, session_of, webapp_of
 from fhirgoal.webapp.fhir_api import FhirApi, FhirCallError, NeedsRelaunch
-from fhirgoal.webapp.sessions import COOKIE, Launch, PendingLaunch
+from fhirgoal.webapp.sessions import COOKIE, BrowserSession, Launch, PendingLaunch
 from fhirgoal.webapp.smart_client import (
     LaunchError,
+    TokenSet,
     authorize_url,
     discover,
     exchange_code,
@@ -33,9 +35,12 @@ router = APIRouter(prefix="/app", include_in_schema=False)
 
 # The clinician's request: identity, the launch context, a refresh token while signed in, and
 # read/write on the launched patient's record only (least privilege: a patient/ scope reaches
-# that one compartment, whatever the clinician's caseload).
-EHR_SCOPE = "launch openid fhirUser online_access patient/*.cruds"
-STANDALONE_SCOPE = "launch/patient openid fhirUser online_access patient/*.cruds"
+# that one compartment, whatever the clinician's caseload), and read of Questionnaires, which
+# are in no patient's compartment: the session screen builds the ORS/SRS from the server's own.
+EHR_SCOPE = "launch openid fhirUser online_access patient/*.cruds user/Questionnaire.rs"
+STANDALONE_SCOPE = (
+    "launch/patient openid fhirUser online_access patient/*.cruds user/Questionnaire.rs"
+)
 
 
 def _set_cookie(webapp: WebApp, response: Response, value: str) -> None:
@@ -57,6 +62,8 @@ def _set_cookie(webapp: WebApp, response: Response, value: str) -> None:
 async def start(request: Request) -> Response:
     webapp = webapp_of(request)
     session = session_of(request)
+    if session is not None and session.handover is not None:
+        return handed_over(request)  # the client has the device: no list of open patients
     launches = list(session.launches.values()) if session else []
     return pages.html(
         webapp.settings,
@@ -143,6 +150,8 @@ async def callback(request: Request) -> Response:
         )
     except LaunchError as exc:
         return error(request, "Sign-in did not complete", str(exc), 502)
+    if pending.kind == "handback":
+        return _hand_back(request, session, pending, tokens)
     if not tokens.patient:
         return error(
             request,
@@ -159,6 +168,68 @@ async def callback(request: Request) -> Response:
     if renewed:
         _set_cookie(webapp, response, renewed)
     return response
+
+
+def _hand_back(
+    request: Request, session: BrowserSession, pending: PendingLaunch, tokens: TokenSet
+) -> Response:
+    """The clinician signed in again after the client's self-report: the same clinician on the
+    same patient gets the launch back (with the fresh tokens); anyone else leaves the device in
+    client mode."""
+    webapp = webapp_of(request)
+    launch = session.launches.get(pending.handback_of or "")
+    if launch is None:
+        session.handover = None
+        return Response(status_code=303, headers={"Location": "/app/"})
+    if tokens.patient != launch.patient or tokens.fhir_user != launch.tokens.fhir_user:
+        return error(
+            request,
+            "Not the same sign-in",
+            "Only the clinician who handed over the device, on the same client, can return to "
+            "the record here. The device stays in client mode.",
+            403,
+        )
+    launch.tokens = replace(
+        tokens,
+        encounter=tokens.encounter or launch.tokens.encounter,
+        need_patient_banner=launch.tokens.need_patient_banner,
+    )
+    session.handover = None
+    response = Response(status_code=303, headers={"Location": f"/app/c/{launch.key}/session"})
+    renewed = webapp.sessions.rotate(request.cookies.get(COOKIE, ""))
+    if renewed:
+        _set_cookie(webapp, response, renewed)
+    return response
+
+
+@router.get("/handback")
+async def hand_back(request: Request) -> Response:
+    """Start the clinician's sign-in that ends client mode: a standalone authorization request
+    with OpenID Connect `prompt=login`, so that an authorization server remembering the
+    clinician's login still asks for it (whoever holds the device must know it)."""
+    webapp = webapp_of(request)
+    session = session_of(request)
+    handover = session.handover if session else None
+    launch = session.launches.get(handover.key) if session and handover else None
+    if session is None or launch is None:
+        return Response(status_code=303, headers={"Location": "/app/"})
+    settings = webapp.settings
+    verifier, challenge = new_pkce()
+    state = secrets.token_urlsafe(24)
+    session.add_pending(
+        PendingLaunch(state, launch.endpoints, verifier, settings.app_callback_url(), "handback",
+                      handback_of=launch.key)
+    )  # fmt: skip
+    location = authorize_url(
+        launch.endpoints,
+        client_id=settings.app_client_id,
+        redirect_uri=settings.app_callback_url(),
+        scope=STANDALONE_SCOPE,
+        state=state,
+        challenge=challenge,
+        prompt="login",
+    )
+    return Response(status_code=302, headers={"Location": location, "Cache-Control": "no-store"})
 
 
 async def _operations(api: FhirApi) -> frozenset[str]:

@@ -3,6 +3,7 @@
 Each chart shows what the server computed and nothing more: ORS totals with the clinical cutoff
 that applied on each date (it changes when a client changes age band) and the reliable-change
 band around the intake score; SRS totals with the sessions the server flagged for the alliance;
+the alliance threshold the server applies (from `$progress`, so a configured one is the one drawn);
 the GAS T-score over time with the T = 50 line ("as expected", Kiresuk & Sherman); PHQ-9 and
 GAD-7 totals on their own ranges.
 """
@@ -74,12 +75,22 @@ def srs_chart(progress: Progress) -> Chart:
         )
         for p in progress.srs
     ]
+    thresholds = []
+    if points and progress.alliance_below is not None:
+        below = float(progress.alliance_below)
+        thresholds.append(
+            Threshold(
+                [(points[0].day, below)],
+                f"Alliance: a total below {_n(below)} raises an alliance alert",
+            )
+        )
     return Chart(
         key="srs",
         title="Session Rating Scale (SRS), 0-40",
         y_min=0,
         y_max=40,
         series=[Series("SRS", points, "s-srs")],
+        thresholds=thresholds,
         y_step=10,
     )
 

@@ -19,6 +19,11 @@ from fhirgoal.webapp.summary import goal_levels, level_key, level_label, parse_p
 router = APIRouter(prefix="/app", include_in_schema=False)
 # Goal.lifecycleStatus values of a goal no longer worked on (R4 valueset-goal-status)
 RETIRED = ("completed", "cancelled", "entered-in-error", "rejected")
+FLAG_NOTICES = {  # after resolving an alert (flag_routes.py)
+    "resolved": "The alert was resolved.",
+    "changed": "Nothing was changed: the alert changed since the page was shown (a new session "
+    "may have updated it). It is shown below as it is now.",
+}
 
 
 @router.get("/c/{key}/")
@@ -29,11 +34,14 @@ async def patient_overview(request: Request, key: str) -> Response:
     api, patient_id = screen.api, screen.patient_id
     has_progress = "Patient/progress" in screen.launch.operations
     try:
-        patient, goals, summary = await asyncio.gather(
+        patient, goals, summary, flags = await asyncio.gather(
             api.read(f"Patient/{patient_id}"),
             api.search("Goal", {"patient": f"Patient/{patient_id}", "_count": "100"}),
             api.read(f"Patient/{patient_id}/$progress") if has_progress else _nothing(),
-        )
+            # the open Flags' versions: resolving one is conditional on what the page showed
+            api.search("Flag", {"patient": f"Patient/{patient_id}", "status": "active",
+                                "_count": "200"}),
+        )  # fmt: skip
     except NeedsRelaunch as exc:
         return relaunch(request, screen.launch, str(exc))
     except FhirCallError as exc:
@@ -55,6 +63,10 @@ async def patient_overview(request: Request, key: str) -> Response:
         charts=[render(c) for c in charts],
         level_label=level_label,
         level_key=level_key,
+        flag_versions={
+            str(f.get("id")): str((f.get("meta") or {}).get("versionId", "")) for f in flags
+        },
+        flag_notice=FLAG_NOTICES.get(request.query_params.get("flag", "")),
     )
 
 

@@ -41,8 +41,9 @@ class PendingLaunch:
     endpoints: SmartEndpoints
     verifier: str
     redirect_uri: str
-    kind: str  # "ehr" | "standalone"
+    kind: str  # "ehr" | "standalone" | "handback" (the clinician signing in again)
     created: float = field(default_factory=time.time)
+    handback_of: str | None = None  # the launch key a "handback" sign-in returns to
 
 
 @dataclass
@@ -54,6 +55,9 @@ class Launch:
     tokens: TokenSet
     kind: str
     operations: frozenset[str] = frozenset()  # operation names the CapabilityStatement lists
+    # instruments the client completed on this device in client mode (key -> when), so that the
+    # session screen does not ask for them again
+    self_reported: dict[str, str] = field(default_factory=dict)
     # one refresh at a time: a page's parallel requests must not present the same refresh token
     # twice (the server takes a reused refresh token as stolen and revokes the grant)
     refreshing: asyncio.Lock = field(default_factory=asyncio.Lock)
@@ -67,9 +71,20 @@ class Launch:
         return self.tokens.patient
 
 
+@dataclass(frozen=True)
+class Handover:
+    """The device is in the client's hands for one instrument of one launch (selfreport.py)."""
+
+    key: str  # the launch
+    instrument: str  # "ors" | "srs"
+    done: bool = False
+
+
 @dataclass
 class BrowserSession:
     csrf: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    # while set, every clinician screen of this browser answers with the hand-back page
+    handover: Handover | None = None
     pending: OrderedDict[str, PendingLaunch] = field(default_factory=OrderedDict)
     launches: OrderedDict[str, Launch] = field(default_factory=OrderedDict)
     used: float = field(default_factory=time.time)

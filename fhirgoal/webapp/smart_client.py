@@ -109,6 +109,7 @@ def authorize_url(
     state: str,
     challenge: str,
     launch: str | None = None,
+    prompt: str | None = None,
 ) -> str:
     params = {
         "response_type": "code",
@@ -122,6 +123,8 @@ def authorize_url(
     }
     if launch:
         params["launch"] = launch
+    if prompt:  # OpenID Connect Core 3.1.2.1: "login" asks the user to authenticate again
+        params["prompt"] = prompt
     separator = "&" if "?" in endpoints.authorize else "?"
     return f"{endpoints.authorize}{separator}{urlencode(params)}"
 

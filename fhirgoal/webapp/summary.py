@@ -101,6 +101,7 @@ class Progress:
     ors: list[OrsPoint] = field(default_factory=list)
     band: tuple[Decimal, Decimal, Decimal] | None = None  # intake, low, high
     srs: list[SrsPoint] = field(default_factory=list)
+    alliance_below: Decimal | None = None  # the SRS total under which the server alerts
     comparators: dict[str, list[ComparatorPoint]] = field(default_factory=dict)
     alerts: list[Alert] = field(default_factory=list)
     status: str = "grey"
@@ -160,6 +161,9 @@ def parse_progress(parameters: dict[str, Any]) -> Progress:
             progress.srs.append(
                 SrsPoint(p["date"], int(p["session"]), _dec(p["total"]), bool(p["alert"]), reasons)
             )
+        elif name == "allianceThreshold":
+            below = _parts(parameter).get("below")
+            progress.alliance_below = _dec(below) if below is not None else None
         elif name == "comparator":
             p = _parts(parameter)
             point = ComparatorPoint(str(p["measure"]), p["date"], _dec(p["total"]))

@@ -14,7 +14,7 @@ from fhirgoal.clinical.session_alerts import CUTOFF_SETTINGS, cutoffs_from
 from fhirgoal.clinical.session_measures import DEFAULT_CUTOFFS, Cutoffs
 from fhirgoal.config import Settings
 from fhirgoal.core.jsonio import loads
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, fresh_settings, running
 from tests.helpers import store
 
 START = datetime(2026, 8, 3, 15, 0, tzinfo=UTC)
@@ -138,3 +138,23 @@ def test_cutoffs_are_the_pcoms_defaults_unless_the_environment_sets_them(
     assert cutoffs_from(Settings()) == dataclasses.replace(
         DEFAULT_CUTOFFS, ors_adult=Decimal(20), no_progress_sessions=3
     )
+
+
+async def test_progress_states_the_alliance_threshold_it_applies(mongo_uri: str) -> None:
+    """`$progress` carries the SRS rule (allianceThreshold), the configured one when set, so a
+    chart draws the line the alerts follow."""
+
+    def threshold(progress: dict[str, Any]) -> dict[str, Any]:
+        rule = next(p for p in progress["parameter"] if p["name"] == "allianceThreshold")
+        return {q["name"]: q["valueDecimal"] for q in rule["part"]}
+
+    async with running(fresh_settings(mongo_uri, srs_alert_below=Decimal(32))) as server:
+        await store(server.client, {"resourceType": "Patient", "id": "p1"})
+        response = rating_scale_response(
+            "a", "srs", "p1", marks("33.6"), START.isoformat()
+        )  # under 36, above the configured 32
+        await store(server.client, response)
+        progress = loads((await server.client.get("/Patient/p1/$progress")).content)
+        assert threshold(progress) == {"below": 32, "drop": 1}
+        point = next(p for p in progress["parameter"] if p["name"] == "srs")
+        assert {q["name"]: q.get("valueBoolean") for q in point["part"]}["alert"] is False

@@ -36,6 +36,9 @@ async def test_ehr_launch_through_login_and_consent_to_the_overview(
     assert await ors.locator("rect.band").count() == 1
     srs = page.locator('figure[data-chart="srs"]')
     assert await srs.locator(".pt.alert").count() >= 1
+    # the alliance threshold the server applies ($progress allianceThreshold), drawn and named
+    assert await srs.locator("polyline.threshold").count() == 1
+    assert await srs.locator(".threshold-label").text_content() == "Alliance 36"
     assert await page.locator('figure[data-chart="tscore"] .pt').count() >= 2
     # the alliance dip opened (and later closed) an alert; whatever is open is listed
     status = await page.locator(".status").inner_text()
