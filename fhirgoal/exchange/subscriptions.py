@@ -85,11 +85,11 @@ class SubscriptionSet:
         """The Subscription as the server runs it; FhirError (422) when it cannot be run."""
         criteria = resource.get("criteria")
         if not isinstance(criteria, str) or not criteria:
-            raise FhirError("processable", "criteria is required", "Subscription.criteria")
+            raise FhirError("processing", "criteria is required", "Subscription.criteria")
         rt, _, query = criteria.partition("?")
         if not self.service.conformance.is_stored(rt):
             raise FhirError(
-                "processable",
+                "processing",
                 f"criteria must start with a resource type this server holds, not {rt!r}",
                 "Subscription.criteria",
             )
@@ -100,34 +100,34 @@ class SubscriptionSet:
             )
         except FhirError as error:
             raise FhirError(
-                "processable",
+                "processing",
                 f"criteria: {error.issues[0].diagnostics}",
                 "Subscription.criteria",
             ) from None
         if compiled.deferred:
             raise FhirError(
-                "processable",
+                "processing",
                 "criteria with chains, _has or :in/:not-in cannot be matched as writes happen",
                 "Subscription.criteria",
             )
         channel = resource.get("channel") or {}
         if channel.get("type") != "rest-hook":
             raise FhirError(
-                "processable",
+                "processing",
                 f"channel.type {channel.get('type')!r} is not supported (rest-hook only)",
                 "Subscription.channel.type",
             )
         endpoint = channel.get("endpoint")
         if not isinstance(endpoint, str) or urlsplit(endpoint).scheme not in ("http", "https"):
             raise FhirError(
-                "processable",
+                "processing",
                 "a rest-hook needs an http(s) channel.endpoint",
                 "Subscription.channel.endpoint",
             )
         payload = channel.get("payload") or None
         if payload is not None and payload not in PAYLOAD_TYPES:
             raise FhirError(
-                "processable",
+                "processing",
                 f"channel.payload {payload!r} is not supported ({', '.join(PAYLOAD_TYPES)})",
                 "Subscription.channel.payload",
             )
@@ -136,7 +136,7 @@ class SubscriptionSet:
             name, colon, value = line.partition(":")
             if not colon or not name.strip():
                 raise FhirError(
-                    "processable",
+                    "processing",
                     f"channel.header {line!r} is not 'Name: value'",
                     "Subscription.channel.header",
                 )

@@ -54,7 +54,11 @@ async def active_subscription(
 ) -> dict[str, Any]:
     args = {"criteria": criteria} if criteria else {}
     sub = await create(server.client, subscription(hook.url, **args, **channel))
-    await wait_until(lambda: status_of(server, sub["id"]) == "active", what="handshake")  # type: ignore[arg-type, return-value]
+
+    async def active() -> bool:
+        return await status_of(server, sub["id"]) == "active"
+
+    await wait_until(active, what="handshake")
     return sub
 
 
@@ -81,6 +85,7 @@ async def test_handshake_activates_then_id_only_notifications_for_matching_write
         handshake = hook.requests[0]
         assert (handshake.method, handshake.body) == ("POST", b"")
         assert handshake.headers["authorization"] == "Bearer secret-1"
+
         async def active() -> bool:
             return await status_of(server, sub["id"]) == "active"
 
@@ -172,14 +177,11 @@ async def test_hostile_receiver_500_429_and_stall_still_delivers_once_in_effect(
         # one notification, one key: the stalled attempt was taken, and then again
         assert len({n.key for n in notes}) == 1
         assert notes[2].at - notes[1].at >= 0.95  # Retry-After honoured
-        await wait_until(
-            lambda: _delivered_all(server), what="outbox settled"  # type: ignore[arg-type, return-value]
-        )
 
+        async def settled() -> bool:
+            return set(await outbox_states(server)) == {"delivered"}
 
-async def _delivered_all(server: RunningServer) -> bool:
-    states = await outbox_states(server)
-    return set(states) == {"delivered"}
+        await wait_until(settled, what="outbox settled")
 
 
 async def test_failing_receiver_sets_error_and_dead_letters_after_the_horizon(
