@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import statistics
 import sys
 import time
@@ -60,6 +61,8 @@ class Sink:
         self.delays: list[float] = []
         self.keys: set[str] = set()
         self.first = self.last = 0.0
+        self.expected = 0
+        self.all_in = asyncio.Event()
 
     async def endpoint(self, request: Request) -> Response:
         body = await request.body()
@@ -70,6 +73,8 @@ class Sink:
             self.keys.add(request.headers.get("idempotency-key", ""))
             self.first = self.first or arrived
             self.last = arrived
+            if len(self.delays) >= self.expected:
+                self.all_in.set()
         return Response(status_code=204)
 
 
@@ -132,6 +137,8 @@ async def main(requests: int, clients: int, rounds: int) -> dict[str, Any]:
                     ]
                     sink.delays.clear()
                     sink.first = sink.last = 0.0
+                    sink.expected = requests
+                    sink.all_in.clear()
                     result, cpu = await measured(
                         server.process.pid, server.run(creates, requests, clients)
                     )
@@ -146,9 +153,8 @@ async def main(requests: int, clients: int, rounds: int) -> dict[str, Any]:
                     }
                     if mode == "delivered":
                         before = cpu_seconds(server.process.pid) - cpu
-                        deadline = time.monotonic() + 60
-                        while len(sink.delays) < requests and time.monotonic() < deadline:
-                            await asyncio.sleep(0.05)
+                        with contextlib.suppress(TimeoutError):
+                            await asyncio.wait_for(sink.all_in.wait(), 60)
                         total_cpu = cpu_seconds(server.process.pid) - before
                         row.update(
                             {

@@ -15,7 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -222,6 +222,16 @@ class Settings(BaseSettings):
     app_frame_ancestors: str = ""
     # How long a signed-in browser session lasts without use.
     app_session_seconds: int = 8 * 3600
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_delivery(self) -> Settings:
+        # a delivery is started only while its lease outlasts the request's timeout
+        # (exchange/delivery.py): a shorter lease would never deliver anything
+        if self.outbox_lease_seconds <= self.outbox_timeout_seconds:
+            raise ValueError(
+                "FHIRGOAL_OUTBOX_LEASE_SECONDS must be longer than FHIRGOAL_OUTBOX_TIMEOUT_SECONDS"
+            )
+        return self
 
     def public_fhir_base(self) -> str:
         """The FHIR base URL every token's iss/aud, the discovery document and Location headers

@@ -40,6 +40,10 @@ from fhirgoal.store.outbox import DEAD, VOID, OutboxItem
 
 log = structlog.get_logger(__name__)
 
+# Items leased at once, per delivery in flight: enough to keep every slot busy through a batch
+# (each lease costs the database a query and an update for the whole batch), few enough that a
+# batch is delivered well within its lease.
+BATCH_PER_DELIVERY = 4
 # How often handlers reread shared state and old items are purged, at most.
 _UPKEEP_SECONDS = 60.0
 
@@ -116,17 +120,23 @@ class DeliveryWorker:
         """Deliver every item due now (as many at once as `outbox_concurrency`); how many
         attempts were made."""
         attempts = 0
+        concurrency = self.settings.outbox_concurrency
+        in_flight = asyncio.Semaphore(concurrency)
+
+        async def deliver(item: OutboxItem) -> None:
+            async with in_flight:
+                await self._deliver(item)
+
         while True:
-            taken: list[OutboxItem] = []
-            now = datetime.now(UTC)
-            while len(taken) < self.settings.outbox_concurrency:
-                item = await self.store.take(self.owner, self.settings.outbox_lease_seconds, now)
-                if item is None:
-                    break
-                taken.append(item)
+            taken = await self.store.take(
+                self.owner,
+                self.settings.outbox_lease_seconds,
+                datetime.now(UTC),
+                concurrency * BATCH_PER_DELIVERY,
+            )
             if not taken:
                 return attempts
-            await asyncio.gather(*(self._deliver(item) for item in taken))
+            await asyncio.gather(*(deliver(item) for item in taken))
             attempts += len(taken)
 
     # ---- one item -------------------------------------------------------------------------
@@ -140,6 +150,13 @@ class DeliveryWorker:
 
     async def _deliver(self, item: OutboxItem) -> None:
         try:
+            now = datetime.now(UTC)
+            timeout = timedelta(seconds=self.settings.outbox_timeout_seconds)
+            if item.lease is not None and item.lease - now < timeout:
+                # its turn in the batch came late: a request started now could outlast the
+                # lease and run beside another worker's; give it back instead
+                await self.store.retry(item, self.owner, now, "lease ran out", counts=False)
+                return
             await self._attempt(item)
         except (PyMongoError, FhirError) as error:
             # the lease lapses and the item is taken again

@@ -122,7 +122,7 @@ class FhirService:
         )
         repository.write_through_log(self.audit_log)
         # outbound work recorded with the writes that cause it (exchange/ adds the sources)
-        self.outbox = Outbox(OutboxStore(repository.db))
+        self.outbox = Outbox(OutboxStore(repository.db, repository.batched))
 
     # ---- stored data, for the server's own logic (auth/, clinical/) -------------------------
     # The layers above reach stored data through these, never through `repo`: no hooks, no

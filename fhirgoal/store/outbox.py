@@ -16,22 +16,26 @@ Items are recorded before the version that causes them is stored, with the same 
 version was never stored (the write failed or lost a race) is found out at delivery and made
 `void`.
 
-Leases (the pattern of store/exports.py): a worker takes a due item with one atomic
-find-and-modify that sets `delivering`, its owner and a lease expiry; it settles the item only
-while its lease stands (the owner and the lease expiry in the filter). A worker killed mid-delivery
+Leases (the pattern of store/exports.py): a worker takes a batch of due items with one
+conditional update that sets `delivering`, its owner and a lease expiry (items another worker
+took meanwhile no longer match); it settles an item only while its lease stands (the owner and
+the lease expiry in the filter), and starts no request that could outlast the lease. A worker killed mid-delivery
 leaves an expired lease, and any worker takes the item again: at-least-once, with the same key.
 """
 
 from __future__ import annotations
 
+import contextlib
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from pymongo import ASCENDING, ReturnDocument
+from pymongo import ASCENDING
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError
+from pymongo.errors import BulkWriteError, DuplicateKeyError
 
+from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.units import current_session
 
 OUTBOX = "fhirgoal_outbox"
@@ -81,8 +85,12 @@ def _item(doc: dict[str, Any]) -> OutboxItem:
 
 
 class OutboxStore:
-    def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
+    def __init__(
+        self, db: AsyncDatabase[dict[str, Any]], batched: BatchedCollectionOps | None = None
+    ) -> None:
         self.items = db[OUTBOX]
+        # the repository's batching: concurrent writes' items go to the database in one call
+        self.batched = batched or BatchedCollectionOps()
 
     async def ensure_indexes(self) -> None:
         # the worker's query: due pending items, and delivering ones whose lease expired
@@ -91,27 +99,43 @@ class OutboxStore:
 
     async def record(self, items: list[OutboxItem]) -> None:
         """Store new items, in the running unit of work if there is one. An item stored already
-        (the same write recorded again by the sweep, or a retried request) stays as it is."""
+        (the same write recorded again, or a retried request) stays as it is."""
+        session = current_session()
+        if session is None and len(items) == 1:
+            with contextlib.suppress(DuplicateKeyError):
+                await self.batched.insert(self.items, items[0].document())
+            return
         try:
             await self.items.insert_many(
-                [item.document() for item in items], ordered=False, session=current_session()
+                [item.document() for item in items], ordered=False, session=session
             )
         except BulkWriteError as exc:
             errors = exc.details.get("writeErrors", [])
             if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
                 raise
 
-    async def take(self, owner: str, lease_seconds: float, now: datetime) -> OutboxItem | None:
-        """Lease one due item (pending and due, or delivering with an expired lease)."""
+    async def take(
+        self, owner: str, lease_seconds: float, now: datetime, limit: int
+    ) -> list[OutboxItem]:
+        """Lease up to `limit` due items (pending and due, or delivering with an expired lease):
+        one query for their keys, one conditional update that leases those still due (a
+        concurrent worker's update matches none of the same items: `next` moves past now), one
+        read of what this worker got."""
+        due_filter = {"state": {"$in": [PENDING, DELIVERING]}, "next": {"$lte": now}}
+        cursor = self.items.find(due_filter, {"_id": 1}).sort("next", ASCENDING).limit(limit)
+        keys = [doc["_id"] async for doc in cursor]
+        if not keys:
+            return []
         lease = now + timedelta(seconds=lease_seconds)
-        doc = await self.items.find_one_and_update(
-            {"state": {"$in": [PENDING, DELIVERING]}, "next": {"$lte": now}},
+        token = uuid.uuid4().hex
+        await self.items.update_many(
+            {"_id": {"$in": keys}, **due_filter},
             # `next` doubles as the lease's expiry while delivering: one index serves both
-            {"$set": {"state": DELIVERING, "owner": owner, "lease": lease, "next": lease}},
-            sort=[("next", ASCENDING)],
-            return_document=ReturnDocument.AFTER,
-        )
-        return _item(doc) if doc else None
+            {"$set": {"state": DELIVERING, "owner": owner, "lease": lease, "next": lease,
+                      "take": token}},
+        )  # fmt: skip
+        taken = self.items.find({"_id": {"$in": keys}, "take": token})
+        return [_item(doc) async for doc in taken]
 
     async def _settle(self, item: OutboxItem, owner: str, update: dict[str, Any]) -> bool:
         """Apply `update` if this worker's lease still stands (else another worker has it)."""

@@ -18,8 +18,8 @@ from tests.helpers import wait_until
 from tests.serve_process import ServeProcess
 
 ENV = {
-    "FHIRGOAL_OUTBOX_LEASE_SECONDS": "2",
-    "FHIRGOAL_OUTBOX_TIMEOUT_SECONDS": "5",
+    "FHIRGOAL_OUTBOX_LEASE_SECONDS": "4",
+    "FHIRGOAL_OUTBOX_TIMEOUT_SECONDS": "2",
     "FHIRGOAL_OUTBOX_POLL_SECONDS": "0.1",
     "FHIRGOAL_OUTBOX_BACKOFF_BASE_SECONDS": "0.1",
     "FHIRGOAL_OUTBOX_CONCURRENCY": "2",
