@@ -180,15 +180,11 @@ async def main(requests: int, clients: int, rounds: int) -> dict[str, Any]:
     for r in range(rounds):
         cpu = {row["mode"]: row["server_cpu_ms_per_write"] for row in rows if row["round"] == r}
         ratios.append(round(cpu["recorded"] / cpu["none"], 3))
-    summary = {
-        mode: {
-            key: statistics.median(row[key] for row in rows if row["mode"] == mode)
-            for key in rows[-1 if mode == "delivered" else 0]
-            if key not in ("round", "mode", "statuses")
-            and all(key in row for row in rows if row["mode"] == mode)
-        }
-        for mode in MODES
-    }
+    summary: dict[str, Any] = {}
+    for mode in MODES:
+        mine = [row for row in rows if row["mode"] == mode]
+        keys = [k for k in mine[0] if k not in ("round", "mode", "statuses")]
+        summary[mode] = {k: statistics.median(row[k] for row in mine) for k in keys}
     summary["cpu_ratio_recorded_over_none"] = {
         "per_round": ratios,
         "median": statistics.median(ratios),
