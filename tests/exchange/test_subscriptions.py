@@ -215,3 +215,43 @@ async def test_failing_receiver_sets_error_and_dead_letters_after_the_horizon(
             return await status_of(server, sub["id"]) == "active"
 
         await wait_until(active, within=10, what="active again")
+
+
+async def test_transaction_entries_notify_only_when_the_transaction_commits(
+    server: RunningServer,
+) -> None:
+    async with receiver() as hook:
+        await active_subscription(server, hook, "Patient?family=Unit")
+        keep = await create(server.client, patient("Keep"))
+        failing = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"resource": patient("Unit"), "request": {"method": "POST", "url": "Patient"}},
+                {  # processed after the POST (R4 order), and fails: the unit is rolled back
+                    "resource": keep,
+                    "request": {
+                        "method": "PUT",
+                        "url": f"Patient/{keep['id']}",
+                        "ifMatch": 'W/"9"',
+                    },
+                },
+            ],
+        }
+        response = await server.client.post("/", json=failing)
+        assert response.status_code == 412, response.text
+        committed = {
+            "resourceType": "Bundle",
+            "type": "transaction",
+            "entry": [
+                {"resource": patient("Unit"), "request": {"method": "POST", "url": "Patient"}},
+                {"resource": patient("Other"), "request": {"method": "POST", "url": "Patient"}},
+            ],
+        }
+        response = await server.client.post("/", json=committed)
+        assert response.status_code == 200, response.text
+        location = response.json()["entry"][0]["response"]["location"]
+        created = location.split("/Patient/")[1].split("/")[0]
+        await wait_until(lambda: len(hook.requests) == 2, what="the committed entry's notice")
+        assert f"Patient/{created}/_history/1" in hook.requests[1].key
+        assert (await outbox_states(server)) == {"delivered": 2}  # handshake + one notice
