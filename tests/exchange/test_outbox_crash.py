@@ -1,6 +1,7 @@
 """kill -9 of `fhirgoal serve` while notifications are being delivered, then a restart: every
 outbox item is delivered, none is lost (store/outbox.py leases, exchange/delivery.py); then
-`fhirgoal outbox status` reports them."""
+`fhirgoal outbox status` reports them; `fhirgoal outbox run` delivers in one pass what a server
+without a worker recorded."""
 
 from __future__ import annotations
 
@@ -97,3 +98,38 @@ async def _status(client: httpx.AsyncClient, sid: str) -> bool:
 
 def serve_env(serve: ServeProcess) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k != "MONGODB_URI"} | serve.env
+
+
+async def test_outbox_run_delivers_what_a_server_without_worker_recorded(tmp_path: Path) -> None:
+    async with receiver() as hook:
+        env = {**ENV, "FHIRGOAL_OUTBOX_WORKER": "false"}
+        serve = ServeProcess(tmp_path / "data", free_port(), env=env).start()
+        try:
+            async with httpx.AsyncClient(base_url=serve.base, timeout=30) as client:
+                sub = {
+                    "resourceType": "Subscription",
+                    "status": "active",  # asserted by the client: no handshake
+                    "reason": "one pass",
+                    "criteria": "Patient",
+                    "channel": {"type": "rest-hook", "endpoint": hook.url},
+                }
+                assert (await client.post("/Subscription", json=sub)).status_code == 201
+                created = await client.post("/Patient", json={"resourceType": "Patient"})
+                assert created.status_code == 201
+            serve.stop()
+            assert hook.requests == []  # recorded, not delivered
+            run = await asyncio.to_thread(
+                subprocess.run,
+                [sys.executable, "-m", "fhirgoal.cli", "outbox", "run"],
+                env={**serve_env(serve), "FHIRGOAL_DATA_DIR": str(serve.data_dir)},
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert run.returncode == 0, run.stderr
+            assert "1 delivery attempt(s)" in run.stdout + run.stderr
+            assert [r.key.split("|")[1] for r in hook.accepted] == [
+                f"Patient/{created.json()['id']}/_history/1"
+            ]
+        finally:
+            serve.kill_group()
