@@ -252,7 +252,8 @@ class SubscriptionDelivery:
             return Skip("the Subscription is off or gone")
         headers = {**sub.headers, "Idempotency-Key": item.key}
         if item.kind == HANDSHAKE:
-            if sub.status != "requested":
+            # a handshake that failed into `error` goes on being tried: its success activates
+            if sub.status not in ("requested", "error"):
                 return Skip(f"the Subscription is {sub.status} already")
             return Delivery("POST", sub.endpoint, headers)
         rt, _, rid = item.ref.partition("/")

@@ -20,8 +20,8 @@ FAST = {
     "outbox_backoff_base_seconds": 0.1,
     "outbox_backoff_max_seconds": 2.0,
     "outbox_poll_seconds": 0.1,
-    "outbox_timeout_seconds": 1.0,
-    "outbox_lease_seconds": 3.0,
+    "outbox_timeout_seconds": 2.0,
+    "outbox_lease_seconds": 6.0,
     "subscription_refresh_seconds": 0.5,
 }
 
@@ -166,7 +166,7 @@ async def test_hostile_receiver_500_429_and_stall_still_delivers_once_in_effect(
         Answer(),  # handshake
         Answer(500),
         Answer(429, {"Retry-After": "1"}),
-        Answer(200, stall=1.5),  # taken, but answered after the sender's 1 s timeout
+        Answer(200, stall=3.0),  # taken, but answered after the sender's 2 s timeout
     ]
     async with receiver(plan) as hook:
         await active_subscription(server, hook, "Patient")
@@ -255,3 +255,25 @@ async def test_transaction_entries_notify_only_when_the_transaction_commits(
         await wait_until(lambda: len(hook.requests) == 2, what="the committed entry's notice")
         assert f"Patient/{created}/_history/1" in hook.requests[1].key
         assert (await outbox_states(server)) == {"delivered": 2}  # handshake + one notice
+
+
+async def test_a_failed_handshake_sets_error_and_a_later_success_activates(
+    server: RunningServer,
+) -> None:
+    async with receiver([Answer(503)] * 3) as hook:
+        sub = await create(server.client, subscription(hook.url, "Patient"))
+
+        async def active() -> bool:
+            body = (await server.client.get(f"/Subscription/{sub['id']}")).json()
+            return body["status"] == "active" and "error" not in body
+
+        await wait_until(active, what="the fourth handshake activates it")
+        history = (await server.client.get(f"/Subscription/{sub['id']}/_history")).json()
+        statuses = [e["resource"]["status"] for e in reversed(history["entry"])]
+        assert statuses == ["requested", "error", "active"]
+        errored = next(
+            e["resource"] for e in history["entry"] if e["resource"]["status"] == "error"
+        )
+        assert "HTTP 503" in errored["error"]
+        assert [r.status for r in hook.requests] == [503, 503, 503, 200]
+        assert len({r.key for r in hook.requests}) == 1
