@@ -27,6 +27,7 @@ from fhirgoal.bootstrap import (
     STARTUP_DATABASE_WAIT,
     build_service,
     close_within,
+    delivery_worker,
     embedded_database,
     export_runner,
     sweep_pending,
@@ -34,6 +35,7 @@ from fhirgoal.bootstrap import (
 )
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.exchange.delivery import DeliveryWorker
 from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.dispatch import InteractionRouter
 from fhirgoal.fhir.export import ExportRunner
@@ -70,6 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             sweeper: asyncio.Task[None] | None = None
             service: FhirService | None = None
             exports: ExportRunner | None = None
+            worker: DeliveryWorker | None = None
             try:
                 await wait_for_database(client, STARTUP_DATABASE_WAIT)
                 service = app.state.fhir = await build_service(opened, client)
@@ -84,10 +87,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 sweeper = asyncio.create_task(sweep_pending(service, opened))
                 service.audit_log.start()
                 exports.start()
+                worker = delivery_worker(service, opened)
                 yield
             finally:
                 if sweeper is not None:
                     sweeper.cancel()
+                if worker is not None:
+                    await worker.stop()
                 if exports is not None:
                     await exports.stop()
                 # Bounded, so that SIGTERM finishes even with the database gone or hung.

@@ -5,6 +5,7 @@
 - `build_service`: the FHIR service over a connected database, with its indexes, the index layout
   upgraded, the built-in catalogue loaded and writes a crash interrupted finished.
 - `export_runner`: the Bulk Data export jobs of a serving process.
+- `delivery_worker`: the outbox's delivery worker of a serving process (exchange/delivery.py).
 - `wait_for_database`, `sweep_pending`, `close_within`: the lifespan's waits and background work.
 """
 
@@ -27,6 +28,8 @@ from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
 from fhirgoal.evidence.install import install_evidence
+from fhirgoal.exchange.delivery import DeliveryWorker
+from fhirgoal.exchange.subscriptions import install as install_subscriptions
 from fhirgoal.fhir import everything, export, validate_operation
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
@@ -94,15 +97,28 @@ async def build_service(
     validate_operation.register(service.operations, conformance.stored_types)
     install_clinical(service)
     install_evidence(service)
+    subscriptions = install_subscriptions(service, settings)
     pending_types = frozenset(service.hooks.types_with_hooks())
     await repository.ensure_indexes(list(conformance.stored_types), pending_types)
     await service.audit_log.ensure_indexes()
+    await service.outbox.store.ensure_indexes()
     await upgrade_index(service, pending_types)
     await load_catalog(service, settings.profiles_dir, instrument_texts(settings))
     finished = await service.finish_pending(UNRESTRICTED)
     if finished:
         log.warning("finished writes a crash had interrupted", count=finished)
+    await subscriptions.refresh()
     return service
+
+
+def delivery_worker(service: FhirService, settings: Settings) -> DeliveryWorker | None:
+    """The outbox's delivery worker of a serving process (exchange/delivery.py), started; None
+    when FHIRGOAL_OUTBOX_WORKER is off."""
+    if not settings.outbox_worker:
+        return None
+    worker = DeliveryWorker(service.outbox, settings)
+    worker.start()
+    return worker
 
 
 async def export_runner(service: FhirService, settings: Settings) -> ExportRunner:

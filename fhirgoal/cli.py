@@ -25,6 +25,7 @@ from fhirgoal.config import Settings
 from fhirgoal.logs import configure_logging
 from fhirgoal.serving import Server, server_config
 from fhirgoal.store.embedded import EmbeddedDatabase, EmbeddedUnavailable, redacted
+from fhirgoal.store.outbox import STATES
 
 app = typer.Typer(
     help="fhirgoal: a FHIR R4 server for goals, GAS and session measures.", no_args_is_help=True
@@ -168,6 +169,57 @@ async def _reindex(settings: Settings, only: list[str]) -> int:
                 progress.advance(task, done)
 
             return await reindex(service, types, on_type, on_progress)
+    finally:
+        await client.close()
+
+
+# ---- the outbox (store/outbox.py, exchange/delivery.py) ----------------------------------------
+outbox_app = typer.Typer(help="The outbox of outbound work (notifications).", no_args_is_help=True)
+app.add_typer(outbox_app, name="outbox")
+
+
+@outbox_app.command("status")
+def outbox_status(data_dir: DataDir = None) -> None:
+    """Items by destination and state, and the latest errors."""
+    with _database(_settings(data_dir=data_dir)) as (settings, _):
+        report = asyncio.run(_outbox(settings, run=False))
+    from rich.table import Table
+
+    table = Table("destination", *STATES)
+    for dest, counts in sorted(report["destinations"].items()):
+        table.add_row(dest, *(str(counts.get(state, 0)) for state in STATES))
+    console.print(table)
+    for row in report["errors"]:
+        console.print(
+            f"{row['state']} {row['dest']} {row['ref']}/_history/{row['vid']} "
+            f"after {row.get('attempts', 0)} attempt(s): {row['error']}"
+        )
+
+
+@outbox_app.command("run")
+def outbox_run(data_dir: DataDir = None) -> None:
+    """Deliver every item due now, once, and exit."""
+    with _database(_settings(data_dir=data_dir)) as (settings, _):
+        report = asyncio.run(_outbox(settings, run=True))
+    console.print(f"{report['attempts']} delivery attempt(s)")
+
+
+async def _outbox(settings: Settings, run: bool) -> dict[str, Any]:
+    from fhirgoal.bootstrap import build_service
+    from fhirgoal.exchange.delivery import DeliveryWorker
+    from fhirgoal.store.mongo import connect
+
+    assert settings.mongodb_uri
+    client = connect(settings.mongodb_uri, timeout=10.0)
+    try:
+        service = await build_service(settings, client)
+        if not run:
+            return await service.outbox.store.status()
+        worker = DeliveryWorker(service.outbox, settings)
+        try:
+            return {"attempts": await worker.run_once()}
+        finally:
+            await worker.stop()
     finally:
         await client.close()
 

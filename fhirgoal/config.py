@@ -15,7 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Literal
 
-from pydantic import AliasChoices, Field
+from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -175,6 +175,33 @@ class Settings(BaseSettings):
     # Each resource type's output is split into NDJSON files of at most this many resources.
     export_file_lines: int = Field(default=100_000, ge=1)
 
+    # ---- the outbox and its delivery (issue 15: store/outbox.py, exchange/delivery.py) ----
+    # Run the delivery worker in each serving process (several replicas share the work by leases).
+    outbox_worker: bool = True
+    # How long a worker holds an item it is delivering; an item whose worker died is taken again
+    # once its lease lapses (longer than a delivery's timeout).
+    outbox_lease_seconds: float = Field(default=30.0, ge=1.0)
+    # The per-request timeout of a delivery (connect, send, wait for the answer).
+    outbox_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Exponential backoff with full jitter: the n-th retry waits a random time up to
+    # base * 2**n, at most the maximum; a Retry-After (429, 503) is honoured up to the maximum.
+    outbox_backoff_base_seconds: float = Field(default=1.0, gt=0)
+    outbox_backoff_max_seconds: float = Field(default=3600.0, gt=0)
+    # An item still undelivered this long after it was recorded is parked as a dead letter.
+    outbox_dead_after_seconds: float = Field(default=7 * 86_400, gt=0)
+    # How often a worker looks for due items when nothing wakes it (another replica's writes,
+    # retries falling due).
+    outbox_poll_seconds: float = Field(default=1.0, gt=0)
+    # Deliveries in flight at once per worker.
+    outbox_concurrency: int = Field(default=8, ge=1)
+    # Delivered and void items are forgotten after this long (dead letters are kept).
+    outbox_retention_seconds: float = Field(default=7 * 86_400, gt=0)
+    # A Subscription whose deliveries failed this many times in a row is set to status `error`
+    # (with the last error); it keeps being tried, and turns `active` again on a success.
+    subscription_error_after: int = Field(default=3, ge=1)
+    # How often a replica rereads the Subscriptions (changes made on another replica).
+    subscription_refresh_seconds: float = Field(default=5.0, gt=0)
+
     # ---- the clinician web app (/app, fhirgoal/webapp) ----
     # Served under /app by every `fhirgoal serve`; a SMART app that reaches FHIR servers only
     # over HTTP with the tokens it obtains, this one's included.
@@ -195,6 +222,16 @@ class Settings(BaseSettings):
     app_frame_ancestors: str = ""
     # How long a signed-in browser session lasts without use.
     app_session_seconds: int = 8 * 3600
+
+    @model_validator(mode="after")
+    def _lease_outlasts_a_delivery(self) -> Settings:
+        # a delivery is started only while its lease outlasts the request's timeout
+        # (exchange/delivery.py): a shorter lease would never deliver anything
+        if self.outbox_lease_seconds <= self.outbox_timeout_seconds:
+            raise ValueError(
+                "FHIRGOAL_OUTBOX_LEASE_SECONDS must be longer than FHIRGOAL_OUTBOX_TIMEOUT_SECONDS"
+            )
+        return self
 
     def public_fhir_base(self) -> str:
         """The FHIR base URL every token's iss/aud, the discovery document and Location headers

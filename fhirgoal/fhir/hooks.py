@@ -44,6 +44,7 @@ class WriteEvent:
     state: dict[str, Any] = field(default_factory=dict)  # what before_write planned
     hooks: list[WriteHook] = field(default_factory=list)  # the hooks interested in this write
     warnings: list[Issue] = field(default_factory=list)  # accepted, but worth telling the client
+    outbox: bool = False  # outbound work was recorded for it (fhir/outbox.py)
 
     @property
     def deleted(self) -> bool:

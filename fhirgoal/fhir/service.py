@@ -37,6 +37,7 @@ from fhirgoal.fhir.conformance import Conformance
 from fhirgoal.fhir.hooks import EntryAudit, HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.operations import OperationRegistry
+from fhirgoal.fhir.outbox import Outbox
 from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.patching import apply_patch
 from fhirgoal.fhir.search.dates import parse_range
@@ -46,6 +47,7 @@ from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.append_log import AppendLog
 from fhirgoal.store.claims import claim_key
+from fhirgoal.store.outbox import OutboxStore
 from fhirgoal.store.repository import AlreadyExists, Repository, Version
 from fhirgoal.store.units import RetryUnit, in_unit, run_unit
 
@@ -119,6 +121,8 @@ class FhirService:
             max_backlog=settings.audit_index_backlog,
         )
         repository.write_through_log(self.audit_log)
+        # outbound work recorded with the writes that cause it (exchange/ adds the sources)
+        self.outbox = Outbox(OutboxStore(repository.db, repository.batched))
 
     # ---- stored data, for the server's own logic (auth/, clinical/) -------------------------
     # The layers above reach stored data through these, never through `repo`: no hooks, no
@@ -132,6 +136,12 @@ class FhirService:
         """The current version (a deletion's tombstone included), or None when unknown or out of
         the caller's reach."""
         return await self.repo.current(access, rt, rid)
+
+    async def stored_version(
+        self, access: AccessContext, rt: str, rid: str, vid: int
+    ) -> Version | None:
+        """Version `vid` of a resource (current or earlier), or None."""
+        return await self.repo.version(access, rt, rid, vid)
 
     async def find_where(
         self,
@@ -273,7 +283,7 @@ class FhirService:
         stored, index, warnings = self._prepare(resource, rid, 1, moment)
         version = self._version(rt, rid, 1, moment, "POST", stored)
         event = WriteEvent(access, rt, rid, stored, None, warnings=warnings)
-        await self._insert(access, version, await self._before(event, index))
+        await self._insert(access, version, await self._before(event, version, index))
         await self._after(event, version)
         return Outcome(201, version, warnings=event.warnings)
 
@@ -336,13 +346,20 @@ class FhirService:
             f"concurrent conditional writes on the same {rt} criteria; retry the request",
         )
 
-    async def _before(self, event: WriteEvent, index: dict[str, Any]) -> dict[str, Any]:
-        """Run the before-hooks; the index to store, marked pending when after-hooks will run
-        outside a unit of work (in one, they commit with the write or not at all)."""
+    async def _before(
+        self, event: WriteEvent, version: Version, index: dict[str, Any]
+    ) -> dict[str, Any]:
+        """Run the before-hooks and record the version's outbox items (fhir/outbox.py: before
+        the version, so that its acknowledgement covers them); the index to store, marked
+        pending when after-hooks will run outside a unit of work (in one, they commit with the
+        write or not at all)."""
         await self.hooks.before(event)
+        event.outbox = await self.outbox.record(version, index)
         return {**index, fields.PENDING: True} if event.hooks and not in_unit() else index
 
     async def _after(self, event: WriteEvent, version: Version) -> None:
+        if event.outbox:
+            self.outbox.written()
         if not event.hooks:
             return
         event.version = version
@@ -497,7 +514,7 @@ class FhirService:
             version = self._version(rt, rid, 1, moment, method, stored)
             event = WriteEvent(access, rt, rid, stored, None, warnings=warnings)
             try:
-                await self._insert(access, version, await self._before(event, index))
+                await self._insert(access, version, await self._before(event, version, index))
             except AlreadyExists:
                 return None  # created meanwhile: go round again as an update
             await self._after(event, version)
@@ -511,7 +528,9 @@ class FhirService:
         stored, index, warnings = self._prepare(resource, rid, current.version + 1, moment)
         version = self._version(rt, rid, current.version + 1, moment, method, stored)
         event = WriteEvent(access, rt, rid, stored, current, warnings=warnings)
-        if await self.repo.replace(access, current, version, await self._before(event, index)):
+        if await self.repo.replace(
+            access, current, version, await self._before(event, version, index)
+        ):
             await self._after(event, version)
             return Outcome(200, version, warnings=event.warnings)
         if expected is not None:
@@ -600,7 +619,9 @@ class FhirService:
             moment = max(now(), current.last_updated)
             tombstone = Version(rt, rid, current.version + 1, moment, "DELETE", None)
             event = WriteEvent(access, rt, rid, None, current)
-            if await self.repo.replace(access, current, tombstone, await self._before(event, {})):
+            if await self.repo.replace(
+                access, current, tombstone, await self._before(event, tombstone, {})
+            ):
                 await self._after(event, tombstone)
                 return Outcome(204, tombstone)
             await _back_off(attempt)

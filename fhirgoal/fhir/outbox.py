@@ -1,0 +1,124 @@
+"""Recording outbound work with the write that causes it (the outbox, store/outbox.py).
+
+Work that leaves the server (https://hl7.org/fhir/R4/subscription.html notifications, EHR sync
+pushes) must never be lost once a write is acknowledged, and must cost a write little. The
+service asks each registered *source* (exchange/ registers them: Subscriptions, sync
+connections) which destinations a new version concerns; the sources answer from memory (a
+Subscription's criteria compiled once, matched against the version's search index: no query), so
+a write that concerns nobody costs a few dictionary lookups.
+
+Why the items are written *before* the version, and not derived from it afterwards: the version
+write carries `j: true`, so once it returns, everything written before it is journaled too, and
+the 2xx that follows means the items exist. Written after the version instead, a crash between
+the two would lose them unless the version carried a pending mark to be swept (fhir/hooks.py):
+that costs a second write per write (clearing the mark) and an index on every resource type. The
+price of this order is that an item may outlive a write that then failed (a lost race, a
+database error): the item names its version and a digest of its text, and the delivery worker
+voids an item whose version is not the one stored. In a unit of work (a transaction Bundle) the
+items are part of the unit and commit with it or not at all.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any, NamedTuple, Protocol
+
+from fhirgoal.fhir.instants import now
+from fhirgoal.store.outbox import OutboxItem, OutboxStore
+from fhirgoal.store.repository import Version
+
+
+class Target(NamedTuple):
+    kind: str  # what delivers it (exchange/: "rest-hook", "handshake")
+    dest: str  # where to ("Subscription/123")
+
+
+class OutboxSource(Protocol):
+    def targets(self, version: Version, index: dict[str, Any]) -> list[Target]:
+        """The destinations this version concerns: synchronous, from memory, cheap."""
+        ...
+
+
+def digest(version: Version) -> str:
+    """Tells the version the item was recorded for from another one with the same number (a
+    concurrent writer's): the text holds meta.lastUpdated and the content."""
+    text = version.text if version.text is not None else f"deleted {version.version}"
+    return hashlib.blake2b(text.encode(), digest_size=8).hexdigest()
+
+
+def item_key(dest: str, ref: str, vid: int, text_digest: str) -> str:
+    return f"{dest}|{ref}/_history/{vid}|{text_digest}"
+
+
+class Delivery(NamedTuple):
+    """One HTTP request that delivers an item."""
+
+    method: str
+    url: str
+    headers: dict[str, str]
+    body: bytes | None = None
+
+
+class Skip(NamedTuple):
+    """No request for this item: void it (`retry_in` None) or look again in `retry_in` seconds
+    without counting an attempt (its version is not stored yet)."""
+
+    reason: str
+    retry_in: float | None = None
+
+
+class DeliveryHandler(Protocol):
+    """Turns an item of one kind into its request, and hears how delivering it went."""
+
+    async def prepare(self, item: OutboxItem) -> Delivery | Skip: ...
+
+    async def settled(self, item: OutboxItem, error: str | None, gave_up: bool) -> None:
+        """After an attempt: `error` None on success; `gave_up` when the item is dead."""
+        ...
+
+    async def refresh(self) -> None:
+        """Periodic upkeep (reread what other replicas changed)."""
+        ...
+
+
+class Outbox:
+    def __init__(self, store: OutboxStore) -> None:
+        self.store = store
+        self.sources: list[OutboxSource] = []
+        self.handlers: dict[str, DeliveryHandler] = {}  # by item kind
+        # called once a write with items is stored (the delivery worker's wake-up)
+        self.listeners: list[Callable[[], None]] = []
+
+    def add_source(self, source: OutboxSource) -> None:
+        self.sources.append(source)
+
+    async def record(self, version: Version, index: dict[str, Any]) -> bool:
+        """Record the items `version` causes, before it is stored; whether there were any."""
+        if not self.sources:
+            return False
+        targets = [t for source in self.sources for t in source.targets(version, index)]
+        if not targets:
+            return False
+        ref = f"{version.resource_type}/{version.id}"
+        text_digest = digest(version)
+        created = now()
+        await self.store.record(
+            [
+                OutboxItem(
+                    item_key(t.dest, ref, version.version, text_digest),
+                    t.kind,
+                    t.dest,
+                    ref,
+                    version.version,
+                    text_digest,
+                    created,
+                )
+                for t in dict.fromkeys(targets)
+            ]
+        )
+        return True
+
+    def written(self) -> None:
+        for listener in self.listeners:
+            listener()

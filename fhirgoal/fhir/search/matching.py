@@ -1,0 +1,139 @@
+"""Does one stored version match a compiled search? Without asking the database.
+
+A Subscription's criteria (https://hl7.org/fhir/R4/subscription.html#2.46.6.1) is a search; a
+write is notified when its new version matches it. The criteria are compiled once by the search
+compiler (fhir/search/query.py) into the filter the database would run, and each write's new
+version is tested here against that filter and the version's own search index fields (the very
+document that is stored): no query per write, and exactly the search's semantics, since it is
+the same filter.
+
+The filter language is the subset the compiler and the planner (store/planner.py) produce, with
+MongoDB's meaning (https://www.mongodb.com/docs/manual/reference/operator/query/): a condition
+on an array field holds when some element satisfies it; `$elemMatch` wants one element to
+satisfy every part; `$nin`/`$ne`/`$not` hold when no element does. An operator outside that
+subset is an error, never a silent match.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import cache
+from typing import Any
+
+_MISSING = object()
+
+
+class UnsupportedFilter(ValueError):
+    """The filter uses an operator this matcher does not evaluate."""
+
+
+def matches(doc: dict[str, Any], query: dict[str, Any]) -> bool:
+    for key, test in query.items():
+        if key == "$and":
+            if not all(matches(doc, part) for part in test):
+                return False
+        elif key == "$or":
+            if not any(matches(doc, part) for part in test):
+                return False
+        elif key == "$nor":
+            if any(matches(doc, part) for part in test):
+                return False
+        elif key.startswith("$"):
+            raise UnsupportedFilter(key)
+        elif not _field_matches(doc.get(key, _MISSING), test):
+            return False
+    return True
+
+
+def _values(value: Any) -> list[Any]:
+    """The values a condition on a field considers: an array's elements (and the array)."""
+    if value is _MISSING or value is None:
+        return [None]
+    if isinstance(value, list | tuple | set | frozenset):
+        return [*value, list(value)] if value else [[]]
+    return [value]
+
+
+def _is_operators(test: Any) -> bool:
+    return isinstance(test, dict) and bool(test) and all(k.startswith("$") for k in test)
+
+
+def _field_matches(value: Any, test: Any) -> bool:
+    if not _is_operators(test):
+        return any(_equal(v, test) for v in _values(value))
+    return all(_operator(value, op, arg) for op, arg in test.items())
+
+
+def _operator(value: Any, op: str, arg: Any) -> bool:
+    values = _values(value)
+    if op == "$eq":
+        return any(_equal(v, arg) for v in values)
+    if op == "$ne":
+        return not any(_equal(v, arg) for v in values)
+    if op == "$in":
+        return any(_equal(v, a) for v in values for a in arg)
+    if op == "$nin":
+        return not any(_equal(v, a) for v in values for a in arg)
+    if op in ("$gt", "$gte", "$lt", "$lte"):
+        return any(_compare(v, op, arg) for v in values)
+    if op == "$not":
+        return not _field_matches(value, arg)
+    if op == "$exists":
+        return (value is not _MISSING) == bool(arg)
+    if op == "$regex":
+        pattern = _pattern(arg)
+        return any(isinstance(v, str) and pattern.search(v) is not None for v in values)
+    if op == "$elemMatch":
+        elements = value if isinstance(value, list | tuple | set | frozenset) else []
+        return any(_element_matches(e, arg) for e in elements)
+    if op == "$all":
+        return all(
+            _operator(value, "$elemMatch", part["$elemMatch"])
+            if isinstance(part, dict) and "$elemMatch" in part
+            else _operator(value, "$eq", part)
+            for part in arg
+        )
+    raise UnsupportedFilter(op)
+
+
+def _element_matches(element: Any, test: Any) -> bool:
+    if _is_operators(test):
+        return all(_operator(element, op, arg) for op, arg in test.items())
+    if isinstance(element, dict) and isinstance(test, dict):
+        return matches(element, test)
+    return _equal(element, test)
+
+
+def _equal(value: Any, expected: Any) -> bool:
+    if isinstance(expected, re.Pattern):
+        return isinstance(value, str) and expected.search(value) is not None
+    return bool(value == expected) and _comparable(value, expected)
+
+
+def _comparable(a: Any, b: Any) -> bool:
+    """MongoDB compares within a type bracket only (a string never equals or orders a number)."""
+    if a is None or b is None:
+        return a is None and b is None
+    numeric = (int, float)
+    if isinstance(a, bool) or isinstance(b, bool):
+        return isinstance(a, bool) and isinstance(b, bool)
+    if isinstance(a, numeric) and isinstance(b, numeric):
+        return True
+    return type(a) is type(b) or (isinstance(a, str) and isinstance(b, str))
+
+
+def _compare(value: Any, op: str, bound: Any) -> bool:
+    if value is None or not _comparable(value, bound) or isinstance(value, list):
+        return False
+    if op == "$gt":
+        return bool(value > bound)
+    if op == "$gte":
+        return bool(value >= bound)
+    if op == "$lt":
+        return bool(value < bound)
+    return bool(value <= bound)
+
+
+@cache
+def _pattern(text: str) -> re.Pattern[str]:
+    return re.compile(text)
