@@ -15,7 +15,7 @@ from fastapi import APIRouter, Request, Response
 from fhirgoal.core import jsonio
 from fhirgoal.core.access import AccessContext
 from fhirgoal.core.errors import FhirError, informational_outcome
-from fhirgoal.fhir import bundles
+from fhirgoal.fhir import binary, bundles
 from fhirgoal.fhir.bundles import http_date
 from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.search.engine import SearchPage
@@ -58,8 +58,9 @@ def base_url(request: Request) -> str:
     return base
 
 
-def negotiate(request: Request) -> None:
-    """406 unless the client accepts FHIR JSON (Accept header or _format, http.html#mime-type)."""
+def negotiate(request: Request, any_accept: bool = False) -> None:
+    """406 unless the client accepts FHIR JSON (Accept header or _format, http.html#mime-type).
+    `any_accept`: a read of a Binary, whose content answers any Accept (fhir/binary.py)."""
     # Most requests have no query string: not parsing one saves half of this function's cost.
     fmt = request.query_params.get("_format") if request.scope.get("query_string") else None
     if fmt is not None and fmt.split(";")[0].strip() not in _FORMATS:
@@ -67,7 +68,7 @@ def negotiate(request: Request) -> None:
             "not-acceptable", f"_format={fmt} is not supported; this server speaks JSON"
         )
     accept = request.headers.get("accept")
-    if not accept:
+    if not accept or any_accept:
         return
     kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
     if not kinds & _ACCEPTABLE:
@@ -83,9 +84,10 @@ def _media_type(request: Request) -> str:
     return media.strip().lower()
 
 
-async def read_body(request: Request, allowed: set[str]) -> bytes:
-    media = _media_type(request)
-    if media not in allowed:
+async def read_body(request: Request, allowed: set[str] | None) -> bytes:
+    """The body within the size limit; `allowed` media types (None: any, as sent)."""
+    media = _media_type(request) if allowed is not None else ""
+    if allowed is not None and media not in allowed:
         raise FhirError(
             "unsupported-media-type",
             f"Content-Type '{media or '(none)'}' is not accepted here; send {' or '.join(sorted(allowed))}",
@@ -103,8 +105,17 @@ async def read_body(request: Request, allowed: set[str]) -> bytes:
     return b"".join(chunks)
 
 
-async def read_resource(request: Request) -> Any:
+async def read_resource(request: Request, rt: str | None = None, rid: str | None = None) -> Any:
+    """The resource a write sends to `rt` (`rid`: its URL id, for an update)."""
     negotiate(request)
+    if rt == binary.BINARY:  # raw content, or a Binary resource (fhir/binary.py)
+        return binary.resource_from_body(
+            await read_body(request, None),
+            request.headers.get("content-type", ""),
+            request.headers.get(binary.SECURITY_CONTEXT_HEADER),
+            request.app.state.settings.max_json_depth,
+            rid,
+        )
     body = await read_body(request, _JSON_TYPES)
     if not body.strip():
         raise FhirError("bad-request", "the request has no body")
@@ -163,6 +174,14 @@ def render(request: Request, outcome: Outcome) -> Response:
             headers["Location" if outcome.status == 201 else "Content-Location"] = location
     if outcome.body is not None:
         return fhir_response(outcome.status, outcome.body, headers)
+    if (
+        request.method == "GET"
+        and version is not None
+        and version.resource_type == binary.BINARY
+        and not version.deleted
+        and binary.wants_content(request)
+    ):
+        return binary.content_response(version, headers)
     wanted = prefer(request, "return") if request.method != "GET" else None
     text = version.text if version is not None else None
     if wanted == "operationoutcome":
@@ -223,7 +242,7 @@ async def instance_history(rt: str, rid: str, request: Request) -> Response:
 
 @router.get("/{rt}/{rid}", summary="read")
 async def read(rt: str, rid: str, request: Request) -> Response:
-    negotiate(request)
+    negotiate(request, any_accept=rt == binary.BINARY)
     svc = service(request)
     svc.require_type(rt)
     return render(request, await svc.read(access(request), rt, rid))
@@ -231,7 +250,7 @@ async def read(rt: str, rid: str, request: Request) -> Response:
 
 @router.get("/{rt}/{rid}/_history/{vid}", summary="vread")
 async def vread(rt: str, rid: str, vid: str, request: Request) -> Response:
-    negotiate(request)
+    negotiate(request, any_accept=rt == binary.BINARY)
     svc = service(request)
     svc.require_type(rt)
     return render(request, await svc.vread(access(request), rt, rid, vid))
@@ -241,7 +260,7 @@ async def vread(rt: str, rid: str, vid: str, request: Request) -> Response:
 async def create(rt: str, request: Request) -> Response:
     svc = service(request)
     svc.require_type(rt)
-    resource = await read_resource(request)
+    resource = await read_resource(request, rt)
     condition = request.headers.get("if-none-exist")
     criteria = None
     if condition is not None:  # "identifier=x|1", "?identifier=..." or "Patient?identifier=..."
@@ -254,7 +273,7 @@ async def create(rt: str, request: Request) -> Response:
 async def update(rt: str, rid: str, request: Request) -> Response:
     svc = service(request)
     svc.require_type(rt)
-    resource = await read_resource(request)
+    resource = await read_resource(request, rt, rid)
     outcome = await svc.update(access(request), rt, rid, resource, request.headers.get("if-match"))
     return render(request, outcome)
 
@@ -263,7 +282,7 @@ async def update(rt: str, rid: str, request: Request) -> Response:
 async def conditional_update(rt: str, request: Request) -> Response:
     svc = service(request)
     svc.require_type(rt)
-    resource = await read_resource(request)
+    resource = await read_resource(request, rt)
     outcome = await svc.conditional_update(
         access(request),
         rt,

@@ -47,6 +47,20 @@ COMPOSITE_SHAPES = {("token", "token"), ("token", "quantity")}
 SORTABLE_TYPES = {"token", "reference", "uri", "string", "date", "number", "quantity"}
 # Handled by dedicated document fields rather than the generic index.
 SPECIAL = {"_id", "_lastUpdated"}
+# How R4 describes a parameter shared by several types: this line, then `* [Type](page): text`.
+_SHARED_DESCRIPTION = "Multiple Resources:"
+
+
+def documentation_for(description: str, resource_type: str) -> str:
+    """A parameter's description as it concerns one type: for a parameter R4 shares between
+    types, the text of that type's line."""
+    if not description.startswith(_SHARED_DESCRIPTION):
+        return description
+    prefix = f"* [{resource_type}]("
+    for line in description.splitlines():
+        if line.startswith(prefix):
+            return line.partition("): ")[2] or line
+    return description
 
 
 @dataclass(frozen=True)
@@ -202,7 +216,7 @@ class SearchRegistry:
                 expression=expression,
                 extractor=extractor,
                 targets=tuple(definition.get("target", [])),
-                documentation=definition.get("description", ""),
+                documentation=documentation_for(definition.get("description", ""), resource_type),
                 components=components,
             )
 
