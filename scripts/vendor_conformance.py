@@ -1,4 +1,4 @@
-"""Regenerate the vendored FHIR R4 (4.0.1) definitions under fhirgoal/conformance/ (package data).
+r"""Regenerate the vendored FHIR R4 (4.0.1) definitions under fhirgoal/conformance/ (package data).
 
 The server validates, indexes and searches resources from data, not code: the definitions all come
 from the FHIR R4 specification, https://hl7.org/fhir/R4/ (downloads: https://hl7.org/fhir/R4/downloads.html).
@@ -18,7 +18,9 @@ Outputs, in fhirgoal/conformance/ (deterministic: sorted keys, one-space indent)
                             name order; `other` holds the types R4 gives no RESTful endpoint
                             (WIRE_ONLY_TYPES: they travel in operations and Bundles only)
   fhir.schema.json          the JSON schema (draft-06), documentation strings dropped, checked to
-                            list exactly those types
+                            list exactly those types, with two corrections (`correct_schema`):
+                            its regexes read `\s` as XML Schema does, and elements of type
+                            canonical may carry `_name` (id and extensions) like every primitive
   search-parameters.json    a Bundle (collection) of the published R4 SearchParameters (long
                             descriptions cut to their first line)
   structure.json            per resource type and every datatype: each element's cardinality, type
@@ -158,6 +160,65 @@ def add_release_4_0_1(node: Any) -> Any:
     return node
 
 
+# The FHIR regexes are W3C XML Schema regexes (https://hl7.org/fhir/R4/datatypes.html: "regex"),
+# whose `\s` is only space, tab, CR and LF (https://www.w3.org/TR/xmlschema-2/#charcter-classes);
+# a JSON schema validator reads them as ECMA-262 regexes, whose `\s` is every Unicode space, and
+# so would refuse a `string` holding a non-breaking space (the R4 examples have them). Each
+# occurrence is rewritten with XML Schema's set; `[ \r\n\t\S]` (string, markdown), every XML
+# space or non-space, is any character.
+_XML_SPACE = " \\t\\n\\r"
+_XML_PATTERN_PARTS = {
+    "[ \\r\\n\\t\\S]": "[\\s\\S]",
+    "[^\\s]": f"[^{_XML_SPACE}]",
+    "\\S": f"[^{_XML_SPACE}]",
+    "\\s": f"[{_XML_SPACE}]",
+}
+
+
+def xml_schema_pattern(pattern: str) -> str:
+    out, i = "", 0
+    while i < len(pattern):
+        for part, replacement in _XML_PATTERN_PARTS.items():
+            if pattern.startswith(part, i):
+                out, i = out + replacement, i + len(part)
+                break
+        else:
+            if pattern.startswith("[", i) and "\\s" in pattern[i : pattern.find("]", i)].lower():
+                raise SystemExit(f"no XML Schema reading of the character class in {pattern!r}")
+            out, i = out + pattern[i], i + 1
+    return out
+
+
+def correct_schema(node: Any) -> Any:
+    r"""The two corrections of the R4 JSON schema (module docstring): XML Schema's `\s` in
+    `pattern`s, and the `_name` property (an Element, or an array of them) beside every
+    property of type canonical, which the schema omits (R4 json.html#primitive: every primitive
+    element may carry an id and extensions; the specification's own StructureDefinitions put
+    extensions on `_baseDefinition`)."""
+    if isinstance(node, list):
+        return [correct_schema(value) for value in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: correct_schema(value) for key, value in node.items()}
+    if isinstance(out.get("pattern"), str):
+        out["pattern"] = xml_schema_pattern(out["pattern"])
+    properties = out.get("properties")
+    if isinstance(properties, dict):
+        for name, spec in list(properties.items()):
+            companion = f"_{name}"
+            if companion in properties or not isinstance(spec, dict):
+                continue
+            if spec.get("$ref") == "#/definitions/canonical":
+                properties[companion] = {"$ref": "#/definitions/Element"}
+            elif (spec.get("items") or {}).get("$ref") == "#/definitions/canonical":
+                properties[companion] = {
+                    "items": {"$ref": "#/definitions/Element"},
+                    "type": "array",
+                }
+        out["properties"] = dict(sorted(properties.items()))
+    return out
+
+
 def checked_schema(schema: Json, types: list[str]) -> Json:
     """The schema, whose resource list must be exactly the types of the StructureDefinitions."""
     listed = [alt["$ref"].removeprefix("#/definitions/") for alt in schema["oneOf"]]
@@ -171,8 +232,8 @@ def checked_schema(schema: Json, types: list[str]) -> Json:
         "id": schema["id"],
         "discriminator": schema["discriminator"],
         "oneOf": schema["oneOf"],
-        "definitions": add_release_4_0_1(
-            strip_descriptions(dict(sorted(schema["definitions"].items())))
+        "definitions": correct_schema(
+            add_release_4_0_1(strip_descriptions(dict(sorted(schema["definitions"].items()))))
         ),
     }
 

@@ -110,9 +110,10 @@ class TypeParams:
         miss: list[str] = []
         sort_keys: dict[str, str] = {}
         for param in self.params.values():
-            if param.extractor is None or param.code in SPECIAL or param.type not in INDEXED_TYPES:
-                continue
-            values = param.extractor(resource)
+            extractor = param.extractor
+            if extractor is None or param.code in SPECIAL or not param.supported:
+                continue  # not indexed (e.g. a composite of three parts)
+            values = extractor(resource)
             if not values:
                 miss.append(param.code)
                 continue
