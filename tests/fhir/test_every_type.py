@@ -155,3 +155,20 @@ async def test_the_capability_statement_lists_every_stored_type(fhir: RunningSer
     assert {"intent", "status", "subject", "code"} <= set(params)
     # a parameter R4 shares between types is documented for this one
     assert params["code"]["documentation"] == "Return prescriptions of this medication code"
+
+
+async def test_an_element_rule_fails_on_false_not_on_empty(fhir: RunningServer) -> None:
+    """ras-2 on each prediction: `probability is decimal implies (probability as decimal) <=
+    100`. Without a probability the rule is empty, not false (R4's own example has none)."""
+    risk: dict[str, Any] = {
+        "resourceType": "RiskAssessment",
+        "id": "r1",
+        "status": "final",
+        "subject": {"reference": "Patient/p1"},
+        "prediction": [{"qualitativeRisk": {"text": "moderate"}}],
+    }
+    assert (await fhir.client.put("/RiskAssessment/r1", json=risk)).status_code == 201
+    risk["prediction"].append({"probabilityDecimal": 101})
+    refused = await fhir.client.put("/RiskAssessment/r1", json=risk)
+    assert refused.status_code == 400
+    assert "ras-2" in refused.text

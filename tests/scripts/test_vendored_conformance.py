@@ -180,3 +180,33 @@ def test_schema_accepts_contained_resources_of_every_type() -> None:
     assert not validator_for("Observation").is_valid(observation)
     observation["contained"] = [{"resourceType": "Medicine", "id": "m"}]
     assert not validator_for("Observation").is_valid(observation)
+
+
+def test_schema_reads_whitespace_as_xml_schema_does() -> None:
+    """FHIR regexes are XML Schema regexes: a non-breaking space is not whitespace there, so a
+    string or code holding one is valid (the R4 examples have them); control characters in a
+    code still are not allowed (a tab splits a code)."""
+    code_system = {
+        "resourceType": "CodeSystem",
+        "status": "active",
+        "content": "complete",
+        "concept": [{"code": "CHEST\u00a0", "display": "Program\u00a0"}],
+    }
+    assert validator_for("CodeSystem").is_valid(code_system)
+    code_system["concept"] = [{"code": "a\tb\t"}]
+    assert not validator_for("CodeSystem").is_valid(code_system)
+
+
+def test_schema_lets_canonical_elements_carry_extensions() -> None:
+    definition = {
+        "resourceType": "StructureDefinition",
+        "url": "http://example.org/sd",
+        "name": "Sd",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": True,
+        "type": "Sd",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/DomainResource",
+        "_baseDefinition": {"extension": [{"url": "http://example.org/x", "valueString": "y"}]},
+    }
+    assert validator_for("StructureDefinition").is_valid(definition)
