@@ -181,7 +181,11 @@ class Repository:
             await self._prepare(rt)
 
     async def present_types(self, resource_types: list[str]) -> list[str]:
-        """The types among `resource_types` that have a collection (current or history)."""
+        """The types among `resource_types` that have a collection (current or history); a type
+        written through an append log is caught up first (its first records may wait there)."""
+        for rt in resource_types:
+            if rt in self._logs:
+                await self._settle(rt)
         names = set(await self.db.list_collection_names())
         return [rt for rt in resource_types if rt in names or history_collection(rt) in names]
 
@@ -467,9 +471,9 @@ class Repository:
         limit: int,
         skip: int,
     ) -> tuple[list[Version], int]:
-        """Versions of every resource of the given types, newest first, merged across collections."""
-        for rt in resource_types:
-            await self._settle(rt)
+        """Versions of every resource of the given types, newest first, merged across collections
+        (of those ever written: the others hold nothing)."""
+        resource_types = await self.present_types(resource_types)  # caught up, too
         window: dict[str, Any] = {"$lte": until}
         if since:
             window["$gte"] = since
