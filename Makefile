@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: run test lint format typecheck bench install clean
+.PHONY: run run-open test lint format typecheck bench install clean
 
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,13 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
+# The server with its authorization server, the demo data and the clinician app (/app): prints a
+# demo login and an EHR-launch link.
 run: $(STAMP)
+	$(BIN)/fhirgoal serve --host 127.0.0.1 --port 8080 --data-dir ./fhirgoal-data --demo
+
+# No authorization (loopback callers only), for trying the API with curl.
+run-open: $(STAMP)
 	FHIRGOAL_AUTH=off $(BIN)/fhirgoal serve --host 127.0.0.1 --port 8080 --data-dir ./fhirgoal-data --demo
 
 test: $(STAMP)

@@ -54,9 +54,9 @@ from joserfc.jwk import RSAKey
 from pymongo import AsyncMongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import DatabaseCpu, cpu_seconds, observation, shut_down
+from harness import start_server as start_fhirgoal
 from loadgen import Result, render_request, run
-from rest_core import DatabaseCpu, cpu_seconds, observation, shut_down
-from rest_core import start_server as start_fhirgoal
 
 from fhirgoal.auth.bearer import CachedAuthenticator
 from fhirgoal.auth.clients import Client, ClientRegistry

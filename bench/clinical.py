@@ -15,19 +15,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
-import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import render_request, run
-from rest_core import database, measured, save_results, shut_down, start_server, summarize
+from harness import Served, database, measured, save_results, served, summarize
 
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
 from fhirgoal.core.jsonio import dumps
-from fhirgoal.store.embedded import free_port
 
 GOALS = 5
 START = datetime(2024, 1, 8, 15, 0, tzinfo=UTC)
@@ -62,12 +59,11 @@ def record(sessions: int) -> list[dict[str, Any]]:
     return out
 
 
-async def seed(port: int, host: str, resources: list[dict[str, Any]]) -> dict[str, Any]:
+async def seed(server: Served, resources: list[dict[str, Any]]) -> dict[str, Any]:
     requests = [
-        render_request("PUT", f"/fhir/{r['resourceType']}/{r['id']}", host, dumps(r))
-        for r in resources
+        server.request("PUT", f"/fhir/{r['resourceType']}/{r['id']}", dumps(r)) for r in resources
     ]
-    result = await run("127.0.0.1", port, requests, len(requests), 1)
+    result = await server.run(requests, len(requests), 1)
     bad = {s: c for s, c in result.statuses.items() if s not in (200, 201)}
     if bad:
         raise SystemExit(f"seeding failed: {bad}")
@@ -75,31 +71,25 @@ async def seed(port: int, host: str, resources: list[dict[str, Any]]) -> dict[st
 
 
 async def bench(uri: str, sessions: int, total: int) -> list[dict[str, Any]]:
-    db = f"bench_clinical_{int(time.time())}"
-    port = free_port()
-    host = f"127.0.0.1:{port}"
-    server = start_server(uri, port, db)
     rows: list[dict[str, Any]] = []
-    try:
-        rows.append(await seed(port, host, record(sessions)))
+    async with served(uri, "clinical") as server:
+        rows.append(await seed(server, record(sessions)))
         system = dumps({"resourceType": "Parameters", "parameter": [
             {"name": "goal", "part": [{"name": "level", "valueDecimal": Decimal(lvl)},
                                       {"name": "weight", "valueDecimal": Decimal(w)}]}
             for lvl, w in ((-1, 2), (0, 3), (1, 1), ("-0.5", 4), (2, 6))]})  # fmt: skip
         cases = [
-            ("$gas-tscore (given)", render_request("POST", "/fhir/$gas-tscore", host, system)),
+            ("$gas-tscore (given)", server.request("POST", "/fhir/$gas-tscore", system)),
             ("$gas-tscore (patient)",
-             render_request("GET", "/fhir/Patient/bench-client/$gas-tscore?date=2030-01-01", host)),
-            ("$progress", render_request("GET", "/fhir/Patient/bench-client/$progress?date=2030-01-01", host)),
+             server.request("GET", "/fhir/Patient/bench-client/$gas-tscore?date=2030-01-01")),
+            ("$progress", server.request("GET", "/fhir/Patient/bench-client/$progress?date=2030-01-01")),
         ]  # fmt: skip
         for name, request in cases:
-            await run("127.0.0.1", port, [request], 5, 1)  # warm
-            result, cpu = await measured(server.pid, run("127.0.0.1", port, [request], total, 1))
+            await server.run([request], 5, 1)  # warm
+            result, cpu = await measured(server.process.pid, server.run([request], total, 1))
             if set(result.statuses) != {200}:
                 raise SystemExit(f"{name}: {result.statuses}")
             rows.append(summarize(name, 1, result, cpu))
-    finally:
-        await shut_down(uri, db, server)
     return rows
 
 

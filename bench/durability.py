@@ -47,7 +47,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -57,50 +56,65 @@ import orjson
 from pymongo.asynchronous.collection import AsyncCollection
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from loadgen import Result, render_request, run
-from rest_core import (
+from harness import (
     DatabaseCpu,
+    Served,
     cpu_seconds,
     database,
+    medians,
     observation,
+    ratios_in_rounds,
     save_results,
+    serve,
     shut_down,
-    start_server,
+    summarize,
+    timed,
 )
+from loadgen import Result
 
-from fhirgoal.store.embedded import free_port
 from fhirgoal.store.mongo import connect
 
 REFERENCE = "on"
 EXPECTED = {"create": 201, "update": 200}
-_FIGURES = ("throughput_per_s", "p50_ms", "p99_ms", "server_cpu_ms_per_request",
-            "db_cpu_ms_per_request")  # fmt: skip
 
 
 @dataclass(frozen=True)
 class Server:
     mode: str
-    port: int
-    db: str
-    process: subprocess.Popen[bytes]
+    served: Served
 
     @property
-    def host(self) -> str:
-        return f"127.0.0.1:{self.port}"
+    def process(self) -> subprocess.Popen[bytes]:
+        return self.served.process
+
+    async def run(self, requests: list[bytes], total: int, clients: int, **options: Any) -> Result:
+        return await self.served.run(requests, total, clients, **options)
 
     def creates(self, first: int, count: int) -> list[bytes]:
         return [
-            render_request("POST", "/fhir/Observation", self.host, orjson.dumps(observation(n)))
+            self.served.request("POST", "/fhir/Observation", orjson.dumps(observation(n)))
             for n in range(first, first + count)
         ]
 
     def updates(self, ids: list[str]) -> list[bytes]:
         return [
-            render_request(
-                "PUT", f"/fhir/Observation/{rid}", self.host, orjson.dumps(observation(n, rid))
+            self.served.request(
+                "PUT", f"/fhir/Observation/{rid}", orjson.dumps(observation(n, rid))
             )
             for n, rid in enumerate(ids)
         ]
+
+
+@dataclass(frozen=True)
+class Round:
+    """One round at one concurrency: what each design loads, and how."""
+
+    servers: list[Server]
+    counts: dict[str, int]  # creates, then updates, per server
+    clients: int
+    number: int
+    db_cpu: DatabaseCpu
+    offset: int  # the first Observation number of the round's creates
 
 
 def baseline_checked(path: Path) -> str:
@@ -123,21 +137,21 @@ def start(mode: str, uri: str, prefix: str, baseline: Path | None) -> Server:
     """A server of `mode` on its own database (name) of the one database process: SecantusDB
     serialises writes to a collection, fsync included, so on one collection a journaled
     server's fsyncs would hold up the other modes' writes too."""
-    port, db = free_port(), f"{prefix}_{mode}"
+    db = f"{prefix}_{mode}"
     if mode == "base":
         assert baseline is not None
-        env = {"PYTHONPATH": str(baseline)}
-        return Server(mode, port, db, start_server(uri, port, db, env, cwd=baseline))
-    env = {"FHIRGOAL_DB_JOURNAL": "true" if mode == "on" else "false"}
-    return Server(mode, port, db, start_server(uri, port, db, env))
+        return Server(mode, serve(uri, db, {"PYTHONPATH": str(baseline)}, cwd=baseline))
+    return Server(
+        mode, serve(uri, db, {"FHIRGOAL_DB_JOURNAL": "true" if mode == "on" else "false"})
+    )
 
 
 def row_of(
     design: str,
     operation: str,
     mode: str,
+    number: int,
     clients: int,
-    round_number: int,
     result: Result,
     cpu: float | None,
     db_cpu: float | None,
@@ -145,45 +159,29 @@ def row_of(
     expected = EXPECTED.get(operation)
     if expected and set(result.statuses) != {expected}:
         raise SystemExit(f"{design} {operation} ({mode}): unexpected statuses {result.statuses}")
-    requests = max(1, len(result.latencies))
-    row: dict[str, Any] = {
-        "design": design, "operation": operation, "mode": mode, "clients": clients,
-        "round": round_number, "requests": len(result.latencies),
-        "throughput_per_s": round(result.rate, 1),
-        "p50_ms": round(result.percentile(0.50), 2), "p99_ms": round(result.percentile(0.99), 2),
-    }  # fmt: skip
-    if cpu is not None:
-        row["server_cpu_ms_per_request"] = round(cpu * 1000 / requests, 3)
-    if db_cpu is not None:
-        row["db_cpu_ms_per_request"] = round(db_cpu * 1000 / requests, 3)
-    return row
+    row = summarize(operation, clients, result, cpu, db_cpu)
+    return {"design": design, "mode": mode, "round": number, **row}
 
 
 def ids_of(result: Result) -> list[str]:
     return [orjson.loads(body)["id"] for body in result.bodies]
 
 
-async def paired(
-    servers: list[Server],
-    counts: dict[str, int],
-    clients: int,
-    round_number: int,
-    db_cpu: DatabaseCpu,
-    offset: int,
-) -> list[dict[str, Any]]:
+async def paired(round_: Round) -> list[dict[str, Any]]:
     """Every server loaded at once with `clients` clients: creates, then updates of the
     resources created; each load stops when the first server has sent its count."""
+    servers, clients, db_cpu = round_.servers, round_.clients, round_.db_cpu
     rows: list[dict[str, Any]] = []
     created: dict[str, list[str]] = {}
-    for operation, total in counts.items():
+    for operation, total in round_.counts.items():
         if not total:
             continue
         if operation == "create":
-            loads = {s.mode: s.creates(offset, total) for s in servers}
+            loads = {s.mode: s.creates(round_.offset, total) for s in servers}
         else:
             loads = {s.mode: s.updates(created[s.mode]) for s in servers}
         for server in servers:  # warm each server's connections at this concurrency
-            await run("127.0.0.1", server.port, loads[server.mode], min(100, total), clients)
+            await server.run(loads[server.mode], min(100, total), clients)
         stop = asyncio.Event()
         measured: dict[str, tuple[Result, float]] = {}
 
@@ -195,9 +193,7 @@ async def paired(
             total: int = total,
         ) -> None:
             before = cpu_seconds(server.process.pid)
-            result = await run(
-                "127.0.0.1", server.port, requests, total, clients, keep_bodies=True, stop=stop
-            )
+            result = await server.run(requests, total, clients, keep_bodies=True, stop=stop)
             stop.set()
             measured[server.mode] = (result, cpu_seconds(server.process.pid) - before)
 
@@ -211,37 +207,31 @@ async def paired(
             if database_seconds is not None:  # the database's CPU over every mode's requests
                 share = database_seconds * len(result.latencies) / max(1, everyone)
             rows.append(
-                row_of("paired", operation, server.mode, clients, round_number, result, cpu, share)
+                row_of("paired", operation, server.mode, round_.number, clients, result, cpu, share)
             )
             if operation == "create":
                 created[server.mode] = ids_of(result)
     return rows
 
 
-async def sequential(
-    servers: list[Server],
-    counts: dict[str, int],
-    clients: int,
-    round_number: int,
-    db_cpu: DatabaseCpu,
-    offset: int,
-) -> list[dict[str, Any]]:
+async def sequential(round_: Round) -> list[dict[str, Any]]:
     """Each server alone in turn, starting with the next one each round: creates, then updates."""
+    servers, clients, db_cpu = round_.servers, round_.clients, round_.db_cpu
     rows: list[dict[str, Any]] = []
-    shift = round_number % len(servers)
+    shift = round_.number % len(servers)
     for server in servers[shift:] + servers[:shift]:
-        creates = server.creates(offset, counts["create"])
-        await run("127.0.0.1", server.port, creates, min(100, len(creates)), clients)  # warm-up
-        for operation, total in counts.items():
+        creates = server.creates(round_.offset, round_.counts["create"])
+        await server.run(creates, min(100, len(creates)), clients)  # warm-up
+        for operation, total in round_.counts.items():
             if not total:
                 continue
             before = cpu_seconds(server.process.pid)
             db_cpu.start()
-            result = await run("127.0.0.1", server.port, creates, total, clients, keep_bodies=True)
+            result = await server.run(creates, total, clients, keep_bodies=True)
             database_seconds = db_cpu.stop()
             cpu = cpu_seconds(server.process.pid) - before
             rows.append(
-                row_of("sequential", operation, server.mode, clients, round_number, result, cpu,
+                row_of("sequential", operation, server.mode, round_.number, clients, result, cpu,
                        database_seconds)
             )  # fmt: skip
             if operation == "create":
@@ -269,7 +259,7 @@ async def raw_driver(
         db_cpu.start()
         result = await timed(clients, total, partial(insert, collection, docs))
         mode = "on" if journal else "off"  # j: true / j: false
-        rows.append(row_of("raw", "insert_one", mode, clients, round_number, result, None,
+        rows.append(row_of("raw", "insert_one", mode, round_number, clients, result, None,
                            db_cpu.stop()))  # fmt: skip
         await mongo.close()
     return rows
@@ -279,21 +269,6 @@ async def insert(
     collection: AsyncCollection[dict[str, Any]], docs: list[dict[str, Any]], n: int
 ) -> None:
     await collection.insert_one(docs[n])
-
-
-async def timed(clients: int, count: int, make: Callable[[int], Awaitable[Any]]) -> Result:
-    result = Result()
-
-    async def worker(indices: range) -> None:
-        for n in indices:
-            started = time.perf_counter()
-            await make(n)
-            result.latencies.append(time.perf_counter() - started)
-
-    started = time.perf_counter()
-    await asyncio.gather(*(worker(range(i, count, clients)) for i in range(clients)))
-    result.elapsed = time.perf_counter() - started
-    return result
 
 
 async def bench(
@@ -314,10 +289,11 @@ async def bench(
     offset = itertools.count(0, total)
     try:
         for server in servers:  # the first requests of a process (imports, caches) left out
-            await run("127.0.0.1", server.port, server.creates(0, 200), 200, 4)
+            await server.run(server.creates(0, 200), 200, 4)
         for clients, round_number in itertools.product(concurrency, range(rounds)):
-            rows += await paired(servers, counts, clients, round_number, db_cpu, next(offset))
-            rows += await sequential(servers, counts, clients, round_number, db_cpu, next(offset))
+            for design in (paired, sequential):
+                each = Round(servers, counts, clients, round_number, db_cpu, next(offset))
+                rows += await design(each)
             if {"on", "off"} <= set(modes):
                 rows += await raw_driver(uri, raw_db, total, clients, round_number, db_cpu)
             print(f"{clients} clients, round {round_number + 1}/{rounds} done", file=sys.stderr)
@@ -325,48 +301,23 @@ async def bench(
         await shut_down(uri, raw_db, *(server.process for server in servers))
         mongo = connect(uri)
         for server in servers:
-            await mongo.drop_database(server.db)
+            await mongo.drop_database(server.served.db)
         await mongo.close()
     return rows
 
 
-def medians(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """One row per design, operation, mode and concurrency: each figure's median over rounds."""
-    groups: dict[tuple[str, str, str, int], list[dict[str, Any]]] = {}
-    for each in rows:
-        key = (each["design"], each["operation"], each["mode"], each["clients"])
-        groups.setdefault(key, []).append(each)
-    merged = []
-    for (design, operation, mode, clients), group in groups.items():
-        row: dict[str, Any] = {"design": design, "operation": operation, "mode": mode,
-                               "clients": clients}  # fmt: skip
-        for figure in _FIGURES:
-            values = [r[figure] for r in group if figure in r]
-            if values:
-                row[figure] = round(statistics.median(values), 3)
-        row["rounds"] = [r["throughput_per_s"] for r in group]
-        merged.append(row)
-    return merged
-
-
 def ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """`on`'s throughput over each other mode's, taken within each round: median and range."""
-    by = {(r["design"], r["operation"], r["mode"], r["clients"], r["round"]): r for r in rows}
+    groups = {(r["design"], r["operation"], r["mode"], r["clients"]) for r in rows}
     out = []
     for design, operation, mode, clients in sorted(
-        {k[:4] for k in by if k[2] != REFERENCE}, key=lambda k: (k[3], k[0], k[1], k[2])
+        (g for g in groups if g[2] != REFERENCE), key=lambda g: (g[3], g[0], g[1], g[2])
     ):
-        values = [
-            by[(design, operation, REFERENCE, clients, n)]["throughput_per_s"]
-            / row["throughput_per_s"]
-            for (d, o, m, c, n), row in by.items()
-            if (d, o, m, c) == (design, operation, mode, clients)
-            and (design, operation, REFERENCE, clients, n) in by
-        ]
+        same = {"design": design, "operation": operation, "clients": clients}
+        values = ratios_in_rounds(rows, {**same, "mode": REFERENCE}, {**same, "mode": mode})
         if values:
             out.append({
-                "design": design, "operation": operation, "clients": clients,
-                "ratio": f"{REFERENCE}/{mode}", "median": round(statistics.median(values), 3),
+                **same, "ratio": f"{REFERENCE}/{mode}", "median": round(statistics.median(values), 3),
                 "min": round(min(values), 3), "max": round(max(values), 3),
                 "rounds": [round(v, 3) for v in values],
             })  # fmt: skip
@@ -436,7 +387,8 @@ def main() -> None:
             bench(db.uri, db.pid, modes, args.baseline,
                   {"create": args.requests, "update": args.updates}, args.concurrency, args.rounds)
         )  # fmt: skip
-    merged, compared = medians(rows), ratios(rows)
+    merged = medians(rows, ("design", "operation", "mode", "clients"))
+    compared = ratios(rows)
     print(f"database filesystem: {data}; baseline: {baseline_commit}")
     report(merged, compared)
     path = save_results("durability", {

@@ -52,10 +52,10 @@ import orjson
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from harness import cpu_seconds, start_server, summarize
 from loadgen import Result, render_request, run
-from rest_core import cpu_seconds, start_server, summarize
 
-from fhirgoal.app import build_service
+from fhirgoal.bootstrap import build_service
 from fhirgoal.clinical.codes import GAS_ANSWERS, LOINC, MEASURES, UCUM
 from fhirgoal.clinical.resources import RATING_SCALE_ITEMS, SURVEY
 from fhirgoal.config import Settings

@@ -9,7 +9,8 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any, NoReturn, TypeVar
 
@@ -17,7 +18,9 @@ import typer
 from pymongo.asynchronous.database import AsyncDatabase
 from rich.console import Console
 
-from fhirgoal.app import create_app, is_loopback
+from fhirgoal.app import create_app
+from fhirgoal.auth.loopback import is_loopback
+from fhirgoal.bootstrap import embedded_database
 from fhirgoal.config import Settings
 from fhirgoal.logs import configure_logging
 from fhirgoal.serving import Server, server_config
@@ -48,17 +51,23 @@ def _settings(**overrides: object) -> Settings:
     return settings
 
 
-def _start_database(settings: Settings) -> tuple[Settings, EmbeddedDatabase | None]:
-    if settings.mongodb_uri:
-        return settings, None
-    embedded = EmbeddedDatabase(settings.data_dir)
-    try:
-        uri = embedded.start()
-    except EmbeddedUnavailable as exc:
-        console.print(f"[red]error:[/red] {exc}")
-        raise typer.Exit(2) from None
-    console.print(f"embedded database at {redacted(uri)} (data in {settings.data_dir})")
-    return settings.model_copy(update={"mongodb_uri": uri}), embedded
+@contextmanager
+def _database(
+    settings: Settings, *, on_give_up: Callable[[], None] | None = None
+) -> Iterator[tuple[Settings, EmbeddedDatabase | None]]:
+    """`settings` with a database URI for the command (bootstrap.embedded_database: MONGODB_URI, or
+    the embedded database started for it); a database that cannot start is a CLI error."""
+    with ExitStack() as stack:
+        try:
+            opened, embedded = stack.enter_context(
+                embedded_database(settings, supervise=on_give_up is not None, on_give_up=on_give_up)
+            )
+        except EmbeddedUnavailable as exc:
+            _fail(str(exc))
+        if embedded is not None:
+            uri = redacted(opened.mongodb_uri or "")
+            console.print(f"embedded database at {uri} (data in {settings.data_dir})")
+        yield opened, embedded
 
 
 @app.command()
@@ -80,17 +89,12 @@ def serve(
         console.print(
             "[yellow]warning:[/yellow] authorization is off (FHIRGOAL_AUTH=off): loopback only"
         )
-    settings, embedded = _start_database(settings)
-    if embedded is not None:
-        # When the database keeps dying, stop serving: uvicorn takes SIGTERM as a graceful stop,
-        # and the exit status below tells this process's own supervisor.
-        embedded.supervise(
-            settings.db_restarts,
-            settings.db_restart_window_seconds,
-            on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM),
-            backoff=settings.db_restart_backoff_seconds,
-        )
-    try:
+    # When the database keeps dying, stop serving: uvicorn takes SIGTERM as a graceful stop, and
+    # the exit status below tells this process's own supervisor.
+    with _database(settings, on_give_up=lambda: os.kill(os.getpid(), signal.SIGTERM)) as (
+        settings,
+        embedded,
+    ):
         if demo:
             _load_demo(settings)
         application = create_app(settings)
@@ -101,6 +105,8 @@ def serve(
                 f"SMART: {base}/.well-known/smart-configuration "
                 "(register apps with `fhirgoal client register`, users with `fhirgoal user add`)"
             )
+            if demo and settings.app_enabled:
+                _print_demo_access(settings)
             if not settings.base_url and host in ("0.0.0.0", "::", ""):
                 console.print(
                     "[yellow]warning:[/yellow] serving on all interfaces without "
@@ -111,9 +117,6 @@ def serve(
             application, settings, host=host, port=port, log_level=settings.log_level.lower()
         )
         Server(config).run()
-    finally:
-        if embedded:
-            embedded.stop()
     if embedded is not None and embedded.failed:
         console.print("[red]error:[/red] the embedded database kept dying; see embedded.log")
         raise typer.Exit(1)
@@ -122,12 +125,8 @@ def serve(
 @app.command("demo")
 def demo_command(data_dir: DataDir = None) -> None:
     """Load the demo data set: patients with care plans, goals and a dozen sessions of ratings."""
-    settings, embedded = _start_database(_settings(data_dir=data_dir))
-    try:
+    with _database(_settings(data_dir=data_dir)) as (settings, _):
         _load_demo(settings)
-    finally:
-        if embedded:
-            embedded.stop()
 
 
 @app.command("reindex")
@@ -138,19 +137,15 @@ def reindex_command(
     ] = None,
 ) -> None:
     """Recompute the search index of every stored resource (e.g. after adding a SearchParameter)."""
-    settings, embedded = _start_database(_settings(data_dir=data_dir))
-    try:
+    with _database(_settings(data_dir=data_dir)) as (settings, _):
         count = asyncio.run(_reindex(settings, resource_type or []))
-        console.print(f"reindexed {count} resources")
-    finally:
-        if embedded:
-            embedded.stop()
+    console.print(f"reindexed {count} resources")
 
 
 async def _reindex(settings: Settings, only: list[str]) -> int:
     from rich.progress import Progress
 
-    from fhirgoal.app import build_service
+    from fhirgoal.bootstrap import build_service
     from fhirgoal.fhir.reindex import reindex
     from fhirgoal.store.mongo import connect
 
@@ -195,9 +190,8 @@ def _admin(
 ) -> T:
     """Run `work` against the server's database: MONGODB_URI, or the embedded one on `data_dir`
     (shared when it runs, started for the command and stopped after when it does not)."""
-    settings, embedded = _start_database(_settings(data_dir=data_dir))
 
-    async def run() -> T:
+    async def run(settings: Settings) -> T:
         from fhirgoal.store.mongo import connect
 
         assert settings.mongodb_uri
@@ -207,11 +201,8 @@ def _admin(
         finally:
             await client.close()
 
-    try:
-        return asyncio.run(run())
-    finally:
-        if embedded:
-            embedded.stop()
+    with _database(_settings(data_dir=data_dir)) as (settings, _):
+        return asyncio.run(run(settings))
 
 
 @client_app.command("register")
@@ -398,6 +389,24 @@ def launch_command(
 def _fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(2)
+
+
+def _print_demo_access(settings: Settings) -> None:
+    """The clinician app's way in with the demo data: a login and an EHR-launch link."""
+    from urllib.parse import quote
+
+    from fhirgoal.demo import DEMO_LAUNCH_PATIENT, DEMO_USER, demo_access
+
+    password, launch = asyncio.run(demo_access(settings))
+    base, origin = settings.public_fhir_base(), settings.public_origin()
+    console.print(
+        f"clinician app: {origin}/app/  (sign in as {DEMO_USER} / {password})", soft_wrap=True
+    )
+    console.print(
+        f"EHR launch of {DEMO_LAUNCH_PATIENT} (valid for an hour): "
+        f"{origin}/app/launch?iss={quote(base, safe='')}&launch={quote(launch, safe='')}",
+        soft_wrap=True,  # one line, to copy
+    )
 
 
 def _load_demo(settings: Settings) -> None:

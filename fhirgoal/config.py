@@ -138,6 +138,14 @@ class Settings(BaseSettings):
     # Operations in one JSON Patch body (what `copy` operations add is bounded by max_body_bytes).
     max_patch_operations: int = Field(default=100, ge=1)
 
+    # ---- batch and transaction Bundles (issue 13, fhir/transaction.py) ----
+    # Entries in one batch or transaction Bundle (413 beyond), and the size of its body (413
+    # beyond; single resources keep max_body_bytes).
+    max_bundle_entries: int = Field(default=1000, ge=1)
+    max_bundle_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    # Runs of a transaction that conflicts with concurrent writes before it is answered 409.
+    transaction_attempts: int = Field(default=5, ge=1)
+
     # ---- auth hardening (issue 12) ----
     # Security events (failed tokens, token endpoint, logins, consent, revocations) stored per
     # (kind, source address): `burst` at once, then this many a minute; a kind for all addresses
@@ -157,6 +165,37 @@ class Settings(BaseSettings):
     # file `signing-keys.key` (0600) generated in data_dir. Every replica needs the same key.
     key_encryption_key: str | None = Field(default=None, repr=False)
 
+    # ---- Bulk Data export (issue 16) ----
+    # How long an export's files stay downloadable after it completes (the manifest's Expires);
+    # expired files and jobs are removed by the database (TTL indexes).
+    export_retention_seconds: int = Field(default=86_400, ge=60)
+    # A running export renews its lease this often at the least; a job whose lease lapses (its
+    # process died) is taken over and run again from the start.
+    export_lease_seconds: float = Field(default=60.0, ge=5.0)
+    # Each resource type's output is split into NDJSON files of at most this many resources.
+    export_file_lines: int = Field(default=100_000, ge=1)
+
+    # ---- the clinician web app (/app, fhirgoal/webapp) ----
+    # Served under /app by every `fhirgoal serve`; a SMART app that reaches FHIR servers only
+    # over HTTP with the tokens it obtains, this one's included.
+    app_enabled: bool = True
+    # The app's OAuth client id; with FHIRGOAL_AUTH=smart it is registered at start-up as a
+    # public client (PKCE) of the built-in authorization server (auth/builtin_app.py).
+    app_client_id: str = "fhirgoal-app"
+    # Where authorization servers send the browser back; default <public origin>/app/callback.
+    app_redirect_uri: str | None = None
+    # The FHIR server a standalone launch (GET /app/) signs in to; default this server's base.
+    app_default_iss: str | None = None
+    # Space-separated FHIR base URLs (besides this server's) the app may be launched from
+    # (`iss`): the app fetches discovery documents only from these (no request forgery through
+    # a crafted launch link).
+    app_issuers: str = ""
+    # Space-separated origins of EHRs allowed to show the app in a frame (CSP frame-ancestors,
+    # beside 'self').
+    app_frame_ancestors: str = ""
+    # How long a signed-in browser session lasts without use.
+    app_session_seconds: int = 8 * 3600
+
     def public_fhir_base(self) -> str:
         """The FHIR base URL every token's iss/aud, the discovery document and Location headers
         name: FHIRGOAL_BASE_URL, else the serve address. Never a request's Host header."""
@@ -168,3 +207,16 @@ class Settings(BaseSettings):
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"http://{host}:{self.port}/fhir"
+
+    def public_origin(self) -> str:
+        """scheme://host[:port] (plus any path prefix before /fhir) of the public base URL."""
+        base = self.public_fhir_base()
+        return base[: -len("/fhir")] if base.endswith("/fhir") else base
+
+    def app_allowed_issuers(self) -> set[str]:
+        """The FHIR bases the web app may be launched from (`iss`)."""
+        return {self.public_fhir_base(), *(i.rstrip("/") for i in self.app_issuers.split())}
+
+    def app_callback_url(self) -> str:
+        """The web app's OAuth redirect URI (FHIRGOAL_APP_REDIRECT_URI, else derived)."""
+        return self.app_redirect_uri or f"{self.public_origin()}/app/callback"

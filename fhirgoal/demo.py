@@ -239,11 +239,40 @@ async def write_demo(service: FhirService) -> int:
 
 
 async def load_demo(settings: Settings) -> int:
-    from fhirgoal.app import build_service
+    from fhirgoal.bootstrap import build_service
 
     assert settings.mongodb_uri, "the database must be running"
     client = connect(settings.mongodb_uri, timeout=10.0)
     try:
         return await write_demo(await build_service(settings, client))
+    finally:
+        await client.close()
+
+
+DEMO_USER = "demo"
+DEMO_PRACTITIONER = "Practitioner/demo-therapist"
+DEMO_LAUNCH_PATIENT = "demo-blair"
+
+
+async def demo_access(settings: Settings) -> tuple[str, str]:
+    """For `fhirgoal serve --demo` with the built-in authorization server: the demo therapist's
+    login `demo` with a new random password (each start: nothing guessable is ever left in a
+    database), and an EHR launch context (an hour) for a demo client, as `fhirgoal launch` makes.
+    Returns the password and the `launch` value."""
+    import secrets
+
+    from fhirgoal.auth.state import create_launch
+    from fhirgoal.auth.users import DEFAULT_USER_SCOPES, UserDirectory
+
+    assert settings.mongodb_uri, "the database must be running"
+    client = connect(settings.mongodb_uri, timeout=10.0)
+    try:
+        db = client.get_database(settings.db)
+        users = UserDirectory(db)
+        await users.collection.delete_one({"_id": DEMO_USER})
+        password = secrets.token_urlsafe(9)
+        await users.add(DEMO_USER, password, DEMO_PRACTITIONER, DEFAULT_USER_SCOPES)
+        launch = await create_launch(db, DEMO_LAUNCH_PATIENT, fhir_user=DEMO_PRACTITIONER)
+        return password, launch
     finally:
         await client.close()

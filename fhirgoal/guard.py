@@ -6,6 +6,9 @@ answers for itself; a database failure is 503 with `Retry-After` (the client sho
 https://www.rfc-editor.org/rfc/rfc9110#section-10.2.3); anything else is 500 with a correlation id
 and no internals, its traceback logged as plain text.
 
+`install_error_handlers` routes what FastAPI catches itself (FhirError, Starlette's HTTP errors,
+request validation, database errors) to the same answers.
+
 `RequestGuard` is the outermost application middleware. A client that disconnects in the middle
 of its request (starlette raises ClientDisconnect from wherever the body was being read) costs one
 log line and no answer: there is no one to answer. An exception that escapes everything else is
@@ -18,12 +21,15 @@ from __future__ import annotations
 import uuid
 
 import structlog
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from pymongo.errors import PyMongoError
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from fhirgoal.core.errors import FhirError
+from fhirgoal.core.errors import FhirError, category_for_status
 
 log = structlog.get_logger(__name__)
 
@@ -63,6 +69,30 @@ def exception_response(path: str, exc: BaseException) -> Response:
     return error_response(internal_error(path, exc))
 
 
+def install_error_handlers(app: FastAPI) -> None:
+    """FastAPI's own exception handlers, answering as `exception_response` does."""
+
+    async def fhir_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, FhirError)
+        return error_response(exc)
+
+    async def http_error(_: Request, exc: Exception) -> Response:
+        assert isinstance(exc, StarletteHTTPException)
+        return error_response(FhirError(category_for_status(exc.status_code), str(exc.detail)))
+
+    async def request_error(_: Request, exc: Exception) -> Response:
+        return error_response(FhirError("bad-request", "the request is malformed"))
+
+    async def database_error(request: Request, exc: Exception) -> Response:
+        return error_response(database_unavailable(request.url.path, exc))
+
+    app.add_exception_handler(FhirError, fhir_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, request_error)
+    app.add_exception_handler(PyMongoError, database_error)
+    # Anything else is answered by RequestGuard, the outermost middleware.
+
+
 class RequestGuard:
     """Outermost middleware: disconnects cost one log line; nothing escapes to the server."""
 
@@ -100,4 +130,5 @@ __all__ = [
     "database_unavailable",
     "error_response",
     "exception_response",
+    "install_error_handlers",
 ]

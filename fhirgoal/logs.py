@@ -18,6 +18,18 @@ import structlog
 _configured: str | None = None
 
 
+class _CurrentStderr:
+    """Writes to whatever `sys.stderr` is at the time of writing: a logger bound to the stream
+    of the moment would keep writing to it after it is replaced and closed (a test harness's
+    capture, a daemon's redirection), and every log line would then raise."""
+
+    def write(self, text: str) -> int:
+        return sys.stderr.write(text)
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
 def configure_logging(level: str = "INFO") -> None:
     """Configure structlog once per level (create_app and the CLI both call it)."""
     global _configured
@@ -37,7 +49,7 @@ def configure_logging(level: str = "INFO") -> None:
             ),
         ],
         wrapper_class=structlog.make_filtering_bound_logger(numeric),
-        logger_factory=structlog.PrintLoggerFactory(file=sys.stderr),
+        logger_factory=structlog.PrintLoggerFactory(file=_CurrentStderr()),  # type: ignore[arg-type]
         cache_logger_on_first_use=True,
     )
     _configured = level.upper()

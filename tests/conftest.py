@@ -11,6 +11,7 @@ import os
 import socket
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -23,6 +24,7 @@ from fhirgoal.config import Settings
 from fhirgoal.serving import server_config
 from fhirgoal.store.embedded import EmbeddedDatabase
 from fhirgoal.store.mongo import connect
+from tests.helpers import wait_until
 
 
 @pytest.fixture(scope="session")
@@ -70,27 +72,36 @@ async def serve_app(
     server = uvicorn.Server(config)
     server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
     task = asyncio.create_task(server.serve(sockets=[sock]))
-    while not server.started:
-        if task.done():
-            task.result()
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: server.started or task.done(), within=120, what="uvicorn started")
+    if task.done():
+        task.result()  # start-up failed: its exception
     return server, task, port
+
+
+def fresh_settings(mongo_uri: str, prefix: str = "test", **overrides: Any) -> Settings:
+    """Settings for a test's own server: its own database, auth off unless `overrides` say."""
+    values: dict[str, Any] = {"db": f"{prefix}_{uuid.uuid4().hex[:12]}", "auth": "off", **overrides}
+    return Settings(mongodb_uri=mongo_uri, **values)
+
+
+@asynccontextmanager
+async def running(settings: Settings) -> AsyncIterator[RunningServer]:
+    """The app of `settings` served over real HTTP, with a client on its FHIR base; stopped and
+    its database dropped afterwards."""
+    server, task, port = await start_server(settings)
+    base = f"http://127.0.0.1:{port}/fhir"
+    try:
+        async with httpx.AsyncClient(base_url=base, timeout=30) as client:
+            yield RunningServer(base, settings, client, server.config.app)
+    finally:
+        server.should_exit = True
+        await task
+        mongo = connect(settings.mongodb_uri or "")
+        await mongo.drop_database(settings.db)
+        await mongo.close()
 
 
 @pytest.fixture
 async def fhir(mongo_uri: str) -> AsyncIterator[RunningServer]:
-    settings = Settings(
-        mongodb_uri=mongo_uri,
-        db=f"test_{uuid.uuid4().hex[:12]}",
-        max_body_bytes=256 * 1024,
-        auth="off",
-    )
-    server, task, port = await start_server(settings)
-    base = f"http://127.0.0.1:{port}/fhir"
-    async with httpx.AsyncClient(base_url=base, timeout=30) as client:
-        yield RunningServer(base, settings, client, server.config.app)
-    server.should_exit = True
-    await task
-    mongo = connect(mongo_uri)
-    await mongo.drop_database(settings.db)
-    await mongo.close()
+    async with running(fresh_settings(mongo_uri, max_body_bytes=256 * 1024)) as server:
+        yield server

@@ -9,11 +9,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+
+from tests.helpers import wait_until_blocking
 
 
 @dataclass
@@ -65,18 +66,19 @@ class ServeProcess:
             self.process = subprocess.Popen(
                 command, env=env, cwd=self.cwd, stdout=log, stderr=log, start_new_session=True
             )
-        deadline = time.monotonic() + wait
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise AssertionError(f"serve exited: {self.log_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.origin}/readyz", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                pass
-            time.sleep(0.2)
-        self.kill_group()
-        raise AssertionError(f"serve did not become ready: {self.log_text()[-3000:]}")
+        process = self.process
+
+        def started() -> bool:
+            if process.poll() is not None:
+                raise AssertionError("serve exited")
+            return ready(self)
+
+        try:
+            wait_until_blocking(started, within=wait, what="serve answered /readyz")
+        except AssertionError as failure:
+            self.kill_group()
+            raise AssertionError(f"{failure}: {self.log_text()[-3000:]}") from None
+        return self
 
     def kill_server(self) -> None:
         """SIGKILL of the server process alone (its database child follows it: PDEATHSIG)."""
@@ -103,10 +105,15 @@ class ServeProcess:
             raise
 
 
+def ready(serve: ServeProcess) -> bool:
+    """Whether the server answers /readyz with 200 (its database reachable)."""
+    try:
+        return httpx.get(f"{serve.origin}/readyz", timeout=1).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def wait_until_gone(pid: int, timeout: float = 15.0) -> None:
     """Until `pid` has exited (and been reaped: a zombie still has a /proc entry)."""
-    deadline = time.monotonic() + timeout
-    while Path(f"/proc/{pid}").exists():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"process {pid} is still there")
-        time.sleep(0.05)
+    gone = Path(f"/proc/{pid}")
+    wait_until_blocking(lambda: not gone.exists(), within=timeout, what=f"process {pid} gone")

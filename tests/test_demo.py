@@ -5,7 +5,7 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fhirgoal.app import build_service
+from fhirgoal.bootstrap import build_service
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.demo import CLIENTS, demo_resources, write_demo

@@ -85,7 +85,7 @@ class Writers:
                     self.acknowledged[f"Patient/{rid}"] = int(updated.json()["meta"]["versionId"])
                 except (httpx.HTTPError, KeyError, ValueError):
                     self.failures += 1
-                    await asyncio.sleep(0.05)
+                    await asyncio.sleep(0.05)  # a client's back-off before it tries again
 
 
 async def everything(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
@@ -135,6 +135,8 @@ async def test_nothing_acknowledged_is_lost_to_kill_9(tmp_path: Path, target: st
     writers = Writers(serve, key)
     try:
         tasks = [asyncio.create_task(writers.write(n)) for n in range(WRITERS)]
+        # the writers' running time is the test's subject (FHIRGOAL_FAULT_SECONDS, a kill at
+        # each third): it is slept, not waited for
         for _ in range(2):
             await asyncio.sleep(SECONDS / 3)
             await asyncio.to_thread(kill, serve, target)

@@ -8,8 +8,9 @@ rule (README, "Code layout"):
   import within itself);
 - `store/` imports only the ground floor;
 - `fhir/` imports only the ground floor and `store/`;
+- `webapp/` imports only the ground floor and itself (it talks to FHIR servers over HTTP);
 - nothing in store/ or fhir/ imports auth/, clinical/, exchange/, evidence/, webapp/ or the
-  top-level modules (app, cli, demo, guard, serving, logs);
+  top-level modules (app, bootstrap, cli, demo, guard, logs, serving, system_routes);
 - no circle among fhirgoal modules, whatever their floor;
 - auth/, clinical/ (and exchange/, evidence/, webapp/) never touch `svc.repo`: they reach stored
   data through the service.
@@ -83,6 +84,8 @@ ALLOWED = {
     "config": set(),
     "store": GROUND | {"store"},
     "fhir": GROUND | {"store", "fhir"},
+    # the clinician app is a SMART app: it reaches the server over HTTP only, never its code
+    "webapp": GROUND | {"webapp"},
 }
 
 

@@ -24,7 +24,8 @@ from pymongo import MongoClient
 from pymongo.errors import OperationFailure
 
 from fhirgoal.store.embedded import free_port
-from tests.serve_process import ServeProcess, wait_until_gone
+from tests.helpers import wait_until_blocking
+from tests.serve_process import ServeProcess, ready, wait_until_gone
 
 pytestmark = pytest.mark.skipif(
     bool(os.environ.get("MONGODB_URI")), reason="exercises the embedded database"
@@ -37,6 +38,7 @@ class Probe:
     def __init__(self, origin: str) -> None:
         self.origin = origin
         self.slowest = 0.0
+        self.answered = 0
         self.failures: list[str] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -52,7 +54,13 @@ class Probe:
                 except httpx.HTTPError as error:
                     self.failures.append(repr(error))
                 self.slowest = max(self.slowest, time.monotonic() - started)
-                time.sleep(0.05)
+                self.answered += 1
+                time.sleep(0.05)  # the probe's pace (a request every 50 ms), not a wait
+
+    def wait_for_answers(self, count: int) -> None:
+        """Until the probe has been answered (or failed) `count` more times."""
+        target = self.answered + count
+        wait_until_blocking(lambda: self.answered >= target, what=f"{count} probe answers")
 
     def __enter__(self) -> Probe:
         self._thread.start()
@@ -71,7 +79,19 @@ def half_sent(port: int, path: str, content_type: str = "application/fhir+json")
             "Content-Length: 100\r\n\r\n"
         )
         sock.sendall(head.encode() + b'{"resource')
-        time.sleep(0.02)
+        time.sleep(0.02)  # the client's part: it hangs up a moment after the partial body
+
+
+def partial_post(port: int, content_type: str, sent: bytes = b"") -> bytes:
+    """POST /fhir/Patient announcing 100 bytes of body and sending only `sent`: the server's
+    answer, until it closes the connection."""
+    with socket.create_connection(("127.0.0.1", port)) as sock:
+        sock.sendall(
+            b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            + f"Content-Type: {content_type}\r\nContent-Length: 100\r\n\r\n".encode()
+            + sent
+        )
+        return answer_of(sock, 5)
 
 
 def answer_of(sock: socket.socket, timeout: float) -> bytes:
@@ -106,7 +126,10 @@ def test_clients_hanging_up_mid_body_cost_a_log_line_each_and_stall_no_one(
         for _ in range(10):
             half_sent(served.port, "/fhir/Patient")
             half_sent(served.port, "/fhir/Observation/_search", "application/x-www-form-urlencoded")
-        time.sleep(0.3)
+        wait_until_blocking(
+            lambda: served.log_text()[before:].count("client disconnected") >= 20,
+            what="every hang-up logged",
+        )
     assert probe.failures == [] and probe.slowest < 1.0, (probe.slowest, probe.failures)
     added = served.log_text()[before:]
     assert "Traceback" not in added
@@ -129,12 +152,7 @@ def test_slow_headers_get_408_and_the_connection_closes(served: ServeProcess) ->
 
 
 def test_a_body_that_never_arrives_gets_408(served: ServeProcess) -> None:
-    with socket.create_connection(("127.0.0.1", served.port)) as sock:
-        sock.sendall(
-            b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: application/fhir+json\r\nContent-Length: 100\r\n\r\n{"
-        )
-        answer = answer_of(sock, 5)
+    answer = partial_post(served.port, "application/fhir+json", b"{")
     assert answer.startswith(b"HTTP/1.1 408 ")
     assert b'"resourceType":"OperationOutcome"' in answer
     # nothing was stored
@@ -144,12 +162,7 @@ def test_a_body_that_never_arrives_gets_408(served: ServeProcess) -> None:
 def test_an_answer_given_before_the_body_arrived_is_not_followed_by_a_408(
     served: ServeProcess,
 ) -> None:
-    with socket.create_connection(("127.0.0.1", served.port)) as sock:
-        sock.sendall(
-            b"POST /fhir/Patient HTTP/1.1\r\nHost: 127.0.0.1\r\n"
-            b"Content-Type: text/plain\r\nContent-Length: 100\r\n\r\n"
-        )
-        answer = answer_of(sock, 5)
+    answer = partial_post(served.port, "text/plain")
     assert answer.startswith(b"HTTP/1.1 415 ")
     assert b" 408 " not in answer
 
@@ -180,7 +193,7 @@ def test_a_dead_database_is_reaped_restarted_and_answered_for_meanwhile(
     wait_until_gone(pid, timeout=5)  # reaped by the server: no zombie
     # the restart waits 8 s (FHIRGOAL_DB_RESTART_BACKOFF_SECONDS): meanwhile, answers in < 2.5 s
     with Probe(served.origin) as probe:
-        time.sleep(0.5)
+        probe.wait_for_answers(5)  # the probe runs through the outage
         started = time.monotonic()
         read = httpx.get(f"{served.base}/Patient/{created.json()['id']}", timeout=10)
         assert time.monotonic() - started < 2.5
@@ -188,14 +201,10 @@ def test_a_dead_database_is_reaped_restarted_and_answered_for_meanwhile(
         assert read.headers["Retry-After"].isdigit()
         assert read.json()["resourceType"] == "OperationOutcome"
         assert httpx.get(f"{served.origin}/readyz", timeout=10).status_code == 503
-        deadline = time.monotonic() + 20
-        while httpx.get(f"{served.origin}/readyz", timeout=10).status_code != 200:
-            assert time.monotonic() < deadline, "the server did not recover"
-            time.sleep(0.2)
+        wait_until_blocking(lambda: ready(served), within=20, what="the server recovered")
     assert probe.failures == [] and probe.slowest < 1.0
-    while served.database_pid() == pid:  # the state file is written once the restart is seen
-        assert time.monotonic() < deadline
-        time.sleep(0.1)
+    # the state file is written once the restart is seen
+    wait_until_blocking(lambda: served.database_pid() != pid, what="the new database's pid")
     again = httpx.get(f"{served.base}/Patient/{created.json()['id']}")
     assert again.status_code == 200
     assert "the embedded database was restarted" in served.log_text()
@@ -210,12 +219,11 @@ def test_the_server_exits_nonzero_when_its_database_keeps_dying(tmp_path: Path) 
     try:
         first = serve.database_pid()
         os.kill(first, signal.SIGKILL)
-        deadline = time.monotonic() + 20
-        while (
-            serve.database_pid() == first or httpx.get(f"{serve.origin}/readyz").status_code != 200
-        ):
-            assert time.monotonic() < deadline
-            time.sleep(0.1)
+        wait_until_blocking(
+            lambda: serve.database_pid() != first and ready(serve),
+            within=20,
+            what="the database restarted once",
+        )
         second = serve.database_pid()
         os.kill(second, signal.SIGKILL)
         assert serve.process is not None
@@ -240,6 +248,8 @@ def test_sigterm_finishes_within_15_s_even_with_the_database_hung(tmp_path: Path
         ]
         for thread in in_flight:
             thread.start()
+        # lets the requests reach the hung database: nothing outside the process shows when they
+        # have, and the subject is that SIGTERM ends them anyway
         time.sleep(0.5)
         started = time.monotonic()
         serve.stop(timeout=20)

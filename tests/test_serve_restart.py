@@ -12,6 +12,7 @@ import httpx
 import pytest
 
 from fhirgoal.store.embedded import free_port
+from tests.helpers import wait_until
 from tests.serve_process import ServeProcess
 
 pytestmark = pytest.mark.skipif(
@@ -41,15 +42,20 @@ async def test_kill_mid_write_then_restart_keeps_history_consistent(tmp_path: Pa
                 )
                 ids.append(created.json()["id"])
 
+            acknowledged = dict.fromkeys(ids, 0)
+
             async def keep_updating(pid: str) -> None:
                 n = 0
                 while True:
                     n += 1
                     body = {"resourceType": "Patient", "id": pid, "name": [{"family": f"U{n}"}]}
-                    await client.put(f"/Patient/{pid}", json=body, headers=headers)
+                    updated = await client.put(f"/Patient/{pid}", json=body, headers=headers)
+                    acknowledged[pid] += updated.status_code == 200
 
             writers = [asyncio.create_task(keep_updating(pid)) for pid in ids]
-            await asyncio.sleep(1.5)
+            await wait_until(
+                lambda: min(acknowledged.values()) >= 3, within=30, what="updates acknowledged"
+            )
             server.send_signal(signal.SIGKILL)  # no clean shutdown: requests are in flight
             server.wait()
             results = await asyncio.gather(*writers, return_exceptions=True)

@@ -44,6 +44,7 @@ from fhirgoal.auth.audit_events import (
 )
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.jsonio import dumps
+from fhirgoal.fhir.hooks import EntryRecord
 from fhirgoal.fhir.instants import clock_text, now
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.append_log import SEGMENT_MAX
@@ -99,6 +100,36 @@ class Auditor:
     async def _store(self, resource: dict[str, Any]) -> None:
         version, index = self.service.first_version(resource, now())
         await self.service.store_first_version(UNRESTRICTED, version, index)
+
+    async def store_entries(
+        self, context: AccessContext, address: str | None, records: list[EntryRecord]
+    ) -> None:
+        """The AuditEvents of a batch or transaction's entries, each the interaction it names,
+        and the Provenance of each version they wrote (fhir/hooks.py EntryAudit). In a
+        transaction this runs inside its unit of work: the records commit with the entries. The
+        events go as one segment of the log and the Provenances in one insert."""
+        recorded = clock_text(time.time_ns())
+        moment = now()
+        events: list[bytes] = []
+        provenances = []
+        for record in records:
+            interaction = classify(record.method, record.path, record.query)
+            version = record.version
+            target = None
+            if interaction.writes and record.status < 300 and version is not None:
+                target = f"{version.resource_type}/{version.id}/_history/{version.version}"
+            patients = version.comp if version is not None else None
+            events.append(
+                self.events.event(
+                    context, address, interaction, record.status, recorded, patients, target
+                )
+            )
+            if target and interaction.resource_type not in _NOT_TRACED:
+                trace = provenance(context, interaction, target, recorded)
+                provenances.append(self.service.first_version(trace, moment))
+        await self.service.audit_log.append(events)
+        if provenances:
+            await self.service.store_first_versions(provenances)
 
     # ---- reads: buffered ------------------------------------------------------------------------
     @property

@@ -82,6 +82,11 @@ def classify(method: str, path: str, query: bytes) -> Interaction:
     if n and parts[-1].startswith("$"):  # [base]/$op, [base]/Type/$op, [base]/Type/id/$op
         rt = parts[0] if n >= 2 else None
         return Interaction("E", "operation", rt, parts[1] if n == 3 else None, query=query)
+    if (
+        n and parts[0] == "_export"
+    ):  # Bulk Data status, cancel and file downloads (fhir/rest_export.py)
+        action = "D" if method == "DELETE" else "R"
+        return Interaction(action, "operation", query=path[len("/fhir/") :].encode())
     rt = parts[0] if n and not parts[0].startswith("_") else None
     rid = parts[1] if n >= 2 and not parts[1].startswith("_") else None
     if method == "GET" or method == "HEAD":

@@ -193,6 +193,10 @@ class CachedAuthenticator:
         if self._evictions != before and any(self._evicted.get(k, 0) > before for k in keys):
             raise InvalidToken("the token is revoked")
 
+    async def context_for(self, claims: dict[str, Any]) -> AccessContext:
+        """The context of claims verified earlier (a Bulk export resumed after a restart)."""
+        return await self._context(claims)
+
     async def _context(self, claims: dict[str, Any]) -> AccessContext:
         caseloads = self.caseloads
         if caseloads is None:

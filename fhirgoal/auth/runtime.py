@@ -1,8 +1,8 @@
 """Wiring of the authorization modes into the app: what exists per FHIRGOAL_AUTH, built once the
 database is connected (SMART App Launch 2.2, https://hl7.org/fhir/smart-app-launch/).
 
-- `smart`: key ring (keys encrypted at rest), token issuer, client registry, users, token service
-  (auth/server.py routes); access tokens verified against the server's own key set, refused once
+- `smart`: key ring (keys encrypted at rest), token issuer, client registry (with the web app's
+  built-in client, auth/builtin_app.py), users, token service (auth/server.py routes); access tokens verified against the server's own key set, refused once
   their client, user or grant is revoked (auth/revocation.py), and refused when they name a type
   kept out of `*` (AuditEvent) that their client's registration does not name;
 - `external`: tokens of an EHR's authorization server (auth/external.py);
@@ -21,8 +21,11 @@ from fhirgoal.auth.audit_events import SecurityEvent
 from fhirgoal.auth.bearer import Authenticator, CachedAuthenticator
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.context import ParamCompiler
+from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.config import Settings
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError
+from fhirgoal.fhir.export import ExportRunner
 from fhirgoal.fhir.service import FhirService
 
 
@@ -58,8 +61,10 @@ class AuthRuntime:
         if self.security is not None:
             self.security.record(event)
 
-    async def start(self, service: FhirService) -> None:
+    async def start(self, service: FhirService, exports: ExportRunner | None = None) -> None:
         settings = self.settings
+        if exports is not None:
+            exports.access_for_owner = self.owner_access
         compile_params = param_compiler(service)
         if settings.audit and settings.auth != "off":
             self.auditor = Auditor(service, settings.audit_flush_seconds, settings.audit_buffer)
@@ -67,12 +72,12 @@ class AuthRuntime:
                 self.auditor, settings.security_audit_burst, settings.security_audit_per_minute
             )
             self.auditor.start()
+            service.entry_audit = self.auditor.store_entries
         if settings.user_access == "caseload":
             self.caseloads = Caseloads(service, settings.caseload_refresh_seconds)
         if settings.auth == "smart":
             from fhirgoal.auth import revocation
             from fhirgoal.auth.scopes import names_unregistered, parse_scopes
-            from fhirgoal.auth.tokens import InvalidToken
 
             self.smart = await _smart_server(settings, service, self)
             issuer, clients = self.smart.issuer, self.smart.clients
@@ -116,6 +121,31 @@ class AuthRuntime:
                 caseloads=self.caseloads,
             )
 
+    async def owner_access(self, owner: dict[str, Any]) -> AccessContext | None:
+        """The access of the requester of a Bulk export that is run again after a restart
+        (fhir/export.py), rebuilt from what was recorded of its token; None when that requester's
+        client or user has been revoked since, or the mode cannot rebuild it."""
+        if self.settings.auth == "off":
+            return UNRESTRICTED if owner.get("unrestricted") else None
+        if not isinstance(self.authenticator, CachedAuthenticator) or owner.get("unrestricted"):
+            return None
+        names = {"sub": "subject", "client_id": "client_id", "scope": "scope"}
+        names |= {"patient": "patient", "fhirUser": "fhir_user"}
+        claims = {claim: owner[key] for claim, key in names.items() if owner.get(key)}
+        if self.smart is not None:
+            from fhirgoal.auth import revocation
+
+            client_id = claims.get("client_id")
+            if not isinstance(client_id, str) or await self.smart.clients.get(client_id) is None:
+                return None
+            revocations = revocation.Revocations(self.smart.db)
+            if await revocations.any_revoked(revocation.token_keys(claims)):
+                return None
+        try:
+            return await self.authenticator.context_for(claims)
+        except InvalidToken:
+            return None
+
     async def revoke(self, keys: list[str]) -> None:
         """Revoke tokens (auth/revocation.py): recorded for every replica, and dropped from this
         replica's cache at once."""
@@ -133,6 +163,7 @@ class AuthRuntime:
 
 async def _smart_server(settings: Settings, service: FhirService, runtime: AuthRuntime) -> Any:
     from fhirgoal.auth import revocation, state
+    from fhirgoal.auth.builtin_app import register_builtin_app
     from fhirgoal.auth.clients import ClientRegistry
     from fhirgoal.auth.grants import TokenService
     from fhirgoal.auth.keys import KeyRing, encryption_key
@@ -149,6 +180,7 @@ async def _smart_server(settings: Settings, service: FhirService, runtime: AuthR
     await revocation.ensure_indexes(db)
     issuer = TokenIssuer(keys, settings.access_token_seconds)
     clients = ClientRegistry(db)
+    await register_builtin_app(clients, settings)
     users = UserDirectory(db)
     tokens = TokenService(
         db, issuer, clients, settings.refresh_token_seconds, users, revoke=runtime.revoke

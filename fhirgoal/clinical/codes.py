@@ -3,9 +3,9 @@
 Sources, checked for this module (see profiles/README.md for the evidence):
 - HL7 Person-Centered Outcomes IG STU1, http://hl7.org/fhir/us/pco : GAS extension
   `pco-goal-attainment-scaling` (sub-extensions `level` Coding from LL6900-6, `progressText`
-  string), GAS score Observation codes (ValueSet goal-attainment-scaling-score: 112296-9 baseline,
-  107333-7 / 107334-5 / 107331-1 practitioner / patient / caregiver follow-up), GAS Goal
-  `target.measure` 107332-9.
+  string), GAS score Observation codes (ValueSet goal-attainment-scaling-score: 112296-9 baseline
+  in the published STU1, 107332-9 in the IG source's baseline example; 107333-7 / 107334-5 /
+  107331-1 practitioner / patient / caregiver follow-up), GAS Goal `target.measure` 107332-9.
 - LOINC answer list LL6900-6 (LA34479-8 .. LA34484-8). It has no answers for the -3 and -0.5
   variants: those are carried by a second coding from the project's gas-level CodeSystem.
 - http://terminology.hl7.org/CodeSystem/goal-achievement and flag-category.
@@ -31,9 +31,13 @@ PROVENANCE_AGENT_TYPE = "http://terminology.hl7.org/CodeSystem/provenance-partic
 PCO = "http://hl7.org/fhir/us/pco"
 GAS_EXTENSION = f"{PCO}/StructureDefinition/pco-goal-attainment-scaling"
 GAS_GOAL_MEASURE = "107332-9"  # Goal.target.measure of a PCO GAS goal
-GAS_BASELINE = "112296-9"
+GAS_BASELINE = "112296-9"  # what the server writes: the published STU1 baseline code
+# The baselines it reads: the IG source (HL7/pco-ig main, 1.0.0) codes its baseline example with
+# the measure code 107332-9 "Goal attainment scale - Reported"; the published STU1 pages with
+# 112296-9 (tests/clinical/fixtures/pco/README.md).
+GAS_BASELINE_CODES = frozenset({GAS_BASELINE, GAS_GOAL_MEASURE})
 GAS_FOLLOW_UP = {"107333-7": "practitioner", "107334-5": "patient", "107331-1": "caregiver"}
-GAS_RATING_CODES = frozenset({GAS_BASELINE, *GAS_FOLLOW_UP})
+GAS_RATING_CODES = frozenset({*GAS_BASELINE_CODES, *GAS_FOLLOW_UP})
 GAS_CODE_DISPLAY = {
     GAS_BASELINE: "Goal attainment scale GAS baseline",
     "107333-7": "Practitioner follow-up goal attainment scaling score",

@@ -27,7 +27,8 @@ its own Observation `derivedFrom` the parent. Where SDC leaves the choice open w
   valueQuantity"); every built-in score item declares UCUM `{score}`, so ORS totals and PHQ-9
   totals alike are `valueQuantity` (14 `{score}`), as are their items. A decimal without a unit
   is a unitless `valueQuantity` (R4 Observation has no valueDecimal). A coded answer becomes
-  `valueCodeableConcept` with the answerOption's display and, when it has one, its
+  `valueCodeableConcept` with the answerOption's display and, when the answer has a weight (from
+  its answerOption, answerValueSet or CodeSystem: clinical/weights.py), that weight as
   `ordinalValue`, so an item's score is readable without the Questionnaire.
 * A `component` / `member` / `derived` child with no parent Observation is extracted on its own.
 * Only `completed` and `amended` responses extract (SDC: extraction needs a complete response);
@@ -53,7 +54,6 @@ from typing import Any
 from fhirgoal.clinical.scoring import score_compiled
 from fhirgoal.clinical.sdc import (
     EXT_OBS_EXTRACT,
-    EXT_ORDINAL,
     CompiledQuestionnaire,
     ItemDef,
     answer_value,
@@ -61,6 +61,7 @@ from fhirgoal.clinical.sdc import (
     ext_value,
     plain_json,
 )
+from fhirgoal.clinical.weights import EXT_ORDINAL, Terminology
 
 SURVEY = {
     "coding": [
@@ -78,14 +79,21 @@ _ON = frozenset({True, "independent", "member", "derived"})
 
 
 def extract_observations(
-    questionnaire: dict[str, Any], response: dict[str, Any], *, id_for: Callable[[str], str]
+    questionnaire: dict[str, Any],
+    response: dict[str, Any],
+    *,
+    id_for: Callable[[str], str],
+    terminology: Terminology | None = None,
 ) -> list[dict[str, Any]]:
     """The Observations a response yields (scored first, so totals are present); [] unless the
-    response is completed or amended. Assumes a response that passed validate_response."""
+    response is completed or amended. Assumes a response that passed validate_response;
+    `terminology` as for scoring it (the ValueSets / CodeSystems held for its weights)."""
     if response.get("status") not in ("completed", "amended"):
         return []
     cq = compile_questionnaire(questionnaire)
-    return _Extractor(cq, score_compiled(cq, response), id_for).run()
+    held = terminology or Terminology()
+    scored = score_compiled(cq, response, held)
+    return _Extractor(cq, scored, id_for, held).run()
 
 
 def observation_ids(response_id: str) -> Callable[[str], str]:
@@ -115,9 +123,14 @@ def _codings(codes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 class _Extractor:
     def __init__(
-        self, cq: CompiledQuestionnaire, response: dict[str, Any], id_for: Callable[[str], str]
+        self,
+        cq: CompiledQuestionnaire,
+        response: dict[str, Any],
+        id_for: Callable[[str], str],
+        terminology: Terminology,
     ) -> None:
         self.cq = cq
+        self.terminology = terminology
         self.id_for = id_for
         self.out: list[dict[str, Any]] = []
         self.consumed: set[int] = set()  # value items already used by their container
@@ -336,7 +349,8 @@ class _Extractor:
                 return {"valueInteger": value}
             return {"valueQuantity": {"value": Decimal(value)}}
         if key == "valueCoding" and isinstance(value, dict):
-            return {"valueCodeableConcept": _concept(definition, value)}
+            weight = self.cq.weight(definition.link_id, value, self.terminology)
+            return {"valueCodeableConcept": _concept(definition, value, weight)}
         if key in ("valueQuantity", "valueString", "valueBoolean", "valueDateTime", "valueTime"):
             return {key: value}
         if key == "valueDate":
@@ -355,12 +369,12 @@ def _unit(unit: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in fields.items() if v}
 
 
-def _concept(definition: ItemDef, coding: dict[str, Any]) -> dict[str, Any]:
+def _concept(definition: ItemDef, coding: dict[str, Any], weight: Decimal | None) -> dict[str, Any]:
     option = definition.option_for(coding)
     source = option.coding if option is not None else coding
     out = {k: source[k] for k in ("system", "version", "code", "display") if source.get(k)}
-    if option is not None and option.weight is not None:
-        out["extension"] = [{"url": EXT_ORDINAL, "valueDecimal": option.weight}]
+    if weight is not None:
+        out["extension"] = [{"url": EXT_ORDINAL, "valueDecimal": weight}]
     concept: dict[str, Any] = {"coding": [out]}
     if out.get("display"):
         concept["text"] = out["display"]

@@ -137,11 +137,26 @@ def level_text(level: Decimal) -> str:
 
 
 class Variant(enum.StrEnum):
-    """Which GAS scale variants the inputs used (Turner-Stokes & Williams 2010)."""
+    """Which GAS scale variants the inputs used (Turner-Stokes & Williams 2010), named as the
+    goals name theirs (CodeSystem https://fhirgoal.org/fhir/CodeSystem/gas-scale-variant), so
+    `$gas-tscore`, `$progress` and the Goal's gas-scale-variant extension say the same."""
 
-    STANDARD = "standard-5-level"  # -2..+2 only
-    PARTIAL_ACHIEVEMENT = "partial-achievement"  # -0.5 recorded, counted as -1
-    WORSE_THAN_BASELINE = "worse-than-baseline"  # 6-level scale with -3, counted as -3
+    STANDARD = "five-level"  # -2..+2 only
+    PARTIAL_ACHIEVEMENT = "partial"  # -0.5 recorded, counted as -1
+    WORSE_THAN_BASELINE = "six-level"  # 6-level scale with -3, counted as -3
+
+    @classmethod
+    def read(cls, code: str) -> Variant:
+        """A variant from its code, or from the names `$gas-tscore` answered with before the
+        names were unified (standard-5-level, partial-achievement, worse-than-baseline)."""
+        return cls(_FORMER_VARIANT_NAMES.get(code, code))
+
+
+_FORMER_VARIANT_NAMES = {
+    "standard-5-level": "five-level",
+    "partial-achievement": "partial",
+    "worse-than-baseline": "six-level",
+}
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,9 +3,15 @@
 After every write of a GAS rating Observation (PCO GAS score codes, `focus` -> Goal) the goal's
 status is decided again from all its ratings. The server writes the status it decides, marked
 with the `derived-achievement-status` extension (pointing at the latest rating), and records a
-Provenance. A status without that mark was set by a clinician: it is never replaced; instead a
-`goal-status-review` Flag tells the clinician what the ratings suggest, and closes once the
-clinician's status and the ratings agree again. The hook is convergent (fhir/hooks.py): it reads
+Provenance.
+
+Who owns the status (STATUS_RULE, also stated in `$progress` and the README): a status that was
+already there before the goal's first rating was recorded (an EHR creates PCO goals with
+`in-progress`) is a starting value, and the server replaces it from the ratings. A status a user
+set after the first rating, without the server's mark, is a clinician's judgement: it is never
+replaced; instead a `goal-status-review` Flag tells the clinician what the ratings suggest, and
+closes once the clinician's status and the ratings agree again. Goals without GAS levels are not
+rated against a scale: no status is derived for them and no Flag raised. The hook is convergent (fhir/hooks.py): it reads
 the goal's ratings as they are now, so re-running it after a crash is harmless.
 """
 
@@ -22,12 +28,18 @@ from fhirgoal.clinical.flags import (
     raise_flag,
     record_provenance,
 )
-from fhirgoal.clinical.records import rating_of, ratings_by_goal
+from fhirgoal.clinical.records import (
+    first_rating_recorded,
+    is_gas_goal,
+    rating_of,
+    ratings_by_goal,
+)
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
 from fhirgoal.fhir.hooks import WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.service import FhirService
+from fhirgoal.store.repository import Version
 
 
 def _rated_goal(resource: dict[str, Any] | None) -> str | None:
@@ -89,11 +101,17 @@ class GoalStatusHook:
             if current is None or current.resource is None:
                 return  # rated goal unknown or deleted: nothing to keep in step
             goal = current.resource
+            if not is_gas_goal(goal):
+                # A rating of a goal without GAS levels (a PCO goal with only the GAS measure,
+                # or none) has no scale behind it: the server decides nothing and raises nothing.
+                await clear_flag(svc, flag_id("goal-status-review", gid), instant_text(now()),
+                                 "the goal is not scaled for GAS")  # fmt: skip
+                return
             subject = (goal.get("subject") or {}).get("reference")
             ratings = (await ratings_by_goal(svc, UNRESTRICTED, [gid], subject)).get(gid, [])
             decision = decide(ratings)
             status = goal.get("achievementStatus")
-            marked = _server_marked(status)
+            marked = _server_marked(status) or await self._starting_value(current, gid, subject)
             change = status_change(status, marked, decision)
             if change is StatusChange.KEEP_CLINICIAN:
                 assert decision is not None
@@ -141,6 +159,11 @@ class GoalStatusHook:
             await record_provenance(svc, outcome.version, reason, sources)
             return
 
+    async def _starting_value(self, current: Version, gid: str, subject: Any) -> bool:
+        """Whether the goal's status was set before its first rating was recorded (so it is a
+        starting value, not a clinician's judgement of the ratings)."""
+        return await status_set_before_ratings(self.service, current, gid, subject)
+
     async def _ask_for_review(
         self, goal: dict[str, Any], decision: AchievementDecision, status: Any
     ) -> None:
@@ -165,6 +188,36 @@ class GoalStatusHook:
                 since=instant_text(now()),
             ),
         )
+
+
+STATUS_RULE = (
+    "Goal.achievementStatus follows the GAS ratings: the server derives it (and marks it as its "
+    "own) from the ratings. A status already present before the goal's first rating (such as the "
+    "in-progress an EHR sends at creation) is a starting value that the ratings replace; a status "
+    "a user sets after the first rating is the clinician's and is kept, with a goal-status-review "
+    "Flag while the ratings suggest otherwise."
+)
+
+
+async def status_set_before_ratings(
+    svc: FhirService, current: Version, gid: str, subject: Any
+) -> bool:
+    """Whether the current achievementStatus of Goal `gid` (version `current`) was written before
+    the first of its GAS ratings was recorded: walk the goal's history back to the version that
+    set this status, and compare its time with the earliest rating's."""
+    status = (current.resource or {}).get("achievementStatus")
+    if not status:
+        return False
+    set_at = current.last_updated
+    versions, _, _ = await svc.history(UNRESTRICTED, "Goal", gid, {"_count": "500"})
+    for version in versions:  # newest first
+        if version.version > current.version:
+            continue
+        if version.resource is None or version.resource.get("achievementStatus") != status:
+            break
+        set_at = version.last_updated
+    first = await first_rating_recorded(svc, gid, subject)
+    return first is not None and set_at < first
 
 
 def _server_marked(status: Any) -> bool:

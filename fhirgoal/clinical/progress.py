@@ -4,7 +4,9 @@ Returns a Parameters resource (https://hl7.org/fhir/R4/parameters.html), the for
 operation results, with:
 
 - `goal` (one per GAS goal): the goal, its current achievement status and who set it (`server`
-  from the ratings, or `clinician`), weight and scale variant, and every rating - date, raw level,
+  from the ratings, `starting-value` when set before the first rating and so replaced by the
+  ratings, or `clinician` when a user set it after the first rating; the rule itself is the
+  `statusRule` parameter), weight and scale variant, and every rating - date, raw level,
   baseline or follow-up, rater - so raw levels and raters are never hidden behind a score;
 - `tscore` (series): the GAS T-score after each rating date, from the practitioner's ratings
   (and baselines), with the goals it covered;
@@ -28,9 +30,11 @@ from typing import Any
 from fhirgoal.clinical.achievement import day_of, instant_of
 from fhirgoal.clinical.codes import DERIVED_STATUS_EXTENSION, FHIRGOAL
 from fhirgoal.clinical.gas import GoalScore, compute_tscore
+from fhirgoal.clinical.goal_status import STATUS_RULE, status_set_before_ratings
 from fhirgoal.clinical.records import (
     COMPARATORS,
     GasGoal,
+    first_rating_recorded,
     patient_gas_goals,
     patient_observations,
     ratings_in,
@@ -102,7 +106,9 @@ async def patient_progress(svc: FhirService, call: Invocation) -> Outcome:
         {"name": "date", "valueDate": on.isoformat()},
     ]
     usable = {g.id: [r for r in ratings.get(g.id, []) if _on_or_before(r.when, on)] for g in goals}
-    out += [_goal_part(goal, usable[goal.id]) for goal in goals]
+    out.append({"name": "statusRule", "valueString": STATUS_RULE})
+    for goal in goals:
+        out.append(_goal_part(goal, usable[goal.id], await _status_owner(svc, call, goal)))
     out += _tscore_series(goals, usable)
     out += [_ors_part(point) for point in ors]
     if ors:
@@ -143,7 +149,24 @@ async def patient_progress(svc: FhirService, call: Invocation) -> Outcome:
     return Outcome(200, body={"resourceType": "Parameters", "parameter": out})
 
 
-def _goal_part(goal: GasGoal, ratings: list[Any]) -> dict[str, Any]:
+async def _status_owner(svc: FhirService, call: Invocation, goal: GasGoal) -> str:
+    """Who owns the goal's achievementStatus now (STATUS_RULE): `server` (derived from the
+    ratings), `starting-value` (set before the first rating: the ratings will replace it) or
+    `clinician` (set by a user after the first rating: kept)."""
+    status = goal.resource.get("achievementStatus")
+    if isinstance(status, dict) and any(
+        e.get("url") == DERIVED_STATUS_EXTENSION for e in status.get("extension", [])
+    ):
+        return "server"
+    current = await svc.current(call.access, "Goal", goal.id)
+    subject = (goal.resource.get("subject") or {}).get("reference")
+    if current is None or await first_rating_recorded(svc, goal.id, subject) is None:
+        return "starting-value"
+    before = await status_set_before_ratings(svc, current, goal.id, subject)
+    return "starting-value" if before else "clinician"
+
+
+def _goal_part(goal: GasGoal, ratings: list[Any], owner: str) -> dict[str, Any]:
     resource = goal.resource
     status = resource.get("achievementStatus")
     parts: list[dict[str, Any]] = [
@@ -156,9 +179,8 @@ def _goal_part(goal: GasGoal, ratings: list[Any]) -> dict[str, Any]:
         coding = {
             k: v for k, v in status["coding"][0].items() if k in ("system", "code", "display")
         }
-        marked = any(e.get("url") == DERIVED_STATUS_EXTENSION for e in status.get("extension", []))
         parts.append({"name": "achievementStatus", "valueCoding": coding})
-        parts.append({"name": "statusSetBy", "valueCode": "server" if marked else "clinician"})
+        parts.append({"name": "statusSetBy", "valueCode": owner})
     for rating in ratings:
         parts.append(
             {

@@ -5,6 +5,7 @@ BSON Decimal128 of documents read back from MongoDB is accepted too); no I/O, in
 modified. The server calls them on write and for `$extract`:
 
     scored = validate_and_score(questionnaire, response)  # FhirError(processing) on bad answers
+    assessed = assess(questionnaire, response, terminology)  # the same, with warnings
     observations = extract_observations(questionnaire, scored, id_for=observation_ids(qr_id))
 
 Specifications: R4 Questionnaire / QuestionnaireResponse (https://hl7.org/fhir/R4/questionnaire.html,
@@ -25,9 +26,15 @@ send, `Questionnaire/{id}`; a version, when given, must match). Required items
 are enforced only once the response is `completed` or `amended` (an `in-progress` one may be
 partial), and not for items with enableWhen (whether they were shown depends on other answers) or
 calculated ones. A calculated item (the totals) is recomputed by the server, so a client may omit
-it; if a client sends one that disagrees with the recomputed value, that is rejected rather than
-silently replaced, because the client showed the patient or clinician a different number. (That
-check runs only when the answers themselves are valid: a total of invalid inputs means nothing.)
+it; if a client sends one that disagrees with the recomputed value (a value where the answers give
+none included), that is rejected rather than silently replaced, because the client showed the
+patient or clinician a different number; the message says what the answers give. (That check runs
+only when the answers themselves are valid: a total of invalid inputs means nothing.) A
+calculation the server cannot do (clinical/scoring.py: the expression fails, a variable it uses
+is undefined or failed, its value does not fit the item) refuses nothing: the item stays as sent,
+unchecked, and `assess` returns a warning saying why; so does a completed response whose
+calculated item comes out empty (an answer it needs is missing). The write path returns these
+warnings in the response's OperationOutcome (`Prefer: return=OperationOutcome`).
 
 Scoring: see fhirgoal.clinical.scoring and fhirgoal.clinical.sdc (exact Decimal sums; 7.5 + 8.2 +
 7.6 + 8.1 is Decimal("31.4"); the built-in `sum()` shape runs natively, anything else on fhirpathpy).
@@ -51,22 +58,26 @@ licensed item texts, for the server to load from a configured directory.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from decimal import Decimal
 from html import escape
 from typing import Any
 
 from fhirgoal.clinical.extraction import extract_observations, observation_ids
-from fhirgoal.clinical.scoring import copy_json, score_in_place, score_response
+from fhirgoal.clinical.scoring import ScoreReport, copy_json, score_in_place, score_response
 from fhirgoal.clinical.sdc import (
     CompiledQuestionnaire,
     ItemDef,
     answer_value,
     compile_questionnaire,
 )
+from fhirgoal.clinical.weights import Terminology
 from fhirgoal.core.errors import FhirError, Issue
 
 __all__ = [
+    "Assessment",
     "apply_licensed_text",
+    "assess",
     "compile_questionnaire",
     "extract_observations",
     "narrative",
@@ -85,19 +96,40 @@ def validate_response(questionnaire: dict[str, Any], response: dict[str, Any]) -
     validate_and_score(questionnaire, response)
 
 
-def validate_and_score(questionnaire: dict[str, Any], response: dict[str, Any]) -> dict[str, Any]:
+def validate_and_score(
+    questionnaire: dict[str, Any],
+    response: dict[str, Any],
+    terminology: Terminology | None = None,
+) -> dict[str, Any]:
     """validate_response, then return score_response's copy (one evaluation for both)."""
+    return assess(questionnaire, response, terminology).response
+
+
+@dataclass
+class Assessment:
+    """A response that passed its Questionnaire: scored, and what the client should know."""
+
+    response: dict[str, Any]  # a scored copy
+    warnings: list[Issue]  # calculations that could not be done, totals that came out empty
+
+
+def assess(
+    questionnaire: dict[str, Any],
+    response: dict[str, Any],
+    terminology: Terminology | None = None,
+) -> Assessment:
+    """Validate and score `response`; FhirError("processing") with every problem if it breaks
+    its Questionnaire. `terminology`: ValueSets / CodeSystems the server holds, for weights."""
     cq = compile_questionnaire(questionnaire)
     response = copy_json(response)  # ours to score in place; stored Decimal128s become Decimals
     check = _Check(cq, complete=response.get("status") in COMPLETE)
     check.canonical(response)
     check.items(response.get("item", []), cq.items, "QuestionnaireResponse")
     if not check.issues:  # a total of invalid answers means nothing: check it only on valid ones
-        score_in_place(cq, response)
-        check.calculated()
+        check.calculated(score_in_place(cq, response, terminology))
     if check.issues:
         raise FhirError("processing", issues=check.issues[:MAX_ISSUES])
-    return response
+    return Assessment(response, check.warnings[:MAX_ISSUES])
 
 
 class _Check:
@@ -105,6 +137,7 @@ class _Check:
         self.cq = cq
         self.complete = complete
         self.issues: list[Issue] = []
+        self.warnings: list[Issue] = []
         # calculated items the client sent: (where, item, the node scoring rewrites, what was sent)
         self.sent: list[tuple[str, ItemDef, dict[str, Any], list[Any]]] = []
 
@@ -199,20 +232,40 @@ class _Check:
                         "required",
                     )
 
-    def calculated(self) -> None:
-        """After scoring in place: each calculated answer a client sent must equal the result."""
+    def calculated(self, report: ScoreReport) -> None:
+        """After scoring in place: each calculated answer a client sent must equal the result.
+        One the server could not compute is kept unchecked, with the report's warning."""
+        self.warnings.extend(report.problems)
+        sent_nodes = {id(node) for _, _, node, _ in self.sent}
         for where, definition, node, sent in self.sent:
+            if id(node) in report.kept:
+                continue
             computed = node.get("answer", [])
             if _same([answer_value(a) for a in sent], [answer_value(a) for a in computed]):
+                if any(isinstance(v[1], dict) for v in map(answer_value, sent) if v):
+                    node["answer"] = sent  # same value: keep the client's unit text, display
                 continue
-            shown = ", ".join(str(v[1]) for v in map(answer_value, computed) if v) or "no value"
-            rule = definition.calculated.text if definition.calculated else ""
+            expected = _shown(computed) or "no value"
             self.add(
-                f"'{definition.link_id}' is calculated ({rule}); "
-                f"the answers give {shown}, not what was sent",
+                f"'{definition.link_id}' is calculated ({_rule(definition)}): expected "
+                f"{expected} from these answers, but {_shown(sent)} was sent{_hint(definition)}",
                 where,
                 "value",
             )
+        if not self.complete:
+            return
+        for definition, where, found in report.empty:
+            if found is None or id(found) not in sent_nodes:
+                self.warnings.append(
+                    Issue(
+                        f"'{definition.link_id}' has no value: {_rule(definition)} gives "
+                        "nothing on these answers"
+                        + (_hint(definition) or " (an answer it needs may be missing)"),
+                        where,
+                        "incomplete",
+                        severity="warning",
+                    )
+                )
 
     def answer(self, definition: ItemDef, answer: dict[str, Any], where: str) -> None:
         link_id = definition.link_id
@@ -299,18 +352,64 @@ def _check_range(definition: ItemDef, value: Any, at: str, issues: list[Issue]) 
             )
 
 
+def _rule(definition: ItemDef) -> str:
+    return f"calculatedExpression `{definition.calculated.text if definition.calculated else ''}`"
+
+
+def _hint(definition: ItemDef) -> str:
+    """A FHIRPath fact worth saying when an expression reads `%resource.item` for a nested item:
+    those are the response's top-level items only (its groups), not the questions inside them."""
+    rule = definition.calculated.text if definition.calculated else ""
+    if "%resource.item" in rule.replace(" ", "") and definition.path.count(".item[") > 1:
+        return (
+            " (%resource.item are the response's top-level items only; the questions of a "
+            "group are reached with %resource.repeat(item) or %context.item)"
+        )
+    return ""
+
+
+def _shown(answers: list[dict[str, Any]]) -> str:
+    shown = []
+    for found in map(answer_value, answers):
+        if found is None:
+            continue
+        key, value = found
+        if key == "valueQuantity" and isinstance(value, dict):
+            unit = value.get("unit") or value.get("code")
+            shown.append(f"{value.get('value')} {unit}" if unit else str(value.get("value")))
+        elif key == "valueCoding" and isinstance(value, dict):
+            shown.append(f"{value.get('system')}|{value.get('code')}")
+        else:
+            shown.append(str(value))
+    return ", ".join(shown)
+
+
 def _same(sent: list[Any], expected: list[Any]) -> bool:
     if len(sent) != len(expected):
         return False
     for a, b in zip(sent, expected, strict=True):
         if a is None or b is None or a[0] != b[0]:
             return False
-        if isinstance(a[1], dict) and isinstance(b[1], dict):
+        if a[0] == "valueQuantity" and isinstance(a[1], dict) and isinstance(b[1], dict):
+            if not _same_quantity(a[1], b[1]):
+                return False
+        elif isinstance(a[1], dict) and isinstance(b[1], dict):
             if (a[1].get("system"), a[1].get("code")) != (b[1].get("system"), b[1].get("code")):
                 return False
         elif a[1] != b[1]:
             return False
     return True
+
+
+def _same_quantity(sent: dict[str, Any], computed: dict[str, Any]) -> bool:
+    """Equal values; the unit counts only where the Questionnaire gives one (questionnaire-unit),
+    so a client may label a unitless score `{score}`."""
+    value = sent.get("value")
+    if isinstance(value, bool) or not isinstance(value, int | Decimal):
+        return False
+    if value != computed.get("value"):
+        return False
+    return all(sent.get(k) == computed[k] for k in ("system", "code") if computed.get(k))
 
 
 # --- licensed text and narrative -------------------------------------------------------------------

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
+from datetime import datetime
 from decimal import Decimal
 from typing import Any
 
@@ -16,10 +17,9 @@ from fhirgoal.clinical.achievement import Rater, Rating
 from fhirgoal.clinical.codes import (
     ALLIANCE_TOTALS,
     GAD7_TOTAL,
-    GAS_BASELINE,
+    GAS_BASELINE_CODES,
     GAS_EXTENSION,
     GAS_FOLLOW_UP,
-    GAS_GOAL_MEASURE,
     GAS_RATING_CODES,
     GAS_VARIANT_EXTENSION,
     GAS_WEIGHT_EXTENSION,
@@ -31,7 +31,7 @@ from fhirgoal.clinical.codes import (
 )
 from fhirgoal.clinical.gas import weight_from
 from fhirgoal.clinical.session_measures import SessionScore
-from fhirgoal.core.access import AccessContext
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError
 from fhirgoal.core.fields import NEWEST_FIRST
 from fhirgoal.fhir.service import FhirService
@@ -61,13 +61,11 @@ class GasGoal:
 
 
 def is_gas_goal(goal: dict[str, Any]) -> bool:
-    if any(e.get("url") == GAS_EXTENSION for e in goal.get("extension") or []):
-        return True
-    return any(
-        c.get("system") == LOINC and c.get("code") == GAS_GOAL_MEASURE
-        for t in goal.get("target") or []
-        for c in (t.get("measure") or {}).get("coding") or []
-    )
+    """Whether the goal is scored by GAS: it describes its attainment levels (PCO extension
+    pco-goal-attainment-scaling). A PCO goal with the GAS `target.measure` but no levels is
+    stored and searchable like any goal, but has no scale to score against, so the T-score,
+    `$progress` and the status rules leave it out."""
+    return any(e.get("url") == GAS_EXTENSION for e in goal.get("extension") or [])
 
 
 def gas_goal(goal: dict[str, Any]) -> GasGoal:
@@ -105,7 +103,7 @@ def rating_of(observation: dict[str, Any]) -> tuple[str, Rating] | None:
     if not codes or goal is None or level is None or not when:
         return None
     code = codes[0]
-    if code == GAS_BASELINE:
+    if code in GAS_BASELINE_CODES:
         performers: list[dict[str, Any]] = observation.get("performer") or [{}]
         performer = str(performers[0].get("reference", ""))
         rater: Rater = _RATER_OF_TYPE.get(performer.split("/", 1)[0], "practitioner")
@@ -162,6 +160,17 @@ async def ratings_by_goal(
     params = [("focus", focus), ("code", codes)] + ([("subject", subject)] if subject else [])
     versions = await _latest_first(svc, access, params)
     return ratings_in([v.resource for v in versions if v.resource is not None], goal_ids)
+
+
+async def first_rating_recorded(svc: FhirService, gid: str, subject: str | None) -> datetime | None:
+    """When the earliest current GAS rating of Goal `gid` was recorded (meta.lastUpdated)."""
+    codes = ",".join(f"{LOINC}|{code}" for code in sorted(GAS_RATING_CODES))
+    params = [("focus", f"Goal/{gid}"), ("code", codes)] + (
+        [("subject", subject)] if subject else []
+    )
+    versions = await svc.find_resources(UNRESTRICTED, "Observation", params, MAX_RECORDS)
+    times = [v.last_updated for v in versions if v.resource is not None and rating_of(v.resource)]
+    return min(times) if times else None
 
 
 async def _latest_first(

@@ -26,6 +26,8 @@ from fhirgoal.clinical.codes import (
     gas_value,
 )
 
+GAS_GOAL_PROFILE = f"{FHIRGOAL}/StructureDefinition/gas-goal"
+GAS_RATING_PROFILE = f"{FHIRGOAL}/StructureDefinition/gas-rating"
 SURVEY = {"coding": [{"system": OBSERVATION_CATEGORY, "code": "survey", "display": "Survey"}]}
 _FOLLOW_UP_CODE = {rater: code for code, rater in GAS_FOLLOW_UP.items()}
 
@@ -97,6 +99,8 @@ def gas_goal(
     goal: dict[str, Any] = {
         "resourceType": "Goal",
         "id": gid,
+        # claimed, so the server holds what it builds to its profile (errors, not warnings)
+        "meta": {"profile": [GAS_GOAL_PROFILE]},
         "extension": extensions,
         "lifecycleStatus": "active",
         "description": {"text": description},
@@ -128,6 +132,7 @@ def gas_rating(
     rating: dict[str, Any] = {
         "resourceType": "Observation",
         "id": oid,
+        "meta": {"profile": [GAS_RATING_PROFILE]},
         "status": "final",
         "category": [SURVEY],
         "code": {"coding": [{"system": LOINC, "code": code, "display": GAS_CODE_DISPLAY[code]}]},

@@ -5,9 +5,12 @@ the convention for one Observation per administration is in clinical/extraction.
 the write path (fhir/hooks.py):
 
 - before the response is stored: its Questionnaire is looked up by canonical (`url`,
-  `url|version` or `Questionnaire/{id}`), the answers are validated and scored (an answer of 11 on
-  a 0-10 item, or a missing required item, is a 422 and nothing is stored), and the Observations
-  are built and validated, so a response whose derived results could not be stored is refused;
+  `url|version` or `Questionnaire/{id}`), with the ValueSets and CodeSystems the server holds that
+  its answers' weights need (clinical/terminology.py), the answers are validated and scored (an
+  answer of 11 on a 0-10 item, or a missing required item, is a 422 and nothing is stored; a
+  calculation the server cannot do is a warning in the write's OperationOutcome), and the
+  Observations are built and validated, so a response whose derived results could not be stored
+  is refused;
 - after it is stored: the derived Observations are brought in line with the response as it now
   is - created, updated (an `amended` response gives `amended` Observations), and those it no
   longer yields (an `entered-in-error` or deleted response, an item cleared by an amendment) are
@@ -25,16 +28,18 @@ without storing it, as the SDC operation defines
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fhirgoal.clinical.questionnaires import (
+    assess,
+    compile_questionnaire,
     extract_observations,
     observation_ids,
-    validate_and_score,
 )
+from fhirgoal.clinical.terminology import find_canonical, held_terminology
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
-from fhirgoal.core.errors import FhirError, informational_outcome
-from fhirgoal.core.fields import NEWEST_FIRST
+from fhirgoal.core.errors import FhirError, Issue, informational_outcome
 from fhirgoal.fhir.hooks import WriteEvent
 from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
 from fhirgoal.fhir.outcome import Outcome
@@ -51,18 +56,20 @@ async def find_questionnaire(
     if canonical.startswith("Questionnaire/"):
         version = await svc.current(access, "Questionnaire", canonical.split("/", 1)[1])
         return version.resource if version is not None and not version.deleted else None
-    url, _, wanted = canonical.partition("|")
-    params = [("url", url)] + ([("version", wanted)] if wanted else [])
-    found = await svc.find_resources(access, "Questionnaire", params, 20, NEWEST_FIRST)
-    questionnaires = [v.resource for v in found if v.resource is not None]
-    active = [q for q in questionnaires if q.get("status") == "active"]
-    chosen = active or questionnaires
-    return chosen[0] if chosen else None
+    return await find_canonical(svc, access, "Questionnaire", canonical)
+
+
+@dataclass
+class Derived:
+    """What a response yields, and what its client should be told about it."""
+
+    observations: list[dict[str, Any]]
+    warnings: list[Issue]
 
 
 async def derive(
     svc: FhirService, access: AccessContext, response: dict[str, Any]
-) -> list[dict[str, Any]] | None:
+) -> Derived | None:
     """The Observations `response` yields, validated; None when its Questionnaire is unknown."""
     canonical = response.get("questionnaire")
     if not isinstance(canonical, str) or not canonical:
@@ -70,9 +77,15 @@ async def derive(
     questionnaire = await find_questionnaire(svc, access, canonical)
     if questionnaire is None:
         return None
-    scored = validate_and_score(questionnaire, response)
+    terminology = await held_terminology(
+        svc, access, compile_questionnaire(questionnaire), response
+    )
+    assessed = assess(questionnaire, response, terminology)
     observations = extract_observations(
-        questionnaire, scored, id_for=observation_ids(response["id"])
+        questionnaire,
+        assessed.response,
+        id_for=observation_ids(response["id"]),
+        terminology=terminology,
     )
     for observation in observations:
         try:
@@ -84,7 +97,7 @@ async def derive(
                 + "; ".join(i.diagnostics for i in error.issues),
                 "QuestionnaireResponse",
             ) from None
-    return observations
+    return Derived(observations, assessed.warnings)
 
 
 class ResponseExtractionHook:
@@ -98,7 +111,10 @@ class ResponseExtractionHook:
 
     async def before_write(self, event: WriteEvent) -> None:
         if event.resource is not None:
-            event.state["observations"] = await derive(self.service, UNRESTRICTED, event.resource)
+            derived = await derive(self.service, UNRESTRICTED, event.resource)
+            event.state["observations"] = derived.observations if derived else None
+            if derived is not None:
+                event.warnings.extend(derived.warnings)
 
     async def after_write(self, event: WriteEvent) -> None:
         """Bring the derived Observations in line with the response as it is *now*: when two
@@ -117,7 +133,8 @@ class ResponseExtractionHook:
             ):
                 wanted = event.state["observations"] or []
             else:
-                wanted = await derive(svc, UNRESTRICTED, resource) or []
+                derived = await derive(svc, UNRESTRICTED, resource)
+                wanted = derived.observations if derived is not None else []
             await self._apply(event.id, wanted)
             after = await svc.current(UNRESTRICTED, "QuestionnaireResponse", event.id)
             if (after.version if after else None) == (current.version if current else None):
@@ -170,8 +187,8 @@ async def extract(svc: FhirService, call: Invocation) -> Outcome:
             raise FhirError("invalid", "questionnaire-response must be a QuestionnaireResponse",
                             given.expression)  # fmt: skip
         svc.validator.validate(response)
-    observations = await derive(svc, call.access, response)
-    if observations is None:
+    derived = await derive(svc, call.access, response)
+    if derived is None:
         raise FhirError(
             "processing",
             f"the server holds no Questionnaire {response.get('questionnaire')!r} to extract with",
@@ -186,17 +203,23 @@ async def extract(svc: FhirService, call: Invocation) -> Outcome:
                 "resource": o,
                 "request": {"method": "PUT", "url": f"Observation/{o['id']}"},
             }
-            for o in observations
+            for o in derived.observations
         ],
     }
     parameters: list[dict[str, Any]] = [{"name": "return", "resource": bundle}]
-    if not observations:
-        parameters.append(
-            {
-                "name": "issues",
-                "resource": informational_outcome(
-                    "nothing to extract: only a completed or amended response yields Observations"
-                ),
-            }
+    issues = [w.to_json("informational") for w in derived.warnings]
+    if not derived.observations:
+        status = response.get("status")
+        why = (
+            f"nothing to extract: the response is {status}; only a completed or amended "
+            "response yields Observations"
+            if status not in ("completed", "amended")
+            else "nothing to extract: no answered item of this response is marked for "
+            "extraction (sdc-questionnaire-observationExtract on the Questionnaire, an item or "
+            "an item.code) with a code to give its Observation"
         )
+        issues.insert(0, informational_outcome(why)["issue"][0])
+    if issues:
+        outcome = {"resourceType": "OperationOutcome", "issue": issues}
+        parameters.append({"name": "issues", "resource": outcome})
     return Outcome(200, body={"resourceType": "Parameters", "parameter": parameters})

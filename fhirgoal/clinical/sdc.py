@@ -1,47 +1,46 @@
-"""A Questionnaire's SDC metadata compiled once, and its calculatedExpressions evaluated exactly.
+"""A Questionnaire's SDC metadata, compiled once: items, extensions, expressions, answer weights.
 
 Structured Data Capture STU4 (http://hl7.org/fhir/uv/sdc/STU4/): calculatedExpression
-(expressions.html#calculatedExpression), observationExtract (extraction.html#obs-extract), and the
-R4 core / extensions-pack item extensions minValue, maxValue, maxDecimalPlaces, questionnaire-unit,
-ordinalValue and its successor itemWeight (http://hl7.org/fhir/extensions/).
+(expressions.html#calculatedExpression) and `variable` (expressions.html#variables, the extension
+http://hl7.org/fhir/StructureDefinition/variable) compiled by clinical/expressions.py,
+observationExtract (extraction.html#obs-extract), and the R4 core / extensions-pack item extensions
+minValue, maxValue, maxDecimalPlaces, questionnaire-unit, ordinalValue and its successor
+itemWeight (http://hl7.org/fhir/extensions/). An answer's weight (SDC `weight()`) is looked up
+here, in the order clinical/weights.py gives: the answer's Coding, the item's answerOption, its
+answerValueSet (contained, or held by the server and passed in as `Terminology`), the CodeSystem.
 
-Why expressions are not all handed to fhirpathpy: measured on this machine, fhirpathpy 2.2.4 spends
-~700 us on `%resource.item.where(linkId in (...)).answer.value.sum()` for a 4-item response (each
-`where()` is ~170 us), its `sum()` fails on answer values (`int + ResourceNode`), and it has no
-`weight()` / `ordinal()`. Decimals it does keep (Decimal in, Decimal out). So the scoring shape that
-every built-in Questionnaire uses,
-
-    %resource.item.where(linkId in ('a' | 'b' | ...)).answer.value[.weight()|.ordinal()].sum()
-
-(also with `%resource.repeat(item)`), is recognised when the Questionnaire is compiled and summed
-natively with Decimal arithmetic (a few microseconds); any other expression, e.g. one a clinician
-writes, runs on fhirpathpy with an exact Decimal `sum()` and an SDC `weight()` registered. Both
-paths give the same answer (a test checks it). A sum over no answers is no answer (empty), not 0:
-an unanswered form must not score 0.
+Variables: a Questionnaire-level variable is evaluated with `%context` = the response; an
+item-level one with `%context` = that item's node in the response (a group's instance, evaluated
+once per repeat), and is visible to that item's expressions and its descendants'. An expression
+that cannot be compiled (a parse error, a language other than FHIRPath) does not make the
+Questionnaire unusable: it fails when evaluated, and the write says so in a warning.
 """
 
 from __future__ import annotations
 
-import re
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import Any
 
 from bson.decimal128 import Decimal128
-from fhirpathpy import compile as fhirpath_compile
-from fhirpathpy.engine.nodes import ResourceNode
-from fhirpathpy.models import models as fhirpath_models
 
+from fhirgoal.clinical.expressions import FHIRPATH, Environment, Expression, Variable
+from fhirgoal.clinical.weights import (
+    Key,
+    Terminology,
+    code_system_weights,
+    coding_weight,
+    value_set_weights,
+)
 from fhirgoal.core.errors import FhirError
 
 EXT_MIN = "http://hl7.org/fhir/StructureDefinition/minValue"
 EXT_MAX = "http://hl7.org/fhir/StructureDefinition/maxValue"
 EXT_MAX_PLACES = "http://hl7.org/fhir/StructureDefinition/maxDecimalPlaces"
 EXT_UNIT = "http://hl7.org/fhir/StructureDefinition/questionnaire-unit"
-EXT_ORDINAL = "http://hl7.org/fhir/StructureDefinition/ordinalValue"
-EXT_ITEM_WEIGHT = "http://hl7.org/fhir/StructureDefinition/itemWeight"
+EXT_VARIABLE = "http://hl7.org/fhir/StructureDefinition/variable"
 SDC = "http://hl7.org/fhir/uv/sdc/StructureDefinition/"
 EXT_CALCULATED = SDC + "sdc-questionnaire-calculatedExpression"
 EXT_OBS_EXTRACT = SDC + "sdc-questionnaire-observationExtract"
@@ -104,13 +103,6 @@ def answer_value(answer: dict[str, Any]) -> tuple[str, Any] | None:
     return None
 
 
-def coding_weight(coding: dict[str, Any]) -> Decimal | None:
-    weight = ext_value(coding, EXT_ITEM_WEIGHT)
-    if weight is None:
-        weight = ext_value(coding, EXT_ORDINAL)
-    return None if weight is None or isinstance(weight, bool) else Decimal(weight)
-
-
 @dataclass(slots=True)
 class Option:
     coding: dict[str, Any]
@@ -138,11 +130,14 @@ class ItemDef:
     unit: dict[str, Any] | None = None
     options: dict[tuple[str | None, str | None], Option] | None = None  # coded answerOptions
     other_options: list[tuple[str, Any]] | None = None  # non-Coding answerOptions
+    answer_value_set: str | None = None  # canonical, or "#id" of a contained ValueSet
     calculated: Expression | None = None
+    variables: list[Variable] = field(default_factory=list)
     extract: bool | str | None = None  # observationExtract, declared here or inherited
     declares_extract: bool = False
     category: list[dict[str, Any]] | None = None  # observation-extract-category, inherited
     children: list[ItemDef] = field(default_factory=list)
+    has_calculated: bool = False  # it or a descendant has a calculatedExpression
 
     def option_for(self, coding: dict[str, Any]) -> Option | None:
         if self.options is None:
@@ -160,6 +155,12 @@ class CompiledQuestionnaire:
     root_extract: bool | str | None
     root_category: list[dict[str, Any]] | None
     calculated: list[ItemDef]
+    variables: list[Variable] = field(default_factory=list)  # Questionnaire-level
+    contained: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> resource
+    uses_weights: bool = False  # some expression calls weight() / ordinal()
+    # weight tables of contained ValueSets (by id) and CodeSystems (by url), built when first used
+    _value_set_weights: dict[str, dict[Key, Decimal]] = field(default_factory=dict)
+    _code_system_weights: dict[str, dict[str, Decimal]] = field(default_factory=dict)
 
     def walk(self) -> Iterator[ItemDef]:
         stack = list(reversed(self.items))
@@ -168,157 +169,104 @@ class CompiledQuestionnaire:
             yield item
             stack.extend(reversed(item.children))
 
+    def environment(
+        self, response: dict[str, Any], terminology: Terminology | None = None
+    ) -> Environment:
+        """What expressions on `response` see, before any variable is evaluated."""
+        held = terminology or Terminology()
+        return Environment(
+            response, self.resource, lambda link, value: self.weight(link, value, held), {}
+        )
 
-# --- expressions ---------------------------------------------------------------------------------
-
-_SUM = re.compile(
-    r"^\s*%resource\s*\.\s*(item|repeat\(\s*item\s*\))\s*\.\s*where\(\s*linkId\s+in\s*\(\s*"
-    r"('[^'\\]*'(?:\s*\|\s*'[^'\\]*')*)\s*\)\s*\)\s*\.\s*answer\s*\.\s*value\s*"
-    r"(?:\.\s*(weight|ordinal)\(\s*\)\s*)?\.\s*sum\(\s*\)\s*$"
-)
-_MODEL = fhirpath_models["r4"]
-
-
-def _exact_sum(values: list[Any]) -> Any:
-    total = Decimal(0)
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, int | Decimal):
-            raise TypeError(f"sum() of a non-number: {value!r}")
-        total += value
-    return total if values else []
-
-
-def _weights(values: list[Any]) -> list[Decimal]:
-    # Answers reach fhirpathpy with their item's weight already attached (see _annotate).
-    out = []
-    for value in values:
-        if isinstance(value, dict):
-            weight = coding_weight(value)
-            if weight is not None:
-                out.append(weight)
-    return out
-
-
-_FHIRPATH_FUNCTIONS = {
-    "sum": {"fn": _exact_sum},
-    "weight": {"fn": _weights},
-    "ordinal": {"fn": _weights},
-}
-
-
-class Expression:
-    """A compiled calculatedExpression: native for the scoring shape, fhirpathpy otherwise."""
-
-    __slots__ = ("_fallback", "_link_ids", "_nested", "_weighted", "native", "text")
-
-    def __init__(self, text: str) -> None:
-        self.text = text
-        match = _SUM.match(text)
-        self.native = match is not None
-        self._fallback: Callable[..., list[Any]] | None = None
-        if match:
-            self._nested = match.group(1) != "item"
-            self._link_ids = frozenset(s.strip()[1:-1] for s in match.group(2).split("|"))
-            self._weighted = match.group(3) is not None
-        else:
-            self._fallback = fhirpath_compile(
-                text, _MODEL, options={"userInvocationTable": _FHIRPATH_FUNCTIONS}
-            )
-
-    def evaluate(
-        self, cq: CompiledQuestionnaire, response: dict[str, Any], context: dict[str, Any]
-    ) -> list[Any]:
-        if self._fallback is not None:
-            if self._uses_weights():
-                copies: dict[int, dict[str, Any]] = {}
-                response, context = (
-                    _annotate(cq, response, copies),
-                    copies.get(id(context), context),
-                )
-            env: dict[str, Any] = {"resource": response, "questionnaire": cq.resource}
-            # fhirpathpy resolves `answer.value` (a choice type) only on nodes that know their
-            # FHIR path; a bare group item as %context would yield nothing.
-            env["context"] = (
-                context
-                if context is response
-                else ResourceNode.create_node(context, "QuestionnaireResponse.item")
-            )
-            return list(self._fallback(response, env))
-        values: list[Any] = []
-        for item in _response_items(response, self._nested):
-            if item.get("linkId") not in self._link_ids:
-                continue
-            definition = cq.by_link.get(item["linkId"])
-            for answer in item.get("answer", ()):
-                found = answer_value(answer)
-                if found is None:
-                    continue
-                if self._weighted:
-                    weight = _answer_weight(definition, found[1])
-                    if weight is not None:
-                        values.append(weight)
-                else:
-                    values.append(found[1])
-        result = _exact_sum(values)
-        return [result] if values else []
-
-    def _uses_weights(self) -> bool:
-        return "weight(" in self.text or "ordinal(" in self.text
-
-
-def _answer_weight(definition: ItemDef | None, value: Any) -> Decimal | None:
-    if not isinstance(value, dict):
+    def weight(self, link_id: str | None, value: Any, held: Terminology) -> Decimal | None:
+        """SDC weight() of an answer value to item `link_id` (order: clinical/weights.py)."""
+        if not isinstance(value, dict):
+            return None
+        own = coding_weight(value)
+        if own is not None:
+            return own
+        definition = self.by_link.get(link_id) if link_id is not None else None
+        key = (value.get("system"), value.get("code"))
+        if definition is not None:
+            option = definition.options.get(key) if definition.options else None
+            if option is not None and option.weight is not None:
+                return option.weight
+            table = self._value_set_table(definition.answer_value_set, held)
+            if table is not None and key in table:
+                return table[key]
+        system = value.get("system")
+        if isinstance(system, str):
+            codes = self._code_system_table(system, held)
+            if codes is not None:
+                return codes.get(value.get("code", ""))
         return None
-    own = coding_weight(value)  # SDC: a weight on the answer itself wins
-    if own is not None or definition is None:
-        return own
-    option = definition.option_for(value)
-    return option.weight if option else None
+
+    def unresolved(self, response: dict[str, Any], held: Terminology) -> tuple[set[str], set[str]]:
+        """The ValueSet canonicals, then the CodeSystem urls, that the server may hold and that
+        coded answers still without a weight need; empty unless some expression uses weights.
+        A CodeSystem is wanted only once the answer's ValueSet is known to give no weight."""
+        value_sets: set[str] = set()
+        systems: set[str] = set()
+        if not self.uses_weights:
+            return value_sets, systems
+        for link_id, coding in _coded_answers(response.get("item", ())):
+            if self.weight(link_id, coding, held) is not None:
+                continue
+            definition = self.by_link.get(link_id) if link_id is not None else None
+            canonical = definition.answer_value_set if definition is not None else None
+            if canonical and not canonical.startswith("#") and not held.tried(canonical):
+                value_sets.add(canonical)
+                continue
+            system = coding.get("system")
+            if (
+                isinstance(system, str)
+                and not held.tried(system)
+                and not any(self._contained_code_system(system))
+            ):
+                systems.add(system)
+        return value_sets, systems
+
+    def _value_set_table(
+        self, canonical: str | None, held: Terminology
+    ) -> dict[Key, Decimal] | None:
+        if not canonical:
+            return None
+        if not canonical.startswith("#"):
+            return held.value_set_weights(canonical)
+        table = self._value_set_weights.get(canonical)
+        if table is None:
+            value_set = self.contained.get(canonical[1:])
+            if value_set is None or value_set.get("resourceType") != "ValueSet":
+                return None
+            table = self._value_set_weights[canonical] = value_set_weights(value_set)
+        return table
+
+    def _code_system_table(self, system: str, held: Terminology) -> dict[str, Decimal] | None:
+        table = self._code_system_weights.get(system)
+        if table is None:
+            contained = next(self._contained_code_system(system), None)
+            if contained is None:
+                return held.code_system_weights(system)
+            table = self._code_system_weights[system] = code_system_weights(contained)
+        return table
+
+    def _contained_code_system(self, system: str) -> Iterator[dict[str, Any]]:
+        for resource in self.contained.values():
+            if resource.get("resourceType") == "CodeSystem" and resource.get("url") == system:
+                yield resource
 
 
-def _response_items(response: dict[str, Any], nested: bool) -> Iterator[dict[str, Any]]:
-    if not nested:
-        yield from response.get("item", ())
-        return
-    stack = list(reversed(response.get("item", ())))
-    while stack:
-        item = stack.pop()
-        yield item
-        stack.extend(reversed(item.get("item", ())))
-
-
-def _annotate(
-    cq: CompiledQuestionnaire, response: dict[str, Any], copies: dict[int, dict[str, Any]]
-) -> dict[str, Any]:
-    """A copy whose coded answers carry their answerOption's weight, for fhirpathpy's weight();
-    `copies` maps id(original item) to its copy, to find %context in it."""
-
-    def items(nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
-        out = []
-        for original in nodes:
-            node = copies[id(original)] = dict(original)
-            definition = cq.by_link.get(node.get("linkId", ""))
-            if "item" in node:
-                node["item"] = items(node["item"])
-            if "answer" in node:
-                answers = []
-                for answer in node["answer"]:
-                    answer = dict(answer)
-                    coding = answer.get("valueCoding")
-                    weight = _answer_weight(definition, coding)
-                    if isinstance(coding, dict) and weight is not None:
-                        answer["valueCoding"] = {
-                            **coding,
-                            "extension": [{"url": EXT_ITEM_WEIGHT, "valueDecimal": weight}],
-                        }
-                    if "item" in answer:
-                        answer["item"] = items(answer["item"])
-                    answers.append(answer)
-                node["answer"] = answers
-            out.append(node)
-        return out
-
-    return {**response, "item": items(response.get("item", []))}
+def _coded_answers(nodes: Any) -> Iterator[tuple[str | None, dict[str, Any]]]:
+    for node in nodes:
+        if not isinstance(node, dict):
+            continue
+        for answer in node.get("answer", ()):
+            coding = answer.get("valueCoding") if isinstance(answer, dict) else None
+            if isinstance(coding, dict):
+                yield node.get("linkId"), coding
+            if isinstance(answer, dict):
+                yield from _coded_answers(answer.get("item", ()))
+        yield from _coded_answers(node.get("item", ()))
 
 
 # --- compiling -----------------------------------------------------------------------------------
@@ -372,9 +320,49 @@ def _compile(questionnaire: dict[str, Any]) -> CompiledQuestionnaire:
         root_extract=root_extract,
         root_category=root_category,
         calculated=[],
+        variables=_variables(questionnaire),
+        contained={
+            r["id"]: r
+            for r in questionnaire.get("contained", ())
+            if isinstance(r, dict) and isinstance(r.get("id"), str)
+        },
     )
     cq.calculated = [d for d in cq.walk() if d.calculated is not None]
+    expressions = [v.expression for v in cq.variables] + [
+        e
+        for d in cq.walk()
+        for e in [d.calculated, *(v.expression for v in d.variables)]
+        if e is not None
+    ]
+    cq.uses_weights = any(e.uses_weights for e in expressions)
+    for item in cq.items:
+        _mark_calculated(item)
     return cq
+
+
+def _mark_calculated(item: ItemDef) -> bool:
+    below = [_mark_calculated(child) for child in item.children]
+    item.has_calculated = item.calculated is not None or any(below)
+    return item.has_calculated
+
+
+def _expression(element: dict[str, Any], url: str, keep_nodes: bool) -> Expression | None:
+    value = ext_value(element, url)
+    if not isinstance(value, dict) or not isinstance(value.get("expression"), str):
+        return None
+    return Expression(value["expression"], value.get("language", FHIRPATH), keep_nodes=keep_nodes)
+
+
+def _variables(element: dict[str, Any]) -> list[Variable]:
+    """The element's `variable` extensions, in order; one without a name cannot be referred to."""
+    found = []
+    for ext in element.get("extension", ()):
+        value = ext.get("valueExpression") if ext.get("url") == EXT_VARIABLE else None
+        if isinstance(value, dict) and value.get("name") and value.get("expression"):
+            language = value.get("language", FHIRPATH)
+            expression = Expression(value["expression"], language, keep_nodes=True)
+            found.append(Variable(value["name"], expression))
+    return found
 
 
 def _extract_mode(element: dict[str, Any]) -> bool | str | None:
@@ -405,6 +393,9 @@ def _compile_item(
     item_type = raw.get("type", "")
     declared = _ext(raw, EXT_OBS_EXTRACT) is not None
     extract = _extract_mode(raw) if declared else inherited_extract
+    if not declared and any(ext_value(c, EXT_OBS_EXTRACT) is True for c in raw.get("code", ())):
+        # SDC allows the extension on item.code too: that coding's item extracts.
+        declared, extract = True, True
     category = _categories(raw) or inherited_category
     keys = ANSWER_KEYS.get(item_type, ())
     options: dict[tuple[str | None, str | None], Option] | None = None
@@ -425,19 +416,7 @@ def _compile_item(
             other.append(found)
             if found[0] not in keys:
                 keys = (*keys, found[0])
-    calculated = ext_value(raw, EXT_CALCULATED)
-    expression = None
-    if isinstance(calculated, dict) and calculated.get("expression"):
-        if calculated.get("language", "text/fhirpath") != "text/fhirpath":
-            raise FhirError(
-                "processing", f"calculatedExpression of '{link_id}' is not text/fhirpath", path
-            )
-        try:
-            expression = Expression(calculated["expression"])
-        except Exception as exc:  # fhirpathpy raises bare Exceptions on syntax errors
-            raise FhirError(
-                "processing", f"calculatedExpression of '{link_id}' does not parse: {exc}", path
-            ) from None
+    value_set = raw.get("answerValueSet")
     places = ext_value(raw, EXT_MAX_PLACES)
     definition = ItemDef(
         link_id=link_id,
@@ -457,7 +436,9 @@ def _compile_item(
         unit=ext_value(raw, EXT_UNIT),
         options=options,
         other_options=other,
-        calculated=expression,
+        answer_value_set=value_set if isinstance(value_set, str) and value_set else None,
+        calculated=_expression(raw, EXT_CALCULATED, keep_nodes=False),
+        variables=_variables(raw),
         extract=extract,
         declares_extract=declared,
         category=category,

@@ -12,6 +12,8 @@ import orjson
 
 from fhirgoal.core.errors import informational_outcome
 from fhirgoal.fhir.instants import instant_text
+from fhirgoal.fhir.search.engine import SearchPage
+from fhirgoal.fhir.search.query import encode_cursor
 from fhirgoal.store.repository import Version
 
 _STATUS = {"POST": "201 Created", "PUT": "200 OK", "PATCH": "200 OK", "DELETE": "204 No Content"}
@@ -65,6 +67,19 @@ def searchset(
     if entries:
         bundle["entry"] = entries
     return bundle
+
+
+def searchset_page(base: str, url: str, page: SearchPage) -> dict[str, Any]:
+    """The searchset Bundle of one page of a search, with its self/next/previous links."""
+    compiled = page.compiled
+    kept = [*compiled.used, ("_count", str(compiled.count))]
+    here = [("_cursor", encode_cursor(compiled.cursor))] if compiled.cursor else []
+    links: dict[str, list[tuple[str, str]]] = {"self": kept + here}
+    if page.next_cursor:
+        links["next"] = [*kept, ("_cursor", encode_cursor(page.next_cursor))]
+    if page.previous_cursor:
+        links["previous"] = [*kept, ("_cursor", encode_cursor(page.previous_cursor))]
+    return searchset(base, url, page.matches, page.total, links, compiled.warnings, page.included)
 
 
 def history(

@@ -21,7 +21,9 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+
+from fhirgoal.core.errors import Issue
 
 if TYPE_CHECKING:
     from fhirgoal.core.access import AccessContext
@@ -41,6 +43,7 @@ class WriteEvent:
     version: Version | None = None  # set once the write is stored
     state: dict[str, Any] = field(default_factory=dict)  # what before_write planned
     hooks: list[WriteHook] = field(default_factory=list)  # the hooks interested in this write
+    warnings: list[Issue] = field(default_factory=list)  # accepted, but worth telling the client
 
     @property
     def deleted(self) -> bool:
@@ -84,3 +87,23 @@ class HookSet:
     async def after(self, event: WriteEvent) -> None:
         for hook in event.hooks:
             await hook.after_write(event)
+
+
+class EntryRecord(NamedTuple):
+    """One interaction of a batch or transaction Bundle's entry, as its audit record says it."""
+
+    method: str
+    path: str  # "/fhir/Type[/id...]", as the request of a single interaction would have it
+    query: bytes
+    status: int
+    version: Version | None  # what a successful write produced, or what a read answered
+
+
+class EntryAudit(Protocol):
+    """Records the entries of a batch or transaction as interactions of their own (auth/audit.py
+    installs it on the service). Inside a transaction it runs in the unit of work, so the
+    records commit with the entries or not at all."""
+
+    async def __call__(
+        self, access: AccessContext, address: str | None, records: list[EntryRecord], /
+    ) -> None: ...

@@ -108,6 +108,9 @@ class Parameters:
             ]
         )
 
+    def as_json(self) -> list[dict[str, Any]]:
+        return [p.element for p in self.values]
+
     def all(self, name: str) -> list[ParameterValue]:
         return [p for p in self.values if p.name == name]
 
@@ -136,6 +139,12 @@ class Invocation:
     parameters: Parameters
     base_url: str
     method: str
+    prefer: str = ""  # the request's Prefer header, as sent (e.g. "respond-async")
+
+    def prefers(self, token: str) -> bool:
+        """Whether the Prefer header names `token` (RFC 7240; `respond-async`, ...)."""
+        items = (item.strip().partition("=")[0].strip().lower() for item in self.prefer.split(","))
+        return token in {i for part in items for i in part.split(";")}
 
 
 # A handler is called with the FhirService (service.py), which holds this registry: it is `Any`
@@ -151,6 +160,9 @@ class Operation:
     handler: Handler
     affects_state: bool = False  # GET is refused for operations that change things
     definition: str = ""  # the OperationDefinition's canonical URL (CapabilityStatement)
+    # The POST body may be a resource instead of Parameters (`$validate`): it becomes the
+    # `resource` parameter.
+    resource_body: bool = False
 
 
 @dataclass

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from fhirgoal.core.errors import Issue
 from fhirgoal.store.repository import Version
 
 
@@ -21,3 +22,7 @@ class Outcome:
     body: dict[str, Any] | None = None  # Bundles and OperationOutcomes
     message: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    # What the server accepted but would not hold a resource claiming its profiles to, and what
+    # the write's rules could not do (a calculatedExpression that failed): reported with
+    # `Prefer: return=OperationOutcome`.
+    warnings: list[Issue] = field(default_factory=list)

@@ -19,7 +19,15 @@ Which profiles apply: every profile a resource claims in `meta.profile` that the
 (unknown profiles are ignored, as https://hl7.org/fhir/R4/validation.html#profile allows), plus
 every profile whose `profile-applies-to` extension (a FHIRPath expression, evaluated natively for
 the usual shapes: selectors.py) is true for the resource. That is how a GAS rating sent by an EHR
-that knows nothing of our profiles is still held to them, without code per profile.
+that knows nothing of our profiles is still checked against them, without code per profile.
+
+How a broken rule counts depends on why the profile applies. A resource that *claims* the profile
+is held to it: its issues are errors and refuse the write. For one that merely *looks like* what
+the profile describes, the profile says (extension `profile-unclaimed-severity`): the GAS goal
+and rating profiles say `warning`, because an HL7 PCO goal or rating from an EHR conforms to PCO
+STU1, not to our stricter expectations; the write goes ahead and the warnings are returned in
+the response's OperationOutcome (`Prefer: return=OperationOutcome`, `$validate`). The others
+(session ratings, PHQ-9/GAD-7 totals: ranges no source may break) keep `error`.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from fhirgoal.fhir.selectors import Selector, compile_selector
 log = structlog.get_logger(__name__)
 
 APPLIES_TO = "https://fhirgoal.org/fhir/StructureDefinition/profile-applies-to"
+UNCLAIMED_SEVERITY = "https://fhirgoal.org/fhir/StructureDefinition/profile-unclaimed-severity"
 _VARIABLES = ("resource", "rootResource")
 
 Evaluate = Callable[..., list[Any]]
@@ -84,6 +93,7 @@ class Profile:
     applies_to: Selector | None
     elements: tuple[ElementRule, ...]
     constraints: tuple[Constraint, ...]
+    unclaimed_severity: str = "error"  # what a broken rule is when applied by applies-to only
 
 
 def _typed_value(element: dict[str, Any], prefix: str) -> Any:
@@ -134,9 +144,10 @@ def parse_profile(definition: dict[str, Any]) -> Profile:
                     _compile(text, f"{url} {constraint['key']}"),
                 )
             )
-    return Profile(
-        url, definition.get("name", url), rt, applies_to, tuple(elements), tuple(constraints)
-    )
+    severity = next((e.get("valueCode") for e in definition.get("extension", [])
+                     if e.get("url") == UNCLAIMED_SEVERITY), "error")  # fmt: skip
+    return Profile(url, definition.get("name", url), rt, applies_to, tuple(elements),
+                   tuple(constraints), severity)  # fmt: skip
 
 
 def _bound(value: Any) -> Any:
@@ -268,36 +279,49 @@ class ProfileSet:
                 chosen.append(profile)
         return chosen
 
-    def check(self, resource: dict[str, Any]) -> list[Issue]:
+    def check(self, resource: dict[str, Any], extra: Iterable[str] = ()) -> list[Issue]:
+        """Every broken rule of the profiles that apply: errors for the profiles the resource
+        claims (and the `extra` ones a caller names, as `$validate?profile=` does); for those
+        that apply only by their `profile-applies-to` expression, whatever the profile's
+        `profile-unclaimed-severity` says (default error)."""
+        claimed = set((resource.get("meta") or {}).get("profile") or []) | set(extra)
+        chosen = self.applicable(resource)
+        chosen += [self.by_url[u] for u in sorted(extra) if u in self.by_url and
+                   self.by_url[u] not in chosen]  # fmt: skip
         issues: list[Issue] = []
-        for profile in self.applicable(resource):
-            if profile.type != resource["resourceType"]:
+        for profile in chosen:
+            found = self._profile_issues(profile, resource)
+            if profile.url not in claimed and profile.unclaimed_severity == "warning":
+                found = [_as_warning(issue, profile) for issue in found]
+            issues += found
+        return issues
+
+    def _profile_issues(self, profile: Profile, resource: dict[str, Any]) -> list[Issue]:
+        issues: list[Issue] = []
+        if profile.type != resource["resourceType"]:
+            return [Issue(f"profile {profile.url} is for {profile.type}", "Resource.meta.profile")]
+        for rule in profile.elements:
+            issues += self._check_element(profile, rule, resource)
+        for constraint in profile.constraints:
+            try:
+                result = constraint.evaluate(resource, _variables(resource))
+            except Exception as exc:
                 issues.append(
-                    Issue(f"profile {profile.url} is for {profile.type}", "Resource.meta.profile")
+                    Issue(
+                        f"{profile.name} {constraint.key} could not be evaluated: {exc}",
+                        constraint.path,
+                        "invariant",
+                    )
                 )
                 continue
-            for rule in profile.elements:
-                issues += self._check_element(profile, rule, resource)
-            for constraint in profile.constraints:
-                try:
-                    result = constraint.evaluate(resource, _variables(resource))
-                except Exception as exc:
-                    issues.append(
-                        Issue(
-                            f"{profile.name} {constraint.key} could not be evaluated: {exc}",
-                            constraint.path,
-                            "invariant",
-                        )
+            if result == [False]:
+                issues.append(
+                    Issue(
+                        f"{profile.name} {constraint.key}: {constraint.human}",
+                        constraint.path,
+                        "invariant",
                     )
-                    continue
-                if result == [False]:
-                    issues.append(
-                        Issue(
-                            f"{profile.name} {constraint.key}: {constraint.human}",
-                            constraint.path,
-                            "invariant",
-                        )
-                    )
+                )
         return issues
 
     def _check_element(
@@ -334,9 +358,12 @@ class ProfileSet:
                         Issue(f"{name}: {rule.path} must be {rule.fixed!r}", rule.path, "value")
                     )
                 if rule.pattern is not None and not contains(rule.pattern, value):
+                    # A pattern binds every occurrence of the element (profiling.html#slicing:
+                    # without slicing, each repetition must match it).
                     issues.append(
                         Issue(
-                            f"{name}: {rule.path} must contain {_describe(rule.pattern)}",
+                            f"{name}: every {rule.path} must include {_describe(rule.pattern)}; "
+                            f"this one is {_describe(value)}",
                             rule.path,
                             "value",
                         )
@@ -388,6 +415,16 @@ def _all_concepts(concepts: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def _variables(resource: dict[str, Any]) -> dict[str, Any]:
     return {name: resource for name in _VARIABLES}
+
+
+def _as_warning(issue: Issue, profile: Profile) -> Issue:
+    return Issue(
+        f"{issue.diagnostics} (a warning: the resource matches {profile.url} without claiming it "
+        "in meta.profile; claim it to have this enforced)",
+        issue.expression,
+        issue.code,
+        "warning",
+    )
 
 
 def _describe(pattern: Any) -> str:

@@ -7,6 +7,8 @@ render its Outcome. Responses are pre-serialized bytes (never a pydantic re-dump
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from email.utils import parsedate_to_datetime
 from typing import Any
 from urllib.parse import parse_qsl
 
@@ -19,8 +21,8 @@ from fhirgoal.fhir import binary, bundles
 from fhirgoal.fhir.bundles import http_date
 from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.search.engine import SearchPage
-from fhirgoal.fhir.search.query import encode_cursor
 from fhirgoal.fhir.service import FhirService
+from fhirgoal.fhir.transaction import BundleProcessor
 
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = {"application/fhir+json", "application/json", "text/json"}
@@ -84,15 +86,17 @@ def _media_type(request: Request) -> str:
     return media.strip().lower()
 
 
-async def read_body(request: Request, allowed: set[str] | None) -> bytes:
-    """The body within the size limit; `allowed` media types (None: any, as sent)."""
+async def read_body(request: Request, allowed: set[str] | None, limit: int | None = None) -> bytes:
+    """The body, refused with 413 past `limit` bytes (default: FHIRGOAL_MAX_BODY_BYTES);
+    `allowed` media types (None: any, as sent)."""
     media = _media_type(request) if allowed is not None else ""
     if allowed is not None and media not in allowed:
         raise FhirError(
             "unsupported-media-type",
             f"Content-Type '{media or '(none)'}' is not accepted here; send {' or '.join(sorted(allowed))}",
         )
-    limit = request.app.state.settings.max_body_bytes
+    if limit is None:
+        limit = request.app.state.settings.max_body_bytes
     declared = request.headers.get("content-length")
     if declared and declared.isdigit() and int(declared) > limit:
         raise FhirError("too-large", f"the body exceeds the limit of {limit} bytes")
@@ -105,18 +109,20 @@ async def read_body(request: Request, allowed: set[str] | None) -> bytes:
     return b"".join(chunks)
 
 
-async def read_resource(request: Request, rt: str | None = None, rid: str | None = None) -> Any:
+async def read_resource(
+    request: Request, rt: str | None = None, rid: str | None = None, limit: int | None = None
+) -> Any:
     """The resource a write sends to `rt` (`rid`: its URL id, for an update)."""
     negotiate(request)
     if rt == binary.BINARY:  # raw content, or a Binary resource (fhir/binary.py)
         return binary.resource_from_body(
-            await read_body(request, None),
+            await read_body(request, None, limit),
             request.headers.get("content-type", ""),
             request.headers.get(binary.SECURITY_CONTEXT_HEADER),
             request.app.state.settings.max_json_depth,
             rid,
         )
-    body = await read_body(request, _JSON_TYPES)
+    body = await read_body(request, _JSON_TYPES, limit)
     if not body.strip():
         raise FhirError("bad-request", "the request has no body")
     return jsonio.loads(body, request.app.state.settings.max_json_depth)
@@ -174,6 +180,8 @@ def render(request: Request, outcome: Outcome) -> Response:
             headers["Location" if outcome.status == 201 else "Content-Location"] = location
     if outcome.body is not None:
         return fhir_response(outcome.status, outcome.body, headers)
+    if outcome.status == 304:  # a conditional read: the client's copy is current
+        return Response(status_code=304, headers=headers)
     if (
         request.method == "GET"
         and version is not None
@@ -189,7 +197,9 @@ def render(request: Request, outcome: Outcome) -> Response:
             f"{version.resource_type}/{version.id} version {version.version}" if version else "done"
         )
         status = 200 if outcome.status == 204 else outcome.status
-        return fhir_response(status, informational_outcome(text), headers)
+        body = informational_outcome(text)
+        body["issue"] += [w.to_json("informational") for w in outcome.warnings]
+        return fhir_response(status, body, headers)
     if text is None or request.method == "DELETE" or wanted == "minimal":
         return Response(status_code=outcome.status, headers=headers)
     return Response(
@@ -240,12 +250,31 @@ async def instance_history(rt: str, rid: str, request: Request) -> Response:
     return await _history(request, rt, rid)
 
 
+def _http_date(value: str | None) -> datetime | None:
+    """An If-Modified-Since date; an invalid one is ignored, as RFC 9110 13.1.3 says."""
+    if value is None:
+        return None
+    try:
+        moment = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
 @router.get("/{rt}/{rid}", summary="read")
 async def read(rt: str, rid: str, request: Request) -> Response:
     negotiate(request, any_accept=rt == binary.BINARY)
     svc = service(request)
     svc.require_type(rt)
-    return render(request, await svc.read(access(request), rt, rid))
+    headers = request.headers
+    outcome = await svc.read(
+        access(request),
+        rt,
+        rid,
+        headers.get("if-none-match"),
+        _http_date(headers.get("if-modified-since")),
+    )
+    return render(request, outcome)
 
 
 @router.get("/{rt}/{rid}/_history/{vid}", summary="vread")
@@ -310,7 +339,8 @@ async def delete(rt: str, rid: str, request: Request) -> Response:
     negotiate(request)
     svc = service(request)
     svc.require_type(rt)
-    return render(request, await svc.delete(access(request), rt, rid))
+    outcome = await svc.delete(access(request), rt, rid, request.headers.get("if-match"))
+    return render(request, outcome)
 
 
 @router.delete("/{rt}", summary="conditional delete")
@@ -337,18 +367,24 @@ async def _search(
 
 
 def _searchset(base: str, url: str, page: SearchPage) -> Response:
-    compiled = page.compiled
-    kept = [*compiled.used, ("_count", str(compiled.count))]
-    here = [("_cursor", encode_cursor(compiled.cursor))] if compiled.cursor else []
-    links: dict[str, list[tuple[str, str]]] = {"self": kept + here}
-    if page.next_cursor:
-        links["next"] = [*kept, ("_cursor", encode_cursor(page.next_cursor))]
-    if page.previous_cursor:
-        links["previous"] = [*kept, ("_cursor", encode_cursor(page.previous_cursor))]
-    bundle = bundles.searchset(
-        base, url, page.matches, page.total, links, compiled.warnings, page.included
+    return fhir_response(200, bundles.searchset_page(base, url, page))
+
+
+@router.post("", summary="batch / transaction")
+@router.post("/", include_in_schema=False)
+async def batch_or_transaction(request: Request) -> Response:
+    """A batch or transaction Bundle (http.html#transaction, fhir/transaction.py)."""
+    settings = request.app.state.settings
+    bundle = await read_resource(request, limit=settings.max_bundle_bytes)
+    client = request.client
+    processor = BundleProcessor(
+        service(request),
+        access(request),
+        base_url(request),
+        prefer(request, "return"),
+        client.host if client else None,
     )
-    return fhir_response(200, bundle)
+    return fhir_response(200, await processor.process(bundle))
 
 
 @router.get("", summary="search across types (_type)")

@@ -26,9 +26,32 @@ async def _invoke(
             raise FhirError("method-not-allowed", f"${name} changes data: invoke it with POST")
         parameters = Parameters.from_query(list(request.query_params.multi_items()))
     else:
-        parameters = Parameters.from_resource(await read_resource(request))
+        body = await read_resource(request)
+        if (
+            operation.resource_body
+            and isinstance(body, dict)
+            and body.get("resourceType")
+            not in (
+                None,
+                "Parameters",
+            )
+        ):
+            body = {
+                "resourceType": "Parameters",
+                "parameter": [{"name": "resource", "resource": body}],
+            }
+            query = list(request.query_params.multi_items())
+            body["parameter"] += Parameters.from_query(query).as_json()
+        parameters = Parameters.from_resource(body)
     invocation = Invocation(
-        access(request), name, rt, rid, parameters, base_url(request), request.method
+        access(request),
+        name,
+        rt,
+        rid,
+        parameters,
+        base_url(request),
+        request.method,
+        request.headers.get("prefer", ""),
     )
     return render(request, await operation.handler(svc, invocation))
 

@@ -4,6 +4,12 @@ https://hl7.org/fhir/R4/http.html : create (server-assigned id, If-None-Exist), 
 update (update-as-create, If-Match), conditional update and delete, patch (JSON Patch), delete
 (history kept, reads answer 410), history. The service stamps meta, validates, extracts the search
 index and speaks to the repository; it never formats HTTP (rest.py does).
+
+Every write takes this one path, alone or as an entry of a transaction Bundle (fhir/transaction.py):
+`in_transaction` runs work as a unit of work (store/units.py), whose session the repository picks
+up, so the same calls then commit together. Within a unit a write's after-write rules run before
+the commit, as part of it: no pending mark is needed (nothing can be stored without them), and a
+rule that fails fails the unit instead of being left to the sweep.
 """
 
 from __future__ import annotations
@@ -13,8 +19,9 @@ import contextlib
 import random
 import re
 import uuid
+from collections.abc import Awaitable, Callable
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 import structlog
 from bson.errors import BSONError
@@ -24,10 +31,10 @@ from pymongo.errors import PyMongoError
 from fhirgoal.config import Settings
 from fhirgoal.core import fields
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
-from fhirgoal.core.errors import FhirError
+from fhirgoal.core.errors import FhirError, Issue
 from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.conformance import Conformance
-from fhirgoal.fhir.hooks import HookSet, WriteEvent
+from fhirgoal.fhir.hooks import EntryAudit, HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.operations import OperationRegistry
 from fhirgoal.fhir.outcome import Outcome
@@ -40,8 +47,10 @@ from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.append_log import AppendLog
 from fhirgoal.store.claims import claim_key
 from fhirgoal.store.repository import AlreadyExists, Repository, Version
+from fhirgoal.store.units import RetryUnit, in_unit, run_unit
 
 log = structlog.get_logger(__name__)
+T = TypeVar("T")
 ID_PATTERN = re.compile(r"^[A-Za-z0-9\-.]{1,64}$")
 _ETAG = re.compile(r'^(?:W/)?"?(\d+)"?$')
 # Runs of the after-write rules of one write when a concurrent write keeps changing what they
@@ -58,13 +67,13 @@ async def _back_off(attempt: int) -> None:
     await asyncio.sleep(random.uniform(0, min(0.005 * 2**attempt, 0.25)))
 
 
-def parse_etag(value: str | None) -> int | None:
+def parse_etag(value: str | None, header: str = "If-Match") -> int | None:
     if value is None:
         return None
     m = _ETAG.match(value.strip())
     if not m:
         raise FhirError(
-            "bad-request", f'malformed If-Match value {value!r}; expected W/"<version>"'
+            "bad-request", f'malformed {header} value {value!r}; expected W/"<version>"'
         )
     return int(m.group(1))
 
@@ -97,6 +106,8 @@ class FhirService:
         self.repo = repository
         self.engine = SearchEngine(settings, conformance, registry, repository)
         self.hooks = HookSet()
+        # how the entries of batch and transaction Bundles are audited (auth/ sets it)
+        self.entry_audit: EntryAudit | None = None
         self.operations = OperationRegistry()
         # The audit trail of reads is stored through an append log and indexed later; every
         # reader of AuditEvent catches it up first, whatever the authorization mode.
@@ -153,6 +164,17 @@ class FhirService:
         an audit Provenance): no validation, no hooks."""
         await self.repo.insert(access, version, index)
 
+    async def store_first_versions(self, versions: list[tuple[Version, dict[str, Any]]]) -> None:
+        """Store several versions made by `first_version` in one call (the audit records of a
+        transaction's entries): no access check, no validation, no hooks."""
+        await self.repo.insert_batch(versions)
+
+    async def in_transaction(self, work: Callable[[], Awaitable[T]]) -> T:
+        """`work()` as one unit of work: everything it writes through this service commits
+        together or not at all; run again on a transient conflict (store/units.py)."""
+        repo = self.repo
+        return await run_unit(repo.client, repo.db, work, self.settings.transaction_attempts)
+
     # ---- helpers -----------------------------------------------------------------------------
     def require_type(self, rt: str) -> None:
         if not self.conformance.is_stored(rt):
@@ -177,11 +199,12 @@ class FhirService:
 
     def _prepare(
         self, resource: dict[str, Any], rid: str, vid: int, moment: datetime
-    ) -> tuple[dict[str, Any], dict[str, Any]]:
+    ) -> tuple[dict[str, Any], dict[str, Any], list[Issue]]:
+        """The resource as stored, its search index, and the validation warnings."""
         stored = stamp(resource, rid, vid, moment)
-        self.validator.validate(stored)
+        warnings = self.validator.validate(stored)
         index = self.registry.for_type(stored["resourceType"]).index_fields(stored)
-        return stored, index
+        return stored, index, warnings
 
     def first_version(
         self, resource: dict[str, Any], moment: datetime
@@ -233,11 +256,14 @@ class FhirService:
         resource: Any,
         if_none_exist: list[tuple[str, str]] | None,
         base_url: str,
+        new_id: str | None = None,
     ) -> Outcome:
+        """`new_id`: the id to create under, when the caller must know it before (a transaction
+        rewrites the references to an entry before the entry is stored); else a new UUID."""
         resource = self._check_body(rt, resource)
         if if_none_exist is None:
-            return await self._create_new(access, rt, resource, str(uuid.uuid4()))
-        matches, claimed = await self._claim_absent(access, rt, if_none_exist, base_url)
+            return await self._create_new(access, rt, resource, new_id or str(uuid.uuid4()))
+        matches, claimed = await self._claim_absent(access, rt, if_none_exist, base_url, new_id)
         if len(matches) > 1:
             raise FhirError("precondition-failed", "If-None-Exist criteria match several resources")
         if matches:
@@ -249,12 +275,12 @@ class FhirService:
         self, access: AccessContext, rt: str, resource: dict[str, Any], rid: str
     ) -> Outcome:
         moment = now()
-        stored, index = self._prepare(resource, rid, 1, moment)
+        stored, index, warnings = self._prepare(resource, rid, 1, moment)
         version = self._version(rt, rid, 1, moment, "POST", stored)
-        event = WriteEvent(access, rt, rid, stored, None)
+        event = WriteEvent(access, rt, rid, stored, None, warnings=warnings)
         await self._insert(access, version, await self._before(event, index))
         await self._after(event, version)
-        return Outcome(201, version)
+        return Outcome(201, version, warnings=event.warnings)
 
     async def _create_claimed(
         self, access: AccessContext, rt: str, resource: dict[str, Any], claimed: tuple[str, str]
@@ -269,18 +295,27 @@ class FhirService:
             raise
 
     async def _claim_absent(
-        self, access: AccessContext, rt: str, params: list[tuple[str, str]], base_url: str
+        self,
+        access: AccessContext,
+        rt: str,
+        params: list[tuple[str, str]],
+        base_url: str,
+        new_id: str | None = None,
     ) -> tuple[list[Version], tuple[str, str] | None]:
         """The resources matching `params`; when there are none, a claim on the criteria (its key
-        and the id to create) that no concurrent request holds (store/claims.py). A request that
-        loses the claim searches again, so it finds the winner's resource once it is stored."""
+        and the id to create, `new_id` if given) that no concurrent request holds
+        (store/claims.py). A request that loses the claim searches again, so it finds the
+        winner's resource once it is stored. In a unit of work, whose snapshot a search again
+        would not change, a claimant's resource that is stored and was not found no longer
+        matches, and a claimant still creating makes the unit run again (store/units.py)."""
+        unit = in_unit()
         key = claim_key(rt, params)
         stored_before_search: str | None = None  # a claimant's resource seen before a search
         for attempt in range(CLAIM_ATTEMPTS):
             matches = await self._matches(access, rt, params, base_url)
             if matches:
                 return matches, None
-            rid = str(uuid.uuid4())
+            rid = new_id or str(uuid.uuid4())
             held = await self.repo.claims.claim(key, rid)
             if held is None:
                 return [], (key, rid)
@@ -291,13 +326,15 @@ class FhirService:
                     return [], (key, rid)
                 continue
             holder = await self.repo.current(UNRESTRICTED, rt, held.target) if held.target else None
-            if holder is not None and not holder.deleted:
+            if holder is not None and not holder.deleted and not unit:
                 stored_before_search = held.target  # search again: it may match now
                 continue
             # deleted (it cannot match again), or never created by a claimant that died
             gone = holder is not None or (bool(held.target) and held.stale)
             if gone and await self.repo.claims.take_over(key, held.target, rid):
                 return [], (key, rid)
+            if unit:
+                raise RetryUnit(f"a concurrent conditional create of {rt} holds the criteria")
             await asyncio.sleep(min(0.005 * 2**attempt, 0.25))  # the claimant is creating
         raise FhirError(
             "conflict",
@@ -305,14 +342,19 @@ class FhirService:
         )
 
     async def _before(self, event: WriteEvent, index: dict[str, Any]) -> dict[str, Any]:
-        """Run the before-hooks; the index to store, marked pending when after-hooks will run."""
+        """Run the before-hooks; the index to store, marked pending when after-hooks will run
+        outside a unit of work (in one, they commit with the write or not at all)."""
         await self.hooks.before(event)
-        return {**index, fields.PENDING: True} if event.hooks else index
+        return {**index, fields.PENDING: True} if event.hooks and not in_unit() else index
 
     async def _after(self, event: WriteEvent, version: Version) -> None:
         if not event.hooks:
             return
         event.version = version
+        if in_unit():
+            # part of the unit: a failure (a conflict included) aborts it, and nothing is kept
+            await self.hooks.after(event)
+            return
         for attempt in range(1, AFTER_HOOK_ATTEMPTS + 1):
             try:
                 await self.hooks.after(event)
@@ -365,7 +407,17 @@ class FhirService:
             raise FhirError("invalid", f"the resource cannot be stored: {exc}") from None
 
     # ---- read --------------------------------------------------------------------------------
-    async def read(self, access: AccessContext, rt: str, rid: str) -> Outcome:
+    async def read(
+        self,
+        access: AccessContext,
+        rt: str,
+        rid: str,
+        if_none_match: str | None = None,
+        if_modified_since: datetime | None = None,
+    ) -> Outcome:
+        """A read; a conditional read (http.html#cread) answers 304 Not Modified without the
+        resource when the current version is the one `If-None-Match` names, or is not newer
+        than `If-Modified-Since` (whole seconds, as HTTP dates have)."""
         version = await self.repo.current(access, rt, rid)
         if version is None:
             raise FhirError("not-found", f"{rt}/{rid} is not known")
@@ -373,6 +425,14 @@ class FhirService:
             raise FhirError(
                 "gone", f"{rt}/{rid} was deleted", headers={"ETag": f'W/"{version.version}"'}
             )
+        if if_none_match is not None:
+            if parse_etag(if_none_match, "If-None-Match") == version.version:
+                return Outcome(304, version)
+        elif (
+            if_modified_since is not None
+            and version.last_updated.replace(microsecond=0) <= if_modified_since
+        ):
+            return Outcome(304, version)
         return Outcome(200, version)
 
     async def vread(self, access: AccessContext, rt: str, rid: str, vid: str) -> Outcome:
@@ -438,27 +498,27 @@ class FhirService:
                     "precondition-failed", f"{rt}/{rid} does not exist (If-Match given)"
                 )
             moment = now()
-            stored, index = self._prepare(resource, rid, 1, moment)
+            stored, index, warnings = self._prepare(resource, rid, 1, moment)
             version = self._version(rt, rid, 1, moment, method, stored)
-            event = WriteEvent(access, rt, rid, stored, None)
+            event = WriteEvent(access, rt, rid, stored, None, warnings=warnings)
             try:
                 await self._insert(access, version, await self._before(event, index))
             except AlreadyExists:
                 return None  # created meanwhile: go round again as an update
             await self._after(event, version)
-            return Outcome(201, version)
+            return Outcome(201, version, warnings=event.warnings)
         if expected is not None and expected != current.version:
             raise FhirError(
                 "precondition-failed",
                 f"version conflict: If-Match is {expected}, the current version is {current.version}",
             )
         moment = max(now(), current.last_updated)
-        stored, index = self._prepare(resource, rid, current.version + 1, moment)
+        stored, index, warnings = self._prepare(resource, rid, current.version + 1, moment)
         version = self._version(rt, rid, current.version + 1, moment, method, stored)
-        event = WriteEvent(access, rt, rid, stored, current)
+        event = WriteEvent(access, rt, rid, stored, current, warnings=warnings)
         if await self.repo.replace(access, current, version, await self._before(event, index)):
             await self._after(event, version)
-            return Outcome(200, version)
+            return Outcome(200, version, warnings=event.warnings)
         if expected is not None:
             raise FhirError("precondition-failed", f"{rt}/{rid} was changed by another request")
         return None
@@ -471,7 +531,10 @@ class FhirService:
         resource: Any,
         if_match: str | None,
         base_url: str,
+        new_id: str | None = None,
     ) -> Outcome:
+        """`new_id`: the id to create under when nothing matches and the body has none (as
+        `create`'s)."""
         resource = self._check_body(rt, resource)
         matches = await self._matches(access, rt, params, base_url)
         if len(matches) > 1:
@@ -485,9 +548,11 @@ class FhirService:
             return await self.update(access, rt, rid, {**resource, "id": rid}, if_match)
         if "id" in resource:
             return await self.update(access, rt, resource["id"], resource, if_match)
-        matches, claimed = await self._claim_absent(access, rt, params, base_url)
+        matches, claimed = await self._claim_absent(access, rt, params, base_url, new_id)
         if matches:  # created concurrently: update it instead
-            return await self.conditional_update(access, rt, params, resource, if_match, base_url)
+            return await self.conditional_update(
+                access, rt, params, resource, if_match, base_url, new_id
+            )
         assert claimed is not None
         return await self._create_claimed(access, rt, resource, claimed)
 
@@ -522,11 +587,19 @@ class FhirService:
         return await self.update(access, rt, rid, patched, f'W/"{current.version}"', method="PATCH")
 
     # ---- delete ------------------------------------------------------------------------------
-    async def delete(self, access: AccessContext, rt: str, rid: str) -> Outcome:
+    async def delete(
+        self, access: AccessContext, rt: str, rid: str, if_match: str | None = None
+    ) -> Outcome:
+        expected = parse_etag(if_match)
         for attempt in range(self.settings.write_retries):
             current = await self.repo.current(access, rt, rid, "d")
             if current is None:
                 raise FhirError("not-found", f"{rt}/{rid} is not known")
+            if expected is not None and expected != current.version:
+                raise FhirError(
+                    "precondition-failed",
+                    f"version conflict: If-Match is {expected}, the current version is {current.version}",
+                )
             if current.deleted:
                 return Outcome(204, current, message="already deleted")
             moment = max(now(), current.last_updated)

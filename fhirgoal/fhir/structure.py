@@ -236,21 +236,35 @@ class StructureChecker:
                     Issue(f"missing required element '{label}'", f"{expr}.{name}", "required")
                 )
 
+    def inner_scope(
+        self, child: Child, item: dict[str, Any], type_name: str
+    ) -> tuple[str, str, bool] | None:
+        """Where the elements of a complex value of `child` are defined: (type, parent path,
+        whether the value is a resource), or None when the value is not complex (or is a
+        resource of an unknown type). Shared with fhir/references.py's walk."""
+        if child.content_path is not None:
+            return type_name, child.content_path, False
+        if child.type_code in _SAME_TYPE:
+            return type_name, child.path, False
+        if child.type_code == "Resource":
+            inner = item.get("resourceType")
+            if isinstance(inner, str) and inner in self.structure:
+                return inner, "", True
+            return None
+        if self._is_complex(child.type_code):
+            assert child.type_code is not None
+            return child.type_code, "", False
+        return None
+
     def _descend(
         self, child: Child, item: dict[str, Any], type_name: str, expr: str, issues: list[Issue]
     ) -> None:
-        if child.content_path is not None:
-            self._walk(item, type_name, child.content_path, expr, issues)
-        elif child.type_code in _SAME_TYPE:
-            self._walk(item, type_name, child.path, expr, issues)
+        scope = self.inner_scope(child, item, type_name)
+        if scope is not None:
+            inner, parent, is_resource = scope
+            self._walk(item, inner, parent, expr, issues, is_resource=is_resource)
         elif child.type_code == "Resource":
-            inner = item.get("resourceType")
-            if isinstance(inner, str) and inner in self.structure:
-                self._walk(item, inner, "", expr, issues, is_resource=True)
-            else:
-                issues.append(
-                    Issue(f"unknown or unsupported resourceType {inner!r}", expr, "structure")
-                )
-        elif self._is_complex(child.type_code):
-            assert child.type_code is not None
-            self._walk(item, child.type_code, "", expr, issues)
+            inner_type = item.get("resourceType")
+            issues.append(
+                Issue(f"unknown or unsupported resourceType {inner_type!r}", expr, "structure")
+            )

@@ -1,16 +1,19 @@
 """Validation of every write: https://hl7.org/fhir/R4/validation.html
 
-Three layers, cheapest first, each stopping the write with an OperationOutcome whose issues carry
+Four layers, cheapest first, each stopping the write with an OperationOutcome whose issues carry
 FHIRPath `expression`s:
 1. the official R4 JSON schema (jsonschema-rs; value-set enums, regexes, unknown elements),
 2. the structural check against the StructureDefinitions (structure.py),
 3. the FHIRPath invariants (invariants.py),
-4. the rules of the server's own profiles that apply to the resource (profiles.py).
+4. the rules of the server's own profiles that apply to the resource (profiles.py): errors for a
+   profile the resource claims, warnings for one it only matches (the write goes ahead and the
+   warnings travel with its Outcome to the response's OperationOutcome).
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from functools import cached_property
 from typing import Any
 
@@ -108,13 +111,14 @@ class Validator:
                 break
         return issues
 
-    def validate(self, resource: dict[str, Any]) -> None:
-        """Raise FhirError(invalid) with every problem found by the first failing layer."""
+    def issues(self, resource: dict[str, Any], profiles: Iterable[str] = ()) -> list[Issue]:
+        """Every problem found, errors and warnings, by the layers that could run: the schema
+        and the structural check see different things and are reported together (once per
+        location); invariants and profiles assume a well-formed resource, so they run only on
+        one. `profiles`: canonical URLs to hold the resource to as if it claimed them."""
         rt = resource.get("resourceType")
         if not isinstance(rt, str) or not self.conformance.is_stored(rt):
-            raise FhirError("invalid", f"unsupported resourceType {rt!r}", "resourceType")
-        # The schema and the structural check see different things; report both together
-        # (once per location). Invariants assume a well-formed resource, so they run last.
+            return [Issue(f"unsupported resourceType {rt!r}", "resourceType")]
         issues = self.schema_issues(resource)
         located = {(i.expression, i.code) for i in issues}
         issues += [
@@ -123,6 +127,17 @@ class Validator:
         if not issues:
             issues = self.invariants.check(resource)
         if not issues:
-            issues = self.profiles.check(resource)
-        if issues:
-            raise FhirError("invalid", issues=issues[:MAX_ISSUES])
+            issues = self.profiles.check(resource, profiles)
+        return issues
+
+    def validate(self, resource: dict[str, Any]) -> list[Issue]:
+        """Raise FhirError(invalid) with every error found by the first failing layer; return
+        the warnings (rules of a profile the resource matches without claiming it)."""
+        issues = self.issues(resource)
+        errors = [i for i in issues if i.severity == "error"]
+        if errors:
+            rt = resource.get("resourceType")
+            if not isinstance(rt, str) or not self.conformance.is_stored(rt):
+                raise FhirError("invalid", errors[0].diagnostics, "resourceType")
+            raise FhirError("invalid", issues=errors[:MAX_ISSUES])
+        return issues[:MAX_ISSUES]

@@ -43,6 +43,7 @@ import structlog
 from pymongo import ASCENDING
 
 from fhirgoal.core.jsonio import dumps, loads_stored
+from fhirgoal.store.units import current_session, outside_unit
 
 if TYPE_CHECKING:
     from fhirgoal.store.repository import Repository, Version
@@ -70,10 +71,12 @@ def log_collection(resource_type: str) -> str:
 
 async def append_segment(segments: Any, records: Sequence[dict[str, Any] | bytes]) -> None:
     """Store up to SEGMENT_MAX records as one segment of the log collection `segments`: also
-    the way for a process that runs no AppendLog (the CLI) to add records the server indexes."""
+    the way for a process that runs no AppendLog (the CLI) to add records the server indexes.
+    Inside a unit of work (store/units.py) the segment commits with the unit."""
     body = b"[" + b",".join(serialized(record) for record in records) + b"]"
     await segments.insert_one(
-        {"_id": uuid.uuid4().hex, "at": datetime.now(UTC), "n": len(records), "body": body}
+        {"_id": uuid.uuid4().hex, "at": datetime.now(UTC), "n": len(records), "body": body},
+        session=current_session(),
     )
 
 
@@ -132,10 +135,13 @@ class AppendLog:
     async def catch_up(self) -> int:
         """Index every segment stored before this call; how many records were indexed."""
         stored_before = {"at": {"$lte": datetime.now(UTC)}}
-        if await self.segments.find_one(stored_before, {"_id": 1}) is None:
-            return 0  # the common case, answered without taking the lock
-        async with self._indexing:
-            return await self._index_segments(stored_before, lambda: False)
+        # Indexing is the log's own idempotent upkeep: outside any unit of work, whose abort
+        # would undo it and whose snapshot would hide what others appended.
+        with outside_unit():
+            if await self.segments.find_one(stored_before, {"_id": 1}) is None:
+                return 0  # the common case, answered without taking the lock
+            async with self._indexing:
+                return await self._index_segments(stored_before, lambda: False)
 
     async def _index_segments(self, query: dict[str, Any], stop: Callable[[], bool]) -> int:
         """Index segments oldest first until none match `query` or `stop()` says so."""

@@ -8,6 +8,10 @@ is their hash, inserted or refused by the unique `_id` index, naming the id the 
 create. Whoever loses the claim searches again (the winner's resource is visible once it is
 committed) instead of creating. The same idea as HAPI FHIR's unique search-URL table.
 
+Inside a unit of work (store/units.py) the claim is part of the unit: it is read and then
+written in the unit's snapshot, so two units claiming the same criteria conflict on the claim's
+document (one runs again and then finds the other's resource), and a failed unit leaves no claim.
+
 A claim only has to outlive the requests that searched before the claimant's resource was
 committed, so a TTL index removes it after an hour; a claimant that fails releases its claim, and
 one that died holding it is taken over after `STALE_SECONDS`.
@@ -22,6 +26,8 @@ from urllib.parse import urlencode
 
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import DuplicateKeyError
+
+from fhirgoal.store.units import current_session
 
 CLAIMS = "fhirgoal_claims"
 EXPIRE_SECONDS = 3600
@@ -58,6 +64,17 @@ class ConditionClaims:
     async def claim(self, key: str, target: str) -> Claim | None:
         """Claim `key` for the resource id `target`: None when this request now holds it, else
         the holder's claim."""
+        session = current_session()
+        if session is not None:
+            # In a unit a duplicate key would abort it: look first. A concurrent unit's claim
+            # conflicts with this insert, and the unit runs again.
+            held = await self.collection.find_one({"_id": key}, session=session)
+            if held is not None:
+                return Claim(held)
+            await self.collection.insert_one(
+                {"_id": key, "target": target, "at": datetime.now(UTC)}, session=session
+            )
+            return None
         for _ in range(3):  # the holder may release between our insert and our read
             try:
                 await self.collection.insert_one(
@@ -73,9 +90,11 @@ class ConditionClaims:
     async def take_over(self, key: str, holder: str, target: str) -> bool:
         """Replace `holder`'s claim by ours; False when it is no longer `holder`'s."""
         result = await self.collection.update_one(
-            {"_id": key, "target": holder}, {"$set": {"target": target, "at": datetime.now(UTC)}}
+            {"_id": key, "target": holder},
+            {"$set": {"target": target, "at": datetime.now(UTC)}},
+            session=current_session(),
         )
         return result.matched_count == 1
 
     async def release(self, key: str, target: str) -> None:
-        await self.collection.delete_one({"_id": key, "target": target})
+        await self.collection.delete_one({"_id": key, "target": target}, session=current_session())

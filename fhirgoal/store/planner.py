@@ -137,6 +137,25 @@ def shape(query: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+# The search index fields, which a deletion's tombstone holds empty (store/repository.py).
+_CLEARED_ON_DELETE = {"ref", "tok", "str", "num", "dtlo", "dthi", "comp"}
+
+
+def excludes_tombstones(shaped: dict[str, Any]) -> bool:
+    """Whether `shaped` (a `shape` result) can match no deletion's tombstone by itself: it
+    drives from a search index field with a positive test that no empty array passes, and a
+    tombstone's index fields are empty. Then a `del` test only costs the database work (about a
+    tenth of a patient's page of Observations, measured on the embedded database)."""
+    for field, test in shaped.items():
+        if field.startswith("$") or not servable(field, test):
+            return False
+        if field not in _CLEARED_ON_DELETE:
+            return False
+        values = test.get("$in") if isinstance(test, dict) else [test]
+        return values is None or all(v != [] for v in values)
+    return False
+
+
 def driving_field(query: dict[str, Any]) -> str | None:
     """The field an index-first database drives `shape(query)` from, or None for a scan."""
     shaped = shape(query)

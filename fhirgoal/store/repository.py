@@ -17,6 +17,9 @@ current version.
 Every method takes the request's AccessContext and narrows its query with it: authorization lives
 here, where no route can skip it.
 
+Inside a unit of work (store/units.py) every call goes with the unit's session: the unit's
+writes commit together, and its reads see its own snapshot (never batched with other requests').
+
 A type whose records are written through an append log (store/append_log.py: the AuditEvents of
 reads) is caught up before any read of it, so readers never see the log's indexing lag.
 
@@ -44,14 +47,15 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
-from fhirgoal.core.access import AccessContext
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError, FhirgoalError
 from fhirgoal.core.fields import INDEX_FIELDS, SEARCH_FIELDS
 from fhirgoal.core.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
-from fhirgoal.store.planner import shape
+from fhirgoal.store.planner import excludes_tombstones, shape
+from fhirgoal.store.units import current_session
 
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
 META_COLLECTION = "fhirgoal_meta"
@@ -260,7 +264,13 @@ class Repository:
         if rt in self._logs:  # `_settle`, without a coroutine on the hottest path
             await self._logs[rt].catch_up()
         extra = access.constrain(rt, interaction, {})
-        doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _VERSION_ONLY)
+        session = current_session()
+        if session is None:
+            doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _VERSION_ONLY)
+        else:  # a unit of work reads its own snapshot: never batched with other requests
+            doc = await self.collection(rt).find_one(
+                {"_id": rid, **extra}, _VERSION_ONLY, session=session
+            )
         return _version(rt, doc) if doc else None
 
     async def version(self, access: AccessContext, rt: str, rid: str, vid: int) -> Version | None:
@@ -270,7 +280,9 @@ class Repository:
         if vid == current.version:
             return current
         query = access.constrain(rt, "r", {"_id": f"{rid}/{vid}"})
-        doc = await self.collection(history_collection(rt)).find_one(query)
+        doc = await self.collection(history_collection(rt)).find_one(
+            query, session=current_session()
+        )
         return _version(rt, doc) if doc else None
 
     async def insert(self, access: AccessContext, version: Version, index: dict[str, Any]) -> None:
@@ -280,9 +292,13 @@ class Repository:
         ):
             raise FhirError("forbidden", f"this token may not create that {rt} (out of its scope)")
         doc = _current_doc(version, index)
-        await self._prepare(rt)
+        await self._prepare(rt)  # outside any transaction: DDL is not part of one
+        session = current_session()
         try:
-            await self.batched.insert(self.collection(version.resource_type), doc)
+            if session is None:
+                await self.batched.insert(self.collection(version.resource_type), doc)
+            else:
+                await self.collection(version.resource_type).insert_one(doc, session=session)
         except DuplicateKeyError:
             raise AlreadyExists(version.id) from None
 
@@ -295,7 +311,9 @@ class Repository:
         for rt, docs in by_type.items():
             await self._prepare(rt)
             try:
-                await self.collection(rt).insert_many(docs, ordered=False)
+                await self.collection(rt).insert_many(
+                    docs, ordered=False, session=current_session()
+                )
             except BulkWriteError as exc:
                 errors = exc.details.get("writeErrors", [])
                 if exc.details.get("writeConcernErrors") or not all(_id_taken(e) for e in errors):
@@ -306,13 +324,15 @@ class Repository:
     ) -> bool:
         """Make `new` current if `previous` still is; False when another writer got there first."""
         rt = new.resource_type
+        session = current_session()
         interaction = "d" if new.deleted else "u"
         query = access.constrain(rt, interaction, {"_id": new.id, "v": previous.version})
         if not access.sees_all(rt, interaction):
             # A constrained caller: the resource must be within reach now (the caller may have
             # read it through another scope) and, for an update, stay within reach afterwards.
             within = access.constrain(rt, interaction, {"_id": new.id})
-            if await self.collection(rt).find_one(within, {"_id": 1}) is None:
+            found = await self.collection(rt).find_one(within, {"_id": 1}, session=session)
+            if found is None:
                 raise FhirError(
                     "forbidden", f"this token may not {_VERBS[interaction]} {rt}/{new.id}"
                 )
@@ -322,10 +342,13 @@ class Repository:
                 )
         await self._prepare(rt)
         await self.collection(history_collection(previous.resource_type)).replace_one(
-            {"_id": f"{previous.id}/{previous.version}"}, _history_doc(previous), upsert=True
+            {"_id": f"{previous.id}/{previous.version}"},
+            _history_doc(previous),
+            upsert=True,
+            session=session,
         )
         result = await self.collection(new.resource_type).replace_one(
-            query, _current_doc(new, index)
+            query, _current_doc(new, index), session=session
         )
         return result.matched_count == 1
 
@@ -340,7 +363,9 @@ class Repository:
     ) -> list[Version]:
         await self._settle(rt)
         query = _live(access, rt, query)
-        cursor = self.collection(rt).find(query, _VERSION_ONLY, sort=sort, limit=limit)
+        cursor = self.collection(rt).find(
+            query, _VERSION_ONLY, sort=sort, limit=limit, session=current_session()
+        )
         return [_version(rt, doc) async for doc in cursor]
 
     async def find_sorted(
@@ -354,7 +379,9 @@ class Repository:
         """Like `find`, with each row's sort keys (`srt`) for keyset paging."""
         await self._settle(rt)
         query = _live(access, rt, query)
-        cursor = self.collection(rt).find(query, _WITH_SORT_KEYS, sort=sort, limit=limit)
+        cursor = self.collection(rt).find(
+            query, _WITH_SORT_KEYS, sort=sort, limit=limit, session=current_session()
+        )
         return [(_version(rt, doc), doc.get("srt") or {}) async for doc in cursor]
 
     async def find_sorted_versions(
@@ -371,7 +398,7 @@ class Repository:
     ) -> list[str]:
         await self._settle(rt)
         query = _live(access, rt, query)
-        cursor = self.collection(rt).find(query, {"_id": 1}, limit=limit)
+        cursor = self.collection(rt).find(query, {"_id": 1}, limit=limit, session=current_session())
         return [doc["_id"] async for doc in cursor]
 
     async def references(
@@ -380,17 +407,23 @@ class Repository:
         """The `param=Type/id` reference entries of the resources matching `query`."""
         await self._settle(rt)
         query = _live(access, rt, query)
-        cursor = self.collection(rt).find(query, {"ref": 1}, limit=limit)
+        cursor = self.collection(rt).find(query, {"ref": 1}, limit=limit, session=current_session())
         prefix = f"{param}="
         found: list[str] = []
         async for doc in cursor:
             found += [entry for entry in doc.get("ref", []) if entry.startswith(prefix)]
         return found
 
-    async def count(self, access: AccessContext, rt: str, query: dict[str, Any]) -> int:
+    async def count(
+        self, access: AccessContext, rt: str, query: dict[str, Any], limit: int | None = None
+    ) -> int:
+        """How many live resources match (at most `limit`, which bounds the database's work)."""
         await self._settle(rt)
         query = _live(access, rt, query)
-        return await self.collection(rt).count_documents(query)
+        options = {"limit": limit} if limit else {}
+        return await self.collection(rt).count_documents(
+            query, session=current_session(), **options
+        )
 
     # ---- maintenance ----------------------------------------------------------------------------
     async def count_all(self, rt: str) -> int:
@@ -399,11 +432,19 @@ class Repository:
 
     async def live_versions(self, rt: str, batch_size: int = 500) -> AsyncIterator[list[Version]]:
         """Every current, non-deleted resource of a type, in batches (for reindexing)."""
+        async for batch in self.scan(UNRESTRICTED, rt, {}, batch_size):
+            yield batch
+
+    async def scan(
+        self, access: AccessContext, rt: str, query: dict[str, Any], batch_size: int = 1000
+    ) -> AsyncIterator[list[Version]]:
+        """Every live resource matching `query` within the caller's reach, in batches, in no
+        particular order, from one cursor (Bulk Data export: memory stays constant)."""
         await self._settle(rt)
-        batch: list[Version] = []
         cursor = self.collection(rt).find(
-            {"del": {"$ne": True}}, {"json": 1, "v": 1, "lu": 1, "op": 1}
+            _live(access, rt, query), _VERSION_ONLY, batch_size=batch_size
         )
+        batch: list[Version] = []
         async for doc in cursor:
             batch.append(_version(rt, doc))
             if len(batch) >= batch_size:
@@ -425,7 +466,9 @@ class Repository:
 
     async def clear_pending(self, version: Version) -> None:
         await self.collection(version.resource_type).update_one(
-            {"_id": version.id, "v": version.version}, {"$unset": {"pend": ""}}
+            {"_id": version.id, "v": version.version},
+            {"$unset": {"pend": ""}},
+            session=current_session(),
         )
 
     async def set_index(self, version: Version, index: dict[str, Any]) -> bool:
@@ -453,12 +496,13 @@ class Repository:
             query["lu"] = {"$gte": since}
         query = access.constrain(rt, "r", query)
         older = self.collection(history_collection(rt))
-        total = await older.count_documents(query)
+        session = current_session()
+        total = await older.count_documents(query, session=session)
         total += int(not since or current.last_updated >= since)
         versions: list[Version] = []
         if not since or current.last_updated >= since:
             versions.append(current)
-        cursor = older.find(query, sort=[("v", DESCENDING)], limit=skip + limit)
+        cursor = older.find(query, sort=[("v", DESCENDING)], limit=skip + limit, session=session)
         versions += [_version(rt, doc) async for doc in cursor]
         return versions[skip : skip + limit], total
 
@@ -478,16 +522,18 @@ class Repository:
         if since:
             window["$gte"] = since
         streams, total = [], 0
+        session = current_session()
         for rt in resource_types:
             query = access.constrain(rt, "s", {"lu": window})
             for name in (rt, history_collection(rt)):
                 collection = self.collection(name)
-                total += await collection.count_documents(query)
+                total += await collection.count_documents(query, session=session)
                 cursor = collection.find(
                     query,
                     _ANY_VERSION,
                     sort=[("lu", DESCENDING)],
                     limit=skip + limit,
+                    session=session,
                 )
                 streams.append([_version(rt, doc) async for doc in cursor])
         merged = heapq.merge(*streams, key=lambda v: v.last_updated, reverse=True)
@@ -526,8 +572,13 @@ def _id_taken(error: dict[str, Any]) -> bool:
 
 
 def _live(access: AccessContext, rt: str, query: dict[str, Any]) -> dict[str, Any]:
-    """A search filter as sent: live resources only, narrowed by the caller's access, index-first."""
-    return shape(access.constrain(rt, "s", {**query, "del": {"$ne": True}}))
+    """A search filter as sent: live resources only, narrowed by the caller's access, index-first.
+    The `del` test is left out where the index test that drives the query already excludes every
+    tombstone (planner.excludes_tombstones)."""
+    shaped = shape(access.constrain(rt, "s", query))
+    if excludes_tombstones(shaped):
+        return shaped
+    return shape({**shaped, "del": {"$ne": True}})
 
 
 def _current_doc(version: Version, index: dict[str, Any]) -> dict[str, Any]:

@@ -7,8 +7,8 @@ so that scope enforcement can be tested apart from the OAuth flows (which have t
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,8 +20,8 @@ from fhirgoal.auth.clients import Client
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
-from fhirgoal.store.mongo import connect
-from tests.conftest import serve_app, start_server
+from tests.auth.flows import PASSWORD, REDIRECT, Browser
+from tests.conftest import fresh_settings, running, serve_app
 
 TEST_CLIENT = "test-app"
 # the signing keys' encryption key of test servers (never a key file in the working directory)
@@ -85,38 +85,66 @@ class SmartServer:
         return outcome.version.resource
 
 
+@asynccontextmanager
 async def run_smart(mongo_uri: str, **overrides: Any) -> AsyncIterator[SmartServer]:
+    """A server in `smart` mode (unless `overrides` say otherwise) on its own database, with the
+    test clients registered; stopped and its database dropped afterwards."""
     values: dict[str, Any] = {
-        "db": f"auth_{uuid.uuid4().hex[:12]}",
         "auth": "smart",
         "audit_flush_seconds": 0.1,
         "key_encryption_key": TEST_KEK,
         **overrides,
     }
-    settings = Settings(mongodb_uri=mongo_uri, **values)
-    server, task, port = await start_server(settings)
-    app: FastAPI = server.config.app
-    origin = f"http://127.0.0.1:{port}"
-    if settings.auth == "smart":
-        await app.state.smart.clients.register(
-            Client(client_id=TEST_CLIENT, scopes="patient/*.cruds user/*.cruds system/*.cruds")
-        )
-        await app.state.smart.clients.register(
-            Client(client_id=AUDIT_CLIENT, scopes="system/AuditEvent.rs user/AuditEvent.rs")
-        )
-    async with httpx.AsyncClient(base_url=f"{origin}/fhir", timeout=30) as http:
-        yield SmartServer(f"{origin}/fhir", origin, settings, app, http)
-    server.should_exit = True
-    await task
-    mongo = connect(mongo_uri)
-    await mongo.drop_database(settings.db)
-    await mongo.close()
+    async with running(fresh_settings(mongo_uri, prefix="auth", **values)) as server:
+        app: FastAPI = server.app
+        if server.settings.auth == "smart":
+            await app.state.smart.clients.register(
+                Client(client_id=TEST_CLIENT, scopes="patient/*.cruds user/*.cruds system/*.cruds")
+            )
+            await app.state.smart.clients.register(
+                Client(client_id=AUDIT_CLIENT, scopes="system/AuditEvent.rs user/AuditEvent.rs")
+            )
+        origin = server.base.removesuffix("/fhir")
+        yield SmartServer(server.base, origin, server.settings, app, server.client)
 
 
 @pytest.fixture
 async def smart(mongo_uri: str) -> AsyncIterator[SmartServer]:
-    async for running in run_smart(mongo_uri):
-        yield running
+    async with run_smart(mongo_uri) as server:
+        yield server
+
+
+@pytest.fixture
+async def browser(smart: SmartServer) -> AsyncIterator[Browser]:
+    """lee's browser, for the app `webapp` (public, PKCE); lee's patients pa and pb seeded."""
+    await smart.app.state.smart.clients.register(
+        Client(
+            client_id="webapp",
+            scopes="openid fhirUser launch launch/patient offline_access patient/*.rs user/*.rs",
+            redirect_uris=[REDIRECT],
+        )
+    )
+    await smart.app.state.smart.users.add(
+        "lee",
+        PASSWORD,
+        "Practitioner/doc",
+        "openid fhirUser launch launch/patient offline_access patient/*.rs user/Observation.rs",
+    )
+    await smart.seed({"resourceType": "Practitioner", "id": "doc"})
+    # both in lee's caseload (FHIRGOAL_USER_ACCESS=caseload, the default; test_caseload.py)
+    doc = [{"reference": "Practitioner/doc"}]
+    await smart.seed({"resourceType": "Patient", "id": "pa", "generalPractitioner": doc,
+                      "name": [{"family": "Aalto", "given": ["Ann"]}]})  # fmt: skip
+    await smart.seed(
+        {
+            "resourceType": "Patient",
+            "id": "pb",
+            "name": [{"family": "Berg"}],
+            "generalPractitioner": doc,
+        }
+    )
+    async with httpx.AsyncClient(base_url=smart.origin, timeout=30) as http:
+        yield Browser(smart, http)
 
 
 class IssuerHost:

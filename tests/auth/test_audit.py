@@ -4,7 +4,6 @@ acknowledged; reads flushed from a buffer; the trail append-only and for adminis
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
@@ -14,7 +13,7 @@ from fhirgoal.auth.audit import SEGMENT
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.jsonio import dumps
 from tests.auth.conftest import AUDIT_CLIENT, SmartServer, run_smart
-from tests.fhir.helpers import observation
+from tests.helpers import observation, wait_until
 
 
 async def stored(
@@ -62,7 +61,11 @@ async def test_reads_and_failures_are_audited_within_the_flush_interval(smart: S
         assert (await client.get("/Observation/nope")).status_code == 404
         assert (await client.get("/Observation?code=29463-7")).status_code == 200
         progress = await client.get("/Patient/pa/$progress")
-    await asyncio.sleep(0.5)  # the tests flush every 0.1 s
+
+    async def all_flushed() -> bool:  # the tests flush every 0.1 s
+        return len(await stored(smart, "AuditEvent")) >= 4  # one for each request above
+
+    await wait_until(all_flushed, within=5, what="the reads' AuditEvents flushed")
     events = await stored(smart, "AuditEvent")
     by_subtype = {e["subtype"][0]["code"]: e for e in events if e["outcome"] == "0"}
     read = by_subtype["read"]
@@ -114,17 +117,18 @@ async def test_a_write_whose_audit_cannot_be_stored_is_not_acknowledged(smart: S
 
 
 async def test_a_full_segment_of_reads_is_stored_before_the_interval(mongo_uri: str) -> None:
-    async for smart in run_smart(mongo_uri, audit_flush_seconds=60):
+    async with run_smart(mongo_uri, audit_flush_seconds=60) as smart:
         await smart.seed({"resourceType": "Patient", "id": "pa"})
         async with await smart.as_scope("patient/*.rs", patient="pa") as client:
             for _ in range(SEGMENT):
                 assert (await client.get("/Patient/pa")).status_code == 200
         reads = {"tok": "subtype#read"}
-        for _ in range(50):  # a minute before the timer would flush them
-            if await smart.service.repo.count(UNRESTRICTED, "AuditEvent", reads) == SEGMENT:
-                break
-            await asyncio.sleep(0.1)
-        assert await smart.service.repo.count(UNRESTRICTED, "AuditEvent", reads) == SEGMENT
+
+        async def segment_stored() -> bool:
+            return await smart.service.repo.count(UNRESTRICTED, "AuditEvent", reads) == SEGMENT
+
+        # within 5 s: a minute before the timer would flush them
+        await wait_until(segment_stored, within=5, what="a full segment stored")
 
 
 async def test_reads_the_database_refuses_are_kept_and_stored_later_once(

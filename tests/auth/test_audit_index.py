@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import pytest
 
-from fhirgoal.app import _registry
 from fhirgoal.auth.audit_events import (
     EventWriter,
     classify,
@@ -15,6 +14,7 @@ from fhirgoal.auth.audit_events import (
 )
 from fhirgoal.auth.context import build_context
 from fhirgoal.auth.scopes import parse_scopes
+from fhirgoal.bootstrap import search_registry
 from fhirgoal.config import Settings
 from fhirgoal.core.jsonio import loads
 from fhirgoal.fhir.conformance import load_conformance
@@ -25,7 +25,7 @@ from fhirgoal.fhir.service import stamp
 
 class _Service:
     def __init__(self) -> None:
-        self.registry = _registry(load_conformance(Settings().conformance_dir))
+        self.registry = search_registry(load_conformance(Settings().conformance_dir))
 
 
 def context(patient: str | None, fhir_user: str | None) -> object:

@@ -5,16 +5,13 @@ scopes)."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from fhirgoal.auth.clients import Client
 from tests.auth import jose
 from tests.auth.conftest import AUDIT_CLIENT, SmartServer
-from tests.auth.test_authorization_code import REDIRECT, Browser, browser, hidden, pkce
-from tests.auth.test_backend_services import grant, token_request
-
-__all__ = ["browser"]  # the code-flow fixture, shared
+from tests.auth.flows import REDIRECT, Browser, grant, hidden, pkce, token_request
+from tests.helpers import patch
 
 FORGED: dict[str, Any] = {
     "resourceType": "AuditEvent",
@@ -33,7 +30,6 @@ async def test_no_client_can_write_an_audit_event_even_registered_for_it(
     full = "system/*.cruds system/AuditEvent.cruds"
     await smart.app.state.smart.clients.register(Client(client_id="all-powerful", scopes=full))
     token = await smart.mint(full, client_id="all-powerful")
-    patch = {"Content-Type": "application/json-patch+json"}
     async with smart.client(token) as client:
         created = await client.post("/AuditEvent", json=FORGED)
         assert created.status_code == 405, created.text
@@ -44,10 +40,7 @@ async def test_no_client_can_write_an_audit_event_even_registered_for_it(
         assert conditional.status_code == 405
         put_create = await client.put("/AuditEvent/planted", json={**FORGED, "id": "planted"})
         assert put_create.status_code == 405
-        patched = await client.patch(
-            "/AuditEvent/planted", content=json.dumps([{"op": "remove", "path": "/agent"}]),
-            headers=patch,
-        )  # fmt: skip
+        patched = await patch(client, "/AuditEvent/planted", [{"op": "remove", "path": "/agent"}])
         assert patched.status_code in (404, 405)
         assert (await client.delete("/AuditEvent?action=C")).status_code == 405
         # nothing planted: no event recorded in 2020 exists

@@ -5,114 +5,12 @@ PKCE S256, single-use codes, openid/fhirUser id_token, refresh token rotation
 
 from __future__ import annotations
 
-import base64
-import hashlib
-import re
-import secrets
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-import httpx
 import pytest
 
-from fhirgoal.auth.clients import Client
 from fhirgoal.auth.state import create_launch
-from tests.auth.conftest import SmartServer
-
-REDIRECT = "http://127.0.0.1:9/callback"  # never contacted: the test reads the redirect itself
-
-
-def hidden(page: str, name: str) -> str:
-    match = re.search(rf'name="{name}" value="([^"]*)"', page)
-    assert match, page
-    return match.group(1)
-
-
-def pkce() -> tuple[str, str]:
-    verifier = secrets.token_urlsafe(48)
-    challenge = base64.urlsafe_b64encode(hashlib.sha256(verifier.encode()).digest()).rstrip(b"=")
-    return verifier, challenge.decode()
-
-
-@dataclass
-class Browser:
-    smart: SmartServer
-    http: httpx.AsyncClient
-
-    def authorize_params(self, scope: str, challenge: str | None, **extra: str) -> dict[str, str]:
-        params = {
-            "response_type": "code", "client_id": "webapp", "redirect_uri": REDIRECT,
-            "scope": scope, "state": "st-1", "aud": self.smart.base,
-        }  # fmt: skip
-        if challenge is not None:
-            params |= {"code_challenge": challenge, "code_challenge_method": "S256"}
-        return params | extra
-
-    async def sign_in(
-        self,
-        scope: str,
-        challenge: str,
-        patient: str | None = None,
-        password: str = "s3cret-pass",
-        **extra: str,
-    ) -> dict[str, list[str]]:
-        page = await self.http.get(
-            "/auth/authorize", params=self.authorize_params(scope, challenge, **extra)
-        )
-        assert page.status_code == 200, page.text
-        assert "<form" in page.text and 'name="password"' in page.text
-        consent = await self.http.post("/auth/login", data={
-            "request": hidden(page.text, "request"), "username": "lee", "password": password,
-            "csrf": hidden(page.text, "csrf"),
-        })  # fmt: skip
-        assert consent.status_code == 200, consent.text
-        form = {"request": hidden(consent.text, "request"), "nonce": hidden(consent.text, "nonce"), "csrf": hidden(consent.text, "csrf"), "decision": "approve"}  # fmt: skip
-        if patient is not None:
-            assert f'<option value="{patient}"' in consent.text
-            form["patient"] = patient
-        else:
-            assert "<select" not in consent.text
-        redirect = await self.http.post("/auth/consent", data=form)
-        assert redirect.status_code == 303, redirect.text
-        location = redirect.headers["location"]
-        assert location.startswith(REDIRECT)
-        return parse_qs(urlsplit(location).query)
-
-    async def token(self, **form: str) -> httpx.Response:
-        return await self.http.post("/auth/token", data={"client_id": "webapp", **form})
-
-
-@pytest.fixture
-async def browser(smart: SmartServer) -> Any:
-    await smart.app.state.smart.clients.register(
-        Client(
-            client_id="webapp",
-            scopes="openid fhirUser launch launch/patient offline_access patient/*.rs user/*.rs",
-            redirect_uris=[REDIRECT],
-        )
-    )
-    await smart.app.state.smart.users.add(
-        "lee",
-        "s3cret-pass",
-        "Practitioner/doc",
-        "openid fhirUser launch launch/patient offline_access patient/*.rs user/Observation.rs",
-    )
-    await smart.seed({"resourceType": "Practitioner", "id": "doc"})
-    # both in lee's caseload (FHIRGOAL_USER_ACCESS=caseload, the default; test_caseload.py)
-    doc = [{"reference": "Practitioner/doc"}]
-    await smart.seed({"resourceType": "Patient", "id": "pa", "generalPractitioner": doc,
-                      "name": [{"family": "Aalto", "given": ["Ann"]}]})  # fmt: skip
-    await smart.seed(
-        {
-            "resourceType": "Patient",
-            "id": "pb",
-            "name": [{"family": "Berg"}],
-            "generalPractitioner": doc,
-        }
-    )
-    async with httpx.AsyncClient(base_url=smart.origin, timeout=30) as http:
-        yield Browser(smart, http)
+from tests.auth.flows import REDIRECT, Browser, hidden, pkce
 
 
 async def test_standalone_launch_with_patient_picker_and_pkce(browser: Browser) -> None:

@@ -7,13 +7,13 @@ from __future__ import annotations
 import time
 from typing import Any
 
-import httpx
 import pytest
 from joserfc.jwk import ECKey, RSAKey
 
 from fhirgoal.auth.clients import Client
 from tests.auth import jose
 from tests.auth.conftest import SmartServer
+from tests.auth.flows import grant, token_request
 
 
 async def register(smart: SmartServer, key: RSAKey | ECKey, client_id: str = "backend") -> str:
@@ -23,16 +23,6 @@ async def register(smart: SmartServer, key: RSAKey | ECKey, client_id: str = "ba
         )
     )
     return client_id
-
-
-async def token_request(smart: SmartServer, form: dict[str, str]) -> httpx.Response:
-    return await smart.http.post(f"{smart.origin}/auth/token", data=form)
-
-
-def grant(key: RSAKey | ECKey, smart: SmartServer, client_id: str, scope: str) -> dict[str, str]:
-    return jose.form_assertion(
-        key, client_id, f"{smart.origin}/auth/token", grant_type="client_credentials", scope=scope
-    )
 
 
 async def test_discovery_names_the_endpoints(smart: SmartServer) -> None:

@@ -7,7 +7,6 @@ tells B's resources exist, and resources in no patient's compartment stay shared
 from __future__ import annotations
 
 import asyncio
-import json
 import re
 import time
 from collections.abc import AsyncIterator
@@ -23,18 +22,21 @@ from fhirgoal.auth.revocation import token_keys
 from fhirgoal.auth.state import create_launch
 from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
-from fhirgoal.core.access import UNRESTRICTED, Caseload
+from fhirgoal.core.access import Caseload
 from tests.auth.conftest import SmartServer, run_smart
-from tests.auth.test_authorization_code import REDIRECT, hidden, pkce
-from tests.auth.test_security_audit import security_events
-from tests.fhir.helpers import FHIR_JSON, observation
+from tests.auth.flows import PASSWORD, REDIRECT, Browser, pkce, security_events
+from tests.auth.isolation import (
+    MARK,
+    SEARCHES,
+    assert_conditional_create_does_not_leak_b,
+    assert_reads_of_b_are_404,
+    assert_writes_to_b_change_nothing,
+    b_records,
+    ids,
+    search_showing_nothing_of_b,
+)
+from tests.helpers import observation, wait_until
 
-SURVEY = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}
-    ]
-}
-MARK = "bbbb"  # in every id of B's data
 CASELOAD = {"p-team", "p-role", "p-gp", "p-gprole", "p-org"}
 LEVELS = ["much less", "less", "expected", "more", "much more"]
 
@@ -81,17 +83,7 @@ async def seed_world(smart: SmartServer) -> None:
         care_team("team-bbbb", "p-bbbb", "Practitioner/doc", status="inactive"),
         {"resourceType": "CareTeam", "id": "team-shared", "status": "active", "name": "On call",
          "participant": [{"member": {"reference": "Practitioner/other"}}]},
-        {"resourceType": "Goal", "id": "goal-bbbb", "lifecycleStatus": "active",
-         "description": {"text": "B's goal"}, "subject": {"reference": "Patient/p-bbbb"}},
-        {"resourceType": "Encounter", "id": "enc-bbbb", "status": "finished",
-         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-         "subject": {"reference": "Patient/p-bbbb"}},
-        observation("p-bbbb", id="obs-bbbb", category=[SURVEY],
-                    encounter={"reference": "Encounter/enc-bbbb"}),
-        observation("p-bbbb", "80.0", id="obs-bbbb", category=[SURVEY]),  # v2
-        # the caseload's own observation points at B's goal: includes must not follow it
-        observation("p-team", id="obs-a", category=[SURVEY],
-                    focus=[{"reference": "Goal/goal-bbbb"}]),
+        *b_records("p-team"),
         gas_goal("p-team-g", "p-team", "Walk", LEVELS, start="2026-08-01"),
         gas_rating("p-team-r", "p-team", "p-team-g", -1, "2026-08-03", baseline=True,
                    performer="Practitioner/doc"),
@@ -117,18 +109,6 @@ async def world(smart: SmartServer) -> AsyncIterator[World]:
         yield World(smart, lee)
 
 
-def ids(response: httpx.Response) -> set[str]:
-    return {e["resource"]["id"] for e in response.json().get("entry", [])}
-
-
-def assert_nothing_of_b(response: httpx.Response) -> None:
-    body = response.json() if response.content else {}
-    resources = [e["resource"] for e in body.get("entry", [])] if "entry" in body else [body]
-    for resource in resources:
-        assert MARK not in resource.get("id", ""), (response.request.url, resource)
-        assert "p-bbbb" not in json.dumps(resource.get("subject", {})), resource
-
-
 async def test_the_caseload_is_care_teams_and_general_practitioner(world: World) -> None:
     response = await world.lee.get("/Patient", params={"_count": 50})
     assert response.status_code == 200
@@ -140,7 +120,7 @@ async def test_the_caseload_is_care_teams_and_general_practitioner(world: World)
 async def test_the_caseload_is_computed_past_the_search_value_limit(mongo_uri: str) -> None:
     # the caseload's own searches name every role and organization of the practitioner: they
     # are not refused by FHIRGOAL_MAX_SEARCH_VALUES (3 members and 5 carers here, limit 2)
-    async for smart in run_smart(mongo_uri, max_search_values=2):
+    async with run_smart(mongo_uri, max_search_values=2) as smart:
         for resource in [
             {"resourceType": "Practitioner", "id": "doc"},
             *[{"resourceType": "PractitionerRole", "id": f"role-{n}", "active": True,
@@ -158,68 +138,30 @@ async def test_the_caseload_is_computed_past_the_search_value_limit(mongo_uri: s
 
 
 async def test_reads_of_b_answer_404_exactly_as_for_an_unknown_id(world: World) -> None:
-    for path in ("Patient/p-bbbb", "Observation/obs-bbbb", "Goal/goal-bbbb",
-                 "Encounter/enc-bbbb", "CareTeam/team-bbbb", "Goal/p-bbbb-g"):  # fmt: skip
-        rt = path.split("/")[0]
-        seen = await world.lee.get(f"/{path}")
-        unknown = await world.lee.get(f"/{rt}/no-such-bbbb")
-        assert seen.status_code == unknown.status_code == 404, seen.text
-        assert set(seen.json()) == set(unknown.json())
-    for path in (
-        "Observation/obs-bbbb/_history/1",
-        "Observation/obs-bbbb/_history/2",
-        "Observation/obs-bbbb/_history",
-    ):
-        response = await world.lee.get(f"/{path}")
-        assert response.status_code == 404, (path, response.text)
+    await assert_reads_of_b_are_404(world.lee, "CareTeam/team-bbbb", "Goal/p-bbbb-g")
 
 
-SEARCHES = [
-    "/Observation",
-    "/Observation?subject=Patient/p-bbbb",
-    "/Observation?patient=p-bbbb",
-    "/Observation?_id=obs-bbbb",
-    "/Observation?_total=accurate",
-    "/Observation?_summary=count",
-    "/Observation?subject:Patient.name=P-Bbbb",
-    "/Observation?subject:Patient._id=p-bbbb",
-    "/Observation?encounter:Encounter.subject=Patient/p-bbbb",
-    "/Observation?subject:Patient.general-practitioner=Practitioner/other",
-    "/Observation?patient=p-bbbb,p-team",
-    "/Patient",
-    "/Patient?_has:Observation:patient:_id=obs-bbbb",
-    "/Patient?_has:CareTeam:patient:participant=Practitioner/doc",
-    "/Patient?general-practitioner=Practitioner/other",
-    "/Patient?_revinclude=Goal:subject&_revinclude=Encounter:subject&_revinclude=CareTeam:subject",
-    "/Observation?_id=obs-a&_include=Observation:focus",
-    "/Observation?_include=Observation:*&_include:iterate=Goal:*",
-    "/Observation?_revinclude:iterate=Observation:focus&_include=Observation:subject",
-    "/Practitioner?_revinclude=CareTeam:participant&_revinclude=Patient:general-practitioner",
-    "/Goal",
-    "/Goal?subject=Patient/p-bbbb",
-    "/Encounter",
-    "/CareTeam",
-    "/CareTeam?participant=Practitioner/doc",
-    "/QuestionnaireResponse",
-    "/Patient/p-bbbb/Observation",
-    "/Patient/p-bbbb/Goal",
-    "/Patient/p-bbbb/CareTeam",
-    "/Patient/p-bbbb/Encounter?_include=Encounter:subject",
-    "/?_type=Observation,Goal,Encounter,Patient,CareTeam",
-    "/",
-    "/?_id=obs-bbbb",
-    "/Observation/_history",
-    "/Goal/_history",
-    "/Patient/_history",
-    "/_history",
-]
-
-
-@pytest.mark.parametrize("path", SEARCHES)
+@pytest.mark.parametrize(
+    "path",
+    [
+        *SEARCHES,
+        "/Observation?subject:Patient.name=P-Bbbb",
+        "/Observation?subject:Patient.general-practitioner=Practitioner/other",
+        "/Observation?patient=p-bbbb,p-team",
+        "/Patient?_has:CareTeam:patient:participant=Practitioner/doc",
+        "/Patient?general-practitioner=Practitioner/other",
+        "/Patient?_revinclude=Goal:subject&_revinclude=Encounter:subject&_revinclude=CareTeam:subject",
+        "/Practitioner?_revinclude=CareTeam:participant&_revinclude=Patient:general-practitioner",
+        "/CareTeam",
+        "/CareTeam?participant=Practitioner/doc",
+        "/QuestionnaireResponse",
+        "/Patient/p-bbbb/CareTeam",
+        "/?_type=Observation,Goal,Encounter,Patient,CareTeam",
+        "/Patient/_history",
+    ],
+)
 async def test_searches_never_return_b(world: World, path: str) -> None:
-    response = await world.lee.get(path)
-    assert response.status_code == 200, response.text
-    assert_nothing_of_b(response)
+    response = await search_showing_nothing_of_b(world.lee, path)
     if "_summary=count" in path:  # a count has no entries to look at: B's would be counted
         assert response.json()["total"] == 2  # obs-a and p-team-r
 
@@ -261,20 +203,7 @@ async def test_operations_on_b_answer_404_as_for_nobody(world: World) -> None:
 
 
 async def test_writes_to_b_answer_404_and_change_nothing(world: World) -> None:
-    lee = world.lee
-    assert (await lee.put("/Observation/obs-bbbb", json=observation("p-team", id="obs-bbbb"))).status_code == 404  # fmt: skip
-    patch = [{"op": "replace", "path": "/status", "value": "cancelled"}]
-    response = await lee.patch(
-        "/Observation/obs-bbbb",
-        content=json.dumps(patch),
-        headers={"Content-Type": "application/json-patch+json"},
-    )
-    assert response.status_code == 404
-    assert (await lee.delete("/Observation/obs-bbbb")).status_code == 404
-    assert (await lee.delete("/Patient/p-bbbb")).status_code == 404
-    assert (await lee.delete("/Observation?subject=Patient/p-bbbb")).status_code == 204
-    current = await world.smart.service.read(UNRESTRICTED, "Observation", "obs-bbbb")
-    assert current.version is not None and current.version.version == 2
+    await assert_writes_to_b_change_nothing(world.smart, world.lee, "p-team")
 
 
 async def test_writing_into_a_patient_outside_the_caseload_is_403(world: World) -> None:
@@ -307,15 +236,7 @@ async def test_writing_into_a_patient_outside_the_caseload_is_403(world: World) 
 
 
 async def test_conditional_interactions_do_not_leak_b(world: World) -> None:
-    created = await world.lee.post(
-        "/Observation",
-        json=observation("p-team"),
-        headers={**FHIR_JSON, "If-None-Exist": "_id=obs-bbbb"},
-    )
-    assert created.status_code == 201
-    assert_nothing_of_b(created)
-    b = await world.smart.service.repo.current(UNRESTRICTED, "Observation", "obs-bbbb")
-    assert b is not None and b.version == 2
+    await assert_conditional_create_does_not_leak_b(world.smart, world.lee, "p-team")
 
 
 async def test_a_user_without_a_practitioner_reaches_no_patient(world: World) -> None:
@@ -341,19 +262,23 @@ async def test_a_launch_patient_outside_the_caseload_opens_nothing(world: World)
 async def test_a_caseload_change_reaches_tokens_within_the_refresh_time(
     mongo_uri: str,
 ) -> None:
-    async for smart in run_smart(mongo_uri, caseload_refresh_seconds=0.5):
+    async with run_smart(mongo_uri, caseload_refresh_seconds=0.5) as smart:
         await seed_world(smart)
         async with smart.client(await smart.mint("user/*.rs", fhir_user="Practitioner/doc")) as lee:
             assert (await lee.get("/Patient/p-team")).status_code == 200
             await smart.seed(care_team("team-1", "p-team", "Practitioner/other"))
             await smart.seed(care_team("team-3", "p-bbbb", "Practitioner/doc"))
-            await asyncio.sleep(0.6)
-            assert (await lee.get("/Patient/p-team")).status_code == 404
+
+            async def moved_off_the_caseload() -> bool:
+                return (await lee.get("/Patient/p-team")).status_code == 404
+
+            # the first use after the refresh time rebuilds the caseload: polled, within a few
+            await wait_until(moved_off_the_caseload, within=2.0, what="the caseload refreshed")
             assert (await lee.get("/Patient/p-bbbb")).status_code == 200
 
 
 async def test_policy_all_reaches_every_patient(mongo_uri: str) -> None:
-    async for smart in run_smart(mongo_uri, user_access="all"):
+    async with run_smart(mongo_uri, user_access="all") as smart:
         await seed_world(smart)
         async with smart.client(await smart.mint("user/*.rs", fhir_user="Practitioner/doc")) as lee:
             everyone = await lee.get("/Patient", params={"_count": 50})
@@ -364,102 +289,77 @@ async def test_policy_all_reaches_every_patient(mongo_uri: str) -> None:
 
 # ---- the login's patient picker and the launch ---------------------------------------------------
 PICKER_SCOPES = "launch launch/patient openid fhirUser patient/*.rs user/*.rs"
+PICK_A_PATIENT = "launch/patient openid fhirUser patient/*.rs"
+EHR_LAUNCH = "launch openid fhirUser patient/*.rs"
 
 
-async def consent_page(smart: SmartServer, http: httpx.AsyncClient, user: str, **extra: str) -> str:
+async def consent_page(
+    browser: Browser, user: str, scope: str = PICK_A_PATIENT, **extra: str
+) -> str:
     _, challenge = pkce()
-    params = {
-        "response_type": "code", "client_id": "webapp", "redirect_uri": REDIRECT,
-        "scope": extra.pop("scope", "launch/patient openid fhirUser patient/*.rs"),
-        "state": "st", "aud": smart.base, "code_challenge": challenge,
-        "code_challenge_method": "S256", **extra,
-    }  # fmt: skip
-    page = await http.get("/auth/authorize", params=params)
-    assert page.status_code == 200, page.text
-    consent = await http.post("/auth/login", data={
-        "request": hidden(page.text, "request"), "csrf": hidden(page.text, "csrf"),
-        "username": user, "password": "s3cret-pass"})  # fmt: skip
-    assert consent.status_code == 200, consent.text
-    return consent.text
-
-
-async def decide(
-    http: httpx.AsyncClient, consent: str, patient: str | None
-) -> dict[str, list[str]]:
-    form = {"request": hidden(consent, "request"), "nonce": hidden(consent, "nonce"),
-            "csrf": hidden(consent, "csrf"), "decision": "approve"}  # fmt: skip
-    if patient:
-        form["patient"] = patient
-    redirect = await http.post("/auth/consent", data=form)
-    assert redirect.status_code == 303, redirect.text
-    from urllib.parse import parse_qs, urlsplit
-
-    return parse_qs(urlsplit(redirect.headers["location"]).query)
+    return await browser.consent_page(scope, challenge, user=user, **extra)
 
 
 @pytest.fixture
-async def browser(world: World) -> AsyncIterator[httpx.AsyncClient]:
+async def browser(world: World) -> AsyncIterator[Browser]:
+    """lee's (or newbie's) browser for the app `webapp`, in the world of the caseload."""
     smart = world.smart
     await smart.app.state.smart.clients.register(
         Client(client_id="webapp", scopes=PICKER_SCOPES, redirect_uris=[REDIRECT])
     )
-    await smart.app.state.smart.users.add("lee", "s3cret-pass", "Practitioner/doc", PICKER_SCOPES)
-    await smart.app.state.smart.users.add(
-        "newbie", "s3cret-pass", "Practitioner/newbie", PICKER_SCOPES
-    )
+    await smart.app.state.smart.users.add("lee", PASSWORD, "Practitioner/doc", PICKER_SCOPES)
+    await smart.app.state.smart.users.add("newbie", PASSWORD, "Practitioner/newbie", PICKER_SCOPES)
     async with httpx.AsyncClient(base_url=smart.origin, timeout=30) as http:
-        yield http
+        yield Browser(smart, http)
 
 
-async def test_the_picker_offers_the_caseload_only(
-    world: World, browser: httpx.AsyncClient
-) -> None:
-    consent = await consent_page(world.smart, browser, "lee")
+async def test_the_picker_offers_the_caseload_only(world: World, browser: Browser) -> None:
+    consent = await consent_page(browser, "lee")
     offered = set(re.findall(r'<option value="([^"]+)"', consent))
     assert offered == CASELOAD
     # a choice outside the caseload, sent by hand, is refused
-    refused = await decide(browser, consent, "p-bbbb")
+    refused = await browser.decide(consent, "p-bbbb")
     assert refused["error"] == ["invalid_request"] and "code" not in refused
     [audited] = await security_events(world.smart, "launch-refused")
     assert audited["outcome"] == "4" and "Patient/p-bbbb" in audited["outcomeDesc"]
-    consent = await consent_page(world.smart, browser, "lee")
-    assert "code" in await decide(browser, consent, "p-gp")
+    consent = await consent_page(browser, "lee")
+    assert "code" in await browser.decide(consent, "p-gp")
 
 
-async def test_the_picker_says_when_the_caseload_is_empty(
-    world: World, browser: httpx.AsyncClient
-) -> None:
-    consent = await consent_page(world.smart, browser, "newbie")
+async def test_the_picker_says_when_the_caseload_is_empty(browser: Browser) -> None:
+    consent = await consent_page(browser, "newbie")
     assert "<option" not in consent
     assert "No patients are in your caseload" in consent
 
 
 async def test_an_ehr_launch_outside_the_caseload_is_refused(
-    world: World, browser: httpx.AsyncClient
+    world: World, browser: Browser
 ) -> None:
     db = world.smart.app.state.smart.db
     outside = await create_launch(db, patient="p-bbbb")
-    consent = await consent_page(world.smart, browser, "lee", scope="launch openid fhirUser patient/*.rs", launch=outside)  # fmt: skip
-    refused = await decide(browser, consent, None)
+    consent = await consent_page(browser, "lee", EHR_LAUNCH, launch=outside)
+    refused = await browser.decide(consent)
     assert refused["error"] == ["access_denied"] and "code" not in refused
     [audited] = await security_events(world.smart, "launch-refused")
     assert "EHR launch's Patient/p-bbbb" in audited["outcomeDesc"]
     inside = await create_launch(db, patient="p-team")
-    consent = await consent_page(world.smart, browser, "lee", scope="launch openid fhirUser patient/*.rs", launch=inside)  # fmt: skip
-    assert "code" in await decide(browser, consent, None)
+    consent = await consent_page(browser, "lee", EHR_LAUNCH, launch=inside)
+    assert "code" in await browser.decide(consent)
 
 
 # ---- the token cache: caseload refresh and revocation together ----------------------------------
 async def test_a_rebuilt_caseload_context_is_still_revocable(mongo_uri: str) -> None:
     # revocations made elsewhere are not reread during the test: only this replica's eviction
-    async for smart in run_smart(
+    async with run_smart(
         mongo_uri, caseload_refresh_seconds=0.3, revocation_check_seconds=3600
-    ):
+    ) as smart:
         await seed_world(smart)
         token = await smart.mint("user/*.rs", fhir_user="Practitioner/doc", grant_id="g-lee")
         async with smart.client(token) as lee:
             assert (await lee.get("/Patient/p-team")).status_code == 200
-            await asyncio.sleep(0.4)  # the caseload is stale: the next use rebuilds the context
+            # The subject is the passing of the 0.3 s refresh time itself (no event to wait on):
+            # the caseload is then stale, and the next use rebuilds the context.
+            await asyncio.sleep(0.4)
             assert (await lee.get("/Patient/p-team")).status_code == 200
             await smart.app.state.auth_runtime.revoke(["grant:g-lee"])
             assert (await lee.get("/Patient/p-team")).status_code == 401

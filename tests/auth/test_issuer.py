@@ -14,7 +14,7 @@ from fhirgoal.auth.clients import Client
 from fhirgoal.config import Settings
 from tests.auth import jose
 from tests.auth.conftest import SmartServer
-from tests.auth.test_backend_services import grant
+from tests.auth.flows import grant
 
 EVIL = {"Host": "evil.example"}
 

@@ -11,9 +11,7 @@ import httpx
 
 from fhirgoal.auth.clients import Client
 from tests.auth.conftest import run_smart
-from tests.auth.test_authorization_code import REDIRECT, Browser, browser, hidden, pkce
-
-__all__ = ["browser"]
+from tests.auth.flows import REDIRECT, Browser, hidden, pkce
 
 
 async def test_an_authorization_request_without_state_is_refused_by_redirect(
@@ -88,7 +86,7 @@ async def test_failed_logins_for_one_user_are_throttled(browser: Browser) -> Non
 
 
 async def test_failed_logins_from_one_address_are_throttled(mongo_uri: str) -> None:
-    async for smart in run_smart(mongo_uri, login_max_failures_per_address=3):
+    async with run_smart(mongo_uri, login_max_failures_per_address=3) as smart:
         await smart.app.state.smart.users.add("ann", "ann-pass-123", "Practitioner/a", "user/*.rs")
         async with httpx.AsyncClient(base_url=smart.origin, timeout=30) as http:
             await smart.app.state.smart.clients.register(

@@ -3,7 +3,6 @@ patient B's data; nothing of B's comes back, and nothing tells B's resources exi
 
 from __future__ import annotations
 
-import json
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -12,15 +11,16 @@ import pytest
 
 from fhirgoal.core.access import UNRESTRICTED
 from tests.auth.conftest import SmartServer
-from tests.fhir.helpers import FHIR_JSON, observation
-
-SURVEY = {
-    "coding": [
-        {"system": "http://terminology.hl7.org/CodeSystem/observation-category", "code": "survey"}
-    ]
-}
-# Every id of B's data contains this marker, so one substring check per response suffices.
-MARK = "bbbb"
+from tests.auth.isolation import (
+    SEARCHES,
+    assert_conditional_create_does_not_leak_b,
+    assert_nothing_of_b,
+    assert_reads_of_b_are_404,
+    assert_writes_to_b_change_nothing,
+    b_records,
+    search_showing_nothing_of_b,
+)
+from tests.helpers import observation, patch
 
 
 @dataclass
@@ -31,101 +31,40 @@ class World:
 
 @pytest.fixture
 async def world(smart: SmartServer) -> AsyncIterator[World]:
-    await smart.seed({"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Lee"}]})
-    await smart.seed(
+    doc = [{"reference": "Practitioner/doc"}]
+    for resource in [
+        {"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Lee"}]},
         {"resourceType": "Patient", "id": "pa", "name": [{"family": "Aalto"}],
-         "generalPractitioner": [{"reference": "Practitioner/doc"}]}
-    )  # fmt: skip
-    await smart.seed(
+         "generalPractitioner": doc},
         {"resourceType": "Patient", "id": "p-bbbb", "name": [{"family": "Bbbbson"}],
-         "generalPractitioner": [{"reference": "Practitioner/doc"}]}
-    )  # fmt: skip
-    await smart.seed(
-        {"resourceType": "Goal", "id": "goal-bbbb", "lifecycleStatus": "active",
-         "description": {"text": "B's goal"}, "subject": {"reference": "Patient/p-bbbb"}}
-    )  # fmt: skip
-    await smart.seed(
-        {"resourceType": "Encounter", "id": "enc-bbbb", "status": "finished",
-         "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-         "subject": {"reference": "Patient/p-bbbb"}}
-    )  # fmt: skip
-    await smart.seed(
-        observation("p-bbbb", id="obs-bbbb", category=[SURVEY],
-                    encounter={"reference": "Encounter/enc-bbbb"})
-    )  # fmt: skip
-    await smart.seed(observation("p-bbbb", "80.0", id="obs-bbbb", category=[SURVEY]))  # v2
-    # A's own observation points at B's goal: includes must not follow it.
-    await smart.seed(
-        observation("pa", id="obs-a", category=[SURVEY], focus=[{"reference": "Goal/goal-bbbb"}])
-    )
+         "generalPractitioner": doc},
+        *b_records("pa"),
+    ]:  # fmt: skip
+        await smart.seed(resource)
     async with await smart.as_scope("patient/*.cruds", patient="pa") as a:
         yield World(smart, a)
 
 
-def assert_nothing_of_b(response: httpx.Response) -> None:
-    """No resource of B's in the body (A's own obs-a refers to B's goal by id: that is A's data)."""
-    body = response.json() if response.content else {}
-    resources = [e["resource"] for e in body.get("entry", [])] if "entry" in body else [body]
-    for resource in resources:
-        assert MARK not in resource.get("id", ""), (response.request.url, resource)
-        assert "p-bbbb" not in json.dumps(resource.get("subject", {})), resource
-
-
 async def test_reads_of_b_answer_404_exactly_as_for_an_unknown_id(world: World) -> None:
-    for path in ("Patient/p-bbbb", "Observation/obs-bbbb", "Goal/goal-bbbb", "Encounter/enc-bbbb"):
-        rt = path.split("/")[0]
-        seen = await world.a.get(f"/{path}")
-        unknown = await world.a.get(f"/{rt}/no-such-bbbb")
-        assert seen.status_code == unknown.status_code == 404, seen.text
-        assert set(seen.json()) == set(unknown.json())
-    for path in (
-        "Observation/obs-bbbb/_history/1",
-        "Observation/obs-bbbb/_history/2",
-        "Observation/obs-bbbb/_history",
-    ):
-        response = await world.a.get(f"/{path}")
-        assert response.status_code == 404, (path, response.text)
+    await assert_reads_of_b_are_404(world.a)
 
 
-SEARCHES = [
-    "/Observation",
-    "/Observation?subject=Patient/p-bbbb",
-    "/Observation?patient=p-bbbb",
-    "/Observation?_id=obs-bbbb",
-    "/Observation?_total=accurate",
-    "/Observation?_summary=count",
-    "/Observation?subject:Patient.name=Bbbbson",
-    "/Observation?subject:Patient._id=p-bbbb",
-    "/Observation?encounter:Encounter.subject=Patient/p-bbbb",
-    "/Observation?subject:Patient.general-practitioner.name=Lee",
-    "/Patient",
-    "/Patient?_has:Observation:patient:_id=obs-bbbb",
-    "/Patient?general-practitioner=Practitioner/doc",
-    "/Patient?_id=pa&_revinclude=Observation:subject",
-    "/Patient?_revinclude=Goal:subject&_revinclude=Encounter:subject",
-    "/Observation?_id=obs-a&_include=Observation:focus",
-    "/Observation?_include=Observation:*&_include:iterate=Goal:*",
-    "/Observation?_revinclude:iterate=Observation:focus&_include=Observation:subject",
-    "/Goal",
-    "/Goal?subject=Patient/p-bbbb",
-    "/Encounter",
-    "/Patient/p-bbbb/Observation",
-    "/Patient/p-bbbb/Goal",
-    "/Patient/p-bbbb/Encounter?_include=Encounter:subject",
-    "/?_type=Observation,Goal,Encounter,Patient",
-    "/",
-    "/?_id=obs-bbbb",
-    "/Observation/_history",
-    "/Goal/_history",
-    "/_history",
-]
-
-
-@pytest.mark.parametrize("path", SEARCHES)
+@pytest.mark.parametrize(
+    "path",
+    [
+        *SEARCHES,
+        "/Observation?subject:Patient.name=Bbbbson",
+        "/Observation?subject:Patient.general-practitioner.name=Lee",
+        "/Patient?general-practitioner=Practitioner/doc",
+        "/Patient?_id=pa&_revinclude=Observation:subject",
+        "/Patient?_revinclude=Goal:subject&_revinclude=Encounter:subject",
+        "/?_type=Observation,Goal,Encounter,Patient",
+        "/Patient/pa/$everything",
+        "/Patient/pa/$everything?_count=1",
+    ],
+)
 async def test_searches_never_return_b(world: World, path: str) -> None:
-    response = await world.a.get(path)
-    assert response.status_code == 200, response.text
-    assert_nothing_of_b(response)
+    await search_showing_nothing_of_b(world.a, path)
 
 
 async def test_a_still_sees_its_own_data_through_the_same_features(world: World) -> None:
@@ -156,21 +95,7 @@ async def test_post_search_never_returns_b(world: World) -> None:
 
 
 async def test_writes_to_b_answer_404_and_change_nothing(world: World) -> None:
-    body = observation("pa", id="obs-bbbb")
-    assert (await world.a.put("/Observation/obs-bbbb", json=body)).status_code == 404
-    patch = [{"op": "replace", "path": "/status", "value": "cancelled"}]
-    response = await world.a.patch(
-        "/Observation/obs-bbbb",
-        content=json.dumps(patch),
-        headers={"Content-Type": "application/json-patch+json"},
-    )
-    assert response.status_code == 404
-    assert (await world.a.delete("/Observation/obs-bbbb")).status_code == 404
-    assert (await world.a.delete("/Patient/p-bbbb")).status_code == 404
-    gone = await world.a.delete("/Observation?subject=Patient/p-bbbb")
-    assert gone.status_code == 204  # nothing matched *for A*: nothing deleted
-    current = await world.smart.service.read(UNRESTRICTED, "Observation", "obs-bbbb")
-    assert current.version is not None and current.version.version == 2
+    await assert_writes_to_b_change_nothing(world.smart, world.a, "pa")
 
 
 async def test_update_as_create_reveals_nothing_about_an_existing_id(world: World) -> None:
@@ -184,13 +109,8 @@ async def test_writing_into_b_compartment_is_403(world: World) -> None:
     assert created.status_code == 403, created.text
     moved = observation("p-bbbb", id="obs-a")
     assert (await world.a.put("/Observation/obs-a", json=moved)).status_code == 403
-    patch = [{"op": "replace", "path": "/subject/reference", "value": "Patient/p-bbbb"}]
-    response = await world.a.patch(
-        "/Observation/obs-a",
-        content=json.dumps(patch),
-        headers={"Content-Type": "application/json-patch+json"},
-    )
-    assert response.status_code == 403
+    into_b = [{"op": "replace", "path": "/subject/reference", "value": "Patient/p-bbbb"}]
+    assert (await patch(world.a, "/Observation/obs-a", into_b)).status_code == 403
     # and A's own observation is untouched
     own = (await world.a.get("/Observation/obs-a")).json()
     assert own["subject"]["reference"] == "Patient/pa"
@@ -207,14 +127,7 @@ async def test_a_second_reference_cannot_reach_into_b_compartment(world: World) 
 
 
 async def test_conditional_interactions_do_not_leak_b(world: World) -> None:
-    # If-None-Exist matching only B's resource: it is not seen, so A's resource is created
-    created = await world.a.post(
-        "/Observation",
-        json=observation("pa"),
-        headers={**FHIR_JSON, "If-None-Exist": "_id=obs-bbbb"},
-    )
-    assert created.status_code == 201
-    assert_nothing_of_b(created)
+    await assert_conditional_create_does_not_leak_b(world.smart, world.a, "pa")
     # conditional update whose criteria match only B's: creates for A, leaves B's alone
     updated = await world.a.put("/Observation?_id=obs-bbbb", json=observation("pa"))
     assert updated.status_code == 201

@@ -11,10 +11,9 @@ import pytest
 
 from fhirgoal.auth.clients import Client
 from tests.auth.conftest import SmartServer
-from tests.fhir.helpers import FHIR_JSON, observation
+from tests.helpers import FHIR_JSON, JSON_PATCH, observation
 
 Call = Callable[[httpx.AsyncClient], Awaitable[httpx.Response]]
-PATCH = {"Content-Type": "application/json-patch+json"}
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
 REPLACE_STATUS = json.dumps([{"op": "replace", "path": "/status", "value": "amended"}])
 
@@ -25,7 +24,7 @@ INTERACTIONS: dict[str, tuple[str, Call]] = {
     "vread": ("r", lambda c: c.get("/Observation/o1/_history/1")),
     "history-instance": ("r", lambda c: c.get("/Observation/o1/_history")),
     "update": ("u", lambda c: c.put("/Observation/o1", json=observation("pa", "70.0", id="o1"))),
-    "patch": ("u", lambda c: c.patch("/Observation/o1", content=REPLACE_STATUS, headers=PATCH)),
+    "patch": ("u", lambda c: c.patch("/Observation/o1", content=REPLACE_STATUS, headers=JSON_PATCH)),
     "delete": ("d", lambda c: c.delete("/Observation/o2")),
     "search-type": ("s", lambda c: c.get("/Observation?subject=Patient/pa")),
     "search-post": ("s", lambda c: c.post("/Observation/_search", content="code=29463-7", headers=FORM)),

@@ -32,7 +32,7 @@ def private_material(value: Any) -> bool:
 
 
 async def test_no_private_key_is_stored_in_the_clear(mongo_uri: str) -> None:
-    async for smart in run_smart(mongo_uri):
+    async with run_smart(mongo_uri) as smart:
         docs = [doc async for doc in smart.app.state.smart.db["auth_keys"].find()]
         assert docs and not any(private_material(doc) for doc in docs)
         assert all(doc["sealed"]["alg"] == "A256GCM" for doc in docs)
@@ -49,7 +49,7 @@ async def test_plaintext_keys_are_sealed_at_start_up(mongo_uri: str) -> None:
          "created": datetime.now(UTC), "retired_at": None, "verify_until": None}
     )  # fmt: skip
     await mongo.close()
-    async for smart in run_smart(mongo_uri, db=db_name):
+    async with run_smart(mongo_uri, db=db_name) as smart:
         [doc] = [d async for d in smart.app.state.smart.db["auth_keys"].find()]
         assert "jwk" not in doc and not private_material(doc) and doc["_id"] == legacy.kid
         token = await smart.mint("system/*.rs")
@@ -89,7 +89,7 @@ async def test_a_malformed_key_encryption_key_is_a_clear_error(mongo_uri: str) -
 async def test_without_a_configured_key_a_0600_key_file_is_made(
     mongo_uri: str, tmp_path: Path
 ) -> None:
-    async for smart in run_smart(mongo_uri, key_encryption_key=None, data_dir=tmp_path):
+    async with run_smart(mongo_uri, key_encryption_key=None, data_dir=tmp_path) as smart:
         path = tmp_path / KEY_FILE
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         assert len(base64.urlsafe_b64decode(path.read_text().strip())) == 32

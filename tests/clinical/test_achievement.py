@@ -44,10 +44,15 @@ def baseline(when: str, level: str = "-1", obs: str = "base") -> Rating:
     return rating(when, level, "baseline", "practitioner", obs)
 
 
-def code_of(ratings: list[Rating]) -> str:
-    decision = decide(ratings)
+def decided(ratings: list[Rating], **options: Any) -> AchievementDecision:
+    """The decision on `ratings`, asserted to be one."""
+    decision = decide(ratings, **options)
     assert decision is not None
-    return decision.code
+    return decision
+
+
+def code_of(ratings: list[Rating]) -> str:
+    return decided(ratings).code
 
 
 def test_no_ratings_no_decision() -> None:
@@ -55,8 +60,7 @@ def test_no_ratings_no_decision() -> None:
 
 
 def test_baseline_only_is_in_progress() -> None:
-    decision = decide([baseline("2026-06-01")])
-    assert decision is not None
+    decision = decided([baseline("2026-06-01")])
     assert (decision.code, decision.display, decision.based_on) == (
         "in-progress",
         "In Progress",
@@ -106,8 +110,7 @@ def test_compares_with_the_previous_follow_up_not_the_baseline() -> None:
         rating("2026-07-01", "-1", obs="f1"),
         rating("2026-08-01", "-1", obs="f2"),
     ]
-    decision = decide(ratings)
-    assert decision is not None
+    decision = decided(ratings)
     assert decision.code == "no-change"  # -1 after -1, although above the baseline -2
     assert decision.based_on == ("f1", "f2")
 
@@ -135,8 +138,7 @@ def test_baseline_at_expected_level_then_follow_up_is_achieved_not_sustaining() 
 
 def test_follow_up_without_baseline() -> None:
     assert code_of([rating("2026-07-01", "1")]) == "achieved"
-    decision = decide([rating("2026-07-01", "-1", obs="f1")])
-    assert decision is not None
+    decision = decided([rating("2026-07-01", "-1", obs="f1")])
     assert (decision.code, decision.based_on) == ("in-progress", ("f1",))
     assert "no baseline or earlier follow-up" in decision.reason
 
@@ -147,8 +149,7 @@ def test_ratings_are_put_in_time_order_whatever_the_input_order() -> None:
         baseline("2026-06-01", "-2"),
         rating("2026-07-01", "-2", obs="f1"),
     ]
-    decision = decide(ratings)
-    assert decision is not None
+    decision = decided(ratings)
     assert (decision.code, decision.based_on) == ("improving", ("f1", "f2"))
 
 
@@ -159,8 +160,7 @@ def test_time_zones_are_compared_as_instants() -> None:
         rating("2026-07-01T09:00:00-04:00", "0", obs="later"),
         rating("2026-07-01T12:00:00Z", "-2", obs="earlier"),
     ]
-    decision = decide(ratings)
-    assert decision is not None
+    decision = decided(ratings)
     assert decision.based_on == ("earlier", "later")
 
 
@@ -170,13 +170,11 @@ def test_same_instant_puts_baseline_first_then_input_order() -> None:
         baseline("2026-07-01", "-2"),
         rating("2026-07-01", "0", obs="correction"),
     ]
-    decision = decide(ratings)
-    assert decision is not None
+    decision = decided(ratings)
     # baseline -2, then "first" (-1), then "correction" (0), recorded last, decides
     assert (decision.code, decision.based_on) == ("achieved", ("first", "correction"))
     # the other way round, "first" recorded last decides
-    decision = decide([ratings[2], ratings[1], ratings[0]])
-    assert decision is not None
+    decision = decided([ratings[2], ratings[1], ratings[0]])
     assert decision.code == "worsening"  # -1 after 0 at the same instant
 
 
@@ -187,52 +185,39 @@ def test_a_new_baseline_starts_a_new_episode() -> None:
         rating("2026-03-01", "1"),
         baseline("2026-04-01", "-2", obs="new-base"),
     ]
-    decision = decide(ratings)
-    assert decision is not None
+    decision = decided(ratings)
     assert (decision.code, decision.based_on) == ("in-progress", ("new-base",))
-    decision = decide([*ratings, rating("2026-05-01", "0", obs="f")])
-    assert decision is not None
+    decision = decided([*ratings, rating("2026-05-01", "0", obs="f")])
     # compared with the new baseline, so achieved (not sustaining after the old +1)
     assert (decision.code, decision.based_on) == ("achieved", ("new-base", "f"))
 
 
-def test_practitioner_ratings_lead_when_present() -> None:
-    ratings = [
-        baseline("2026-06-01", "-1"),
-        rating("2026-07-01", "-2", rater="practitioner", obs="p1"),
-        rating("2026-07-02", "1", rater="patient", obs="pt1"),
-        rating("2026-07-03", "1", rater="caregiver", obs="c1"),
-    ]
-    decision = decide(ratings)
-    assert decision is not None
-    assert (decision.code, decision.rater, decision.based_on) == (
-        "worsening",
-        "practitioner",
-        ("base", "p1"),
-    )
-
-
-def test_raters_are_never_mixed_within_a_comparison() -> None:
-    ratings = [
-        baseline("2026-06-01", "-2"),
-        rating("2026-07-01", "-1", rater="patient", obs="pt1"),
-        rating("2026-07-15", "-2", rater="caregiver", obs="c1"),
-        rating("2026-08-01", "-1", rater="patient", obs="pt2"),
-    ]
-    decision = decide(ratings)
-    assert decision is not None
-    # the patient's -1 is compared with the patient's -1, not with the caregiver's -2
-    assert (decision.code, decision.rater, decision.based_on) == (
-        "no-change",
-        "patient",
-        ("pt1", "pt2"),
-    )
+@pytest.mark.parametrize(
+    ("ratings", "code", "rater", "based_on"),
+    [
+        pytest.param([baseline("2026-06-01", "-1"), rating("2026-07-01", "-2", obs="p1"),
+                      rating("2026-07-02", "1", rater="patient", obs="pt1"),
+                      rating("2026-07-03", "1", rater="caregiver", obs="c1")],
+                     "worsening", "practitioner", ("base", "p1"),
+                     id="practitioner-ratings-lead-when-present"),
+        # the patient's -1 is compared with the patient's -1, not with the caregiver's -2
+        pytest.param([baseline("2026-06-01", "-2"), rating("2026-07-01", "-1", rater="patient", obs="pt1"),
+                      rating("2026-07-15", "-2", rater="caregiver", obs="c1"),
+                      rating("2026-08-01", "-1", rater="patient", obs="pt2")],
+                     "no-change", "patient", ("pt1", "pt2"),
+                     id="raters-are-never-mixed-within-a-comparison"),
+    ],
+)  # fmt: skip
+def test_the_rater_who_leads_is_compared_with_their_own_ratings(
+    ratings: list[Rating], code: str, rater: str, based_on: tuple[str, ...]
+) -> None:
+    decision = decided(ratings)
+    assert (decision.code, decision.rater, decision.based_on) == (code, rater, based_on)
 
 
 def test_caregiver_ratings_are_used_when_nobody_else_rated() -> None:
     ratings = [baseline("2026-06-01", "-2"), rating("2026-07-01", "-1", rater="caregiver", obs="c")]
-    decision = decide(ratings)
-    assert decision is not None
+    decision = decided(ratings)
     assert (decision.code, decision.rater) == ("improving", "caregiver")
     assert decision.reason.startswith("caregiver follow-up -1 (less than expected) on 2026-07-01")
 
@@ -243,11 +228,9 @@ def test_rater_priority_is_configurable() -> None:
         rating("2026-07-01", "-2", rater="practitioner"),
         rating("2026-07-02", "1", rater="patient"),
     ]
-    decision = decide(ratings, rater_priority=("patient", "practitioner"))
-    assert decision is not None
+    decision = decided(ratings, rater_priority=("patient", "practitioner"))
     assert (decision.code, decision.rater) == ("achieved", "patient")
-    decision = decide(ratings, rater_priority=("caregiver",))
-    assert decision is not None
+    decision = decided(ratings, rater_priority=("caregiver",))
     assert decision.code == "in-progress"
     assert "only by" in decision.reason
 
@@ -259,8 +242,7 @@ def test_dates_datetimes_and_partial_dates_sort_together() -> None:
         Rating("2026-07", D(-2), "baseline", "practitioner", "month"),
         Rating(datetime(2026, 9, 1, 9), D(-1), "follow-up", "patient", "naive"),  # taken as UTC
     ]
-    decision = decide(ratings)
-    assert decision is not None
+    decision = decided(ratings)
     assert decision.based_on == ("naive", "dt")
     assert decision.code == "achieved"
 
@@ -423,8 +405,7 @@ def test_property_distinct_instants_make_input_order_irrelevant(
 @settings(max_examples=300, deadline=None)
 @given(rating_sets())
 def test_property_decision_is_consistent_with_the_ratings_it_cites(ratings: list[Rating]) -> None:
-    decision = decide(ratings)
-    assert decision is not None
+    decision = decided(ratings)
     assert decision.display == DISPLAY[decision.code]
     by_id = {r.observation: r for r in ratings}
     cited = [by_id[i] for i in decision.based_on]

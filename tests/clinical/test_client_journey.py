@@ -15,6 +15,7 @@ from typing import Any
 from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
 from fhirgoal.core.jsonio import dumps, loads
 from tests.conftest import RunningServer
+from tests.helpers import store
 
 START = datetime(2026, 8, 3, 15, 0, tzinfo=UTC)
 ORS = ["18", "19", "19.5", "21", "22", "23.5", "24", "25.5", "26", "27", "28", "29"]
@@ -47,11 +48,7 @@ class Client:
         self.fhir = fhir
 
     async def put(self, resource: dict[str, Any]) -> dict[str, Any]:
-        response = await self.fhir.client.put(
-            f"/{resource['resourceType']}/{resource['id']}", content=dumps(resource),
-            headers={"Content-Type": "application/fhir+json"})  # fmt: skip
-        assert response.status_code in (200, 201), response.text
-        return dict(loads(response.content))
+        return await store(self.fhir.client, resource)
 
     async def get(self, path: str, **params: str) -> Any:
         response = await self.fhir.client.get(path, params=params)

@@ -5,8 +5,9 @@ from __future__ import annotations
 from decimal import Decimal
 from typing import Any
 
-from fhirgoal.core.jsonio import dumps, loads
+from fhirgoal.core.jsonio import loads
 from tests.conftest import RunningServer
+from tests.helpers import put
 
 SDC = "http://hl7.org/fhir/uv/sdc/StructureDefinition"
 CLINIC = "https://clinic.example.org/codes"
@@ -54,15 +55,10 @@ def response(nights: list[int]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-async def put(fhir: RunningServer, resource: dict[str, Any]) -> Any:
-    return await fhir.client.put(f"/{resource['resourceType']}/{resource['id']}", content=dumps(resource),
-                                 headers={"Content-Type": "application/fhir+json"})  # fmt: skip
-
-
 async def test_a_clinicians_questionnaire_scores_and_extracts_as_data(fhir: RunningServer) -> None:
-    assert (await put(fhir, sleep_diary())).status_code == 201
-    assert (await put(fhir, {"resourceType": "Patient", "id": "p1"})).status_code == 201
-    stored = await put(fhir, response([5, 6, 9]))
+    assert (await put(fhir.client, sleep_diary())).status_code == 201
+    assert (await put(fhir.client, {"resourceType": "Patient", "id": "p1"})).status_code == 201
+    stored = await put(fhir.client, response([5, 6, 9]))
     assert stored.status_code == 201, stored.text
     bundle = loads(
         (
@@ -76,6 +72,6 @@ async def test_a_clinicians_questionnaire_scores_and_extracts_as_data(fhir: Runn
     assert observation["valueQuantity"]["value"] == Decimal(8)  # (6 + 2 * 9) / 3
     assert [c["valueInteger"] for c in observation["component"]] == [5, 6, 9]
 
-    bad = await put(fhir, response([5, 15, 9]))  # 15 hours is outside 0-14
+    bad = await put(fhir.client, response([5, 15, 9]))  # 15 hours is outside 0-14
     assert bad.status_code == 422
     assert "QuestionnaireResponse.item[1].answer[0].valueInteger" in bad.text

@@ -10,6 +10,7 @@ import pytest
 from fhirgoal.clinical.resources import gas_goal, gas_rating
 from fhirgoal.core.jsonio import loads
 from tests.conftest import RunningServer
+from tests.helpers import store
 
 LEVELS = ["much less", "less", "expected", "more", "much more"]
 
@@ -60,7 +61,7 @@ async def test_partial_achievement_is_reported_raw_beside_the_level_used(
     assert parts == {"level": -0.5, "levelUsed": -1, "weight": 1}
     assert first is goals[1] or first  # both goals are listed, in input order
     assert {p["name"]: p["valueDecimal"] for p in goals[1]["part"]}["weight"] == 6
-    assert any(p["name"] == "variant" and p["valueCode"] == "partial-achievement"
+    assert any(p["name"] == "variant" and p["valueCode"] == "partial"
                for p in result["parameter"])  # fmt: skip
     # 50 + 10 * (-1 + 6) / sqrt(0.7 * 37 + 0.3 * 49) = 50 + 50 / sqrt(40.6) = 57.85
     assert value(result, "tscore")["valueDecimal"] == 57.85
@@ -96,19 +97,14 @@ async def test_an_operation_body_must_be_parameters(fhir: RunningServer) -> None
 
 
 # ---- from stored goals ---------------------------------------------------------------------------
-async def put(fhir: RunningServer, resource: dict[str, Any]) -> None:
-    response = await fhir.client.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
-    assert response.status_code in (200, 201), response.text
-
-
 async def seed(fhir: RunningServer) -> None:
-    await put(fhir, {"resourceType": "Patient", "id": "p1"})
-    await put(fhir, {"resourceType": "Practitioner", "id": "t1"})
-    await put(fhir, gas_goal("g1", "p1", "Walk", LEVELS, start="2026-08-01", importance=2,
+    await store(fhir.client, {"resourceType": "Patient", "id": "p1"})
+    await store(fhir.client, {"resourceType": "Practitioner", "id": "t1"})
+    await store(fhir.client, gas_goal("g1", "p1", "Walk", LEVELS, start="2026-08-01", importance=2,
                              difficulty=3))  # fmt: skip
-    await put(fhir, gas_goal("g2", "p1", "Sleep", LEVELS, start="2026-08-01"))
-    await put(fhir, gas_goal("g3", "p1", "Unrated", LEVELS, start="2026-08-01"))
-    await put(fhir, {"resourceType": "CarePlan", "id": "plan1", "status": "active", "intent": "plan",
+    await store(fhir.client, gas_goal("g2", "p1", "Sleep", LEVELS, start="2026-08-01"))
+    await store(fhir.client, gas_goal("g3", "p1", "Unrated", LEVELS, start="2026-08-01"))
+    await store(fhir.client, {"resourceType": "CarePlan", "id": "plan1", "status": "active", "intent": "plan",
                      "subject": {"reference": "Patient/p1"}, "goal": [{"reference": "Goal/g2"}]})  # fmt: skip
     ratings = [
         gas_rating("b1", "p1", "g1", -1, "2026-08-03", baseline=True, performer="Practitioner/t1"),
@@ -118,7 +114,7 @@ async def seed(fhir: RunningServer) -> None:
         gas_rating("f3", "p1", "g2", 2, "2026-09-02", rater="patient", performer="Patient/p1"),
     ]
     for rating in ratings:
-        await put(fhir, rating)
+        await store(fhir.client, rating)
 
 
 async def test_patient_tscore_uses_each_goals_latest_rating_on_or_before_the_date(
@@ -176,7 +172,7 @@ async def test_storing_the_tscore_writes_one_observation_per_date_and_rater(
 
 async def test_patient_tscore_refusals(fhir: RunningServer) -> None:
     assert (await fhir.client.get("/Patient/nobody/$gas-tscore")).status_code == 404
-    await put(fhir, {"resourceType": "Patient", "id": "p2"})
+    await store(fhir.client, {"resourceType": "Patient", "id": "p2"})
     response = await fhir.client.get("/Patient/p2/$gas-tscore")
     assert response.status_code == 422
     response = await fhir.client.get("/Patient/p2/$gas-tscore", params={"store": "true"})

@@ -6,16 +6,11 @@ from typing import Any
 
 from fhirgoal.clinical.codes import DERIVED_STATUS_EXTENSION
 from fhirgoal.clinical.resources import gas_goal, gas_rating
-from tests.conftest import RunningServer
+from tests.conftest import RunningServer, fresh_settings, running
+from tests.helpers import store
 
 LEVELS = ["much less", "less", "expected", "more", "much more"]
 ACHIEVEMENT = "http://terminology.hl7.org/CodeSystem/goal-achievement"
-
-
-async def put(fhir: RunningServer, resource: dict[str, Any]) -> dict[str, Any]:
-    response = await fhir.client.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
-    assert response.status_code in (200, 201), response.text
-    return dict(response.json())
 
 
 async def status(fhir: RunningServer, gid: str = "g1") -> str | None:
@@ -26,12 +21,18 @@ async def status(fhir: RunningServer, gid: str = "g1") -> str | None:
 
 async def rate(fhir: RunningServer, oid: str, level: Any, when: str, **kw: Any) -> None:
     kw.setdefault("performer", "Practitioner/t1")
-    await put(fhir, gas_rating(oid, "p1", "g1", level, when, **kw))
+    await store(fhir.client, gas_rating(oid, "p1", "g1", level, when, **kw))
+
+
+async def rate_to_achieved(fhir: RunningServer) -> None:
+    """A baseline below the expected level (-1), then a follow-up at it (0): g1 is achieved."""
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    await rate(fhir, "f1", 0, "2026-08-24")
 
 
 async def seed(fhir: RunningServer) -> None:
-    await put(fhir, {"resourceType": "Patient", "id": "p1"})
-    await put(fhir, gas_goal("g1", "p1", "Walk", LEVELS, start="2026-08-01"))
+    await store(fhir.client, {"resourceType": "Patient", "id": "p1"})
+    await store(fhir.client, gas_goal("g1", "p1", "Walk", LEVELS, start="2026-08-01"))
 
 
 async def active_review_flags(fhir: RunningServer) -> list[dict[str, Any]]:
@@ -71,8 +72,7 @@ async def test_each_status_change_leaves_a_provenance_naming_the_ratings(
     fhir: RunningServer,
 ) -> None:
     await seed(fhir)
-    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
-    await rate(fhir, "f1", 0, "2026-08-24")
+    await rate_to_achieved(fhir)
     bundle = (
         await fhir.client.get(
             "/Provenance", params={"agent": "Device/fhirgoal", "_sort": "-_lastUpdated"}
@@ -89,7 +89,7 @@ async def test_a_patient_rating_does_not_override_the_practitioners(fhir: Runnin
     await seed(fhir)
     await rate(fhir, "b", -1, "2026-08-03", baseline=True)
     await rate(fhir, "f1", -1, "2026-08-24")
-    await put(fhir, {"resourceType": "Patient", "id": "p1"})
+    await store(fhir.client, {"resourceType": "Patient", "id": "p1"})
     await rate(fhir, "pf", 2, "2026-08-25", rater="patient", performer="Patient/p1")
     assert await status(fhir) == "no-change"
 
@@ -98,10 +98,11 @@ async def test_a_clinicians_status_is_kept_and_a_review_flag_raised_then_closed(
     fhir: RunningServer,
 ) -> None:
     await seed(fhir)
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    # Set after the first rating: the clinician's judgement (before it, a starting value).
     goal = (await fhir.client.get("/Goal/g1")).json()
     goal["achievementStatus"] = {"coding": [{"system": ACHIEVEMENT, "code": "not-achieved"}]}
-    await put(fhir, goal)
-    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    await store(fhir.client, goal)
     await rate(fhir, "f1", 0, "2026-08-24")
     assert await status(fhir) == "not-achieved"  # never overwritten
     flags = await active_review_flags(fhir)
@@ -111,20 +112,34 @@ async def test_a_clinicians_status_is_kept_and_a_review_flag_raised_then_closed(
     # The clinician accepts the suggestion: the review closes.
     goal = (await fhir.client.get("/Goal/g1")).json()
     goal["achievementStatus"] = {"coding": [{"system": ACHIEVEMENT, "code": "achieved"}]}
-    await put(fhir, goal)
+    await store(fhir.client, goal)
     assert await active_review_flags(fhir) == []
     closed = (await fhir.client.get(f"/Flag/{flags[0]['id']}")).json()
     assert closed["status"] == "inactive" and "end" in closed["period"]
 
 
+async def test_a_status_sent_before_the_first_rating_is_a_starting_value(
+    fhir: RunningServer,
+) -> None:
+    """An EHR creates the goal `in-progress` (PCO examples do): the ratings take over."""
+    await seed(fhir)
+    goal = (await fhir.client.get("/Goal/g1")).json()
+    goal["achievementStatus"] = {"coding": [{"system": ACHIEVEMENT, "code": "in-progress"}]}
+    await store(fhir.client, goal)
+    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
+    assert await status(fhir) == "in-progress"
+    await rate(fhir, "f1", 0, "2026-08-24")
+    assert await status(fhir) == "achieved"
+    assert await active_review_flags(fhir) == []
+
+
 async def test_retracting_a_rating_moves_the_status_back(fhir: RunningServer) -> None:
     await seed(fhir)
-    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
-    await rate(fhir, "f1", 0, "2026-08-24")
+    await rate_to_achieved(fhir)
     assert await status(fhir) == "achieved"
     wrong = (await fhir.client.get("/Observation/f1")).json()
     wrong["status"] = "entered-in-error"
-    await put(fhir, wrong)
+    await store(fhir.client, wrong)
     assert await status(fhir) == "in-progress"
     assert (await fhir.client.delete("/Observation/b")).status_code == 204
     assert await status(fhir) is None
@@ -134,11 +149,10 @@ async def test_a_clinician_editing_the_code_but_sending_the_mark_back_is_still_t
     fhir: RunningServer,
 ) -> None:
     await seed(fhir)
-    await rate(fhir, "b", -1, "2026-08-03", baseline=True)
-    await rate(fhir, "f1", 0, "2026-08-24")
+    await rate_to_achieved(fhir)
     goal = (await fhir.client.get("/Goal/g1")).json()  # read-modify-write keeps the extension
     goal["achievementStatus"]["coding"] = [{"system": ACHIEVEMENT, "code": "not-achieved"}]
-    await put(fhir, goal)
+    await store(fhir.client, goal)
     assert await status(fhir) == "not-achieved"
     assert [f["code"]["coding"][0]["code"] for f in await active_review_flags(fhir)] == [
         "goal-status-review"
@@ -147,7 +161,7 @@ async def test_a_clinician_editing_the_code_but_sending_the_mark_back_is_still_t
 
 async def test_a_rating_cannot_reach_another_clients_goal(fhir: RunningServer) -> None:
     await seed(fhir)
-    await put(fhir, {"resourceType": "Patient", "id": "p2"})
+    await store(fhir.client, {"resourceType": "Patient", "id": "p2"})
     intruder = gas_rating("x", "p2", "g1", 2, "2026-08-03", performer="Patient/p2")
     response = await fhir.client.put("/Observation/x", json=intruder)
     assert response.status_code == 422
@@ -166,26 +180,9 @@ async def test_a_rating_cannot_reach_another_clients_goal(fhir: RunningServer) -
 async def test_client_search_limits_do_not_bind_the_servers_own_rules(mongo_uri: str) -> None:
     """An operator's tight FHIRGOAL_MAX_SEARCH_VALUES is for clients: the after-write rules,
     which search several rating codes at once, still run."""
-    import uuid
-
-    import httpx
-
-    from fhirgoal.config import Settings
-    from tests.conftest import start_server
-
-    settings = Settings(
-        mongodb_uri=mongo_uri, db=f"test_{uuid.uuid4().hex[:12]}", auth="off", max_search_values=1
-    )
-    server, task, port = await start_server(settings)
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}/fhir") as client:
-            fhir = RunningServer(f"http://127.0.0.1:{port}/fhir", settings, client)
-            await seed(fhir)
-            await rate(fhir, "b", -1, "2026-08-03", baseline=True)
-            await rate(fhir, "f1", 0, "2026-08-24")
-            assert await status(fhir) == "achieved"
-            refused = await client.get("/Observation", params={"code": "a,b"})
-            assert refused.status_code == 400  # clients still get the limit
-    finally:
-        server.should_exit = True
-        await task
+    async with running(fresh_settings(mongo_uri, max_search_values=1)) as fhir:
+        await seed(fhir)
+        await rate_to_achieved(fhir)
+        assert await status(fhir) == "achieved"
+        refused = await fhir.client.get("/Observation", params={"code": "a,b"})
+        assert refused.status_code == 400  # clients still get the limit

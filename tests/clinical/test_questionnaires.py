@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from fhirgoal.clinical.expressions import Expression
 from fhirgoal.clinical.questionnaires import (
     apply_licensed_text,
     extract_observations,
@@ -20,7 +21,7 @@ from fhirgoal.clinical.questionnaires import (
     validate_response,
 )
 from fhirgoal.clinical.scoring import copy_json
-from fhirgoal.clinical.sdc import Expression, compile_questionnaire
+from fhirgoal.clinical.sdc import compile_questionnaire
 from fhirgoal.config import BUILTIN_PROFILES_DIR, Settings
 from fhirgoal.core import jsonio
 from fhirgoal.core.errors import FhirError
@@ -272,7 +273,8 @@ def test_native_sum_agrees_with_fhirpathpy(expression: str) -> None:
     resp = ors_response()
     native, general = Expression(expression), Expression(f"({expression})")
     assert native.native and not general.native
-    assert native.evaluate(cq, resp, resp) == general.evaluate(cq, resp, resp)
+    env = cq.environment(resp)
+    assert native.evaluate(env, resp) == general.evaluate(env, resp)
 
 
 def test_native_weight_sum_agrees_with_fhirpathpy() -> None:
@@ -280,7 +282,8 @@ def test_native_weight_sum_agrees_with_fhirpathpy() -> None:
     resp = phq9_response()
     expression = cq.by_link["phq-9-total"].calculated.text  # type: ignore[union-attr]
     native, general = Expression(expression), Expression(f"({expression})")
-    assert native.evaluate(cq, resp, resp) == general.evaluate(cq, resp, resp) == [Decimal(14)]
+    env = cq.environment(resp)
+    assert native.evaluate(env, resp) == general.evaluate(env, resp) == [Decimal(14)]
 
 
 def test_a_clinicians_own_calculated_expression_is_evaluated_as_data() -> None:

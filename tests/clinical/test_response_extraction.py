@@ -8,8 +8,9 @@ from typing import Any
 import pytest
 
 from fhirgoal.clinical.resources import rating_scale_response
-from fhirgoal.core.jsonio import loads
+from fhirgoal.core.jsonio import dumps, loads
 from tests.conftest import RunningServer
+from tests.helpers import put
 
 MEASURES = "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures"
 
@@ -19,18 +20,6 @@ def ors(
 ) -> dict[str, Any]:
     return rating_scale_response(rid, "ors", "p1", [Decimal(s) for s in scores],
                                  "2026-09-01T15:00:00Z", **kw)  # fmt: skip
-
-
-async def put(fhir: RunningServer, resource: dict[str, Any]) -> Any:
-    body = resource_json(resource)
-    return await fhir.client.put(f"/{resource['resourceType']}/{resource['id']}", content=body,
-                                 headers={"Content-Type": "application/fhir+json"})  # fmt: skip
-
-
-def resource_json(resource: dict[str, Any]) -> bytes:
-    from fhirgoal.core.jsonio import dumps
-
-    return dumps(resource)
 
 
 async def derived(fhir: RunningServer, rid: str = "qr1") -> list[dict[str, Any]]:
@@ -43,8 +32,8 @@ async def derived(fhir: RunningServer, rid: str = "qr1") -> list[dict[str, Any]]
 async def test_a_completed_ors_yields_one_observation_with_total_and_items(
     fhir: RunningServer,
 ) -> None:
-    await put(fhir, {"resourceType": "Patient", "id": "p1"})
-    response = await put(fhir, ors())
+    await put(fhir.client, {"resourceType": "Patient", "id": "p1"})
+    response = await put(fhir.client, ors())
     assert response.status_code == 201, response.text
     [observation] = await derived(fhir)
     assert observation["code"]["coding"][0] == {"system": MEASURES, "code": "ors-total",
@@ -69,7 +58,7 @@ async def test_a_completed_ors_yields_one_observation_with_total_and_items(
 async def test_out_of_range_answers_are_rejected_and_nothing_is_stored(
     fhir: RunningServer, scores: tuple[str, ...], where: str
 ) -> None:
-    response = await put(fhir, ors(scores=scores))
+    response = await put(fhir.client, ors(scores=scores))
     assert response.status_code == 422, response.text
     assert where in [e for i in response.json()["issue"] for e in i.get("expression", [])]
     assert (await fhir.client.get("/QuestionnaireResponse/qr1")).status_code == 404
@@ -79,27 +68,27 @@ async def test_out_of_range_answers_are_rejected_and_nothing_is_stored(
 async def test_a_missing_required_item_is_rejected_only_once_completed(fhir: RunningServer) -> None:
     partial = ors()
     partial["item"].pop()
-    response = await put(fhir, partial)
+    response = await put(fhir.client, partial)
     assert response.status_code == 422
     assert "ors-overall" in response.text
     partial["status"] = "in-progress"
-    assert (await put(fhir, partial)).status_code == 201
+    assert (await put(fhir.client, partial)).status_code == 201
     assert await derived(fhir) == []  # an unfinished response yields nothing
 
 
 async def test_amending_updates_and_entered_in_error_retracts_what_was_derived(
     fhir: RunningServer,
 ) -> None:
-    await put(fhir, {"resourceType": "Patient", "id": "p1"})
-    await put(fhir, ors())
+    await put(fhir.client, {"resourceType": "Patient", "id": "p1"})
+    await put(fhir.client, ors())
     amended = ors(scores=("5", "5", "5", "5"), status="amended")
-    assert (await put(fhir, amended)).status_code == 200
+    assert (await put(fhir.client, amended)).status_code == 200
     [observation] = await derived(fhir)
     assert observation["status"] == "amended"
     assert observation["valueQuantity"]["value"] == 20
     assert observation["meta"]["versionId"] == "2"
     wrong = ors(scores=("5", "5", "5", "5"), status="entered-in-error")
-    assert (await put(fhir, wrong)).status_code == 200
+    assert (await put(fhir.client, wrong)).status_code == 200
     [observation] = await derived(fhir)
     assert observation["status"] == "entered-in-error"
     assert (await fhir.client.delete("/QuestionnaireResponse/qr1")).status_code == 204
@@ -110,21 +99,21 @@ async def test_a_response_to_an_unknown_questionnaire_is_stored_and_yields_nothi
 ) -> None:
     other = ors()
     other["questionnaire"] = "https://example.org/Questionnaire/unknown"
-    assert (await put(fhir, other)).status_code == 201
+    assert (await put(fhir.client, other)).status_code == 201
     assert await derived(fhir) == []
 
 
 async def test_extract_operation_returns_a_transaction_without_storing(fhir: RunningServer) -> None:
     body = {"resourceType": "Parameters", "parameter": [
         {"name": "questionnaire-response", "resource": {k: v for k, v in ors().items() if k != "id"}}]}  # fmt: skip
-    response = await fhir.client.post("/QuestionnaireResponse/$extract", content=resource_json(body),
+    response = await fhir.client.post("/QuestionnaireResponse/$extract", content=dumps(body),
                                       headers={"Content-Type": "application/fhir+json"})  # fmt: skip
     assert response.status_code == 200, response.text
     bundle = loads(response.content)["parameter"][0]["resource"]
     assert bundle["type"] == "transaction"
     assert bundle["entry"][0]["resource"]["valueQuantity"]["value"] == Decimal("31.4")
     assert (await fhir.client.get("/Observation")).json()["total"] == 0
-    await put(fhir, ors())
+    await put(fhir.client, ors())
     instance = await fhir.client.get("/QuestionnaireResponse/qr1/$extract")
     assert instance.status_code == 200
     assert (

@@ -13,22 +13,17 @@ from fhirgoal.clinical.resources import rating_scale_response
 from fhirgoal.clinical.session_alerts import CUTOFF_SETTINGS, cutoffs_from
 from fhirgoal.clinical.session_measures import DEFAULT_CUTOFFS, Cutoffs
 from fhirgoal.config import Settings
-from fhirgoal.core.jsonio import dumps, loads
+from fhirgoal.core.jsonio import loads
 from tests.conftest import RunningServer
+from tests.helpers import store
 
 START = datetime(2026, 8, 3, 15, 0, tzinfo=UTC)
 MEASURES = "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-measures"
 
 
-async def put(fhir: RunningServer, resource: dict[str, Any]) -> None:
-    response = await fhir.client.put(f"/{resource['resourceType']}/{resource['id']}",
-                                     content=dumps(resource), headers={"Content-Type": "application/fhir+json"})  # fmt: skip
-    assert response.status_code in (200, 201), response.text
-
-
 async def ors_session(fhir: RunningServer, n: int, total: str) -> None:
     when = (START + timedelta(weeks=n)).isoformat()
-    await put(fhir, rating_scale_response(f"ors{n}", "ors", "p1", marks(total), when))
+    await store(fhir.client, rating_scale_response(f"ors{n}", "ors", "p1", marks(total), when))
 
 
 def marks(total: str) -> list[Decimal]:
@@ -49,7 +44,7 @@ async def flags(fhir: RunningServer, **params: str) -> dict[str, dict[str, Any]]
 async def test_reliable_deterioration_opens_a_flag_that_closes_on_recovery(
     fhir: RunningServer,
 ) -> None:
-    await put(fhir, {"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"})
+    await store(fhir.client, {"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"})
     await ors_session(fhir, 0, "30")
     await ors_session(fhir, 1, "24")  # -6 from intake: reliable deterioration
     opened = await flags(fhir, status="active")
@@ -67,7 +62,7 @@ async def test_reliable_deterioration_opens_a_flag_that_closes_on_recovery(
 async def test_no_progress_by_session_six_in_the_clinical_range_opens_a_flag(
     fhir: RunningServer,
 ) -> None:
-    await put(fhir, {"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"})
+    await store(fhir.client, {"resourceType": "Patient", "id": "p1", "birthDate": "1980-01-01"})
     for n, total in enumerate(["18", "19", "18", "19", "20"]):
         await ors_session(fhir, n, total)
     assert await flags(fhir, status="active") == {}
@@ -76,7 +71,9 @@ async def test_no_progress_by_session_six_in_the_clinical_range_opens_a_flag(
 
 
 async def test_the_adolescent_cutoff_applies_on_the_sessions_date(fhir: RunningServer) -> None:
-    await put(fhir, {"resourceType": "Patient", "id": "p1", "birthDate": "2011-01-01"})  # 15
+    await store(
+        fhir.client, {"resourceType": "Patient", "id": "p1", "birthDate": "2011-01-01"}
+    )  # 15
     await ors_session(fhir, 0, "27")
     progress = loads(
         (await fhir.client.get("/Patient/p1/$progress", params={"date": "2026-12-31"})).content
@@ -89,7 +86,7 @@ async def test_the_adolescent_cutoff_applies_on_the_sessions_date(fhir: RunningS
 
 
 async def test_an_srs_sent_as_an_observation_raises_the_alliance_alert(fhir: RunningServer) -> None:
-    await put(fhir, {"resourceType": "Patient", "id": "p1"})
+    await store(fhir.client, {"resourceType": "Patient", "id": "p1"})
 
     def srs(oid: str, total: str, day: int) -> dict[str, Any]:
         return {"resourceType": "Observation", "id": oid, "status": "final",
@@ -99,22 +96,22 @@ async def test_an_srs_sent_as_an_observation_raises_the_alliance_alert(fhir: Run
                 "component": [{"code": {"coding": [{"system": MEASURES, "code": c}]}, "valueQuantity": {"value": m}}
                               for c, m in zip(("srs-relationship", "srs-goals-and-topics", "srs-approach-or-method", "srs-overall"), marks(total), strict=True)]}  # fmt: skip
 
-    await put(fhir, srs("a", "39", 1))
-    await put(fhir, srs("b", "37.6", 8))  # still above 36, but dropped 1.4
+    await store(fhir.client, srs("a", "39", 1))
+    await store(fhir.client, srs("b", "37.6", 8))  # still above 36, but dropped 1.4
     alert = (await flags(fhir, status="active"))["alliance-concern"]
     assert "drop" in alert["code"]["text"]
-    await put(fhir, srs("c", "38", 15))
+    await store(fhir.client, srs("c", "38", 15))
     assert await flags(fhir, status="active") == {}
 
 
 async def test_partial_session_dates_and_an_impossible_birth_date_do_not_stop_the_alerts(
     fhir: RunningServer,
 ) -> None:
-    await put(fhir, {"resourceType": "Patient", "id": "p1", "birthDate": "2030-01-01"})
+    await store(fhir.client, {"resourceType": "Patient", "id": "p1", "birthDate": "2030-01-01"})
     first = rating_scale_response("a", "ors", "p1", marks("30"), "2026-08")  # month precision
     second = rating_scale_response("b", "ors", "p1", marks("24"), "2026-09-14")
-    await put(fhir, first)
-    await put(fhir, second)
+    await store(fhir.client, first)
+    await store(fhir.client, second)
     assert set(await flags(fhir, status="active")) == {"reliable-deterioration"}
     progress = await fhir.client.get("/Patient/p1/$progress", params={"date": "2026-12-31"})
     assert progress.status_code == 200

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, expressions, issues
+from tests.helpers import FHIR_JSON, expressions, issues
 
 
 async def assert_nothing_stored(fhir: RunningServer, rt: str) -> None:

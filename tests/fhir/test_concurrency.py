@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, patient
+from tests.helpers import FHIR_JSON, patient
 
 
 async def test_concurrent_if_match_race_has_exactly_one_winner(fhir: RunningServer) -> None:

@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, issues, patient
+from tests.helpers import FHIR_JSON, JSON_PATCH, issues, patient
 
 MRN = "https://example.org/mrn"
-PATCH = {"Content-Type": "application/json-patch+json"}
 
 
 def with_mrn(value: str, family: str = "Rivera") -> dict:
@@ -88,7 +87,7 @@ async def test_json_patch_changes_one_element_and_bumps_the_version(fhir: Runnin
         {"op": "add", "path": "/gender", "value": "female"},
     ]
     response = await fhir.client.patch(
-        f"/Patient/{pid}", json=ops, headers={**PATCH, "If-Match": 'W/"1"'}
+        f"/Patient/{pid}", json=ops, headers={**JSON_PATCH, "If-Match": 'W/"1"'}
     )
     assert response.status_code == 200, response.text
     body = response.json()
@@ -111,13 +110,13 @@ async def test_json_patch_failures_store_nothing(fhir: RunningServer) -> None:
         ({"op": "add"}, 400),
     ]
     for ops, status in cases:
-        response = await fhir.client.patch(f"/Patient/{pid}", json=ops, headers=PATCH)
+        response = await fhir.client.patch(f"/Patient/{pid}", json=ops, headers=JSON_PATCH)
         assert response.status_code == status, (ops, response.text)
         assert issues(response.json())
     stale = await fhir.client.patch(
         f"/Patient/{pid}",
         json=[{"op": "add", "path": "/gender", "value": "male"}],
-        headers={**PATCH, "If-Match": 'W/"7"'},
+        headers={**JSON_PATCH, "If-Match": 'W/"7"'},
     )
     assert stale.status_code == 412
     wrong_type = await fhir.client.patch(f"/Patient/{pid}", json=[], headers=FHIR_JSON)

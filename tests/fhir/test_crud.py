@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import httpx
 import pytest
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, issues, patient, raw_observation
-
-
-async def create(client: httpx.AsyncClient, resource: dict, **headers: str) -> httpx.Response:
-    response = await client.post(
-        f"/{resource['resourceType']}", json=resource, headers={**FHIR_JSON, **headers}
-    )
-    assert response.status_code in (200, 201), response.text
-    return response
+from tests.helpers import FHIR_JSON, create, issues, observation, patient, raw_observation
 
 
 async def test_create_assigns_id_and_version_and_returns_absolute_location(
@@ -40,7 +31,7 @@ async def test_create_assigns_id_and_version_and_returns_absolute_location(
 async def test_decimals_and_datetime_precision_come_back_as_sent(
     fhir: RunningServer, value: str
 ) -> None:
-    pid = (await create(fhir.client, patient())).json()["id"]
+    pid = (await create(fhir.client, patient()))["id"]
     sent = raw_observation(pid, value)
     created = await fhir.client.post("/Observation", content=sent, headers=FHIR_JSON)
     assert created.status_code == 201, created.text
@@ -65,7 +56,7 @@ async def test_unknown_resource_type_is_404(fhir: RunningServer) -> None:
 
 
 async def test_update_increments_version_and_vread_keeps_old_ones(fhir: RunningServer) -> None:
-    created = (await create(fhir.client, patient("One"))).json()
+    created = await create(fhir.client, patient("One"))
     pid = created["id"]
     updated = await fhir.client.put(
         f"/Patient/{pid}", json={**patient("Two"), "id": pid}, headers=FHIR_JSON
@@ -83,7 +74,7 @@ async def test_update_increments_version_and_vread_keeps_old_ones(fhir: RunningS
 async def test_update_with_stale_if_match_returns_412_and_changes_nothing(
     fhir: RunningServer,
 ) -> None:
-    pid = (await create(fhir.client, patient("One"))).json()["id"]
+    pid = (await create(fhir.client, patient("One")))["id"]
     await fhir.client.put(f"/Patient/{pid}", json={**patient("Two"), "id": pid}, headers=FHIR_JSON)
     stale = await fhir.client.put(
         f"/Patient/{pid}",
@@ -126,7 +117,7 @@ async def test_update_rejects_invalid_or_mismatched_ids(fhir: RunningServer) -> 
 
 
 async def test_delete_keeps_history_and_read_answers_410(fhir: RunningServer) -> None:
-    pid = (await create(fhir.client, patient())).json()["id"]
+    pid = (await create(fhir.client, patient()))["id"]
     deleted = await fhir.client.delete(f"/Patient/{pid}")
     assert deleted.status_code == 204
     gone = await fhir.client.get(f"/Patient/{pid}")
@@ -169,3 +160,21 @@ async def test_json_content_type_is_also_accepted(fhir: RunningServer) -> None:
         "/Patient", json=patient(), headers={"Content-Type": "application/json; charset=utf-8"}
     )
     assert response.status_code == 201
+
+
+async def test_a_deleted_resource_is_found_by_no_search(fhir: RunningServer) -> None:
+    """Its tombstone's index is empty: reference, token, date and compartment searches (which
+    the repository runs without a `del` test, store/planner.py) and `_id` all miss it."""
+    kept = await create(fhir.client, observation("p-del"))
+    gone = await create(fhir.client, observation("p-del"))
+    assert (await fhir.client.delete(f"/Observation/{gone['id']}")).status_code in (200, 204)
+    for query in (
+        "subject=Patient/p-del",
+        "code=http://loinc.org|29463-7&subject=Patient/p-del",
+        "date=ge2026-01-01&subject=Patient/p-del",
+        f"_id={gone['id']},{kept['id']}",
+    ):
+        body = (await fhir.client.get(f"/Observation?{query}")).json()
+        assert [e["resource"]["id"] for e in body.get("entry", [])] == [kept["id"]], query
+    compartment = (await fhir.client.get("/Patient/p-del/Observation")).json()
+    assert [e["resource"]["id"] for e in compartment["entry"]] == [kept["id"]]

@@ -33,39 +33,36 @@ def matches(condition: dict[str, Any], instant: datetime) -> bool:
 # --- parse_range: partial precision -------------------------------------------------------------
 
 
-def test_year_covers_the_whole_year() -> None:
-    assert parse_range("2026") == (utc(2026, 1, 1), utc(2027, 1, 1))
-
-
-def test_month_covers_the_whole_month() -> None:
-    assert parse_range("2026-03") == (utc(2026, 3, 1), utc(2026, 4, 1))
-
-
-def test_december_rolls_over_into_january_of_the_next_year() -> None:
-    assert parse_range("2026-12") == (utc(2026, 12, 1), utc(2027, 1, 1))
-
-
-def test_february_of_a_leap_year_ends_on_march_first() -> None:
-    assert parse_range("2028-02-29") == (utc(2028, 2, 29), utc(2028, 3, 1))
-
-
-def test_day_covers_one_day() -> None:
-    assert parse_range("2026-03-15") == (utc(2026, 3, 15), utc(2026, 3, 16))
-
-
-def test_last_day_of_year_ends_at_next_new_year() -> None:
-    assert parse_range("2026-12-31") == (utc(2026, 12, 31), utc(2027, 1, 1))
-
-
-def test_minutes_precision_covers_one_minute() -> None:
-    assert parse_range("2026-03-15T10:30Z") == (utc(2026, 3, 15, 10, 30), utc(2026, 3, 15, 10, 31))
-
-
-def test_seconds_precision_covers_one_second() -> None:
-    assert parse_range("2026-03-15T10:30:05Z") == (
-        utc(2026, 3, 15, 10, 30, 5),
-        utc(2026, 3, 15, 10, 30, 6),
-    )
+@pytest.mark.parametrize(
+    ("text", "start", "end"),
+    [
+        pytest.param("2026", utc(2026, 1, 1), utc(2027, 1, 1), id="year-covers-the-whole-year"),
+        pytest.param("2026-03", utc(2026, 3, 1), utc(2026, 4, 1), id="month-covers-the-whole-month"),
+        pytest.param("2026-12", utc(2026, 12, 1), utc(2027, 1, 1),
+                     id="december-rolls-over-into-january-of-the-next-year"),
+        pytest.param("2028-02-29", utc(2028, 2, 29), utc(2028, 3, 1),
+                     id="february-of-a-leap-year-ends-on-march-first"),
+        pytest.param("2026-03-15", utc(2026, 3, 15), utc(2026, 3, 16), id="day-covers-one-day"),
+        pytest.param("2026-12-31", utc(2026, 12, 31), utc(2027, 1, 1),
+                     id="last-day-of-year-ends-at-next-new-year"),
+        pytest.param("2026-03-15T10:30Z", utc(2026, 3, 15, 10, 30), utc(2026, 3, 15, 10, 31),
+                     id="minutes-precision-covers-one-minute"),
+        pytest.param("2026-03-15T10:30:05Z", utc(2026, 3, 15, 10, 30, 5),
+                     utc(2026, 3, 15, 10, 30, 6), id="seconds-precision-covers-one-second"),
+        pytest.param("2026-03-15T10:30:05.1234567Z", utc(2026, 3, 15, 10, 30, 5, 123_456),
+                     utc(2026, 3, 15, 10, 30, 5, 123_457),
+                     id="fractional-seconds-beyond-microseconds-are-truncated-to-one-microsecond"),
+        pytest.param("2026-03-15T10:00+02:00", utc(2026, 3, 15, 8, 0), utc(2026, 3, 15, 8, 1),
+                     id="positive-offset-is-converted-to-utc"),
+        pytest.param("2026-03-15T10:00-05:30", utc(2026, 3, 15, 15, 30),
+                     utc(2026, 3, 15, 15, 31),
+                     id="negative-offset-with-half-hour-is-converted-to-utc"),
+    ],
+)  # fmt: skip
+def test_a_partial_value_covers_one_unit_of_its_precision(
+    text: str, start: datetime, end: datetime
+) -> None:
+    assert parse_range(text) == (start, end)
 
 
 def test_fractional_seconds_cover_one_unit_of_the_last_digit() -> None:
@@ -76,24 +73,6 @@ def test_fractional_seconds_cover_one_unit_of_the_last_digit() -> None:
     assert parse_range("2026-03-15T10:30:05.123Z") == (
         utc(2026, 3, 15, 10, 30, 5, 123_000),
         utc(2026, 3, 15, 10, 30, 5, 124_000),
-    )
-
-
-def test_fractional_seconds_beyond_microseconds_are_truncated_to_one_microsecond() -> None:
-    assert parse_range("2026-03-15T10:30:05.1234567Z") == (
-        utc(2026, 3, 15, 10, 30, 5, 123_456),
-        utc(2026, 3, 15, 10, 30, 5, 123_457),
-    )
-
-
-def test_positive_offset_is_converted_to_utc() -> None:
-    assert parse_range("2026-03-15T10:00+02:00") == (utc(2026, 3, 15, 8, 0), utc(2026, 3, 15, 8, 1))
-
-
-def test_negative_offset_with_half_hour_is_converted_to_utc() -> None:
-    assert parse_range("2026-03-15T10:00-05:30") == (
-        utc(2026, 3, 15, 15, 30),
-        utc(2026, 3, 15, 15, 31),
     )
 
 

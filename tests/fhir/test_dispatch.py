@@ -15,7 +15,7 @@ from fhirgoal.fhir.dispatch import InteractionRouter
 from fhirgoal.fhir.rest import create, delete, patch, read, search, vread
 from fhirgoal.store.mongo import connect
 from tests.conftest import RunningServer, serve_app
-from tests.fhir.helpers import FHIR_JSON, patient
+from tests.helpers import FHIR_JSON, patient
 
 
 def router() -> InteractionRouter:

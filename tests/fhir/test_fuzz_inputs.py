@@ -22,10 +22,9 @@ from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, observation, patient
+from tests.helpers import FHIR_JSON, JSON_PATCH, observation, patient
 
 FORM = {"Content-Type": "application/x-www-form-urlencoded"}
-PATCH_JSON = {"Content-Type": "application/json-patch+json"}
 PROBE_LIMIT = 1.0  # seconds
 
 
@@ -168,7 +167,7 @@ async def _probe(client: httpx.AsyncClient, stop: asyncio.Event, worst: list[flo
         response = await client.get("/healthz", timeout=30)
         worst.append(time.perf_counter() - started)
         assert response.status_code == 200
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(0.05)  # the probe's pace (a request every 50 ms), not a wait
 
 
 async def test_extreme_input_at_every_interaction_gets_no_5xx_and_no_stall(
@@ -194,7 +193,7 @@ async def test_extreme_input_at_every_interaction_gets_no_5xx_and_no_stall(
             ("POST", "/Patient/_search", {"content": body, "headers": FORM}),
         ] if i % 2 == 0 else []  # fmt: skip
     requests += [
-        ("PATCH", f"/Patient/{pid}", {"content": body, "headers": PATCH_JSON}) for body in patches
+        ("PATCH", f"/Patient/{pid}", {"content": body, "headers": JSON_PATCH}) for body in patches
     ]
     for params in param_sets:
         query = urlencode(params)

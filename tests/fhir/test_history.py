@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, patient
+from tests.helpers import FHIR_JSON, clock_past, patient
 
 
 async def test_instance_history_lists_every_version_newest_first(fhir: RunningServer) -> None:
@@ -23,8 +21,9 @@ async def test_instance_history_lists_every_version_newest_first(fhir: RunningSe
 
 
 async def test_history_since_and_count_paging(fhir: RunningServer) -> None:
-    pid = (await fhir.client.post("/Patient", json=patient("V1"), headers=FHIR_JSON)).json()["id"]
-    await asyncio.sleep(0.05)
+    v1 = (await fhir.client.post("/Patient", json=patient("V1"), headers=FHIR_JSON)).json()
+    pid = v1["id"]
+    await clock_past(v1["meta"]["lastUpdated"])  # v2 is stamped later: _since tells them apart
     v2 = await fhir.client.put(
         f"/Patient/{pid}", json={**patient("V2"), "id": pid}, headers=FHIR_JSON
     )

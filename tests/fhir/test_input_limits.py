@@ -14,9 +14,8 @@ from typing import Any
 import pytest
 
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, expressions, issues, patient
+from tests.helpers import FHIR_JSON, JSON_PATCH, expressions, issues, patient
 
-PATCH_JSON = {"Content-Type": "application/json-patch+json"}
 EXTENSION = {"url": "http://example.org/x", "valueString": "a"}
 
 
@@ -131,7 +130,7 @@ async def test_deep_json_patch_body_and_result_are_400(fhir: RunningServer) -> N
     created = (await post(fhir, patient())).json()
     url = f"/Patient/{created['id']}"
     deep = b'[{"op":"add","path":"/extension","value":' + b"[" * 300 + b"]" * 300 + b"}]"
-    response = await fhir.client.patch(url, content=deep, headers=PATCH_JSON)
+    response = await fhir.client.patch(url, content=deep, headers=JSON_PATCH)
     assert response.status_code == 400, response.text
     # each add nests its value inside the last one: the result is bounded, not just the body
     value: Any = {"url": "http://x", "valueString": "a"}
@@ -140,7 +139,7 @@ async def test_deep_json_patch_body_and_result_are_400(fhir: RunningServer) -> N
     operations = [{"op": "add", "path": "/extension", "value": [value]}]
     path = "/extension/0" + "/extension/0" * 40
     operations += [{"op": "add", "path": path + "/extension", "value": [value]}]
-    response = await fhir.client.patch(url, content=json.dumps(operations), headers=PATCH_JSON)
+    response = await fhir.client.patch(url, content=json.dumps(operations), headers=JSON_PATCH)
     assert response.status_code == 400, response.text
     assert "nested deeper than 100" in response.text
     assert (await fhir.client.get(url)).json()["meta"]["versionId"] == "1"
@@ -152,11 +151,11 @@ async def test_json_patch_that_copies_itself_is_refused_quickly(fhir: RunningSer
     url = f"/Patient/{created['id']}"
     operations = [{"op": "copy", "from": "/name", "path": "/name/-"}] * 22
     started = time.perf_counter()
-    response = await fhir.client.patch(url, content=json.dumps(operations), headers=PATCH_JSON)
+    response = await fhir.client.patch(url, content=json.dumps(operations), headers=JSON_PATCH)
     assert response.status_code == 413, response.text
     assert time.perf_counter() - started < 2
     many = [{"op": "test", "path": "/id", "value": created["id"]}] * 101
-    response = await fhir.client.patch(url, content=json.dumps(many), headers=PATCH_JSON)
+    response = await fhir.client.patch(url, content=json.dumps(many), headers=JSON_PATCH)
     assert response.status_code == 400
     assert "at most 100 operations" in response.text
     assert (await fhir.client.get(url)).json()["meta"]["versionId"] == "1"

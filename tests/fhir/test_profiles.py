@@ -10,6 +10,7 @@ import pytest
 from fhirgoal.clinical.codes import GAS_EXTENSION, GAS_WEIGHT_EXTENSION
 from fhirgoal.clinical.resources import gas_goal, gas_rating
 from tests.conftest import RunningServer
+from tests.helpers import diagnostics, expressions, put
 
 LEVELS = ["Stays home", "Leaves home once a week", "Walks 20 minutes twice a week",
           "Walks 20 minutes four times a week", "Walks daily"]  # fmt: skip
@@ -29,20 +30,8 @@ def rating(**overrides: Any) -> dict[str, Any]:
     return built
 
 
-async def put(fhir: RunningServer, resource: dict[str, Any]) -> Any:
-    return await fhir.client.put(f"/{resource['resourceType']}/{resource['id']}", json=resource)
-
-
-def expressions(response: Any) -> list[str]:
-    return [e for issue in response.json()["issue"] for e in issue.get("expression", [])]
-
-
-def diagnostics(response: Any) -> str:
-    return " ".join(issue.get("diagnostics", "") for issue in response.json()["issue"])
-
-
 async def test_a_gas_goal_built_to_the_profile_is_accepted(fhir: RunningServer) -> None:
-    response = await put(fhir, goal())
+    response = await put(fhir.client, goal())
     assert response.status_code == 201, response.text
 
 
@@ -65,9 +54,9 @@ async def test_a_gas_goal_that_breaks_a_profile_rule_is_rejected_and_not_stored(
 ) -> None:
     bad = goal()
     change(bad)
-    response = await put(fhir, bad)
+    response = await put(fhir.client, bad)
     assert response.status_code == 400, response.text
-    assert rule in diagnostics(response)
+    assert rule in diagnostics(response.json())
     assert (await fhir.client.get("/Goal/g1")).status_code == 404
 
 
@@ -76,46 +65,46 @@ async def test_a_goal_without_gas_extensions_or_measure_is_not_held_to_the_gas_p
 ) -> None:
     plain = {"resourceType": "Goal", "id": "plain", "lifecycleStatus": "active",
              "description": {"text": "Sleep better"}, "subject": {"reference": "Patient/p1"}}  # fmt: skip
-    assert (await put(fhir, plain)).status_code == 201
+    assert (await put(fhir.client, plain)).status_code == 201
 
 
 async def test_a_gas_rating_needs_focus_performer_and_an_LL6900_6_answer(
     fhir: RunningServer,
 ) -> None:
-    assert (await put(fhir, goal())).status_code == 201
-    assert (await put(fhir, rating())).status_code == 201
+    assert (await put(fhir.client, goal())).status_code == 201
+    assert (await put(fhir.client, rating())).status_code == 201
     no_focus = rating(id="r2")
     del no_focus["focus"]
-    response = await put(fhir, no_focus)
+    response = await put(fhir.client, no_focus)
     assert response.status_code == 400
-    assert "Observation.focus" in expressions(response)
+    assert "Observation.focus" in expressions(response.json())
 
     other_answer = rating(id="r3", valueCodeableConcept={
         "coding": [{"system": "http://loinc.org", "code": "LA6568-5"}]})  # fmt: skip
-    response = await put(fhir, other_answer)
+    response = await put(fhir.client, other_answer)
     assert response.status_code == 400
-    assert "LL6900-6" in diagnostics(response)
+    assert "LL6900-6" in diagnostics(response.json())
 
     as_quantity = rating(id="r4")
     del as_quantity["valueCodeableConcept"]
     as_quantity["valueQuantity"] = {"value": -1}
-    response = await put(fhir, as_quantity)
+    response = await put(fhir.client, as_quantity)
     assert response.status_code == 400
-    assert "Observation.value[x]" in expressions(response)
+    assert "Observation.value[x]" in expressions(response.json())
 
 
 async def test_variant_levels_carry_their_LL6900_6_answer(fhir: RunningServer) -> None:
-    assert (await put(fhir, goal())).status_code == 201
+    assert (await put(fhir.client, goal())).status_code == 201
     partial = rating(id="r5", valueCodeableConcept=copy.deepcopy(
         gas_rating("x", "p1", "g1", "-0.5", "2026-08-03", performer="Patient/p1")["valueCodeableConcept"]))  # fmt: skip
-    assert (await put(fhir, partial)).status_code == 201
+    assert (await put(fhir.client, partial)).status_code == 201
     mismatched = rating(id="r6")
     mismatched["valueCodeableConcept"]["coding"].append(
         {"system": "https://fhirgoal.org/fhir/CodeSystem/gas-level", "code": "-3"}
     )  # -3 reported as -1: inconsistent
-    response = await put(fhir, mismatched)
+    response = await put(fhir.client, mismatched)
     assert response.status_code == 400
-    assert "gasr-4" in diagnostics(response)
+    assert "gasr-4" in diagnostics(response.json())
 
 
 async def test_session_rating_items_stay_within_zero_to_ten(fhir: RunningServer) -> None:
@@ -133,19 +122,22 @@ async def test_session_rating_items_stay_within_zero_to_ten(fhir: RunningServer)
         "component": [item("ors-individually", "10"), item("ors-interpersonally", "10"),
                       item("ors-socially", "10"), item("ors-overall", "11")],
     }  # fmt: skip
-    response = await put(fhir, ors)
+    response = await put(fhir.client, ors)
     assert response.status_code == 400
-    assert set(expressions(response)) == {"Observation.value[x]", "Observation.component.value[x]"}
-    assert "not 41" in diagnostics(response) and "not 11" in diagnostics(response)
+    assert set(expressions(response.json())) == {
+        "Observation.value[x]",
+        "Observation.component.value[x]",
+    }
+    assert "not 41" in diagnostics(response.json()) and "not 11" in diagnostics(response.json())
 
 
 async def test_a_claimed_profile_applies_even_without_its_selector(fhir: RunningServer) -> None:
     claimed = {"resourceType": "Goal", "id": "claims", "lifecycleStatus": "active",
                "meta": {"profile": ["https://fhirgoal.org/fhir/StructureDefinition/gas-goal"]},
                "description": {"text": "x"}, "subject": {"reference": "Patient/p1"}}  # fmt: skip
-    response = await put(fhir, claimed)
+    response = await put(fhir.client, claimed)
     assert response.status_code == 400
-    assert "gas-1" in diagnostics(response)
+    assert "gas-1" in diagnostics(response.json())
 
 
 async def test_built_in_definitions_are_served_and_searchable_by_url(fhir: RunningServer) -> None:
@@ -169,17 +161,25 @@ async def test_capability_statement_lists_operations_and_supported_profiles(
 ) -> None:
     statement = (await fhir.client.get("/metadata")).json()
     rest = statement["rest"][0]
-    assert {o["name"] for o in rest["operation"]} == {"gas-tscore"}
+    assert {o["name"] for o in rest["operation"]} == {"gas-tscore", "export"}
     by_type = {r["type"]: r for r in rest["resource"]}
-    assert {o["name"] for o in by_type["Patient"]["operation"]} == {"gas-tscore", "progress"}
-    assert by_type["QuestionnaireResponse"]["operation"][0]["definition"].endswith(
-        "QuestionnaireResponse-extract"
+    assert {o["name"] for o in by_type["Patient"]["operation"]} == {
+        "gas-tscore",
+        "progress",
+        "validate",
+        "everything",
+        "export",
+    }
+    extract = next(
+        o for o in by_type["QuestionnaireResponse"]["operation"] if o["name"] == "extract"
     )
+    assert extract["definition"].endswith("QuestionnaireResponse-extract")
     assert (
         "https://fhirgoal.org/fhir/StructureDefinition/gas-goal"
         in by_type["Goal"]["supportedProfile"]
     )
-    for op in [*rest["operation"], *by_type["Patient"]["operation"]]:  # each definition is served
+    operations = [*rest["operation"], *by_type["Patient"]["operation"]]
+    for op in [*operations, *by_type["Group"]["operation"]]:  # each definition is served
         found = (
             await fhir.client.get("/OperationDefinition", params={"url": op["definition"]})
         ).json()
@@ -193,7 +193,7 @@ async def test_phq9_and_gad7_totals_stay_in_their_ranges(fhir: RunningServer) ->
                 "subject": {"reference": "Patient/p1"}, "effectiveDateTime": "2026-08-03",
                 "valueQuantity": {"value": value}}  # fmt: skip
 
-    assert (await put(fhir, total("phq", "44261-6", 27))).status_code == 201
-    assert (await put(fhir, total("phq2", "44261-6", 28))).status_code == 400
-    assert (await put(fhir, total("gad", "70274-6", 22))).status_code == 400
-    assert (await put(fhir, total("gad2", "70274-6", 12.5))).status_code == 400
+    assert (await put(fhir.client, total("phq", "44261-6", 27))).status_code == 201
+    assert (await put(fhir.client, total("phq2", "44261-6", 28))).status_code == 400
+    assert (await put(fhir.client, total("gad", "70274-6", 22))).status_code == 400
+    assert (await put(fhir.client, total("gad2", "70274-6", 12.5))).status_code == 400

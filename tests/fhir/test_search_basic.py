@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, issues, observation, patient
-
-
-async def make(fhir: RunningServer, resource: dict) -> dict:
-    response = await fhir.client.post(
-        f"/{resource['resourceType']}", json=resource, headers=FHIR_JSON
-    )
-    assert response.status_code == 201, response.text
-    return response.json()
+from tests.helpers import clock_past, create, issues, observation, patient
 
 
 async def test_search_by_patient_and_subject_references(fhir: RunningServer) -> None:
-    a, b = await make(fhir, patient("A")), await make(fhir, patient("B"))
+    a, b = await create(fhir.client, patient("A")), await create(fhir.client, patient("B"))
     for _ in range(3):
-        await make(fhir, observation(a["id"]))
-    await make(fhir, observation(b["id"]))
+        await create(fhir.client, observation(a["id"]))
+    await create(fhir.client, observation(b["id"]))
     for params in ({"patient": a["id"]}, {"subject": f"Patient/{a['id']}"}, {"subject": f"{fhir.base}/Patient/{a['id']}"},
                    {"patient": f"Patient/{a['id']}"}):  # fmt: skip
         bundle = (await fhir.client.get("/Observation", params=params)).json()
@@ -36,8 +26,8 @@ async def test_search_by_patient_and_subject_references(fhir: RunningServer) -> 
 
 async def test_search_by_id_and_token(fhir: RunningServer) -> None:
     a, b = (
-        await make(fhir, patient("A", gender="female")),
-        await make(fhir, patient("B", gender="male")),
+        await create(fhir.client, patient("A", gender="female")),
+        await create(fhir.client, patient("B", gender="male")),
     )
     assert (await fhir.client.get("/Patient", params={"_id": a["id"]})).json()["total"] == 1
     assert (await fhir.client.get("/Patient", params={"_id": f"{a['id']},{b['id']}"})).json()[
@@ -46,7 +36,7 @@ async def test_search_by_id_and_token(fhir: RunningServer) -> None:
     assert (await fhir.client.get("/Patient", params={"gender": "male"})).json()["entry"][0][
         "resource"
     ]["id"] == b["id"]
-    obs = await make(fhir, observation(a["id"]))
+    obs = await create(fhir.client, observation(a["id"]))
     for code in ("29463-7", "http://loinc.org|29463-7"):
         assert (await fhir.client.get("/Observation", params={"code": code})).json()["total"] == 1
     assert (
@@ -60,16 +50,16 @@ async def test_search_by_id_and_token(fhir: RunningServer) -> None:
 
 
 async def test_repeated_parameter_means_and(fhir: RunningServer) -> None:
-    a = await make(fhir, patient("A", gender="female"))
-    await make(fhir, patient("B", gender="male"))
+    a = await create(fhir.client, patient("A", gender="female"))
+    await create(fhir.client, patient("B", gender="male"))
     result = (await fhir.client.get(f"/Patient?_id={a['id']}&gender=male")).json()
     assert result["total"] == 0
 
 
 async def test_last_updated_prefixes(fhir: RunningServer) -> None:
-    first = await make(fhir, patient("First"))
-    await asyncio.sleep(0.05)
-    second = await make(fhir, patient("Second"))
+    first = await create(fhir.client, patient("First"))
+    await clock_past(first["meta"]["lastUpdated"])  # the second is stamped later
+    second = await create(fhir.client, patient("Second"))
     boundary = second["meta"]["lastUpdated"]
     later = (await fhir.client.get("/Patient", params={"_lastUpdated": f"ge{boundary}"})).json()
     assert [e["resource"]["id"] for e in later["entry"]] == [second["id"]]
@@ -85,9 +75,9 @@ async def test_last_updated_prefixes(fhir: RunningServer) -> None:
 
 
 async def test_count_and_paging_links_walk_every_match_once(fhir: RunningServer) -> None:
-    ids = {(await make(fhir, patient(f"P{i}")))["id"] for i in range(7)}
+    ids = {(await create(fhir.client, patient(f"P{i}")))["id"] for i in range(7)}
     seen: list[str] = []
-    url: str | None = "/Patient?_count=3"
+    url: str | None = "/Patient?_count=3&_total=accurate"
     pages = 0
     while url:
         bundle = (await fhir.client.get(url)).json()
@@ -99,12 +89,37 @@ async def test_count_and_paging_links_walk_every_match_once(fhir: RunningServer)
         pages += 1
         if pages == 2:
             # insert while paging: no duplicates, nothing skipped
-            await make(fhir, patient("Late"))
+            await create(fhir.client, patient("Late"))
     assert set(seen) >= ids and len(seen) == len(set(seen))
     # previous link from the last page goes back
     back = (await fhir.client.get(links["previous"])).json()
     assert len(back["entry"]) == 3
     assert (await fhir.client.get("/Patient", params={"_count": "0"})).json().get("entry") is None
+
+
+async def test_the_total_rule(fhir: RunningServer) -> None:
+    """Bundle.total (search.html#total): free when one page holds every match; counted when asked
+    (`_total=accurate`, `estimate`, `_summary=count`, `_count=0`, fhirpy's `_totalMethod=count`);
+    otherwise left out, so that paging a long result does not count it on every page."""
+    for i in range(5):
+        await create(fhir.client, patient(f"T{i}"))
+
+    async def total(**params: str) -> int | None:
+        response = await fhir.client.get("/Patient", params=params)
+        assert response.status_code == 200, response.text
+        found: int | None = response.json().get("total")
+        return found
+
+    assert await total() == 5  # one page holds them all
+    assert await total(_count="2") is None
+    assert await total(_count="2", _total="accurate") == 5
+    assert await total(_count="2", _total="estimate") == 5
+    assert await total(_total="none") is None
+    assert await total(_summary="count") == 5
+    assert await total(_count="0") == 5
+    assert await total(_count="0", _totalMethod="count") == 5
+    bad = await fhir.client.get("/Patient", params={"_totalMethod": "roughly"})
+    assert bad.status_code == 400
 
 
 async def test_unknown_parameter_is_400_unless_lenient(fhir: RunningServer) -> None:
@@ -122,7 +137,7 @@ async def test_unknown_parameter_is_400_unless_lenient(fhir: RunningServer) -> N
 
 
 async def test_injection_attempts_match_nothing_or_fail_cleanly(fhir: RunningServer) -> None:
-    await make(fhir, patient("A", gender="female"))
+    await create(fhir.client, patient("A", gender="female"))
     for params in (
         {"_id": '{"$ne": null}'},
         {"gender": '{"$gt": ""}'},
@@ -139,7 +154,7 @@ async def test_injection_attempts_match_nothing_or_fail_cleanly(fhir: RunningSer
 
 
 async def test_post_search_with_form_body(fhir: RunningServer) -> None:
-    a = await make(fhir, patient("A", gender="female"))
+    a = await create(fhir.client, patient("A", gender="female"))
     response = await fhir.client.post(
         "/Patient/_search",
         content=f"_id={a['id']}",

@@ -14,15 +14,12 @@ from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.store.mongo import connect
 from fhirgoal.store.planner import driving_field, shape
 from tests.conftest import RunningServer
-from tests.fhir.helpers import FHIR_JSON, patient, raw_observation
+from tests.helpers import FHIR_JSON, create, patient, raw_observation
 
 
 async def make(fhir: RunningServer, resource: dict[str, Any]) -> str:
-    response = await fhir.client.post(
-        f"/{resource['resourceType']}", json=resource, headers=FHIR_JSON
-    )
-    assert response.status_code == 201, response.text
-    return str(response.json()["id"])
+    """Create `resource`; its id."""
+    return str((await create(fhir.client, resource))["id"])
 
 
 async def ids(fhir: RunningServer, path: str, **params: str) -> set[str]:

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from pymongo.errors import BulkWriteError
 
-from fhirgoal.app import build_service
+from fhirgoal.bootstrap import build_service
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService

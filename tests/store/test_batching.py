@@ -36,7 +36,8 @@ class GatedRunner:
 
 
 async def settle() -> None:
-    """Let every ready task run until it blocks."""
+    """Let every ready task run until it blocks (sleep(0) yields to the event loop once: no time
+    passes, and what is awaited is each task's own next step)."""
     for _ in range(5):
         await asyncio.sleep(0)
 
@@ -117,7 +118,7 @@ async def test_per_item_exception_reaches_only_that_caller() -> None:
 
     async def runner(items: list[int]) -> list[int | BaseException]:
         calls.append(list(items))
-        await asyncio.sleep(0)
+        await asyncio.sleep(0)  # one turn of the loop: 2 and 3 are submitted meanwhile
         return [KeyError(item) if item == 2 else item * 10 for item in items]
 
     batcher: Batcher[int, int] = Batcher()

@@ -59,3 +59,18 @@ def test_unindexed_fields_never_drive() -> None:
     assert driving_field({"miss": "focus", **LIVE}) is None
     assert driving_field({"tokx": {"$in": ["code|s|x"]}, "miss": "focus"}) is None
     assert driving_field({"miss": "focus", "ref": "patient=Patient/1"}) == "ref"
+
+
+def test_a_positive_index_test_excludes_tombstones_by_itself() -> None:
+    """A tombstone's index fields are empty arrays, so a positive test on one never matches it;
+    a test that an empty array passes, a negation or a non-index driver needs the `del` test."""
+    from fhirgoal.store.planner import excludes_tombstones
+
+    assert excludes_tombstones(shape({"ref": "subject=Patient/1"}))
+    assert excludes_tombstones(shape({"ref": {"$in": ["subject=Patient/1"]}, "lu": {"$gt": 1}}))
+    assert excludes_tombstones(shape({"dtlo": {"$lt": "date|2026"}}))
+    assert not excludes_tombstones(shape({"comp": {"$in": ["Patient/1", []]}}))
+    assert not excludes_tombstones(shape({"ref": {"$nin": ["subject=Patient/1"]}}))
+    assert not excludes_tombstones(shape({"_id": "abc"}))
+    assert not excludes_tombstones(shape({"lu": {"$gt": 1}}))
+    assert not excludes_tombstones(shape({}))

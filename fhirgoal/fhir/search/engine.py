@@ -41,6 +41,7 @@ MAX_ITERATIONS = 3
 
 
 MAX_VALUE_SET_CODES = 5000
+ESTIMATE_LIMIT = 1000  # `_total=estimate` counts this many matches at the most
 
 
 def value_set_codes(value_set: dict[str, Any]) -> list[tuple[str, str]]:
@@ -282,22 +283,39 @@ class SearchEngine:
         if compartment is not None:
             compiled.filter = _and(compiled.filter, {fields.COMPARTMENT: compartment})
         page = SearchPage(compiled, [])
-        wants_total = compiled.total != "none" or compiled.summary_count
         if compiled.count == 0 or compiled.summary_count:
-            page.total = await self.repo.count(access, rt, compiled.filter) if wants_total else None
+            # a count is what was asked for (`_summary=count`, `_count=0`), unless `_total=none`
+            asked = compiled.total != "none" or compiled.summary_count
+            page.total = await self.repo.count(access, rt, compiled.filter) if asked else None
             return page
         await self._page(access, rt, page)
-        if wants_total:
-            # a first page that holds every match is its own count: no second query
-            whole = compiled.cursor is None and page.next_cursor is None
-            page.total = (
-                len(page.matches) if whole else await self.repo.count(access, rt, compiled.filter)
-            )
+        whole = compiled.cursor is None and page.next_cursor is None
+        page.total = await self._total(access, rt, compiled, len(page.matches) if whole else None)
         page.included = await self._includes(access, rt, page.matches, compiled)
         if compiled.summary or compiled.elements:
             page.matches = [self._subset(v, compiled) for v in page.matches]
             page.included = [self._subset(v, compiled) for v in page.included]
         return page
+
+    async def _total(
+        self, access: AccessContext, rt: str, compiled: CompiledSearch, known: int | None
+    ) -> int | None:
+        """Bundle.total (search.html#total), by the rule the README states: `known` (a first page
+        that holds every match is its own count) unless `_total=none`; else an exact count for
+        `_total=accurate`, a count bounded by ESTIMATE_LIMIT for `_total=estimate` (exact below
+        it, no total above), and no total when `_total` is not given, so that paging through a
+        long result does not pay for counting it on every page (measured: half the database's
+        work for a page of 20 of a patient's 50 Observations)."""
+        if compiled.total == "none":
+            return None
+        if known is not None:
+            return known
+        if compiled.total == "accurate":
+            return await self.repo.count(access, rt, compiled.filter)
+        if compiled.total == "estimate":
+            bounded = await self.repo.count(access, rt, compiled.filter, ESTIMATE_LIMIT + 1)
+            return bounded if bounded <= ESTIMATE_LIMIT else None
+        return None
 
     def _subset(self, version: Version, compiled: CompiledSearch) -> Version:
         assert version.resource is not None
@@ -374,21 +392,52 @@ class SearchEngine:
         per_type = [await self.compile(access, t, rest, base_url, lenient) for t in sorted(types)]
         first = per_type[0] if per_type else self.compiler(types[0]).compile([], base_url)
         page = SearchPage(first, [])
-        # Every type's parameters are checked above; only the types ever written are queried
-        # (of ~145, most deployments write few: each would cost a round trip to find nothing).
-        present = set(await self.repo.present_types(sorted(types)))
-        searched = [(rt, c) for rt, c in zip(sorted(types), per_type, strict=True) if rt in present]
-        if first.total != "none" or first.summary_count:
-            page.total = sum([await self.repo.count(access, rt, c.filter) for rt, c in searched])
+        pairs = list(zip(sorted(types), per_type, strict=True))
+
+        async def counted() -> int:
+            present = set(await self.repo.present_types([rt for rt, _ in pairs]))
+            return sum(
+                [await self.repo.count(access, rt, c.filter) for rt, c in pairs if rt in present]
+            )
+
         if first.count == 0 or first.summary_count:
+            asked = first.total != "none" or first.summary_count
+            page.total = await counted() if asked else None
             return page
-        cursor = first.cursor
+        page.matches, page.next_cursor = await self.across_types(
+            access, pairs, first.count, first.cursor
+        )
+        whole = first.cursor is None and page.next_cursor is None
+        if first.total == "none":
+            page.total = None
+        elif whole:
+            page.total = len(page.matches)
+        elif first.total in ("accurate", "estimate"):  # no cheaper estimate across types
+            page.total = await counted()
+        return page
+
+    async def across_types(
+        self,
+        access: AccessContext,
+        searches: list[tuple[str, CompiledSearch]],
+        count: int,
+        cursor: Cursor | None,
+    ) -> tuple[list[Version], Cursor | None]:
+        """One page of the matches of several types' searches, in the order of `searches` then
+        id, and the cursor of the next page (keyset: the type and id of the last row)."""
         if cursor is not None and (cursor.direction != "a" or len(cursor.values) != 1):
             raise FhirError("bad-request", "the _cursor does not belong to this search")
-        limit = first.count + 1
+        order = {rt: i for i, (rt, _) in enumerate(searches)}
+        if cursor is not None and cursor.values[0] not in order:
+            raise FhirError("bad-request", "the _cursor does not belong to this search")
+        start = order[cursor.values[0]] if cursor is not None else 0
+        limit = count + 1
         rows: list[Version] = []
-        for rt, compiled in searched:
-            if cursor is not None and rt < cursor.values[0]:
+        # Only the types ever written are queried: of ~145 types most deployments write few,
+        # and each other would cost a round trip to find nothing.
+        present = set(await self.repo.present_types([rt for rt, _ in searches[start:]]))
+        for rt, compiled in searches[start:]:
+            if rt not in present:
                 continue
             query = compiled.filter
             if cursor is not None and rt == cursor.values[0]:
@@ -396,11 +445,11 @@ class SearchEngine:
             rows += await self.repo.find(access, rt, query, [("_id", 1)], limit - len(rows))
             if len(rows) >= limit:
                 break
-        page.matches = rows[: first.count]
-        if len(rows) > first.count:
-            last = page.matches[-1]
-            page.next_cursor = Cursor("a", [last.resource_type], last.id)
-        return page
+        matches = rows[:count]
+        if len(rows) > count:
+            last = matches[-1]
+            return matches, Cursor("a", [last.resource_type], last.id)
+        return matches, None
 
     # ---- includes ----------------------------------------------------------------------------
     async def _includes(

@@ -33,9 +33,11 @@ RESULT_PARAMS = {
     "_pretty",
     "_summary",
     "_total",
+    "_totalMethod",
     "_sort",
     "_elements",
 }
+TOTAL_METHODS = {"count": "accurate", "estimate": "estimate", "none": "none"}
 INCLUDE_PARAMS = {"_include", "_include:iterate", "_revinclude", "_revinclude:iterate"}
 # Where each parameter type keeps its per-document sort key (registry.sort_keys).
 SORT_FIELD_PREFIX = "srt."
@@ -111,7 +113,8 @@ class CompiledSearch:
     count: int
     cursor: Cursor | None = None
     warnings: list[str] = field(default_factory=list)
-    total: str = "accurate"  # _total: none | estimate | accurate
+    # _total: none | estimate | accurate, or None when not asked (engine.py: the total rule)
+    total: str | None = None
     summary_count: bool = False  # _summary=count: the total only
     summary: str | None = None  # _summary=true | text | data (false: the whole resource)
     elements: list[str] | None = None  # _elements
@@ -299,6 +302,14 @@ class SearchCompiler:
                 )
             result.total = value
             result.used.append((name, value))
+        elif name == "_totalMethod":
+            # Aidbox's spelling, which fhirpy's `.count()` sends (`_count=0&_totalMethod=count`)
+            if value not in TOTAL_METHODS:
+                raise FhirError(
+                    "bad-request", "_totalMethod must be count, estimate or none", "_totalMethod"
+                )
+            result.total = TOTAL_METHODS[value]
+            result.used.append(("_total", result.total))
         elif name == "_summary":
             if value not in ("true", "text", "data", "count", "false"):
                 raise FhirError(

@@ -7,7 +7,7 @@ import uuid
 
 from typer.testing import CliRunner
 
-from fhirgoal.app import build_service
+from fhirgoal.bootstrap import build_service
 from fhirgoal.cli import app as cli
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED

@@ -1,0 +1,50 @@
+"""Routes outside the resource types: the CapabilityStatement and the operational probes.
+
+- `GET /fhir/metadata` (https://hl7.org/fhir/R4/http.html#capabilities), with the SMART security
+  block when the server is its own authorization server
+  (https://hl7.org/fhir/smart-app-launch/conformance.html);
+- `GET /healthz`: the process is up; `GET /readyz`: the database answers a ping.
+"""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from pymongo.errors import PyMongoError
+
+from fhirgoal.config import Settings
+from fhirgoal.core.jsonio import dumps
+from fhirgoal.fhir.capability import build_capability
+from fhirgoal.fhir.rest import FHIR_JSON, base_url, negotiate
+from fhirgoal.fhir.service import FhirService
+
+router = APIRouter()
+
+
+@router.get("/fhir/metadata", summary="capabilities")
+async def metadata(request: Request) -> Response:
+    negotiate(request)
+    base = base_url(request)
+    service: FhirService = request.app.state.fhir
+    settings: Settings = request.app.state.settings
+    statement = build_capability(
+        service.conformance, service.registry, base, service.operations, service.validator.profiles
+    )
+    if settings.auth == "smart":
+        from fhirgoal.auth.server import capability_security
+
+        statement["rest"][0]["security"] = capability_security(base)
+    return Response(dumps(statement), media_type=FHIR_JSON)
+
+
+@router.get("/healthz", include_in_schema=False)
+async def healthz() -> Response:
+    return Response(b'{"status":"ok"}', media_type="application/json")
+
+
+@router.get("/readyz", include_in_schema=False)
+async def readyz(request: Request) -> Response:
+    try:
+        await request.app.state.fhir.database.command("ping")
+    except (PyMongoError, AttributeError):
+        return Response(b'{"status":"unavailable"}', status_code=503, media_type="application/json")
+    return Response(b'{"status":"ready"}', media_type="application/json")

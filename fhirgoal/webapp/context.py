@@ -1,0 +1,145 @@
+"""Per-request plumbing shared by the app's screens: the app's state, the browser session, the
+launched patient context and its FhirApi, form bodies with their CSRF check, and the pages every
+screen may answer with (an error, the re-launch prompt)."""
+
+from __future__ import annotations
+
+import hmac
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl
+
+import httpx
+from fastapi import Request, Response
+
+from fhirgoal.config import Settings
+from fhirgoal.webapp import pages
+from fhirgoal.webapp.fhir_api import FhirApi
+from fhirgoal.webapp.sessions import COOKIE, BrowserSession, Launch, SessionStore
+
+MAX_FORM_BYTES = 64 * 1024
+
+
+@dataclass
+class WebApp:
+    settings: Settings
+    sessions: SessionStore
+    http: httpx.AsyncClient | None = None
+
+
+def webapp_of(request: Request) -> WebApp:
+    webapp: WebApp = request.app.state.webapp
+    return webapp
+
+
+def http_of(webapp: WebApp) -> httpx.AsyncClient:
+    assert webapp.http is not None, "the web app's HTTP client opens with the lifespan"
+    return webapp.http
+
+
+def session_of(request: Request) -> BrowserSession | None:
+    return webapp_of(request).sessions.get(request.cookies.get(COOKIE))
+
+
+def error(request: Request, title: str, text: str, status: int = 400) -> Response:
+    return pages.message(webapp_of(request).settings, title, text, status)
+
+
+@dataclass
+class Screen:
+    """What a patient screen works with: the app, the browser session, the launch, its API."""
+
+    webapp: WebApp
+    session: BrowserSession
+    launch: Launch
+    api: FhirApi
+
+    @property
+    def settings(self) -> Settings:
+        return self.webapp.settings
+
+    @property
+    def patient_id(self) -> str:
+        return str(self.launch.patient)
+
+    def url(self, tail: str = "") -> str:
+        return f"/app/c/{self.launch.key}/{tail}"
+
+    def render(self, template: str, status: int = 200, **context: Any) -> Response:
+        return pages.html(
+            self.settings, template, status, launch=self.launch, csrf=self.session.csrf, **context
+        )
+
+
+def screen_of(request: Request, key: str) -> Screen | None:
+    webapp = webapp_of(request)
+    session = session_of(request)
+    launch = session.launches.get(key) if session else None
+    if session is None or launch is None:
+        return None
+    return Screen(
+        webapp, session, launch, FhirApi(http_of(webapp), launch, webapp.settings.app_client_id)
+    )
+
+
+def relaunch(request: Request, launch: Launch | None, why: str) -> Response:
+    """The re-launch prompt: what happened, and the way back in."""
+    settings = webapp_of(request).settings
+    again = None
+    if launch is not None and launch.endpoints.iss in settings.app_allowed_issuers():
+        again = f"/app/launch?iss={launch.endpoints.iss}"
+    return pages.message(
+        settings,
+        "Please sign in again",
+        f"{why.rstrip('.').capitalize()}. Open the app again from the patient's chart in the EHR"
+        + (", or sign in here." if again else "."),
+        401,
+        again=again,
+    )
+
+
+def closed(request: Request) -> Response:
+    return relaunch(request, None, "This patient view is no longer open in this browser")
+
+
+async def form_of(request: Request, session: BrowserSession) -> dict[str, list[str]] | None:
+    """A url-encoded form body, or None when it is malformed, too large, or lacks the session's
+    CSRF token (OWASP synchronizer token: the cookie alone is not proof of intent)."""
+    if request.headers.get("content-type", "").split(";")[0].strip() != (
+        "application/x-www-form-urlencoded"
+    ):
+        return None
+    body = b""
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_FORM_BYTES:
+            return None
+    try:
+        pairs = parse_qsl(body.decode(), keep_blank_values=True, strict_parsing=False)
+    except (UnicodeDecodeError, ValueError):
+        return None
+    form: dict[str, list[str]] = {}
+    for name, value in pairs:
+        form.setdefault(name, []).append(value)
+    token = (form.get("csrf") or [""])[0]
+    if not token or not hmac.compare_digest(token, session.csrf):
+        return None
+    return form
+
+
+def first(form: dict[str, list[str]], name: str) -> str:
+    return (form.get(name) or [""])[0].strip()
+
+
+def patient_banner(patient: dict[str, Any]) -> dict[str, str]:
+    name = (patient.get("name") or [{}])[0]
+    label = name.get("text") or " ".join([*name.get("given", []), name.get("family", "")]).strip()
+    return {
+        "id": str(patient.get("id", "")),
+        "name": label or "(no name)",
+        "gender": str(patient.get("gender", "unknown")),
+        "birth_date": str(patient.get("birthDate", "unknown")),
+        "mrn": next(
+            (str(i.get("value")) for i in patient.get("identifier") or [] if i.get("value")), ""
+        ),
+    }

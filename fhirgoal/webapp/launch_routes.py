@@ -1,0 +1,178 @@
+"""The web app's launch routes under /app: the start page, launch and callback.
+
+SMART App Launch 2.2 (https://hl7.org/fhir/smart-app-launch/app-launch.html):
+- `GET /app/launch?iss=..&launch=..`: EHR launch (with `launch`) or standalone launch (without:
+  the authorization server's patient picker chooses the patient). The `iss` must be one of the
+  configured FHIR servers (FHIRGOAL_APP_ISSUERS, and this server): the app fetches discovery
+  documents from nowhere else;
+- `GET /app/callback`: `state` checked against the browser session that started the launch,
+  the code exchanged with its PKCE verifier; the launch becomes a patient context `/app/c/{key}/`;
+- `GET /app/`: the start page (open patients of this browser, standalone sign-in).
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import httpx
+from fastapi import APIRouter, Request, Response
+
+from fhirgoal.webapp import pages
+from fhirgoal.webapp.context import WebApp, error, http_of, session_of, webapp_of
+from fhirgoal.webapp.fhir_api import FhirApi, FhirCallError, NeedsRelaunch
+from fhirgoal.webapp.sessions import COOKIE, Launch, PendingLaunch
+from fhirgoal.webapp.smart_client import (
+    LaunchError,
+    authorize_url,
+    discover,
+    exchange_code,
+    new_pkce,
+)
+
+router = APIRouter(prefix="/app", include_in_schema=False)
+
+# The clinician's request: identity, the launch context, a refresh token while signed in, and
+# read/write on the launched patient's record only (least privilege: a patient/ scope reaches
+# that one compartment, whatever the clinician's caseload).
+EHR_SCOPE = "launch openid fhirUser online_access patient/*.cruds"
+STANDALONE_SCOPE = "launch/patient openid fhirUser online_access patient/*.cruds"
+
+
+def _set_cookie(webapp: WebApp, response: Response, value: str) -> None:
+    secure = webapp.settings.public_origin().startswith("https:")
+    response.set_cookie(
+        COOKIE,
+        value,
+        path="/app",
+        httponly=True,
+        secure=secure,
+        # inside an EHR's iframe on another site only SameSite=None reaches the app; browsers
+        # accept it only with Secure, so plain http keeps Lax (same-site use)
+        samesite="none" if secure else "lax",
+        max_age=webapp.settings.app_session_seconds,
+    )
+
+
+@router.get("/")
+async def start(request: Request) -> Response:
+    webapp = webapp_of(request)
+    session = session_of(request)
+    launches = list(session.launches.values()) if session else []
+    return pages.html(
+        webapp.settings,
+        "start.html",
+        launches=launches,
+        default_iss=webapp.settings.app_default_iss or webapp.settings.public_fhir_base(),
+    )
+
+
+@router.get("/launch")
+async def launch(request: Request) -> Response:
+    webapp = webapp_of(request)
+    settings = webapp.settings
+    iss = (request.query_params.get("iss") or "").rstrip("/")
+    launch_value = request.query_params.get("launch")
+    if not iss:
+        return error(request, "Cannot start the app", "The launch names no FHIR server (iss).")
+    if iss not in settings.app_allowed_issuers():
+        return error(
+            request,
+            "Unknown FHIR server",
+            f"This app is not set up for the FHIR server {iss}. An administrator can add it to "
+            "FHIRGOAL_APP_ISSUERS.",
+            403,
+        )
+    try:
+        endpoints = await discover(http_of(webapp), iss)
+    except LaunchError as exc:
+        return error(request, "Cannot start the app", str(exc), 502)
+    cookie = request.cookies.get(COOKIE)
+    session = webapp.sessions.get(cookie)
+    new_cookie = None
+    if session is None:
+        new_cookie, session = webapp.sessions.create()
+    verifier, challenge = new_pkce()
+    state = secrets.token_urlsafe(24)
+    kind = "ehr" if launch_value else "standalone"
+    session.add_pending(
+        PendingLaunch(state, endpoints, verifier, settings.app_callback_url(), kind)
+    )
+    location = authorize_url(
+        endpoints,
+        client_id=settings.app_client_id,
+        redirect_uri=settings.app_callback_url(),
+        scope=EHR_SCOPE if launch_value else STANDALONE_SCOPE,
+        state=state,
+        challenge=challenge,
+        launch=launch_value,
+    )
+    response = Response(
+        status_code=302, headers={"Location": location, "Cache-Control": "no-store"}
+    )
+    if new_cookie:
+        _set_cookie(webapp, response, new_cookie)
+    return response
+
+
+@router.get("/callback")
+async def callback(request: Request) -> Response:
+    webapp = webapp_of(request)
+    q = request.query_params
+    session = session_of(request)
+    pending = session.take_pending(q.get("state", "")) if session else None
+    if session is None or pending is None:
+        return error(
+            request,
+            "Sign-in not recognised",
+            "This sign-in was not started in this browser, was already used, or has expired. "
+            "Start the app again (from the EHR, or from the app's start page).",
+        )
+    if q.get("error"):
+        described = q.get("error_description") or q["error"]
+        return error(
+            request, "Sign-in did not complete", f"The authorization server said: {described}.", 403
+        )
+    try:
+        tokens = await exchange_code(
+            http_of(webapp),
+            pending.endpoints,
+            client_id=webapp.settings.app_client_id,
+            code=q.get("code", ""),
+            redirect_uri=pending.redirect_uri,
+            verifier=pending.verifier,
+        )
+    except LaunchError as exc:
+        return error(request, "Sign-in did not complete", str(exc), 502)
+    if not tokens.patient:
+        return error(
+            request,
+            "No patient chosen",
+            "The authorization server gave no patient context; launch the app from a patient's "
+            "chart, or choose a patient when signing in.",
+        )
+    launch = Launch(secrets.token_urlsafe(12), pending.endpoints, tokens, pending.kind)
+    api = FhirApi(http_of(webapp), launch, webapp.settings.app_client_id)
+    launch.operations = await _operations(api)
+    session.add_launch(launch)
+    response = Response(status_code=303, headers={"Location": f"/app/c/{launch.key}/"})
+    renewed = webapp.sessions.rotate(request.cookies.get(COOKIE, ""))
+    if renewed:
+        _set_cookie(webapp, response, renewed)
+    return response
+
+
+async def _operations(api: FhirApi) -> frozenset[str]:
+    """The operation names the server's CapabilityStatement lists (rest.operation and
+    rest.resource.operation, https://hl7.org/fhir/R4/capabilitystatement.html)."""
+    try:
+        statement = await api.read("metadata")
+    except (FhirCallError, NeedsRelaunch, httpx.HTTPError):
+        return frozenset()
+    names: set[str] = set()
+    for rest in statement.get("rest") or []:
+        for op in rest.get("operation") or []:
+            names.add(str(op.get("name", "")))
+        for resource in rest.get("resource") or []:
+            for op in resource.get("operation") or []:
+                names.add(f"{resource.get('type')}/{op.get('name', '')}")
+    return frozenset(names)

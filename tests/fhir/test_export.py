@@ -1,0 +1,212 @@
+"""Bulk Data export (https://hl7.org/fhir/uv/bulkdata/export.html) against a real server:
+kick-off at the three levels, polling, manifest, NDJSON files checked line by line against
+searches, parameters, cancel, and a job taken over after its process died."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import pytest
+
+from fhirgoal.core.jsonio import loads
+from fhirgoal.store.exports import RUNNING, ExportStore
+from tests.conftest import RunningServer
+from tests.helpers import issues, observation, patient, store
+
+ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
+HEIGHT = {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]}
+
+
+async def seed(client: httpx.AsyncClient) -> None:
+    await store(client, {"resourceType": "Practitioner", "id": "doc", "name": [{"family": "Lee"}]})
+    for p in ("p1", "p2", "p3"):
+        await store(client, patient(p.upper(), id=p))
+        for i in range(5):
+            await store(client, observation(p, id=f"{p}-o{i}"))
+        await store(client, observation(p, id=f"{p}-phq", code=HEIGHT))
+    await store(
+        client,
+        {
+            "resourceType": "Group",
+            "id": "payer-members",
+            "type": "person",
+            "actual": True,
+            "member": [
+                {"entity": {"reference": "Patient/p1"}},
+                {"entity": {"reference": "Patient/p2"}, "inactive": True},
+            ],
+        },
+    )
+
+
+async def run_export(client: httpx.AsyncClient, path: str, **params: str) -> dict[str, Any]:
+    kick = await client.get(path, params=params, headers=ASYNC)
+    assert kick.status_code == 202, kick.text
+    status_url = kick.headers["Content-Location"]
+    for _ in range(200):
+        status = await client.get(status_url)
+        if status.status_code == 200:
+            assert "Expires" in status.headers
+            body: dict[str, Any] = status.json()
+            body["status_url"] = status_url
+            return body
+        assert status.status_code == 202, status.text
+        assert "Retry-After" in status.headers and "X-Progress" in status.headers
+        await asyncio.sleep(0.05)
+    raise AssertionError("the export did not finish")
+
+
+async def lines(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
+    response = await client.get(url, headers={"Accept": "application/fhir+ndjson"})
+    assert response.status_code == 200, response.text
+    assert response.headers["content-type"].startswith("application/fhir+ndjson")
+    assert response.text.endswith("\n")
+    return [loads(line) for line in response.text.splitlines()]
+
+
+async def exported(client: httpx.AsyncClient, manifest: dict[str, Any]) -> dict[str, list[str]]:
+    """type -> ids, every line parsed and checked against a read of the same resource."""
+    found: dict[str, list[str]] = {}
+    for item in manifest["output"]:
+        resources = await lines(client, item["url"])
+        assert len(resources) == item["count"]
+        for resource in resources:
+            assert resource["resourceType"] == item["type"]
+            current = await client.get(f"/{item['type']}/{resource['id']}")
+            assert loads(current.text) == resource  # the stored resource, exactly
+            found.setdefault(item["type"], []).append(resource["id"])
+    return found
+
+
+async def search_ids(client: httpx.AsyncClient, query: str) -> list[str]:
+    body = (await client.get(query, params={"_count": "1000"})).json()
+    return sorted(e["resource"]["id"] for e in body.get("entry", []))
+
+
+async def test_system_export_holds_what_searches_find(fhir: RunningServer) -> None:
+    await seed(fhir.client)
+    manifest = await run_export(fhir.client, "/$export")
+    assert manifest["requiresAccessToken"] is True
+    assert manifest["request"] == f"{fhir.base}/$export"
+    assert manifest["error"] == []
+    datetime.fromisoformat(manifest["transactionTime"])
+    found = await exported(fhir.client, manifest)
+    for rt in ("Patient", "Observation", "Practitioner", "Group"):
+        assert sorted(found[rt]) == await search_ids(fhir.client, f"/{rt}"), rt
+    # the built-in catalogue (Questionnaires, ...) is part of the system too
+    assert "Questionnaire" in found
+
+
+async def test_patient_export_with_type_filter_and_since(fhir: RunningServer) -> None:
+    await seed(fhir.client)
+    manifest = await run_export(
+        fhir.client,
+        "/Patient/$export",
+        _type="Observation,Patient",
+        _typeFilter="Observation?code=http://loinc.org|8302-2",
+    )
+    found = await exported(fhir.client, manifest)
+    assert sorted(found) == ["Observation", "Patient"]
+    assert sorted(found["Observation"]) == ["p1-phq", "p2-phq", "p3-phq"]
+    assert sorted(found["Patient"]) == ["p1", "p2", "p3"]
+    # _since: what changed after the first export's transactionTime, nothing else
+    await store(fhir.client, observation("p3", "80.0", id="p3-o1"))
+    again = await run_export(fhir.client, "/Patient/$export", _since=manifest["transactionTime"])
+    assert await exported(fhir.client, again) == {"Observation": ["p3-o1"]}
+
+
+async def test_group_export_is_its_active_members(fhir: RunningServer) -> None:
+    await seed(fhir.client)
+    manifest = await run_export(fhir.client, "/Group/payer-members/$export")
+    found = await exported(fhir.client, manifest)
+    assert found["Patient"] == ["p1"]
+    assert sorted(found["Observation"]) == [f"p1-o{i}" for i in range(5)] + ["p1-phq"]
+    assert "Practitioner" not in found  # in no patient's compartment
+    missing = await fhir.client.get("/Group/nobody/$export", headers=ASYNC)
+    assert missing.status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "headers", "says"),
+    [
+        ("/$export", {}, {"Accept": "application/fhir+json"}, "respond-async"),
+        ("/$export", {"_outputFormat": "text/csv"}, ASYNC, "_outputFormat"),
+        ("/$export", {"_elements": "id"}, ASYNC, "_elements"),
+        ("/$export", {"patient": "Patient/p1"}, ASYNC, "patient"),
+        ("/$export", {"_type": "Nonsense"}, ASYNC, "Nonsense"),
+        ("/Patient/$export", {"_type": "Practitioner"}, ASYNC, "Practitioner"),
+        (
+            "/$export",
+            {"_type": "Patient", "_typeFilter": "Observation?code=x"},
+            ASYNC,
+            "not exported",
+        ),
+        ("/$export", {"_type": "Observation", "_typeFilter": "Observation?_count=5"}, ASYNC, ""),
+        ("/$export", {"_type": "Observation", "_typeFilter": "Observation?colour=red"}, ASYNC, ""),
+        ("/$export", {"_since": "yesterday"}, ASYNC, "_since"),
+    ],
+)
+async def test_bad_kick_offs_are_refused(
+    fhir: RunningServer, path: str, params: dict[str, str], headers: dict[str, str], says: str
+) -> None:
+    response = await fhir.client.get(path, params=params, headers=headers)
+    assert response.status_code == 400, response.text
+    assert says in issues(response.json())[0]["diagnostics"]
+    jobs = await ExportStore(fhir.app.state.fhir.database).jobs.count_documents({})
+    assert jobs == 0  # nothing queued
+
+
+async def test_files_split_and_cancel_deletes(fhir: RunningServer) -> None:
+    await seed(fhir.client)
+    fhir.app.state.exports.file_lines = 7
+    manifest = await run_export(fhir.client, "/$export", _type="Observation")
+    files = [item for item in manifest["output"]]
+    assert [f["count"] for f in files] == [7, 7, 4]
+    assert len({f["url"] for f in files}) == 3
+    assert sorted(i for ids in (await exported(fhir.client, manifest)).values() for i in ids) == (
+        await search_ids(fhir.client, "/Observation")
+    )
+    deleted = await fhir.client.delete(manifest["status_url"])
+    assert deleted.status_code == 202
+    assert (await fhir.client.get(manifest["status_url"])).status_code == 404
+    assert (await fhir.client.get(files[0]["url"])).status_code == 404
+    chunks = await ExportStore(fhir.app.state.fhir.database).chunks.count_documents({})
+    assert chunks == 0
+
+
+async def test_a_job_whose_process_died_is_taken_over(fhir: RunningServer) -> None:
+    """A job left running by a dead process (its lease lapsed, a partial chunk written) is run
+    again from the start by the live server, and its stale chunk never shows."""
+    await seed(fhir.client)
+    store = ExportStore(fhir.app.state.fhir.database)
+    kick = await fhir.client.get("/$export", params={"_type": "Patient"}, headers=ASYNC)
+    status_url = kick.headers["Content-Location"]
+    job_id = status_url.rsplit("/", 1)[1]
+    for _ in range(100):  # let it finish, then make it look like a run a dead process left
+        if (await fhir.client.get(status_url)).status_code == 200:
+            break
+        await asyncio.sleep(0.05)
+    past = datetime.now(UTC) - timedelta(seconds=5)
+    await store.jobs.update_one(
+        {"_id": job_id},
+        {"$set": {"status": RUNNING, "worker": "dead", "lease": past}, "$unset": {"output": ""}},
+    )
+    await store.write_chunk(job_id, 99, "Patient-1.ndjson", 0, b'{"stale":1}\n', past)
+    fhir.app.state.exports._wake.set()
+    manifest: dict[str, Any] = {}
+    for _ in range(200):
+        status = await fhir.client.get(status_url)
+        if status.status_code == 200:
+            manifest = status.json()
+            break
+        await asyncio.sleep(0.05)
+    assert manifest, "the lapsed job was not taken over"
+    job = await store.get(job_id)
+    assert job is not None and job["attempts"] == 2 and job["worker"] != "dead"
+    found = await exported(fhir.client, manifest)
+    assert sorted(found["Patient"]) == ["p1", "p2", "p3"]
+    assert json.dumps(found).count("stale") == 0
