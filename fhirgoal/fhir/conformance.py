@@ -3,7 +3,10 @@ scripts/vendor_conformance.py from the R4 definitions: https://hl7.org/fhir/R4/d
 from FHIRGOAL_CONFORMANCE_DIR. A missing directory or file stops start-up with its path named.
 
 Everything the server knows about resource types (which are stored, their structure, their search
-parameters, their patient compartment membership) comes from here, so adding a type is data.
+parameters, their patient compartment membership) comes from here, so adding a type is data. Every
+R4 resource type is stored except those R4 gives no RESTful endpoint (resource-types.json
+`other`: Parameters, OperationOutcome), which are still validated where they are carried (a
+Bundle entry, a contained resource).
 """
 
 from __future__ import annotations
@@ -42,6 +45,17 @@ def _read(directory: Path, name: str) -> Any:
         return json.load(fh)
 
 
+def _compartment(*definitions: dict[str, list[str]]) -> dict[str, list[str]]:
+    """Per type, the parameters linking it to a patient, from every definition in turn."""
+    members: dict[str, list[str]] = {}
+    for definition in definitions:
+        for rt, params in definition.items():
+            if not rt.startswith("_"):
+                known = members.setdefault(rt, [])
+                known += [p for p in params if p not in known]
+    return members
+
+
 @cache
 def load_conformance(directory: Path) -> Conformance:
     if not directory.is_dir():
@@ -51,6 +65,8 @@ def load_conformance(directory: Path) -> Conformance:
     # the project's own SearchParameters: data, like the R4 ones (no code per parameter)
     custom = _read(directory, "search-parameters-custom.json")
     compartment = _read(directory, "compartment-patient.json")
+    # the project's own additions (a Binary through its securityContext), like its parameters
+    compartment_custom = _read(directory, "compartment-patient-custom.json")
     return Conformance(
         directory=directory,
         stored_types=tuple(types["stored"]),
@@ -58,6 +74,6 @@ def load_conformance(directory: Path) -> Conformance:
         schema=_read(directory, "fhir.schema.json"),
         structure=_read(directory, "structure.json"),
         search_parameters=[e["resource"] for b in (bundle, custom) for e in b.get("entry", [])],
-        patient_compartment={k: v for k, v in compartment.items() if not k.startswith("_")},
+        patient_compartment=_compartment(compartment, compartment_custom),
         capability_template=_read(directory, "capability.json"),
     )

@@ -2,8 +2,8 @@
 
 https://hl7.org/fhir/R4/conformance-rules.html#constraints . Each error-severity constraint of a
 resource's StructureDefinition is compiled once with fhirpathpy; an element-level constraint on path
-`p` is evaluated as `p.all(<expression>)` from the resource root, which is its meaning for every
-occurrence. `ele-1` and `ext-1` are left to the structural check (they state "has a value or
+`p` is evaluated from the resource root as "no occurrence of `p` makes it false"; a rule is broken
+when it evaluates to false (empty, its value when it cannot be decided, is not false). `ele-1` and `ext-1` are left to the structural check (they state "has a value or
 children" and "extension or value", which it enforces faster). A rule runs only when the
 elements it can fail on are present (see `_needed_elements`).
 """
@@ -82,7 +82,10 @@ class InvariantChecker:
                 continue
             path = constraint.get("path", "")
             expression = _TRACE.sub("", constraint["expression"])
-            text = f"{path}.all({expression})" if path else expression
+            # Each occurrence of `path` must not evaluate the rule to false. Not `all()`, which
+            # also fails an occurrence for which the rule is empty (`probability is decimal
+            # implies ...` without a probability: ras-2), which a root rule never does either.
+            text = f"{path}.where(({expression}) = false).empty()" if path else expression
             try:
                 evaluate = NATIVE.get(constraint["key"]) or fhirpath_compile(
                     text, fhirpath_models["r4"]
@@ -115,7 +118,7 @@ class InvariantChecker:
             except Exception as exc:
                 if inv.key not in self._reported:  # once per rule, not once per request
                     self._reported.add(inv.key)
-                    log.warning("invariant failed to evaluate", key=inv.key, error=str(exc))
+                    log.warning("invariant failed to evaluate", key=inv.key, error=str(exc)[:300])
                 continue
             if result == [False]:
                 where = f"{rt}.{inv.path}" if inv.path else rt

@@ -34,7 +34,7 @@ async def reindex(
 ) -> int:
     """Reindex every live resource of the given types; returns how many were rewritten."""
     rewritten = 0
-    for rt in resource_types:
+    for rt in await service.repo.present_types(resource_types):  # a type never written has none
         table = service.registry.for_type(rt)
         on_type(rt, await service.repo.count_all(rt))
         async for batch in service.repo.live_versions(rt):

@@ -17,7 +17,7 @@ from fastapi import APIRouter, Request, Response
 from fhirgoal.core import jsonio
 from fhirgoal.core.access import AccessContext
 from fhirgoal.core.errors import FhirError, informational_outcome
-from fhirgoal.fhir import bundles
+from fhirgoal.fhir import binary, bundles
 from fhirgoal.fhir.bundles import http_date
 from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.search.engine import SearchPage
@@ -60,8 +60,9 @@ def base_url(request: Request) -> str:
     return base
 
 
-def negotiate(request: Request) -> None:
-    """406 unless the client accepts FHIR JSON (Accept header or _format, http.html#mime-type)."""
+def negotiate(request: Request, any_accept: bool = False) -> None:
+    """406 unless the client accepts FHIR JSON (Accept header or _format, http.html#mime-type).
+    `any_accept`: a read of a Binary, whose content answers any Accept (fhir/binary.py)."""
     # Most requests have no query string: not parsing one saves half of this function's cost.
     fmt = request.query_params.get("_format") if request.scope.get("query_string") else None
     if fmt is not None and fmt.split(";")[0].strip() not in _FORMATS:
@@ -69,7 +70,7 @@ def negotiate(request: Request) -> None:
             "not-acceptable", f"_format={fmt} is not supported; this server speaks JSON"
         )
     accept = request.headers.get("accept")
-    if not accept:
+    if not accept or any_accept:
         return
     kinds = {part.split(";")[0].strip().lower() for part in accept.split(",")}
     if not kinds & _ACCEPTABLE:
@@ -85,10 +86,11 @@ def _media_type(request: Request) -> str:
     return media.strip().lower()
 
 
-async def read_body(request: Request, allowed: set[str], limit: int | None = None) -> bytes:
-    """The body, refused with 413 past `limit` bytes (default: FHIRGOAL_MAX_BODY_BYTES)."""
-    media = _media_type(request)
-    if media not in allowed:
+async def read_body(request: Request, allowed: set[str] | None, limit: int | None = None) -> bytes:
+    """The body, refused with 413 past `limit` bytes (default: FHIRGOAL_MAX_BODY_BYTES);
+    `allowed` media types (None: any, as sent)."""
+    media = _media_type(request) if allowed is not None else ""
+    if allowed is not None and media not in allowed:
         raise FhirError(
             "unsupported-media-type",
             f"Content-Type '{media or '(none)'}' is not accepted here; send {' or '.join(sorted(allowed))}",
@@ -107,8 +109,19 @@ async def read_body(request: Request, allowed: set[str], limit: int | None = Non
     return b"".join(chunks)
 
 
-async def read_resource(request: Request, limit: int | None = None) -> Any:
+async def read_resource(
+    request: Request, rt: str | None = None, rid: str | None = None, limit: int | None = None
+) -> Any:
+    """The resource a write sends to `rt` (`rid`: its URL id, for an update)."""
     negotiate(request)
+    if rt == binary.BINARY:  # raw content, or a Binary resource (fhir/binary.py)
+        return binary.resource_from_body(
+            await read_body(request, None, limit),
+            request.headers.get("content-type", ""),
+            request.headers.get(binary.SECURITY_CONTEXT_HEADER),
+            request.app.state.settings.max_json_depth,
+            rid,
+        )
     body = await read_body(request, _JSON_TYPES, limit)
     if not body.strip():
         raise FhirError("bad-request", "the request has no body")
@@ -169,6 +182,14 @@ def render(request: Request, outcome: Outcome) -> Response:
         return fhir_response(outcome.status, outcome.body, headers)
     if outcome.status == 304:  # a conditional read: the client's copy is current
         return Response(status_code=304, headers=headers)
+    if (
+        request.method == "GET"
+        and version is not None
+        and version.resource_type == binary.BINARY
+        and not version.deleted
+        and binary.wants_content(request)
+    ):
+        return binary.content_response(version, headers)
     wanted = prefer(request, "return") if request.method != "GET" else None
     text = version.text if version is not None else None
     if wanted == "operationoutcome":
@@ -242,7 +263,7 @@ def _http_date(value: str | None) -> datetime | None:
 
 @router.get("/{rt}/{rid}", summary="read")
 async def read(rt: str, rid: str, request: Request) -> Response:
-    negotiate(request)
+    negotiate(request, any_accept=rt == binary.BINARY)
     svc = service(request)
     svc.require_type(rt)
     headers = request.headers
@@ -258,7 +279,7 @@ async def read(rt: str, rid: str, request: Request) -> Response:
 
 @router.get("/{rt}/{rid}/_history/{vid}", summary="vread")
 async def vread(rt: str, rid: str, vid: str, request: Request) -> Response:
-    negotiate(request)
+    negotiate(request, any_accept=rt == binary.BINARY)
     svc = service(request)
     svc.require_type(rt)
     return render(request, await svc.vread(access(request), rt, rid, vid))
@@ -268,7 +289,7 @@ async def vread(rt: str, rid: str, vid: str, request: Request) -> Response:
 async def create(rt: str, request: Request) -> Response:
     svc = service(request)
     svc.require_type(rt)
-    resource = await read_resource(request)
+    resource = await read_resource(request, rt)
     condition = request.headers.get("if-none-exist")
     criteria = None
     if condition is not None:  # "identifier=x|1", "?identifier=..." or "Patient?identifier=..."
@@ -281,7 +302,7 @@ async def create(rt: str, request: Request) -> Response:
 async def update(rt: str, rid: str, request: Request) -> Response:
     svc = service(request)
     svc.require_type(rt)
-    resource = await read_resource(request)
+    resource = await read_resource(request, rt, rid)
     outcome = await svc.update(access(request), rt, rid, resource, request.headers.get("if-match"))
     return render(request, outcome)
 
@@ -290,7 +311,7 @@ async def update(rt: str, rid: str, request: Request) -> Response:
 async def conditional_update(rt: str, request: Request) -> Response:
     svc = service(request)
     svc.require_type(rt)
-    resource = await read_resource(request)
+    resource = await read_resource(request, rt)
     outcome = await svc.conditional_update(
         access(request),
         rt,
@@ -354,7 +375,7 @@ def _searchset(base: str, url: str, page: SearchPage) -> Response:
 async def batch_or_transaction(request: Request) -> Response:
     """A batch or transaction Bundle (http.html#transaction, fhir/transaction.py)."""
     settings = request.app.state.settings
-    bundle = await read_resource(request, settings.max_bundle_bytes)
+    bundle = await read_resource(request, limit=settings.max_bundle_bytes)
     client = request.client
     processor = BundleProcessor(
         service(request),

@@ -188,6 +188,11 @@ class FhirService:
     # ---- helpers -----------------------------------------------------------------------------
     def require_type(self, rt: str) -> None:
         if not self.conformance.is_stored(rt):
+            if rt in self.conformance.wire_types:  # Parameters, OperationOutcome
+                raise FhirError(
+                    "not-found",
+                    f"{rt} has no RESTful endpoint in R4: it is carried by operations and Bundles",
+                )
             raise FhirError("not-found", f"unknown or unsupported resource type '{rt}'")
 
     def _check_body(self, rt: str, resource: Any) -> dict[str, Any]:

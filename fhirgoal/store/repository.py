@@ -22,10 +22,19 @@ writes commit together, and its reads see its own snapshot (never batched with o
 
 A type whose records are written through an append log (store/append_log.py: the AuditEvents of
 reads) is caught up before any read of it, so readers never see the log's indexing lag.
+
+Collections and their indexes come into being with the first write of their type (`_prepare`), not
+at start-up: the server serves every R4 resource type (~145, each a current and a history
+collection with a dozen indexes), and building them all would make every start, and so every
+test's fresh database, several times slower for types most deployments never write. Start-up
+ensures the indexes of the collections that already exist (an index added by a new release
+reaches old data); reads of a type never written find no collection and answer nothing, creating
+nothing.
 """
 
 from __future__ import annotations
 
+import asyncio
 import heapq
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -33,10 +42,10 @@ from datetime import datetime
 from functools import cached_property
 from typing import Any, Protocol
 
-from pymongo import ASCENDING, DESCENDING, AsyncMongoClient
+from pymongo import ASCENDING, DESCENDING, AsyncMongoClient, IndexModel
 from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import BulkWriteError, DuplicateKeyError
+from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError, FhirgoalError
@@ -58,6 +67,11 @@ _VERSION_ONLY = {"json": 1, "v": 1, "lu": 1, "op": 1, "comp": 1}
 _WITH_SORT_KEYS = {**_VERSION_ONLY, "srt": 1}
 _ANY_VERSION = {**_VERSION_ONLY, "id": 1}  # current or history documents (history ones carry `id`)
 _VERBS = {"u": "update", "d": "delete"}
+# createIndexes answers of two processes building the same new collection's indexes at once: the
+# collection was created by the other (NamespaceExists), or the other's build of the very same
+# index is under way (IndexBuildAlreadyInProgress). Trying again finds them built.
+_CONCURRENT_INDEX_BUILD = {48, 276}
+_INDEX_BUILD_ATTEMPTS = 5
 
 
 class PendingLog(Protocol):
@@ -138,6 +152,10 @@ class Repository:
         self._collections: dict[str, AsyncCollection[dict[str, Any]]] = {}
         self._logs: dict[str, PendingLog] = {}
         self.claims = ConditionClaims(self.db)
+        # Types whose collections this process has seen indexed, and the builds under way.
+        self._prepared: set[str] = set()
+        self._preparing: dict[str, asyncio.Task[None]] = {}
+        self._pending_types: frozenset[str] = frozenset()
 
     def write_through_log(self, append_log: PendingLog) -> None:
         """Records of `append_log.resource_type` may wait in that log: catch up before reading."""
@@ -158,16 +176,52 @@ class Repository:
     async def ensure_indexes(
         self, resource_types: list[str], pending_types: frozenset[str] = frozenset()
     ) -> None:
+        """Index the collections of `resource_types` that exist; the others are indexed by the
+        first write of their type. `pending_types` (types with after-write rules) also get the
+        index of the pending mark (fhir/hooks.py)."""
+        self._pending_types = pending_types
         await self.claims.ensure_indexes()
+        for rt in await self.present_types(resource_types):
+            await self._prepare(rt)
+
+    async def present_types(self, resource_types: list[str]) -> list[str]:
+        """The types among `resource_types` that have a collection (current or history); a type
+        written through an append log is caught up first (its first records may wait there)."""
         for rt in resource_types:
-            current = self.collection(rt)
-            await current.create_index([("lu", DESCENDING)], name="lastUpdated")
-            for name in (*INDEX_FIELDS, "pend") if rt in pending_types else INDEX_FIELDS:
-                await current.create_index([(name, ASCENDING)], name=name)
-            history = self.collection(history_collection(rt))
-            await history.create_index([("id", ASCENDING), ("v", DESCENDING)], name="id_version")
-            await history.create_index([("lu", DESCENDING)], name="lastUpdated")
-            await history.create_index([("comp", ASCENDING)], name="comp")
+            if rt in self._logs:
+                await self._settle(rt)
+        names = set(await self.db.list_collection_names())
+        return [rt for rt in resource_types if rt in names or history_collection(rt) in names]
+
+    async def _prepare(self, rt: str) -> None:
+        """Make sure the collections of `rt` exist with their indexes, once per process. Two
+        first writers of a type share one build (and wait for it: a write is answered only once
+        the indexes that searches of it rely on exist); a build that failed is tried again by the
+        next write."""
+        if rt in self._prepared:
+            return
+        task = self._preparing.get(rt)
+        if task is None:
+            task = self._preparing[rt] = asyncio.ensure_future(self._build_indexes(rt))
+            task.add_done_callback(lambda done: self._built(rt, done))
+        await asyncio.shield(task)
+
+    def _built(self, rt: str, task: asyncio.Task[None]) -> None:
+        self._preparing.pop(rt, None)
+        if not task.cancelled() and task.exception() is None:
+            self._prepared.add(rt)
+
+    async def _build_indexes(self, rt: str) -> None:
+        wanted = (*INDEX_FIELDS, "pend") if rt in self._pending_types else INDEX_FIELDS
+        current = [IndexModel([("lu", DESCENDING)], name="lastUpdated")]
+        current += [IndexModel([(name, ASCENDING)], name=name) for name in wanted]
+        history = [
+            IndexModel([("id", ASCENDING), ("v", DESCENDING)], name="id_version"),
+            IndexModel([("lu", DESCENDING)], name="lastUpdated"),
+            IndexModel([("comp", ASCENDING)], name="comp"),
+        ]
+        await _create_indexes(self.collection(rt), current)
+        await _create_indexes(self.collection(history_collection(rt)), history)
 
     async def drop_unused_indexes(
         self, resource_types: list[str], pending_types: frozenset[str] = frozenset()
@@ -175,7 +229,7 @@ class Repository:
         """Drop the indexes of search fields that an earlier index format indexed and this one
         does not (e.g. `miss`): each would still cost every write its keys."""
         dropped = []
-        for rt in resource_types:
+        for rt in await self.present_types(resource_types):
             wanted = {*INDEX_FIELDS, "pend"} if rt in pending_types else set(INDEX_FIELDS)
             current = self.collection(rt)
             async for index in await current.list_indexes():
@@ -196,7 +250,7 @@ class Repository:
         )
 
     async def holds_resources(self, resource_types: list[str]) -> bool:
-        for rt in resource_types:
+        for rt in await self.present_types(resource_types):
             if await self.collection(rt).find_one({}, {"_id": 1}) is not None:
                 return True
         return False
@@ -238,6 +292,7 @@ class Repository:
         ):
             raise FhirError("forbidden", f"this token may not create that {rt} (out of its scope)")
         doc = _current_doc(version, index)
+        await self._prepare(rt)  # outside any transaction: DDL is not part of one
         session = current_session()
         try:
             if session is None:
@@ -254,6 +309,7 @@ class Repository:
         for version, index in versions:
             by_type.setdefault(version.resource_type, []).append(_current_doc(version, index))
         for rt, docs in by_type.items():
+            await self._prepare(rt)
             try:
                 await self.collection(rt).insert_many(
                     docs, ordered=False, session=current_session()
@@ -284,6 +340,7 @@ class Repository:
                 raise FhirError(
                     "forbidden", f"the new content of {rt}/{new.id} is out of this token's scope"
                 )
+        await self._prepare(rt)
         await self.collection(history_collection(previous.resource_type)).replace_one(
             {"_id": f"{previous.id}/{previous.version}"},
             _history_doc(previous),
@@ -458,9 +515,9 @@ class Repository:
         limit: int,
         skip: int,
     ) -> tuple[list[Version], int]:
-        """Versions of every resource of the given types, newest first, merged across collections."""
-        for rt in resource_types:
-            await self._settle(rt)
+        """Versions of every resource of the given types, newest first, merged across collections
+        (of those ever written: the others hold nothing)."""
+        resource_types = await self.present_types(resource_types)  # caught up, too
         window: dict[str, Any] = {"$lte": until}
         if since:
             window["$gte"] = since
@@ -492,6 +549,21 @@ class Repository:
             if len(page) >= skip + limit:
                 break
         return page[skip:], total
+
+
+async def _create_indexes(
+    collection: AsyncCollection[dict[str, Any]], indexes: list[IndexModel]
+) -> None:
+    """One createIndexes command (it also creates the collection); idempotent, so another
+    process building the same indexes at the same time is no error."""
+    for attempt in range(_INDEX_BUILD_ATTEMPTS):
+        try:
+            await collection.create_indexes(indexes)
+            return
+        except OperationFailure as error:
+            if error.code not in _CONCURRENT_INDEX_BUILD or attempt + 1 == _INDEX_BUILD_ATTEMPTS:
+                raise
+            await asyncio.sleep(0.05 * (attempt + 1))
 
 
 def _id_taken(error: dict[str, Any]) -> bool:

@@ -1,5 +1,6 @@
 """The vendored R4 definitions (fhirgoal/conformance/, written by scripts/vendor_conformance.py)
-cover every type listed in resource-types.json and have the shape the server reads."""
+cover every R4 resource type (https://hl7.org/fhir/R4/resourcelist.html) and have the shape the
+server reads."""
 
 from __future__ import annotations
 
@@ -12,7 +13,22 @@ import jsonschema_rs
 
 CONFORMANCE = Path(__file__).resolve().parents[2] / "fhirgoal" / "conformance"
 GENERIC_BASES = {"Resource", "DomainResource"}
-NO_OWN_PARAMETERS = {"Binary"}  # R4 defines only the Resource-level ones (_id, ...) for Binary
+# Types for which R4 defines only the Resource-level parameters (_id, _lastUpdated, ...).
+NO_OWN_PARAMETERS = {
+    "Binary",
+    "BiologicallyDerivedProduct",
+    "CatalogEntry",
+    "MedicinalProductIngredient",
+    "MedicinalProductManufactured",
+    "ObservationDefinition",
+    "SubstanceNucleicAcid",
+    "SubstancePolymer",
+    "SubstanceProtein",
+    "SubstanceReferenceInformation",
+    "SubstanceSourceMaterial",
+}
+# R4 has 146 concrete resource types (resourcelist.html; Resource and DomainResource are abstract).
+R4_RESOURCE_TYPE_COUNT = 146
 
 
 @cache
@@ -31,6 +47,14 @@ def all_types() -> list[str]:
 
 def search_parameters() -> list[dict[str, Any]]:
     return [entry["resource"] for entry in load("search-parameters.json")["entry"]]
+
+
+def test_every_r4_resource_type_is_listed_once() -> None:
+    types = all_types()
+    assert len(types) == len(set(types)) == R4_RESOURCE_TYPE_COUNT
+    assert {"Bundle", "Binary", "Location", "Medication", "MedicationRequest"} <= set(types)
+    # no RESTful endpoint in R4 (parameters.html, operationoutcome.html)
+    assert load("resource-types.json")["other"] == ["OperationOutcome", "Parameters"]
 
 
 def validator_for(resource_type: str) -> Any:
@@ -100,6 +124,9 @@ def test_search_parameter_codes_are_unique_per_type() -> None:
 def test_compartment_params_are_search_parameters_of_their_type() -> None:
     compartment = {k: v for k, v in load("compartment-patient.json").items() if k[0] != "_"}
     assert set(compartment) <= set(stored_types())
+    # the whole R4 patient compartment: 66 types link to a patient
+    assert len(compartment) == 66
+    assert compartment["MedicationRequest"] == ["subject"]
     codes = {(base, sp["code"]) for sp in search_parameters() for base in sp["base"]}
     missing = [(t, p) for t, params in compartment.items() for p in params if (t, p) not in codes]
     assert missing == []
@@ -139,13 +166,47 @@ def test_schema_rejects_an_unknown_element() -> None:
     assert not validator_for("Observation").is_valid(observation)
 
 
-def test_schema_rejects_contained_resources_of_unlisted_types() -> None:
+def test_schema_accepts_contained_resources_of_every_type() -> None:
     observation = {
         "resourceType": "Observation",
         "status": "final",
         "code": {"text": "x"},
         "contained": [{"resourceType": "Medication", "id": "m"}],
     }
-    assert not validator_for("Observation").is_valid(observation)
-    observation["contained"] = [{"resourceType": "Patient", "id": "p"}]
     assert validator_for("Observation").is_valid(observation)
+    observation["contained"] = [{"resourceType": "Location", "id": "l", "status": "active"}]
+    assert validator_for("Observation").is_valid(observation)
+    observation["contained"] = [{"resourceType": "Location", "id": "l", "status": "open"}]
+    assert not validator_for("Observation").is_valid(observation)
+    observation["contained"] = [{"resourceType": "Medicine", "id": "m"}]
+    assert not validator_for("Observation").is_valid(observation)
+
+
+def test_schema_reads_whitespace_as_xml_schema_does() -> None:
+    """FHIR regexes are XML Schema regexes: a non-breaking space is not whitespace there, so a
+    string or code holding one is valid (the R4 examples have them); control characters in a
+    code still are not allowed (a tab splits a code)."""
+    code_system = {
+        "resourceType": "CodeSystem",
+        "status": "active",
+        "content": "complete",
+        "concept": [{"code": "CHEST\u00a0", "display": "Program\u00a0"}],
+    }
+    assert validator_for("CodeSystem").is_valid(code_system)
+    code_system["concept"] = [{"code": "a\tb\t"}]
+    assert not validator_for("CodeSystem").is_valid(code_system)
+
+
+def test_schema_lets_canonical_elements_carry_extensions() -> None:
+    definition = {
+        "resourceType": "StructureDefinition",
+        "url": "http://example.org/sd",
+        "name": "Sd",
+        "status": "draft",
+        "kind": "resource",
+        "abstract": True,
+        "type": "Sd",
+        "baseDefinition": "http://hl7.org/fhir/StructureDefinition/DomainResource",
+        "_baseDefinition": {"extension": [{"url": "http://example.org/x", "valueString": "y"}]},
+    }
+    assert validator_for("StructureDefinition").is_valid(definition)

@@ -395,7 +395,10 @@ class SearchEngine:
         pairs = list(zip(sorted(types), per_type, strict=True))
 
         async def counted() -> int:
-            return sum([await self.repo.count(access, rt, c.filter) for rt, c in pairs])
+            present = set(await self.repo.present_types([rt for rt, _ in pairs]))
+            return sum(
+                [await self.repo.count(access, rt, c.filter) for rt, c in pairs if rt in present]
+            )
 
         if first.count == 0 or first.summary_count:
             asked = first.total != "none" or first.summary_count
@@ -430,7 +433,12 @@ class SearchEngine:
         start = order[cursor.values[0]] if cursor is not None else 0
         limit = count + 1
         rows: list[Version] = []
+        # Only the types ever written are queried: of ~145 types most deployments write few,
+        # and each other would cost a round trip to find nothing.
+        present = set(await self.repo.present_types([rt for rt, _ in searches[start:]]))
         for rt, compiled in searches[start:]:
+            if rt not in present:
+                continue
             query = compiled.filter
             if cursor is not None and rt == cursor.values[0]:
                 query = _and(query, {"_id": {"$gt": cursor.id}})

@@ -324,6 +324,18 @@ def _type_suffix(type_name: str) -> str:
     return type_name[0].upper() + type_name[1:]
 
 
+def _suffixes_of_type(choices: list[str], type_name: str) -> list[str]:
+    """The choice suffixes whose type is `type_name` or derives from it: FHIRPath's `as` and
+    `ofType` keep values of subtypes too (a `canonical` is a `uri`, an `Age` a `Quantity`)."""
+    found = []
+    for suffix in choices:
+        for name in (suffix, suffix[0].lower() + suffix[1:]):
+            if type_name in _lineage(name):
+                found.append(suffix)
+                break
+    return found
+
+
 def _compile_steps(branch: str, resource_type: str, context: str | None = "") -> list[Step] | None:
     """Steps that evaluate a path branch as FHIRPath does, placing each element in the R4 model
     from `context` on (the resource type unless given; None: unknown), so that a missing element
@@ -351,9 +363,8 @@ def _compile_steps(branch: str, resource_type: str, context: str | None = "") ->
                 context = found[0]
             else:
                 choices = found[1]
-                if cast is not None:  # value.as(Quantity): only the valueQuantity key
-                    suffix = _type_suffix(cast[1])
-                    steps.append(_choice(name, [suffix] if suffix in choices else []))
+                if cast is not None:  # value.as(Quantity): the valueQuantity key (and subtypes')
+                    steps.append(_choice(name, _suffixes_of_type(choices, cast[1])))
                     context = cast[1]
                     i += 1
                 else:

@@ -47,6 +47,20 @@ COMPOSITE_SHAPES = {("token", "token"), ("token", "quantity")}
 SORTABLE_TYPES = {"token", "reference", "uri", "string", "date", "number", "quantity"}
 # Handled by dedicated document fields rather than the generic index.
 SPECIAL = {"_id", "_lastUpdated"}
+# How R4 describes a parameter shared by several types: this line, then `* [Type](page): text`.
+_SHARED_DESCRIPTION = "Multiple Resources:"
+
+
+def documentation_for(description: str, resource_type: str) -> str:
+    """A parameter's description as it concerns one type: for a parameter R4 shares between
+    types, the text of that type's line."""
+    if not description.startswith(_SHARED_DESCRIPTION):
+        return description
+    prefix = f"* [{resource_type}]("
+    for line in description.splitlines():
+        if line.startswith(prefix):
+            return line.partition("): ")[2] or line
+    return description
 
 
 @dataclass(frozen=True)
@@ -96,9 +110,10 @@ class TypeParams:
         miss: list[str] = []
         sort_keys: dict[str, str] = {}
         for param in self.params.values():
-            if param.extractor is None or param.code in SPECIAL or param.type not in INDEXED_TYPES:
-                continue
-            values = param.extractor(resource)
+            extractor = param.extractor
+            if extractor is None or param.code in SPECIAL or not param.supported:
+                continue  # not indexed (e.g. a composite of three parts)
+            values = extractor(resource)
             if not values:
                 miss.append(param.code)
                 continue
@@ -202,7 +217,7 @@ class SearchRegistry:
                 expression=expression,
                 extractor=extractor,
                 targets=tuple(definition.get("target", [])),
-                documentation=definition.get("description", ""),
+                documentation=documentation_for(definition.get("description", ""), resource_type),
                 components=components,
             )
 
