@@ -97,6 +97,8 @@ class DeliveryWorker:
                 await self.run_once()
             except (PyMongoError, FhirError) as error:
                 log.error("outbox pass failed; trying again", error=repr(error))
+            except Exception as error:  # the loop must outlive any one pass: nothing else retries
+                log.error("outbox pass failed unexpectedly; trying again", exc_info=error)
             await self._sleep()
 
     async def _sleep(self) -> None:

@@ -192,6 +192,10 @@ class SubscriptionSet:
     def get(self, sid: str) -> Subscription | None:
         return self._by_id.get(sid)
 
+    def load(self, version: Version) -> None:
+        """Take a stored version of a Subscription into the live set (or drop it from there)."""
+        self._load_version(version)
+
     # ---- the write hook (fhir/hooks.py) ------------------------------------------------------
     def interested(self, event: WriteEvent) -> bool:
         return True
@@ -259,6 +263,16 @@ class SubscriptionDelivery:
     async def prepare(self, item: OutboxItem) -> Delivery | Skip:
         sid = item.dest.removeprefix("Subscription/")
         sub = self.subscriptions.get(sid)
+        if sub is None:
+            # Not in this process's set: the item (written just before its Subscription's
+            # version) may be taken before the write's hook or the next refresh loads it. Ask
+            # the database before giving the item up.
+            stored = await self.service.current(UNRESTRICTED, "Subscription", sid)
+            if stored is not None:
+                self.subscriptions.load(stored)
+                sub = self.subscriptions.get(sid)
+            elif (now() - item.created).total_seconds() < ORPHAN_SECONDS:
+                return Skip("its Subscription is not stored yet", NOT_YET_SECONDS)
         if sub is None:
             return Skip("the Subscription is off or gone")
         headers = {**sub.headers, "Idempotency-Key": item.key}
