@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# Playwright drives Debian's chromium (scripts/system_packages.sh); it never downloads a browser.
+export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 .PHONY: run run-open test lint format typecheck bench install clean
 
@@ -24,6 +26,7 @@ run-open: $(STAMP)
 	FHIRGOAL_AUTH=off $(BIN)/fhirgoal serve --host 127.0.0.1 --port 8080 --data-dir ./fhirgoal-data --demo
 
 test: $(STAMP)
+	scripts/system_packages.sh
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
