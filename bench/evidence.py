@@ -23,8 +23,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clinical import GOALS, START, record, seed
+from harness import database, measured, save_results, shut_down, start_server, summarize
 from loadgen import render_request, run
-from rest_core import database, measured, save_results, shut_down, start_server, summarize
 
 from fhirgoal.core.jsonio import dumps
 from fhirgoal.store.embedded import free_port

@@ -29,7 +29,7 @@ from typing import Any
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from rest_core import DatabaseCpu, cpu_seconds, database, save_results, shut_down, start_server
+from harness import DatabaseCpu, cpu_seconds, database, save_results, shut_down, start_server
 
 from fhirgoal.clinical.resources import gas_goal, gas_rating
 from fhirgoal.store.embedded import free_port
