@@ -102,12 +102,15 @@ class FhirPathTest:
         except Exception as exc:  # fhirpathpy raises its parser's own exception types
             raise MappingError(where, text, f"not valid FHIRPath: {exc}") from None
 
-    def values(self, resource: dict[str, Any]) -> list[Any]:
-        return list(self._evaluate(resource, {"resource": resource}))
+    def values(self, resource: dict[str, Any], rule: str) -> list[Any]:
+        try:
+            return list(self._evaluate(resource, {"resource": resource}))
+        except Exception as exc:  # fhirpathpy raises plain Exceptions for evaluation errors
+            raise MappingError(rule, self.text, f"FHIRPath evaluation failed: {exc}") from None
 
-    def holds(self, resource: dict[str, Any]) -> bool:
+    def holds(self, resource: dict[str, Any], rule: str) -> bool:
         """FHIRPath's boolean evaluation of a collection: empty is false, one false is false."""
-        found = self.values(resource)
+        found = self.values(resource, rule)
         return bool(found) and found != [False]
 
 
@@ -232,7 +235,9 @@ class Mapping:
             raise MappingError(MANIFEST, "$", "must be a JSON object")
         unknown = sorted(set(manifest) - _MANIFEST_KEYS)
         if unknown:
-            raise MappingError(MANIFEST, unknown[0], f"unknown key (known: {sorted(_MANIFEST_KEYS)})")
+            raise MappingError(
+                MANIFEST, unknown[0], f"unknown key (known: {sorted(_MANIFEST_KEYS)})"
+            )
         name = manifest.get("name")
         if not isinstance(name, str) or not name:
             raise MappingError(MANIFEST, "name", "a mapping needs a name")
@@ -282,7 +287,7 @@ class Mapping:
                 f"{self.name}/{direction}", f"{rtype}", f"no {direction} rule maps a {rtype}"
             )
         for rule in candidates:
-            if rule.when is None or rule.when.holds(resource):
+            if rule.when is None or rule.when.holds(resource, rule.id):
                 return rule
         tried = "; ".join(f"{r.id}: {r.when.text}" for r in candidates if r.when is not None)
         raise MappingError(
@@ -293,7 +298,7 @@ class Mapping:
 
     def _run(self, rule: Rule, resource: dict[str, Any]) -> list[dict[str, Any]]:
         for test in rule.requires:
-            if not test.holds(resource):
+            if not test.holds(resource, rule.id):
                 raise MappingError(rule.id, test.text, "required element is missing")
         if rule.transform is None:
             return []

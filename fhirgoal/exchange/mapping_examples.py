@@ -93,7 +93,9 @@ def _error_difference(expected: dict[str, Any], error: MappingError) -> str | No
         if key in expected and expected[key] != actual:
             return f"error {key}: expected {expected[key]!r}, got {actual!r} ({error.message})"
     if "message" in expected and str(expected["message"]) not in error.message:
-        return f"error message: expected it to contain {expected['message']!r}, got {error.message!r}"
+        return (
+            f"error message: expected it to contain {expected['message']!r}, got {error.message!r}"
+        )
     return None
 
 
