@@ -57,6 +57,7 @@ import jsonata
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
+from fhirgoal.clinical.expressions import syntax_error
 from fhirgoal.config import BUILTIN_CONFORMANCE_DIR, BUILTIN_MAPPINGS_DIR
 from fhirgoal.core import jsonio
 from fhirgoal.core.errors import FhirError
@@ -97,6 +98,10 @@ class FhirPathTest:
         if not isinstance(text, str) or not text.strip():
             raise MappingError(where, "FHIRPath", "an expression must be a non-empty string")
         self.text = text
+        # fhirpathpy runs the longest prefix it can parse: check the whole text parses first
+        problem = syntax_error(text)
+        if problem:
+            raise MappingError(where, text, f"not valid FHIRPath: {problem}")
         try:
             self._evaluate = fhirpath_compile(text, fhirpath_models["r4"])
         except Exception as exc:  # fhirpathpy raises its parser's own exception types
