@@ -21,6 +21,7 @@ from rich.console import Console
 from fhirgoal.app import create_app
 from fhirgoal.auth.loopback import is_loopback
 from fhirgoal.bootstrap import embedded_database
+from fhirgoal.cli_mapping import mapping_app
 from fhirgoal.config import Settings
 from fhirgoal.logs import configure_logging
 from fhirgoal.serving import Server, server_config
@@ -176,6 +177,7 @@ async def _reindex(settings: Settings, only: list[str]) -> int:
 # ---- the outbox (store/outbox.py, exchange/delivery.py) ----------------------------------------
 outbox_app = typer.Typer(help="The outbox of outbound work (notifications).", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(mapping_app, name="mapping")
 
 
 @outbox_app.command("status")

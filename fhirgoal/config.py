@@ -1,7 +1,8 @@
 """Settings from the environment (prefix FHIRGOAL_, plus the conventional MONGODB_URI).
 
 The built-in data ships inside the package, as package data: fhirgoal/conformance (the vendored R4
-definitions) and fhirgoal/profiles (the built-in Questionnaires, profiles, ValueSets, CodeSystems).
+definitions), fhirgoal/profiles (the built-in Questionnaires, profiles, ValueSets, CodeSystems) and
+fhirgoal/mappings (the EHR mappings, exchange/mapping.py).
 They are found through the installed package (importlib.resources), so an editable checkout, a
 wheel installed into site-packages and the Docker image all read the same files from any working
 directory. FHIRGOAL_CONFORMANCE_DIR and FHIRGOAL_PROFILES_DIR override them; a missing or empty
@@ -27,6 +28,8 @@ def _package_data(name: str) -> Path:
 
 BUILTIN_CONFORMANCE_DIR = _package_data("conformance")
 BUILTIN_PROFILES_DIR = _package_data("profiles")
+# The shipped mappings (us-core, pco, example-ehr); `mappings/` at the repository root links here.
+BUILTIN_MAPPINGS_DIR = _package_data("mappings")
 
 
 class Settings(BaseSettings):

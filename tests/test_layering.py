@@ -10,7 +10,8 @@ rule (README, "Code layout"):
 - `fhir/` imports only the ground floor and `store/`;
 - `webapp/` imports only the ground floor and itself (it talks to FHIR servers over HTTP);
 - nothing in store/ or fhir/ imports auth/, clinical/, exchange/, evidence/, webapp/ or the
-  top-level modules (app, bootstrap, cli, demo, guard, logs, serving, system_routes);
+  top-level modules (app, bootstrap, cli, cli_mapping, demo, guard, logs, serving,
+  system_routes);
 - no circle among fhirgoal modules, whatever their floor;
 - auth/, clinical/ (and exchange/, evidence/, webapp/) never touch `svc.repo`: they reach stored
   data through the service.
