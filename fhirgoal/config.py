@@ -75,6 +75,10 @@ class Settings(BaseSettings):
     access_token_seconds: int = 300
     refresh_token_seconds: int = 30 * 24 * 3600
     signing_alg: Literal["RS384", "ES384"] = "RS384"
+    # Space-separated FHIR bases of other servers that accept this server's tokens (a fhirgoal
+    # in FHIRGOAL_AUTH=external mode naming this one as its issuer): an app may ask for one of
+    # them as `aud`, and its tokens then name that server as audience, so this one refuses them.
+    token_audiences: str = ""
     # ---- external authorization server (FHIRGOAL_AUTH=external) ----
     external_issuer: str | None = None
     external_jwks_url: str | None = None
@@ -85,6 +89,13 @@ class Settings(BaseSettings):
     external_jwks_ttl: float = 300.0
     external_jwks_min_refetch: float = 30.0  # an unknown kid refetches at most this often
     external_introspection_cache_seconds: float = 60.0
+    # What /fhir/.well-known/smart-configuration publishes in external mode
+    # (auth/external_discovery.py): discovered from the issuer's own well-known documents and
+    # kept this long, or given here (both URLs set: nothing is discovered); settings win.
+    external_discovery_seconds: float = 300.0
+    external_authorize_url: str | None = None
+    external_token_url: str | None = None
+    external_capabilities: str = ""  # space-separated SMART capabilities
     # ---- audit ----
     audit: bool = True
     audit_flush_seconds: float = 1.0
@@ -253,6 +264,10 @@ class Settings(BaseSettings):
     def app_allowed_issuers(self) -> set[str]:
         """The FHIR bases the web app may be launched from (`iss`)."""
         return {self.public_fhir_base(), *(i.rstrip("/") for i in self.app_issuers.split())}
+
+    def token_audience_set(self) -> set[str]:
+        """The `aud` values the built-in authorization server issues tokens for."""
+        return {self.public_fhir_base(), *(a.rstrip("/") for a in self.token_audiences.split())}
 
     def app_callback_url(self) -> str:
         """The web app's OAuth redirect URI (FHIRGOAL_APP_REDIRECT_URI, else derived)."""

@@ -43,6 +43,9 @@ from fhirgoal.core.errors import FhirgoalError
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS384", "ES384")
 MAX_ASSERTION_SECONDS = 300
+# what an authorization code hands on to its tokens and their refresh tokens; `aud` is the
+# resource server the app asked for (FHIRGOAL_TOKEN_AUDIENCES), absent for this server
+GRANT_FIELDS = ("scope", "patient", "fhir_user", "sub", "encounter", "aud")
 
 
 class OAuthError(FhirgoalError):
@@ -248,7 +251,7 @@ class TokenService:
             )
         if not hmac.compare_digest(pkce_challenge(verifier), doc["code_challenge"]):
             raise OAuthError("invalid_grant", "the PKCE code_verifier does not match")
-        grant = {k: doc.get(k) for k in ("scope", "patient", "fhir_user", "sub", "encounter")}
+        grant = {k: doc.get(k) for k in GRANT_FIELDS}
         return await self._issue(client, grant, fhir_base, family=doc.get("grant")), doc
 
     async def _refresh(
@@ -283,7 +286,7 @@ class TokenService:
             and not await self.users.active(doc["sub"])
         ):
             raise OAuthError("invalid_grant", "the user who granted this access is revoked")
-        grant = {k: doc.get(k) for k in ("scope", "patient", "fhir_user", "sub", "encounter")}
+        grant = {k: doc.get(k) for k in GRANT_FIELDS}
         if form.get("scope"):
             narrower = grantable(_scopes(form["scope"]), parse_scopes(doc["scope"]))
             grant["scope"] = narrower.text
@@ -296,7 +299,7 @@ class TokenService:
         family = family or new_secret()
         claims: dict[str, Any] = {
             "iss": fhir_base,
-            "aud": fhir_base,
+            "aud": grant.get("aud") or fhir_base,
             "sub": grant.get("sub") or client.client_id,
             "client_id": client.client_id,
             "scope": scopes.text,
@@ -332,7 +335,7 @@ class TokenService:
                     "_id": secret_hash(token),
                     "family": family,
                     "client_id": client.client_id,
-                    **{k: grant.get(k) for k in ("patient", "fhir_user", "sub", "encounter")},
+                    **{k: grant.get(k) for k in GRANT_FIELDS if k != "scope"},
                     "scope": scopes.text,
                     "used": False,
                     "revoked": False,
@@ -344,14 +347,22 @@ class TokenService:
 
     # ---- introspection ---------------------------------------------------------------------------
     async def introspect(
-        self, form: dict[str, str], token_url: str, fhir_base: str
+        self,
+        form: dict[str, str],
+        token_url: str,
+        fhir_base: str,
+        audiences: list[str] | None = None,
     ) -> dict[str, Any]:
+        """RFC 7662 for a token of this issuer meant for any of `audiences` (default: this
+        server; a resource server trusting this one introspects the tokens issued for it)."""
         await self.authenticate_client(form, token_url)
         token = form.get("token")
         if not token:
             raise OAuthError("invalid_request", "token is required")
         try:
-            claims = await self.issuer.verify(token, issuer=fhir_base, audience=fhir_base)
+            claims = await self.issuer.verify(
+                token, issuer=fhir_base, audience=audiences or fhir_base
+            )
         except InvalidToken:
             return {"active": False}
         client_id = claims.get("client_id")

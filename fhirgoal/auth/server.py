@@ -39,7 +39,7 @@ import orjson
 from fastapi import APIRouter, Request, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
-from fhirgoal.auth import pages
+from fhirgoal.auth import pages, smart_metadata
 from fhirgoal.auth.audit_events import SecurityEvent
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.clients import ClientRegistry
@@ -53,7 +53,6 @@ from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
 
 router = APIRouter(include_in_schema=False)
-SMART_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 REQUEST_TTL = timedelta(minutes=10)
 CODE_TTL = timedelta(seconds=60)
 MAX_FORM_BYTES = 64 * 1024
@@ -142,31 +141,7 @@ def smart_configuration(fhir: str) -> dict[str, Any]:
 
 def capability_security(fhir: str) -> dict[str, Any]:
     """CapabilityStatement.rest.security for SMART (conformance.html, oauth-uris extension)."""
-    urls = endpoints(fhir)
-    return {
-        "cors": True,
-        "service": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                        "code": "SMART-on-FHIR",
-                    }
-                ],
-                "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
-            }
-        ],
-        "extension": [
-            {
-                "url": SMART_EXTENSION,
-                "extension": [
-                    {"url": "authorize", "valueUri": urls["authorize"]},
-                    {"url": "token", "valueUri": urls["token"]},
-                    {"url": "introspect", "valueUri": urls["introspect"]},
-                ],
-            }
-        ],
-    }
+    return smart_metadata.capability_security(smart_configuration(fhir))
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -255,7 +230,8 @@ async def _token_service(request: Request, operation: Literal["token", "introspe
     try:
         form = await _form(request)
         if operation == "introspect":
-            return _json(await tokens.introspect(form, token_url, fhir))
+            audiences = sorted(request.app.state.settings.token_audience_set())
+            return _json(await tokens.introspect(form, token_url, fhir, audiences))
         issued = await tokens.token(form, token_url, fhir)
     except OAuthError as exc:
         if operation == "token":
@@ -311,7 +287,12 @@ async def authorize(request: Request) -> Response:
     if not q.get("code_challenge") or q.get("code_challenge_method") != "S256":
         return fail("invalid_request", "PKCE with code_challenge_method=S256 is required")
     fhir = fhir_base(request)
-    if (q.get("aud") or "").rstrip("/") != fhir:
+    # `aud` names the resource server the token is for (SMART App Launch 2.2,
+    # app-launch.html#obtain-authorization-code): this one, or a server configured to trust this
+    # authorization server (FHIRGOAL_TOKEN_AUDIENCES); any other would let a token meant for one
+    # server be replayed at another
+    audience = (q.get("aud") or "").rstrip("/")
+    if audience not in request.app.state.settings.token_audience_set():
         return fail("invalid_request", f"aud must be this FHIR server, {fhir}")
     try:
         requested = parse_scopes(q.get("scope", ""))
@@ -337,6 +318,7 @@ async def authorize(request: Request) -> Response:
             "state": state,
             "scope": scopes.text,
             "code_challenge": q["code_challenge"],
+            "aud": audience,
             "launch": launch,
             "user": None,
             "nonce": None,
@@ -626,6 +608,7 @@ async def consent(request: Request) -> Response:
             "client_id": pending["client_id"],
             "redirect_uri": pending["redirect_uri"],
             "code_challenge": pending["code_challenge"],
+            "aud": pending.get("aud"),
             "scope": pending["scope"],
             "patient": patient,
             "encounter": launch.get("encounter"),
