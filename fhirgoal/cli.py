@@ -272,16 +272,31 @@ def client_register(
     redirect_uri: Annotated[
         list[str] | None, typer.Option("--redirect-uri", help="Allowed redirect URI (repeatable).")
     ] = None,
+    secret: Annotated[
+        bool,
+        typer.Option(
+            "--secret",
+            help="Generate a client secret (client_secret_basic), printed once.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Register a client: confidential (JWKS) for backend services, or public (redirect URIs)."""
+    """Register a client: confidential (JWKS, or a generated secret) or public (redirect URIs)."""
     import json
 
-    from fhirgoal.auth.clients import Client, ClientExists, ClientRegistry
+    from fhirgoal.auth.clients import (
+        Client,
+        ClientExists,
+        ClientRegistry,
+        new_client_secret,
+        secret_digest,
+    )
     from fhirgoal.auth.scopes import ScopeError, parse_scopes
 
     if jwks_file and jwks_url:
         _fail("give --jwks-file or --jwks-url, not both")
+    if secret and (jwks_file or jwks_url):
+        _fail("a client authenticates one way: give --secret or a JWKS, not both")
     if not (jwks_file or jwks_url or redirect_uri):
         _fail("give --jwks-file, --jwks-url or at least one --redirect-uri")
     try:
@@ -294,7 +309,9 @@ def client_register(
             jwks = json.loads(jwks_file.read_text())
         except (OSError, ValueError) as exc:
             _fail(f"cannot read {jwks_file}: {exc}")
-    client = Client(client_id, scopes, jwks, jwks_url, list(redirect_uri or []))
+    generated = new_client_secret() if secret else None
+    client = Client(client_id, scopes, jwks, jwks_url, list(redirect_uri or []),
+                    secret_hash=secret_digest(generated) if generated else None)  # fmt: skip
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> None:
         await ClientRegistry(db).register(client)
@@ -306,6 +323,10 @@ def client_register(
     except ValueError as exc:  # an unusable JWKS
         _fail(f"the JWKS is not usable: {exc}")
     typer.echo(f"registered client {client_id}")
+    if generated:  # shown once: only its hash is stored
+        typer.echo(
+            f"client secret (shown once, give it to the client's administrator): {generated}"
+        )
 
 
 @client_app.command("list")

@@ -220,6 +220,12 @@ class Settings(BaseSettings):
     # The app's OAuth client id; with FHIRGOAL_AUTH=smart it is registered at start-up as a
     # public client (PKCE) of the built-in authorization server (auth/builtin_app.py).
     app_client_id: str = "fhirgoal-app"
+    # The app's own credentials at an authorization server that registered it as a confidential
+    # client (webapp/client_auth.py): a client secret (client_secret_basic), or a private key
+    # file, RSA or EC P-384, as a JWK, JWKS or PEM (private_key_jwt; its public key is published
+    # at /app/jwks). Neither: a public client (PKCE only). Not both.
+    app_client_secret: str | None = Field(default=None, repr=False)
+    app_private_key_file: Path | None = None
     # Where authorization servers send the browser back; default <public origin>/app/callback.
     app_redirect_uri: str | None = None
     # The FHIR server a standalone launch (GET /app/) signs in to; default this server's base.
@@ -272,3 +278,7 @@ class Settings(BaseSettings):
     def app_callback_url(self) -> str:
         """The web app's OAuth redirect URI (FHIRGOAL_APP_REDIRECT_URI, else derived)."""
         return self.app_redirect_uri or f"{self.public_origin()}/app/callback"
+
+    def app_jwks_url(self) -> str:
+        """Where the web app publishes its public keys (private_key_jwt)."""
+        return f"{self.public_origin()}/app/jwks"

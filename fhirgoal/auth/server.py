@@ -28,12 +28,13 @@ Hardening (issue 12):
 
 from __future__ import annotations
 
+import base64
 import hmac
 import math
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 import orjson
 from fastapi import APIRouter, Request, Response
@@ -121,7 +122,7 @@ def smart_configuration(fhir: str) -> dict[str, Any]:
         "token_endpoint": urls["token"],
         "introspection_endpoint": urls["introspect"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "scopes_supported": [
             "openid", "fhirUser", "launch", "launch/patient", "offline_access", "online_access",
@@ -132,6 +133,7 @@ def smart_configuration(fhir: str) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "capabilities": [
             "launch-ehr", "launch-standalone", "client-public", "client-confidential-asymmetric",
+            "client-confidential-symmetric",
             "context-ehr-patient", "context-standalone-patient", "sso-openid-connect",
             "permission-offline", "permission-online", "permission-patient", "permission-user",
             "permission-v1", "permission-v2",
@@ -227,12 +229,14 @@ async def _token_service(request: Request, operation: Literal["token", "introspe
     tokens = _smart(request).tokens
     token_url = endpoints(fhir)["token"]
     form: dict[str, str] = {}
+    basic: tuple[str, str] | None = None
     try:
         form = await _form(request)
+        basic = _basic_credentials(request)
         if operation == "introspect":
             audiences = sorted(request.app.state.settings.token_audience_set())
-            return _json(await tokens.introspect(form, token_url, fhir, audiences))
-        issued = await tokens.token(form, token_url, fhir)
+            return _json(await tokens.introspect(form, token_url, fhir, audiences, basic))
+        issued = await tokens.token(form, token_url, fhir, basic)
     except OAuthError as exc:
         if operation == "token":
             _record(
@@ -240,7 +244,7 @@ async def _token_service(request: Request, operation: Literal["token", "introspe
                 exc.alert or "token-refused",
                 "8" if exc.alert else "4",
                 f"{exc.error}: {exc.description}",
-                client_id=_short(form.get("client_id")),
+                client_id=_short(form.get("client_id") or (basic[0] if basic else None)),
                 grant_type=_short(form.get("grant_type")),
             )
         return _json(exc.body(), exc.status)
@@ -255,6 +259,23 @@ async def _token_service(request: Request, operation: Literal["token", "introspe
         grant_type=form.get("grant_type"),
     )
     return _json(issued.body)
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    """client_secret_basic: the `Authorization: Basic` id and secret, each form-urlencoded
+    (RFC 6749 section 2.3.1); None without such a header."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise OAuthError("invalid_client", "the Basic credentials are malformed", 401) from None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon or not client_id:
+        raise OAuthError("invalid_client", "the Basic credentials are malformed", 401)
+    return unquote_plus(client_id), unquote_plus(secret)
 
 
 def _short(value: str | None, limit: int = 200) -> str | None:

@@ -14,6 +14,7 @@ from fastapi import Request, Response
 
 from fhirgoal.config import Settings
 from fhirgoal.webapp import pages
+from fhirgoal.webapp.client_auth import ClientCredentials
 from fhirgoal.webapp.fhir_api import FhirApi
 from fhirgoal.webapp.sessions import COOKIE, BrowserSession, Launch, SessionStore
 
@@ -24,6 +25,7 @@ MAX_FORM_BYTES = 64 * 1024
 class WebApp:
     settings: Settings
     sessions: SessionStore
+    credentials: ClientCredentials
     http: httpx.AsyncClient | None = None
 
 
@@ -93,9 +95,7 @@ def _screen(request: Request, session: BrowserSession, key: str) -> Screen | Non
     launch = session.launches.get(key)
     if launch is None:
         return None
-    return Screen(
-        webapp, session, launch, FhirApi(http_of(webapp), launch, webapp.settings.app_client_id)
-    )
+    return Screen(webapp, session, launch, FhirApi(http_of(webapp), launch, webapp.credentials))
 
 
 def relaunch(request: Request, launch: Launch | None, why: str) -> Response:

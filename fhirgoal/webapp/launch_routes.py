@@ -143,7 +143,7 @@ async def callback(request: Request) -> Response:
         tokens = await exchange_code(
             http_of(webapp),
             pending.endpoints,
-            client_id=webapp.settings.app_client_id,
+            credentials=webapp.credentials,
             code=q.get("code", ""),
             redirect_uri=pending.redirect_uri,
             verifier=pending.verifier,
@@ -160,7 +160,7 @@ async def callback(request: Request) -> Response:
             "chart, or choose a patient when signing in.",
         )
     launch = Launch(secrets.token_urlsafe(12), pending.endpoints, tokens, pending.kind)
-    api = FhirApi(http_of(webapp), launch, webapp.settings.app_client_id)
+    api = FhirApi(http_of(webapp), launch, webapp.credentials)
     launch.operations = await _operations(api)
     session.add_launch(launch)
     response = Response(status_code=303, headers={"Location": f"/app/c/{launch.key}/"})

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +13,6 @@ from typer.testing import CliRunner
 
 from fhirgoal.cli import app
 from tests.auth import jose
-from tests.auth.conftest import TEST_KEK
-
-
-@pytest.fixture
-def db_env(mongo_uri: str) -> Iterator[dict[str, str]]:
-    name = f"cli_{uuid.uuid4().hex[:10]}"
-    yield {"MONGODB_URI": mongo_uri, "FHIRGOAL_DB": name, "FHIRGOAL_KEY_ENCRYPTION_KEY": TEST_KEK}
-    with MongoClient(mongo_uri) as client:
-        client.drop_database(name)
 
 
 def run(env: dict[str, str], *args: str, input: str | None = None) -> str:
