@@ -367,31 +367,51 @@ def client_revoke(
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Option("--username")],
-    practitioner: Annotated[
-        str, typer.Option("--practitioner", help="The linked FHIR user, e.g. Practitioner/123.")
-    ],
     password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    practitioner: Annotated[
+        str | None,
+        typer.Option("--practitioner", help="A clinician's FHIR user, e.g. Practitioner/123."),
+    ] = None,
+    patient: Annotated[
+        str | None,
+        typer.Option("--patient", help="A client's own record, e.g. Patient/123 (self-report)."),
+    ] = None,
     scopes: Annotated[
         str | None, typer.Option("--scopes", help="Scopes this user may grant to apps.")
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Add a practitioner login (the password is stored as an argon2id hash)."""
-    from fhirgoal.auth.users import DEFAULT_USER_SCOPES, UserDirectory, UserExists
+    """Add a login for a practitioner, or for a client on their own record (the password is
+    stored as an argon2id hash)."""
+    from fhirgoal.auth.users import (
+        DEFAULT_PATIENT_SCOPES,
+        DEFAULT_USER_SCOPES,
+        UserDirectory,
+        UserExists,
+        patient_of,
+    )
 
-    if not practitioner.startswith("Practitioner/") or len(practitioner) <= len("Practitioner/"):
+    if (practitioner is None) == (patient is None):
+        _fail("give --practitioner or --patient")
+    if practitioner is not None and (
+        not practitioner.startswith("Practitioner/") or len(practitioner) <= len("Practitioner/")
+    ):
         _fail("--practitioner must look like Practitioner/<id>")
+    if patient is not None and patient_of(patient) is None:
+        _fail("--patient must look like Patient/<id>")
     if len(password) < 8:
         _fail("the password must have at least 8 characters")
+    fhir_user = str(practitioner or patient)
+    default = DEFAULT_USER_SCOPES if practitioner else DEFAULT_PATIENT_SCOPES
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> None:
-        await UserDirectory(db).add(username, password, practitioner, scopes or DEFAULT_USER_SCOPES)
+        await UserDirectory(db).add(username, password, fhir_user, scopes or default)
 
     try:
         _admin(data_dir, work)
     except UserExists:
         _fail(f"user {username} exists")
-    typer.echo(f"added user {username} ({practitioner})")
+    typer.echo(f"added user {username} ({fhir_user})")
 
 
 @user_app.command("list")

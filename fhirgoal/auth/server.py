@@ -49,7 +49,7 @@ from fhirgoal.auth.keys import KeyRing
 from fhirgoal.auth.scopes import ScopeError, grantable, parse_scopes
 from fhirgoal.auth.state import expired, new_secret, resolve_launch, secret_hash, utcnow
 from fhirgoal.auth.tokens import TokenIssuer
-from fhirgoal.auth.users import UserDirectory
+from fhirgoal.auth.users import UserDirectory, patient_of
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
 
@@ -456,7 +456,11 @@ def _caseload_refused(request: Request, pending: dict[str, Any], what: str) -> N
 
 
 async def _may_launch(server: SmartServer, fhir_user: str | None, patient: str) -> bool:
-    """Is the patient in the practitioner's caseload (always, under FHIRGOAL_USER_ACCESS=all)?"""
+    """Is the patient in the practitioner's caseload (always, under FHIRGOAL_USER_ACCESS=all)?
+    A patient user may launch on their own record only."""
+    own = patient_of(fhir_user)
+    if own is not None or (fhir_user or "").startswith("Patient/"):
+        return own == patient
     if server.caseloads is None:
         return True
     return f"Patient/{patient}" in (await server.caseloads.of(fhir_user)).patients
@@ -529,6 +533,10 @@ async def login(request: Request) -> Response:
     )
     granted = grantable(parse_scopes(pending["scope"]), parse_scopes(user.scopes))
     nonce = new_secret()
+    launch = pending["launch"]
+    if user.patient is not None and not launch.get("patient"):
+        # a patient user's standalone launch is on their own record: no picker
+        launch = {**launch, "patient": user.patient}
     await server.db["auth_requests"].update_one(
         {"_id": pending["_id"]},
         {
@@ -537,10 +545,11 @@ async def login(request: Request) -> Response:
                 "fhir_user": user.fhir_user,
                 "scope": granted.text,
                 "nonce": nonce,
+                "launch": launch,
             }
         },
     )
-    pending["scope"] = granted.text
+    pending["scope"], pending["launch"] = granted.text, launch
     picker = await _patient_choices(server, user.fhir_user) if _needs_picker(pending) else None
     return _html(
         pages.consent_page(

@@ -31,6 +31,7 @@ from fhirgoal.webapp import (
     goal_routes,
     launch_routes,
     overview_routes,
+    patient_routes,
     selfreport_routes,
     session_routes,
 )
@@ -55,6 +56,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         client_auth,
         launch_routes,
         overview_routes,
+        patient_routes,
         goal_routes,
         session_routes,
         selfreport_routes,

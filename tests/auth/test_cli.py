@@ -76,6 +76,23 @@ def test_user_add_hashes_the_password(db_env: dict[str, str]) -> None:
     assert "lee\tPractitioner/doc\trevoked" in run(db_env, "user", "list")
 
 
+def test_user_add_for_a_client_on_their_own_record(db_env: dict[str, str]) -> None:
+    from fhirgoal.auth.users import DEFAULT_PATIENT_SCOPES
+
+    run(db_env, "user", "add", "--username", "alex", "--patient", "Patient/pa", input="a-long-secret\na-long-secret\n")  # fmt: skip
+    assert "alex\tPatient/pa\tactive" in run(db_env, "user", "list")
+    with MongoClient(db_env["MONGODB_URI"]) as client:
+        doc = client[db_env["FHIRGOAL_DB"]]["auth_users"].find_one({"_id": "alex"})
+    assert doc is not None and doc["scopes"] == DEFAULT_PATIENT_SCOPES  # patient/ scopes only
+    for wrong in (["--patient", "Practitioner/x"], ["--patient", "Patient/pa", "--practitioner",
+                  "Practitioner/doc"], []):  # fmt: skip
+        result = CliRunner().invoke(
+            app, ["user", "add", "--username", "x", *wrong], env=db_env,
+            input="a-long-secret\na-long-secret\n",
+        )  # fmt: skip
+        assert result.exit_code != 0, result.output
+
+
 def test_key_rotate_and_launch(db_env: dict[str, str]) -> None:
     first = run(db_env, "key", "rotate").split()[-1]
     second = run(db_env, "key", "rotate").split()[-1]
