@@ -102,9 +102,17 @@ def patient_user(fhir_user: str | None) -> str | None:
     return None
 
 
+# SMART `intent` values this app knows (app-launch.html: the EHR's hint of what the user wants
+# to do, app-specific) -> the screen they open; any other intent opens the overview.
+INTENTS = {"overview": "", "session": "session", "goal-new": "goals/new", "new-goal": "goals/new"}
+
+
 def landing(launch: Launch) -> str:
-    """Where a launch opens: a patient user's own screens, or the clinician's overview."""
-    return f"/app/c/{launch.key}/" + ("me" if launch.kind == "patient" else "")
+    """Where a launch opens: a patient user's own screens, or the clinician's screen its
+    `intent` names (the overview when it names none this app knows)."""
+    if launch.kind == "patient":
+        return f"/app/c/{launch.key}/me"
+    return f"/app/c/{launch.key}/" + INTENTS.get(launch.tokens.intent or "", "")
 
 
 def client_screen_of(request: Request, key: str) -> Screen | None:

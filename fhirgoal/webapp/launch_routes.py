@@ -6,7 +6,9 @@ SMART App Launch 2.2 (https://hl7.org/fhir/smart-app-launch/app-launch.html):
   configured FHIR servers (FHIRGOAL_APP_ISSUERS, and this server): the app fetches discovery
   documents from nowhere else;
 - `GET /app/callback`: `state` checked against the browser session that started the launch,
-  the code exchanged with its PKCE verifier; the launch becomes a patient context `/app/c/{key}/`;
+  the code exchanged with its PKCE verifier; the launch becomes a patient context `/app/c/{key}/`,
+  opened on the screen its `intent` names (context.INTENTS; an unknown intent: the overview) and
+  styled after its `smart_style_url` (styling.py);
 - `GET /app/self-report`: a client's own standalone launch (patient/ scopes); a patient user
   (fhirUser Patient/..) gets the self-report screens on their own record only (patient_routes.py);
 - `GET /app/`: the start page (open patients of this browser, standalone sign-in).
@@ -14,6 +16,7 @@ SMART App Launch 2.2 (https://hl7.org/fhir/smart-app-launch/app-launch.html):
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import replace
 
@@ -41,6 +44,7 @@ from fhirgoal.webapp.smart_client import (
     exchange_code,
     new_pkce,
 )
+from fhirgoal.webapp.styling import fetch_style, stylesheet
 
 router = APIRouter(prefix="/app", include_in_schema=False)
 
@@ -220,7 +224,10 @@ async def callback(request: Request) -> Response:
     kind = "patient" if own_record is not None else pending.kind
     launch = Launch(secrets.token_urlsafe(12), pending.endpoints, tokens, kind)
     api = FhirApi(http_of(webapp), launch, webapp.credentials)
-    launch.operations = await _operations(api)
+    launch.operations, launch.style = await asyncio.gather(
+        _operations(api),
+        fetch_style(http_of(webapp), tokens.smart_style_url) if tokens.smart_style_url else _none(),
+    )
     session.add_launch(launch)
     response = Response(status_code=303, headers={"Location": landing(launch)})
     renewed = webapp.sessions.rotate(request.cookies.get(COOKIE, ""))
@@ -289,6 +296,19 @@ async def hand_back(request: Request) -> Response:
         prompt="login",
     )
     return Response(status_code=302, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+async def _none() -> dict[str, str]:
+    return {}
+
+
+@router.get("/c/{key}/style.css")
+async def launch_style(request: Request, key: str) -> Response:
+    """The launch's EHR styling as CSS custom properties (styling.py); empty without one."""
+    session = session_of(request)
+    launch = session.launches.get(key) if session else None
+    body = stylesheet(launch.style) if launch is not None and launch.style else ""
+    return Response(body, media_type="text/css", headers={"Cache-Control": "no-store"})
 
 
 async def _operations(api: FhirApi) -> frozenset[str]:

@@ -57,6 +57,8 @@ class Launch:
     tokens: TokenSet
     kind: str  # "ehr" | "standalone" | "patient": a patient user's own record (self-report only)
     operations: frozenset[str] = frozenset()  # operation names the CapabilityStatement lists
+    # the EHR's look from smart_style_url, as sanitised CSS custom properties (styling.py)
+    style: dict[str, str] = field(default_factory=dict)
     # instruments the client completed on this device in client mode (key -> when), so that the
     # session screen does not ask for them again
     self_reported: dict[str, str] = field(default_factory=dict)
