@@ -129,7 +129,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     elif settings.auth == "external":
         from fhirgoal.auth import external_discovery
 
-        app.state.external_authorization = external_discovery.ExternalAuthorizationServer(settings)
+        app.state.external_authorization = runtime.external_authorization
         app.include_router(external_discovery.router)  # the EHR's authorization server
     app.include_router(export_router, prefix="/fhir")  # before `/{type}/{id}` takes `_export/..`
     app.include_router(operations_router, prefix="/fhir")

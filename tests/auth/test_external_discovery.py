@@ -23,12 +23,10 @@ OAUTH_URIS = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-u
 async def resource_server(mongo_uri: str, browser: Browser) -> AsyncIterator[SmartServer]:
     """Server B: external mode, trusting the `browser` fixture's server A as its issuer; A
     issues tokens for B (its settings are read per request, so B's address can be added once B
-    listens)."""
+    listens). B is given only A's issuer: the endpoints it publishes and the JWKS its token checks
+    use are both discovered (tests/auth/test_external.py covers a JWKS URL given by settings)."""
     a = browser.smart
-    overrides = {
-        "auth": "external", "external_issuer": a.base,
-        "external_jwks_url": f"{a.origin}/auth/jwks", "app_enabled": False,
-    }  # fmt: skip
+    overrides = {"auth": "external", "external_issuer": a.base, "app_enabled": False}
     async with run_smart(mongo_uri, **overrides) as b:
         doc = [{"reference": "Practitioner/doc"}]
         await b.seed({"resourceType": "Patient", "id": "pa", "generalPractitioner": doc})
