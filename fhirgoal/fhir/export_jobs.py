@@ -129,6 +129,9 @@ class ExportRunner:
             return
         try:
             outcome = await _Export(self, job, access).run()
+            if outcome is None:  # cancelled or taken over: nothing more of ours to write
+                await self.store.discard_run(job_id, job["attempts"])
+                return
         except FhirError as error:
             await self.store.finish(job_id, self.worker, FAILED, {"error": error.diagnostics})
             return
@@ -140,8 +143,6 @@ class ExportRunner:
             log.error("export failed", job=job_id, exc_info=error)
             await self.store.finish(job_id, self.worker, FAILED, {"error": "internal error"})
             return
-        if outcome is None:
-            return  # cancelled or taken over: nothing more of ours to write
         expires = datetime.now(UTC) + self.retention
         if await self.store.finish(
             job_id, self.worker, COMPLETED, {"output": outcome, "expires": expires}
