@@ -38,7 +38,7 @@ from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.exchange.delivery import DeliveryWorker
 from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.dispatch import InteractionRouter
-from fhirgoal.fhir.export import ExportRunner
+from fhirgoal.fhir.export_jobs import ExportRunner
 from fhirgoal.fhir.rest import router as fhir_router
 from fhirgoal.fhir.rest_export import router as export_router
 from fhirgoal.fhir.rest_operations import router as operations_router

@@ -26,7 +26,7 @@ from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError
-from fhirgoal.fhir.export import ExportRunner
+from fhirgoal.fhir.export_jobs import ExportRunner
 from fhirgoal.fhir.service import FhirService
 
 
