@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import Any
 
 from fhirgoal.clinical.session_alerts import cutoffs_from
+from fhirgoal.evidence.charts import chart_svgs
 from fhirgoal.evidence.document import build_document
 from fhirgoal.evidence.figures import compute_figures
 from fhirgoal.evidence.gaps import check_sufficient
@@ -55,7 +56,7 @@ class MedicalNecessity:
             outputs["documentReference"] = document_reference(bundle, ask, document.timestamp)
         if "pdf" in ask.outputs:
             cover = _cover(ask, records, bundle, key.kid or "", jku)
-            pdf = render_pdf(cover, sections, charts={})
+            pdf = render_pdf(cover, sections, charts=chart_svgs(ask, figures))
             outputs["pdf"] = pdf_reference(
                 pdf, bundle, ask, document.timestamp, outputs.get("documentReference")
             )
