@@ -30,6 +30,7 @@ from fhirgoal.webapp import (
     goal_routes,
     launch_routes,
     overview_routes,
+    payer_routes,
     selfreport_routes,
     session_routes,
 )
@@ -53,6 +54,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         session_routes,
         selfreport_routes,
         flag_routes,
+        payer_routes,
     ):
         app.include_router(routes.router)
     app.mount(
