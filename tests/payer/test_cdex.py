@@ -203,9 +203,21 @@ async def test_a_payer_asks_about_its_attributed_members_only_and_sees_its_own_r
         unknown = await client.post("/Task", json=asked)
         assert unknown.status_code == 422 and "11506-3 (Progress note)" in unknown.text
         mine = (await client.post("/Task", json=attachment_request("acme", "DEMO-ALEX"))).json()
+        # its requester may withdraw an open request, and change nothing else of it
+        cancel = {**mine, "status": "cancelled", "statusReason": {"text": "claim withdrawn"}}
+        changed = {**cancel, "authoredOn": "2026-11-30T09:00:00Z"}
+        assert (await client.put(f"/Task/{mine['id']}", json=changed)).status_code == 422
+        cancelled = await client.put(f"/Task/{mine['id']}", json=cancel)
+        assert cancelled.status_code == 200, cancelled.text
+        assert cancelled.json()["extension"] == mine["extension"]  # the member stays resolved
     async with await other.client() as client:
         assert (await client.get(f"/Task/{mine['id']}")).status_code == 404
         assert (await client.get("/Task")).json().get("total", 0) == 0
         # its own Group cannot attribute acme's member to it, nor can it write acme's Group
         acme_group = members_group("acme", by_mrn("DEMO-BLAIR"))
         assert (await client.post("/Group", json=acme_group)).status_code == 403
+    async with await clinician(clinic) as therapist:
+        late = await therapist.post(
+            f"/Task/{mine['id']}/$approve", json={"resourceType": "Parameters"}
+        )
+        assert late.status_code == 409 and "cancelled already" in late.text
