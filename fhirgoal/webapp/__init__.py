@@ -32,6 +32,7 @@ from fhirgoal.webapp import (
     launch_routes,
     overview_routes,
     patient_routes,
+    payer_routes,
     selfreport_routes,
     session_routes,
 )
@@ -61,6 +62,7 @@ def mount(app: FastAPI, settings: Settings) -> None:
         session_routes,
         selfreport_routes,
         flag_routes,
+        payer_routes,
     ):
         app.include_router(routes.router)
     app.mount(
