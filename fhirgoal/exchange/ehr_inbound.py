@@ -59,6 +59,7 @@ from fhirgoal.exchange.ehr_sync import EhrSync, applying
 from fhirgoal.exchange.links import Conflict, Link
 from fhirgoal.exchange.translate import (
     content,
+    for_sending,
     origin_system,
     parse_reference,
     references,
@@ -549,9 +550,9 @@ class Puller:
 
         out = []
         for resource in produced:
-            copy = {k: v for k, v in resource.items() if k != "id"}
-            rewrite_references(copy, connection.base, translate)
-            out.append(copy)
+            local = for_sending(resource)  # a deep copy: references are rewritten in place
+            rewrite_references(local, connection.base, translate)
+            out.append(local)
         return out
 
     async def _conflict(

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import copy
 import re
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -84,9 +85,10 @@ def rewrite_references(
 
 
 def for_sending(resource: dict[str, Any]) -> dict[str, Any]:
-    """The resource without what the receiving server assigns (id, versionId, lastUpdated) or
-    what only concerns this server (meta.source)."""
-    out = {k: v for k, v in resource.items() if k not in ("id", "meta")}
+    """A deep copy of the resource (references are rewritten in place next) without what the
+    receiving server assigns (id, versionId, lastUpdated) or what concerns this server only
+    (meta.source)."""
+    out = {k: copy.deepcopy(v) for k, v in resource.items() if k not in ("id", "meta")}
     meta = {k: v for k, v in (resource.get("meta") or {}).items() if k in _META_KEPT}
     if meta:
         out["meta"] = meta
