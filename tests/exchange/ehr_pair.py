@@ -5,8 +5,8 @@ that can be hostile."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -46,6 +46,7 @@ class Pair:
     ehr_http: httpx.AsyncClient  # a system client of the EHR (its own users' writes)
     fhirgoal: RunningServer
     connection: EhrConnection
+    front: Any = None  # what stands in front of the EHR (a proxy), if anything
 
     @property
     def service(self) -> FhirService:
@@ -107,18 +108,24 @@ async def register_fhirgoal(ehr: SmartServer, jwks: dict[str, Any]) -> None:
 
 @asynccontextmanager
 async def ehr_pair(
-    mongo_uri: str, ehr_base: str | None = None, **fhirgoal_settings: Any
+    mongo_uri: str,
+    front: Callable[[str], AbstractAsyncContextManager[Any]] | None = None,
+    **fhirgoal_settings: Any,
 ) -> AsyncIterator[Pair]:
-    """The EHR and fhirgoal, connected; `ehr_base` puts something (a proxy) in front of the
-    EHR: a callable of the EHR's base giving the URL fhirgoal uses."""
-    async with run_smart(mongo_uri) as ehr:
+    """The EHR and fhirgoal, connected; `front` puts something with a `base` (a proxy) in front
+    of the EHR, made from the EHR's base: fhirgoal then reaches the EHR through it."""
+    async with run_smart(mongo_uri) as ehr, AsyncExitStack() as stack:
+        ehr_base, in_front = ehr.base, None
+        if front is not None:
+            in_front = await stack.enter_async_context(front(ehr.base))
+            ehr_base = in_front.base
         values = {**FAST, **fhirgoal_settings}
         async with running(fresh_settings(mongo_uri, prefix="fg", **values)) as fhirgoal:
             service: FhirService = fhirgoal.app.state.fhir
             key = new_key("ES384")
             connection = EhrConnection(
                 name=CONNECTION,
-                base=ehr_base or ehr.base,
+                base=ehr_base,
                 client_id=CLIENT_ID,
                 scopes=DEFAULT_SCOPES,
                 alg="ES384",
@@ -133,7 +140,7 @@ async def ehr_pair(
             await register_fhirgoal(ehr, stored.public_jwks())
             await sync_of(service).refresh()
             async with await ehr.as_scope("system/*.cruds") as ehr_http:
-                yield Pair(ehr, ehr_http, fhirgoal, stored)
+                yield Pair(ehr, ehr_http, fhirgoal, stored, in_front)
 
 
 def patient(mrn: str, family: str = "Rivera", **extra: Any) -> dict[str, Any]:
