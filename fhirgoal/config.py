@@ -212,6 +212,8 @@ class Settings(BaseSettings):
     sync_pull_overlap_seconds: float = Field(default=5.0, ge=0)
     # Resources per page of a pull's searches (`_count`).
     sync_page_size: int = Field(default=200, ge=1, le=1000)
+    # Patients whose pulled resources are written at once (one patient's stay in order).
+    sync_pull_concurrency: int = Field(default=8, ge=1)
 
     # ---- the clinician web app (/app, fhirgoal/webapp) ----
     # Served under /app by every `fhirgoal serve`; a SMART app that reaches FHIR servers only

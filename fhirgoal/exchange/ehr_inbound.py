@@ -32,6 +32,7 @@ Each write is an AuditEvent (exchange/ehr_audit.py, DICOM 110107 Import).
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -386,21 +387,36 @@ class Puller:
         refs = [f"{rt}/{r['id']}" for r in page if isinstance(r.get("id"), str)]
         links = await self.sync.links.many_by_ehr(name, refs)
         events: list[dict[str, Any]] = []
+
+        async def apply_all(group: list[dict[str, Any]]) -> None:
+            for resource in group:
+                ehr_ref = f"{rt}/{resource.get('id')}"
+                try:
+                    outcome = await self._apply(connection, dialect, resource, links.get(ehr_ref))
+                except _Held as held:
+                    await self.sync.links.hold(name, ehr_ref, held.kind, held.reason)
+                    report.held += 1
+                    continue
+                if outcome == "written":
+                    report.written += 1
+                    events.append(self._event(connection, resource))
+                elif outcome == "conflict":
+                    report.conflicts += 1
+                else:
+                    report.unchanged += 1
+
+        # One patient's resources in the order the EHR gave them, several patients at once: the
+        # writes of concurrent patients share the database's journal syncs (store/batching.py).
+        groups: dict[str, list[dict[str, Any]]] = {}
         for resource in page:
-            ehr_ref = f"{rt}/{resource.get('id')}"
-            try:
-                outcome = await self._apply(connection, dialect, resource, links.get(ehr_ref))
-            except _Held as held:
-                await self.sync.links.hold(name, ehr_ref, held.kind, held.reason)
-                report.held += 1
-                continue
-            if outcome == "written":
-                report.written += 1
-                events.append(self._event(connection, resource))
-            elif outcome == "conflict":
-                report.conflicts += 1
-            else:
-                report.unchanged += 1
+            groups.setdefault(_patient_of(resource), []).append(resource)
+        slots = asyncio.Semaphore(self.sync.settings.sync_pull_concurrency)
+
+        async def in_slot(group: list[dict[str, Any]]) -> None:
+            async with slots:
+                await apply_all(group)
+
+        await asyncio.gather(*(in_slot(group) for group in groups.values()))
         await record(self.service, events)
 
     def _event(self, connection: EhrConnection, resource: dict[str, Any]) -> dict[str, Any]:
@@ -587,6 +603,17 @@ class Puller:
         await self.sync.links.set_conflict(name, local, Conflict(current.version, ehr_vid, fid))
         log.warning("EHR sync conflict", connection=name, goal=local, ehr=ehr_url, flag=fid)
         return "conflict"
+
+
+def _patient_of(resource: dict[str, Any]) -> str:
+    """The patient a pulled resource belongs to (its subject or patient, or itself)."""
+    if resource.get("resourceType") == "Patient":
+        return f"Patient/{resource.get('id')}"
+    for key in ("subject", "patient"):
+        reference = (resource.get(key) or {}).get("reference")
+        if isinstance(reference, str):
+            return reference
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
 
 
 def _all_references(value: Any) -> list[str]:
