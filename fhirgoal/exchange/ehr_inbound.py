@@ -196,6 +196,7 @@ class Puller:
     def __init__(self, sync: EhrSync) -> None:
         self.sync = sync
         self.service: FhirService = sync.service
+        self._waiting: set[str] = set()  # records of the pages being applied that wait for a human
 
     async def pull(
         self, connection: EhrConnection, progress: PullProgress | None = None
@@ -386,6 +387,7 @@ class Puller:
         name = connection.name
         refs = [f"{rt}/{r['id']}" for r in page if isinstance(r.get("id"), str)]
         links = await self.sync.links.many_by_ehr(name, refs)
+        self._waiting |= await self.sync.links.held_among(name, refs)
         events: list[dict[str, Any]] = []
 
         async def apply_all(group: list[dict[str, Any]]) -> None:
@@ -504,9 +506,8 @@ class Puller:
             written = outcome.version
             local = f"{local_rt}/{written.id}"
             await sync.links.save(name, local, ehr_ref, written.version, ehr_vid, ehr_at, "ehr")
-        await sync.links.release(name, ehr_ref, "mapping")
-        await sync.links.release(name, ehr_ref, "invalid")
-        await sync.links.release(name, ehr_ref, "identity")
+        if ehr_ref in self._waiting:  # placed now: no longer waits for a human
+            await sync.links.release_all(name, ehr_ref)
         for extra in copies[1:]:
             identifier = extra["identifier"][-1]
             criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]

@@ -117,6 +117,9 @@ class LinkStore:
         )
         await self.links.create_index([("conn", ASCENDING), ("type", ASCENDING)], name="by_type")
         await self.unmatched.create_index([("conn", ASCENDING), ("at", ASCENDING)], name="by_conn")
+        await self.unmatched.create_index(
+            [("conn", ASCENDING), ("record", ASCENDING)], name="by_record"
+        )
 
     @staticmethod
     def key(conn: str, local: str) -> str:
@@ -231,6 +234,16 @@ class LinkStore:
 
     async def release(self, conn: str, record: str, kind: str) -> None:
         await self.unmatched.delete_one({"_id": f"{conn}|{kind}|{record}"})
+
+    async def release_all(self, conn: str, record: str) -> None:
+        await self.unmatched.delete_many({"conn": conn, "record": record})
+
+    async def held_among(self, conn: str, records: list[str]) -> set[str]:
+        """Which of `records` wait for a human (one query for a page of them)."""
+        if not records:
+            return set()
+        cursor = self.unmatched.find({"conn": conn, "record": {"$in": records}}, {"record": 1})
+        return {doc["record"] async for doc in cursor}
 
     async def held(self, conn: str | None = None) -> list[dict[str, Any]]:
         query = {"conn": conn} if conn else {}
