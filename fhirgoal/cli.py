@@ -1,7 +1,8 @@
 """`fhirgoal` command line: serve the API, load demo data, administer clients, users and keys.
 
 With no MONGODB_URI the commands start the embedded database (SecantusDB) on `--data-dir` and stop
-it when they finish; a database already running on that data dir is found and reused.
+it when they finish; a database already running on that data dir is found and reused
+(cli_support.py). The EHR commands (`ehr`, `sync`) are in cli_ehr.py.
 """
 
 from __future__ import annotations
@@ -9,67 +10,29 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 from pymongo.asynchronous.database import AsyncDatabase
-from rich.console import Console
 
 from fhirgoal.app import create_app
 from fhirgoal.auth.loopback import is_loopback
-from fhirgoal.bootstrap import embedded_database
+from fhirgoal.cli_ehr import register as register_ehr_commands
 from fhirgoal.cli_mapping import mapping_app
+from fhirgoal.cli_support import DataDir, console
+from fhirgoal.cli_support import admin as _admin
+from fhirgoal.cli_support import database as _database
+from fhirgoal.cli_support import fail as _fail
+from fhirgoal.cli_support import settings_from as _settings
 from fhirgoal.config import Settings
-from fhirgoal.logs import configure_logging
 from fhirgoal.serving import Server, server_config
-from fhirgoal.store.embedded import EmbeddedDatabase, EmbeddedUnavailable, redacted
 from fhirgoal.store.outbox import STATES
 
 app = typer.Typer(
     help="fhirgoal: a FHIR R4 server for goals, GAS and session measures.", no_args_is_help=True
 )
-console = Console(stderr=True)
-T = TypeVar("T")
-
-# Options default to None so that an unset option leaves the FHIRGOAL_ environment variable (or
-# the Settings default) in force; `_settings` drops the Nones.
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Where the embedded database keeps its data [FHIRGOAL_DATA_DIR]."
-    ),
-]
-
-
-def _settings(**overrides: object) -> Settings:
-    """Every command's settings: the environment, with the options given; logging configured
-    from them (FHIRGOAL_LOG_LEVEL) before the command logs anything."""
-    values = {k: v for k, v in overrides.items() if v is not None}
-    settings = Settings(**values)  # type: ignore[arg-type]
-    configure_logging(settings.log_level)
-    return settings
-
-
-@contextmanager
-def _database(
-    settings: Settings, *, on_give_up: Callable[[], None] | None = None
-) -> Iterator[tuple[Settings, EmbeddedDatabase | None]]:
-    """`settings` with a database URI for the command (bootstrap.embedded_database: MONGODB_URI, or
-    the embedded database started for it); a database that cannot start is a CLI error."""
-    with ExitStack() as stack:
-        try:
-            opened, embedded = stack.enter_context(
-                embedded_database(settings, supervise=on_give_up is not None, on_give_up=on_give_up)
-            )
-        except EmbeddedUnavailable as exc:
-            _fail(str(exc))
-        if embedded is not None:
-            uri = redacted(opened.mongodb_uri or "")
-            console.print(f"embedded database at {uri} (data in {settings.data_dir})")
-        yield opened, embedded
+register_ehr_commands(app)  # `fhirgoal ehr ...` and `fhirgoal sync ...` (cli_ehr.py)
 
 
 @app.command()
@@ -237,26 +200,6 @@ key_app = typer.Typer(help="The authorization server's signing keys.", no_args_i
 app.add_typer(client_app, name="client")
 app.add_typer(user_app, name="user")
 app.add_typer(key_app, name="key")
-
-
-def _admin(
-    data_dir: Path | None, work: Callable[[AsyncDatabase[dict[str, Any]]], Awaitable[T]]
-) -> T:
-    """Run `work` against the server's database: MONGODB_URI, or the embedded one on `data_dir`
-    (shared when it runs, started for the command and stopped after when it does not)."""
-
-    async def run(settings: Settings) -> T:
-        from fhirgoal.store.mongo import connect
-
-        assert settings.mongodb_uri
-        client = connect(settings.mongodb_uri, timeout=10.0)
-        try:
-            return await work(client.get_database(settings.db))
-        finally:
-            await client.close()
-
-    with _database(_settings(data_dir=data_dir)) as (settings, _):
-        return asyncio.run(run(settings))
 
 
 @client_app.command("register")
@@ -479,11 +422,6 @@ def launch_command(
         return await create_launch(db, patient, encounter)
 
     typer.echo(_admin(data_dir, work))
-
-
-def _fail(message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
 
 
 def _print_demo_access(settings: Settings) -> None:

@@ -216,6 +216,19 @@ class Settings(BaseSettings):
     # How often a replica rereads the Subscriptions (changes made on another replica).
     subscription_refresh_seconds: float = Field(default=5.0, gt=0)
 
+    # ---- EHR sync (issue 15: exchange/ehr_*.py, `fhirgoal ehr|sync`) ----
+    # How often a serving process pulls every EHR connection (exchange/ehr_inbound.py); 0: never
+    # (pulls then run only with `fhirgoal sync run`). Outbound delivery is the outbox worker's.
+    sync_pull_seconds: float = Field(default=300.0, ge=0)
+    # A pull asks for what changed since the latest meta.lastUpdated the previous one saw, minus
+    # this margin: a version stamped before the previous pull but committed after it is not
+    # missed (what is fetched again changes nothing).
+    sync_pull_overlap_seconds: float = Field(default=5.0, ge=0)
+    # Resources per page of a pull's searches (`_count`).
+    sync_page_size: int = Field(default=200, ge=1, le=1000)
+    # Patients whose pulled resources are written at once (one patient's stay in order).
+    sync_pull_concurrency: int = Field(default=8, ge=1)
+
     # ---- the clinician web app (/app, fhirgoal/webapp) ----
     # Served under /app by every `fhirgoal serve`; a SMART app that reaches FHIR servers only
     # over HTTP with the tokens it obtains, this one's included.

@@ -21,7 +21,7 @@ items are part of the unit and commit with it or not at all.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol
 
 from fhirgoal.fhir.instants import now
@@ -68,10 +68,28 @@ class Skip(NamedTuple):
     retry_in: float | None = None
 
 
+class Sent(NamedTuple):
+    """How a delivery that its handler carried out went: delivered (no `error`, no `void`),
+    failed (`error`, and any wait a Retry-After asked for), or found to be void after all
+    (`void`: the reason; nothing is left to deliver)."""
+
+    error: str | None = None
+    retry_after: float | None = None
+    void: str | None = None
+
+
+class SelfDelivery(NamedTuple):
+    """A delivery the handler carries out itself, when one request cannot say it: an EHR sync
+    asks for a token, makes a conditional create or an `If-Match` update and reads after a 412.
+    The worker bounds it by the delivery timeout, as it bounds a single request."""
+
+    run: Callable[[], Awaitable[Sent]]
+
+
 class DeliveryHandler(Protocol):
     """Turns an item of one kind into its request, and hears how delivering it went."""
 
-    async def prepare(self, item: OutboxItem) -> Delivery | Skip: ...
+    async def prepare(self, item: OutboxItem) -> Delivery | SelfDelivery | Skip: ...
 
     async def settled(self, item: OutboxItem, error: str | None, gave_up: bool) -> None:
         """After an attempt: `error` None on success; `gave_up` when the item is dead."""

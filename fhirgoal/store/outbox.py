@@ -121,13 +121,18 @@ class OutboxStore:
                 raise
 
     async def take(
-        self, owner: str, lease_seconds: float, now: datetime, limit: int
+        self, owner: str, lease_seconds: float, now: datetime, limit: int, dest: str | None = None
     ) -> list[OutboxItem]:
-        """Lease up to `limit` due items (pending and due, or delivering with an expired lease):
-        one query for their keys, one conditional update that leases those still due (a
-        concurrent worker's update matches none of the same items: `next` moves past now), one
-        read of what this worker got."""
-        due_filter = {"state": {"$in": [PENDING, DELIVERING]}, "next": {"$lte": now}}
+        """Lease up to `limit` due items (pending and due, or delivering with an expired lease),
+        of destination `dest` only when given: one query for their keys, one conditional update
+        that leases those still due (a concurrent worker's update matches none of the same items:
+        `next` moves past now), one read of what this worker got."""
+        due_filter: dict[str, Any] = {
+            "state": {"$in": [PENDING, DELIVERING]},
+            "next": {"$lte": now},
+        }
+        if dest is not None:
+            due_filter["dest"] = dest
         cursor = self.items.find(due_filter, {"_id": 1}).sort("next", ASCENDING).limit(limit)
         keys = [doc["_id"] async for doc in cursor]
         if not keys:
@@ -213,6 +218,26 @@ class OutboxStore:
             {"state": {"$in": [DELIVERED, VOID]}, "next": {"$lt": before}}
         )
         return result.deleted_count
+
+    async def destination_report(self, dest: str) -> dict[str, Any]:
+        """One destination's items by state, how many pending ones failed at least once
+        (`failing`), and its latest error."""
+        counts = {state: 0 for state in STATES}
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"dest": dest}},
+            {"$group": {"_id": "$state", "n": {"$sum": 1}}},
+        ]
+        async for row in await self.items.aggregate(pipeline):
+            counts[row["_id"]] = row["n"]
+        failing = await self.items.count_documents(
+            {"dest": dest, "state": PENDING, "attempts": {"$gt": 0}}
+        )
+        last = await self.items.find_one(
+            {"dest": dest, "error": {"$exists": True}, "state": {"$in": [PENDING, DEAD]}},
+            {"error": 1, "ref": 1, "vid": 1, "next": 1},
+            sort=[("next", -1)],
+        )
+        return {**counts, "failing": failing, "last_error": last}
 
     async def items_for(self, dest: str) -> list[dict[str, Any]]:
         return [doc async for doc in self.items.find({"dest": dest}).sort("created", ASCENDING)]
