@@ -112,27 +112,36 @@ def _db_value(name: str, value: Any) -> Any:
     )
 
 
-def _after(sort: list[tuple[str, int]], cursor: Cursor, id_op: str = "$gt") -> dict[str, Any]:
-    """Rows strictly after the cursor row in the order `sort`, then the id (`id_op`).
+def _after(sort: list[tuple[str, int]], cursor: Cursor, id_op: str = "$gt") -> list[dict[str, Any]]:
+    """The rows strictly after the cursor row in the order `sort`, then the id (`id_op`), as
+    conditions that each select a run of those rows, in that order: first the rows equal to the
+    cursor row on every key with an id beyond it, then those equal on fewer keys and beyond on
+    the next. Each is a plain conjunction, which a database drives from the search's own index:
+    one `$or` of them made the embedded database scan the collection (measured: 231 ms for the
+    second page of a patient's Observations sorted by date, at 5,000 Observations).
 
     MongoDB sorts a missing value first when ascending and last when descending.
     """
     values = [_db_value(name, v) for (name, _), v in zip(sort, cursor.values, strict=True)]
-    branches = []
-    for k, (name, direction) in enumerate(sort):
+
+    def same(k: int) -> list[dict[str, Any]]:
+        return [{sort[j][0]: values[j]} for j in range(k)]
+
+    runs = [_and(*same(len(sort)), {"_id": {id_op: cursor.id}})]
+    for k in reversed(range(len(sort))):
+        name, direction = sort[k]
         value = values[k]
-        beyond: dict[str, Any]
+        beyond: list[dict[str, Any]]
         if direction == 1:
-            beyond = {name: {"$ne": None}} if value is None else {name: {"$gt": value}}
+            beyond = [{name: {"$ne": None}} if value is None else {name: {"$gt": value}}]
         elif value is None:
             continue  # nothing follows a missing value in descending order
+        elif name == fields.LAST_UPDATED:  # never missing
+            beyond = [{name: {"$lt": value}}]
         else:
-            beyond = {"$or": [{name: {"$lt": value}}, {name: None}]}
-        same = [{sort[j][0]: values[j]} for j in range(k)]
-        branches.append(_and(*same, beyond))
-    same_all = [{name: values[j]} for j, (name, _) in enumerate(sort)]
-    branches.append(_and(*same_all, {"_id": {id_op: cursor.id}}))
-    return branches[0] if len(branches) == 1 else {"$or": branches}
+            beyond = [{name: {"$lt": value}}, {name: None}]
+        runs += [_and(*same(k), condition) for condition in beyond]
+    return runs
 
 
 class SearchEngine:
@@ -332,13 +341,19 @@ class SearchEngine:
         order = [(name, -d if backwards else d) for name, d in sort] + [
             ("_id", -1 if backwards else 1)
         ]
-        query = compiled.filter
+        queries = [compiled.filter]
         if cursor is not None:
             if len(cursor.values) != len(sort):
                 raise FhirError("bad-request", "the _cursor does not belong to this _sort")
             # backwards, `order` is already reversed: the rows before the cursor come after it
-            query = _and(query, _after(order[:-1], cursor, "$lt" if backwards else "$gt"))
-        rows = await self.repo.find_sorted(access, rt, query, order, compiled.count + 1)
+            runs = _after(order[:-1], cursor, "$lt" if backwards else "$gt")
+            queries = [_and(compiled.filter, run) for run in runs]
+        wanted = compiled.count + 1
+        rows: list[tuple[Version, dict[str, Any]]] = []
+        for query in queries:  # the runs in order, until the page (and one more row) is full
+            rows += await self.repo.find_sorted(access, rt, query, order, wanted - len(rows))
+            if len(rows) >= wanted:
+                break
         more = len(rows) > compiled.count
         rows = rows[: compiled.count]
         if backwards:
