@@ -194,7 +194,7 @@ class SearchEngine:
         compiled = self.compiler(rt, limits).compile(params, base_url, lenient)
         for deferred in compiled.deferred:
             if deferred.kind == "chain":
-                clause = await self._chain(access, deferred, base_url, depth)
+                clause = await self._chain(access, rt, deferred, base_url, depth)
                 name = f"{deferred.param}.{deferred.rest}"
             elif deferred.kind == "has":
                 clause = await self._has(access, rt, deferred, base_url, depth)
@@ -226,7 +226,7 @@ class SearchEngine:
         return {fields.TOKEN_EXACT: {"$nin": exact}}
 
     async def _chain(
-        self, access: AccessContext, chain: Deferred, base_url: str, depth: int
+        self, access: AccessContext, rt: str, chain: Deferred, base_url: str, depth: int
     ) -> dict[str, Any]:
         inner_code = chain.rest.split(".")[0].split(":")[0]
         candidates = [
@@ -237,7 +237,8 @@ class SearchEngine:
             raise FhirError(
                 "bad-request", f"no target of '{chain.param}' has a search parameter '{inner_code}'"
             )
-        keys: list[str] = []
+        table = self.registry.for_type(rt)
+        keys: list[str | None] = []
         for target in candidates:
             inner = await self.compile(
                 access, target, [(chain.rest, chain.value)], base_url, depth=depth + 1
@@ -248,8 +249,9 @@ class SearchEngine:
                     "too-large",
                     f"the chain {chain.param}.{chain.rest} matches more than {MAX_CHAIN_MATCHES} {target} resources; narrow it",
                 )
-            keys += [f"{chain.param}={target}/{rid}" for rid in ids]
-        return {fields.REFERENCE: {"$in": keys}} if keys else _NOTHING
+            keys += [table.reference_key(chain.param, f"{target}/{rid}") for rid in ids]
+        found = [key for key in keys if key is not None]
+        return {fields.REFERENCE: {"$in": found}} if found else _NOTHING
 
     async def _has(
         self, access: AccessContext, rt: str, has: Deferred, base_url: str, depth: int
@@ -267,14 +269,20 @@ class SearchEngine:
         inner = await self.compile(
             access, source, [(has.rest, has.value)], base_url, depth=depth + 1
         )
+        # the keys that name `rt` resources, under the parameter that stores them (a narrowing
+        # such as `patient` is stored as `subject`: registry.py)
+        stored = self.registry.for_type(source).reference_key(has.param, f"{rt}/")
+        if stored is None:
+            return _NOTHING
+        stored_param = stored.partition("=")[0]
         refs = await self.repo.references(
-            access, source, inner.filter, has.param, MAX_CHAIN_MATCHES + 1
+            access, source, inner.filter, stored_param, MAX_CHAIN_MATCHES + 1
         )
         if len(refs) > MAX_CHAIN_MATCHES:
             raise FhirError(
                 "too-large", f"_has:{source}:{has.param} matches too many resources; narrow it"
             )
-        prefix = f"{has.param}={rt}/"
+        prefix = stored
         ids = sorted({ref[len(prefix) :] for ref in refs if ref.startswith(prefix)})
         return {"_id": {"$in": ids}}
 
@@ -547,12 +555,14 @@ class SearchEngine:
         self, access: AccessContext, spec: IncludeSpec, targets: list[Version]
     ) -> list[Version]:
         codes = self._include_param(spec)
-        keys = [
-            f"{code}={v.resource_type}/{v.id}"
+        table = self.registry.for_type(spec.source_type)
+        stored = {
+            table.reference_key(code, f"{v.resource_type}/{v.id}")
             for v in targets
             for code in codes
             if spec.target_type in (None, v.resource_type)
-        ]
+        }
+        keys = sorted(key for key in stored if key is not None)
         if not keys:
             return []
         return await self.repo.find_sorted_versions(
