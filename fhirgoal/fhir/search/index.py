@@ -12,7 +12,8 @@ indexed key, and its exact keys (systems, units, case) live in an unindexed copy
 coarse key and checks the exact key on the copy (conditions.py); every exact key implies its
 coarse key, so the results are those of the exact keys alone. keys.py explains the orderings.
 
-Indexed (one MongoDB index each, compound with the id: core/fields.py SEARCH_INDEXES):
+Indexed (one MongoDB index each, `ref` and `comp` compound with the id: core/fields.py
+SEARCH_INDEXES):
   tok   token and uri values "code#1234" (any system); reference identifiers
         "performer:identifier#v"; composite pairs "P|#a$#b" of a composite that cannot drive
         from its first component's own token parameter (registry.py `driver`)
