@@ -50,7 +50,14 @@ from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 from fhirgoal.core import fields
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError, FhirgoalError
-from fhirgoal.core.fields import INDEX_FIELDS, SEARCH_FIELDS
+from fhirgoal.core.fields import (
+    LAST_UPDATED,
+    PENDING,
+    SEARCH_FIELDS,
+    SEARCH_INDEXES,
+    SORT_KEYS,
+    IndexKey,
+)
 from fhirgoal.core.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps
 from fhirgoal.store.claims import ConditionClaims
@@ -212,10 +219,17 @@ class Repository:
         if not task.cancelled() and task.exception() is None:
             self._prepared.add(rt)
 
+    def _wanted_indexes(self, rt: str, pending_types: frozenset[str]) -> dict[str, IndexKey]:
+        """The indexes of a type's current collection, by name (core/fields.py SEARCH_INDEXES)."""
+        wanted: dict[str, IndexKey] = {"lastUpdated": ((LAST_UPDATED, DESCENDING),)}
+        wanted.update(SEARCH_INDEXES)
+        if rt in pending_types:
+            wanted[PENDING] = ((PENDING, ASCENDING),)
+        return wanted
+
     async def _build_indexes(self, rt: str) -> None:
-        wanted = (*INDEX_FIELDS, "pend") if rt in self._pending_types else INDEX_FIELDS
-        current = [IndexModel([("lu", DESCENDING)], name="lastUpdated")]
-        current += [IndexModel([(name, ASCENDING)], name=name) for name in wanted]
+        wanted = self._wanted_indexes(rt, self._pending_types)
+        current = [IndexModel(list(key), name=name) for name, key in wanted.items()]
         history = [
             IndexModel([("id", ASCENDING), ("v", DESCENDING)], name="id_version"),
             IndexModel([("lu", DESCENDING)], name="lastUpdated"),
@@ -227,15 +241,16 @@ class Repository:
     async def drop_unused_indexes(
         self, resource_types: list[str], pending_types: frozenset[str] = frozenset()
     ) -> list[str]:
-        """Drop the indexes of search fields that an earlier index format indexed and this one
-        does not (e.g. `miss`): each would still cost every write its keys."""
+        """Drop the indexes on search fields that an earlier index format built and this one
+        does not (e.g. on `miss`, or the single-field ones the compound SEARCH_INDEXES replace):
+        each would still cost every write its keys."""
         dropped = []
         for rt in await self.present_types(resource_types):
-            wanted = {*INDEX_FIELDS, "pend"} if rt in pending_types else set(INDEX_FIELDS)
+            wanted = self._wanted_indexes(rt, pending_types)
             current = self.collection(rt)
             async for index in await current.list_indexes():
-                name = index["name"]
-                if name in SEARCH_FIELDS and name not in wanted:
+                name, leading = index["name"], next(iter(index["key"]))
+                if leading in SEARCH_FIELDS and name not in wanted:
                     await current.drop_index(name)
                     dropped.append(f"{rt}.{name}")
         return dropped
@@ -377,11 +392,17 @@ class Repository:
         sort: list[tuple[str, int]],
         limit: int,
     ) -> list[tuple[Version, dict[str, Any]]]:
-        """Like `find`, with each row's sort keys (`srt`) for keyset paging."""
+        """Like `find`, with each row's sort keys (`srt`) for keyset paging (none when `sort`
+        names none of them: a smaller projection costs the embedded database less per row)."""
         await self._settle(rt)
         query = _live(access, rt, query)
+        by_sort_keys = any(name.startswith(f"{SORT_KEYS}.") for name, _ in sort)
         cursor = self.collection(rt).find(
-            query, _WITH_SORT_KEYS, sort=sort, limit=limit, session=current_session()
+            query,
+            _WITH_SORT_KEYS if by_sort_keys else _VERSION_ONLY,
+            sort=sort,
+            limit=limit,
+            session=current_session(),
         )
         return [(_version(rt, doc), doc.get("srt") or {}) async for doc in cursor]
 
