@@ -58,6 +58,7 @@ class Delivery(NamedTuple):
     url: str
     headers: dict[str, str]
     body: bytes | None = None
+    timeout: float | None = None  # seconds; None: the server's outbox_timeout_seconds
 
 
 class Skip(NamedTuple):

@@ -123,6 +123,9 @@ class FhirService:
         repository.write_through_log(self.audit_log)
         # outbound work recorded with the writes that cause it (exchange/ adds the sources)
         self.outbox = Outbox(OutboxStore(repository.db, repository.batched))
+        # What installed packages add to a type's CapabilityStatement entry (fhir/capability.py):
+        # lists are appended to, e.g. {"Subscription": {"extension": [...]}}.
+        self.resource_capabilities: dict[str, dict[str, list[Any]]] = {}
 
     # ---- stored data, for the server's own logic (auth/, clinical/) -------------------------
     # The layers above reach stored data through these, never through `repo`: no hooks, no
@@ -359,8 +362,20 @@ class FhirService:
         pending when after-hooks will run outside a unit of work (in one, they commit with the
         write or not at all)."""
         await self.hooks.before(event)
-        event.outbox = await self.outbox.record(version, index)
+        event.outbox = await self.outbox.record(version, self._outbox_index(event, version, index))
         return {**index, fields.PENDING: True} if event.hooks and not in_unit() else index
+
+    def _outbox_index(
+        self, event: WriteEvent, version: Version, index: dict[str, Any]
+    ) -> dict[str, Any]:
+        """The search index the outbox sources match `version` by. A deletion has none of its
+        own: it is matched as the version it deletes (a Subscription is told that a resource it
+        followed is gone), whose index is extracted again here, on deletions only."""
+        previous = event.previous
+        deleted = previous.resource if version.deleted and previous is not None else None
+        if deleted is not None and self.outbox.sources:
+            return self.registry.for_type(version.resource_type).index_fields(deleted)
+        return index
 
     async def _after(self, event: WriteEvent, version: Version) -> None:
         if event.outbox:
