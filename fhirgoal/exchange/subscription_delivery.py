@@ -30,6 +30,7 @@ given up shows as a gap in the event numbers, so the server recovers on its own.
 
 from __future__ import annotations
 
+import asyncio
 from datetime import timedelta
 
 import structlog
@@ -62,6 +63,7 @@ class SubscriptionDelivery:
         self.service = subscriptions.service
         self.counters = counters
         self.settings = settings
+        self._numbering: dict[str, asyncio.Lock] = {}  # by destination
 
     async def refresh(self) -> None:
         await self.subscriptions.refresh()
@@ -99,6 +101,17 @@ class SubscriptionDelivery:
             if sub.status not in ("active", "error") or not sub.heartbeat:
                 return Skip(f"no heartbeat for a Subscription {sub.status}")
             return await self._bundle(sub, headers, HEARTBEAT)
+        if sub.topic is None or item.event is not None:
+            return await self._event(sub, headers, item)
+        # Numbers are given in the order this worker takes the items of a Subscription (the
+        # order they fell due: the writes' order, for first attempts): the lock is taken before
+        # the item's first pause, and asyncio's locks are first come, first served.
+        async with self._numbering.setdefault(item.dest, asyncio.Lock()):
+            return await self._event(sub, headers, item)
+
+    async def _event(
+        self, sub: Subscription, headers: dict[str, str], item: OutboxItem
+    ) -> Delivery | Skip:
         rt, _, rid = item.ref.partition("/")
         version = await self.service.stored_version(UNRESTRICTED, rt, rid, item.vid)
         if version is None or digest(version) != item.digest:
