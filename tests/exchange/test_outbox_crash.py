@@ -14,8 +14,8 @@ from pathlib import Path
 
 import httpx
 
-from fhirgoal.store.embedded import free_port
 from fhirgoal.core.jsonio import loads
+from fhirgoal.store.embedded import free_port
 from tests.exchange.backport import check_notification
 from tests.exchange.receiver import Answer, receiver
 from tests.exchange.test_topic_subscriptions import goal, topic_subscription
