@@ -94,31 +94,35 @@ class Outbox:
     def add_source(self, source: OutboxSource) -> None:
         self.sources.append(source)
 
-    async def record(self, version: Version, index: dict[str, Any]) -> bool:
-        """Record the items `version` causes, before it is stored; whether there were any."""
+    def plan(self, version: Version, index: dict[str, Any]) -> list[OutboxItem]:
+        """The items `version` causes (asking every source, from memory): nothing stored yet."""
         if not self.sources:
-            return False
+            return []
         targets = [t for source in self.sources for t in source.targets(version, index)]
         if not targets:
-            return False
+            return []
         ref = f"{version.resource_type}/{version.id}"
         text_digest = digest(version)
         created = now()
-        await self.store.record(
-            [
-                OutboxItem(
-                    item_key(t.dest, ref, version.version, text_digest),
-                    t.kind,
-                    t.dest,
-                    ref,
-                    version.version,
-                    text_digest,
-                    created,
-                )
-                for t in dict.fromkeys(targets)
-            ]
-        )
-        return True
+        return [
+            OutboxItem(
+                item_key(t.dest, ref, version.version, text_digest),
+                t.kind,
+                t.dest,
+                ref,
+                version.version,
+                text_digest,
+                created,
+            )
+            for t in dict.fromkeys(targets)
+        ]
+
+    async def record(self, version: Version, index: dict[str, Any]) -> bool:
+        """Record the items `version` causes, before it is stored; whether there were any."""
+        items = self.plan(version, index)
+        if items:
+            await self.store.record(items)
+        return bool(items)
 
     def written(self) -> None:
         for listener in self.listeners:

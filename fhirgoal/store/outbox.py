@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -37,7 +38,7 @@ from pymongo import ASCENDING, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from fhirgoal.store.batching import BatchedCollectionOps
+from fhirgoal.store.batching import BatchedCollectionOps, Companion
 from fhirgoal.store.units import current_session
 
 OUTBOX = "fhirgoal_outbox"
@@ -123,6 +124,11 @@ class OutboxStore:
             errors = exc.details.get("writeErrors", [])
             if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
                 raise
+
+    def companions(self, items: Sequence[OutboxItem]) -> list[Companion]:
+        """`items` as documents to insert with the first version that causes them, in the
+        repository's batch (store/batching.py), unjournaled like `record`'s."""
+        return [(self.unjournaled, item.document()) for item in items]
 
     async def take(
         self, owner: str, lease_seconds: float, now: datetime, limit: int

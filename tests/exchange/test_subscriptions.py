@@ -304,13 +304,15 @@ async def test_items_of_writes_that_lost_their_race_are_voided_and_never_sent(
                     )
                 )
             responses = await asyncio.gather(*writes)
-            assert all(r.status_code == 200 for r in responses), [r.text for r in responses]
+            # 409: a write that lost its race more often than the server retries (a loaded
+            # machine); its items are voided as well
+            assert {r.status_code for r in responses} <= {200, 409}, [r.text for r in responses]
 
             async def settled() -> bool:
                 states = await outbox_states(server)
                 return set(states) <= {"delivered", "void"}
 
-            await wait_until(settled, within=20, what="every item delivered or voided")
+            await wait_until(settled, within=40, what="every item delivered or voided")
             voided = (await outbox_states(server)).get("void", 0)
             if voided:
                 break
