@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 
 from fhirgoal.core.jsonio import loads
+from fhirgoal.exchange.topics import TopicError, parse_topic
 from tests.conftest import RunningServer, fresh_settings, running
 from tests.exchange.backport import check_notification, status_of
 from tests.exchange.receiver import Answer, Receiver, receiver
@@ -389,3 +390,41 @@ async def test_receiver_down_for_a_while_then_back_loses_nothing(mongo_uri: str)
             return await stored_status(server, sub["id"]) == "active"
 
         await wait_until(active, what="active again")
+
+
+async def test_every_offered_topic_takes_a_subscription_filtered_by_patient(
+    server: RunningServer,
+) -> None:
+    """Each topic's data (its queryCriteria, its canFilterBy) compiles: a topic that could not
+    run would otherwise be found out only by its first subscriber."""
+    statement = (await server.client.get("/metadata")).json()
+    entry = next(r for r in statement["rest"][0]["resource"] if r["type"] == "Subscription")
+    for extension in entry["extension"]:
+        topic = extension["valueCanonical"].rsplit("/", 1)[1]
+        body = topic_subscription(
+            "http://127.0.0.1:9/hook", topic, filters=("patient=Patient/1",), status="off"
+        )
+        response = await server.client.post(
+            "/Subscription", json=body, headers={"Content-Type": "application/fhir+json"}
+        )
+        assert response.status_code == 201, (topic, response.text)
+
+
+def test_a_topic_asking_what_the_server_does_not_do_refuses_to_load() -> None:
+    base = {
+        "resourceType": "SubscriptionTopic",
+        "url": "https://example.org/topic",
+        "resourceTrigger": [{"resource": "Goal", "supportedInteraction": ["create"]}],
+    }
+    assert parse_topic(base).triggers["Goal"].interactions == {"create"}
+    for change, says in [
+        ({"queryCriteria": {"previous": "Goal?lifecycle-status=active"}}, "previous"),
+        ({"fhirPathCriteria": "%current.status = 'active'"}, "fhirPathCriteria"),
+        ({"queryCriteria": {"current": "Flag?status=active"}}, "must search Goal"),
+        ({"supportedInteraction": ["read"]}, "supportedInteraction"),
+    ]:
+        trigger = {**base["resourceTrigger"][0], **change}  # type: ignore[index]
+        with pytest.raises(TopicError, match=says):
+            parse_topic({**base, "resourceTrigger": [trigger]})
+    with pytest.raises(TopicError, match="no trigger"):
+        parse_topic({**base, "canFilterBy": [{"resource": "Flag", "filterParameter": "patient"}]})
