@@ -151,6 +151,9 @@ class SubscriptionSet:
                 log.info("Subscription off: notifications dropped", id=event.id, count=voided)
 
     # ---- the outbox source (fhir/outbox.py) ---------------------------------------------------------
+    def follows(self, rt: str) -> bool:
+        return rt == "Subscription" or bool(self._by_type.get(rt))
+
     def targets(self, version: Version, index: dict[str, Any]) -> list[Target]:
         rt = version.resource_type
         if rt == "Subscription":

@@ -15,7 +15,13 @@ that costs a second write per write (clearing the mark) and an index on every re
 price of this order is that an item may outlive a write that then failed (a lost race, a
 database error): the item names its version and a digest of its text, and the delivery worker
 voids an item whose version is not the one stored. In a unit of work (a transaction Bundle) the
-items are part of the unit and commit with it or not at all.
+items are part of the unit and commit with it or not at all. The items of a first version stored
+outside a unit ride in the repository's insert batch (store/batching.py companions: written
+first, in one call for the whole batch of concurrent creates), so they cost a batch one driver
+call rather than each write one.
+
+A deletion is matched as the version it deletes (its index extracted again, only when a source
+`follows` the type), so that a Subscription hears that a resource it followed is gone.
 """
 
 from __future__ import annotations
@@ -93,6 +99,16 @@ class Outbox:
 
     def add_source(self, source: OutboxSource) -> None:
         self.sources.append(source)
+
+    def follows(self, rt: str) -> bool:
+        """Whether a source may want the writes of `rt`: a source may say so with a
+        `follows(rt)` method (no method: it wants every type). Lets a deletion skip extracting
+        the deleted version's index when nobody would match it (fhir/service.py)."""
+        for source in self.sources:
+            follows = getattr(source, "follows", None)
+            if follows is None or follows(rt):
+                return True
+        return False
 
     def plan(self, version: Version, index: dict[str, Any]) -> list[OutboxItem]:
         """The items `version` causes (asking every source, from memory): nothing stored yet."""

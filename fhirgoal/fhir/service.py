@@ -382,7 +382,7 @@ class FhirService:
         followed is gone), whose index is extracted again here, on deletions only."""
         previous = event.previous
         deleted = previous.resource if version.deleted and previous is not None else None
-        if deleted is not None and self.outbox.sources:
+        if deleted is not None and self.outbox.follows(version.resource_type):
             return self.registry.for_type(version.resource_type).index_fields(deleted)
         return index
 
