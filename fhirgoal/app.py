@@ -38,7 +38,7 @@ from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.exchange.delivery import DeliveryWorker
 from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.dispatch import InteractionRouter
-from fhirgoal.fhir.export import ExportRunner
+from fhirgoal.fhir.export_jobs import ExportRunner
 from fhirgoal.fhir.rest import router as fhir_router
 from fhirgoal.fhir.rest_export import router as export_router
 from fhirgoal.fhir.rest_operations import router as operations_router
@@ -126,6 +126,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from fhirgoal.auth.server import router as smart_router
 
         app.include_router(smart_router)  # before the FHIR routes: .well-known is not a type
+    elif settings.auth == "external":
+        from fhirgoal.auth import external_discovery
+
+        app.state.external_authorization = runtime.external_authorization
+        app.include_router(external_discovery.router)  # the EHR's authorization server
     app.include_router(export_router, prefix="/fhir")  # before `/{type}/{id}` takes `_export/..`
     app.include_router(operations_router, prefix="/fhir")
     app.include_router(fhir_router, prefix="/fhir")

@@ -33,7 +33,7 @@ from fhirgoal.exchange.subscriptions import install as install_subscriptions
 from fhirgoal.fhir import everything, export, validate_operation
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
-from fhirgoal.fhir.export import ExportRunner
+from fhirgoal.fhir.export_jobs import ExportRunner
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.reindex import upgrade_index
 from fhirgoal.fhir.search.registry import SearchRegistry

@@ -21,6 +21,7 @@ from rich.console import Console
 from fhirgoal.app import create_app
 from fhirgoal.auth.loopback import is_loopback
 from fhirgoal.bootstrap import embedded_database
+from fhirgoal.cli_mapping import mapping_app
 from fhirgoal.config import Settings
 from fhirgoal.logs import configure_logging
 from fhirgoal.serving import Server, server_config
@@ -176,6 +177,7 @@ async def _reindex(settings: Settings, only: list[str]) -> int:
 # ---- the outbox (store/outbox.py, exchange/delivery.py) ----------------------------------------
 outbox_app = typer.Typer(help="The outbox of outbound work (notifications).", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(mapping_app, name="mapping")
 
 
 @outbox_app.command("status")
@@ -272,16 +274,31 @@ def client_register(
     redirect_uri: Annotated[
         list[str] | None, typer.Option("--redirect-uri", help="Allowed redirect URI (repeatable).")
     ] = None,
+    secret: Annotated[
+        bool,
+        typer.Option(
+            "--secret",
+            help="Generate a client secret (client_secret_basic), printed once.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Register a client: confidential (JWKS) for backend services, or public (redirect URIs)."""
+    """Register a client: confidential (JWKS, or a generated secret) or public (redirect URIs)."""
     import json
 
-    from fhirgoal.auth.clients import Client, ClientExists, ClientRegistry
+    from fhirgoal.auth.clients import (
+        Client,
+        ClientExists,
+        ClientRegistry,
+        new_client_secret,
+        secret_digest,
+    )
     from fhirgoal.auth.scopes import ScopeError, parse_scopes
 
     if jwks_file and jwks_url:
         _fail("give --jwks-file or --jwks-url, not both")
+    if secret and (jwks_file or jwks_url):
+        _fail("a client authenticates one way: give --secret or a JWKS, not both")
     if not (jwks_file or jwks_url or redirect_uri):
         _fail("give --jwks-file, --jwks-url or at least one --redirect-uri")
     try:
@@ -294,7 +311,9 @@ def client_register(
             jwks = json.loads(jwks_file.read_text())
         except (OSError, ValueError) as exc:
             _fail(f"cannot read {jwks_file}: {exc}")
-    client = Client(client_id, scopes, jwks, jwks_url, list(redirect_uri or []))
+    generated = new_client_secret() if secret else None
+    client = Client(client_id, scopes, jwks, jwks_url, list(redirect_uri or []),
+                    secret_hash=secret_digest(generated) if generated else None)  # fmt: skip
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> None:
         await ClientRegistry(db).register(client)
@@ -306,6 +325,10 @@ def client_register(
     except ValueError as exc:  # an unusable JWKS
         _fail(f"the JWKS is not usable: {exc}")
     typer.echo(f"registered client {client_id}")
+    if generated:  # shown once: only its hash is stored
+        typer.echo(
+            f"client secret (shown once, give it to the client's administrator): {generated}"
+        )
 
 
 @client_app.command("list")
@@ -346,31 +369,51 @@ def client_revoke(
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Option("--username")],
-    practitioner: Annotated[
-        str, typer.Option("--practitioner", help="The linked FHIR user, e.g. Practitioner/123.")
-    ],
     password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    practitioner: Annotated[
+        str | None,
+        typer.Option("--practitioner", help="A clinician's FHIR user, e.g. Practitioner/123."),
+    ] = None,
+    patient: Annotated[
+        str | None,
+        typer.Option("--patient", help="A client's own record, e.g. Patient/123 (self-report)."),
+    ] = None,
     scopes: Annotated[
         str | None, typer.Option("--scopes", help="Scopes this user may grant to apps.")
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Add a practitioner login (the password is stored as an argon2id hash)."""
-    from fhirgoal.auth.users import DEFAULT_USER_SCOPES, UserDirectory, UserExists
+    """Add a login for a practitioner, or for a client on their own record (the password is
+    stored as an argon2id hash)."""
+    from fhirgoal.auth.users import (
+        DEFAULT_PATIENT_SCOPES,
+        DEFAULT_USER_SCOPES,
+        UserDirectory,
+        UserExists,
+        patient_of,
+    )
 
-    if not practitioner.startswith("Practitioner/") or len(practitioner) <= len("Practitioner/"):
+    if (practitioner is None) == (patient is None):
+        _fail("give --practitioner or --patient")
+    if practitioner is not None and (
+        not practitioner.startswith("Practitioner/") or len(practitioner) <= len("Practitioner/")
+    ):
         _fail("--practitioner must look like Practitioner/<id>")
+    if patient is not None and patient_of(patient) is None:
+        _fail("--patient must look like Patient/<id>")
     if len(password) < 8:
         _fail("the password must have at least 8 characters")
+    fhir_user = str(practitioner or patient)
+    default = DEFAULT_USER_SCOPES if practitioner else DEFAULT_PATIENT_SCOPES
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> None:
-        await UserDirectory(db).add(username, password, practitioner, scopes or DEFAULT_USER_SCOPES)
+        await UserDirectory(db).add(username, password, fhir_user, scopes or default)
 
     try:
         _admin(data_dir, work)
     except UserExists:
         _fail(f"user {username} exists")
-    typer.echo(f"added user {username} ({practitioner})")
+    typer.echo(f"added user {username} ({fhir_user})")
 
 
 @user_app.command("list")

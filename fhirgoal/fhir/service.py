@@ -287,6 +287,7 @@ class FhirService:
     async def _create_new(
         self, access: AccessContext, rt: str, resource: dict[str, Any], rid: str
     ) -> Outcome:
+        resource = await self.hooks.prepare(access, resource, None)
         moment = now()
         stored, index, warnings = self._prepare(resource, rid, 1, moment)
         version = self._version(rt, rid, 1, moment, "POST", stored)
@@ -545,6 +546,7 @@ class FhirService:
                 raise FhirError(
                     "precondition-failed", f"{rt}/{rid} does not exist (If-Match given)"
                 )
+            resource = await self.hooks.prepare(access, resource, None)
             moment = now()
             stored, index, warnings = self._prepare(resource, rid, 1, moment)
             version = self._version(rt, rid, 1, moment, method, stored)
@@ -561,6 +563,7 @@ class FhirService:
                 "precondition-failed",
                 f"version conflict: If-Match is {expected}, the current version is {current.version}",
             )
+        resource = await self.hooks.prepare(access, resource, None if current.deleted else current)
         moment = max(now(), current.last_updated)
         stored, index, warnings = self._prepare(resource, rid, current.version + 1, moment)
         version = self._version(rt, rid, current.version + 1, moment, method, stored)

@@ -47,6 +47,7 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from fhirgoal.core import fields
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError, FhirgoalError
 from fhirgoal.core.fields import INDEX_FIELDS, SEARCH_FIELDS
@@ -462,6 +463,48 @@ class Repository:
                 batch = []
         if batch:
             yield batch
+
+    async def deleted_since(
+        self,
+        access: AccessContext,
+        rt: str,
+        window: dict[str, Any],
+        before: dict[str, Any],
+        batch_size: int = 1000,
+    ) -> AsyncIterator[list[Version]]:
+        """The resources of `rt` whose deletion falls within `window` (a test on the last-updated
+        instant), each as the version the deletion removed (its last live version, from history),
+        in batches (Bulk Data export's `deleted` list).
+
+        A tombstone keeps no search index, so whether a deletion is within the caller's reach,
+        and matches `before` (e.g. a compartment test), is decided by the removed version, which
+        history keeps with its compartment: a patient scope or caseload sees the deletions of
+        what it could see. A condition on any other index field (a granular scope) finds no
+        removed version: those deletions are withheld, never widened."""
+        await self._settle(rt)
+        tombstones = self.collection(rt).find(
+            shape({fields.LAST_UPDATED: window, fields.DELETED: True}),
+            {"_id": 1, fields.VERSION: 1},
+            batch_size=batch_size,
+        )
+        history = self.collection(history_collection(rt))
+        keys: list[str] = []
+
+        async def removed() -> list[Version]:
+            query = access.constrain(rt, "s", {"_id": {"$in": keys}, **before})
+            return [_version(rt, doc) async for doc in history.find(query, _ANY_VERSION)]
+
+        async for tombstone in tombstones:
+            keys.append(f"{tombstone['_id']}/{tombstone[fields.VERSION] - 1}")
+            if len(keys) >= batch_size:
+                found = await removed()
+                keys = []
+                if found:
+                    yield found
+        if keys:
+            found = await removed()
+            if found:
+                yield found
 
     async def pending(
         self, rt: str, older_than: datetime | None = None, limit: int = 10_000
