@@ -30,7 +30,12 @@ async def metadata(request: Request) -> Response:
     service: FhirService = request.app.state.fhir
     settings: Settings = request.app.state.settings
     statement = build_capability(
-        service.conformance, service.registry, base, service.operations, service.validator.profiles
+        service.conformance,
+        service.registry,
+        base,
+        service.operations,
+        service.validator.profiles,
+        service.resource_capabilities,
     )
     if settings.auth == "smart":
         from fhirgoal.auth.server import capability_security

@@ -199,7 +199,11 @@ class DeliveryWorker:
         """(None, None) when the receiver took it; else the error and any Retry-After wait."""
         try:
             response = await self.client.request(
-                delivery.method, delivery.url, headers=delivery.headers, content=delivery.body
+                delivery.method,
+                delivery.url,
+                headers=delivery.headers,
+                content=delivery.body,
+                timeout=delivery.timeout or self.settings.outbox_timeout_seconds,
             )
         except httpx.TimeoutException:
             return f"{delivery.method} {delivery.url}: no answer in time", None

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -59,7 +59,7 @@ from fhirgoal.core.fields import (
     IndexKey,
 )
 from fhirgoal.core.jsonio import loads_stored
-from fhirgoal.store.batching import BatchedCollectionOps
+from fhirgoal.store.batching import BatchedCollectionOps, Companion
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import excludes_tombstones, shape
@@ -301,7 +301,15 @@ class Repository:
         )
         return _version(rt, doc) if doc else None
 
-    async def insert(self, access: AccessContext, version: Version, index: dict[str, Any]) -> None:
+    async def insert(
+        self,
+        access: AccessContext,
+        version: Version,
+        index: dict[str, Any],
+        companions: Sequence[Companion] = (),
+    ) -> None:
+        """Store a first version; `companions`, documents of other collections to be written
+        before it (its outbox items), go in the same batch (store/batching.py)."""
         rt = version.resource_type
         if access.constrain(rt, "c", {}) and not access.permits(
             rt, "c", {"_id": version.id, **index}
@@ -312,8 +320,10 @@ class Repository:
         session = current_session()
         try:
             if session is None:
-                await self.batched.insert(self.collection(version.resource_type), doc)
+                await self.batched.insert(self.collection(version.resource_type), doc, companions)
             else:
+                for collection, companion in companions:
+                    await collection.insert_one(companion, session=session)
                 await self.collection(version.resource_type).insert_one(doc, session=session)
         except DuplicateKeyError:
             raise AlreadyExists(version.id) from None
