@@ -2,6 +2,7 @@
 concurrent writers.
 
     python bench/sync.py [--patients 500] [--per-patient 20] [--writes 800] [--writers 8]
+                         [--mapping example-ehr]
 
 Two `fhirgoal serve` processes on one database process: the EHR (FHIRGOAL_AUTH=smart, fhirgoal
 registered as a Backend Services client with `fhirgoal client register`) and fhirgoal
@@ -15,6 +16,10 @@ registered as a Backend Services client with `fhirgoal client register`) and fhi
                fhirgoal; its delivery worker sends each to the EHR (conditional create): items/s
                and the time from the write (fhirgoal's meta.lastUpdated) to the EHR's copy (its
                meta.lastUpdated). Target: p99 under 2 s at a healthy receiver.
+
+With `--mapping` (a mapping folder, or the name of a built-in one) the connection speaks that
+dialect: every resource goes through the mapping engine both ways (exchange/mapping.py), and the
+delivered totals are looked for in the EHR under the code the mapping gives them.
 
 Everything runs on the same machine: figures are for comparison, not capacity.
 """
@@ -42,6 +47,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from fhirgoal.config import Settings
 from fhirgoal.exchange.backend_auth import BackendServicesClient
 from fhirgoal.exchange.connections import new_key
+from fhirgoal.exchange.mapping import Mapping, resolve_directory
 from fhirgoal.fhir.search.dates import parse_range
 
 KEK = "YmVuY2gta2V5LWVuY3J5cHRpb24ta2V5LTMyLWJ5dGU="
@@ -87,7 +93,7 @@ def patient_bundle(n: int, per_patient: int) -> dict[str, Any]:
         if rt == "Encounter":
             resource |= {"status": "finished", "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"}}  # fmt: skip
         elif rt == "Condition":
-            resource |= {"code": {"text": f"condition {k}"}}
+            resource |= {"code": {"coding": [{"system": "http://hl7.org/fhir/sid/icd-10-cm", "code": "F41.1"}], "text": f"condition {k}"}}  # fmt: skip
         elif rt == "Goal":
             resource |= {"lifecycleStatus": "active", "description": {"text": f"goal {k}"}}
         else:
@@ -132,8 +138,12 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
             cli(db.uri, ehr_db, "client", "register", "--client-id", "loader",
                 "--scopes", SCOPES, "--jwks-file", str(jwks))  # fmt: skip
             fg_jwks = Path(tmp) / "fhirgoal.json"
+            dialect = []
+            if args.mapping:
+                dialect = ["--mapping", str(resolve_directory(args.mapping).resolve())]
             cli(db.uri, fg_db, "ehr", "add", "--name", "ehr", "--base", ehr_base,
-                "--client-id", "fhirgoal", "--jwks-out", str(fg_jwks), "--patient-system", MRN)  # fmt: skip
+                "--client-id", "fhirgoal", "--jwks-out", str(fg_jwks), "--patient-system", MRN,
+                *dialect)  # fmt: skip
             cli(db.uri, ehr_db, "client", "register", "--client-id", "fhirgoal",
                 "--scopes", SCOPES, "--jwks-file", str(fg_jwks))  # fmt: skip
             async with httpx.AsyncClient(timeout=120) as http:
@@ -245,13 +255,22 @@ async def deliver(
                 "resourceType": "Observation", "status": "final",
                 "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
                 "subject": {"reference": f"Patient/{patients[n % len(patients)]}"},
-                "effectiveDateTime": "2026-09-01T10:00:00Z", "valueInteger": n % 28,
+                "effectiveDateTime": "2026-09-01T10:00:00Z",
+                "valueQuantity": {"value": n % 28, "unit": "{score}", "system": "http://unitsofmeasure.org", "code": "{score}"},
             }  # fmt: skip
             response = await http.post(f"{fg_base}/Observation", json=body)
             assert response.status_code == 201, response.text[:300]
             created = response.json()
             written[created["id"]] = parse_range(created["meta"]["lastUpdated"])[0].timestamp()
 
+    # the code the EHR files a PHQ-9 total under: LOINC, or what the mapping makes of it
+    sent_code = "http://loinc.org|44261-6"
+    if args.mapping:
+        sample = {"resourceType": "Observation", "status": "final", "code": {"coding": [{"system": "http://loinc.org", "code": "44261-6"}]},
+                  "subject": {"reference": "Patient/x"}, "valueQuantity": {"value": 1}}  # fmt: skip
+        [mapped] = Mapping.load(resolve_directory(args.mapping)).outbound(sample)
+        coding = mapped["code"]["coding"][0]
+        sent_code = f"{coding['system']}|{coding['code']}"
     started = time.time()
     await asyncio.gather(*(writer() for _ in range(args.writers)))
     delays: list[float] = []
@@ -262,7 +281,7 @@ async def deliver(
         await asyncio.sleep(1)
         url: str | None = f"{ehr_base}/Observation"
         params: list[tuple[str, str]] | None = [
-            ("code", "http://loinc.org|44261-6"),
+            ("code", sent_code),
             ("_count", "500"),
         ]
         found = 0
@@ -305,5 +324,6 @@ if __name__ == "__main__":
     parser.add_argument("--per-patient", type=int, default=20)
     parser.add_argument("--writes", type=int, default=800)
     parser.add_argument("--writers", type=int, default=8)
+    parser.add_argument("--mapping", help="the connection's mapping (folder or built-in name)")
     result = asyncio.run(main(parser.parse_args()))
     print(save_results("sync", result))

@@ -200,6 +200,9 @@ def ehr_remove(
     typer.echo(f"removed EHR connection {name} ({dropped} undelivered item(s) dropped)")
 
 
+STATUS_UNMATCHED_SHOWN = 5  # records waiting for a human listed by `sync status`
+
+
 # ---- sync --------------------------------------------------------------------------------------
 async def _with_sync(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
     """`work(sync)` with the service built as a server builds it (EHR sync installed)."""
@@ -223,7 +226,8 @@ async def _with_sync(settings: Settings, work: Callable[[Any], Awaitable[T]]) ->
 @sync_app.command("status")
 def sync_status(data_dir: DataDir = None) -> None:
     """Per connection: items pending, delivered, failing and dead, the last error, links,
-    conflicts, records waiting for a human, and the last pull."""
+    conflicts, records waiting for a human (the first few with their reasons), and the last
+    pull."""
     from rich.table import Table
 
     async def work(sync: Any) -> list[dict[str, Any]]:
@@ -237,7 +241,7 @@ def sync_status(data_dir: DataDir = None) -> None:
                     **report,
                     "links": await sync.links.counts(connection.name),
                     "conflicts": await sync.links.conflicts(connection.name),
-                    "unmatched": len(await sync.links.held(connection.name)),
+                    "unmatched": await sync.links.held(connection.name),
                     "pull": pull,
                 }
             )
@@ -258,7 +262,7 @@ def sync_status(data_dir: DataDir = None) -> None:
             str(row["dead"]),
             linked,
             str(row["conflicts"]),
-            str(row["unmatched"]),
+            str(len(row["unmatched"])),
         )
     console.print(table)
     for row in rows:
@@ -267,6 +271,16 @@ def sync_status(data_dir: DataDir = None) -> None:
             console.print(
                 f"{row['name']}: last error ({last['ref']}/_history/{last['vid']}): {last['error']}",
                 soft_wrap=True,
+            )
+        for held in row["unmatched"][:STATUS_UNMATCHED_SHOWN]:
+            console.print(
+                f"{row['name']}: waits for a human: {held['record']} ({held['kind']}): "
+                f"{held['reason']}",
+                soft_wrap=True,
+            )
+        if len(row["unmatched"]) > STATUS_UNMATCHED_SHOWN:
+            console.print(
+                f"{row['name']}: ... all of them: fhirgoal sync unmatched --ehr {row['name']}"
             )
         pull = row["pull"]
         if pull.get("last_pull"):

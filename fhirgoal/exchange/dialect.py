@@ -4,8 +4,10 @@ Issue 15: each EHR speaks its own dialect of FHIR (US Core, vendor extensions, g
 text, local codes), and the translations are data, in `mappings/` (one folder per dialect, run
 by fhirgoal/exchange/mapping.py). The sync code (exchange/ehr_inbound.py, ehr_outbound.py) sees
 only this protocol: `inbound` (EHR -> fhirgoal) and `outbound` (fhirgoal -> EHR), each giving
-the resources one resource becomes (usually one). A connection without a mapping uses `IDENTITY`:
-an EHR that speaks fhirgoal's FHIR.
+the resources one resource becomes (usually one), and `restore` (what the dialect cannot carry,
+put back into an inbound resource from fhirgoal's current copy, so that a round trip through the
+EHR neither erases nor churns it). A connection without a mapping uses `IDENTITY`: an EHR that
+speaks fhirgoal's FHIR.
 
 `load_dialect` is the single place where a connection's mapping directory becomes a dialect.
 """
@@ -29,6 +31,11 @@ class Dialect(Protocol):
 
     def outbound(self, resource: dict[str, Any]) -> list[dict[str, Any]]: ...
 
+    def restore(self, incoming: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+        """`incoming` (mapped, references made fhirgoal's) with the elements the dialect cannot
+        carry taken from fhirgoal's `current` version (None: fhirgoal holds none)."""
+        ...
+
 
 class IdentityDialect:
     """fhirgoal's own FHIR on both sides: each resource as it is."""
@@ -38,6 +45,9 @@ class IdentityDialect:
 
     def outbound(self, resource: dict[str, Any]) -> list[dict[str, Any]]:
         return [copy.deepcopy(resource)]
+
+    def restore(self, incoming: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+        return incoming  # nothing is lost on the way
 
 
 IDENTITY = IdentityDialect()
@@ -62,6 +72,10 @@ class MappedDialect:
 
     def outbound(self, resource: dict[str, Any]) -> list[dict[str, Any]]:
         return self._run("outbound", resource)
+
+    def restore(self, incoming: dict[str, Any], current: dict[str, Any] | None) -> dict[str, Any]:
+        restored: dict[str, Any] = self.mapping.restore(incoming, current)
+        return restored
 
 
 def load_dialect(mapping_dir: str | None) -> Dialect:

@@ -2,18 +2,16 @@
 
 Issue 15. A pull of one connection:
 
-1. **Identity** (exchange/links.py): fhirgoal's Patients not yet linked are looked up in the EHR
-   by their identifiers (those of the connection's `patient_system` when set), in batches
-   (`Patient?identifier=s|v,s|v,...`). Exactly one EHR Patient, matching no other fhirgoal
-   Patient: linked, and from then on followed. None, or more than one: queued for a human with the
-   reason (`fhirgoal sync unmatched`). Never by demographics.
+1. **Identity** (exchange/ehr_identity.py): fhirgoal's Patients not yet linked are matched to
+   the EHR's by identifiers only; the linked ones are followed, the others wait for a human
+   with the reason (`fhirgoal sync unmatched`).
 2. **Changes**, type by type in the order Patient, Encounter, Condition, Goal, CarePlan (what a
    resource references is then usually linked already): for the followed patients,
    `<type>?patient=...&_lastUpdated=gt<last>` (https://hl7.org/fhir/R4/search.html#lastUpdated),
    `<last>` the latest `meta.lastUpdated` the previous pull saw minus `sync_pull_overlap_seconds`
    (a version stamped just before the previous pull and committed just after it is not missed;
    what the overlap fetches again changes nothing); a patient followed since the last pull is
-   fetched whole. Pages are followed by their `next` links (on the EHR's base only).
+   fetched whole (exchange/ehr_search.py follows the pages).
 3. **Each resource**: unchanged since the link's EHR version, nothing. Else through the dialect
    (exchange/dialect.py), references translated (exchange/translate.py), written through the
    FhirService as the copy of the EHR's resource (its identifier: system = the EHR's base + "/" +
@@ -22,7 +20,9 @@ Issue 15. A pull of one connection:
    pull repeated changes nothing. Content equal to what fhirgoal holds writes nothing.
    Ownership (issue 15 defaults): the EHR's version of what it owns replaces fhirgoal's, except
    the elements fhirgoal owns (a Goal's GAS scale and weights, a Patient's other identifiers and
-   care team). A Goal edited in fhirgoal since the versions were last in step, and in the EHR
+   care team), and what the dialect cannot carry, which the dialect restores from fhirgoal's copy
+   (`Dialect.restore`, the mapping's `restoreOnInbound`): a round trip of fhirgoal's own goal
+   through an EHR that keeps goals as free text neither erases its GAS scale nor rewrites it. A Goal edited in fhirgoal since the versions were last in step, and in the EHR
    too, is a conflict (exchange/conflicts.py): nothing is overwritten.
 4. A resource the dialect cannot map, that refers to a patient fhirgoal does not follow, or that
    fhirgoal refuses (validation) is queued for a human with the reason; the pull goes on.
@@ -33,7 +33,6 @@ Each write is an AuditEvent (exchange/ehr_audit.py, DICOM 110107 Import).
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -49,13 +48,14 @@ from fhirgoal.clinical.codes import (
     GAS_WEIGHT_EXTENSION,
 )
 from fhirgoal.core.access import UNRESTRICTED
-from fhirgoal.core.errors import FhirError, FhirgoalError
-from fhirgoal.core.jsonio import loads
+from fhirgoal.core.errors import FhirError
 from fhirgoal.exchange.backend_auth import BackendServicesClient
 from fhirgoal.exchange.conflicts import raise_conflict
 from fhirgoal.exchange.connections import PULL_TYPES, EhrConnection
 from fhirgoal.exchange.dialect import Dialect, DialectError
 from fhirgoal.exchange.ehr_audit import IMPORT, record, sync_event
+from fhirgoal.exchange.ehr_identity import PatientMatcher
+from fhirgoal.exchange.ehr_search import PullError, chunks, search_pages
 from fhirgoal.exchange.ehr_sync import EhrSync, applying
 from fhirgoal.exchange.links import Conflict, Link
 from fhirgoal.exchange.translate import (
@@ -75,7 +75,6 @@ from fhirgoal.store.repository import Version
 
 log = structlog.get_logger(__name__)
 
-FHIR_JSON = "application/fhir+json"
 SHARED_TYPES = frozenset({"Goal"})  # edited on both sides: conflicts are possible
 # fhirgoal's elements of a Goal (issue 15: GAS scales are fhirgoal's)
 OWNED_GOAL_EXTENSIONS = frozenset(
@@ -87,7 +86,6 @@ OWNED_GOAL_EXTENSIONS = frozenset(
         DERIVED_STATUS_EXTENSION,
     }
 )
-IDENTIFIERS_PER_SEARCH = 50  # identifiers (or ids) in one search's OR list
 
 
 class PullProgress(Protocol):
@@ -118,10 +116,6 @@ class PullReport:
     errors: list[str] = field(default_factory=list)
 
 
-class PullError(FhirgoalError, RuntimeError):
-    """A search of a pull failed (the EHR refused it or answered what is not a Bundle)."""
-
-
 class _Held(Exception):
     def __init__(self, kind: str, reason: str) -> None:
         super().__init__(reason)
@@ -136,23 +130,6 @@ def _instant(text: Any) -> datetime | None:
         return parse_range(text)[0]
     except FhirError:
         return None
-
-
-def _chunks(items: list[str], size: int) -> list[list[str]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
-
-
-def _tokens(resource: dict[str, Any], system: str | None, skip_prefix: str) -> set[str]:
-    found = set()
-    for identifier in resource.get("identifier") or []:
-        if not isinstance(identifier, dict):
-            continue
-        sys, value = identifier.get("system"), identifier.get("value")
-        if not isinstance(sys, str) or not isinstance(value, str) or sys.startswith(skip_prefix):
-            continue
-        if system is None or sys == system:
-            found.add(f"{sys}|{value}")
-    return found
 
 
 def keep_owned(rt: str, current: dict[str, Any] | None, incoming: dict[str, Any]) -> dict[str, Any]:
@@ -210,89 +187,13 @@ class Puller:
         try:
             dialect = self.sync.dialect(connection)
             progress.stage(f"{connection.name}: matching patients", None)
-            report.linked = await self._match_patients(connection, client)
+            report.linked = await PatientMatcher(self.sync).match(connection, client)
             cursors = await self._pull_changes(connection, client, dialect, report, progress)
         except Exception as error:
             await self.sync.store.pulled(connection.name, {}, repr(error)[:500], started)
             raise
         await self.sync.store.pulled(connection.name, cursors, None, started)
         return report
-
-    # ---- identity ----------------------------------------------------------------------------
-    async def _local_patients(self) -> AsyncIterator[Version]:
-        after: str | None = None
-        while True:
-            query = {"_id": {"$gt": after}} if after else {}
-            page = await self.service.find_where(UNRESTRICTED, "Patient", query, [("_id", 1)], 500)
-            for version in page:
-                yield version
-            if len(page) < 500:
-                return
-            after = page[-1].id
-
-    async def _match_patients(
-        self, connection: EhrConnection, client: BackendServicesClient
-    ) -> int:
-        name, links = connection.name, self.sync.links
-        followed = {link.local for link in await links.patients(name)}
-        own = f"{self.sync.base}/"
-        wanted: dict[str, set[str]] = {}  # token -> local ids
-        tokens_of: dict[str, set[str]] = {}
-        async for version in self._local_patients():
-            if f"Patient/{version.id}" in followed or version.resource is None:
-                continue
-            tokens = _tokens(version.resource, connection.patient_system, own)
-            if tokens:
-                tokens_of[version.id] = tokens
-                for token in tokens:
-                    wanted.setdefault(token, set()).add(version.id)
-        if not wanted:
-            return 0
-        ehr_of: dict[str, set[str]] = {}  # local id -> EHR ids
-        locals_of: dict[str, set[str]] = {}  # EHR id -> local ids
-        found: dict[str, dict[str, Any]] = {}
-        for chunk in _chunks(sorted(wanted), IDENTIFIERS_PER_SEARCH):
-            params = [("identifier", ",".join(chunk)), ("_count", str(len(chunk) * 2))]
-            async for page in self._search(client, connection, "Patient", params):
-                for patient in page:
-                    found[patient["id"]] = patient
-                    for token in _tokens(patient, None, "\0") & set(chunk):
-                        for local in wanted[token]:
-                            ehr_of.setdefault(local, set()).add(patient["id"])
-                            locals_of.setdefault(patient["id"], set()).add(local)
-        linked = 0
-        for local, tokens in tokens_of.items():
-            record = f"Patient/{local}"
-            matches = ehr_of.get(local, set())
-            if not matches:
-                await links.hold(
-                    name, record, "identity",
-                    f"no Patient in EHR {name} has identifier {', '.join(sorted(tokens))}",
-                )  # fmt: skip
-                continue
-            if len(matches) > 1:
-                await links.hold(
-                    name, record, "identity",
-                    f"{len(matches)} Patients in EHR {name} share its identifiers: "
-                    + ", ".join(f"Patient/{e}" for e in sorted(matches)),
-                )  # fmt: skip
-                continue
-            ehr_id = next(iter(matches))
-            others = locals_of[ehr_id] - {local}
-            taken = await links.by_ehr(name, f"Patient/{ehr_id}")
-            if others or (taken is not None and taken.local != record):
-                clash = sorted(
-                    {*(f"Patient/{o}" for o in others), *([taken.local] if taken else [])}
-                )
-                await links.hold(
-                    name, record, "identity",
-                    f"EHR Patient/{ehr_id} matches other fhirgoal patients too: {', '.join(clash)}",
-                )  # fmt: skip
-                continue
-            await links.save(name, record, f"Patient/{ehr_id}", 0, "", None, "match")
-            await links.release(name, record, "identity")
-            linked += 1
-        return linked
 
     # ---- changes -----------------------------------------------------------------------------
     async def _pull_changes(
@@ -317,14 +218,14 @@ class Puller:
             progress.stage(f"{name}: {rt}", None)
             groups = [(known, last), (fresh, None)]
             for ids, since in groups:
-                for chunk in _chunks(ids, IDENTIFIERS_PER_SEARCH):
+                for chunk in chunks(ids):
                     key = "_id" if rt == "Patient" else "patient"
                     values = chunk if rt == "Patient" else [f"Patient/{i}" for i in chunk]
                     params = [(key, ",".join(values)), ("_count", page_size)]
                     params.append(("_sort", "_lastUpdated"))
                     if since is not None:
                         params.append(("_lastUpdated", f"gt{instant_text(since - overlap)}"))
-                    async for page in self._search(client, connection, rt, params):
+                    async for page in search_pages(client, connection, rt, params):
                         report.fetched += len(page)
                         await self._apply_page(connection, dialect, rt, page, report)
                         progress.advance(len(page))
@@ -338,43 +239,6 @@ class Puller:
             link = next(p for p in patients if p.ehr_id == ehr_id)
             await links.mark_pulled(name, link.local)
         return moved
-
-    async def _search(
-        self,
-        client: BackendServicesClient,
-        connection: EhrConnection,
-        rt: str,
-        params: list[tuple[str, str]],
-    ) -> AsyncIterator[list[dict[str, Any]]]:
-        """The pages of a search: the resources of type `rt` in each (outcome entries left out);
-        `next` links are followed only on the EHR's base."""
-        url: str | None = f"{connection.base}/{rt}"
-        query: list[tuple[str, str]] | None = params
-        while url is not None:
-            response = await client.request("GET", url, headers={"Accept": FHIR_JSON}, params=query)
-            if response.status_code != 200:
-                raise PullError(f"EHR {connection.name}: GET {url}: HTTP {response.status_code}")
-            try:
-                bundle = loads(response.content)
-            except FhirError:
-                raise PullError(f"EHR {connection.name}: GET {url}: not JSON") from None
-            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
-                raise PullError(f"EHR {connection.name}: GET {url}: not a Bundle")
-            yield [
-                dict(entry["resource"])
-                for entry in bundle.get("entry") or []
-                if isinstance(entry.get("resource"), dict)
-                and entry["resource"].get("resourceType") == rt
-                and (entry.get("search") or {}).get("mode", "match") != "outcome"
-            ]
-            url, query = None, None
-            for link in bundle.get("link") or []:
-                target = link.get("url")
-                on_base = isinstance(target, str) and target.startswith(
-                    (f"{connection.base}/", f"{connection.base}?")
-                )
-                if link.get("relation") == "next" and on_base:
-                    url = target
 
     async def _apply_page(
         self,
@@ -471,7 +335,7 @@ class Puller:
             if target is not None:
                 current = await self.service.current(UNRESTRICTED, local_rt, target.split("/")[1])
             held = current.resource if current is not None and not current.deleted else None
-            merged = keep_owned(local_rt, held, primary)
+            merged = dialect.restore(keep_owned(local_rt, held, primary), held)
             if current is not None and held is not None and content(held) == content(merged):
                 await sync.links.save(
                     name, target or "", ehr_ref, current.version, ehr_vid, ehr_at, "ehr"

@@ -110,10 +110,13 @@ async def register_fhirgoal(ehr: SmartServer, jwks: dict[str, Any]) -> None:
 async def ehr_pair(
     mongo_uri: str,
     front: Callable[[str], AbstractAsyncContextManager[Any]] | None = None,
+    mapping: str | None = None,
     **fhirgoal_settings: Any,
 ) -> AsyncIterator[Pair]:
     """The EHR and fhirgoal, connected; `front` puts something with a `base` (a proxy) in front
-    of the EHR, made from the EHR's base: fhirgoal then reaches the EHR through it."""
+    of the EHR, made from the EHR's base: fhirgoal then reaches the EHR through it. `mapping` is
+    the connection's mapping folder (exchange/dialect.py; e.g. the built-in example-ehr): the EHR
+    then speaks that dialect. None: the identity dialect."""
     async with run_smart(mongo_uri) as ehr, AsyncExitStack() as stack:
         ehr_base, in_front = ehr.base, None
         if front is not None:
@@ -130,6 +133,7 @@ async def ehr_pair(
                 scopes=DEFAULT_SCOPES,
                 alg="ES384",
                 public_jwk={},
+                mapping=mapping,
                 patient_system=MRN,
             )
             store = ConnectionStore(service.database)
