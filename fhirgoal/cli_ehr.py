@@ -20,7 +20,7 @@ import typer
 from pymongo.asynchronous.database import AsyncDatabase
 
 from fhirgoal.cli_support import DataDir, admin, console, database, fail, settings_from
-from fhirgoal.config import Settings
+from fhirgoal.config import BUILTIN_MAPPINGS_DIR, Settings
 from fhirgoal.exchange.connections import (
     ALGORITHMS,
     DEFAULT_SCOPES,
@@ -34,6 +34,7 @@ from fhirgoal.exchange.connections import (
     new_key,
 )
 from fhirgoal.exchange.dialect import DialectError, load_dialect
+from fhirgoal.exchange.mapping import resolve_directory
 
 T = TypeVar("T")
 ehr_app = typer.Typer(help="EHR connections (SMART Backend Services).", no_args_is_help=True)
@@ -74,8 +75,12 @@ def ehr_add(
         str, typer.Option("--scopes", help="The system/ scopes to ask for, space-separated.")
     ] = DEFAULT_SCOPES,
     mapping: Annotated[
-        Path | None,
-        typer.Option("--mapping", help="The EHR's dialect: a mapping folder (mappings/...)."),
+        str | None,
+        typer.Option(
+            "--mapping",
+            help="The EHR's dialect: a mapping folder, or a built-in mapping's name "
+            "(`fhirgoal mapping list`).",
+        ),
     ] = None,
     send: Annotated[
         str | None,
@@ -112,13 +117,15 @@ def ehr_add(
         fail(str(error))
     mapping_dir = None
     if mapping is not None:
-        if not mapping.is_dir():
-            fail(f"--mapping {mapping} is not a folder")
-        mapping_dir = str(mapping.resolve())
+        folder = resolve_directory(mapping)
+        if not folder.is_dir():
+            fail(f"--mapping {mapping} is neither a folder nor a built-in mapping")
+        # A built-in mapping is kept by name, so that an upgraded fhirgoal uses its own copy.
+        mapping_dir = mapping if folder.parent == BUILTIN_MAPPINGS_DIR else str(folder.resolve())
         try:
             load_dialect(mapping_dir)
-        except DialectError as error:  # stored all the same: the engine may come later
-            console.print(f"[yellow]warning:[/yellow] {error}")
+        except DialectError as error:
+            fail(str(error))
     key_alg = str(key.alg or ("RS384" if key.as_dict(private=False)["kty"] == "RSA" else "ES384"))
     if key_alg not in ALGORITHMS:
         fail(f"the key's algorithm {key_alg} is not one of {', '.join(ALGORITHMS)}")

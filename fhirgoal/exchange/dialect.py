@@ -9,17 +9,16 @@ put back into an inbound resource from fhirgoal's current copy, so that a round 
 EHR neither erases nor churns it). A connection without a mapping uses `IDENTITY`: an EHR that
 speaks fhirgoal's FHIR.
 
-`load_dialect` is the single place where a connection's mapping directory becomes a dialect.
+`load_dialect` is the single place where a connection's mapping becomes a dialect.
 """
 
 from __future__ import annotations
 
 import copy
-import importlib
-from pathlib import Path
 from typing import Any, Protocol
 
 from fhirgoal.core.errors import FhirgoalError
+from fhirgoal.exchange.mapping import Mapping, MappingError, resolve_directory
 
 
 class DialectError(FhirgoalError, ValueError):
@@ -78,25 +77,14 @@ class MappedDialect:
         return restored
 
 
-def load_dialect(mapping_dir: str | None) -> Dialect:
-    """The dialect of a connection: IDENTITY without a mapping directory, else the mapping
-    engine's `Mapping.load(dir)` (imported here, lazily: the engine is optional at this point)."""
-    if not mapping_dir:
+def load_dialect(mapping: str | None) -> Dialect:
+    """The dialect of a connection: IDENTITY without a mapping, else the mapping folder (a path,
+    or the name of a built-in mapping such as `example-ehr`) loaded by the mapping engine."""
+    if not mapping:
         return IDENTITY
+    directory = resolve_directory(mapping)
     try:
-        engine = importlib.import_module("fhirgoal.exchange.mapping")
-    except ImportError:
-        raise DialectError(
-            f"the mapping {mapping_dir} cannot be used: this build has no mapping engine "
-            "(fhirgoal/exchange/mapping.py)"
-        ) from None
-    errors: tuple[type[BaseException], ...] = ()
-    mapping_error = getattr(engine, "MappingError", None)
-    if isinstance(mapping_error, type) and issubclass(mapping_error, BaseException):
-        errors = (mapping_error,)
-    failures: tuple[type[BaseException], ...] = (OSError, ValueError, *errors)
-    try:
-        mapping = engine.Mapping.load(Path(mapping_dir))
-    except failures as error:
-        raise DialectError(f"the mapping {mapping_dir} cannot be loaded: {error}") from None
-    return MappedDialect(mapping, errors)
+        loaded = Mapping.load(directory)
+    except (OSError, ValueError, MappingError) as error:
+        raise DialectError(f"the mapping {mapping} cannot be loaded: {error}") from None
+    return MappedDialect(loaded, (MappingError,))

@@ -61,11 +61,20 @@ async def test_ehr_and_sync_commands(mongo_uri: str, tmp_path: Path) -> None:
         bad = await run("ehr", "add", "--name", "b", "--base", ehr.base, "--client-id", "x",
                         "--send", "goal,weather")  # fmt: skip
         assert bad.returncode == 2 and "weather" in bad.stderr
+        # a built-in mapping by name is kept by name; an unknown one is refused, nothing stored
+        dialect = await run("ehr", "add", "--name", "dialect", "--base", ehr.base,
+                            "--client-id", "y", "--mapping", "example-ehr")  # fmt: skip
+        assert dialect.returncode == 0, dialect.stderr
+        unknown = await run("ehr", "add", "--name", "nowhere", "--base", ehr.base,
+                            "--client-id", "z", "--mapping", "no-such-dialect")  # fmt: skip
+        assert unknown.returncode == 2 and "no-such-dialect" in unknown.stderr
         listed = await run("ehr", "list")
         assert listed.returncode == 0, listed.stderr
         assert "clinic" in listed.stdout and key["kid"] in listed.stdout
         assert '"d"' not in listed.stdout and "sealed" not in listed.stdout
         assert "send goal,phq9" in listed.stdout
+        assert "mapping example-ehr" in listed.stdout and "nowhere" not in listed.stdout
+        assert (await run("ehr", "remove", "dialect")).returncode == 0
         await register_fhirgoal(ehr, jwks)
 
         async with await ehr.as_scope("system/*.cruds") as ehr_http:
