@@ -7,9 +7,11 @@ index and speaks to the repository; it never formats HTTP (rest.py does).
 
 Every write takes this one path, alone or as an entry of a transaction Bundle (fhir/transaction.py):
 `in_transaction` runs work as a unit of work (store/units.py), whose session the repository picks
-up, so the same calls then commit together. Within a unit a write's after-write rules run before
-the commit, as part of it: no pending mark is needed (nothing can be stored without them), and a
-rule that fails fails the unit instead of being left to the sweep.
+up, so the same calls then commit together. Within a unit the after-write rules of its writes
+run once the unit's work is done (or when it asks, `settle`), before the commit and as part of it:
+no pending mark is needed (nothing can be stored without them), a rule that fails fails the unit
+instead of being left to the sweep, and a rule that derives one thing from many writes (a goal's
+status from the ratings of a transaction) decides it once, not once per write (fhir/hooks.py).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import random
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -61,6 +64,13 @@ AFTER_HOOK_ATTEMPTS = 3
 # Searches and claims of a conditional create before it gives up with 409 (about 2 s of waiting
 # for a concurrent claimant to store its resource).
 CLAIM_ATTEMPTS = 12
+# Rounds of a unit's after-write rules (each round runs the rules of the writes the round before
+# made: a derived goal status is a Goal write the status rule looks at again); convergent rules
+# are done in two or three.
+SETTLE_ROUNDS = 8
+
+# The writes of the running unit of work whose after-write rules have not run yet (see `settle`).
+_UNSETTLED: ContextVar[list[WriteEvent] | None] = ContextVar("fhirgoal_unsettled", default=None)
 
 
 async def _back_off(attempt: int) -> None:
@@ -183,7 +193,36 @@ class FhirService:
         """`work()` as one unit of work: everything it writes through this service commits
         together or not at all; run again on a transient conflict (store/units.py)."""
         repo = self.repo
-        return await run_unit(repo.client, repo.db, work, self.settings.transaction_attempts)
+
+        async def attempt() -> T:
+            token = _UNSETTLED.set([])  # each attempt starts afresh (store/units.py)
+            try:
+                result = await work()
+                await self.settle()
+                return result
+            finally:
+                _UNSETTLED.reset(token)
+
+        return await run_unit(repo.client, repo.db, attempt, self.settings.transaction_attempts)
+
+    async def settle(self) -> None:
+        """Run the after-write rules of the unit's writes so far (fhir/hooks.py), until the
+        writes they make need no more: before a unit commits, and before a transaction's reads
+        (which must see what the rules derive). Outside a unit there is nothing to do: each
+        write's rules ran with it."""
+        unsettled = _UNSETTLED.get()
+        if unsettled is None:
+            return
+        for _ in range(SETTLE_ROUNDS):
+            if not unsettled:
+                return
+            events = unsettled[:]
+            unsettled.clear()
+            await self.hooks.after_all(events)
+        raise FhirError(
+            "internal",
+            f"the server's rules did not settle in {SETTLE_ROUNDS} rounds of derived writes",
+        )
 
     # ---- helpers -----------------------------------------------------------------------------
     def require_type(self, rt: str) -> None:
@@ -370,7 +409,11 @@ class FhirService:
         event.version = version
         if in_unit():
             # part of the unit: a failure (a conflict included) aborts it, and nothing is kept
-            await self.hooks.after(event)
+            unsettled = _UNSETTLED.get()
+            if unsettled is None:
+                await self.hooks.after(event)
+            else:
+                unsettled.append(event)  # with the unit's other writes (`settle`)
             return
         for attempt in range(1, AFTER_HOOK_ATTEMPTS + 1):
             try:

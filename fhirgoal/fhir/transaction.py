@@ -21,6 +21,10 @@ Concurrent transactions on the same resources: the database's write conflicts ma
 run again on a fresh snapshot (store/units.py), where an If-Match or a conditional create sees
 what the first committed: exactly one wins; a transaction that keeps conflicting gets 409.
 
+The rules that run after a write (fhir/hooks.py: a goal's status from its ratings, alerts) run
+once the transaction's writes are done, as part of it, each deciding once what the Bundle's
+writes together imply (fhir/service.py `settle`).
+
 Each entry is audited as the interaction it is (the service's `entry_audit`, installed by auth/),
 inside the transaction's unit. Responses (`batch-response`, `transaction-response`) carry per
 entry `response.status`, `location`, `etag`, `lastModified`, and `outcome` for failures; the
@@ -131,7 +135,12 @@ class BundleProcessor:
         plan = _Plan(self, entries)
         await plan.resolve()
         results: list[EntryResult | None] = [None] * len(entries)
+        settled = False
         for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
+            if entry.method in ("GET", "HEAD") and not settled:
+                # the reads come last and see the writes as the server's rules complete them
+                await self.service.settle()
+                settled = True
             try:
                 results[entry.index] = await self._run(entry, plan)
             except FhirError as error:
