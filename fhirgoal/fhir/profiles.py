@@ -42,6 +42,7 @@ from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.models import models as fhirpath_models
 
 from fhirgoal.core.errors import Issue
+from fhirgoal.fhir.fhirpath_syntax import syntax_error
 from fhirgoal.fhir.search.paths import CHOICE_TYPE_SUFFIXES
 from fhirgoal.fhir.selectors import Selector, compile_selector
 
@@ -55,6 +56,10 @@ Evaluate = Callable[..., list[Any]]
 
 
 def _compile(expression: str, where: str) -> Evaluate:
+    # fhirpathpy would run a broken expression as a shorter one (fhirpath_syntax.py)
+    broken = syntax_error(expression)
+    if broken is not None:
+        raise ValueError(f"{where}: FHIRPath {expression!r}: {broken}")
     try:
         compiled: Evaluate = fhirpath_compile(expression, fhirpath_models["r4"])
     except Exception as exc:
