@@ -397,9 +397,7 @@ async def system_search(request: Request) -> Response:
     base = base_url(request)
     params = search_params(request)
     page = await service(request).search_system(access(request), params, base, _lenient(request))
-    types = [("_type", v) for k, v in params if k == "_type"]
-    page.compiled.used = types + page.compiled.used
-    return _searchset(base, base, page)
+    return fhir_response(200, bundles.system_searchset_page(base, params, page))
 
 
 @router.get("/{compartment_type}/{cid}/{rt}", summary="compartment search")

@@ -111,7 +111,7 @@ class BundleProcessor:
             if isinstance(item, FhirError):
                 raise item
             try:
-                self.service.require_type(item.resource_type)
+                _require_type(self.service, item)
             except FhirError as error:
                 raise entry_error(item.index, item.full_url, error) from None
             entries.append(item)
@@ -157,7 +157,7 @@ class BundleProcessor:
                 results.append(EntryResult(item.status, error=item))
                 continue
             try:
-                self.service.require_type(item.resource_type)
+                _require_type(self.service, item)
                 results.append(await self._run(item, None))
             except FhirError as error:
                 results.append(EntryResult(error.status, error=error))
@@ -224,10 +224,15 @@ class BundleProcessor:
             assert entry.id is not None and entry.version_id is not None
             return _result(await svc.vread(access, rt, entry.id, entry.version_id))
         if entry.interaction == "search":
-            page = await svc.search(access, rt, entry.params, base)
-            return EntryResult(200, body=bundles.searchset_page(base, f"{base}/{rt}", page))
+            compartment = entry.compartment
+            page = await svc.search(access, rt, entry.params, base, compartment=compartment)
+            url = f"{base}/{compartment}/{rt}" if compartment else f"{base}/{rt}"
+            return EntryResult(200, body=bundles.searchset_page(base, url, page))
+        if entry.interaction == "search-system":
+            page = await svc.search_system(access, entry.params, base)
+            return EntryResult(200, body=bundles.system_searchset_page(base, entry.params, page))
         params = dict(entry.params)
-        versions, total, links = await svc.history(access, rt, entry.id, params)
+        versions, total, links = await svc.history(access, rt or None, entry.id, params)
         url = "/".join(p for p in (base, rt, entry.id, "_history") if p)
         return EntryResult(200, body=bundles.history(base, url, versions, total, links))
 
@@ -281,7 +286,17 @@ class BundleProcessor:
                 )
             response["etag"] = f'W/"{version.version}"'
             response["lastModified"] = instant_text(version.last_updated)
-        wanted = self.prefer_return if method not in ("GET", "HEAD") else None
+        if method != "HEAD":  # http.html#read: HEAD is the headers of a GET, without its body
+            self._content(entry, response, method, result)
+        entry["response"] = response
+        return entry
+
+    def _content(
+        self, entry: dict[str, Any], response: dict[str, Any], method: str, result: EntryResult
+    ) -> None:
+        """The entry's resource (or informational outcome) as the request and `Prefer` ask."""
+        version, status = result.version, result.status
+        wanted = self.prefer_return if method != "GET" else None
         if result.body is not None:
             entry["resource"] = result.body
         elif wanted == "operationoutcome":
@@ -299,8 +314,6 @@ class BundleProcessor:
             and wanted != "minimal"
         ):
             entry["resource"] = orjson.Fragment(version.text)
-        entry["response"] = response
-        return entry
 
 
 class _Plan:
@@ -468,6 +481,12 @@ class _Plan:
             return None
 
         return self.processor.links.rewrite(resource, replace)
+
+
+def _require_type(service: FhirService, entry: Entry) -> None:
+    """The entry's resource type is one the server serves (system-level entries have none)."""
+    if entry.resource_type:
+        service.require_type(entry.resource_type)
 
 
 def _is_conditional(reference: str) -> bool:

@@ -67,3 +67,16 @@ async def test_a_rejected_entry_rolls_back_the_rules_derived_writes(fhir: Runnin
         found = (await fhir.client.get(f"/{rt}", params={"_total": "accurate"})).json()
         assert found["total"] == 0, (rt, found)
     assert (await fhir.client.get("/Goal/_history")).json()["total"] == 0
+
+
+async def test_a_transactions_reads_see_what_the_rules_derived_from_its_writes(
+    fhir: RunningServer,
+) -> None:
+    await fhir.client.put("/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+    bundle = plan(-2)
+    bundle["entry"].append({"request": {"method": "GET", "url": "Goal?subject=Patient/p1"}})
+    response = await fhir.client.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    found = response.json()["entry"][-1]["resource"]["entry"]
+    assert [e["resource"]["achievementStatus"]["coding"][0]["code"] for e in found] == ["worsening"]
+    assert found[0]["resource"]["meta"]["versionId"] == "2"
