@@ -273,17 +273,19 @@ def _resource(resource: dict[str, Any] | None, rt: str) -> dict[str, Any]:
 
 
 def _patch(resource: dict[str, Any] | None, max_depth: int) -> Any:
-    """The JSON Patch of a PATCH entry: in R4 a Binary whose contentType is
-    application/json-patch+json and whose data is the patch (http.html#patch; a FHIRPath
-    Patch Parameters resource is not supported: the server applies JSON Patch only)."""
+    """The patch of a PATCH entry (http.html#patch): a FHIRPath Patch, the entry's resource
+    being its Parameters (fhirpatch.html), or a JSON Patch in a Binary whose contentType is
+    application/json-patch+json and whose data is the patch."""
     if resource is None:
-        raise FhirError("invalid", "a PATCH entry needs its patch, as a Binary resource")
+        raise FhirError("invalid", "a PATCH entry needs its patch: a Parameters or a Binary")
     if resource.get("resourceType") == "Parameters":
-        raise FhirError(
-            "not-supported", "FHIRPath Patch is not supported; send a JSON Patch in a Binary"
-        )
+        return resource
     if resource.get("resourceType") != "Binary":
-        raise FhirError("invalid", "a PATCH entry's resource must be a Binary holding a JSON Patch")
+        raise FhirError(
+            "invalid",
+            "a PATCH entry's resource must be a Parameters (FHIRPath Patch) or a Binary "
+            "holding a JSON Patch",
+        )
     content_type = str(resource.get("contentType", "")).split(";")[0].strip().lower()
     if content_type != _JSON_PATCH:
         raise FhirError("not-supported", f"the Binary's contentType must be {_JSON_PATCH}")

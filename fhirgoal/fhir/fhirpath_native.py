@@ -104,6 +104,12 @@ def compile_native(text: str) -> Node | None:
         return None
 
 
+def compile_subexpression(ctx: Any) -> Node:
+    """A parsed (sub)expression (a FHIRPathParser context) as a native closure evaluated on the
+    focus it is given (fhirpath_patch.py's `where()` criteria); Unsupported outside the subset."""
+    return _expression(ctx)
+
+
 # ---- compiling --------------------------------------------------------------------------------
 def _expression(ctx: Any, root: bool = False) -> Node:
     if isinstance(ctx, P.TermExpressionContext):

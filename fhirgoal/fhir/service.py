@@ -1,7 +1,8 @@
 """FHIR interactions over the repository: one place for the write rules.
 
 https://hl7.org/fhir/R4/http.html : create (server-assigned id, If-None-Exist), read, vread,
-update (update-as-create, If-Match), conditional update and delete, patch (JSON Patch), delete
+update (update-as-create, If-Match), conditional update and delete, patch (JSON Patch and
+FHIRPath Patch), delete
 (history kept, reads answer 410), history. The service stamps meta, validates, extracts the search
 index and speaks to the repository; it never formats HTTP (rest.py does).
 
@@ -37,6 +38,7 @@ from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError, Issue
 from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.conformance import Conformance
+from fhirgoal.fhir.fhirpath_patch import apply_fhirpath_patch, is_fhirpath_patch
 from fhirgoal.fhir.hooks import EntryAudit, HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.operations import OperationRegistry
@@ -620,9 +622,14 @@ class FhirService:
 
     # ---- patch -------------------------------------------------------------------------------
     async def patch(
-        self, access: AccessContext, rt: str, rid: str, operations: Any, if_match: str | None
+        self, access: AccessContext, rt: str, rid: str, patch: Any, if_match: str | None
     ) -> Outcome:
-        if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+        """`patch`: a JSON Patch (an array of operations) or a FHIRPath Patch (a Parameters
+        resource, fhir/fhirpath_patch.py); http.html#patch."""
+        fhirpath = is_fhirpath_patch(patch)
+        if not fhirpath and (
+            not isinstance(patch, list) or not all(isinstance(op, dict) for op in patch)
+        ):
             raise FhirError("bad-request", "a JSON Patch document is an array of operation objects")
         current = await self.repo.current(access, rt, rid, "u")
         if current is None:
@@ -637,13 +644,22 @@ class FhirService:
                 f"version conflict: If-Match is {expected}, the current version is {current.version}",
             )
         settings = self.settings
-        patched = apply_patch(
-            current.resource,
-            operations,
-            settings.max_patch_operations,
-            settings.max_json_depth,
-            settings.max_body_bytes,
-        )
+        if fhirpath:
+            patched: Any = apply_fhirpath_patch(
+                current.resource,
+                patch,
+                self.validator.structure,
+                settings.max_patch_operations,
+                settings.max_json_depth,
+            )
+        else:
+            patched = apply_patch(
+                current.resource,
+                patch,
+                settings.max_patch_operations,
+                settings.max_json_depth,
+                settings.max_body_bytes,
+            )
         if not isinstance(patched, dict) or patched.get("id") != rid:
             raise FhirError("processing", "a patch may not change the resource id", f"{rt}.id")
         return await self.update(access, rt, rid, patched, f'W/"{current.version}"', method="PATCH")
