@@ -28,6 +28,7 @@ from fhirgoal.bootstrap import (
     build_service,
     close_within,
     delivery_worker,
+    ehr_pulls,
     embedded_database,
     export_runner,
     sweep_pending,
@@ -36,9 +37,10 @@ from fhirgoal.bootstrap import (
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.exchange.delivery import DeliveryWorker
+from fhirgoal.exchange.ehr_install import PullLoop
 from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.dispatch import InteractionRouter
-from fhirgoal.fhir.export import ExportRunner
+from fhirgoal.fhir.export_jobs import ExportRunner
 from fhirgoal.fhir.rest import router as fhir_router
 from fhirgoal.fhir.rest_export import router as export_router
 from fhirgoal.fhir.rest_operations import router as operations_router
@@ -73,6 +75,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             service: FhirService | None = None
             exports: ExportRunner | None = None
             worker: DeliveryWorker | None = None
+            pulls: PullLoop | None = None
             try:
                 await wait_for_database(client, STARTUP_DATABASE_WAIT)
                 service = app.state.fhir = await build_service(opened, client)
@@ -88,10 +91,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 service.audit_log.start()
                 exports.start()
                 worker = delivery_worker(service, opened)
+                pulls = ehr_pulls(service)
                 yield
             finally:
                 if sweeper is not None:
                     sweeper.cancel()
+                if pulls is not None:
+                    await pulls.stop()
                 if worker is not None:
                     await worker.stop()
                 if exports is not None:
@@ -126,6 +132,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         from fhirgoal.auth.server import router as smart_router
 
         app.include_router(smart_router)  # before the FHIR routes: .well-known is not a type
+    elif settings.auth == "external":
+        from fhirgoal.auth import external_discovery
+
+        app.state.external_authorization = runtime.external_authorization
+        app.include_router(external_discovery.router)  # the EHR's authorization server
     app.include_router(export_router, prefix="/fhir")  # before `/{type}/{id}` takes `_export/..`
     app.include_router(operations_router, prefix="/fhir")
     app.include_router(fhir_router, prefix="/fhir")

@@ -6,6 +6,7 @@
   upgraded, the built-in catalogue loaded and writes a crash interrupted finished.
 - `export_runner`: the Bulk Data export jobs of a serving process.
 - `delivery_worker`: the outbox's delivery worker of a serving process (exchange/delivery.py).
+- `ehr_pulls`: the inbound EHR pulls of a serving process (exchange/ehr_install.py).
 - `wait_for_database`, `sweep_pending`, `close_within`: the lifespan's waits and background work.
 """
 
@@ -29,11 +30,13 @@ from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
 from fhirgoal.evidence.install import install_evidence
 from fhirgoal.exchange.delivery import DeliveryWorker
+from fhirgoal.exchange.ehr_install import PullLoop, sync_of
+from fhirgoal.exchange.ehr_install import install as install_ehr_sync
 from fhirgoal.exchange.subscriptions import install as install_subscriptions
 from fhirgoal.fhir import everything, export, validate_operation
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
 from fhirgoal.fhir.conformance import Conformance, load_conformance
-from fhirgoal.fhir.export import ExportRunner
+from fhirgoal.fhir.export_jobs import ExportRunner
 from fhirgoal.fhir.profiles import ProfileSet
 from fhirgoal.fhir.reindex import upgrade_index
 from fhirgoal.fhir.search.registry import SearchRegistry
@@ -98,6 +101,7 @@ async def build_service(
     install_clinical(service)
     install_evidence(service)
     subscriptions = install_subscriptions(service, settings)
+    await install_ehr_sync(service, settings)  # outbound source + delivery, connections read
     pending_types = frozenset(service.hooks.types_with_hooks())
     await repository.ensure_indexes(list(conformance.stored_types), pending_types)
     await service.audit_log.ensure_indexes()
@@ -119,6 +123,14 @@ def delivery_worker(service: FhirService, settings: Settings) -> DeliveryWorker 
     worker = DeliveryWorker(service.outbox, settings)
     worker.start()
     return worker
+
+
+def ehr_pulls(service: FhirService) -> PullLoop:
+    """The EHR pulls of a serving process (exchange/ehr_install.py), started (they do nothing
+    when FHIRGOAL_SYNC_PULL_SECONDS is 0)."""
+    pulls = PullLoop(sync_of(service))
+    pulls.start()
+    return pulls
 
 
 async def export_runner(service: FhirService, settings: Settings) -> ExportRunner:

@@ -1,7 +1,8 @@
 """`fhirgoal` command line: serve the API, load demo data, administer clients, users and keys.
 
 With no MONGODB_URI the commands start the embedded database (SecantusDB) on `--data-dir` and stop
-it when they finish; a database already running on that data dir is found and reused.
+it when they finish; a database already running on that data dir is found and reused
+(cli_support.py). The EHR commands (`ehr`, `sync`) are in cli_ehr.py.
 """
 
 from __future__ import annotations
@@ -9,66 +10,29 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, TypeVar
+from typing import Annotated, Any
 
 import typer
 from pymongo.asynchronous.database import AsyncDatabase
-from rich.console import Console
 
 from fhirgoal.app import create_app
 from fhirgoal.auth.loopback import is_loopback
-from fhirgoal.bootstrap import embedded_database
+from fhirgoal.cli_ehr import register as register_ehr_commands
+from fhirgoal.cli_mapping import mapping_app
+from fhirgoal.cli_support import DataDir, console
+from fhirgoal.cli_support import admin as _admin
+from fhirgoal.cli_support import database as _database
+from fhirgoal.cli_support import fail as _fail
+from fhirgoal.cli_support import settings_from as _settings
 from fhirgoal.config import Settings
-from fhirgoal.logs import configure_logging
 from fhirgoal.serving import Server, server_config
-from fhirgoal.store.embedded import EmbeddedDatabase, EmbeddedUnavailable, redacted
 from fhirgoal.store.outbox import STATES
 
 app = typer.Typer(
     help="fhirgoal: a FHIR R4 server for goals, GAS and session measures.", no_args_is_help=True
 )
-console = Console(stderr=True)
-T = TypeVar("T")
-
-# Options default to None so that an unset option leaves the FHIRGOAL_ environment variable (or
-# the Settings default) in force; `_settings` drops the Nones.
-DataDir = Annotated[
-    Path | None,
-    typer.Option(
-        "--data-dir", help="Where the embedded database keeps its data [FHIRGOAL_DATA_DIR]."
-    ),
-]
-
-
-def _settings(**overrides: object) -> Settings:
-    """Every command's settings: the environment, with the options given; logging configured
-    from them (FHIRGOAL_LOG_LEVEL) before the command logs anything."""
-    values = {k: v for k, v in overrides.items() if v is not None}
-    settings = Settings(**values)  # type: ignore[arg-type]
-    configure_logging(settings.log_level)
-    return settings
-
-
-@contextmanager
-def _database(
-    settings: Settings, *, on_give_up: Callable[[], None] | None = None
-) -> Iterator[tuple[Settings, EmbeddedDatabase | None]]:
-    """`settings` with a database URI for the command (bootstrap.embedded_database: MONGODB_URI, or
-    the embedded database started for it); a database that cannot start is a CLI error."""
-    with ExitStack() as stack:
-        try:
-            opened, embedded = stack.enter_context(
-                embedded_database(settings, supervise=on_give_up is not None, on_give_up=on_give_up)
-            )
-        except EmbeddedUnavailable as exc:
-            _fail(str(exc))
-        if embedded is not None:
-            uri = redacted(opened.mongodb_uri or "")
-            console.print(f"embedded database at {uri} (data in {settings.data_dir})")
-        yield opened, embedded
+register_ehr_commands(app)  # `fhirgoal ehr ...` and `fhirgoal sync ...` (cli_ehr.py)
 
 
 @app.command()
@@ -176,6 +140,7 @@ async def _reindex(settings: Settings, only: list[str]) -> int:
 # ---- the outbox (store/outbox.py, exchange/delivery.py) ----------------------------------------
 outbox_app = typer.Typer(help="The outbox of outbound work (notifications).", no_args_is_help=True)
 app.add_typer(outbox_app, name="outbox")
+app.add_typer(mapping_app, name="mapping")
 
 
 @outbox_app.command("status")
@@ -237,26 +202,6 @@ app.add_typer(user_app, name="user")
 app.add_typer(key_app, name="key")
 
 
-def _admin(
-    data_dir: Path | None, work: Callable[[AsyncDatabase[dict[str, Any]]], Awaitable[T]]
-) -> T:
-    """Run `work` against the server's database: MONGODB_URI, or the embedded one on `data_dir`
-    (shared when it runs, started for the command and stopped after when it does not)."""
-
-    async def run(settings: Settings) -> T:
-        from fhirgoal.store.mongo import connect
-
-        assert settings.mongodb_uri
-        client = connect(settings.mongodb_uri, timeout=10.0)
-        try:
-            return await work(client.get_database(settings.db))
-        finally:
-            await client.close()
-
-    with _database(_settings(data_dir=data_dir)) as (settings, _):
-        return asyncio.run(run(settings))
-
-
 @client_app.command("register")
 def client_register(
     client_id: Annotated[str, typer.Option("--client-id", help="The client_id.")],
@@ -272,16 +217,31 @@ def client_register(
     redirect_uri: Annotated[
         list[str] | None, typer.Option("--redirect-uri", help="Allowed redirect URI (repeatable).")
     ] = None,
+    secret: Annotated[
+        bool,
+        typer.Option(
+            "--secret",
+            help="Generate a client secret (client_secret_basic), printed once.",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
-    """Register a client: confidential (JWKS) for backend services, or public (redirect URIs)."""
+    """Register a client: confidential (JWKS, or a generated secret) or public (redirect URIs)."""
     import json
 
-    from fhirgoal.auth.clients import Client, ClientExists, ClientRegistry
+    from fhirgoal.auth.clients import (
+        Client,
+        ClientExists,
+        ClientRegistry,
+        new_client_secret,
+        secret_digest,
+    )
     from fhirgoal.auth.scopes import ScopeError, parse_scopes
 
     if jwks_file and jwks_url:
         _fail("give --jwks-file or --jwks-url, not both")
+    if secret and (jwks_file or jwks_url):
+        _fail("a client authenticates one way: give --secret or a JWKS, not both")
     if not (jwks_file or jwks_url or redirect_uri):
         _fail("give --jwks-file, --jwks-url or at least one --redirect-uri")
     try:
@@ -294,7 +254,9 @@ def client_register(
             jwks = json.loads(jwks_file.read_text())
         except (OSError, ValueError) as exc:
             _fail(f"cannot read {jwks_file}: {exc}")
-    client = Client(client_id, scopes, jwks, jwks_url, list(redirect_uri or []))
+    generated = new_client_secret() if secret else None
+    client = Client(client_id, scopes, jwks, jwks_url, list(redirect_uri or []),
+                    secret_hash=secret_digest(generated) if generated else None)  # fmt: skip
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> None:
         await ClientRegistry(db).register(client)
@@ -306,6 +268,10 @@ def client_register(
     except ValueError as exc:  # an unusable JWKS
         _fail(f"the JWKS is not usable: {exc}")
     typer.echo(f"registered client {client_id}")
+    if generated:  # shown once: only its hash is stored
+        typer.echo(
+            f"client secret (shown once, give it to the client's administrator): {generated}"
+        )
 
 
 @client_app.command("list")
@@ -346,31 +312,51 @@ def client_revoke(
 @user_app.command("add")
 def user_add(
     username: Annotated[str, typer.Option("--username")],
-    practitioner: Annotated[
-        str, typer.Option("--practitioner", help="The linked FHIR user, e.g. Practitioner/123.")
-    ],
     password: Annotated[str, typer.Option(prompt=True, hide_input=True, confirmation_prompt=True)],
+    practitioner: Annotated[
+        str | None,
+        typer.Option("--practitioner", help="A clinician's FHIR user, e.g. Practitioner/123."),
+    ] = None,
+    patient: Annotated[
+        str | None,
+        typer.Option("--patient", help="A client's own record, e.g. Patient/123 (self-report)."),
+    ] = None,
     scopes: Annotated[
         str | None, typer.Option("--scopes", help="Scopes this user may grant to apps.")
     ] = None,
     data_dir: DataDir = None,
 ) -> None:
-    """Add a practitioner login (the password is stored as an argon2id hash)."""
-    from fhirgoal.auth.users import DEFAULT_USER_SCOPES, UserDirectory, UserExists
+    """Add a login for a practitioner, or for a client on their own record (the password is
+    stored as an argon2id hash)."""
+    from fhirgoal.auth.users import (
+        DEFAULT_PATIENT_SCOPES,
+        DEFAULT_USER_SCOPES,
+        UserDirectory,
+        UserExists,
+        patient_of,
+    )
 
-    if not practitioner.startswith("Practitioner/") or len(practitioner) <= len("Practitioner/"):
+    if (practitioner is None) == (patient is None):
+        _fail("give --practitioner or --patient")
+    if practitioner is not None and (
+        not practitioner.startswith("Practitioner/") or len(practitioner) <= len("Practitioner/")
+    ):
         _fail("--practitioner must look like Practitioner/<id>")
+    if patient is not None and patient_of(patient) is None:
+        _fail("--patient must look like Patient/<id>")
     if len(password) < 8:
         _fail("the password must have at least 8 characters")
+    fhir_user = str(practitioner or patient)
+    default = DEFAULT_USER_SCOPES if practitioner else DEFAULT_PATIENT_SCOPES
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> None:
-        await UserDirectory(db).add(username, password, practitioner, scopes or DEFAULT_USER_SCOPES)
+        await UserDirectory(db).add(username, password, fhir_user, scopes or default)
 
     try:
         _admin(data_dir, work)
     except UserExists:
         _fail(f"user {username} exists")
-    typer.echo(f"added user {username} ({practitioner})")
+    typer.echo(f"added user {username} ({fhir_user})")
 
 
 @user_app.command("list")
@@ -436,11 +422,6 @@ def launch_command(
         return await create_launch(db, patient, encounter)
 
     typer.echo(_admin(data_dir, work))
-
-
-def _fail(message: str) -> NoReturn:
-    console.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(2)
 
 
 def _print_demo_access(settings: Settings) -> None:

@@ -1,7 +1,8 @@
 """Settings from the environment (prefix FHIRGOAL_, plus the conventional MONGODB_URI).
 
 The built-in data ships inside the package, as package data: fhirgoal/conformance (the vendored R4
-definitions) and fhirgoal/profiles (the built-in Questionnaires, profiles, ValueSets, CodeSystems).
+definitions), fhirgoal/profiles (the built-in Questionnaires, profiles, ValueSets, CodeSystems) and
+fhirgoal/mappings (the EHR mappings, exchange/mapping.py).
 They are found through the installed package (importlib.resources), so an editable checkout, a
 wheel installed into site-packages and the Docker image all read the same files from any working
 directory. FHIRGOAL_CONFORMANCE_DIR and FHIRGOAL_PROFILES_DIR override them; a missing or empty
@@ -27,6 +28,8 @@ def _package_data(name: str) -> Path:
 
 BUILTIN_CONFORMANCE_DIR = _package_data("conformance")
 BUILTIN_PROFILES_DIR = _package_data("profiles")
+# The shipped mappings (us-core, pco, example-ehr); `mappings/` at the repository root links here.
+BUILTIN_MAPPINGS_DIR = _package_data("mappings")
 
 
 class Settings(BaseSettings):
@@ -75,6 +78,10 @@ class Settings(BaseSettings):
     access_token_seconds: int = 300
     refresh_token_seconds: int = 30 * 24 * 3600
     signing_alg: Literal["RS384", "ES384"] = "RS384"
+    # Space-separated FHIR bases of other servers that accept this server's tokens (a fhirgoal
+    # in FHIRGOAL_AUTH=external mode naming this one as its issuer): an app may ask for one of
+    # them as `aud`, and its tokens then name that server as audience, so this one refuses them.
+    token_audiences: str = ""
     # ---- external authorization server (FHIRGOAL_AUTH=external) ----
     external_issuer: str | None = None
     external_jwks_url: str | None = None
@@ -85,6 +92,13 @@ class Settings(BaseSettings):
     external_jwks_ttl: float = 300.0
     external_jwks_min_refetch: float = 30.0  # an unknown kid refetches at most this often
     external_introspection_cache_seconds: float = 60.0
+    # What /fhir/.well-known/smart-configuration publishes in external mode
+    # (auth/external_discovery.py): discovered from the issuer's own well-known documents and
+    # kept this long, or given here (both URLs set: nothing is discovered); settings win.
+    external_discovery_seconds: float = 300.0
+    external_authorize_url: str | None = None
+    external_token_url: str | None = None
+    external_capabilities: str = ""  # space-separated SMART capabilities
     # ---- audit ----
     audit: bool = True
     audit_flush_seconds: float = 1.0
@@ -203,6 +217,19 @@ class Settings(BaseSettings):
     # How often a replica rereads the Subscriptions (changes made on another replica).
     subscription_refresh_seconds: float = Field(default=5.0, gt=0)
 
+    # ---- EHR sync (issue 15: exchange/ehr_*.py, `fhirgoal ehr|sync`) ----
+    # How often a serving process pulls every EHR connection (exchange/ehr_inbound.py); 0: never
+    # (pulls then run only with `fhirgoal sync run`). Outbound delivery is the outbox worker's.
+    sync_pull_seconds: float = Field(default=300.0, ge=0)
+    # A pull asks for what changed since the latest meta.lastUpdated the previous one saw, minus
+    # this margin: a version stamped before the previous pull but committed after it is not
+    # missed (what is fetched again changes nothing).
+    sync_pull_overlap_seconds: float = Field(default=5.0, ge=0)
+    # Resources per page of a pull's searches (`_count`).
+    sync_page_size: int = Field(default=200, ge=1, le=1000)
+    # Patients whose pulled resources are written at once (one patient's stay in order).
+    sync_pull_concurrency: int = Field(default=8, ge=1)
+
     # ---- the clinician web app (/app, fhirgoal/webapp) ----
     # Served under /app by every `fhirgoal serve`; a SMART app that reaches FHIR servers only
     # over HTTP with the tokens it obtains, this one's included.
@@ -210,6 +237,12 @@ class Settings(BaseSettings):
     # The app's OAuth client id; with FHIRGOAL_AUTH=smart it is registered at start-up as a
     # public client (PKCE) of the built-in authorization server (auth/builtin_app.py).
     app_client_id: str = "fhirgoal-app"
+    # The app's own credentials at an authorization server that registered it as a confidential
+    # client (webapp/client_auth.py): a client secret (client_secret_basic), or a private key
+    # file, RSA or EC P-384, as a JWK, JWKS or PEM (private_key_jwt; its public key is published
+    # at /app/jwks). Neither: a public client (PKCE only). Not both.
+    app_client_secret: str | None = Field(default=None, repr=False)
+    app_private_key_file: Path | None = None
     # Where authorization servers send the browser back; default <public origin>/app/callback.
     app_redirect_uri: str | None = None
     # The FHIR server a standalone launch (GET /app/) signs in to; default this server's base.
@@ -255,6 +288,14 @@ class Settings(BaseSettings):
         """The FHIR bases the web app may be launched from (`iss`)."""
         return {self.public_fhir_base(), *(i.rstrip("/") for i in self.app_issuers.split())}
 
+    def token_audience_set(self) -> set[str]:
+        """The `aud` values the built-in authorization server issues tokens for."""
+        return {self.public_fhir_base(), *(a.rstrip("/") for a in self.token_audiences.split())}
+
     def app_callback_url(self) -> str:
         """The web app's OAuth redirect URI (FHIRGOAL_APP_REDIRECT_URI, else derived)."""
         return self.app_redirect_uri or f"{self.public_origin()}/app/callback"
+
+    def app_jwks_url(self) -> str:
+        """Where the web app publishes its public keys (private_key_jwt)."""
+        return f"{self.public_origin()}/app/jwks"

@@ -1,7 +1,7 @@
 """Routes outside the resource types: the CapabilityStatement and the operational probes.
 
 - `GET /fhir/metadata` (https://hl7.org/fhir/R4/http.html#capabilities), with the SMART security
-  block when the server is its own authorization server
+  block naming its authorization server, its own or, in external mode, the EHR's
   (https://hl7.org/fhir/smart-app-launch/conformance.html);
 - `GET /evidence/jwks`: the public keys that sign medical-necessity documents (evidence/keys.py),
   in every authorization mode and without a token, so that anyone holding a document can verify it;
@@ -30,12 +30,20 @@ async def metadata(request: Request) -> Response:
     service: FhirService = request.app.state.fhir
     settings: Settings = request.app.state.settings
     statement = build_capability(
-        service.conformance, service.registry, base, service.operations, service.validator.profiles
+        service.conformance,
+        service.registry,
+        base,
+        service.operations,
+        service.validator.profiles,
+        service.resource_capabilities,
     )
     if settings.auth == "smart":
         from fhirgoal.auth.server import capability_security
 
         statement["rest"][0]["security"] = capability_security(base)
+    elif settings.auth == "external":  # the EHR's authorization server (auth/external_discovery)
+        external = request.app.state.external_authorization
+        statement["rest"][0]["security"] = await external.security()
     return Response(dumps(statement), media_type=FHIR_JSON)
 
 

@@ -159,6 +159,16 @@ def test_the_installed_package_is_not_the_checkout(installed: Path, tmp_path: Pa
     assert (profiles / "questionnaires" / "ors.json").is_file()
 
 
+def test_the_installed_package_carries_the_mappings(installed: Path, tmp_path: Path) -> None:
+    """`fhirgoal mapping test` of a shipped mapping, by name, from the installed package."""
+    output = run(installed / "bin" / "fhirgoal", "mapping", "test", "example-ehr",
+                 cwd=tmp_path, env=clean_env())  # fmt: skip
+    assert "example-ehr:" in output and " 0 failed" in output
+    assert "site-packages" in run(installed / "bin" / "python", "-c",
+        "from fhirgoal.config import BUILTIN_MAPPINGS_DIR as d; print(d)", cwd=tmp_path,
+        env=clean_env())  # fmt: skip
+
+
 @embedded_only
 def test_installed_serve_from_another_directory_serves_the_built_in_data(
     installed: Path, tmp_path: Path

@@ -1,12 +1,15 @@
 """The clinician web app (fhirgoal/webapp, served at /app) as a client of the built-in
 authorization server, registered at every start-up in `smart` mode.
 
-It is a *public* client (SMART App Launch 2.2, client-authentication.html: an app that cannot keep
-a secret from its users proves possession of each code with PKCE S256 alone). The app keeps its
-tokens server-side, so it could keep a secret, but against its own server that would add a key to
-manage and no protection: the redirect URI is fixed by registration and PKCE binds each code to
-the browser session that asked for it. Against an EHR's authorization server the EHR's
-administrator registers it (`fhirgoal client register` values in README, "The clinician app").
+By default it is a *public* client (SMART App Launch 2.2, client-authentication.html: PKCE S256
+binds each code to the browser session that asked for it, and the redirect URI is fixed by
+registration). When the app is given credentials of its own for EHRs that register confidential
+apps (webapp/client_auth.py), it uses them here too, and is registered accordingly:
+FHIRGOAL_APP_PRIVATE_KEY_FILE makes it a confidential asymmetric client whose keys are those it
+publishes at `<public origin>/app/jwks` (fetched and cached like any client's `jwks_url`);
+FHIRGOAL_APP_CLIENT_SECRET a confidential symmetric one (the secret's hash is stored). Against an
+EHR's authorization server the EHR's administrator registers it (`fhirgoal client register`
+values in README, "The clinician app").
 
 The registration follows the settings (FHIRGOAL_APP_CLIENT_ID, FHIRGOAL_APP_REDIRECT_URI): a
 changed redirect URI or scope list is written over the stored one at start-up. A registration an
@@ -20,7 +23,7 @@ from contextlib import suppress
 
 import structlog
 
-from fhirgoal.auth.clients import Client, ClientExists, ClientRegistry
+from fhirgoal.auth.clients import Client, ClientExists, ClientRegistry, secret_digest
 from fhirgoal.auth.scopes import parse_scopes
 from fhirgoal.config import Settings
 
@@ -40,6 +43,12 @@ async def register_builtin_app(clients: ClientRegistry, settings: Settings) -> N
     if not settings.app_enabled:
         return
     parse_scopes(BUILTIN_APP_SCOPES)
+    jwks_url = settings.app_jwks_url() if settings.app_private_key_file else None
+    secret_hash = (
+        secret_digest(settings.app_client_secret)
+        if settings.app_client_secret and not jwks_url
+        else None
+    )
     result = await clients.collection.update_one(
         {"_id": settings.app_client_id, "revoked": {"$ne": True}},
         {
@@ -47,7 +56,8 @@ async def register_builtin_app(clients: ClientRegistry, settings: Settings) -> N
                 "scopes": BUILTIN_APP_SCOPES,
                 "redirect_uris": [settings.app_callback_url()],
                 "jwks": None,
-                "jwks_url": None,
+                "jwks_url": jwks_url,
+                "secret_hash": secret_hash,
             }
         },
     )
@@ -65,5 +75,7 @@ async def register_builtin_app(clients: ClientRegistry, settings: Settings) -> N
                 client_id=settings.app_client_id,
                 scopes=BUILTIN_APP_SCOPES,
                 redirect_uris=[settings.app_callback_url()],
+                jwks_url=jwks_url,
+                secret_hash=secret_hash,
             )
         )

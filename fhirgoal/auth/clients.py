@@ -2,13 +2,19 @@
 
 SMART App Launch 2.2 client types (https://hl7.org/fhir/smart-app-launch/client-authentication.html):
 a *confidential asymmetric* client authenticates with a JWT signed by its private key (its public
-keys registered as a JWKS or a `jwks_url`); a *public* client (a browser app) has redirect URIs and
-proves possession of its authorization code with PKCE only. A client is registered with the scopes
+keys registered as a JWKS or a `jwks_url`); a *confidential symmetric* client with a secret sent
+as HTTP Basic credentials (client_secret_basic, RFC 6749 section 2.3.1; only the secret's SHA-256
+is stored: secrets are generated, 256 random bits, so a fast hash suffices and no stored value can
+be presented); a *public* client (a browser app) has redirect URIs and proves possession of its
+authorization code with PKCE only. A client is registered with the scopes
 it may ever be granted; a request for more is cut down to those (RFC 6749 section 3.3).
 """
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import secrets
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -37,14 +43,24 @@ class Client:
     redirect_uris: list[str] = field(default_factory=list)
     revoked: bool = False
     created: datetime | None = None
+    secret_hash: str | None = None  # hex SHA-256 of a client_secret_basic secret
 
     @property
     def allowed(self) -> Scopes:
         return parse_scopes(self.scopes)
 
     @property
-    def confidential(self) -> bool:
+    def asymmetric(self) -> bool:
         return self.jwks is not None or self.jwks_url is not None
+
+    @property
+    def confidential(self) -> bool:
+        return self.asymmetric or self.secret_hash is not None
+
+    def secret_matches(self, secret: str) -> bool:
+        return self.secret_hash is not None and hmac.compare_digest(
+            secret_digest(secret), self.secret_hash
+        )
 
     def to_doc(self) -> dict[str, Any]:
         return {
@@ -55,6 +71,7 @@ class Client:
             "redirect_uris": self.redirect_uris,
             "revoked": self.revoked,
             "created": self.created or datetime.now(UTC),
+            "secret_hash": self.secret_hash,
         }
 
     @classmethod
@@ -67,7 +84,17 @@ class Client:
             redirect_uris=list(doc.get("redirect_uris") or []),
             revoked=bool(doc.get("revoked")),
             created=doc.get("created"),
+            secret_hash=doc.get("secret_hash"),
         )
+
+
+def secret_digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def new_client_secret() -> str:
+    """A client secret to hand to the client's administrator once (256 random bits)."""
+    return secrets.token_urlsafe(32)
 
 
 class ClientRegistry:

@@ -16,28 +16,51 @@ from typing import Any
 
 import httpx
 
+from fhirgoal.auth.external_discovery import DiscoveryUnavailable, ExternalAuthorizationServer
 from fhirgoal.auth.jwks import JwksCache
 from fhirgoal.auth.tokens import ASYMMETRIC, InvalidToken, looks_like_jwt, verify_jwt
 from fhirgoal.config import Settings
 
 
 class ExternalVerifier:
-    def __init__(self, settings: Settings) -> None:
-        if not settings.external_jwks_url and not settings.external_introspection_url:
+    """Checks the EHR's access tokens. The JWKS is FHIRGOAL_EXTERNAL_JWKS_URL, else the `jwks_uri`
+    of the issuer's discovered configuration (auth/external_discovery.py): the issuer publishes
+    where its keys are, as OpenID Connect Discovery does, so naming the issuer is enough."""
+
+    def __init__(
+        self, settings: Settings, discovery: ExternalAuthorizationServer | None = None
+    ) -> None:
+        if not (
+            settings.external_jwks_url
+            or settings.external_introspection_url
+            or settings.external_issuer
+        ):
             raise RuntimeError(
-                "FHIRGOAL_AUTH=external needs FHIRGOAL_EXTERNAL_JWKS_URL or "
-                "FHIRGOAL_EXTERNAL_INTROSPECTION_URL"
+                "FHIRGOAL_AUTH=external needs FHIRGOAL_EXTERNAL_ISSUER (its JWKS is discovered), "
+                "FHIRGOAL_EXTERNAL_JWKS_URL or FHIRGOAL_EXTERNAL_INTROSPECTION_URL"
             )
         if settings.external_jwks_url and not settings.external_issuer:
             raise RuntimeError("FHIRGOAL_AUTH=external needs FHIRGOAL_EXTERNAL_ISSUER")
         self.settings = settings
+        self.discovery = discovery
         self.jwks = JwksCache(settings.external_jwks_ttl, settings.external_jwks_min_refetch)
+
+    async def _jwks_url(self) -> str | None:
+        if self.settings.external_jwks_url:
+            return self.settings.external_jwks_url
+        if self.discovery is None or not self.settings.external_issuer:
+            return None
+        try:
+            url = (await self.discovery.configuration()).get("jwks_uri")
+        except DiscoveryUnavailable:
+            raise InvalidToken("the authorization server's keys cannot be found now") from None
+        return url if isinstance(url, str) and url else None
 
     async def __call__(self, token: str, base: str) -> dict[str, Any]:
         settings = self.settings
         audience = settings.external_audience or base
-        if looks_like_jwt(token) and settings.external_jwks_url:
-            url = settings.external_jwks_url
+        url = await self._jwks_url() if looks_like_jwt(token) else None
+        if url is not None:
 
             async def keys(kid: str | None) -> Any:
                 return await self.jwks.get(url, kid)

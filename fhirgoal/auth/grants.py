@@ -1,6 +1,7 @@
 """The token and introspection endpoints of the built-in authorization server.
 
-- client authentication by `private_key_jwt`: RFC 7523 section 2.2 and 3
+- client authentication by `client_secret_basic` (RFC 6749 section 2.3.1, SMART
+  client-confidential-symmetric.html) or `private_key_jwt`: RFC 7523 section 2.2 and 3
   (https://www.rfc-editor.org/rfc/rfc7523) as profiled by SMART Backend Services
   (https://hl7.org/fhir/smart-app-launch/client-confidential-asymmetric.html): iss = sub =
   client_id, aud = the token endpoint URL, exp at most 5 minutes ahead, jti never reused,
@@ -43,6 +44,9 @@ from fhirgoal.core.errors import FhirgoalError
 ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 ASSERTION_ALGORITHMS = ("RS384", "ES384")
 MAX_ASSERTION_SECONDS = 300
+# what an authorization code hands on to its tokens and their refresh tokens; `aud` is the
+# resource server the app asked for (FHIRGOAL_TOKEN_AUDIENCES), absent for this server
+GRANT_FIELDS = ("scope", "patient", "fhir_user", "sub", "encounter", "aud")
 
 
 class OAuthError(FhirgoalError):
@@ -112,9 +116,18 @@ class TokenService:
         self.refresh_lifetime = refresh_lifetime
 
     # ---- client authentication -----------------------------------------------------------------
-    async def authenticate_client(self, form: dict[str, str], token_url: str) -> Client:
+    async def authenticate_client(
+        self, form: dict[str, str], token_url: str, basic: tuple[str, str] | None = None
+    ) -> Client:
+        """The client of a token or introspection request: by its private_key_jwt assertion,
+        its client_secret_basic credentials (`basic`), or, for a public client, its id."""
         assertion_type = form.get("client_assertion_type")
         assertion = form.get("client_assertion")
+        if basic is not None:
+            if assertion_type is not None or assertion is not None:
+                # RFC 6749 2.3: one authentication method per request
+                raise OAuthError("invalid_request", "authenticate one way only", 400)
+            return await self._authenticate_secret(basic, form.get("client_id"))
         if assertion_type is None and assertion is None:
             client_id = form.get("client_id")
             if not client_id:
@@ -123,9 +136,8 @@ class TokenService:
             if client is None:
                 raise OAuthError("invalid_client", "unknown or revoked client", 401)
             if client.confidential:
-                raise OAuthError(
-                    "invalid_client", "this client must authenticate with private_key_jwt", 401
-                )
+                how = "private_key_jwt" if client.asymmetric else "client_secret_basic"
+                raise OAuthError("invalid_client", f"this client must authenticate with {how}", 401)
             return client
         if assertion_type != ASSERTION_TYPE or not assertion:
             raise OAuthError("invalid_client", "unsupported client assertion type", 401)
@@ -133,6 +145,17 @@ class TokenService:
             return await self._verify_assertion(assertion, token_url, form.get("client_id"))
         except InvalidToken as exc:
             raise OAuthError("invalid_client", str(exc), 401) from None
+
+    async def _authenticate_secret(
+        self, basic: tuple[str, str], form_client_id: str | None
+    ) -> Client:
+        client_id, secret = basic
+        if form_client_id is not None and form_client_id != client_id:
+            raise OAuthError("invalid_client", "client_id does not match the credentials", 401)
+        client = await self.clients.get(client_id)
+        if client is None or not client.secret_matches(secret):
+            raise OAuthError("invalid_client", "unknown client or wrong secret", 401)
+        return client
 
     async def _verify_assertion(
         self, assertion: str, token_url: str, form_client_id: str | None
@@ -144,7 +167,7 @@ class TokenService:
         if form_client_id is not None and form_client_id != client_id:
             raise InvalidToken("client_id does not match the assertion")
         client = await self.clients.get(client_id)
-        if client is None or not client.confidential:
+        if client is None or not client.asymmetric:
             raise InvalidToken("unknown or revoked client")
 
         async def keys(kid: str | None) -> Any:
@@ -167,11 +190,17 @@ class TokenService:
         return client
 
     # ---- token endpoint --------------------------------------------------------------------------
-    async def token(self, form: dict[str, str], token_url: str, fhir_base: str) -> Issued:
+    async def token(
+        self,
+        form: dict[str, str],
+        token_url: str,
+        fhir_base: str,
+        basic: tuple[str, str] | None = None,
+    ) -> Issued:
         grant = form.get("grant_type")
         if grant not in ("client_credentials", "authorization_code", "refresh_token"):
             raise OAuthError("unsupported_grant_type", f"grant_type {grant!r} is not supported")
-        client = await self.authenticate_client(form, token_url)
+        client = await self.authenticate_client(form, token_url, basic)
         if grant == "client_credentials":
             return Issued(await self._client_credentials(client, form, fhir_base), client.client_id)
         if grant == "authorization_code":
@@ -183,7 +212,7 @@ class TokenService:
     async def _client_credentials(
         self, client: Client, form: dict[str, str], fhir_base: str
     ) -> dict[str, Any]:
-        if not client.confidential:
+        if not client.asymmetric:  # SMART Backend Services: asymmetric keys only
             raise OAuthError("unauthorized_client", "client_credentials needs private_key_jwt")
         requested = _scopes(form.get("scope", ""))
         granted = grantable(requested, client.allowed)
@@ -248,7 +277,7 @@ class TokenService:
             )
         if not hmac.compare_digest(pkce_challenge(verifier), doc["code_challenge"]):
             raise OAuthError("invalid_grant", "the PKCE code_verifier does not match")
-        grant = {k: doc.get(k) for k in ("scope", "patient", "fhir_user", "sub", "encounter")}
+        grant = {k: doc.get(k) for k in GRANT_FIELDS}
         return await self._issue(client, grant, fhir_base, family=doc.get("grant")), doc
 
     async def _refresh(
@@ -283,7 +312,7 @@ class TokenService:
             and not await self.users.active(doc["sub"])
         ):
             raise OAuthError("invalid_grant", "the user who granted this access is revoked")
-        grant = {k: doc.get(k) for k in ("scope", "patient", "fhir_user", "sub", "encounter")}
+        grant = {k: doc.get(k) for k in GRANT_FIELDS}
         if form.get("scope"):
             narrower = grantable(_scopes(form["scope"]), parse_scopes(doc["scope"]))
             grant["scope"] = narrower.text
@@ -296,7 +325,7 @@ class TokenService:
         family = family or new_secret()
         claims: dict[str, Any] = {
             "iss": fhir_base,
-            "aud": fhir_base,
+            "aud": grant.get("aud") or fhir_base,
             "sub": grant.get("sub") or client.client_id,
             "client_id": client.client_id,
             "scope": scopes.text,
@@ -332,7 +361,7 @@ class TokenService:
                     "_id": secret_hash(token),
                     "family": family,
                     "client_id": client.client_id,
-                    **{k: grant.get(k) for k in ("patient", "fhir_user", "sub", "encounter")},
+                    **{k: grant.get(k) for k in GRANT_FIELDS if k != "scope"},
                     "scope": scopes.text,
                     "used": False,
                     "revoked": False,
@@ -344,14 +373,23 @@ class TokenService:
 
     # ---- introspection ---------------------------------------------------------------------------
     async def introspect(
-        self, form: dict[str, str], token_url: str, fhir_base: str
+        self,
+        form: dict[str, str],
+        token_url: str,
+        fhir_base: str,
+        audiences: list[str] | None = None,
+        basic: tuple[str, str] | None = None,
     ) -> dict[str, Any]:
-        await self.authenticate_client(form, token_url)
+        """RFC 7662 for a token of this issuer meant for any of `audiences` (default: this
+        server; a resource server trusting this one introspects the tokens issued for it)."""
+        await self.authenticate_client(form, token_url, basic)
         token = form.get("token")
         if not token:
             raise OAuthError("invalid_request", "token is required")
         try:
-            claims = await self.issuer.verify(token, issuer=fhir_base, audience=fhir_base)
+            claims = await self.issuer.verify(
+                token, issuer=fhir_base, audience=audiences or fhir_base
+            )
         except InvalidToken:
             return {"active": False}
         client_id = claims.get("client_id")

@@ -21,11 +21,12 @@ from fhirgoal.auth.audit_events import SecurityEvent
 from fhirgoal.auth.bearer import Authenticator, CachedAuthenticator
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.context import ParamCompiler
+from fhirgoal.auth.external_discovery import ExternalAuthorizationServer
 from fhirgoal.auth.tokens import InvalidToken
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError
-from fhirgoal.fhir.export import ExportRunner
+from fhirgoal.fhir.export_jobs import ExportRunner
 from fhirgoal.fhir.service import FhirService
 
 
@@ -55,6 +56,13 @@ class AuthRuntime:
     security: SecurityTrail | None = None
     smart: Any = None  # auth.server.SmartServer in smart mode
     caseloads: Caseloads | None = None  # None: FHIRGOAL_USER_ACCESS=all
+    # External mode: one view of the EHR's authorization server, for what /.well-known publishes
+    # and for where the token checks find its keys.
+    external_authorization: ExternalAuthorizationServer | None = None
+
+    def __post_init__(self) -> None:
+        if self.settings.auth == "external":
+            self.external_authorization = ExternalAuthorizationServer(self.settings)
 
     def record(self, event: SecurityEvent) -> None:
         """Audit a security event (rate limited; nothing when the audit is off)."""
@@ -115,7 +123,7 @@ class AuthRuntime:
             from fhirgoal.auth.external import ExternalVerifier
 
             self.authenticator = CachedAuthenticator(
-                ExternalVerifier(settings),
+                ExternalVerifier(settings, self.external_authorization),
                 compile_params,
                 max_cache_seconds=settings.external_introspection_cache_seconds,
                 caseloads=self.caseloads,

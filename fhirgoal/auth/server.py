@@ -28,18 +28,19 @@ Hardening (issue 12):
 
 from __future__ import annotations
 
+import base64
 import hmac
 import math
 from dataclasses import dataclass
 from datetime import UTC, timedelta
 from typing import Any, Literal
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, unquote_plus, urlencode
 
 import orjson
 from fastapi import APIRouter, Request, Response
 from pymongo.asynchronous.database import AsyncDatabase
 
-from fhirgoal.auth import pages
+from fhirgoal.auth import pages, smart_metadata
 from fhirgoal.auth.audit_events import SecurityEvent
 from fhirgoal.auth.caseload import Caseloads
 from fhirgoal.auth.clients import ClientRegistry
@@ -48,12 +49,11 @@ from fhirgoal.auth.keys import KeyRing
 from fhirgoal.auth.scopes import ScopeError, grantable, parse_scopes
 from fhirgoal.auth.state import expired, new_secret, resolve_launch, secret_hash, utcnow
 from fhirgoal.auth.tokens import TokenIssuer
-from fhirgoal.auth.users import UserDirectory
+from fhirgoal.auth.users import UserDirectory, patient_of
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
 
 router = APIRouter(include_in_schema=False)
-SMART_EXTENSION = "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
 REQUEST_TTL = timedelta(minutes=10)
 CODE_TTL = timedelta(seconds=60)
 MAX_FORM_BYTES = 64 * 1024
@@ -122,7 +122,7 @@ def smart_configuration(fhir: str) -> dict[str, Any]:
         "token_endpoint": urls["token"],
         "introspection_endpoint": urls["introspect"],
         "grant_types_supported": ["authorization_code", "refresh_token", "client_credentials"],
-        "token_endpoint_auth_methods_supported": ["private_key_jwt"],
+        "token_endpoint_auth_methods_supported": ["private_key_jwt", "client_secret_basic"],
         "token_endpoint_auth_signing_alg_values_supported": ["RS384", "ES384"],
         "scopes_supported": [
             "openid", "fhirUser", "launch", "launch/patient", "offline_access", "online_access",
@@ -133,6 +133,7 @@ def smart_configuration(fhir: str) -> dict[str, Any]:
         "code_challenge_methods_supported": ["S256"],
         "capabilities": [
             "launch-ehr", "launch-standalone", "client-public", "client-confidential-asymmetric",
+            "client-confidential-symmetric",
             "context-ehr-patient", "context-standalone-patient", "sso-openid-connect",
             "permission-offline", "permission-online", "permission-patient", "permission-user",
             "permission-v1", "permission-v2",
@@ -142,31 +143,7 @@ def smart_configuration(fhir: str) -> dict[str, Any]:
 
 def capability_security(fhir: str) -> dict[str, Any]:
     """CapabilityStatement.rest.security for SMART (conformance.html, oauth-uris extension)."""
-    urls = endpoints(fhir)
-    return {
-        "cors": True,
-        "service": [
-            {
-                "coding": [
-                    {
-                        "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                        "code": "SMART-on-FHIR",
-                    }
-                ],
-                "text": "OAuth2 using SMART-on-FHIR profile (see http://docs.smarthealthit.org)",
-            }
-        ],
-        "extension": [
-            {
-                "url": SMART_EXTENSION,
-                "extension": [
-                    {"url": "authorize", "valueUri": urls["authorize"]},
-                    {"url": "token", "valueUri": urls["token"]},
-                    {"url": "introspect", "valueUri": urls["introspect"]},
-                ],
-            }
-        ],
-    }
+    return smart_metadata.capability_security(smart_configuration(fhir))
 
 
 def _json(body: dict[str, Any], status: int = 200) -> Response:
@@ -252,11 +229,14 @@ async def _token_service(request: Request, operation: Literal["token", "introspe
     tokens = _smart(request).tokens
     token_url = endpoints(fhir)["token"]
     form: dict[str, str] = {}
+    basic: tuple[str, str] | None = None
     try:
         form = await _form(request)
+        basic = _basic_credentials(request)
         if operation == "introspect":
-            return _json(await tokens.introspect(form, token_url, fhir))
-        issued = await tokens.token(form, token_url, fhir)
+            audiences = sorted(request.app.state.settings.token_audience_set())
+            return _json(await tokens.introspect(form, token_url, fhir, audiences, basic))
+        issued = await tokens.token(form, token_url, fhir, basic)
     except OAuthError as exc:
         if operation == "token":
             _record(
@@ -264,7 +244,7 @@ async def _token_service(request: Request, operation: Literal["token", "introspe
                 exc.alert or "token-refused",
                 "8" if exc.alert else "4",
                 f"{exc.error}: {exc.description}",
-                client_id=_short(form.get("client_id")),
+                client_id=_short(form.get("client_id") or (basic[0] if basic else None)),
                 grant_type=_short(form.get("grant_type")),
             )
         return _json(exc.body(), exc.status)
@@ -279,6 +259,23 @@ async def _token_service(request: Request, operation: Literal["token", "introspe
         grant_type=form.get("grant_type"),
     )
     return _json(issued.body)
+
+
+def _basic_credentials(request: Request) -> tuple[str, str] | None:
+    """client_secret_basic: the `Authorization: Basic` id and secret, each form-urlencoded
+    (RFC 6749 section 2.3.1); None without such a header."""
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() != "basic":
+        return None
+    try:
+        decoded = base64.b64decode(value.strip(), validate=True).decode()
+    except (ValueError, UnicodeDecodeError):
+        raise OAuthError("invalid_client", "the Basic credentials are malformed", 401) from None
+    client_id, colon, secret = decoded.partition(":")
+    if not colon or not client_id:
+        raise OAuthError("invalid_client", "the Basic credentials are malformed", 401)
+    return unquote_plus(client_id), unquote_plus(secret)
 
 
 def _short(value: str | None, limit: int = 200) -> str | None:
@@ -311,7 +308,12 @@ async def authorize(request: Request) -> Response:
     if not q.get("code_challenge") or q.get("code_challenge_method") != "S256":
         return fail("invalid_request", "PKCE with code_challenge_method=S256 is required")
     fhir = fhir_base(request)
-    if (q.get("aud") or "").rstrip("/") != fhir:
+    # `aud` names the resource server the token is for (SMART App Launch 2.2,
+    # app-launch.html#obtain-authorization-code): this one, or a server configured to trust this
+    # authorization server (FHIRGOAL_TOKEN_AUDIENCES); any other would let a token meant for one
+    # server be replayed at another
+    audience = (q.get("aud") or "").rstrip("/")
+    if audience not in request.app.state.settings.token_audience_set():
         return fail("invalid_request", f"aud must be this FHIR server, {fhir}")
     try:
         requested = parse_scopes(q.get("scope", ""))
@@ -337,6 +339,7 @@ async def authorize(request: Request) -> Response:
             "state": state,
             "scope": scopes.text,
             "code_challenge": q["code_challenge"],
+            "aud": audience,
             "launch": launch,
             "user": None,
             "nonce": None,
@@ -453,7 +456,11 @@ def _caseload_refused(request: Request, pending: dict[str, Any], what: str) -> N
 
 
 async def _may_launch(server: SmartServer, fhir_user: str | None, patient: str) -> bool:
-    """Is the patient in the practitioner's caseload (always, under FHIRGOAL_USER_ACCESS=all)?"""
+    """Is the patient in the practitioner's caseload (always, under FHIRGOAL_USER_ACCESS=all)?
+    A patient user may launch on their own record only."""
+    own = patient_of(fhir_user)
+    if own is not None or (fhir_user or "").startswith("Patient/"):
+        return own == patient
     if server.caseloads is None:
         return True
     return f"Patient/{patient}" in (await server.caseloads.of(fhir_user)).patients
@@ -526,6 +533,10 @@ async def login(request: Request) -> Response:
     )
     granted = grantable(parse_scopes(pending["scope"]), parse_scopes(user.scopes))
     nonce = new_secret()
+    launch = pending["launch"]
+    if user.patient is not None and not launch.get("patient"):
+        # a patient user's standalone launch is on their own record: no picker
+        launch = {**launch, "patient": user.patient}
     await server.db["auth_requests"].update_one(
         {"_id": pending["_id"]},
         {
@@ -534,10 +545,11 @@ async def login(request: Request) -> Response:
                 "fhir_user": user.fhir_user,
                 "scope": granted.text,
                 "nonce": nonce,
+                "launch": launch,
             }
         },
     )
-    pending["scope"] = granted.text
+    pending["scope"], pending["launch"] = granted.text, launch
     picker = await _patient_choices(server, user.fhir_user) if _needs_picker(pending) else None
     return _html(
         pages.consent_page(
@@ -626,6 +638,7 @@ async def consent(request: Request) -> Response:
             "client_id": pending["client_id"],
             "redirect_uri": pending["redirect_uri"],
             "code_challenge": pending["code_challenge"],
+            "aud": pending.get("aud"),
             "scope": pending["scope"],
             "patient": patient,
             "encounter": launch.get("encounter"),

@@ -131,7 +131,7 @@ class TokenIssuer:
         alg = key.alg or "RS384"
         return jwt.encode({"alg": alg, "kid": key.kid, "typ": "JWT"}, body, key, algorithms=[alg])
 
-    async def verify(self, token: str, *, issuer: str, audience: str) -> dict[str, Any]:
+    async def verify(self, token: str, *, issuer: str, audience: str | list[str]) -> dict[str, Any]:
         return await verify_jwt(
             token,
             self.keys.verifying_keys,

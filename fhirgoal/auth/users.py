@@ -1,8 +1,10 @@
 """Practitioner logins for the authorization server's login page (`auth_users`).
 
-Each user is linked to a FHIR Practitioner (`fhirUser`, SMART App Launch 2.2:
+Each user is linked to a FHIR Practitioner or, for a client using a patient-facing app, to their
+own Patient record (`fhirUser`, SMART App Launch 2.2:
 https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html#scopes-for-requesting-identity-data)
-and has the scopes they may grant to an app acting for them. Passwords are stored as argon2id
+and has the scopes they may grant to an app acting for them. A patient user's launch context is
+always their own record (auth/server.py: no patient picker, no other patient). Passwords are stored as argon2id
 hashes (RFC 9106) and rehashed on login when the parameters change.
 """
 
@@ -22,6 +24,12 @@ from fhirgoal.core.errors import FhirgoalError
 
 COLLECTION = "auth_users"
 DEFAULT_USER_SCOPES = "openid fhirUser launch launch/patient offline_access online_access user/*.cruds patient/*.cruds"
+# A patient user may let an app read their record, record their own questionnaire answers (the
+# server derives the scores), and read the Questionnaires (in no patient's compartment).
+DEFAULT_PATIENT_SCOPES = (
+    "openid fhirUser launch/patient online_access offline_access patient/*.rs "
+    "patient/QuestionnaireResponse.c user/Questionnaire.rs"
+)
 _hasher = PasswordHasher()
 
 
@@ -35,6 +43,17 @@ class User:
     fhir_user: str
     scopes: str
     revoked: bool = False
+
+    @property
+    def patient(self) -> str | None:
+        """The Patient id of a patient user (fhirUser Patient/<id>), else None."""
+        return patient_of(self.fhir_user)
+
+
+def patient_of(fhir_user: str | None) -> str | None:
+    """The id of a `Patient/<id>` fhirUser; None for any other."""
+    kind, _, rid = (fhir_user or "").partition("/")
+    return rid if kind == "Patient" and rid and "/" not in rid else None
 
 
 class UserDirectory:

@@ -37,6 +37,28 @@ MISSING = "miss"
 # `refx`, `tokx`, ... are the exact checks applied after an indexed field has narrowed the
 # candidates, `miss` the residual check of `:missing=true`, `srt` the sort keys.
 INDEX_FIELDS = (TOKEN, REFERENCE, COMPARTMENT, STRING, NUMBER, DATE_LOW, DATE_HIGH)
+
+ID = "_id"
+IndexKey = tuple[tuple[str, int], ...]
+# The indexes of the search fields, by name (store/repository.py builds them on each type's
+# current collection). The reference and compartment fields are indexed compound with the id
+# after them, the order of a search without `_sort` (keyset paging on the id,
+# fhir/search/engine.py): the matches of one key (a patient's Observations, a compartment, a
+# Goal's ratings for `_revinclude`) are then read in that order. MongoDB serves such a page from
+# the index without sorting and stops after it; the embedded database still sorts what it
+# fetched, but from presorted input, at a fraction of the comparisons (measured: 4.9 -> 4.15 ms
+# of database CPU for a page of 20 of a patient's 50 Observations). A compound key costs the
+# embedded database more to write than a single-field one (measured: +0.17 ms per insert of an
+# Observation with 13 indexed keys, all compound), so the fields with many keys per resource
+# (tokens, strings, numbers, dates), whose searches are rarely the whole selection, keep
+# single-field indexes. A compound index can lead only one multikey field (MongoDB refuses to
+# index "parallel arrays"), so two search fields never share one: a second condition (patient +
+# code, patient + date) is checked on the candidates of the first.
+SEARCH_INDEXES: dict[str, IndexKey] = {
+    "ref_id": ((REFERENCE, 1), (ID, 1)),
+    "comp_id": ((COMPARTMENT, 1), (ID, 1)),
+    **{name: ((name, 1),) for name in (TOKEN, STRING, NUMBER, DATE_LOW, DATE_HIGH)},
+}
 # Every field the search index writes, and `pend`, which is indexed only on the types that have
 # after-write hooks, so other writes pay nothing for it.
 SEARCH_FIELDS = (

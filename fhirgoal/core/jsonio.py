@@ -18,6 +18,7 @@ import itertools
 import json
 import operator
 import re
+import uuid
 from decimal import Decimal
 from typing import Any
 
@@ -180,6 +181,33 @@ def dumps(value: Any) -> bytes:
         # orjson refuses integers beyond 64 bits without asking `_default`; they come from
         # parsing stored text (loads_stored keeps them as int) and are written as they were
         return orjson.dumps(_big_integers_as_text(value), default=_default)
+
+
+def dumps_indented(value: Any) -> str:
+    """JSON text indented by two spaces for people to read (the CLI), decimals as received.
+    orjson writes decimal Fragments verbatim but cannot indent around them, so each decimal
+    travels as a marked string, unquoted afterwards; the mark is new on every call."""
+    mark = f"decimal-{uuid.uuid4().hex}:"
+
+    def marked(node: Any) -> Any:
+        if isinstance(node, Decimal128):
+            node = node.to_decimal()
+        if isinstance(node, Decimal):
+            return mark + _decimal_text(node)
+        if (
+            isinstance(node, int)
+            and not isinstance(node, bool)
+            and not _INT_MIN <= node <= _INT_MAX
+        ):
+            return mark + str(node)
+        if isinstance(node, dict):
+            return {key: marked(item) for key, item in node.items()}
+        if isinstance(node, list | tuple):
+            return [marked(item) for item in node]
+        return node
+
+    text = orjson.dumps(marked(value), option=orjson.OPT_INDENT_2).decode()
+    return re.sub(f'"{mark}([^"]*)"', r"\1", text)
 
 
 def dumps_canonical(value: Any) -> bytes:

@@ -1,9 +1,12 @@
 """Plugs the payer evidence into the FHIR service: the `$medical-necessity` operation, with the
-document-signing key it signs with (keys.py)."""
+document-signing key it signs with (keys.py), and Da Vinci CDex requests (cdex/): the write rule
+on Task and the clinician's `Task/{id}/$approve` and `$reject`."""
 
 from __future__ import annotations
 
 from fhirgoal.clinical.codes import FHIRGOAL
+from fhirgoal.evidence.cdex.fulfil import CdexAnswers
+from fhirgoal.evidence.cdex.rule import CdexRequestRule
 from fhirgoal.evidence.keys import DocumentKeys
 from fhirgoal.evidence.operation import MedicalNecessity
 from fhirgoal.fhir.operations import Operation
@@ -17,3 +20,10 @@ def install_evidence(service: FhirService) -> None:
         Operation("medical-necessity", "instance", "Patient", handler,
                   definition=f"{FHIRGOAL}/OperationDefinition/Patient-medical-necessity")
     )  # fmt: skip
+    answers = CdexAnswers(handler)
+    for name, answer in (("approve", answers.approve), ("reject", answers.reject)):
+        service.operations.register(
+            Operation(name, "instance", "Task", answer, affects_state=True,
+                      definition=f"{FHIRGOAL}/OperationDefinition/Task-{name}")
+        )  # fmt: skip
+    service.hooks.register_preparer(CdexRequestRule(service))

@@ -16,6 +16,8 @@ from __future__ import annotations
 from typing import Any
 
 from fhirgoal.clinical.session_alerts import cutoffs_from
+from fhirgoal.core.access import AccessContext
+from fhirgoal.evidence.charts import chart_svgs
 from fhirgoal.evidence.document import build_document
 from fhirgoal.evidence.figures import compute_figures
 from fhirgoal.evidence.gaps import check_sufficient
@@ -41,13 +43,26 @@ class MedicalNecessity:
     async def __call__(self, svc: FhirService, call: Invocation) -> Outcome:
         assert call.id is not None
         ask = parse_request(call.id, call.parameters)
-        records = await gather(svc, call.access, ask)
+        outputs = await self.evidence(svc, call.access, ask, call.base_url)
+        if call.method == "POST":
+            outputs = await _store(svc, call, outputs)
+        return Outcome(200, body={
+            "resourceType": "Parameters",
+            "parameter": [{"name": name, "resource": r} for name, r in outputs.items()],
+        })  # fmt: skip
+
+    async def evidence(
+        self, svc: FhirService, access: AccessContext, ask: EvidenceRequest, base_url: str
+    ) -> dict[str, dict[str, Any]]:
+        """The signed document and/or the PDF with their DocumentReferences, by output name
+        (`document`, `documentReference`, `pdf`), read with `access`; nothing stored."""
+        records = await gather(svc, access, ask)
         figures = compute_figures(records, cutoffs_from(svc.settings))
         check_sufficient(ask, records, figures)
         sections = build_sections(ask, records, figures)
-        document = build_document(ask, records, figures, sections, call.base_url)
+        document = build_document(ask, records, figures, sections, base_url)
         key = await self.keys.signing_key()
-        jku = jwks_url(call.base_url)
+        jku = jwks_url(base_url)
         bundle = sign_document(document.bundle, key, jku=jku, who=SIGNER, when=document.timestamp)
         outputs: dict[str, dict[str, Any]] = {}
         if "document" in ask.outputs:
@@ -55,16 +70,11 @@ class MedicalNecessity:
             outputs["documentReference"] = document_reference(bundle, ask, document.timestamp)
         if "pdf" in ask.outputs:
             cover = _cover(ask, records, bundle, key.kid or "", jku)
-            pdf = render_pdf(cover, sections, charts={})
+            pdf = render_pdf(cover, sections, charts=chart_svgs(ask, figures))
             outputs["pdf"] = pdf_reference(
                 pdf, bundle, ask, document.timestamp, outputs.get("documentReference")
             )
-        if call.method == "POST":
-            outputs = await _store(svc, call, outputs)
-        return Outcome(200, body={
-            "resourceType": "Parameters",
-            "parameter": [{"name": name, "resource": r} for name, r in outputs.items()],
-        })  # fmt: skip
+        return outputs
 
 
 async def _store(

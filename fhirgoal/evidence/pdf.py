@@ -3,9 +3,10 @@ and tables as the FHIR document (report.py), the charts the clinician app draws,
 the signature.
 
 Rendered with ReportLab's page layout engine (platypus); charts arrive as SVG text (the app's
-inline SVG, webapp/charts.py) and are converted to ReportLab drawings by svglib, so the PDF shows
-the very charts the clinician sees. US Letter, the payers' paper size. `invariant` output: no
-creation time or random file id in the PDF, so the same content gives the same bytes (and hash).
+drawing, fhirgoal/charts/svg.py, in its standalone form: evidence/charts.py) and are converted to
+ReportLab drawings by svglib, so the PDF shows the very charts the clinician sees. US Letter, the
+payers' paper size. `invariant` output: no creation time or random file id in the PDF, so the
+same content gives the same bytes (and hash).
 """
 
 from __future__ import annotations
@@ -105,8 +106,9 @@ def _section(
     heading = section.title + (f" (LOINC {section.code[0]})" if section.code else "")
     head: list[Flowable] = [Paragraph(escape(heading), styles[level])]
     head += [Paragraph(escape(s), styles["body"]) for s in section.sentences]
+    # a chart stays on the page of the heading and sentences that introduce it
+    head += [chart_flowable(svg) for svg in charts.get(section.key, ())]
     out: list[Flowable] = [KeepTogether(head)]
-    out += [chart_flowable(svg) for svg in charts.get(section.key, ())]
     for table in section.tables:
         out += _table(table, styles)
     for sub in section.sections:

@@ -15,7 +15,8 @@ follow RFC 9110 and the usual practice for webhooks):
   the minute some servers give up after) is parked as `dead`, for `fhirgoal outbox status`.
 
 The worker knows nothing of Subscriptions or EHRs: each item kind has its handler
-(fhir/outbox.py DeliveryHandler), which builds the request and hears the outcome.
+(fhir/outbox.py DeliveryHandler), which builds the request and hears the outcome, or carries a
+delivery of several requests out itself (SelfDelivery: EHR sync), bounded by the same timeout.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from pymongo.errors import PyMongoError
 
 from fhirgoal.config import Settings
 from fhirgoal.core.errors import FhirError
-from fhirgoal.fhir.outbox import Delivery, DeliveryHandler, Outbox, Skip
+from fhirgoal.fhir.outbox import Delivery, DeliveryHandler, Outbox, SelfDelivery, Sent, Skip
 from fhirgoal.store.outbox import DEAD, VOID, OutboxItem
 
 log = structlog.get_logger(__name__)
@@ -118,9 +119,9 @@ class DeliveryWorker:
             retention = timedelta(seconds=self.settings.outbox_retention_seconds)
             await self.store.purge(datetime.now(UTC) - retention)
 
-    async def run_once(self) -> int:
-        """Deliver every item due now (as many at once as `outbox_concurrency`); how many
-        attempts were made."""
+    async def run_once(self, dest: str | None = None) -> int:
+        """Deliver every item due now (of destination `dest` only, when given), as many at once
+        as `outbox_concurrency`; how many attempts were made."""
         attempts = 0
         concurrency = self.settings.outbox_concurrency
         in_flight = asyncio.Semaphore(concurrency)
@@ -135,6 +136,7 @@ class DeliveryWorker:
                 self.settings.outbox_lease_seconds,
                 datetime.now(UTC),
                 concurrency * BATCH_PER_DELIVERY,
+                dest,
             )
             if not taken:
                 return attempts
@@ -179,7 +181,13 @@ class DeliveryWorker:
                 at = datetime.now(UTC) + timedelta(seconds=prepared.retry_in)
                 await self.store.retry(item, self.owner, at, prepared.reason, counts=False)
             return
-        error, wait = await self._send(prepared)
+        if isinstance(prepared, SelfDelivery):
+            error, wait, void = await self._carry_out(prepared)
+            if void is not None:
+                await self.store.finish(item, self.owner, VOID, void)
+                return
+        else:
+            error, wait = await self._send(prepared)
         if error is None:
             if await self.store.delivered(item, self.owner, datetime.now(UTC)):
                 await self._settled(handler, item, None, False)
@@ -191,7 +199,11 @@ class DeliveryWorker:
         """(None, None) when the receiver took it; else the error and any Retry-After wait."""
         try:
             response = await self.client.request(
-                delivery.method, delivery.url, headers=delivery.headers, content=delivery.body
+                delivery.method,
+                delivery.url,
+                headers=delivery.headers,
+                content=delivery.body,
+                timeout=delivery.timeout or self.settings.outbox_timeout_seconds,
             )
         except httpx.TimeoutException:
             return f"{delivery.method} {delivery.url}: no answer in time", None
@@ -203,6 +215,15 @@ class DeliveryWorker:
         if response.status_code in (429, 503):
             wait = retry_after(response.headers.get("retry-after"), datetime.now(UTC))
         return f"{delivery.method} {delivery.url}: HTTP {response.status_code}", wait
+
+    async def _carry_out(self, delivery: SelfDelivery) -> Sent:
+        """A handler's own delivery, within the timeout of one request (so within the lease)."""
+        try:
+            return await asyncio.wait_for(delivery.run(), self.settings.outbox_timeout_seconds)
+        except TimeoutError:
+            return Sent(error="no answer in time")
+        except httpx.HTTPError as error:
+            return Sent(error=f"{type(error).__name__}: {error}")
 
     async def _failed(self, item: OutboxItem, error: str, wait: float | None) -> bool:
         """Schedule the next attempt, or park the item as dead; whether it is dead."""

@@ -92,6 +92,26 @@ def system_searchset_page(
     return searchset_page(base, base, page)
 
 
+def history_entry(base: str, v: Version, with_resource: bool = True) -> dict[str, Any]:
+    """A version as an entry of a history Bundle: the resource (unless deleted, or left out),
+    and the request and response that made it (bundle.html#history, bdl-3 and bdl-4: both are
+    required there)."""
+    entry: dict[str, Any] = {"fullUrl": f"{base}/{v.resource_type}/{v.id}"}
+    if v.text is not None and with_resource:
+        entry["resource"] = orjson.Fragment(v.text)
+    method = v.method
+    entry["request"] = {
+        "method": method,
+        "url": v.resource_type if method == "POST" else f"{v.resource_type}/{v.id}",
+    }
+    entry["response"] = {
+        "status": "201 Created" if v.version == 1 and method != "DELETE" else _STATUS[method],
+        "etag": f'W/"{v.version}"',
+        "lastModified": instant_text(v.last_updated),
+    }
+    return entry
+
+
 def history(
     base: str,
     url: str,
@@ -99,22 +119,7 @@ def history(
     total: int,
     links: dict[str, list[tuple[str, str]]],
 ) -> dict[str, Any]:
-    entries = []
-    for v in versions:
-        entry: dict[str, Any] = {"fullUrl": f"{base}/{v.resource_type}/{v.id}"}
-        if v.text is not None:
-            entry["resource"] = orjson.Fragment(v.text)
-        method = v.method
-        entry["request"] = {
-            "method": method,
-            "url": v.resource_type if method == "POST" else f"{v.resource_type}/{v.id}",
-        }
-        entry["response"] = {
-            "status": "201 Created" if v.version == 1 and method != "DELETE" else _STATUS[method],
-            "etag": f'W/"{v.version}"',
-            "lastModified": instant_text(v.last_updated),
-        }
-        entries.append(entry)
+    entries = [history_entry(base, v) for v in versions]
     bundle: dict[str, Any] = {"resourceType": "Bundle", "type": "history", "total": total}
     bundle["link"] = [{"relation": rel, "url": link(url, params)} for rel, params in links.items()]
     if entries:

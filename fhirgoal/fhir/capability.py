@@ -25,8 +25,10 @@ def build_capability(
     base: str,
     operations: OperationRegistry | None = None,
     profiles: ProfileSet | None = None,
+    additions: dict[str, dict[str, list[Any]]] | None = None,
 ) -> dict[str, Any]:
-    """The statement; `operations` and `profiles` add what the installed packages provide."""
+    """The statement; `operations`, `profiles` and `additions` (lists to append to a type's
+    entry: `extension`, `supportedProfile`) add what the installed packages provide."""
     statement = copy.deepcopy(conformance.capability_template)
     statement["date"] = instant_text(now())
     statement["software"]["version"] = __version__
@@ -71,6 +73,10 @@ def build_capability(
         declared = _operations(operations, rt)
         if declared:
             resources[-1]["operation"] = declared
+        entry = resources[-1]
+        for key, values in (additions or {}).get(rt, {}).items():
+            present = entry.get(key, [])
+            entry[key] = [*present, *(v for v in values if v not in present)]
     rest["resource"] = resources
     system = _operations(operations, None)
     if system:

@@ -1,8 +1,11 @@
 """Write hooks: rules that other packages attach to the writes of a resource type.
 
 The FHIR layer stays resource-type agnostic; clinical rules (QuestionnaireResponse extraction,
-goal status from ratings, session-measure alerts) plug in here. A hook sees every write of its
-types twice:
+goal status from ratings, session-measure alerts) plug in here. A *preparer* sees a write of its
+types first, before it is validated and indexed: it may refuse it, and it returns the resource to
+store with what the server adds to it (a reference it resolved: R4 lets a server resolve a logical
+reference, https://hl7.org/fhir/R4/references.html#logical), so that the index and the
+authorization check see the added content. A hook sees every write of its types twice:
 
 - `before_write`: after the resource passed validation, before anything is stored. It may reject
   the write (raise FhirError) and may plan follow-up work in `event.state`. Nothing is stored when
@@ -80,15 +83,38 @@ class CoalescingHook(Protocol):
     async def after_writes(self, events: list[WriteEvent]) -> None: ...
 
 
+class Preparer(Protocol):
+    resource_types: frozenset[str]
+
+    async def prepare(
+        self, access: AccessContext, resource: dict[str, Any], previous: Version | None
+    ) -> dict[str, Any]:
+        """The resource to validate, index and store (raise FhirError to refuse the write).
+        `previous`: the current version an update replaces (None for a create)."""
+        ...
+
+
 class HookSet:
-    """The hooks of each resource type, in registration order."""
+    """The hooks and preparers of each resource type, in registration order."""
 
     def __init__(self) -> None:
         self._by_type: dict[str, list[WriteHook]] = defaultdict(list)
+        self._preparers: dict[str, list[Preparer]] = defaultdict(list)
 
     def register(self, hook: WriteHook) -> None:
         for rt in hook.resource_types:
             self._by_type[rt].append(hook)
+
+    def register_preparer(self, preparer: Preparer) -> None:
+        for rt in preparer.resource_types:
+            self._preparers[rt].append(preparer)
+
+    async def prepare(
+        self, access: AccessContext, resource: dict[str, Any], previous: Version | None
+    ) -> dict[str, Any]:
+        for preparer in self._preparers.get(resource["resourceType"], ()):
+            resource = await preparer.prepare(access, resource, previous)
+        return resource
 
     def for_type(self, rt: str) -> list[WriteHook]:
         return self._by_type.get(rt, [])

@@ -146,6 +146,15 @@ class Invocation:
         items = (item.strip().partition("=")[0].strip().lower() for item in self.prefer.split(","))
         return token in {i for part in items for i in part.split(";")}
 
+    def preference(self, name: str) -> str | None:
+        """The value the Prefer header gives `name` (`handling=lenient` -> "lenient"), if any."""
+        for item in self.prefer.split(","):
+            for part in item.split(";"):
+                key, _, value = part.partition("=")
+                if key.strip().lower() == name:
+                    return value.strip().strip('"').lower() or None
+        return None
+
 
 # A handler is called with the FhirService (service.py), which holds this registry: it is `Any`
 # here so that the model does not import the service that imports it (no import circle).

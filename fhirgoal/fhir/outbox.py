@@ -15,13 +15,19 @@ that costs a second write per write (clearing the mark) and an index on every re
 price of this order is that an item may outlive a write that then failed (a lost race, a
 database error): the item names its version and a digest of its text, and the delivery worker
 voids an item whose version is not the one stored. In a unit of work (a transaction Bundle) the
-items are part of the unit and commit with it or not at all.
+items are part of the unit and commit with it or not at all. The items of a first version stored
+outside a unit ride in the repository's insert batch (store/batching.py companions: written
+first, in one call for the whole batch of concurrent creates), so they cost a batch one driver
+call rather than each write one.
+
+A deletion is matched as the version it deletes (its index extracted again, only when a source
+`follows` the type), so that a Subscription hears that a resource it followed is gone.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, NamedTuple, Protocol
 
 from fhirgoal.fhir.instants import now
@@ -58,6 +64,7 @@ class Delivery(NamedTuple):
     url: str
     headers: dict[str, str]
     body: bytes | None = None
+    timeout: float | None = None  # seconds; None: the server's outbox_timeout_seconds
 
 
 class Skip(NamedTuple):
@@ -68,10 +75,28 @@ class Skip(NamedTuple):
     retry_in: float | None = None
 
 
+class Sent(NamedTuple):
+    """How a delivery that its handler carried out went: delivered (no `error`, no `void`),
+    failed (`error`, and any wait a Retry-After asked for), or found to be void after all
+    (`void`: the reason; nothing is left to deliver)."""
+
+    error: str | None = None
+    retry_after: float | None = None
+    void: str | None = None
+
+
+class SelfDelivery(NamedTuple):
+    """A delivery the handler carries out itself, when one request cannot say it: an EHR sync
+    asks for a token, makes a conditional create or an `If-Match` update and reads after a 412.
+    The worker bounds it by the delivery timeout, as it bounds a single request."""
+
+    run: Callable[[], Awaitable[Sent]]
+
+
 class DeliveryHandler(Protocol):
     """Turns an item of one kind into its request, and hears how delivering it went."""
 
-    async def prepare(self, item: OutboxItem) -> Delivery | Skip: ...
+    async def prepare(self, item: OutboxItem) -> Delivery | SelfDelivery | Skip: ...
 
     async def settled(self, item: OutboxItem, error: str | None, gave_up: bool) -> None:
         """After an attempt: `error` None on success; `gave_up` when the item is dead."""
@@ -93,31 +118,45 @@ class Outbox:
     def add_source(self, source: OutboxSource) -> None:
         self.sources.append(source)
 
-    async def record(self, version: Version, index: dict[str, Any]) -> bool:
-        """Record the items `version` causes, before it is stored; whether there were any."""
+    def follows(self, rt: str) -> bool:
+        """Whether a source may want the writes of `rt`: a source may say so with a
+        `follows(rt)` method (no method: it wants every type). Lets a deletion skip extracting
+        the deleted version's index when nobody would match it (fhir/service.py)."""
+        for source in self.sources:
+            follows = getattr(source, "follows", None)
+            if follows is None or follows(rt):
+                return True
+        return False
+
+    def plan(self, version: Version, index: dict[str, Any]) -> list[OutboxItem]:
+        """The items `version` causes (asking every source, from memory): nothing stored yet."""
         if not self.sources:
-            return False
+            return []
         targets = [t for source in self.sources for t in source.targets(version, index)]
         if not targets:
-            return False
+            return []
         ref = f"{version.resource_type}/{version.id}"
         text_digest = digest(version)
         created = now()
-        await self.store.record(
-            [
-                OutboxItem(
-                    item_key(t.dest, ref, version.version, text_digest),
-                    t.kind,
-                    t.dest,
-                    ref,
-                    version.version,
-                    text_digest,
-                    created,
-                )
-                for t in dict.fromkeys(targets)
-            ]
-        )
-        return True
+        return [
+            OutboxItem(
+                item_key(t.dest, ref, version.version, text_digest),
+                t.kind,
+                t.dest,
+                ref,
+                version.version,
+                text_digest,
+                created,
+            )
+            for t in dict.fromkeys(targets)
+        ]
+
+    async def record(self, version: Version, index: dict[str, Any]) -> bool:
+        """Record the items `version` causes, before it is stored; whether there were any."""
+        items = self.plan(version, index)
+        if items:
+            await self.store.record(items)
+        return bool(items)
 
     def written(self) -> None:
         for listener in self.listeners:

@@ -23,7 +23,9 @@ log = structlog.get_logger(__name__)
 # changes: servers then reindex the stored resources at start-up.
 #   1  every key indexed (no format recorded)
 #   2  one coarse indexed key per value, exact keys in unindexed copies; `miss` unindexed
-INDEX_FORMAT = 2
+#   3  `ref` and `comp` indexed compound with the id (core/fields.py SEARCH_INDEXES); no keys
+#      of narrowed reference parameters (`patient`: fhir/search/registry.py)
+INDEX_FORMAT = 3
 
 
 async def reindex(

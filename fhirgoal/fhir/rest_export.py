@@ -22,7 +22,8 @@ from fastapi.responses import StreamingResponse
 
 from fhirgoal.core.errors import FhirError, informational_outcome
 from fhirgoal.core.jsonio import dumps
-from fhirgoal.fhir.export import NDJSON, ExportRunner, is_owner, manifest
+from fhirgoal.fhir.export import is_owner
+from fhirgoal.fhir.export_jobs import NDJSON, ExportRunner, manifest, output_files
 from fhirgoal.fhir.rest import access, fhir_response
 from fhirgoal.store.exports import ACCEPTED, COMPLETED, FAILED, RUNNING
 
@@ -77,8 +78,7 @@ async def export_cancel(job_id: str, request: Request) -> Response:
 @router.get("/_export/{job_id}/{file}", summary="a Bulk Data export output file")
 async def export_file(job_id: str, file: str, request: Request) -> Response:
     job = await _job(request, job_id)
-    output = job.get("output") or {}
-    if job["status"] != COMPLETED or file not in {f["file"] for f in output.get("files", [])}:
+    if job["status"] != COMPLETED or file not in output_files(job):
         raise FhirError("not-found", f"export job {job_id} has no file {file}")
-    chunks = _runner(request).store.read_file(job_id, output["run"], file)
+    chunks = _runner(request).store.read_file(job_id, job["output"]["run"], file)
     return StreamingResponse(chunks, media_type=NDJSON)

@@ -52,7 +52,7 @@ from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.validation import Validator
 from fhirgoal.store.append_log import AppendLog
 from fhirgoal.store.claims import claim_key
-from fhirgoal.store.outbox import OutboxStore
+from fhirgoal.store.outbox import OutboxItem, OutboxStore
 from fhirgoal.store.repository import AlreadyExists, Repository, Version
 from fhirgoal.store.units import RetryUnit, in_unit, run_unit
 
@@ -135,6 +135,9 @@ class FhirService:
         repository.write_through_log(self.audit_log)
         # outbound work recorded with the writes that cause it (exchange/ adds the sources)
         self.outbox = Outbox(OutboxStore(repository.db, repository.batched))
+        # What installed packages add to a type's CapabilityStatement entry (fhir/capability.py):
+        # lists are appended to, e.g. {"Subscription": {"extension": [...]}}.
+        self.resource_capabilities: dict[str, dict[str, list[Any]]] = {}
 
     # ---- stored data, for the server's own logic (auth/, clinical/) -------------------------
     # The layers above reach stored data through these, never through `repo`: no hooks, no
@@ -325,11 +328,12 @@ class FhirService:
     async def _create_new(
         self, access: AccessContext, rt: str, resource: dict[str, Any], rid: str
     ) -> Outcome:
+        resource = await self.hooks.prepare(access, resource, None)
         moment = now()
         stored, index, warnings = self._prepare(resource, rid, 1, moment)
         version = self._version(rt, rid, 1, moment, "POST", stored)
         event = WriteEvent(access, rt, rid, stored, None, warnings=warnings)
-        await self._insert(access, version, await self._before(event, version, index))
+        await self._insert(access, version, await self._before(event, version, index, insert=True))
         await self._after(event, version)
         return Outcome(201, version, warnings=event.warnings)
 
@@ -393,15 +397,36 @@ class FhirService:
         )
 
     async def _before(
+        self, event: WriteEvent, version: Version, index: dict[str, Any], insert: bool = False
+    ) -> tuple[dict[str, Any], list[OutboxItem]]:
+        """Run the before-hooks and plan the version's outbox items (fhir/outbox.py: they are
+        written before the version, so that its acknowledgement covers them). Returns the index
+        to store, marked pending when after-hooks will run outside a unit of work (in one, they
+        commit with the write or not at all), and the items still to be written: for a first
+        version stored outside a unit (`insert`), they go with it, in the repository's batch
+        (`_insert`): one driver call per batch of writes instead of one more per write, which
+        was most of what the outbox cost a create (bench/outbox.py); otherwise they are
+        written here."""
+        await self.hooks.before(event)
+        items = self.outbox.plan(version, self._outbox_index(event, version, index))
+        event.outbox = bool(items)
+        if items and (not insert or in_unit()):
+            await self.outbox.store.record(items)
+            items = []
+        stored = {**index, fields.PENDING: True} if event.hooks and not in_unit() else index
+        return stored, items
+
+    def _outbox_index(
         self, event: WriteEvent, version: Version, index: dict[str, Any]
     ) -> dict[str, Any]:
-        """Run the before-hooks and record the version's outbox items (fhir/outbox.py: before
-        the version, so that its acknowledgement covers them); the index to store, marked
-        pending when after-hooks will run outside a unit of work (in one, they commit with the
-        write or not at all)."""
-        await self.hooks.before(event)
-        event.outbox = await self.outbox.record(version, index)
-        return {**index, fields.PENDING: True} if event.hooks and not in_unit() else index
+        """The search index the outbox sources match `version` by. A deletion has none of its
+        own: it is matched as the version it deletes (a Subscription is told that a resource it
+        followed is gone), whose index is extracted again here, on deletions only."""
+        previous = event.previous
+        deleted = previous.resource if version.deleted and previous is not None else None
+        if deleted is not None and self.outbox.follows(version.resource_type):
+            return self.registry.for_type(version.resource_type).index_fields(deleted)
+        return index
 
     async def _after(self, event: WriteEvent, version: Version) -> None:
         if event.outbox:
@@ -462,9 +487,16 @@ class FhirService:
                 finished += 1
         return finished
 
-    async def _insert(self, access: AccessContext, version: Version, index: dict[str, Any]) -> None:
+    async def _insert(
+        self,
+        access: AccessContext,
+        version: Version,
+        planned: tuple[dict[str, Any], list[OutboxItem]],
+    ) -> None:
+        """Store a first version with what `_before(..., insert=True)` planned for it."""
+        index, items = planned
         try:
-            await self.repo.insert(access, version, index)
+            await self.repo.insert(access, version, index, self.outbox.store.companions(items))
         except BSONError as exc:
             raise FhirError("invalid", f"the resource cannot be stored: {exc}") from None
 
@@ -559,12 +591,14 @@ class FhirService:
                 raise FhirError(
                     "precondition-failed", f"{rt}/{rid} does not exist (If-Match given)"
                 )
+            resource = await self.hooks.prepare(access, resource, None)
             moment = now()
             stored, index, warnings = self._prepare(resource, rid, 1, moment)
             version = self._version(rt, rid, 1, moment, method, stored)
             event = WriteEvent(access, rt, rid, stored, None, warnings=warnings)
             try:
-                await self._insert(access, version, await self._before(event, version, index))
+                planned = await self._before(event, version, index, insert=True)
+                await self._insert(access, version, planned)
             except AlreadyExists:
                 return None  # created meanwhile: go round again as an update
             await self._after(event, version)
@@ -574,13 +608,13 @@ class FhirService:
                 "precondition-failed",
                 f"version conflict: If-Match is {expected}, the current version is {current.version}",
             )
+        resource = await self.hooks.prepare(access, resource, None if current.deleted else current)
         moment = max(now(), current.last_updated)
         stored, index, warnings = self._prepare(resource, rid, current.version + 1, moment)
         version = self._version(rt, rid, current.version + 1, moment, method, stored)
         event = WriteEvent(access, rt, rid, stored, current, warnings=warnings)
-        if await self.repo.replace(
-            access, current, version, await self._before(event, version, index)
-        ):
+        stored_index, _ = await self._before(event, version, index)
+        if await self.repo.replace(access, current, version, stored_index):
             await self._after(event, version)
             return Outcome(200, version, warnings=event.warnings)
         if expected is not None:
@@ -683,9 +717,8 @@ class FhirService:
             moment = max(now(), current.last_updated)
             tombstone = Version(rt, rid, current.version + 1, moment, "DELETE", None)
             event = WriteEvent(access, rt, rid, None, current)
-            if await self.repo.replace(
-                access, current, tombstone, await self._before(event, tombstone, {})
-            ):
+            stored_index, _ = await self._before(event, tombstone, {})
+            if await self.repo.replace(access, current, tombstone, stored_index):
                 await self._after(event, tombstone)
                 return Outcome(204, tombstone)
             await _back_off(attempt)

@@ -45,6 +45,13 @@ class Subsetter:
         mandatory = {p for p, e in top.items() if int(e.get("min", 0)) >= 1}
         return frozenset(top), frozenset(summary), frozenset(mandatory)
 
+    def element(self, resource_type: str, name: str) -> str | None:
+        """The top-level element `name` names on the type ('valueQuantity' -> 'value'), or None
+        when the type has no such element."""
+        known = self.top_level(resource_type)[0]
+        found = _element_name(name, set(known))
+        return found if found in known else None
+
     def subset(
         self, resource: dict[str, Any], summary: str | None, elements: list[str] | None
     ) -> dict[str, Any]:

@@ -11,7 +11,7 @@ under load the database and the driver see one operation per batch instead of on
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable, Hashable
+from collections.abc import Awaitable, Callable, Hashable, Sequence
 from typing import Any, Generic, TypeVar
 
 from pymongo.asynchronous.collection import AsyncCollection
@@ -93,12 +93,15 @@ class Batcher(Generic[Item, Outcome]):
 Doc = dict[str, Any]
 
 
+Companion = tuple[AsyncCollection[Doc], Doc]
+
+
 class BatchedCollectionOps:
     """`find_by_id` and `insert` for many concurrent callers, batched per collection and filter."""
 
     def __init__(self, in_flight: int = 1) -> None:
         self.readers: Batcher[str, Doc | None] = Batcher(in_flight)
-        self.writers: Batcher[Doc, None] = Batcher(in_flight)
+        self.writers: Batcher[tuple[Doc, Sequence[Companion]], None] = Batcher(in_flight)
 
     async def find_by_id(
         self, collection: AsyncCollection[Doc], rid: str, extra: Doc, projection: Doc
@@ -117,8 +120,18 @@ class BatchedCollectionOps:
 
         return await self.readers.submit(key, rid, run)
 
-    async def insert(self, collection: AsyncCollection[Doc], doc: Doc) -> None:
-        async def run(docs: list[Doc]) -> list[BaseException | None]:
+    async def insert(
+        self, collection: AsyncCollection[Doc], doc: Doc, companions: Sequence[Companion] = ()
+    ) -> None:
+        """Insert `doc`, after its `companions` (documents of other collections that must be
+        written before it, as a write's outbox items: fhir/outbox.py). The companions of a batch
+        go first in one call per collection, so they ride in the batch of the documents they
+        accompany instead of costing their writers a batch (and a driver call) of their own; one
+        already stored is left as it is, and any other failure fails the whole batch."""
+
+        async def run(entries: list[tuple[Doc, Sequence[Companion]]]) -> list[BaseException | None]:
+            await _insert_companions([c for _, companions in entries for c in companions])
+            docs = [doc for doc, _ in entries]
             if len(docs) == 1:
                 await collection.insert_one(docs[0])
                 return [None]
@@ -128,7 +141,20 @@ class BatchedCollectionOps:
                 return _per_document_errors(exc, len(docs))
             return [None] * len(docs)
 
-        await self.writers.submit(collection.full_name, doc, run)
+        await self.writers.submit(collection.full_name, (doc, companions), run)
+
+
+async def _insert_companions(companions: list[Companion]) -> None:
+    by_collection: dict[str, tuple[AsyncCollection[Doc], list[Doc]]] = {}
+    for collection, doc in companions:
+        by_collection.setdefault(collection.full_name, (collection, []))[1].append(doc)
+    for collection, docs in by_collection.values():
+        try:
+            await collection.insert_many(docs, ordered=False)
+        except BulkWriteError as exc:
+            errors = exc.details.get("writeErrors", [])
+            if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
+                raise
 
 
 async def _find_one(collection: AsyncCollection[Doc], query: Doc, projection: Doc) -> Doc | None:

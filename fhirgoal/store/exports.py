@@ -126,6 +126,11 @@ class ExportStore:
         await self.chunks.delete_many({"job": job_id})
         return result.deleted_count == 1
 
+    async def discard_run(self, job_id: str, run: int) -> None:
+        """Remove what one run wrote (a run that found its job cancelled, or taken over, after
+        writing a chunk: nothing of it is ever served)."""
+        await self.chunks.delete_many({"job": job_id, "run": run})
+
     # ---- output ----------------------------------------------------------------------------
     async def write_chunk(
         self, job_id: str, run: int, file: str, seq: int, text: bytes, expires: datetime

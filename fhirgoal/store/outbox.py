@@ -10,6 +10,8 @@ One collection, `fhirgoal_outbox`, one document per item of work:
   ref, vid   the resource version that caused it ("Observation/9", 3), and `digest` of its text
   created    when it was recorded; `attempts`, `next` (the next attempt is due), `error` (the last)
   state      pending -> delivering (leased: `lease` until, `owner`) -> delivered | dead | void
+  event      the event number a topic-based Subscription's notification carries, given before
+             its first attempt (store/events.py)
 
 Items are recorded before the version that causes them is stored, with the same write concern
 (fhir/outbox.py says why that order): a 2xx therefore means the item exists. An item whose
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -35,7 +38,7 @@ from pymongo import ASCENDING, WriteConcern
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
-from fhirgoal.store.batching import BatchedCollectionOps
+from fhirgoal.store.batching import BatchedCollectionOps, Companion
 from fhirgoal.store.units import current_session
 
 OUTBOX = "fhirgoal_outbox"
@@ -54,6 +57,7 @@ class OutboxItem:
     created: datetime
     attempts: int = 0
     lease: datetime | None = None  # the lease this worker holds, when taken
+    event: int | None = None  # its event number, once given (store/events.py)
 
     def document(self) -> dict[str, Any]:
         return {
@@ -70,7 +74,7 @@ class OutboxItem:
         }
 
 
-def _item(doc: dict[str, Any]) -> OutboxItem:
+def outbox_item(doc: dict[str, Any]) -> OutboxItem:
     return OutboxItem(
         doc["_id"],
         doc["kind"],
@@ -81,6 +85,7 @@ def _item(doc: dict[str, Any]) -> OutboxItem:
         doc["created"],
         doc.get("attempts", 0),
         doc.get("lease"),
+        doc.get("event"),
     )
 
 
@@ -120,14 +125,24 @@ class OutboxStore:
             if exc.details.get("writeConcernErrors") or any(e.get("code") != 11000 for e in errors):
                 raise
 
+    def companions(self, items: Sequence[OutboxItem]) -> list[Companion]:
+        """`items` as documents to insert with the first version that causes them, in the
+        repository's batch (store/batching.py), unjournaled like `record`'s."""
+        return [(self.unjournaled, item.document()) for item in items]
+
     async def take(
-        self, owner: str, lease_seconds: float, now: datetime, limit: int
+        self, owner: str, lease_seconds: float, now: datetime, limit: int, dest: str | None = None
     ) -> list[OutboxItem]:
-        """Lease up to `limit` due items (pending and due, or delivering with an expired lease):
-        one query for their keys, one conditional update that leases those still due (a
-        concurrent worker's update matches none of the same items: `next` moves past now), one
-        read of what this worker got."""
-        due_filter = {"state": {"$in": [PENDING, DELIVERING]}, "next": {"$lte": now}}
+        """Lease up to `limit` due items (pending and due, or delivering with an expired lease),
+        of destination `dest` only when given: one query for their keys, one conditional update
+        that leases those still due (a concurrent worker's update matches none of the same items:
+        `next` moves past now), one read of what this worker got."""
+        due_filter: dict[str, Any] = {
+            "state": {"$in": [PENDING, DELIVERING]},
+            "next": {"$lte": now},
+        }
+        if dest is not None:
+            due_filter["dest"] = dest
         cursor = self.items.find(due_filter, {"_id": 1}).sort("next", ASCENDING).limit(limit)
         keys = [doc["_id"] async for doc in cursor]
         if not keys:
@@ -141,7 +156,7 @@ class OutboxStore:
                       "take": token}},
         )  # fmt: skip
         taken = self.items.find({"_id": {"$in": keys}, "take": token})
-        return [_item(doc) async for doc in taken]
+        return [outbox_item(doc) async for doc in taken]
 
     async def _settle(self, item: OutboxItem, owner: str, update: dict[str, Any]) -> bool:
         """Apply `update` if this worker's lease still stands (else another worker has it)."""
@@ -206,6 +221,26 @@ class OutboxStore:
         last = [doc async for doc in cursor.limit(errors)]
         return {"destinations": counts, "errors": last}
 
+    async def summary(self, dest: str) -> dict[str, Any]:
+        """One destination's items: counts by state, `failing` (pending after a failed
+        attempt) and the latest error of an item still pending or dead."""
+        counts = dict.fromkeys(STATES, 0)
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"dest": dest}},
+            {"$group": {"_id": "$state", "n": {"$sum": 1}}},
+        ]
+        async for row in await self.items.aggregate(pipeline):
+            counts[row["_id"]] = row["n"]
+        failing = await self.items.count_documents(
+            {"dest": dest, "state": PENDING, "attempts": {"$gt": 0}}
+        )
+        last = await self.items.find_one(
+            {"dest": dest, "error": {"$exists": True}, "state": {"$in": [PENDING, DEAD]}},
+            {"error": 1, "next": 1},
+            sort=[("next", -1)],
+        )
+        return {**counts, "failing": failing, "error": last["error"] if last else None}
+
     async def purge(self, before: datetime) -> int:
         """Forget delivered and void items settled before `before` (dead ones stay: a human
         looks at them)."""
@@ -213,6 +248,26 @@ class OutboxStore:
             {"state": {"$in": [DELIVERED, VOID]}, "next": {"$lt": before}}
         )
         return result.deleted_count
+
+    async def destination_report(self, dest: str) -> dict[str, Any]:
+        """One destination's items by state, how many pending ones failed at least once
+        (`failing`), and its latest error."""
+        counts = {state: 0 for state in STATES}
+        pipeline: list[dict[str, Any]] = [
+            {"$match": {"dest": dest}},
+            {"$group": {"_id": "$state", "n": {"$sum": 1}}},
+        ]
+        async for row in await self.items.aggregate(pipeline):
+            counts[row["_id"]] = row["n"]
+        failing = await self.items.count_documents(
+            {"dest": dest, "state": PENDING, "attempts": {"$gt": 0}}
+        )
+        last = await self.items.find_one(
+            {"dest": dest, "error": {"$exists": True}, "state": {"$in": [PENDING, DEAD]}},
+            {"error": 1, "ref": 1, "vid": 1, "next": 1},
+            sort=[("next", -1)],
+        )
+        return {**counts, "failing": failing, "last_error": last}
 
     async def items_for(self, dest: str) -> list[dict[str, Any]]:
         return [doc async for doc in self.items.find({"dest": dest}).sort("created", ASCENDING)]

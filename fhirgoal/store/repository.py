@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from functools import cached_property
@@ -47,11 +47,19 @@ from pymongo.asynchronous.collection import AsyncCollection
 from pymongo.asynchronous.database import AsyncDatabase
 from pymongo.errors import BulkWriteError, DuplicateKeyError, OperationFailure
 
+from fhirgoal.core import fields
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError, FhirgoalError
-from fhirgoal.core.fields import INDEX_FIELDS, SEARCH_FIELDS
+from fhirgoal.core.fields import (
+    LAST_UPDATED,
+    PENDING,
+    SEARCH_FIELDS,
+    SEARCH_INDEXES,
+    SORT_KEYS,
+    IndexKey,
+)
 from fhirgoal.core.jsonio import loads_stored
-from fhirgoal.store.batching import BatchedCollectionOps
+from fhirgoal.store.batching import BatchedCollectionOps, Companion
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import excludes_tombstones, shape
@@ -211,10 +219,17 @@ class Repository:
         if not task.cancelled() and task.exception() is None:
             self._prepared.add(rt)
 
+    def _wanted_indexes(self, rt: str, pending_types: frozenset[str]) -> dict[str, IndexKey]:
+        """The indexes of a type's current collection, by name (core/fields.py SEARCH_INDEXES)."""
+        wanted: dict[str, IndexKey] = {"lastUpdated": ((LAST_UPDATED, DESCENDING),)}
+        wanted.update(SEARCH_INDEXES)
+        if rt in pending_types:
+            wanted[PENDING] = ((PENDING, ASCENDING),)
+        return wanted
+
     async def _build_indexes(self, rt: str) -> None:
-        wanted = (*INDEX_FIELDS, "pend") if rt in self._pending_types else INDEX_FIELDS
-        current = [IndexModel([("lu", DESCENDING)], name="lastUpdated")]
-        current += [IndexModel([(name, ASCENDING)], name=name) for name in wanted]
+        wanted = self._wanted_indexes(rt, self._pending_types)
+        current = [IndexModel(list(key), name=name) for name, key in wanted.items()]
         history = [
             IndexModel([("id", ASCENDING), ("v", DESCENDING)], name="id_version"),
             IndexModel([("lu", DESCENDING)], name="lastUpdated"),
@@ -226,15 +241,16 @@ class Repository:
     async def drop_unused_indexes(
         self, resource_types: list[str], pending_types: frozenset[str] = frozenset()
     ) -> list[str]:
-        """Drop the indexes of search fields that an earlier index format indexed and this one
-        does not (e.g. `miss`): each would still cost every write its keys."""
+        """Drop the indexes on search fields that an earlier index format built and this one
+        does not (e.g. on `miss`, or the single-field ones the compound SEARCH_INDEXES replace):
+        each would still cost every write its keys."""
         dropped = []
         for rt in await self.present_types(resource_types):
-            wanted = {*INDEX_FIELDS, "pend"} if rt in pending_types else set(INDEX_FIELDS)
+            wanted = self._wanted_indexes(rt, pending_types)
             current = self.collection(rt)
             async for index in await current.list_indexes():
-                name = index["name"]
-                if name in SEARCH_FIELDS and name not in wanted:
+                name, leading = index["name"], next(iter(index["key"]))
+                if leading in SEARCH_FIELDS and name not in wanted:
                     await current.drop_index(name)
                     dropped.append(f"{rt}.{name}")
         return dropped
@@ -308,7 +324,15 @@ class Repository:
         )
         return _version(rt, doc) if doc else None
 
-    async def insert(self, access: AccessContext, version: Version, index: dict[str, Any]) -> None:
+    async def insert(
+        self,
+        access: AccessContext,
+        version: Version,
+        index: dict[str, Any],
+        companions: Sequence[Companion] = (),
+    ) -> None:
+        """Store a first version; `companions`, documents of other collections to be written
+        before it (its outbox items), go in the same batch (store/batching.py)."""
         rt = version.resource_type
         if access.constrain(rt, "c", {}) and not access.permits(
             rt, "c", {"_id": version.id, **index}
@@ -319,8 +343,10 @@ class Repository:
         session = current_session()
         try:
             if session is None:
-                await self.batched.insert(self.collection(version.resource_type), doc)
+                await self.batched.insert(self.collection(version.resource_type), doc, companions)
             else:
+                for collection, companion in companions:
+                    await collection.insert_one(companion, session=session)
                 await self.collection(version.resource_type).insert_one(doc, session=session)
                 self._written_in_unit(rt, version.id, doc)
         except DuplicateKeyError:
@@ -402,11 +428,17 @@ class Repository:
         sort: list[tuple[str, int]],
         limit: int,
     ) -> list[tuple[Version, dict[str, Any]]]:
-        """Like `find`, with each row's sort keys (`srt`) for keyset paging."""
+        """Like `find`, with each row's sort keys (`srt`) for keyset paging (none when `sort`
+        names none of them: a smaller projection costs the embedded database less per row)."""
         await self._settle(rt)
         query = _live(access, rt, query)
+        by_sort_keys = any(name.startswith(f"{SORT_KEYS}.") for name, _ in sort)
         cursor = self.collection(rt).find(
-            query, _WITH_SORT_KEYS, sort=sort, limit=limit, session=current_session()
+            query,
+            _WITH_SORT_KEYS if by_sort_keys else _VERSION_ONLY,
+            sort=sort,
+            limit=limit,
+            session=current_session(),
         )
         return [(_version(rt, doc), doc.get("srt") or {}) async for doc in cursor]
 
@@ -478,6 +510,48 @@ class Repository:
                 batch = []
         if batch:
             yield batch
+
+    async def deleted_since(
+        self,
+        access: AccessContext,
+        rt: str,
+        window: dict[str, Any],
+        before: dict[str, Any],
+        batch_size: int = 1000,
+    ) -> AsyncIterator[list[Version]]:
+        """The resources of `rt` whose deletion falls within `window` (a test on the last-updated
+        instant), each as the version the deletion removed (its last live version, from history),
+        in batches (Bulk Data export's `deleted` list).
+
+        A tombstone keeps no search index, so whether a deletion is within the caller's reach,
+        and matches `before` (e.g. a compartment test), is decided by the removed version, which
+        history keeps with its compartment: a patient scope or caseload sees the deletions of
+        what it could see. A condition on any other index field (a granular scope) finds no
+        removed version: those deletions are withheld, never widened."""
+        await self._settle(rt)
+        tombstones = self.collection(rt).find(
+            shape({fields.LAST_UPDATED: window, fields.DELETED: True}),
+            {"_id": 1, fields.VERSION: 1},
+            batch_size=batch_size,
+        )
+        history = self.collection(history_collection(rt))
+        keys: list[str] = []
+
+        async def removed() -> list[Version]:
+            query = access.constrain(rt, "s", {"_id": {"$in": keys}, **before})
+            return [_version(rt, doc) async for doc in history.find(query, _ANY_VERSION)]
+
+        async for tombstone in tombstones:
+            keys.append(f"{tombstone['_id']}/{tombstone[fields.VERSION] - 1}")
+            if len(keys) >= batch_size:
+                found = await removed()
+                keys = []
+                if found:
+                    yield found
+        if keys:
+            found = await removed()
+            if found:
+                yield found
 
     async def pending(
         self, rt: str, older_than: datetime | None = None, limit: int = 10_000

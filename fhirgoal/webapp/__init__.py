@@ -26,13 +26,17 @@ from starlette.staticfiles import StaticFiles
 
 from fhirgoal.config import Settings
 from fhirgoal.webapp import (
+    client_auth,
     flag_routes,
     goal_routes,
     launch_routes,
     overview_routes,
+    patient_routes,
+    payer_routes,
     selfreport_routes,
     session_routes,
 )
+from fhirgoal.webapp.client_auth import load_credentials
 from fhirgoal.webapp.context import WebApp
 from fhirgoal.webapp.sessions import SessionStore
 
@@ -44,15 +48,21 @@ def mount(app: FastAPI, settings: Settings) -> None:
     """Serve the app under /app of `app` (no-op when FHIRGOAL_APP_ENABLED=false)."""
     if not settings.app_enabled:
         return
-    webapp = WebApp(settings, SessionStore(settings.app_session_seconds))
+    # unusable credentials stop the start-up (CredentialsError), not the first sign-in
+    webapp = WebApp(
+        settings, SessionStore(settings.app_session_seconds), load_credentials(settings)
+    )
     app.state.webapp = webapp
     for routes in (
+        client_auth,
         launch_routes,
         overview_routes,
+        patient_routes,
         goal_routes,
         session_routes,
         selfreport_routes,
         flag_routes,
+        payer_routes,
     ):
         app.include_router(routes.router)
     app.mount(

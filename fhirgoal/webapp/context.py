@@ -7,13 +7,14 @@ from __future__ import annotations
 import hmac
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qsl
+from urllib.parse import parse_qsl, quote
 
 import httpx
 from fastapi import Request, Response
 
 from fhirgoal.config import Settings
 from fhirgoal.webapp import pages
+from fhirgoal.webapp.client_auth import ClientCredentials
 from fhirgoal.webapp.fhir_api import FhirApi
 from fhirgoal.webapp.sessions import COOKIE, BrowserSession, Launch, SessionStore
 
@@ -24,6 +25,7 @@ MAX_FORM_BYTES = 64 * 1024
 class WebApp:
     settings: Settings
     sessions: SessionStore
+    credentials: ClientCredentials
     http: httpx.AsyncClient | None = None
 
 
@@ -72,12 +74,45 @@ class Screen:
 
 
 def screen_of(request: Request, key: str) -> Screen | None:
-    """The clinician's screen of launch `key`; None when it is not open in this browser, or
-    while the device is handed to the client (then `closed` answers with the hand-back page)."""
+    """The clinician's screen of launch `key`; None when it is not open in this browser, while
+    the device is handed to the client (then `closed` answers with the hand-back page), or when
+    it is a patient user's own launch (then `closed` sends them to their screens)."""
     session = session_of(request)
     if session is None or session.handover is not None:
         return None
-    return _screen(request, session, key)
+    screen = _screen(request, session, key)
+    return None if screen is None or screen.launch.kind == "patient" else screen
+
+
+def patient_screen_of(request: Request, key: str) -> Screen | None:
+    """A patient user's own launch `key` (patient_routes.py), else None."""
+    session = session_of(request)
+    if session is None or session.handover is not None:
+        return None
+    screen = _screen(request, session, key)
+    return screen if screen is not None and screen.launch.kind == "patient" else None
+
+
+def patient_user(fhir_user: str | None) -> str | None:
+    """The Patient id of a `fhirUser` naming a Patient (relative or absolute URL), else None:
+    the signed-in user is a client on their own record."""
+    parts = (fhir_user or "").rstrip("/").split("/")
+    if len(parts) >= 2 and parts[-2] == "Patient" and parts[-1]:
+        return parts[-1]
+    return None
+
+
+# SMART `intent` values this app knows (app-launch.html: the EHR's hint of what the user wants
+# to do, app-specific) -> the screen they open; any other intent opens the overview.
+INTENTS = {"overview": "", "session": "session", "goal-new": "goals/new", "new-goal": "goals/new"}
+
+
+def landing(launch: Launch) -> str:
+    """Where a launch opens: a patient user's own screens, or the clinician's screen its
+    `intent` names (the overview when it names none this app knows)."""
+    if launch.kind == "patient":
+        return f"/app/c/{launch.key}/me"
+    return f"/app/c/{launch.key}/" + INTENTS.get(launch.tokens.intent or "", "")
 
 
 def client_screen_of(request: Request, key: str) -> Screen | None:
@@ -93,9 +128,7 @@ def _screen(request: Request, session: BrowserSession, key: str) -> Screen | Non
     launch = session.launches.get(key)
     if launch is None:
         return None
-    return Screen(
-        webapp, session, launch, FhirApi(http_of(webapp), launch, webapp.settings.app_client_id)
-    )
+    return Screen(webapp, session, launch, FhirApi(http_of(webapp), launch, webapp.credentials))
 
 
 def relaunch(request: Request, launch: Launch | None, why: str) -> Response:
@@ -103,21 +136,25 @@ def relaunch(request: Request, launch: Launch | None, why: str) -> Response:
     settings = webapp_of(request).settings
     again = None
     if launch is not None and launch.endpoints.iss in settings.app_allowed_issuers():
-        again = f"/app/launch?iss={launch.endpoints.iss}"
-    return pages.message(
-        settings,
-        "Please sign in again",
-        f"{why.rstrip('.').capitalize()}. Open the app again from the patient's chart in the EHR"
-        + (", or sign in here." if again else "."),
-        401,
-        again=again,
-    )
+        start = "self-report" if launch.kind == "patient" else "launch"
+        again = f"/app/{start}?iss={quote(launch.endpoints.iss, safe='')}"
+    if launch is not None and launch.kind == "patient":
+        text = f"{why.rstrip('.').capitalize()}. Please sign in again."
+    else:
+        text = (
+            f"{why.rstrip('.').capitalize()}. Open the app again from the patient's chart in the "
+            "EHR" + (", or sign in here." if again else ".")
+        )
+    return pages.message(settings, "Please sign in again", text, 401, again=again)
 
 
 def closed(request: Request) -> Response:
     session = session_of(request)
     if session is not None and session.handover is not None:
         return handed_over(request)
+    launch = session.launches.get(request.path_params.get("key", "")) if session else None
+    if launch is not None and launch.kind == "patient":  # a client: never a clinician screen
+        return Response(status_code=303, headers={"Location": landing(launch)})
     return relaunch(request, None, "This patient view is no longer open in this browser")
 
 

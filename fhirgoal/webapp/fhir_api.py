@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import orjson
 
+from fhirgoal.webapp.client_auth import ClientCredentials
 from fhirgoal.webapp.sessions import Launch
 from fhirgoal.webapp.smart_client import LaunchError, TokenSet, refresh
 
@@ -62,10 +63,12 @@ class Issue:
 
 
 class FhirApi:
-    def __init__(self, http: httpx.AsyncClient, launch: Launch, client_id: str) -> None:
+    def __init__(
+        self, http: httpx.AsyncClient, launch: Launch, credentials: ClientCredentials
+    ) -> None:
         self.http = http
         self.launch = launch
-        self.client_id = client_id
+        self.credentials = credentials
 
     async def _renew(self, stale: TokenSet) -> None:
         """Refresh the launch's tokens unless another request already replaced `stale` (compared
@@ -77,7 +80,7 @@ class FhirApi:
                 self.launch.tokens = await refresh(
                     self.http,
                     self.launch.endpoints,
-                    client_id=self.client_id,
+                    credentials=self.credentials,
                     tokens=stale,
                 )
             except LaunchError as exc:

@@ -6,12 +6,17 @@ SMART App Launch 2.2 (https://hl7.org/fhir/smart-app-launch/app-launch.html):
   configured FHIR servers (FHIRGOAL_APP_ISSUERS, and this server): the app fetches discovery
   documents from nowhere else;
 - `GET /app/callback`: `state` checked against the browser session that started the launch,
-  the code exchanged with its PKCE verifier; the launch becomes a patient context `/app/c/{key}/`;
+  the code exchanged with its PKCE verifier; the launch becomes a patient context `/app/c/{key}/`,
+  opened on the screen its `intent` names (context.INTENTS; an unknown intent: the overview) and
+  styled after its `smart_style_url` (styling.py);
+- `GET /app/self-report`: a client's own standalone launch (patient/ scopes); a patient user
+  (fhirUser Patient/..) gets the self-report screens on their own record only (patient_routes.py);
 - `GET /app/`: the start page (open patients of this browser, standalone sign-in).
 """
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 from dataclasses import replace
 
@@ -19,7 +24,16 @@ import httpx
 from fastapi import APIRouter, Request, Response
 
 from fhirgoal.webapp import pages
-from fhirgoal.webapp.context import WebApp, error, handed_over, http_of, session_of, webapp_of
+from fhirgoal.webapp.context import (
+    WebApp,
+    error,
+    handed_over,
+    http_of,
+    landing,
+    patient_user,
+    session_of,
+    webapp_of,
+)
 from fhirgoal.webapp.fhir_api import FhirApi, FhirCallError, NeedsRelaunch
 from fhirgoal.webapp.sessions import COOKIE, BrowserSession, Launch, PendingLaunch
 from fhirgoal.webapp.smart_client import (
@@ -30,6 +44,7 @@ from fhirgoal.webapp.smart_client import (
     exchange_code,
     new_pkce,
 )
+from fhirgoal.webapp.styling import fetch_style, stylesheet
 
 router = APIRouter(prefix="/app", include_in_schema=False)
 
@@ -40,6 +55,12 @@ router = APIRouter(prefix="/app", include_in_schema=False)
 EHR_SCOPE = "launch openid fhirUser online_access patient/*.cruds user/Questionnaire.rs"
 STANDALONE_SCOPE = (
     "launch/patient openid fhirUser online_access patient/*.cruds user/Questionnaire.rs"
+)
+# A client's own sign-in (patient-facing standalone launch): read their record, record their own
+# questionnaire answers (the server derives the scores), read the Questionnaires.
+PATIENT_SCOPE = (
+    "launch/patient openid fhirUser online_access patient/*.rs patient/QuestionnaireResponse.c "
+    "user/Questionnaire.rs"
 )
 
 
@@ -75,10 +96,33 @@ async def start(request: Request) -> Response:
 
 @router.get("/launch")
 async def launch(request: Request) -> Response:
-    webapp = webapp_of(request)
-    settings = webapp.settings
     iss = (request.query_params.get("iss") or "").rstrip("/")
     launch_value = request.query_params.get("launch")
+    if launch_value:
+        return await _begin(request, iss, "ehr", EHR_SCOPE, launch_value)
+    return await _begin(request, iss, "standalone", STANDALONE_SCOPE)
+
+
+@router.get("/self-report")
+async def self_report(request: Request) -> Response:
+    """A client's own standalone launch (patient/ scopes, `launch/patient`): the authorization
+    server puts a patient user on their own record; the app then shows only the self-report
+    screens (patient_routes.py)."""
+    settings = webapp_of(request).settings
+    iss = (request.query_params.get("iss") or "").rstrip("/")
+    return await _begin(
+        request, iss or settings.app_default_iss or settings.public_fhir_base(), "patient",
+        PATIENT_SCOPE,
+    )  # fmt: skip
+
+
+async def _begin(
+    request: Request, iss: str, kind: str, scope: str, launch_value: str | None = None
+) -> Response:
+    """Discovery, then the authorization request, its state and PKCE verifier kept in the
+    browser session."""
+    webapp = webapp_of(request)
+    settings = webapp.settings
     if not iss:
         return error(request, "Cannot start the app", "The launch names no FHIR server (iss).")
     if iss not in settings.app_allowed_issuers():
@@ -100,7 +144,6 @@ async def launch(request: Request) -> Response:
         new_cookie, session = webapp.sessions.create()
     verifier, challenge = new_pkce()
     state = secrets.token_urlsafe(24)
-    kind = "ehr" if launch_value else "standalone"
     session.add_pending(
         PendingLaunch(state, endpoints, verifier, settings.app_callback_url(), kind)
     )
@@ -108,7 +151,7 @@ async def launch(request: Request) -> Response:
         endpoints,
         client_id=settings.app_client_id,
         redirect_uri=settings.app_callback_url(),
-        scope=EHR_SCOPE if launch_value else STANDALONE_SCOPE,
+        scope=scope,
         state=state,
         challenge=challenge,
         launch=launch_value,
@@ -143,7 +186,7 @@ async def callback(request: Request) -> Response:
         tokens = await exchange_code(
             http_of(webapp),
             pending.endpoints,
-            client_id=webapp.settings.app_client_id,
+            credentials=webapp.credentials,
             code=q.get("code", ""),
             redirect_uri=pending.redirect_uri,
             verifier=pending.verifier,
@@ -159,11 +202,34 @@ async def callback(request: Request) -> Response:
             "The authorization server gave no patient context; launch the app from a patient's "
             "chart, or choose a patient when signing in.",
         )
-    launch = Launch(secrets.token_urlsafe(12), pending.endpoints, tokens, pending.kind)
-    api = FhirApi(http_of(webapp), launch, webapp.settings.app_client_id)
-    launch.operations = await _operations(api)
+    # Who signed in decides what the app shows, whichever way they came in: a patient user gets
+    # the self-report screens on their own record only, never a clinician screen.
+    own_record = patient_user(tokens.fhir_user)
+    if own_record is not None and own_record != tokens.patient:
+        return error(
+            request,
+            "Not your record",
+            "This sign-in is for a client's own record, but the authorization server gave "
+            "another patient. Nothing was opened.",
+            403,
+        )
+    if own_record is None and pending.kind == "patient":
+        return error(
+            request,
+            "This sign-in is for clients",
+            'Clinicians open a client\'s record with "Sign in and choose a client" on the '
+            "start page, or from the EHR.",
+            403,
+        )
+    kind = "patient" if own_record is not None else pending.kind
+    launch = Launch(secrets.token_urlsafe(12), pending.endpoints, tokens, kind)
+    api = FhirApi(http_of(webapp), launch, webapp.credentials)
+    launch.operations, launch.style = await asyncio.gather(
+        _operations(api),
+        fetch_style(http_of(webapp), tokens.smart_style_url) if tokens.smart_style_url else _none(),
+    )
     session.add_launch(launch)
-    response = Response(status_code=303, headers={"Location": f"/app/c/{launch.key}/"})
+    response = Response(status_code=303, headers={"Location": landing(launch)})
     renewed = webapp.sessions.rotate(request.cookies.get(COOKIE, ""))
     if renewed:
         _set_cookie(webapp, response, renewed)
@@ -230,6 +296,19 @@ async def hand_back(request: Request) -> Response:
         prompt="login",
     )
     return Response(status_code=302, headers={"Location": location, "Cache-Control": "no-store"})
+
+
+async def _none() -> dict[str, str]:
+    return {}
+
+
+@router.get("/c/{key}/style.css")
+async def launch_style(request: Request, key: str) -> Response:
+    """The launch's EHR styling as CSS custom properties (styling.py); empty without one."""
+    session = session_of(request)
+    launch = session.launches.get(key) if session else None
+    body = stylesheet(launch.style) if launch is not None and launch.style else ""
+    return Response(body, media_type="text/css", headers={"Cache-Control": "no-store"})
 
 
 async def _operations(api: FhirApi) -> frozenset[str]:

@@ -72,7 +72,10 @@ def _client_screen(request: Request, key: str, instrument: str) -> Screen | None
     return screen
 
 
-async def _render(screen: Screen, instrument: str, form: SessionForm, status: int) -> Response:
+async def render_report(
+    screen: Screen, instrument: str, form: SessionForm, status: int, action: str
+) -> Response:
+    """The client's form of one instrument (`action`: where it posts)."""
     instruments = await load_instruments(screen.api, (instrument,))
     return screen.render(
         "client_report.html",
@@ -81,7 +84,40 @@ async def _render(screen: Screen, instrument: str, form: SessionForm, status: in
         form=form,
         when=WHEN[instrument],
         instrument=instrument,
+        action=action,
     )
+
+
+async def _render(screen: Screen, instrument: str, form: SessionForm, status: int) -> Response:
+    return await render_report(screen, instrument, form, status, screen.url(f"client/{instrument}"))
+
+
+async def save_report(
+    screen: Screen, instrument: str, form: SessionForm, action: str
+) -> Response | str:
+    """Save the client's answers as one transaction: the instant saved, or the form again (422)
+    with what to correct. NeedsRelaunch and a server failure (FhirCallError) propagate."""
+    instruments = await load_instruments(screen.api, (instrument,))
+    when = now_instant()
+    context = SessionContext(
+        patient=screen.patient_id,
+        performer=None,  # the client answers and records: author and source
+        encounter=screen.launch.tokens.encounter,
+        when=when,
+        new_encounter=False,
+    )
+    bundle, roles = session_bundle(form, instruments, [], context)
+    if not records_something(roles):
+        form.general.append("Please put a mark on each line.")
+        return await render_report(screen, instrument, form, 422, action)
+    try:
+        await screen.api.transaction(bundle)
+    except FhirCallError as exc:
+        if exc.status >= 500:
+            raise
+        form.place(exc.issues, roles)
+        return await render_report(screen, instrument, form, 422, action)
+    return when
 
 
 @router.get("/c/{key}/client/{instrument}")
@@ -107,26 +143,10 @@ async def client_save(request: Request, key: str, instrument: str) -> Response:
         return error(request, "Form refused", "Please hand the device back.", 403)
     form = SessionForm.from_post(posted)
     try:
-        instruments = await load_instruments(screen.api, (instrument,))
-        when = now_instant()
-        context = SessionContext(
-            patient=screen.patient_id,
-            performer=None,  # the client answers and records: author and source
-            encounter=screen.launch.tokens.encounter,
-            when=when,
-            new_encounter=False,
-        )
-        bundle, roles = session_bundle(form, instruments, [], context)
-        if not records_something(roles):
-            form.general.append("Please put a mark on each line.")
-            return await _render(screen, instrument, form, 422)
-        try:
-            await screen.api.transaction(bundle)
-        except FhirCallError as exc:
-            if exc.status >= 500:
-                raise
-            form.place(exc.issues, roles)
-            return await _render(screen, instrument, form, 422)
+        saved = await save_report(screen, instrument, form, screen.url(f"client/{instrument}"))
+        if isinstance(saved, Response):
+            return saved
+        when = saved
     except NeedsRelaunch as exc:
         return relaunch(request, screen.launch, str(exc))
     except FhirCallError:

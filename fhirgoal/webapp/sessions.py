@@ -41,7 +41,9 @@ class PendingLaunch:
     endpoints: SmartEndpoints
     verifier: str
     redirect_uri: str
-    kind: str  # "ehr" | "standalone" | "handback" (the clinician signing in again)
+    # "ehr" | "standalone" | "patient" (a client's own sign-in) | "handback" (the clinician
+    # signing in again)
+    kind: str
     created: float = field(default_factory=time.time)
     handback_of: str | None = None  # the launch key a "handback" sign-in returns to
 
@@ -53,8 +55,10 @@ class Launch:
     key: str
     endpoints: SmartEndpoints
     tokens: TokenSet
-    kind: str
+    kind: str  # "ehr" | "standalone" | "patient": a patient user's own record (self-report only)
     operations: frozenset[str] = frozenset()  # operation names the CapabilityStatement lists
+    # the EHR's look from smart_style_url, as sanitised CSS custom properties (styling.py)
+    style: dict[str, str] = field(default_factory=dict)
     # instruments the client completed on this device in client mode (key -> when), so that the
     # session screen does not ask for them again
     self_reported: dict[str, str] = field(default_factory=dict)

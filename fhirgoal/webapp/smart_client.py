@@ -4,7 +4,8 @@
 - authorization request: `response_type=code`, `client_id`, `redirect_uri`, `scope`, `state`,
   `aud` = the iss, `launch` for an EHR launch, PKCE with `code_challenge_method=S256` (RFC 7636;
   SMART 2.x: apps SHALL use S256);
-- token request with the `code_verifier`, and refresh (app-launch.html#step-7-refresh) before the
+- token request with the `code_verifier` and the app's client authentication (client_auth.py:
+  public, client_secret_basic or private_key_jwt), and refresh (app-launch.html#step-7-refresh) before the
   access token expires; the launch context (`patient`, `encounter`, `need_patient_banner`,
   `smart_style_url`, `intent`) comes with the token response and is kept through refreshes.
 
@@ -24,6 +25,8 @@ from urllib.parse import urlencode
 
 import httpx
 import orjson
+
+from fhirgoal.webapp.client_auth import ClientCredentials
 
 
 class LaunchError(Exception):
@@ -183,11 +186,18 @@ def _token_set(body: dict[str, Any], previous: TokenSet | None = None) -> TokenS
 
 
 async def _token_request(
-    http: httpx.AsyncClient, endpoints: SmartEndpoints, form: dict[str, str]
+    http: httpx.AsyncClient,
+    endpoints: SmartEndpoints,
+    credentials: ClientCredentials,
+    form: dict[str, str],
 ) -> dict[str, Any]:
+    form, auth = credentials.authenticate(form, endpoints.token)
     try:
         response = await http.post(
-            endpoints.token, data=form, headers={"Accept": "application/json"}
+            endpoints.token,
+            data=form,
+            headers={"Accept": "application/json"},
+            auth=auth or httpx.USE_CLIENT_DEFAULT,
         )
     except httpx.HTTPError as exc:
         raise LaunchError(
@@ -204,7 +214,7 @@ async def exchange_code(
     http: httpx.AsyncClient,
     endpoints: SmartEndpoints,
     *,
-    client_id: str,
+    credentials: ClientCredentials,
     code: str,
     redirect_uri: str,
     verifier: str,
@@ -213,20 +223,19 @@ async def exchange_code(
         "grant_type": "authorization_code",
         "code": code,
         "redirect_uri": redirect_uri,
-        "client_id": client_id,
         "code_verifier": verifier,
     }
-    return _token_set(await _token_request(http, endpoints, form))
+    return _token_set(await _token_request(http, endpoints, credentials, form))
 
 
 async def refresh(
-    http: httpx.AsyncClient, endpoints: SmartEndpoints, *, client_id: str, tokens: TokenSet
+    http: httpx.AsyncClient,
+    endpoints: SmartEndpoints,
+    *,
+    credentials: ClientCredentials,
+    tokens: TokenSet,
 ) -> TokenSet:
     if not tokens.refresh_token:
         raise LaunchError("the session has no refresh token")
-    form = {
-        "grant_type": "refresh_token",
-        "refresh_token": tokens.refresh_token,
-        "client_id": client_id,
-    }
-    return _token_set(await _token_request(http, endpoints, form), tokens)
+    form = {"grant_type": "refresh_token", "refresh_token": tokens.refresh_token}
+    return _token_set(await _token_request(http, endpoints, credentials, form), tokens)

@@ -7,7 +7,8 @@ so that scope enforcement can be tested apart from the OAuth flows (which have t
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -15,6 +16,7 @@ from typing import Any
 import httpx
 import pytest
 from fastapi import FastAPI
+from pymongo import MongoClient
 
 from fhirgoal.auth.clients import Client
 from fhirgoal.config import Settings
@@ -106,6 +108,15 @@ async def run_smart(mongo_uri: str, **overrides: Any) -> AsyncIterator[SmartServ
             )
         origin = server.base.removesuffix("/fhir")
         yield SmartServer(server.base, origin, server.settings, app, server.client)
+
+
+@pytest.fixture
+def db_env(mongo_uri: str) -> Iterator[dict[str, str]]:
+    """The environment of a `fhirgoal` command on a fresh database (dropped afterwards)."""
+    name = f"cli_{uuid.uuid4().hex[:10]}"
+    yield {"MONGODB_URI": mongo_uri, "FHIRGOAL_DB": name, "FHIRGOAL_KEY_ENCRYPTION_KEY": TEST_KEK}
+    with MongoClient(mongo_uri) as client:
+        client.drop_database(name)
 
 
 @pytest.fixture

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import os
-import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -15,15 +13,6 @@ from typer.testing import CliRunner
 
 from fhirgoal.cli import app
 from tests.auth import jose
-from tests.auth.conftest import TEST_KEK
-
-
-@pytest.fixture
-def db_env(mongo_uri: str) -> Iterator[dict[str, str]]:
-    name = f"cli_{uuid.uuid4().hex[:10]}"
-    yield {"MONGODB_URI": mongo_uri, "FHIRGOAL_DB": name, "FHIRGOAL_KEY_ENCRYPTION_KEY": TEST_KEK}
-    with MongoClient(mongo_uri) as client:
-        client.drop_database(name)
 
 
 def run(env: dict[str, str], *args: str, input: str | None = None) -> str:
@@ -85,6 +74,23 @@ def test_user_add_hashes_the_password(db_env: dict[str, str]) -> None:
     assert "a-long-secret" not in json.dumps(doc, default=str)
     run(db_env, "user", "revoke", "lee")
     assert "lee\tPractitioner/doc\trevoked" in run(db_env, "user", "list")
+
+
+def test_user_add_for_a_client_on_their_own_record(db_env: dict[str, str]) -> None:
+    from fhirgoal.auth.users import DEFAULT_PATIENT_SCOPES
+
+    run(db_env, "user", "add", "--username", "alex", "--patient", "Patient/pa", input="a-long-secret\na-long-secret\n")  # fmt: skip
+    assert "alex\tPatient/pa\tactive" in run(db_env, "user", "list")
+    with MongoClient(db_env["MONGODB_URI"]) as client:
+        doc = client[db_env["FHIRGOAL_DB"]]["auth_users"].find_one({"_id": "alex"})
+    assert doc is not None and doc["scopes"] == DEFAULT_PATIENT_SCOPES  # patient/ scopes only
+    for wrong in (["--patient", "Practitioner/x"], ["--patient", "Patient/pa", "--practitioner",
+                  "Practitioner/doc"], []):  # fmt: skip
+        result = CliRunner().invoke(
+            app, ["user", "add", "--username", "x", *wrong], env=db_env,
+            input="a-long-secret\na-long-secret\n",
+        )  # fmt: skip
+        assert result.exit_code != 0, result.output
 
 
 def test_key_rotate_and_launch(db_env: dict[str, str]) -> None:

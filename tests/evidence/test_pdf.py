@@ -69,6 +69,9 @@ async def test_the_pdf_says_what_the_document_says(demo: RunningServer, tmp_path
         sentence = sections[title]["text"]["div"].split("<p>")[1].split("</p>")[0]
         assert " ".join(sentence.split()) in words, title
     assert page.startswith(b"\x89PNG") and len(page) > 10_000
+    # the app's charts, drawn into the PDF: their threshold and band labels are PDF text
+    for label in ("Expected 50", "Cutoff 25", "Reliable change", "Alliance 36"):
+        assert label in words, label
 
 
 async def test_format_pdf_gives_only_the_pdf(demo: RunningServer) -> None:

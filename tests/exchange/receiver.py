@@ -74,7 +74,7 @@ async def receiver(plan: list[Answer] | None = None) -> AsyncIterator[Receiver]:
         )
         return Response(status_code=answer.status, headers=answer.headers)
 
-    app = Starlette(routes=[Route("/{path:path}", endpoint, methods=["POST", "PUT"])])
+    app = Starlette(routes=[Route("/{path:path}", endpoint, methods=["POST", "PUT", "DELETE"])])
     server, task, port = await serve_app(app, lifespan="off")
     state.url = f"http://127.0.0.1:{port}/hook"
     try:

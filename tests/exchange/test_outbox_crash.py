@@ -1,7 +1,8 @@
 """kill -9 of `fhirgoal serve` while notifications are being delivered, then a restart: every
 outbox item is delivered, none is lost (store/outbox.py leases, exchange/delivery.py); then
-`fhirgoal outbox status` reports them; `fhirgoal outbox run` delivers in one pass what a server
-without a worker recorded."""
+`fhirgoal outbox status` reports them; a topic-based Subscription's event numbers run 1..N
+without gap or duplicate across the kill (store/events.py); `fhirgoal outbox run` delivers in
+one pass what a server without a worker recorded."""
 
 from __future__ import annotations
 
@@ -13,8 +14,11 @@ from pathlib import Path
 
 import httpx
 
+from fhirgoal.core.jsonio import loads
 from fhirgoal.store.embedded import free_port
+from tests.exchange.backport import check_notification
 from tests.exchange.receiver import Answer, receiver
+from tests.exchange.test_topic_subscriptions import goal, topic_subscription
 from tests.helpers import wait_until
 from tests.serve_process import ServeProcess
 
@@ -88,6 +92,48 @@ async def test_kill_9_during_delivery_then_restart_delivers_every_item(tmp_path:
             pending, delivering, delivered, dead, void = (int(cell) for cell in row.split("│")[2:7])
             assert (pending, dead, void) == (0, 0, 0), report
             assert delivering + delivered == WRITES + 1, report
+        finally:
+            serve.kill_group()
+
+
+async def test_event_numbers_stay_contiguous_across_a_kill_9(tmp_path: Path) -> None:
+    async with receiver([Answer()] + [Answer(stall=0.3)] * 1000) as hook:
+        serve = ServeProcess(tmp_path / "data", free_port(), env=ENV).start()
+        try:
+            async with httpx.AsyncClient(base_url=serve.base, timeout=30) as client:
+                created = await client.post("/Patient", json={"resourceType": "Patient"})
+                pid = created.json()["id"]
+                response = await client.post(
+                    "/Subscription", json=topic_subscription(hook.url, "goal-change")
+                )
+                assert response.status_code == 201, response.text
+                sid = response.json()["id"]
+                await wait_until(
+                    lambda: _status(client, sid),  # type: ignore[arg-type]
+                    within=15,
+                    what="active",
+                )
+                for n in range(WRITES):
+                    written = await client.post("/Goal", json=goal(pid, f"Goal {n}"))
+                    assert written.status_code == 201, written.text
+                await wait_until(lambda: len(hook.requests) >= 3, within=15, what="delivering")
+            serve.kill_server()
+            assert len(hook.accepted) - 1 < WRITES  # the kill came before the end
+            serve.start()
+
+            def numbers() -> dict[str, int]:
+                """Event number by idempotency key, of every event notification accepted."""
+                found: dict[str, int] = {}
+                for request in hook.accepted:
+                    status = check_notification(loads(request.body), "id-only")
+                    if status["type"] == "event-notification":
+                        number = int(status["notification-event"][0]["event-number"])
+                        # a notification sent again carries its first number
+                        assert found.setdefault(request.key, number) == number
+                return found
+
+            await wait_until(lambda: len(numbers()) == WRITES, within=60, what="every event")
+            assert sorted(numbers().values()) == list(range(1, WRITES + 1))
         finally:
             serve.kill_group()
 

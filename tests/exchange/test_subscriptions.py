@@ -4,6 +4,7 @@ exchange/delivery.py): handshake, id-only and full-resource notifications, crite
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -277,3 +278,56 @@ async def test_a_failed_handshake_sets_error_and_a_later_success_activates(
         assert "HTTP 503" in errored["error"]
         assert [r.status for r in hook.requests] == [503, 503, 503, 200]
         assert len({r.key for r in hook.requests}) == 1
+
+
+async def test_items_of_writes_that_lost_their_race_are_voided_and_never_sent(
+    server: RunningServer,
+) -> None:
+    """The void path of the outbox (fhir/outbox.py): an item is recorded before its version is
+    stored, so a write that then loses its compare-and-set to a concurrent writer (and is
+    retried as the next version) leaves an item naming a version text that was never stored.
+    Concurrent updates of one resource make that happen for real; the worker voids those items
+    and delivers exactly one notification per stored version."""
+    async with receiver() as hook:
+        await active_subscription(server, hook, "Patient")
+        stored = await create(server.client, patient("Racer"))
+        voided = 0
+        for _ in range(10):  # rounds until some write has lost a race (the first, usually)
+            writes = []
+            for n in range(12):
+                body = {**stored, "name": [{"family": f"Racer{n}"}]}
+                writes.append(
+                    server.client.put(
+                        f"/Patient/{stored['id']}",
+                        json=body,
+                        headers={"Content-Type": "application/fhir+json"},
+                    )
+                )
+            responses = await asyncio.gather(*writes)
+            # 409: a write that lost its race more often than the server retries (a loaded
+            # machine); its items are voided as well
+            assert {r.status_code for r in responses} <= {200, 409}, [r.text for r in responses]
+
+            async def settled() -> bool:
+                states = await outbox_states(server)
+                return set(states) <= {"delivered", "void"}
+
+            await wait_until(settled, within=40, what="every item delivered or voided")
+            voided = (await outbox_states(server)).get("void", 0)
+            if voided:
+                break
+        assert voided > 0, "no write lost a race in 10 rounds"
+        history = (await server.client.get(f"/Patient/{stored['id']}/_history?_count=500")).json()
+        stored_versions = {
+            f"Patient/{stored['id']}/_history/{e['resource']['meta']['versionId']}"
+            for e in history["entry"]
+        }
+        notified = [k.split("|")[1] for k in hook.accepted_keys() if "|Patient/" in k]
+        # one notification per stored version, none for a version that was never stored
+        assert sorted(notified) == sorted(stored_versions)
+        mongo = connect(server.settings.mongodb_uri or "")
+        try:
+            void = await mongo[server.settings.db][OUTBOX].find_one({"state": "void"})
+        finally:
+            await mongo.close()
+        assert void is not None and "never stored" in void["error"]

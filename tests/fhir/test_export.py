@@ -135,7 +135,9 @@ async def test_group_export_is_its_active_members(fhir: RunningServer) -> None:
     [
         ("/$export", {}, {"Accept": "application/fhir+json"}, "respond-async"),
         ("/$export", {"_outputFormat": "text/csv"}, ASYNC, "_outputFormat"),
-        ("/$export", {"_elements": "id"}, ASYNC, "_elements"),
+        ("/$export", {"_elements": "Patient.nonsense"}, ASYNC, "_elements"),
+        ("/$export", {"organizeOutputBy": "Patient"}, ASYNC, "organizeOutputBy"),
+        ("/$export", {"includeAssociatedData": "_custom"}, ASYNC, "includeAssociatedData"),
         ("/$export", {"patient": "Patient/p1"}, ASYNC, "patient"),
         ("/$export", {"_type": "Nonsense"}, ASYNC, "Nonsense"),
         ("/Patient/$export", {"_type": "Practitioner"}, ASYNC, "Practitioner"),

@@ -247,7 +247,7 @@ async def test_shaped_filters_return_the_same_matches(fhir: RunningServer) -> No
         await make(fhir, observation_at(pid, day))
     nested = {
         "$and": [
-            {"ref": {"$in": [f"patient=Patient/{pid}"]}},
+            {"ref": {"$in": [f"subject=Patient/{pid}"]}},
             {
                 "$and": [
                     {"dtlo": {"$gte": "date|2026-03", "$lt": "date|2026-04"}},

@@ -12,7 +12,7 @@ from datetime import UTC, datetime
 import pytest
 
 from fhirgoal.core.access import UNRESTRICTED
-from fhirgoal.core.fields import INDEX_FIELDS
+from fhirgoal.core.fields import SEARCH_INDEXES
 from fhirgoal.store.mongo import connect
 from fhirgoal.store.repository import Repository, Version
 
@@ -60,7 +60,7 @@ async def test_concurrent_first_writes_share_one_build(repository: Repository) -
     await asyncio.gather(*(repository.insert(UNRESTRICTED, v, {}) for v in versions))
     assert await repository.count(UNRESTRICTED, "Basic", {}) == 8
     current = await index_names(repository, "Basic")
-    assert {"lastUpdated", "pend", *INDEX_FIELDS} <= current
+    assert {"lastUpdated", "pend", *SEARCH_INDEXES} <= current
     assert {"id_version", "lastUpdated", "comp"} <= await index_names(repository, "Basic_history")
     assert "Location" not in await repository.db.list_collection_names()
 
@@ -70,8 +70,8 @@ async def test_a_restart_indexes_the_collections_an_earlier_process_created(
 ) -> None:
     await repository.ensure_indexes(TYPES)
     await repository.insert(UNRESTRICTED, first_version("Location", "l1"), {})
-    await repository.db["Location"].drop_index("ref")  # as if a release had added this index
+    await repository.db["Location"].drop_index("ref_id")  # as if a release had added this index
     restarted = Repository(repository.client, repository.db.name)
     await restarted.ensure_indexes(TYPES)
-    assert "ref" in await index_names(restarted, "Location")
+    assert "ref_id" in await index_names(restarted, "Location")
     assert await restarted.present_types(TYPES) == ["Location"]

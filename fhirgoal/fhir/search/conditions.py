@@ -14,6 +14,7 @@ Every exact key implies its driver's coarse key (index.py), so a driver never lo
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from decimal import Decimal, InvalidOperation
 from typing import Any
 
@@ -193,7 +194,16 @@ def uri(param: SearchParam, modifier: str, values: list[str]) -> Condition:
     return {fields.TOKEN: {"$in": [f"{param.code}#{v}" for v in values]}}
 
 
-def reference(param: SearchParam, modifier: str, values: list[str], base_url: str) -> Condition:
+def reference(
+    param: SearchParam,
+    modifier: str,
+    values: list[str],
+    base_url: str,
+    stored_key: Callable[[str], str | None] | None = None,
+) -> Condition:
+    """`stored_key(target)`: the key a resource referring to `target` stores, None when none
+    can (registry.py TypeParams.reference_key: a narrowing such as `patient` is stored as
+    `subject`); `code=target` by default."""
     if modifier == "identifier":  # the Reference.identifier, as a token (system|value or value)
         return token_match(f"{param.code}:identifier", values)
     if modifier and not (modifier[:1].isupper() and modifier in param.targets):
@@ -208,14 +218,14 @@ def reference(param: SearchParam, modifier: str, values: list[str], base_url: st
         if local:
             if modifier and not local.startswith(f"{modifier}/"):
                 raise FhirError("bad-request", f"'{value}' is not a {modifier} reference")
-            keys.append(f"{param.code}={local}")
+            keys.append(local)
         elif "/" not in value and ":" not in value:  # a bare id: any of the target types
-            keys += [f"{param.code}={t}/{value}" for t in param.targets] or [
-                f"{param.code}={value}"
-            ]
+            keys += [f"{t}/{value}" for t in param.targets] or [value]
         else:
-            keys.append(f"{param.code}={value}")
-    return {fields.REFERENCE: {"$in": keys}}
+            keys.append(value)
+    stored = [stored_key(t) for t in keys] if stored_key else [f"{param.code}={t}" for t in keys]
+    found = [key for key in stored if key is not None]
+    return {fields.REFERENCE: {"$in": found}} if found else {"_id": {"$in": []}}
 
 
 # ---- string ------------------------------------------------------------------------------------

@@ -112,27 +112,36 @@ def _db_value(name: str, value: Any) -> Any:
     )
 
 
-def _after(sort: list[tuple[str, int]], cursor: Cursor, id_op: str = "$gt") -> dict[str, Any]:
-    """Rows strictly after the cursor row in the order `sort`, then the id (`id_op`).
+def _after(sort: list[tuple[str, int]], cursor: Cursor, id_op: str = "$gt") -> list[dict[str, Any]]:
+    """The rows strictly after the cursor row in the order `sort`, then the id (`id_op`), as
+    conditions that each select a run of those rows, in that order: first the rows equal to the
+    cursor row on every key with an id beyond it, then those equal on fewer keys and beyond on
+    the next. Each is a plain conjunction, which a database drives from the search's own index:
+    one `$or` of them made the embedded database scan the collection (measured: 231 ms for the
+    second page of a patient's Observations sorted by date, at 5,000 Observations).
 
     MongoDB sorts a missing value first when ascending and last when descending.
     """
     values = [_db_value(name, v) for (name, _), v in zip(sort, cursor.values, strict=True)]
-    branches = []
-    for k, (name, direction) in enumerate(sort):
+
+    def same(k: int) -> list[dict[str, Any]]:
+        return [{sort[j][0]: values[j]} for j in range(k)]
+
+    runs = [_and(*same(len(sort)), {"_id": {id_op: cursor.id}})]
+    for k in reversed(range(len(sort))):
+        name, direction = sort[k]
         value = values[k]
-        beyond: dict[str, Any]
+        beyond: list[dict[str, Any]]
         if direction == 1:
-            beyond = {name: {"$ne": None}} if value is None else {name: {"$gt": value}}
+            beyond = [{name: {"$ne": None}} if value is None else {name: {"$gt": value}}]
         elif value is None:
             continue  # nothing follows a missing value in descending order
+        elif name == fields.LAST_UPDATED:  # never missing
+            beyond = [{name: {"$lt": value}}]
         else:
-            beyond = {"$or": [{name: {"$lt": value}}, {name: None}]}
-        same = [{sort[j][0]: values[j]} for j in range(k)]
-        branches.append(_and(*same, beyond))
-    same_all = [{name: values[j]} for j, (name, _) in enumerate(sort)]
-    branches.append(_and(*same_all, {"_id": {id_op: cursor.id}}))
-    return branches[0] if len(branches) == 1 else {"$or": branches}
+            beyond = [{name: {"$lt": value}}, {name: None}]
+        runs += [_and(*same(k), condition) for condition in beyond]
+    return runs
 
 
 class SearchEngine:
@@ -185,7 +194,7 @@ class SearchEngine:
         compiled = self.compiler(rt, limits).compile(params, base_url, lenient)
         for deferred in compiled.deferred:
             if deferred.kind == "chain":
-                clause = await self._chain(access, deferred, base_url, depth)
+                clause = await self._chain(access, rt, deferred, base_url, depth)
                 name = f"{deferred.param}.{deferred.rest}"
             elif deferred.kind == "has":
                 clause = await self._has(access, rt, deferred, base_url, depth)
@@ -217,7 +226,7 @@ class SearchEngine:
         return {fields.TOKEN_EXACT: {"$nin": exact}}
 
     async def _chain(
-        self, access: AccessContext, chain: Deferred, base_url: str, depth: int
+        self, access: AccessContext, rt: str, chain: Deferred, base_url: str, depth: int
     ) -> dict[str, Any]:
         inner_code = chain.rest.split(".")[0].split(":")[0]
         candidates = [
@@ -228,7 +237,8 @@ class SearchEngine:
             raise FhirError(
                 "bad-request", f"no target of '{chain.param}' has a search parameter '{inner_code}'"
             )
-        keys: list[str] = []
+        table = self.registry.for_type(rt)
+        keys: list[str | None] = []
         for target in candidates:
             inner = await self.compile(
                 access, target, [(chain.rest, chain.value)], base_url, depth=depth + 1
@@ -239,8 +249,9 @@ class SearchEngine:
                     "too-large",
                     f"the chain {chain.param}.{chain.rest} matches more than {MAX_CHAIN_MATCHES} {target} resources; narrow it",
                 )
-            keys += [f"{chain.param}={target}/{rid}" for rid in ids]
-        return {fields.REFERENCE: {"$in": keys}} if keys else _NOTHING
+            keys += [table.reference_key(chain.param, f"{target}/{rid}") for rid in ids]
+        found = [key for key in keys if key is not None]
+        return {fields.REFERENCE: {"$in": found}} if found else _NOTHING
 
     async def _has(
         self, access: AccessContext, rt: str, has: Deferred, base_url: str, depth: int
@@ -258,14 +269,20 @@ class SearchEngine:
         inner = await self.compile(
             access, source, [(has.rest, has.value)], base_url, depth=depth + 1
         )
+        # the keys that name `rt` resources, under the parameter that stores them (a narrowing
+        # such as `patient` is stored as `subject`: registry.py)
+        stored = self.registry.for_type(source).reference_key(has.param, f"{rt}/")
+        if stored is None:
+            return _NOTHING
+        stored_param = stored.partition("=")[0]
         refs = await self.repo.references(
-            access, source, inner.filter, has.param, MAX_CHAIN_MATCHES + 1
+            access, source, inner.filter, stored_param, MAX_CHAIN_MATCHES + 1
         )
         if len(refs) > MAX_CHAIN_MATCHES:
             raise FhirError(
                 "too-large", f"_has:{source}:{has.param} matches too many resources; narrow it"
             )
-        prefix = f"{has.param}={rt}/"
+        prefix = stored
         ids = sorted({ref[len(prefix) :] for ref in refs if ref.startswith(prefix)})
         return {"_id": {"$in": ids}}
 
@@ -332,13 +349,19 @@ class SearchEngine:
         order = [(name, -d if backwards else d) for name, d in sort] + [
             ("_id", -1 if backwards else 1)
         ]
-        query = compiled.filter
+        queries = [compiled.filter]
         if cursor is not None:
             if len(cursor.values) != len(sort):
                 raise FhirError("bad-request", "the _cursor does not belong to this _sort")
             # backwards, `order` is already reversed: the rows before the cursor come after it
-            query = _and(query, _after(order[:-1], cursor, "$lt" if backwards else "$gt"))
-        rows = await self.repo.find_sorted(access, rt, query, order, compiled.count + 1)
+            runs = _after(order[:-1], cursor, "$lt" if backwards else "$gt")
+            queries = [_and(compiled.filter, run) for run in runs]
+        wanted = compiled.count + 1
+        rows: list[tuple[Version, dict[str, Any]]] = []
+        for query in queries:  # the runs in order, until the page (and one more row) is full
+            rows += await self.repo.find_sorted(access, rt, query, order, wanted - len(rows))
+            if len(rows) >= wanted:
+                break
         more = len(rows) > compiled.count
         rows = rows[: compiled.count]
         if backwards:
@@ -532,12 +555,14 @@ class SearchEngine:
         self, access: AccessContext, spec: IncludeSpec, targets: list[Version]
     ) -> list[Version]:
         codes = self._include_param(spec)
-        keys = [
-            f"{code}={v.resource_type}/{v.id}"
+        table = self.registry.for_type(spec.source_type)
+        stored = {
+            table.reference_key(code, f"{v.resource_type}/{v.id}")
             for v in targets
             for code in codes
             if spec.target_type in (None, v.resource_type)
-        ]
+        }
+        keys = sorted(key for key in stored if key is not None)
         if not keys:
             return []
         return await self.repo.find_sorted_versions(

@@ -12,11 +12,13 @@ indexed key, and its exact keys (systems, units, case) live in an unindexed copy
 coarse key and checks the exact key on the copy (conditions.py); every exact key implies its
 coarse key, so the results are those of the exact keys alone. keys.py explains the orderings.
 
-Indexed (one MongoDB index each, core/fields.py INDEX_FIELDS; the names: core/fields.py):
+Indexed (one MongoDB index each, `ref` and `comp` compound with the id: core/fields.py
+SEARCH_INDEXES):
   tok   token and uri values "code#1234" (any system); reference identifiers
         "performer:identifier#v"; composite pairs "P|#a$#b" of a composite that cannot drive
         from its first component's own token parameter (registry.py `driver`)
-  ref   reference values "subject=Patient/123", or the absolute/canonical URL as written
+  ref   reference values "subject=Patient/123", or the absolute/canonical URL as written; none
+        for a narrowing such as `patient` (registry.py `references_of`: `subject`'s keys hold it)
   comp  patient compartment "Patient/123" (https://hl7.org/fhir/R4/compartmentdefinition-patient.html)
   str   strings folded for the default starts-with match "name|eric"; token text "code:text|..."
   num   numbers and quantities "value-quantity|#<number key>" (any unit); composite pairs

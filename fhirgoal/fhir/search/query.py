@@ -259,8 +259,6 @@ class SearchCompiler:
         if modifier in ("in", "not-in") and param.type == "token":
             result.deferred.append(Deferred("valueset", code, (), modifier, value))
             return None
-        if modifier == "missing" and code not in ("_id", "_lastUpdated"):
-            return conditions.missing(param, values)
         if code == "_id":
             if modifier:
                 raise FhirError(
@@ -277,8 +275,30 @@ class SearchCompiler:
             return conditions.any_of(
                 [{fields.LAST_UPDATED: instant_filter(*split_prefix(v))} for v in values]
             )
+        return self.condition(param, modifier, values, base_url)
+
+    def condition(
+        self, param: SearchParam, modifier: str, values: list[str], base_url: str
+    ) -> dict[str, Any]:
+        """The condition of one parameter's values. A narrowing (registry.py `references_of`:
+        `patient` = `subject` to a Patient) stores no reference keys of its own: it is answered
+        from the other parameter's."""
+        if modifier == "missing":
+            missing = conditions.missing(param, values)  # `true`: its `miss` entry, kept
+            if param.references_of is None or values == ["true"]:
+                return missing
+            # a reference of the other parameter drives; `miss` says whether one is to the type
+            parent = self.table.params[param.references_of[0]]
+            present = conditions.missing(parent, values)
+            return {"$and": [present, {fields.MISSING: {"$ne": param.code}}]}
         if param.type == "reference":
-            return conditions.reference(param, modifier, values, base_url)
+            return conditions.reference(
+                param,
+                modifier,
+                values,
+                base_url,
+                lambda target: self.table.reference_key(param.code, target),
+            )
         builder = _BUILDERS[param.type]
         return builder(param, modifier, values)
 

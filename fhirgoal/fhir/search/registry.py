@@ -8,6 +8,7 @@ disagree.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -33,6 +34,7 @@ from fhirgoal.fhir.search.paths import (
     branches_for_type,
     compile_expression,
     compile_relative,
+    reference_type,
     split_top_level,
     strip_parens,
 )
@@ -78,6 +80,11 @@ class SearchParam:
     # (its first component's own SearchParameter, when that provably holds every first value),
     # so the composite's pairs need no indexed keys of their own (SearchRegistry._link_composite)
     driver: str | None = None
+    # A narrowing: (reference parameter, type) when this one's values are exactly that
+    # parameter's references to that type (`patient` = `subject.where(resolve() is Patient)`).
+    # Its reference keys are not stored; a search for it is answered from the other's
+    # (_link_narrowings, TypeParams.reference_key).
+    references_of: tuple[str, str] | None = None
 
     @property
     def supported(self) -> bool:
@@ -94,10 +101,23 @@ class TypeParams:
     compartment_params: list[str] = field(default_factory=list)
     in_compartment_as_self: bool = False
 
+    def reference_key(self, code: str, target: str) -> str | None:
+        """The stored key of reference parameter `code` pointing at `target` ("Type/id"), None
+        when no resource can hold it (a narrowing to another type: `patient` to a Group)."""
+        param = self.params[code]
+        if param.references_of is None:
+            return f"{code}={target}"
+        parent, type_name = param.references_of
+        return f"{parent}={target}" if reference_type(target) == type_name else None
+
     def index_fields(self, resource: dict[str, Any]) -> dict[str, Any]:
-        """Normalized index entries for one resource (stored beside it, see index.py)."""
+        """Normalized index entries for one resource (stored beside it, see index.py). A
+        narrowing (`references_of`) has its `miss`, `srt` and `:identifier` entries, and no
+        reference keys: the other parameter's hold them."""
         tok: set[str] = set()
         ref: set[str] = set()
+        # the narrowings' references: the compartment is decided by them too
+        compartment_refs: set[str] = set()
         text: set[str] = set()
         num: set[str] = set()
         # keys only in the unindexed copies (index.py: exact systems, units, cases)
@@ -120,6 +140,12 @@ class TypeParams:
             sort_key = first_sort_key(param.type, values) if param.type != "composite" else None
             if sort_key is not None:
                 sort_keys[param.code] = sort_key
+            if param.references_of is not None:
+                compartment_refs |= reference_entries(param.code, values)
+                coarse, exact = reference_identifier_entries(param.code, values)
+                tok |= coarse
+                tokx |= exact
+                continue
             if param.type == "token":
                 coarse, exact = token_entries(param.code, values)
                 tok |= coarse
@@ -157,7 +183,7 @@ class TypeParams:
                 lows |= lo
                 highs |= hi
                 ranges += pairs
-        compartment = compartment_members(ref, self.compartment_params)
+        compartment = compartment_members(ref | compartment_refs, self.compartment_params)
         if self.in_compartment_as_self and "id" in resource:
             compartment = sorted({*compartment, f"Patient/{resource['id']}"})
         return {
@@ -194,6 +220,8 @@ class SearchRegistry:
         for definition in conformance.search_parameters:
             if definition.get("type") == "composite" and definition.get("component"):
                 self._link_composite(definition)
+        for table in self.types.values():
+            _link_narrowings(table)
 
     def _add(self, definition: dict[str, Any]) -> None:
         bases = definition.get("base", [])
@@ -248,3 +276,38 @@ class SearchRegistry:
 
     def for_type(self, resource_type: str) -> TypeParams:
         return self.types[resource_type]
+
+
+_NARROWED = re.compile(r"^(.+)\.where\(resolve\(\) is ([A-Z][A-Za-z]+)\)$")
+
+
+def _link_narrowings(table: TypeParams) -> None:
+    """Mark, from the SearchParameter expressions alone, the reference parameters whose keys
+    would repeat another's: each branch of the expression for this type is the other
+    parameter's single branch narrowed by `.where(resolve() is T)` (`patient` =
+    `subject.where(resolve() is Patient)`, on ~20 types). Their reference keys are then not
+    stored: each indexed key costs every write database CPU, and makes documents larger.
+
+    Unions (Observation `combo-code` = `code | component-code`) are left alone: a range over
+    their keys (`combo-value-quantity=gt5`, a system-only token, `:missing`) would have to be
+    two ranges over their parts' keys, an `$or`, for which the embedded database scans the
+    collection (store/planner.py).
+    """
+    for code, param in table.params.items():
+        if param.type != "reference" or not param.supported:
+            continue
+        own = branches_for_type(param.expression, table.resource_type)
+        matched = _NARROWED.match(own[0]) if len(own) == 1 else None
+        if matched is None:
+            continue
+        path, type_name = matched.groups()
+        for other_code, other in sorted(table.params.items()):
+            if (
+                other_code != code
+                and other.type == "reference"
+                and other.supported
+                and type_name in other.targets
+                and branches_for_type(other.expression, table.resource_type) == [path]
+            ):
+                table.params[code] = replace(param, references_of=(other_code, type_name))
+                break

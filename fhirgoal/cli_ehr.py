@@ -1,0 +1,356 @@
+"""`fhirgoal ehr add|list|remove` and `fhirgoal sync status|run|unmatched` (issue 15).
+
+An EHR connection (exchange/connections.py) is what fhirgoal needs to be a SMART Backend Services
+client of an EHR (https://hl7.org/fhir/smart-app-launch/backend-services.html): its FHIR base,
+the client id the EHR registered fhirgoal under, a signing key (created here unless one is given)
+and the `system/` scopes; `ehr add` writes the public JWKS for the EHR's administrator to register.
+`sync run` does one pass of both directions and exits; `fhirgoal serve` syncs continuously.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+from urllib.parse import urlsplit
+
+import typer
+from pymongo.asynchronous.database import AsyncDatabase
+
+from fhirgoal.cli_support import DataDir, admin, console, database, fail, settings_from
+from fhirgoal.config import Settings
+from fhirgoal.exchange.connections import (
+    ALGORITHMS,
+    DEFAULT_SCOPES,
+    DEFAULT_SEND,
+    PULL_TYPES,
+    ConnectionStore,
+    EhrConnection,
+    EhrConnectionError,
+    check_choices,
+    key_from_pem,
+    new_key,
+)
+from fhirgoal.exchange.dialect import DialectError, load_dialect
+
+T = TypeVar("T")
+ehr_app = typer.Typer(help="EHR connections (SMART Backend Services).", no_args_is_help=True)
+sync_app = typer.Typer(help="Sync with the connected EHRs.", no_args_is_help=True)
+
+
+def register(app: typer.Typer) -> None:
+    app.add_typer(ehr_app, name="ehr")
+    app.add_typer(sync_app, name="sync")
+
+
+def _split(value: str | None, default: tuple[str, ...]) -> list[str]:
+    if value is None:
+        return list(default)
+    return [part for part in value.replace(",", " ").split() if part]
+
+
+# ---- ehr ---------------------------------------------------------------------------------------
+@ehr_app.command("add")
+def ehr_add(
+    name: Annotated[str, typer.Option("--name", help="The connection's name.")],
+    base: Annotated[str, typer.Option("--base", help="The EHR's FHIR base URL.")],
+    client_id: Annotated[
+        str, typer.Option("--client-id", help="The client id the EHR registered fhirgoal under.")
+    ],
+    key_file: Annotated[
+        Path | None,
+        typer.Option("--key-file", help="A private key (PEM, RSA or EC P-384); else one is made."),
+    ] = None,
+    alg: Annotated[
+        str, typer.Option("--alg", help="Algorithm of a key made here: ES384 or RS384.")
+    ] = "ES384",
+    jwks_out: Annotated[
+        Path | None,
+        typer.Option("--jwks-out", help="Write the public JWKS here (else it is printed)."),
+    ] = None,
+    scopes: Annotated[
+        str, typer.Option("--scopes", help="The system/ scopes to ask for, space-separated.")
+    ] = DEFAULT_SCOPES,
+    mapping: Annotated[
+        Path | None,
+        typer.Option("--mapping", help="The EHR's dialect: a mapping folder (mappings/...)."),
+    ] = None,
+    send: Annotated[
+        str | None,
+        typer.Option("--send", help=f"Kinds sent to the EHR [{','.join(DEFAULT_SEND)}]."),
+    ] = None,
+    pull: Annotated[
+        str | None,
+        typer.Option("--pull", help=f"Types pulled from the EHR [{','.join(PULL_TYPES)}]."),
+    ] = None,
+    patient_system: Annotated[
+        str | None,
+        typer.Option("--patient-system", help="Match patients by this identifier system only."),
+    ] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Add an EHR connection and hand out its public key set (JWKS)."""
+    if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).netloc:
+        fail("--base must be an http(s) URL")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        fail("--name may hold letters, digits, - and _ only")
+    if not all(s.startswith("system/") for s in scopes.split()):
+        fail("--scopes must be system/ scopes (SMART Backend Services)")
+    send_kinds, pull_types = _split(send, DEFAULT_SEND), _split(pull, PULL_TYPES)
+    try:
+        check_choices(send_kinds, pull_types)
+        if key_file is not None:
+            try:
+                key = key_from_pem(key_file.read_bytes())
+            except OSError as error:
+                fail(f"cannot read {key_file}: {error}")
+        else:
+            key = new_key(alg.upper())
+    except EhrConnectionError as error:
+        fail(str(error))
+    mapping_dir = None
+    if mapping is not None:
+        if not mapping.is_dir():
+            fail(f"--mapping {mapping} is not a folder")
+        mapping_dir = str(mapping.resolve())
+        try:
+            load_dialect(mapping_dir)
+        except DialectError as error:  # stored all the same: the engine may come later
+            console.print(f"[yellow]warning:[/yellow] {error}")
+    key_alg = str(key.alg or ("RS384" if key.as_dict(private=False)["kty"] == "RSA" else "ES384"))
+    if key_alg not in ALGORITHMS:
+        fail(f"the key's algorithm {key_alg} is not one of {', '.join(ALGORITHMS)}")
+    settings = settings_from(data_dir=data_dir)
+    connection = EhrConnection(
+        name=name,
+        base=base.rstrip("/"),
+        client_id=client_id,
+        scopes=" ".join(scopes.split()),
+        alg=key_alg,
+        public_jwk={},
+        send=tuple(send_kinds),
+        pull=tuple(pull_types),
+        mapping=mapping_dir,
+        patient_system=patient_system,
+    )
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
+        from fhirgoal.auth.keys import encryption_key
+
+        store = ConnectionStore(db)
+        await store.add(
+            connection, key, encryption_key(settings.key_encryption_key, settings.data_dir)
+        )
+        added = await store.get(name)
+        assert added is not None
+        return added.public_jwks()
+
+    try:
+        jwks = admin(data_dir, work)
+    except EhrConnectionError as error:
+        fail(str(error))
+    text = json.dumps(jwks, indent=2)
+    if jwks_out is not None:
+        jwks_out.write_text(text + "\n")
+        console.print(f"public JWKS written to {jwks_out}")
+    else:
+        typer.echo(text)
+    console.print(
+        f"added EHR connection {name}: register client {client_id} at the EHR with this JWKS "
+        f"(private_key_jwt, {key_alg}) and the scopes: {connection.scopes}"
+    )
+
+
+@ehr_app.command("list")
+def ehr_list(data_dir: DataDir = None) -> None:
+    """List the EHR connections (never their private keys)."""
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> list[EhrConnection]:
+        return await ConnectionStore(db).list()
+
+    for c in admin(data_dir, work):
+        typer.echo(
+            f"{c.name}\t{c.base}\tclient {c.client_id}\t{c.alg} key {c.public_jwk.get('kid')}\t"
+            f"send {','.join(c.send)}\tpull {','.join(c.pull)}\t"
+            f"mapping {c.mapping or '(none: fhirgoal FHIR)'}\tscopes {c.scopes}"
+        )
+
+
+@ehr_app.command("remove")
+def ehr_remove(
+    name: Annotated[str, typer.Argument(help="The connection's name.")], data_dir: DataDir = None
+) -> None:
+    """Remove a connection: its undelivered items are dropped, its links forgotten."""
+    from fhirgoal.exchange.links import LinkStore
+    from fhirgoal.store.outbox import OutboxStore
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> int | None:
+        if not await ConnectionStore(db).remove(name):
+            return None
+        await LinkStore(db).forget(name)
+        return await OutboxStore(db).void_for(
+            f"EhrConnection/{name}", "the EHR connection was removed"
+        )
+
+    dropped = admin(data_dir, work)
+    if dropped is None:
+        fail(f"no EHR connection {name}")
+    typer.echo(f"removed EHR connection {name} ({dropped} undelivered item(s) dropped)")
+
+
+# ---- sync --------------------------------------------------------------------------------------
+async def _with_sync(settings: Settings, work: Callable[[Any], Awaitable[T]]) -> T:
+    """`work(sync)` with the service built as a server builds it (EHR sync installed)."""
+    from fhirgoal.bootstrap import build_service
+    from fhirgoal.exchange.ehr_install import sync_of
+    from fhirgoal.store.mongo import connect
+
+    assert settings.mongodb_uri
+    client = connect(settings.mongodb_uri, timeout=10.0)
+    try:
+        service = await build_service(settings, client)
+        sync = sync_of(service)
+        try:
+            return await work(sync)
+        finally:
+            await sync.close()
+    finally:
+        await client.close()
+
+
+@sync_app.command("status")
+def sync_status(data_dir: DataDir = None) -> None:
+    """Per connection: items pending, delivered, failing and dead, the last error, links,
+    conflicts, records waiting for a human, and the last pull."""
+    from rich.table import Table
+
+    async def work(sync: Any) -> list[dict[str, Any]]:
+        rows = []
+        for connection in sync.connections:
+            report = await sync.service.outbox.store.destination_report(connection.dest)
+            pull = await sync.store.pull_report(connection.name)
+            rows.append(
+                {
+                    "name": connection.name,
+                    **report,
+                    "links": await sync.links.counts(connection.name),
+                    "conflicts": await sync.links.conflicts(connection.name),
+                    "unmatched": len(await sync.links.held(connection.name)),
+                    "pull": pull,
+                }
+            )
+        return rows
+
+    with database(settings_from(data_dir=data_dir)) as (settings, _):
+        rows = asyncio.run(_with_sync(settings, work))
+    table = Table(
+        "connection", "pending", "delivered", "failing", "dead", "linked", "conflicts", "unmatched"
+    )
+    for row in rows:
+        linked = ", ".join(f"{n} {t}" for t, n in sorted(row["links"].items())) or "0"
+        table.add_row(
+            row["name"],
+            str(row["pending"] + row["delivering"]),
+            str(row["delivered"]),
+            str(row["failing"]),
+            str(row["dead"]),
+            linked,
+            str(row["conflicts"]),
+            str(row["unmatched"]),
+        )
+    console.print(table)
+    for row in rows:
+        last = row["last_error"]
+        if last:
+            console.print(
+                f"{row['name']}: last error ({last['ref']}/_history/{last['vid']}): {last['error']}",
+                soft_wrap=True,
+            )
+        pull = row["pull"]
+        if pull.get("last_pull"):
+            outcome = f"failed: {pull['pull_error']}" if pull.get("pull_error") else "ok"
+            console.print(
+                f"{row['name']}: last pull {pull['last_pull']:%Y-%m-%d %H:%M:%S} UTC {outcome}"
+            )
+    if not rows:
+        console.print("no EHR connections (fhirgoal ehr add)")
+
+
+@sync_app.command("run")
+def sync_run(
+    ehr: Annotated[str | None, typer.Option("--ehr", help="Only this connection.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """One full pass: pull from each EHR (with progress), deliver what is due, exit."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+
+    from fhirgoal.exchange.delivery import DeliveryWorker
+    from fhirgoal.exchange.ehr_inbound import Puller
+
+    class Bars:
+        def __init__(self, progress: Progress) -> None:
+            self.progress = progress
+            self.task = progress.add_task("pull", total=None)
+
+        def stage(self, description: str, total: int | None) -> None:
+            self.progress.update(self.task, description=description, total=total, completed=0)
+
+        def advance(self, count: int) -> None:
+            self.progress.advance(self.task, count)
+
+    async def work(sync: Any) -> list[str]:
+        connections = sync.connections
+        if ehr is not None:
+            connections = [c for c in connections if c.name == ehr]
+            if not connections:
+                fail(f"no EHR connection {ehr}")
+        lines = []
+        puller = Puller(sync)
+        for connection in connections:
+            with Progress(
+                TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                console=console, transient=True,
+            ) as progress:  # fmt: skip
+                try:
+                    report = await puller.pull(connection, Bars(progress))
+                except Exception as error:  # reported, and the other connections still run
+                    lines.append(f"{connection.name}: pull failed: {error}")
+                    continue
+            lines.append(
+                f"{connection.name}: pulled {report.fetched} resource(s): {report.written} "
+                f"written, {report.unchanged} unchanged, {report.held} held for a human, "
+                f"{report.conflicts} conflict(s); {report.linked} patient(s) linked"
+            )
+        worker = DeliveryWorker(sync.service.outbox, sync.settings)
+        try:
+            for connection in connections:
+                attempts = await worker.run_once(connection.dest)
+                lines.append(f"{connection.name}: {attempts} delivery attempt(s)")
+        finally:
+            await worker.stop()
+        return lines
+
+    with database(settings_from(data_dir=data_dir)) as (settings, _):
+        lines = asyncio.run(_with_sync(settings, work))
+    for line in lines:
+        console.print(line, soft_wrap=True)
+
+
+@sync_app.command("unmatched")
+def sync_unmatched(
+    ehr: Annotated[str | None, typer.Option("--ehr", help="Only this connection.")] = None,
+    data_dir: DataDir = None,
+) -> None:
+    """Records the sync could not place, each with the reason (for a human)."""
+    from fhirgoal.exchange.links import LinkStore
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> list[dict[str, Any]]:
+        return await LinkStore(db).held(ehr)
+
+    rows = admin(data_dir, work)
+    for row in rows:
+        typer.echo(f"{row['conn']}\t{row['kind']}\t{row['record']}\t{row['reason']}")
+    if not rows:
+        console.print("nothing waits for a human")

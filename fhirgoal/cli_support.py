@@ -1,0 +1,87 @@
+"""What every `fhirgoal` command shares: its settings, its database, its console and its errors.
+
+With no MONGODB_URI a command starts the embedded database (SecantusDB) on `--data-dir` and stops
+it when it finishes; a database already running on that data dir is found and reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from pathlib import Path
+from typing import Annotated, Any, NoReturn, TypeVar
+
+import typer
+from pymongo.asynchronous.database import AsyncDatabase
+from rich.console import Console
+
+from fhirgoal.bootstrap import embedded_database
+from fhirgoal.config import Settings
+from fhirgoal.logs import configure_logging
+from fhirgoal.store.embedded import EmbeddedDatabase, EmbeddedUnavailable, redacted
+
+console = Console(stderr=True)
+T = TypeVar("T")
+
+# Options default to None so that an unset option leaves the FHIRGOAL_ environment variable (or
+# the Settings default) in force; `settings_from` drops the Nones.
+DataDir = Annotated[
+    Path | None,
+    typer.Option(
+        "--data-dir", help="Where the embedded database keeps its data [FHIRGOAL_DATA_DIR]."
+    ),
+]
+
+
+def settings_from(**overrides: object) -> Settings:
+    """Every command's settings: the environment, with the options given; logging configured
+    from them (FHIRGOAL_LOG_LEVEL) before the command logs anything."""
+    values = {k: v for k, v in overrides.items() if v is not None}
+    settings = Settings(**values)  # type: ignore[arg-type]
+    configure_logging(settings.log_level)
+    return settings
+
+
+@contextmanager
+def database(
+    settings: Settings, *, on_give_up: Callable[[], None] | None = None
+) -> Iterator[tuple[Settings, EmbeddedDatabase | None]]:
+    """`settings` with a database URI for the command (bootstrap.embedded_database: MONGODB_URI, or
+    the embedded database started for it); a database that cannot start is a CLI error."""
+    with ExitStack() as stack:
+        try:
+            opened, embedded = stack.enter_context(
+                embedded_database(settings, supervise=on_give_up is not None, on_give_up=on_give_up)
+            )
+        except EmbeddedUnavailable as exc:
+            fail(str(exc))
+        if embedded is not None:
+            uri = redacted(opened.mongodb_uri or "")
+            console.print(f"embedded database at {uri} (data in {settings.data_dir})")
+        yield opened, embedded
+
+
+def admin(
+    data_dir: Path | None, work: Callable[[AsyncDatabase[dict[str, Any]]], Awaitable[T]]
+) -> T:
+    """Run `work` against the server's database: MONGODB_URI, or the embedded one on `data_dir`
+    (shared when it runs, started for the command and stopped after when it does not)."""
+
+    async def run(settings: Settings) -> T:
+        from fhirgoal.store.mongo import connect
+
+        assert settings.mongodb_uri
+        client = connect(settings.mongodb_uri, timeout=10.0)
+        try:
+            return await work(client.get_database(settings.db))
+        finally:
+            await client.close()
+
+    with database(settings_from(data_dir=data_dir)) as (settings, _):
+        return asyncio.run(run(settings))
+
+
+def fail(message: str) -> NoReturn:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)

@@ -1,0 +1,76 @@
+"""The AuditEvent of each thing the EHR sync moves, so that sync is visible as FHIR.
+
+https://hl7.org/fhir/R4/auditevent.html with DICOM event types (listed in the R4
+audit-event-type value set): 110106 Export for a delivery to an EHR, 110107 Import for a record
+pulled from one. `entity` names fhirgoal's version, the EHR's (an absolute URL), and the patient
+(role 1, so the event is in the patient's compartment); `outcome` 0 on success, 4 when the EHR
+refused or failed, with the reason in `outcomeDesc`. Stored through the audit log like every
+other AuditEvent (auth/audit.py), searchable as `AuditEvent?type=...|110106`.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.service import FhirService
+
+DCM = "http://dicom.nema.org/resources/ontology/DCM"
+EXPORT = {"system": DCM, "code": "110106", "display": "Export"}
+IMPORT = {"system": DCM, "code": "110107", "display": "Import"}
+SUBTYPE_SYSTEM = "urn:fhirgoal:ehr-sync"
+_PATIENT_ROLE = {
+    "system": "http://terminology.hl7.org/CodeSystem/object-role",
+    "code": "1",
+    "display": "Patient",
+}
+_SOURCE = {
+    "observer": {"display": "fhirgoal"},
+    "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}],
+}
+
+
+def sync_event(
+    event_type: dict[str, str],
+    connection: str,
+    action: str,
+    local: str | None,
+    ehr_url: str | None,
+    patient: str | None,
+    error: str | None = None,
+) -> dict[str, Any]:
+    """`action` C or U (FHIR audit-event-action); `local` "Goal/1/_history/2"; `ehr_url` the
+    EHR's version as an absolute URL; `patient` "Patient/1"."""
+    entities: list[dict[str, Any]] = []
+    if local:
+        entities.append({"what": {"reference": local}})
+    if ehr_url:
+        entities.append({"what": {"reference": ehr_url}, "description": f"in EHR {connection}"})
+    if patient:
+        entities.append({"what": {"reference": patient}, "role": _PATIENT_ROLE})
+    event: dict[str, Any] = {
+        "resourceType": "AuditEvent",
+        "id": str(uuid.uuid4()),
+        "type": event_type,
+        "subtype": [{"system": SUBTYPE_SYSTEM, "code": connection}],
+        "action": action,
+        "recorded": instant_text(now()),
+        "outcome": "0" if error is None else "4",
+        "agent": [
+            {
+                "who": {"reference": "Device/fhirgoal", "display": "fhirgoal EHR sync"},
+                "requestor": True,
+            }
+        ],
+        "source": _SOURCE,
+        "entity": entities,
+    }
+    if error is not None:
+        event["outcomeDesc"] = error[:1000]
+    return event
+
+
+async def record(service: FhirService, events: list[dict[str, Any]]) -> None:
+    if events and service.settings.audit:
+        await service.audit_log.append(events)

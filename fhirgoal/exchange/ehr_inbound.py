@@ -1,0 +1,631 @@
+"""Inbound EHR sync: incremental pulls of the patients fhirgoal follows, written as fhirgoal's.
+
+Issue 15. A pull of one connection:
+
+1. **Identity** (exchange/links.py): fhirgoal's Patients not yet linked are looked up in the EHR
+   by their identifiers (those of the connection's `patient_system` when set), in batches
+   (`Patient?identifier=s|v,s|v,...`). Exactly one EHR Patient, matching no other fhirgoal
+   Patient: linked, and from then on followed. None, or more than one: queued for a human with the
+   reason (`fhirgoal sync unmatched`). Never by demographics.
+2. **Changes**, type by type in the order Patient, Encounter, Condition, Goal, CarePlan (what a
+   resource references is then usually linked already): for the followed patients,
+   `<type>?patient=...&_lastUpdated=gt<last>` (https://hl7.org/fhir/R4/search.html#lastUpdated),
+   `<last>` the latest `meta.lastUpdated` the previous pull saw minus `sync_pull_overlap_seconds`
+   (a version stamped just before the previous pull and committed just after it is not missed;
+   what the overlap fetches again changes nothing); a patient followed since the last pull is
+   fetched whole. Pages are followed by their `next` links (on the EHR's base only).
+3. **Each resource**: unchanged since the link's EHR version, nothing. Else through the dialect
+   (exchange/dialect.py), references translated (exchange/translate.py), written through the
+   FhirService as the copy of the EHR's resource (its identifier: system = the EHR's base + "/" +
+   type, value = its id): an update of the linked resource with `If-Match`, or the first time a
+   conditional update on that identifier (https://hl7.org/fhir/R4/http.html#cond-update), so a
+   pull repeated changes nothing. Content equal to what fhirgoal holds writes nothing.
+   Ownership (issue 15 defaults): the EHR's version of what it owns replaces fhirgoal's, except
+   the elements fhirgoal owns (a Goal's GAS scale and weights, a Patient's other identifiers and
+   care team). A Goal edited in fhirgoal since the versions were last in step, and in the EHR
+   too, is a conflict (exchange/conflicts.py): nothing is overwritten.
+4. A resource the dialect cannot map, that refers to a patient fhirgoal does not follow, or that
+   fhirgoal refuses (validation) is queued for a human with the reason; the pull goes on.
+
+Each write is an AuditEvent (exchange/ehr_audit.py, DICOM 110107 Import).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from typing import Any, Protocol
+
+import structlog
+
+from fhirgoal.clinical.codes import (
+    DERIVED_STATUS_EXTENSION,
+    GAS_EXTENSION,
+    GAS_GOAL_COMPONENT_EXTENSION,
+    GAS_GOAL_MEASURE,
+    GAS_VARIANT_EXTENSION,
+    GAS_WEIGHT_EXTENSION,
+)
+from fhirgoal.core.access import UNRESTRICTED
+from fhirgoal.core.errors import FhirError, FhirgoalError
+from fhirgoal.core.jsonio import loads
+from fhirgoal.exchange.backend_auth import BackendServicesClient
+from fhirgoal.exchange.conflicts import raise_conflict
+from fhirgoal.exchange.connections import PULL_TYPES, EhrConnection
+from fhirgoal.exchange.dialect import Dialect, DialectError
+from fhirgoal.exchange.ehr_audit import IMPORT, record, sync_event
+from fhirgoal.exchange.ehr_sync import EhrSync, applying
+from fhirgoal.exchange.links import Conflict, Link
+from fhirgoal.exchange.translate import (
+    content,
+    for_sending,
+    origin_system,
+    parse_reference,
+    references,
+    rewrite_references,
+    version_url,
+    with_origin,
+)
+from fhirgoal.fhir.instants import instant_text, now
+from fhirgoal.fhir.search.dates import parse_range
+from fhirgoal.fhir.service import FhirService
+from fhirgoal.store.repository import Version
+
+log = structlog.get_logger(__name__)
+
+FHIR_JSON = "application/fhir+json"
+SHARED_TYPES = frozenset({"Goal"})  # edited on both sides: conflicts are possible
+# fhirgoal's elements of a Goal (issue 15: GAS scales are fhirgoal's)
+OWNED_GOAL_EXTENSIONS = frozenset(
+    {
+        GAS_EXTENSION,
+        GAS_WEIGHT_EXTENSION,
+        GAS_VARIANT_EXTENSION,
+        GAS_GOAL_COMPONENT_EXTENSION,
+        DERIVED_STATUS_EXTENSION,
+    }
+)
+IDENTIFIERS_PER_SEARCH = 50  # identifiers (or ids) in one search's OR list
+
+
+class PullProgress(Protocol):
+    """How a long pull reports (the CLI draws rich progress bars)."""
+
+    def stage(self, description: str, total: int | None) -> None: ...
+
+    def advance(self, count: int) -> None: ...
+
+
+class _Quiet:
+    def stage(self, description: str, total: int | None) -> None:
+        pass
+
+    def advance(self, count: int) -> None:
+        pass
+
+
+@dataclass
+class PullReport:
+    connection: str
+    linked: int = 0  # patients linked by this pull
+    fetched: int = 0
+    written: int = 0
+    unchanged: int = 0
+    held: int = 0
+    conflicts: int = 0
+    errors: list[str] = field(default_factory=list)
+
+
+class PullError(FhirgoalError, RuntimeError):
+    """A search of a pull failed (the EHR refused it or answered what is not a Bundle)."""
+
+
+class _Held(Exception):
+    def __init__(self, kind: str, reason: str) -> None:
+        super().__init__(reason)
+        self.kind = kind
+        self.reason = reason
+
+
+def _instant(text: Any) -> datetime | None:
+    if not isinstance(text, str) or not text:
+        return None
+    try:
+        return parse_range(text)[0]
+    except FhirError:
+        return None
+
+
+def _chunks(items: list[str], size: int) -> list[list[str]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+def _tokens(resource: dict[str, Any], system: str | None, skip_prefix: str) -> set[str]:
+    found = set()
+    for identifier in resource.get("identifier") or []:
+        if not isinstance(identifier, dict):
+            continue
+        sys, value = identifier.get("system"), identifier.get("value")
+        if not isinstance(sys, str) or not isinstance(value, str) or sys.startswith(skip_prefix):
+            continue
+        if system is None or sys == system:
+            found.add(f"{sys}|{value}")
+    return found
+
+
+def keep_owned(rt: str, current: dict[str, Any] | None, incoming: dict[str, Any]) -> dict[str, Any]:
+    """`incoming` with the elements fhirgoal owns taken from its `current` version."""
+    if current is None:
+        return incoming
+    merged = dict(incoming)
+    if rt == "Goal":
+        mine = [e for e in current.get("extension") or [] if e.get("url") in OWNED_GOAL_EXTENSIONS]
+        theirs = [
+            e for e in incoming.get("extension") or [] if e.get("url") not in OWNED_GOAL_EXTENSIONS
+        ]
+        if mine or theirs:
+            merged["extension"] = theirs + mine
+        gas = [t for t in current.get("target") or [] if _is_gas_target(t)]
+        other = [t for t in incoming.get("target") or [] if not _is_gas_target(t)]
+        if gas or other:
+            merged["target"] = other + gas
+    elif rt == "Patient":
+        # identifiers and care team from elsewhere (caseloads are built from generalPractitioner)
+        ids = list(incoming.get("identifier") or [])
+        ids += [i for i in current.get("identifier") or [] if i not in ids]
+        merged["identifier"] = ids
+        team = list(incoming.get("generalPractitioner") or [])
+        team += [
+            r
+            for r in current.get("generalPractitioner") or []
+            if r not in team and "reference" in r
+        ]
+        if team:
+            merged["generalPractitioner"] = team
+    return merged
+
+
+def _is_gas_target(target: Any) -> bool:
+    codings = ((target or {}).get("measure") or {}).get("coding") or []
+    return any(c.get("code") == GAS_GOAL_MEASURE for c in codings if isinstance(c, dict))
+
+
+class Puller:
+    def __init__(self, sync: EhrSync) -> None:
+        self.sync = sync
+        self.service: FhirService = sync.service
+        self._waiting: set[str] = set()  # records of the pages being applied that wait for a human
+
+    async def pull(
+        self, connection: EhrConnection, progress: PullProgress | None = None
+    ) -> PullReport:
+        """One pull of `connection` (identity, then changes); its counts. The cursors move on
+        only when every search of the pull succeeded."""
+        progress = progress or _Quiet()
+        report = PullReport(connection.name)
+        client = self.sync.client(connection)
+        started = now()
+        try:
+            dialect = self.sync.dialect(connection)
+            progress.stage(f"{connection.name}: matching patients", None)
+            report.linked = await self._match_patients(connection, client)
+            cursors = await self._pull_changes(connection, client, dialect, report, progress)
+        except Exception as error:
+            await self.sync.store.pulled(connection.name, {}, repr(error)[:500], started)
+            raise
+        await self.sync.store.pulled(connection.name, cursors, None, started)
+        return report
+
+    # ---- identity ----------------------------------------------------------------------------
+    async def _local_patients(self) -> AsyncIterator[Version]:
+        after: str | None = None
+        while True:
+            query = {"_id": {"$gt": after}} if after else {}
+            page = await self.service.find_where(UNRESTRICTED, "Patient", query, [("_id", 1)], 500)
+            for version in page:
+                yield version
+            if len(page) < 500:
+                return
+            after = page[-1].id
+
+    async def _match_patients(
+        self, connection: EhrConnection, client: BackendServicesClient
+    ) -> int:
+        name, links = connection.name, self.sync.links
+        followed = {link.local for link in await links.patients(name)}
+        own = f"{self.sync.base}/"
+        wanted: dict[str, set[str]] = {}  # token -> local ids
+        tokens_of: dict[str, set[str]] = {}
+        async for version in self._local_patients():
+            if f"Patient/{version.id}" in followed or version.resource is None:
+                continue
+            tokens = _tokens(version.resource, connection.patient_system, own)
+            if tokens:
+                tokens_of[version.id] = tokens
+                for token in tokens:
+                    wanted.setdefault(token, set()).add(version.id)
+        if not wanted:
+            return 0
+        ehr_of: dict[str, set[str]] = {}  # local id -> EHR ids
+        locals_of: dict[str, set[str]] = {}  # EHR id -> local ids
+        found: dict[str, dict[str, Any]] = {}
+        for chunk in _chunks(sorted(wanted), IDENTIFIERS_PER_SEARCH):
+            params = [("identifier", ",".join(chunk)), ("_count", str(len(chunk) * 2))]
+            async for page in self._search(client, connection, "Patient", params):
+                for patient in page:
+                    found[patient["id"]] = patient
+                    for token in _tokens(patient, None, "\0") & set(chunk):
+                        for local in wanted[token]:
+                            ehr_of.setdefault(local, set()).add(patient["id"])
+                            locals_of.setdefault(patient["id"], set()).add(local)
+        linked = 0
+        for local, tokens in tokens_of.items():
+            record = f"Patient/{local}"
+            matches = ehr_of.get(local, set())
+            if not matches:
+                await links.hold(
+                    name, record, "identity",
+                    f"no Patient in EHR {name} has identifier {', '.join(sorted(tokens))}",
+                )  # fmt: skip
+                continue
+            if len(matches) > 1:
+                await links.hold(
+                    name, record, "identity",
+                    f"{len(matches)} Patients in EHR {name} share its identifiers: "
+                    + ", ".join(f"Patient/{e}" for e in sorted(matches)),
+                )  # fmt: skip
+                continue
+            ehr_id = next(iter(matches))
+            others = locals_of[ehr_id] - {local}
+            taken = await links.by_ehr(name, f"Patient/{ehr_id}")
+            if others or (taken is not None and taken.local != record):
+                clash = sorted(
+                    {*(f"Patient/{o}" for o in others), *([taken.local] if taken else [])}
+                )
+                await links.hold(
+                    name, record, "identity",
+                    f"EHR Patient/{ehr_id} matches other fhirgoal patients too: {', '.join(clash)}",
+                )  # fmt: skip
+                continue
+            await links.save(name, record, f"Patient/{ehr_id}", 0, "", None, "match")
+            await links.release(name, record, "identity")
+            linked += 1
+        return linked
+
+    # ---- changes -----------------------------------------------------------------------------
+    async def _pull_changes(
+        self,
+        connection: EhrConnection,
+        client: BackendServicesClient,
+        dialect: Dialect,
+        report: PullReport,
+        progress: PullProgress,
+    ) -> dict[str, str]:
+        name, links = connection.name, self.sync.links
+        patients = await links.patients(name)
+        known = sorted(p.ehr_id for p in patients if p.pulled)
+        fresh = sorted(p.ehr_id for p in patients if not p.pulled)
+        cursors = await self.sync.store.cursors(name)
+        overlap = timedelta(seconds=self.sync.settings.sync_pull_overlap_seconds)
+        page_size = str(self.sync.settings.sync_page_size)
+        moved: dict[str, str] = {}
+        for rt in [t for t in PULL_TYPES if t in connection.pull]:
+            last = _instant(cursors.get(rt))
+            latest = last
+            progress.stage(f"{name}: {rt}", None)
+            groups = [(known, last), (fresh, None)]
+            for ids, since in groups:
+                for chunk in _chunks(ids, IDENTIFIERS_PER_SEARCH):
+                    key = "_id" if rt == "Patient" else "patient"
+                    values = chunk if rt == "Patient" else [f"Patient/{i}" for i in chunk]
+                    params = [(key, ",".join(values)), ("_count", page_size)]
+                    params.append(("_sort", "_lastUpdated"))
+                    if since is not None:
+                        params.append(("_lastUpdated", f"gt{instant_text(since - overlap)}"))
+                    async for page in self._search(client, connection, rt, params):
+                        report.fetched += len(page)
+                        await self._apply_page(connection, dialect, rt, page, report)
+                        progress.advance(len(page))
+                        for resource in page:
+                            at = _instant((resource.get("meta") or {}).get("lastUpdated"))
+                            if at is not None and (latest is None or at > latest):
+                                latest = at
+            if latest is not None:
+                moved[rt] = instant_text(latest)
+        for ehr_id in fresh:
+            link = next(p for p in patients if p.ehr_id == ehr_id)
+            await links.mark_pulled(name, link.local)
+        return moved
+
+    async def _search(
+        self,
+        client: BackendServicesClient,
+        connection: EhrConnection,
+        rt: str,
+        params: list[tuple[str, str]],
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The pages of a search: the resources of type `rt` in each (outcome entries left out);
+        `next` links are followed only on the EHR's base."""
+        url: str | None = f"{connection.base}/{rt}"
+        query: list[tuple[str, str]] | None = params
+        while url is not None:
+            response = await client.request("GET", url, headers={"Accept": FHIR_JSON}, params=query)
+            if response.status_code != 200:
+                raise PullError(f"EHR {connection.name}: GET {url}: HTTP {response.status_code}")
+            try:
+                bundle = loads(response.content)
+            except FhirError:
+                raise PullError(f"EHR {connection.name}: GET {url}: not JSON") from None
+            if not isinstance(bundle, dict) or bundle.get("resourceType") != "Bundle":
+                raise PullError(f"EHR {connection.name}: GET {url}: not a Bundle")
+            yield [
+                dict(entry["resource"])
+                for entry in bundle.get("entry") or []
+                if isinstance(entry.get("resource"), dict)
+                and entry["resource"].get("resourceType") == rt
+                and (entry.get("search") or {}).get("mode", "match") != "outcome"
+            ]
+            url, query = None, None
+            for link in bundle.get("link") or []:
+                target = link.get("url")
+                on_base = isinstance(target, str) and target.startswith(
+                    (f"{connection.base}/", f"{connection.base}?")
+                )
+                if link.get("relation") == "next" and on_base:
+                    url = target
+
+    async def _apply_page(
+        self,
+        connection: EhrConnection,
+        dialect: Dialect,
+        rt: str,
+        page: list[dict[str, Any]],
+        report: PullReport,
+    ) -> None:
+        name = connection.name
+        refs = [f"{rt}/{r['id']}" for r in page if isinstance(r.get("id"), str)]
+        links = await self.sync.links.many_by_ehr(name, refs)
+        self._waiting |= await self.sync.links.held_among(name, refs)
+        events: list[dict[str, Any]] = []
+
+        async def apply_all(group: list[dict[str, Any]]) -> None:
+            for resource in group:
+                ehr_ref = f"{rt}/{resource.get('id')}"
+                try:
+                    outcome = await self._apply(connection, dialect, resource, links.get(ehr_ref))
+                except _Held as held:
+                    await self.sync.links.hold(name, ehr_ref, held.kind, held.reason)
+                    report.held += 1
+                    continue
+                if outcome == "written":
+                    report.written += 1
+                    events.append(self._event(connection, resource))
+                elif outcome == "conflict":
+                    report.conflicts += 1
+                else:
+                    report.unchanged += 1
+
+        # One patient's resources in the order the EHR gave them, several patients at once: the
+        # writes of concurrent patients share the database's journal syncs (store/batching.py).
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for resource in page:
+            groups.setdefault(_patient_of(resource), []).append(resource)
+        slots = asyncio.Semaphore(self.sync.settings.sync_pull_concurrency)
+
+        async def in_slot(group: list[dict[str, Any]]) -> None:
+            async with slots:
+                await apply_all(group)
+
+        await asyncio.gather(*(in_slot(group) for group in groups.values()))
+        await record(self.service, events)
+
+    def _event(self, connection: EhrConnection, resource: dict[str, Any]) -> dict[str, Any]:
+        meta = resource.get("meta") or {}
+        ehr_url = version_url(
+            connection.base, resource["resourceType"], resource["id"], meta.get("versionId", "")
+        )
+        return sync_event(IMPORT, connection.name, "U", None, ehr_url, None)
+
+    async def _apply(
+        self,
+        connection: EhrConnection,
+        dialect: Dialect,
+        resource: dict[str, Any],
+        link: Link | None,
+        again: bool = True,
+    ) -> str:
+        """'written', 'unchanged' or 'conflict'; _Held when it cannot be placed."""
+        sync, name = self.sync, connection.name
+        rt, eid = resource["resourceType"], str(resource["id"])
+        ehr_ref = f"{rt}/{eid}"
+        meta = resource.get("meta") or {}
+        ehr_vid = str(meta.get("versionId", ""))
+        ehr_at = _instant(meta.get("lastUpdated"))
+        if link is not None and (
+            (ehr_vid and ehr_vid == link.ehr_vid)
+            or (ehr_at is not None and link.ehr_at is not None and ehr_at <= link.ehr_at)
+        ):
+            return "unchanged"
+        target = link.local if link is not None else self._ours(resource)
+        try:
+            produced = dialect.inbound(resource)
+        except DialectError as error:
+            raise _Held("mapping", str(error)) from None
+        if not produced:
+            return "unchanged"
+        copies = await self._localize(connection, produced, ehr_ref)
+        copies = [
+            with_origin(c, connection.base, rt, eid if n == 0 else f"{eid}-{n}", ehr_vid, sync.base)
+            for n, c in enumerate(copies)
+        ]
+        primary = copies[0]
+        local_rt = primary["resourceType"]
+        if target is None:
+            target = await self._by_identifier(local_rt, primary["identifier"][-1])
+        if target is not None and not target.startswith(f"{local_rt}/"):
+            raise _Held("mapping", f"{ehr_ref} maps to a {local_rt}, but is linked to {target}")
+        async with sync.locks.hold(sync.links.key(name, target or ehr_ref)):
+            current = None
+            if target is not None:
+                current = await self.service.current(UNRESTRICTED, local_rt, target.split("/")[1])
+            held = current.resource if current is not None and not current.deleted else None
+            merged = keep_owned(local_rt, held, primary)
+            if current is not None and held is not None and content(held) == content(merged):
+                await sync.links.save(
+                    name, target or "", ehr_ref, current.version, ehr_vid, ehr_at, "ehr"
+                )
+                return "unchanged"
+            in_step = link.local_vid if link is not None else 0
+            if current is not None and local_rt in SHARED_TYPES and current.version > in_step:
+                return await self._conflict(
+                    connection, link, target or "", current, resource, ehr_ref, ehr_vid, ehr_at
+                )
+            try:
+                with applying(name):
+                    if current is not None and target is not None:
+                        rid = target.split("/")[1]
+                        outcome = await self.service.update(
+                            UNRESTRICTED, local_rt, rid, {**merged, "id": rid},
+                            f'W/"{current.version}"',
+                        )  # fmt: skip
+                    else:
+                        identifier = primary["identifier"][-1]
+                        criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]
+                        outcome = await self.service.conditional_update(
+                            UNRESTRICTED, local_rt, criteria, merged, None, sync.base
+                        )
+            except FhirError as error:
+                if error.status == 412 and again:
+                    return await self._apply(connection, dialect, resource, link, again=False)
+                raise _Held(
+                    "invalid", f"fhirgoal refused {ehr_ref}: {_diagnostics(error)}"
+                ) from None
+            assert outcome.version is not None
+            written = outcome.version
+            local = f"{local_rt}/{written.id}"
+            await sync.links.save(name, local, ehr_ref, written.version, ehr_vid, ehr_at, "ehr")
+        if ehr_ref in self._waiting:  # placed now: no longer waits for a human
+            await sync.links.release_all(name, ehr_ref)
+        for extra in copies[1:]:
+            identifier = extra["identifier"][-1]
+            criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]
+            try:
+                with applying(name):
+                    await self.service.conditional_update(
+                        UNRESTRICTED, extra["resourceType"], criteria, extra, None, sync.base
+                    )
+            except FhirError as error:
+                raise _Held(
+                    "invalid", f"fhirgoal refused part of {ehr_ref}: {_diagnostics(error)}"
+                ) from None
+        return "written"
+
+    def _ours(self, resource: dict[str, Any]) -> str | None:
+        """The fhirgoal resource an EHR copy that fhirgoal made names by its identifier."""
+        own = f"{self.sync.base}/"
+        for identifier in resource.get("identifier") or []:
+            system = str((identifier or {}).get("system", ""))
+            value = (identifier or {}).get("value")
+            if system.startswith(own) and isinstance(value, str) and "/" not in system[len(own) :]:
+                return f"{system[len(own) :]}/{value}"
+        return None
+
+    async def _by_identifier(self, rt: str, identifier: dict[str, str]) -> str | None:
+        criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]
+        found = await self.service.find_resources(UNRESTRICTED, rt, criteria, limit=2)
+        if len(found) > 1:
+            raise _Held("identity", f"2 fhirgoal {rt}s carry identifier {criteria[0][1]}")
+        return f"{rt}/{found[0].id}" if found else None
+
+    async def _localize(
+        self, connection: EhrConnection, produced: list[dict[str, Any]], ehr_ref: str
+    ) -> list[dict[str, Any]]:
+        """The mapped resources with the EHR's references made fhirgoal's: linked targets by
+        their fhirgoal id, a Patient that is not followed holds the record, anything else a
+        logical reference by the identifier its copy carries."""
+        wanted = {
+            f"{t}/{i}"
+            for resource in produced
+            for reference in _all_references(resource)
+            if (parsed := parse_reference(reference, connection.base)) is not None
+            for t, i in [parsed]
+        }
+        linked = await self.sync.links.many_by_ehr(connection.name, sorted(wanted))
+        missing = sorted(r for r in wanted if r.startswith("Patient/") and r not in linked)
+        if missing:
+            raise _Held(
+                "identity", f"{ehr_ref} refers to {missing[0]}, which fhirgoal does not follow"
+            )
+
+        def translate(rt: str, rid: str) -> dict[str, Any]:
+            link = linked.get(f"{rt}/{rid}")
+            if link is not None:
+                return {"reference": link.local}
+            return {"identifier": {"system": origin_system(connection.base, rt), "value": rid}}
+
+        out = []
+        for resource in produced:
+            local = for_sending(resource)  # a deep copy: references are rewritten in place
+            rewrite_references(local, connection.base, translate)
+            out.append(local)
+        return out
+
+    async def _conflict(
+        self,
+        connection: EhrConnection,
+        link: Link | None,
+        local: str,
+        current: Version,
+        ehr_resource: dict[str, Any],
+        ehr_ref: str,
+        ehr_vid: str,
+        ehr_at: datetime | None,
+    ) -> str:
+        name = connection.name
+        if link is not None and link.conflict is not None and link.conflict.ehr_vid == ehr_vid:
+            return "conflict"  # told already
+        if link is None:  # a copy whose link was lost: link it, not in step
+            await self.sync.links.save(name, local, ehr_ref, 0, "", None, "fhirgoal")
+        patient = ((current.resource or {}).get("subject") or {}).get("reference", "")
+        ehr_rt, _, ehr_id = ehr_ref.partition("/")
+        ehr_url = version_url(connection.base, ehr_rt, ehr_id, ehr_vid)
+        fid = await raise_conflict(
+            self.service,
+            name,
+            patient.removeprefix("Patient/"),
+            local,
+            current.version,
+            current.resource,
+            ehr_url,
+            ehr_resource,
+        )
+        await self.sync.links.set_conflict(name, local, Conflict(current.version, ehr_vid, fid))
+        log.warning("EHR sync conflict", connection=name, goal=local, ehr=ehr_url, flag=fid)
+        return "conflict"
+
+
+def _patient_of(resource: dict[str, Any]) -> str:
+    """The patient a pulled resource belongs to (its subject or patient, or itself)."""
+    if resource.get("resourceType") == "Patient":
+        return f"Patient/{resource.get('id')}"
+    for key in ("subject", "patient"):
+        reference = (resource.get(key) or {}).get("reference")
+        if isinstance(reference, str):
+            return reference
+    return f"{resource.get('resourceType')}/{resource.get('id')}"
+
+
+def _all_references(value: Any) -> list[str]:
+    return [r["reference"] for r in references(value)]
+
+
+def _diagnostics(error: FhirError) -> str:
+    return "; ".join(
+        issue.diagnostics + (f" ({issue.expression})" if issue.expression else "")
+        for issue in error.issues
+    )[:500]
+
+
+__all__ = ["PullError", "PullReport", "Puller", "keep_owned"]

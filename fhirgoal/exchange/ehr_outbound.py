@@ -1,0 +1,476 @@
+"""Outbound EHR sync: what fhirgoal owns goes to each connected EHR, once in effect.
+
+Issue 15. The source (`EhrOutbox.targets`) records an outbox item (store/outbox.py) for each
+connection that takes the new version's kind (exchange/connections.py OUTBOUND_KINDS: goals, GAS
+ratings and T-scores, ORS/SRS/PHQ-9/GAD-7 totals, Flags), in the same acknowledged write; the
+delivery worker (exchange/delivery.py) hands each item to `EhrDelivery`, which carries it out:
+
+1. Nothing to do when the link (exchange/links.py) already holds this version or a later one,
+   or when the client is not a patient the connection follows (their Patient is not linked).
+2. References are translated to the EHR's ids (exchange/translate.py); a rating whose Goal is not
+   in the EHR yet waits for it (a failed attempt, retried with the worker's backoff).
+3. The dialect (exchange/dialect.py) turns the resource into the EHR's; the copy carries
+   fhirgoal's identifier (system = this server's base + "/" + type, value = id).
+4. Not yet in the EHR: a conditional create on that identifier
+   (https://hl7.org/fhir/R4/http.html#ccreate, `If-None-Exist`): a delivery repeated after a
+   crash finds the copy instead of making a second. In the EHR: an update with `If-Match` on the
+   EHR version last in step (http.html#concurrency). A 412 means the EHR's copy changed: if it
+   already says what this version says, an earlier attempt applied it (the answer was lost);
+   else, for a Goal (both sides edit goals) it is a conflict (exchange/conflicts.py) and nothing
+   is overwritten; for what fhirgoal owns (ratings, measures, Flags) fhirgoal's version is
+   written over it.
+5. The link records the versions now in step, and an AuditEvent the delivery
+   (exchange/ehr_audit.py).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+import httpx
+import structlog
+
+from fhirgoal.core.access import UNRESTRICTED
+from fhirgoal.core.errors import FhirError
+from fhirgoal.core.jsonio import dumps, loads
+from fhirgoal.exchange.backend_auth import BackendAuthError, BackendServicesClient
+from fhirgoal.exchange.conflicts import CONFLICT, raise_conflict, settle_conflict
+from fhirgoal.exchange.connections import EhrConnection
+from fhirgoal.exchange.delivery import retry_after
+from fhirgoal.exchange.dialect import DialectError
+from fhirgoal.exchange.ehr_audit import EXPORT, record, sync_event
+from fhirgoal.exchange.ehr_sync import EHR_SYNC, EhrSync, applying_from
+from fhirgoal.exchange.links import Conflict, Link
+from fhirgoal.exchange.translate import (
+    content,
+    for_sending,
+    origin_identifier,
+    origin_system,
+    parse_reference,
+    references,
+    rewrite_references,
+    version_url,
+    with_origin,
+)
+from fhirgoal.fhir.instants import now
+from fhirgoal.fhir.outbox import SelfDelivery, Sent, Skip, Target, digest
+from fhirgoal.fhir.search.dates import parse_range
+from fhirgoal.store.outbox import OutboxItem
+from fhirgoal.store.repository import Version
+
+log = structlog.get_logger(__name__)
+
+ALERTS = "https://fhirgoal.org/fhir/CodeSystem/fhirgoal-alerts"
+# Both sides edit these: a 412 from the EHR is a conflict, not something to write over.
+SHARED_TYPES = frozenset({"Goal"})
+# References that must be in the EHR before a resource naming them goes (a rating's Goal).
+WAIT_FOR = frozenset({"Goal"})
+NOT_YET_SECONDS = 0.2
+ORPHAN_SECONDS = 120.0
+FHIR_JSON = "application/fhir+json"
+
+
+def _codes(resource: dict[str, Any]) -> set[tuple[str, str]]:
+    codings = (resource.get("code") or {}).get("coding") or []
+    return {
+        (str(c.get("system")), str(c.get("code")))
+        for c in codings
+        if isinstance(c, dict) and c.get("system") and c.get("code")
+    }
+
+
+def is_conflict_flag(resource: dict[str, Any]) -> bool:
+    return (ALERTS, CONFLICT) in _codes(resource)
+
+
+def subject_patient(resource: dict[str, Any]) -> str | None:
+    """The Patient id a Goal, Observation or Flag is about."""
+    reference = (resource.get("subject") or {}).get("reference")
+    if isinstance(reference, str) and reference.startswith("Patient/"):
+        return reference.removeprefix("Patient/")
+    return None
+
+
+class EhrOutbox:
+    """The outbox source of EHR sync items (fhir/outbox.py OutboxSource)."""
+
+    def __init__(self, sync: EhrSync) -> None:
+        self.sync = sync
+
+    def targets(self, version: Version, index: dict[str, Any]) -> list[Target]:
+        connections = self.sync.connections
+        if not connections or version.deleted:
+            return []
+        resource = version.resource
+        if resource is None:
+            return []
+        came_from = applying_from()
+        found = []
+        for connection in connections:
+            codes = connection.sends().get(version.resource_type)
+            if codes is None or connection.name == came_from:
+                continue
+            if codes and not codes & _codes(resource):
+                continue
+            if version.resource_type == "Flag" and is_conflict_flag(resource):
+                continue
+            found.append(Target(EHR_SYNC, connection.dest))
+        return found
+
+
+class _Refused(Exception):
+    """The EHR answered a request with an error (or did not answer)."""
+
+    def __init__(self, sent: Sent) -> None:
+        super().__init__(sent.error)
+        self.sent = sent
+
+
+def _failure(method: str, url: str, response: httpx.Response) -> Sent:
+    reason = f"{method} {url}: HTTP {response.status_code}"
+    try:
+        body = loads(response.content)
+        details = [i.get("diagnostics", "") for i in body.get("issue", []) if isinstance(i, dict)]
+        if any(details):
+            reason += ": " + "; ".join(d for d in details if d)[:500]
+    except FhirError:
+        pass
+    wait = None
+    if response.status_code in (429, 503):
+        wait = retry_after(response.headers.get("retry-after"), datetime.now(UTC))
+    return Sent(error=reason, retry_after=wait)
+
+
+def _ehr_version(response: httpx.Response, body: dict[str, Any] | None) -> tuple[str, str, str]:
+    """(id, versionId, lastUpdated) of what the EHR stored, from the body or the headers."""
+    if body and body.get("id") and (body.get("meta") or {}).get("versionId"):
+        meta = body["meta"]
+        return str(body["id"]), str(meta["versionId"]), str(meta.get("lastUpdated", ""))
+    location = response.headers.get("location") or response.headers.get("content-location") or ""
+    parts = location.rstrip("/").split("/")
+    if "_history" in parts:
+        at = parts.index("_history")
+        return parts[at - 1], parts[at + 1], response.headers.get("last-modified", "")
+    etag = response.headers.get("etag", "").removeprefix("W/").strip('"')
+    return (parts[-1] if parts else ""), etag, ""
+
+
+def _instant(text: str) -> datetime | None:
+    if not text:
+        return None
+    try:
+        return parse_range(text)[0]
+    except FhirError:
+        return None
+
+
+class EhrDelivery:
+    """The delivery handler of `ehr-sync` items (fhir/outbox.py DeliveryHandler)."""
+
+    def __init__(self, sync: EhrSync) -> None:
+        self.sync = sync
+        self.service = sync.service
+
+    async def refresh(self) -> None:
+        await self.sync.refresh()
+
+    async def settled(self, item: OutboxItem, error: str | None, gave_up: bool) -> None:
+        if gave_up:
+            log.warning("EHR sync item dead", key=item.key, error=error)
+
+    async def prepare(self, item: OutboxItem) -> SelfDelivery | Skip:
+        name = item.dest.removeprefix("EhrConnection/")
+        connection = self.sync.get(name)
+        if connection is None:
+            await self.sync.refresh()  # added since the last refresh (the CLI, a replica)
+            connection = self.sync.get(name)
+        if connection is None:
+            return Skip(f"the EHR connection {name} was removed")
+        rt, _, rid = item.ref.partition("/")
+        version = await self.service.stored_version(UNRESTRICTED, rt, rid, item.vid)
+        if version is None or digest(version) != item.digest or version.resource is None:
+            age = (now() - item.created).total_seconds()
+            if version is None and age < ORPHAN_SECONDS:
+                return Skip("its version is not stored yet", NOT_YET_SECONDS)
+            return Skip("its version was never stored (the write failed)")
+        resource = version.resource
+
+        async def run() -> Sent:
+            async with self.sync.locks.hold(self.sync.links.key(name, item.ref)):
+                try:
+                    return await self._deliver(connection, version, resource)
+                except _Refused as refused:
+                    sent = refused.sent
+                except BackendAuthError as error:
+                    sent = Sent(error=str(error))
+                except DialectError as error:
+                    sent = Sent(error=str(error))
+            await self._audit(connection, version, None, "U", sent.error)
+            return sent
+
+        return SelfDelivery(run)
+
+    # ---- one delivery ----------------------------------------------------------------------
+    async def _deliver(
+        self, connection: EhrConnection, version: Version, resource: dict[str, Any]
+    ) -> Sent:
+        sync, name = self.sync, connection.name
+        ref = f"{version.resource_type}/{version.id}"
+        link = await sync.links.by_local(name, ref)
+        if link is not None and link.local_vid >= version.version:
+            return Sent(void=f"the EHR has {ref} version {link.local_vid} already")
+        if link is not None and link.conflict and version.version <= link.conflict.local_vid:
+            return Sent(void=f"in conflict with the EHR's version (Flag/{link.conflict.flag})")
+        patient = subject_patient(resource)
+        local_refs = {
+            f"{t}/{i}"
+            for r in references(resource)
+            if (parsed := parse_reference(r["reference"], sync.base)) is not None
+            for t, i in [parsed]
+        }
+        if patient is not None:
+            local_refs.add(f"Patient/{patient}")
+        linked = await sync.links.many_by_local(name, sorted(local_refs))
+        if patient is None or f"Patient/{patient}" not in linked:
+            who = f"Patient/{patient}" if patient else "its subject"
+            return Sent(void=f"{who} is not followed in EHR {name}")
+        # a rating waits for its Goal, when the connection sends goals at all
+        wait_for = WAIT_FOR & connection.sends().keys()
+        waiting = sorted(r for r in local_refs - linked.keys() if r.split("/")[0] in wait_for)
+        if waiting:
+            return Sent(error=f"waits for {waiting[0]} to reach EHR {name}")
+
+        def translate(rt: str, rid: str) -> dict[str, Any]:
+            target = linked.get(f"{rt}/{rid}")
+            if target is not None:
+                return {"reference": target.ehr}
+            return {"identifier": origin_identifier(sync.base, rt, rid)}
+
+        outgoing = for_sending(resource)
+        rewrite_references(outgoing, sync.base, translate)
+        mapped = sync.dialect(connection).outbound(outgoing)
+        if not mapped:
+            return Sent(void=f"the mapping sends nothing for {ref}")
+        copies = [
+            with_origin(
+                copy,
+                sync.base,
+                version.resource_type,
+                version.id if n == 0 else f"{version.id}-{n}",
+                version.version,
+                connection.base,
+            )
+            for n, copy in enumerate(mapped)
+        ]
+        client = sync.client(connection)
+        primary = copies[0]
+        if link is None:
+            stored = await self._create(client, connection, primary)
+        else:
+            stored_or_conflict = await self._update(client, connection, link, version, primary)
+            if isinstance(stored_or_conflict, Sent):
+                return stored_or_conflict
+            stored = stored_or_conflict
+        ehr_ref, ehr_vid, ehr_at = stored
+        await sync.links.save(
+            name, ref, ehr_ref, version.version, ehr_vid, _instant(ehr_at), "fhirgoal"
+        )
+        if link is not None and link.conflict is not None:
+            await settle_conflict(self.service, link.conflict.flag, ref, version.version)
+        for extra in copies[1:]:
+            await self._put_conditional(client, connection, extra)
+        action = "C" if link is None else "U"
+        ehr_rt, _, ehr_id = ehr_ref.partition("/")
+        ehr_url = version_url(connection.base, ehr_rt, ehr_id, ehr_vid)
+        await self._audit(connection, version, ehr_url, action, None)
+        return Sent()
+
+    async def _create(
+        self, client: BackendServicesClient, connection: EhrConnection, copy: dict[str, Any]
+    ) -> tuple[str, str, str]:
+        """Conditional create on fhirgoal's identifier: (EHR ref, version, lastUpdated). A copy
+        made by an earlier attempt is found, and brought up to this version if it differs."""
+        rt = copy["resourceType"]
+        identifier = copy["identifier"][-1]
+        url = f"{connection.base}/{rt}"
+        headers = {
+            "Content-Type": FHIR_JSON,
+            "Accept": FHIR_JSON,
+            "If-None-Exist": f"identifier={identifier['system']}|{identifier['value']}",
+            "Prefer": "return=representation",
+        }
+        response = await client.request("POST", url, headers=headers, content=dumps(copy))
+        if response.status_code not in (200, 201):
+            raise _Refused(_failure("POST", url, response))
+        body = self._body(response)
+        if response.status_code == 200 and (body is None or content(body) != content(copy)):
+            # an earlier attempt's copy (of an earlier version, or the answer carried no body)
+            found = body or await self._find(client, connection, rt, identifier)
+            return await self._put(client, connection, rt, str(found["id"]), found, copy)
+        eid, vid, at = _ehr_version(response, body)
+        return f"{rt}/{eid}", vid, at
+
+    async def _update(
+        self,
+        client: BackendServicesClient,
+        connection: EhrConnection,
+        link: Link,
+        version: Version,
+        copy: dict[str, Any],
+    ) -> tuple[str, str, str] | Sent:
+        rt, _, eid = link.ehr.partition("/")
+        expected = link.conflict.ehr_vid if link.conflict else link.ehr_vid
+        url = f"{connection.base}/{rt}/{eid}"
+        response = await client.request(
+            "PUT",
+            url,
+            headers={
+                "Content-Type": FHIR_JSON,
+                "Accept": FHIR_JSON,
+                "If-Match": f'W/"{expected}"',
+                "Prefer": "return=representation",
+            },
+            content=dumps({**copy, "id": eid}),
+        )
+        if response.status_code in (200, 201):
+            return (f"{rt}/{eid}", *_ehr_version(response, self._body(response))[1:])
+        if response.status_code in (404, 410):
+            return Sent(void=f"{link.ehr} is gone from EHR {connection.name}")
+        if response.status_code not in (409, 412):
+            raise _Refused(_failure("PUT", url, response))
+        current = await self._read(client, url)
+        _, current_vid, current_at = _ehr_version(response, current)
+        if content(current) == content(copy):
+            # an earlier attempt applied this version and its answer was lost
+            return f"{rt}/{eid}", current_vid, current_at
+        if version.resource_type not in SHARED_TYPES:
+            # fhirgoal owns it: its version stands
+            return await self._put(client, connection, rt, eid, current, copy)
+        # a Goal changed in the EHR since the versions were last in step
+        patient = subject_patient(version.resource or {}) or ""
+        ehr_url = version_url(connection.base, rt, eid, current_vid)
+        fid = await raise_conflict(
+            self.service,
+            connection.name,
+            patient,
+            link.local,
+            version.version,
+            version.resource,
+            ehr_url,
+            current,
+        )
+        conflict = Conflict(version.version, current_vid, fid)
+        await self.sync.links.set_conflict(connection.name, link.local, conflict)
+        return Sent(void=f"conflict: {link.ehr} was edited in the EHR too (Flag/{fid})")
+
+    async def _put(
+        self,
+        client: BackendServicesClient,
+        connection: EhrConnection,
+        rt: str,
+        eid: str,
+        current: dict[str, Any],
+        copy: dict[str, Any],
+    ) -> tuple[str, str, str]:
+        """Write `copy` over the EHR's `current` (If-Match on its version)."""
+        url = f"{connection.base}/{rt}/{eid}"
+        vid = str((current.get("meta") or {}).get("versionId", ""))
+        response = await client.request(
+            "PUT",
+            url,
+            headers={
+                "Content-Type": FHIR_JSON,
+                "Accept": FHIR_JSON,
+                "If-Match": f'W/"{vid}"',
+                "Prefer": "return=representation",
+            },
+            content=dumps({**copy, "id": eid}),
+        )
+        if response.status_code not in (200, 201):
+            raise _Refused(_failure("PUT", url, response))
+        return (f"{rt}/{eid}", *_ehr_version(response, self._body(response))[1:])
+
+    async def _put_conditional(
+        self, client: BackendServicesClient, connection: EhrConnection, copy: dict[str, Any]
+    ) -> None:
+        """A further resource the mapping made: a conditional update on its identifier."""
+        rt = copy["resourceType"]
+        identifier = copy["identifier"][-1]
+        url = f"{connection.base}/{rt}"
+        params = [("identifier", f"{identifier['system']}|{identifier['value']}")]
+        response = await client.request(
+            "PUT",
+            url,
+            headers={"Content-Type": FHIR_JSON, "Accept": FHIR_JSON},
+            content=dumps(copy),
+            params=params,
+        )
+        if response.status_code not in (200, 201):
+            raise _Refused(_failure("PUT", url, response))
+
+    async def _find(
+        self,
+        client: BackendServicesClient,
+        connection: EhrConnection,
+        rt: str,
+        identifier: dict[str, str],
+    ) -> dict[str, Any]:
+        url = f"{connection.base}/{rt}"
+        params = [("identifier", f"{identifier['system']}|{identifier['value']}")]
+        response = await client.request("GET", url, headers={"Accept": FHIR_JSON}, params=params)
+        if response.status_code != 200:
+            raise _Refused(_failure("GET", url, response))
+        bundle = loads(response.content)
+        for entry in bundle.get("entry") or []:
+            resource = entry.get("resource") or {}
+            if resource.get("resourceType") == rt:
+                return dict(resource)
+        raise _Refused(Sent(error=f"GET {url}: the copy the EHR reported is not found"))
+
+    async def _read(self, client: BackendServicesClient, url: str) -> dict[str, Any]:
+        response = await client.request("GET", url, headers={"Accept": FHIR_JSON})
+        if response.status_code != 200:
+            raise _Refused(_failure("GET", url, response))
+        return dict(loads(response.content))
+
+    @staticmethod
+    def _body(response: httpx.Response) -> dict[str, Any] | None:
+        if not response.content:
+            return None
+        try:
+            body = loads(response.content)
+        except FhirError:
+            return None
+        return dict(body) if isinstance(body, dict) and "resourceType" in body else None
+
+    async def _audit(
+        self,
+        connection: EhrConnection,
+        version: Version,
+        ehr_url: str | None,
+        action: str,
+        error: str | None,
+    ) -> None:
+        patient = subject_patient(version.resource or {})
+        event = sync_event(
+            EXPORT,
+            connection.name,
+            action,
+            f"{version.resource_type}/{version.id}/_history/{version.version}",
+            ehr_url,
+            f"Patient/{patient}" if patient else None,
+            error,
+        )
+        await record(self.service, [event])
+
+
+def install(sync: EhrSync) -> EhrOutbox:
+    """Plug outbound EHR sync into the service: its outbox source and delivery handler."""
+    source = EhrOutbox(sync)
+    sync.service.outbox.add_source(source)
+    sync.service.outbox.handlers[EHR_SYNC] = EhrDelivery(sync)
+    return source
+
+
+__all__ = ["EhrDelivery", "EhrOutbox", "install", "origin_system"]

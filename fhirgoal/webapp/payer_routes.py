@@ -1,0 +1,52 @@
+"""The clinician's answers to a payer request (payer_requests.py): approve, or refuse with a
+reason, through the server's `Task/{id}/$approve` and `Task/{id}/$reject`. The server's
+OperationOutcome (evidence gaps an auditor would cite, a request answered meanwhile) is shown on
+the overview as it comes."""
+
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from fastapi import APIRouter, Request, Response
+
+from fhirgoal.webapp.context import closed, error, first, form_of, relaunch, screen_of
+from fhirgoal.webapp.fhir_api import FhirCallError, NeedsRelaunch
+
+router = APIRouter(prefix="/app", include_in_schema=False)
+REASON_LIMIT = 500
+
+
+@router.post("/c/{key}/payer-requests/{task_id}")
+async def answer_request(request: Request, key: str, task_id: str) -> Response:
+    screen = screen_of(request, key)
+    if screen is None:
+        return closed(request)
+    posted = await form_of(request, screen.session)
+    if posted is None:
+        return error(
+            request, "Form refused", "The form was not sent from this app; try again.", 403
+        )
+    answer, reason = first(posted, "answer"), first(posted, "reason").strip()[:REASON_LIMIT]
+    if answer not in ("approve", "reject"):
+        return error(request, "Form refused", "Approve or refuse the request.", 400)
+    if answer == "reject" and not reason:
+        return Response(status_code=303, headers={"Location": screen.url("?payer=reason")})
+    parameters: dict[str, object] = {"resourceType": "Parameters"}
+    if answer == "reject":
+        parameters["parameter"] = [{"name": "reason", "valueString": reason}]
+    try:
+        await screen.api.request(
+            "POST", f"Task/{task_id}/${answer}", json=parameters,
+            headers={"Content-Type": "application/fhir+json"},
+        )  # fmt: skip
+    except NeedsRelaunch as exc:
+        return relaunch(request, screen.launch, str(exc))
+    except FhirCallError as exc:
+        if exc.status >= 500:
+            return error(request, "The FHIR server failed", str(exc), 502)
+        problem = quote(str(exc)[:400], safe="")
+        return Response(
+            status_code=303, headers={"Location": screen.url(f"?payer=refused&why={problem}")}
+        )
+    done = "approved" if answer == "approve" else "rejected"
+    return Response(status_code=303, headers={"Location": screen.url(f"?payer={done}")})
