@@ -149,7 +149,8 @@ class Settings(BaseSettings):
     max_search_value_length: int = Field(default=1024, ge=64)
     # Keys in one `_sort`.
     max_sort_keys: int = Field(default=5, ge=1)
-    # Operations in one JSON Patch body (what `copy` operations add is bounded by max_body_bytes).
+    # Operations in one JSON Patch or FHIRPath Patch body (what JSON Patch `copy` operations add
+    # is bounded by max_body_bytes).
     max_patch_operations: int = Field(default=100, ge=1)
 
     # ---- batch and transaction Bundles (issue 13, fhir/transaction.py) ----

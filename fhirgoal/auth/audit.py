@@ -38,6 +38,7 @@ from fhirgoal.auth.audit_events import (
     Interaction,
     SecurityEvent,
     classify,
+    of_bundle,
     provenance,
     security_event,
     written,
@@ -86,6 +87,7 @@ class Auditor:
     ) -> None:
         """Store the AuditEvent of a request that may change data (and the Provenance of the
         version it wrote, if any) before it is answered."""
+        interaction = of_bundle(interaction, state.get("bundle_type"))
         target = written(headers, interaction) if interaction.writes and status < 300 else None
         recorded = clock_text(time.time_ns())
         patients = state.get("patients")

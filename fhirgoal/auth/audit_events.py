@@ -110,7 +110,7 @@ def classify(method: str, path: str, query: bytes) -> Interaction:
     if method == "POST":
         if n == 2 and parts[1] == "_search":
             return Interaction("E", "search-type", rt, query=query)
-        if n == 0:  # a Bundle to the base: the server has no batch or transaction interaction
+        if n == 0:  # a Bundle to the base: `batch` until its type is known (`of_bundle`)
             return Interaction("E", "batch", query=query)
         return Interaction("C", "create", rt)
     if method == "PUT":
@@ -120,6 +120,15 @@ def classify(method: str, path: str, query: bytes) -> Interaction:
     if method == "DELETE":
         return Interaction("D", "delete", rt, rid, query=query)
     return Interaction("E", "operation", rt, rid, query=query)
+
+
+def of_bundle(interaction: Interaction, bundle_type: Any) -> Interaction:
+    """The interaction of a Bundle posted to the base, named by the Bundle's type: restful-
+    interaction has `transaction` and `batch`, and the path alone cannot tell them apart (the
+    handler records the type it read in the request's state, `bundle_type`)."""
+    if interaction.subtype == "batch" and bundle_type == "transaction":
+        return interaction._replace(subtype="transaction")
+    return interaction
 
 
 def who(context: AccessContext) -> dict[str, Any]:

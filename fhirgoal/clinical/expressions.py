@@ -37,15 +37,12 @@ from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
 
-from antlr4 import CommonTokenStream, InputStream, Token
-from antlr4.error.ErrorListener import ErrorListener
 from fhirpathpy import compile as fhirpath_compile
 from fhirpathpy.engine.nodes import ResourceNode
 from fhirpathpy.models import models as fhirpath_models
-from fhirpathpy.parser.generated.FHIRPathLexer import FHIRPathLexer
-from fhirpathpy.parser.generated.FHIRPathParser import FHIRPathParser
 
 from fhirgoal.clinical.weights import EXT_ITEM_WEIGHT, coding_weight
+from fhirgoal.fhir.fhirpath_syntax import syntax_error
 
 FHIRPATH = "text/fhirpath"
 # (linkId of the answered item, the answer's value) -> its weight, or None (clinical/sdc.py)
@@ -241,39 +238,6 @@ class Expression:
                     values.append(value)
         result = _exact_sum(values)
         return [result] if values else []
-
-
-class _Collect(ErrorListener):
-    def __init__(self) -> None:
-        self.errors: list[str] = []
-
-    def syntaxError(
-        self, recognizer: Any, offending: Any, line: int, column: int, msg: str, e: Any
-    ) -> None:
-        msg = msg.split(" expecting ")[0].replace("mismatched input '<EOF>'", "it ends too early")
-        self.errors.append(f"at character {column + 1}: {msg}")
-
-
-def syntax_error(text: str) -> str | None:
-    """Why `text` is not FHIRPath, or None. fhirpathpy's own parser ignores syntax errors (it
-    installs a listener that does nothing and stops at the first token it cannot use), so
-    `sum(` or `a b` would run as a shorter expression and give a plausible wrong value; this parses
-    with its grammar again, collecting errors and requiring the whole text to be used."""
-    collect = _Collect()
-    lexer = FHIRPathLexer(InputStream(text))
-    lexer.removeErrorListeners()
-    lexer.addErrorListener(collect)
-    tokens = CommonTokenStream(lexer)
-    parser = FHIRPathParser(tokens)
-    parser.removeErrorListeners()
-    parser.addErrorListener(collect)
-    parser.expression()
-    if not collect.errors and tokens.LA(1) != Token.EOF:
-        extra = tokens.LT(1)
-        collect.errors.append(f"at character {extra.column + 1}: unexpected {extra.text!r}")
-    if not collect.errors:
-        return None
-    return f"it does not parse ({collect.errors[0]})"
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,8 +11,9 @@ already there before the goal's first rating was recorded (an EHR creates PCO go
 set after the first rating, without the server's mark, is a clinician's judgement: it is never
 replaced; instead a `goal-status-review` Flag tells the clinician what the ratings suggest, and
 closes once the clinician's status and the ratings agree again. Goals without GAS levels are not
-rated against a scale: no status is derived for them and no Flag raised. The hook is convergent (fhir/hooks.py): it reads
-the goal's ratings as they are now, so re-running it after a crash is harmless.
+rated against a scale: no status is derived for them and no Flag raised. The hook is convergent
+(fhir/hooks.py): it reads the goal's ratings as they are now, so re-running it after a crash is
+harmless, and the ratings of one transaction decide each goal's status once, at its end.
 """
 
 from __future__ import annotations
@@ -92,6 +93,16 @@ class GoalStatusHook:
 
     async def after_write(self, event: WriteEvent) -> None:
         for goal in sorted(self._goals(event)):
+            await self.refresh(goal)
+
+    async def after_writes(self, events: list[WriteEvent]) -> None:
+        """The writes of a unit of work (fhir/hooks.py): each goal they concern decided once,
+        from all its ratings as the unit leaves them (a transaction of 20 ratings on 5 goals
+        writes 5 statuses, not 20)."""
+        goals: set[str] = set()
+        for event in events:
+            goals |= self._goals(event)
+        for goal in sorted(goals):
             await self.refresh(goal)
 
     async def refresh(self, gid: str) -> None:

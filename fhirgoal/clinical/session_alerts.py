@@ -115,6 +115,14 @@ class SessionAlertHook:
         for pid in sorted(self._patients(event)):
             await self.refresh(pid)
 
+    async def after_writes(self, events: list[WriteEvent]) -> None:
+        """The writes of a unit of work (fhir/hooks.py): each client's series interpreted once."""
+        patients: set[str] = set()
+        for event in events:
+            patients |= self._patients(event)
+        for pid in sorted(patients):
+            await self.refresh(pid)
+
     async def refresh(self, pid: str) -> None:
         svc = self.service
         current = await svc.current(UNRESTRICTED, "Patient", pid)

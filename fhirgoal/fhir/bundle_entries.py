@@ -5,6 +5,11 @@ ifModifiedSince, ifMatch, ifNoneExist; bundle.html#bundle-unique: fullUrl unique
 https://hl7.org/fhir/R4/http.html#transaction (each entry is one interaction, its url relative
 to the base: `Type`, `Type/id`, `Type/id/_history/vid`, `Type?criteria`). A request that cannot
 be one of the interactions below is the entry's 400, with the entry named.
+
+Reads are what the single-request API serves: read, vread, type search, type and instance
+history, and also the system level (`?_type=...` search, `_history`) and the Patient
+compartment (`Patient/id/Type?...`). `HEAD` is `GET` without the body (http.html#read): the
+entry's response carries status, etag and lastModified, no resource.
 """
 
 from __future__ import annotations
@@ -38,8 +43,10 @@ class Entry:
     full_url: str | None
     method: str
     url: str  # as sent, relative to the base
-    interaction: str  # create update patch delete read vread search history
-    resource_type: str
+    # create update patch delete read vread search history; search-system history-system
+    interaction: str
+    resource_type: str  # "" for the system-level interactions
+    compartment: str | None = None  # "Patient/id" of a compartment search
     id: str | None = None
     version_id: str | None = None
     params: list[tuple[str, str]] = field(default_factory=list)  # criteria or search
@@ -141,12 +148,16 @@ def _entry(index: int, raw: Any, max_params: int, max_depth: int, base: str) -> 
         raise FhirError("invalid", "the entry's resource must be an object")
     path, _, query = url.partition("?")
     parts = [p for p in path.split("/") if p]
+    pairs = query_pairs(query, max_params)
+    if method in ("GET", "HEAD") and (not parts or parts == ["_history"]):
+        system = Entry(index, full_url, method, url, "", "", params=pairs)
+        system.interaction = "history-system" if parts else "search-system"
+        return system
     if not parts or not parts[0][:1].isupper():
         raise FhirError(
             "not-supported", f"'{method} {url}' is not an interaction on a resource type"
         )
     entry = Entry(index, full_url, method, url, "", parts[0])
-    pairs = query_pairs(query, max_params)
     entry.if_match = _text(request, "ifMatch")
     entry.if_none_match = _text(request, "ifNoneMatch")
     since = _text(request, "ifModifiedSince")
@@ -198,8 +209,17 @@ def _read_shape(entry: Entry, parts: list[str], pairs: list[tuple[str, str]], ur
         entry.interaction, entry.id, entry.params = "history", parts[1], pairs
     elif n == 4 and parts[2] == "_history":
         entry.interaction, entry.id, entry.version_id = "vread", parts[1], parts[3]
+    elif n == 3 and parts[2][:1].isupper():  # compartment.html#search
+        if parts[0] != "Patient":
+            raise FhirError(
+                "not-found", f"no {parts[0]} compartment; the Patient compartment is supported"
+            )
+        entry.interaction, entry.params = "search", pairs
+        entry.compartment, entry.resource_type = f"Patient/{parts[1]}", parts[2]
     else:
-        raise FhirError("not-supported", f"GET {url} is not a read, vread, search or history")
+        raise FhirError(
+            "not-supported", f"{entry.method} {url} is not a read, vread, search or history"
+        )
 
 
 def _relative(url: str, base: str) -> str:
@@ -253,17 +273,19 @@ def _resource(resource: dict[str, Any] | None, rt: str) -> dict[str, Any]:
 
 
 def _patch(resource: dict[str, Any] | None, max_depth: int) -> Any:
-    """The JSON Patch of a PATCH entry: in R4 a Binary whose contentType is
-    application/json-patch+json and whose data is the patch (http.html#patch; a FHIRPath
-    Patch Parameters resource is not supported: the server applies JSON Patch only)."""
+    """The patch of a PATCH entry (http.html#patch): a FHIRPath Patch, the entry's resource
+    being its Parameters (fhirpatch.html), or a JSON Patch in a Binary whose contentType is
+    application/json-patch+json and whose data is the patch."""
     if resource is None:
-        raise FhirError("invalid", "a PATCH entry needs its patch, as a Binary resource")
+        raise FhirError("invalid", "a PATCH entry needs its patch: a Parameters or a Binary")
     if resource.get("resourceType") == "Parameters":
-        raise FhirError(
-            "not-supported", "FHIRPath Patch is not supported; send a JSON Patch in a Binary"
-        )
+        return resource
     if resource.get("resourceType") != "Binary":
-        raise FhirError("invalid", "a PATCH entry's resource must be a Binary holding a JSON Patch")
+        raise FhirError(
+            "invalid",
+            "a PATCH entry's resource must be a Parameters (FHIRPath Patch) or a Binary "
+            "holding a JSON Patch",
+        )
     content_type = str(resource.get("contentType", "")).split(";")[0].strip().lower()
     if content_type != _JSON_PATCH:
         raise FhirError("not-supported", f"the Binary's contentType must be {_JSON_PATCH}")

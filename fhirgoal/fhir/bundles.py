@@ -82,6 +82,16 @@ def searchset_page(base: str, url: str, page: SearchPage) -> dict[str, Any]:
     return searchset(base, url, page.matches, page.total, links, compiled.warnings, page.included)
 
 
+def system_searchset_page(
+    base: str, params: list[tuple[str, str]], page: SearchPage
+) -> dict[str, Any]:
+    """The searchset Bundle of a system-level search (`[base]?_type=...`), whose links keep the
+    `_type` parameters the search was asked with."""
+    types = [("_type", v) for k, v in params if k == "_type"]
+    page.compiled.used = types + page.compiled.used
+    return searchset_page(base, base, page)
+
+
 def history_entry(base: str, v: Version, with_resource: bool = True) -> dict[str, Any]:
     """A version as an entry of a history Bundle: the resource (unless deleted, or left out),
     and the request and response that made it (bundle.html#history, bdl-3 and bdl-4: both are

@@ -13,6 +13,13 @@ authorization check see the added content. A hook sees every write of its types 
 - `after_write`: once the new version is stored. Follow-up writes go through the FhirService
   again, so they are validated, versioned and indexed like any other write.
 
+Inside a unit of work (a transaction Bundle, store/units.py) the after-hooks of the unit's writes
+wait until its writes are done and then run once for all of them (`HookSet.after_all`; the
+service's `settle`), before the commit and as part of it. A hook that derives state from many
+writes (a goal's status from its ratings) then decides once per thing it keeps in step, not once
+per write: a `CoalescingHook` is handed all the unit's events at once. That is what a transaction
+means (no one sees its intermediate states) and why the rules must be convergent (below).
+
 Crash safety: a write whose type has after-hooks is stored with a `pending` mark, cleared once
 every after-hook has finished. At start-up the service re-runs the after-hooks of every version
 still marked (`FhirService.finish_pending`). For that to be correct, after-hooks must be
@@ -24,7 +31,7 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
 from fhirgoal.core.errors import Issue
 
@@ -65,6 +72,15 @@ class WriteHook(Protocol):
     async def before_write(self, event: WriteEvent) -> None: ...
 
     async def after_write(self, event: WriteEvent) -> None: ...
+
+
+@runtime_checkable
+class CoalescingHook(Protocol):
+    """A hook that keeps derived state in step with many writes at once: handed every event of
+    a unit of work together, it brings each thing it derives in line once (after_write of each
+    event would do the same work once per event)."""
+
+    async def after_writes(self, events: list[WriteEvent]) -> None: ...
 
 
 class Preparer(Protocol):
@@ -114,6 +130,20 @@ class HookSet:
     async def after(self, event: WriteEvent) -> None:
         for hook in event.hooks:
             await hook.after_write(event)
+
+    async def after_all(self, events: list[WriteEvent]) -> None:
+        """The after-hooks of several writes (a unit of work's), each hook once: a coalescing
+        hook with all the events that concern it, any other with each of them in order."""
+        hooks: list[WriteHook] = []
+        for event in events:
+            hooks += [h for h in event.hooks if h not in hooks]
+        for hook in hooks:
+            mine = [e for e in events if hook in e.hooks]
+            if isinstance(hook, CoalescingHook):
+                await hook.after_writes(mine)
+                continue
+            for event in mine:
+                await hook.after_write(event)
 
 
 class EntryRecord(NamedTuple):

@@ -1,11 +1,16 @@
 """FHIRPath invariants (ElementDefinition.constraint) of the R4 resource definitions.
 
 https://hl7.org/fhir/R4/conformance-rules.html#constraints . Each error-severity constraint of a
-resource's StructureDefinition is compiled once with fhirpathpy; an element-level constraint on path
-`p` is evaluated from the resource root as "no occurrence of `p` makes it false"; a rule is broken
-when it evaluates to false (empty, its value when it cannot be decided, is not false). `ele-1` and `ext-1` are left to the structural check (they state "has a value or
-children" and "extension or value", which it enforces faster). A rule runs only when the
-elements it can fail on are present (see `_needed_elements`).
+resource's StructureDefinition is compiled once (fhirpath_native.py: natively where it can be,
+else with fhirpathpy); an element-level constraint on path `p` is evaluated from the resource
+root as "no occurrence of `p` makes it false"; a rule is broken when it evaluates to false
+(empty, its value when it cannot be decided, is not false). `ele-1` and `ext-1` are left to the
+structural check (they state "has a value or children" and "extension or value", which it
+enforces faster). A rule runs only when the elements it can fail on are present (see
+`_needed_elements`). Each expression is parsed strictly first (fhirpath_syntax.py): one that does
+not parse is reported and skipped, never run as the shorter expression fhirpathpy would make of
+it; tests/fhir/test_fhirpath_syntax.py checks that every vendored rule parses, so a regenerated
+conformance/ with a broken rule fails there.
 """
 
 from __future__ import annotations
@@ -17,10 +22,9 @@ from functools import cache
 from typing import Any
 
 import structlog
-from fhirpathpy import compile as fhirpath_compile
-from fhirpathpy.models import models as fhirpath_models
 
 from fhirgoal.core.errors import Issue
+from fhirgoal.fhir.fhirpath_native import compile_expression
 from fhirgoal.fhir.search.paths import (
     CHOICE_TYPE_SUFFIXES,
     split_top_level,
@@ -87,10 +91,8 @@ class InvariantChecker:
             # implies ...` without a probability: ras-2), which a root rule never does either.
             text = f"{path}.where(({expression}) = false).empty()" if path else expression
             try:
-                evaluate = NATIVE.get(constraint["key"]) or fhirpath_compile(
-                    text, fhirpath_models["r4"]
-                )
-            except Exception as exc:  # an expression fhirpathpy cannot parse is reported, not fatal
+                evaluate = NATIVE.get(constraint["key"]) or compile_expression(text)
+            except ValueError as exc:  # reported, not fatal: the type's other rules still hold
                 log.warning("invariant not compiled", key=constraint["key"], error=str(exc))
                 continue
             needs = (path.split(".")[0],) if path else _needed_elements(expression)

@@ -38,10 +38,9 @@ from decimal import Decimal
 from typing import Any
 
 import structlog
-from fhirpathpy import compile as fhirpath_compile
-from fhirpathpy.models import models as fhirpath_models
 
 from fhirgoal.core.errors import Issue
+from fhirgoal.fhir.fhirpath_native import compile_expression
 from fhirgoal.fhir.search.paths import CHOICE_TYPE_SUFFIXES
 from fhirgoal.fhir.selectors import Selector, compile_selector
 
@@ -56,11 +55,10 @@ Evaluate = Callable[..., list[Any]]
 
 def _compile(expression: str, where: str) -> Evaluate:
     try:
-        compiled: Evaluate = fhirpath_compile(expression, fhirpath_models["r4"])
-    except Exception as exc:
-        # A built-in profile that does not compile is a packaging bug: fail at start-up.
-        raise ValueError(f"{where}: FHIRPath {expression!r} does not compile: {exc}") from None
-    return compiled
+        return compile_expression(expression)
+    except ValueError as exc:
+        # A built-in profile whose rule does not parse is a packaging bug: fail at start-up.
+        raise ValueError(f"{where}: FHIRPath {expression!r}: {exc}") from None
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from fhirgoal.core.access import AccessContext
 from fhirgoal.core.errors import FhirError, informational_outcome
 from fhirgoal.fhir import binary, bundles
 from fhirgoal.fhir.bundles import http_date
+from fhirgoal.fhir.fhirpath_patch import is_fhirpath_patch
 from fhirgoal.fhir.outcome import Outcome
 from fhirgoal.fhir.search.engine import SearchPage
 from fhirgoal.fhir.service import FhirService
@@ -26,7 +27,9 @@ from fhirgoal.fhir.transaction import BundleProcessor
 
 FHIR_JSON = "application/fhir+json"
 _JSON_TYPES = {"application/fhir+json", "application/json", "text/json"}
-_PATCH_TYPES = {"application/json-patch+json"}
+JSON_PATCH = "application/json-patch+json"
+# http.html#patch: JSON Patch, and FHIRPath Patch as a Parameters resource (fhirpatch.html)
+_PATCH_TYPES = {JSON_PATCH, FHIR_JSON}
 _ACCEPTABLE = {
     "*/*",
     "application/*",
@@ -323,14 +326,20 @@ async def conditional_update(rt: str, request: Request) -> Response:
     return render(request, outcome)
 
 
-@router.patch("/{rt}/{rid}", summary="patch (JSON Patch)")
+@router.patch("/{rt}/{rid}", summary="patch (JSON Patch or FHIRPath Patch)")
 async def patch(rt: str, rid: str, request: Request) -> Response:
     svc = service(request)
     svc.require_type(rt)
     negotiate(request)
     body = await read_body(request, _PATCH_TYPES)
-    operations = jsonio.loads(body, request.app.state.settings.max_json_depth)
-    outcome = await svc.patch(access(request), rt, rid, operations, request.headers.get("if-match"))
+    document = jsonio.loads(body, request.app.state.settings.max_json_depth)
+    if _media_type(request) == FHIR_JSON and not is_fhirpath_patch(document):
+        raise FhirError(
+            "bad-request",
+            f"a {FHIR_JSON} patch is a FHIRPath Patch: a Parameters resource (send a JSON Patch "
+            f"as {JSON_PATCH})",
+        )
+    outcome = await svc.patch(access(request), rt, rid, document, request.headers.get("if-match"))
     return render(request, outcome)
 
 
@@ -376,6 +385,9 @@ async def batch_or_transaction(request: Request) -> Response:
     """A batch or transaction Bundle (http.html#transaction, fhir/transaction.py)."""
     settings = request.app.state.settings
     bundle = await read_resource(request, limit=settings.max_bundle_bytes)
+    if isinstance(bundle, dict):
+        # the request's audit record names the interaction by the Bundle's type (auth/audit.py)
+        request.state.bundle_type = bundle.get("type")
     client = request.client
     processor = BundleProcessor(
         service(request),
@@ -394,9 +406,7 @@ async def system_search(request: Request) -> Response:
     base = base_url(request)
     params = search_params(request)
     page = await service(request).search_system(access(request), params, base, _lenient(request))
-    types = [("_type", v) for k, v in params if k == "_type"]
-    page.compiled.used = types + page.compiled.used
-    return _searchset(base, base, page)
+    return fhir_response(200, bundles.system_searchset_page(base, params, page))
 
 
 @router.get("/{compartment_type}/{cid}/{rt}", summary="compartment search")

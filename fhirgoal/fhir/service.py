@@ -1,15 +1,18 @@
 """FHIR interactions over the repository: one place for the write rules.
 
 https://hl7.org/fhir/R4/http.html : create (server-assigned id, If-None-Exist), read, vread,
-update (update-as-create, If-Match), conditional update and delete, patch (JSON Patch), delete
+update (update-as-create, If-Match), conditional update and delete, patch (JSON Patch and
+FHIRPath Patch), delete
 (history kept, reads answer 410), history. The service stamps meta, validates, extracts the search
 index and speaks to the repository; it never formats HTTP (rest.py does).
 
 Every write takes this one path, alone or as an entry of a transaction Bundle (fhir/transaction.py):
 `in_transaction` runs work as a unit of work (store/units.py), whose session the repository picks
-up, so the same calls then commit together. Within a unit a write's after-write rules run before
-the commit, as part of it: no pending mark is needed (nothing can be stored without them), and a
-rule that fails fails the unit instead of being left to the sweep.
+up, so the same calls then commit together. Within a unit the after-write rules of its writes
+run once the unit's work is done (or when it asks, `settle`), before the commit and as part of it:
+no pending mark is needed (nothing can be stored without them), a rule that fails fails the unit
+instead of being left to the sweep, and a rule that derives one thing from many writes (a goal's
+status from the ratings of a transaction) decides it once, not once per write (fhir/hooks.py).
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ import random
 import re
 import uuid
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, TypeVar
 
@@ -34,6 +38,7 @@ from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError, Issue
 from fhirgoal.core.jsonio import dumps
 from fhirgoal.fhir.conformance import Conformance
+from fhirgoal.fhir.fhirpath_patch import apply_fhirpath_patch, is_fhirpath_patch
 from fhirgoal.fhir.hooks import EntryAudit, HookSet, WriteEvent
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.operations import OperationRegistry
@@ -61,6 +66,13 @@ AFTER_HOOK_ATTEMPTS = 3
 # Searches and claims of a conditional create before it gives up with 409 (about 2 s of waiting
 # for a concurrent claimant to store its resource).
 CLAIM_ATTEMPTS = 12
+# Rounds of a unit's after-write rules (each round runs the rules of the writes the round before
+# made: a derived goal status is a Goal write the status rule looks at again); convergent rules
+# are done in two or three.
+SETTLE_ROUNDS = 8
+
+# The writes of the running unit of work whose after-write rules have not run yet (see `settle`).
+_UNSETTLED: ContextVar[list[WriteEvent] | None] = ContextVar("fhirgoal_unsettled", default=None)
 
 
 async def _back_off(attempt: int) -> None:
@@ -186,7 +198,36 @@ class FhirService:
         """`work()` as one unit of work: everything it writes through this service commits
         together or not at all; run again on a transient conflict (store/units.py)."""
         repo = self.repo
-        return await run_unit(repo.client, repo.db, work, self.settings.transaction_attempts)
+
+        async def attempt() -> T:
+            token = _UNSETTLED.set([])  # each attempt starts afresh (store/units.py)
+            try:
+                result = await work()
+                await self.settle()
+                return result
+            finally:
+                _UNSETTLED.reset(token)
+
+        return await run_unit(repo.client, repo.db, attempt, self.settings.transaction_attempts)
+
+    async def settle(self) -> None:
+        """Run the after-write rules of the unit's writes so far (fhir/hooks.py), until the
+        writes they make need no more: before a unit commits, and before a transaction's reads
+        (which must see what the rules derive). Outside a unit there is nothing to do: each
+        write's rules ran with it."""
+        unsettled = _UNSETTLED.get()
+        if unsettled is None:
+            return
+        for _ in range(SETTLE_ROUNDS):
+            if not unsettled:
+                return
+            events = unsettled[:]
+            unsettled.clear()
+            await self.hooks.after_all(events)
+        raise FhirError(
+            "internal",
+            f"the server's rules did not settle in {SETTLE_ROUNDS} rounds of derived writes",
+        )
 
     # ---- helpers -----------------------------------------------------------------------------
     def require_type(self, rt: str) -> None:
@@ -395,7 +436,11 @@ class FhirService:
         event.version = version
         if in_unit():
             # part of the unit: a failure (a conflict included) aborts it, and nothing is kept
-            await self.hooks.after(event)
+            unsettled = _UNSETTLED.get()
+            if unsettled is None:
+                await self.hooks.after(event)
+            else:
+                unsettled.append(event)  # with the unit's other writes (`settle`)
             return
         for attempt in range(1, AFTER_HOOK_ATTEMPTS + 1):
             try:
@@ -611,9 +656,14 @@ class FhirService:
 
     # ---- patch -------------------------------------------------------------------------------
     async def patch(
-        self, access: AccessContext, rt: str, rid: str, operations: Any, if_match: str | None
+        self, access: AccessContext, rt: str, rid: str, patch: Any, if_match: str | None
     ) -> Outcome:
-        if not isinstance(operations, list) or not all(isinstance(op, dict) for op in operations):
+        """`patch`: a JSON Patch (an array of operations) or a FHIRPath Patch (a Parameters
+        resource, fhir/fhirpath_patch.py); http.html#patch."""
+        fhirpath = is_fhirpath_patch(patch)
+        if not fhirpath and (
+            not isinstance(patch, list) or not all(isinstance(op, dict) for op in patch)
+        ):
             raise FhirError("bad-request", "a JSON Patch document is an array of operation objects")
         current = await self.repo.current(access, rt, rid, "u")
         if current is None:
@@ -628,13 +678,22 @@ class FhirService:
                 f"version conflict: If-Match is {expected}, the current version is {current.version}",
             )
         settings = self.settings
-        patched = apply_patch(
-            current.resource,
-            operations,
-            settings.max_patch_operations,
-            settings.max_json_depth,
-            settings.max_body_bytes,
-        )
+        if fhirpath:
+            patched: Any = apply_fhirpath_patch(
+                current.resource,
+                patch,
+                self.validator.structure,
+                settings.max_patch_operations,
+                settings.max_json_depth,
+            )
+        else:
+            patched = apply_patch(
+                current.resource,
+                patch,
+                settings.max_patch_operations,
+                settings.max_json_depth,
+                settings.max_body_bytes,
+            )
         if not isinstance(patched, dict) or patched.get("id") != rid:
             raise FhirError("processing", "a patch may not change the resource id", f"{rt}.id")
         return await self.update(access, rt, rid, patched, f'W/"{current.version}"', method="PATCH")

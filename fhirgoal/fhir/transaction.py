@@ -21,6 +21,10 @@ Concurrent transactions on the same resources: the database's write conflicts ma
 run again on a fresh snapshot (store/units.py), where an If-Match or a conditional create sees
 what the first committed: exactly one wins; a transaction that keeps conflicting gets 409.
 
+The rules that run after a write (fhir/hooks.py: a goal's status from its ratings, alerts) run
+once the transaction's writes are done, as part of it, each deciding once what the Bundle's
+writes together imply (fhir/service.py `settle`).
+
 Each entry is audited as the interaction it is (the service's `entry_audit`, installed by auth/),
 inside the transaction's unit. Responses (`batch-response`, `transaction-response`) carry per
 entry `response.status`, `location`, `etag`, `lastModified`, and `outcome` for failures; the
@@ -107,7 +111,7 @@ class BundleProcessor:
             if isinstance(item, FhirError):
                 raise item
             try:
-                self.service.require_type(item.resource_type)
+                _require_type(self.service, item)
             except FhirError as error:
                 raise entry_error(item.index, item.full_url, error) from None
             entries.append(item)
@@ -131,7 +135,12 @@ class BundleProcessor:
         plan = _Plan(self, entries)
         await plan.resolve()
         results: list[EntryResult | None] = [None] * len(entries)
+        settled = False
         for entry in sorted(entries, key=lambda e: (_ORDER[e.method], e.index)):
+            if entry.method in ("GET", "HEAD") and not settled:
+                # the reads come last and see the writes as the server's rules complete them
+                await self.service.settle()
+                settled = True
             try:
                 results[entry.index] = await self._run(entry, plan)
             except FhirError as error:
@@ -148,7 +157,7 @@ class BundleProcessor:
                 results.append(EntryResult(item.status, error=item))
                 continue
             try:
-                self.service.require_type(item.resource_type)
+                _require_type(self.service, item)
                 results.append(await self._run(item, None))
             except FhirError as error:
                 results.append(EntryResult(error.status, error=error))
@@ -215,10 +224,15 @@ class BundleProcessor:
             assert entry.id is not None and entry.version_id is not None
             return _result(await svc.vread(access, rt, entry.id, entry.version_id))
         if entry.interaction == "search":
-            page = await svc.search(access, rt, entry.params, base)
-            return EntryResult(200, body=bundles.searchset_page(base, f"{base}/{rt}", page))
+            compartment = entry.compartment
+            page = await svc.search(access, rt, entry.params, base, compartment=compartment)
+            url = f"{base}/{compartment}/{rt}" if compartment else f"{base}/{rt}"
+            return EntryResult(200, body=bundles.searchset_page(base, url, page))
+        if entry.interaction == "search-system":
+            page = await svc.search_system(access, entry.params, base)
+            return EntryResult(200, body=bundles.system_searchset_page(base, entry.params, page))
         params = dict(entry.params)
-        versions, total, links = await svc.history(access, rt, entry.id, params)
+        versions, total, links = await svc.history(access, rt or None, entry.id, params)
         url = "/".join(p for p in (base, rt, entry.id, "_history") if p)
         return EntryResult(200, body=bundles.history(base, url, versions, total, links))
 
@@ -272,7 +286,17 @@ class BundleProcessor:
                 )
             response["etag"] = f'W/"{version.version}"'
             response["lastModified"] = instant_text(version.last_updated)
-        wanted = self.prefer_return if method not in ("GET", "HEAD") else None
+        if method != "HEAD":  # http.html#read: HEAD is the headers of a GET, without its body
+            self._content(entry, response, method, result)
+        entry["response"] = response
+        return entry
+
+    def _content(
+        self, entry: dict[str, Any], response: dict[str, Any], method: str, result: EntryResult
+    ) -> None:
+        """The entry's resource (or informational outcome) as the request and `Prefer` ask."""
+        version, status = result.version, result.status
+        wanted = self.prefer_return if method != "GET" else None
         if result.body is not None:
             entry["resource"] = result.body
         elif wanted == "operationoutcome":
@@ -290,8 +314,6 @@ class BundleProcessor:
             and wanted != "minimal"
         ):
             entry["resource"] = orjson.Fragment(version.text)
-        entry["response"] = response
-        return entry
 
 
 class _Plan:
@@ -459,6 +481,12 @@ class _Plan:
             return None
 
         return self.processor.links.rewrite(resource, replace)
+
+
+def _require_type(service: FhirService, entry: Entry) -> None:
+    """The entry's resource type is one the server serves (system-level entries have none)."""
+    if entry.resource_type:
+        service.require_type(entry.resource_type)
 
 
 def _is_conditional(reference: str) -> bool:

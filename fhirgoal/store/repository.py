@@ -63,7 +63,7 @@ from fhirgoal.store.batching import BatchedCollectionOps, Companion
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import excludes_tombstones, shape
-from fhirgoal.store.units import current_session
+from fhirgoal.store.units import UnitDocuments, current_session, unit_documents
 
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
 META_COLLECTION = "fhirgoal_meta"
@@ -283,11 +283,34 @@ class Repository:
         session = current_session()
         if session is None:
             doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _VERSION_ONLY)
-        else:  # a unit of work reads its own snapshot: never batched with other requests
+            return _version(rt, doc) if doc else None
+        # a unit of work reads its own snapshot: never batched with other requests, and a
+        # document it has read or written is not asked for again (store/units.py)
+        known = self._unit_documents(rt) if not extra else None
+        if known is not None and (rt, rid) in known:
+            doc = known[(rt, rid)]
+        else:
             doc = await self.collection(rt).find_one(
                 {"_id": rid, **extra}, _VERSION_ONLY, session=session
             )
+            if known is not None:
+                known[(rt, rid)] = doc
         return _version(rt, doc) if doc else None
+
+    def _unit_documents(self, rt: str) -> UnitDocuments | None:
+        """The running unit's documents (None outside a unit, and for a type written through an
+        append log, whose writes do not all pass here)."""
+        return None if rt in self._logs else unit_documents()
+
+    def _written_in_unit(self, rt: str, rid: str, doc: dict[str, Any] | None) -> None:
+        """Keep what the unit now holds as `rt/rid` (None: unknown, ask the database)."""
+        known = self._unit_documents(rt)
+        if known is None:
+            return
+        if doc is None:
+            known.pop((rt, rid), None)
+        else:
+            known[(rt, rid)] = {k: doc[k] for k in ("_id", *_VERSION_ONLY) if k in doc}
 
     async def version(self, access: AccessContext, rt: str, rid: str, vid: int) -> Version | None:
         current = await self.current(access, rt, rid)
@@ -325,6 +348,7 @@ class Repository:
                 for collection, companion in companions:
                     await collection.insert_one(companion, session=session)
                 await self.collection(version.resource_type).insert_one(doc, session=session)
+                self._written_in_unit(rt, version.id, doc)
         except DuplicateKeyError:
             raise AlreadyExists(version.id) from None
 
@@ -334,6 +358,7 @@ class Repository:
         by_type: dict[str, list[dict[str, Any]]] = {}
         for version, index in versions:
             by_type.setdefault(version.resource_type, []).append(_current_doc(version, index))
+            self._written_in_unit(version.resource_type, version.id, None)
         for rt, docs in by_type.items():
             await self._prepare(rt)
             try:
@@ -373,10 +398,11 @@ class Repository:
             upsert=True,
             session=session,
         )
-        result = await self.collection(new.resource_type).replace_one(
-            query, _current_doc(new, index), session=session
-        )
-        return result.matched_count == 1
+        doc = _current_doc(new, index)
+        result = await self.collection(new.resource_type).replace_one(query, doc, session=session)
+        replaced = result.matched_count == 1
+        self._written_in_unit(rt, new.id, doc if replaced else None)
+        return replaced
 
     # ---- search ----------------------------------------------------------------------------
     async def find(
@@ -539,6 +565,7 @@ class Repository:
         return [_version(rt, doc) async for doc in cursor.limit(limit)]
 
     async def clear_pending(self, version: Version) -> None:
+        self._written_in_unit(version.resource_type, version.id, None)
         await self.collection(version.resource_type).update_one(
             {"_id": version.id, "v": version.version},
             {"$unset": {"pend": ""}},
@@ -547,6 +574,7 @@ class Repository:
 
     async def set_index(self, version: Version, index: dict[str, Any]) -> bool:
         """Replace the search index of `version` if it is still current (a writer may have won)."""
+        self._written_in_unit(version.resource_type, version.id, None)
         result = await self.collection(version.resource_type).update_one(
             {"_id": version.id, "v": version.version}, {"$set": index}
         )

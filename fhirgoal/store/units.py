@@ -13,6 +13,11 @@ write through that same path: none of them has to carry a session through its si
 none can forget to. Outside a unit `current_session()` is None and every call is what it always
 was. (PyMongo 4.20 has a private equivalent, `_SESSION`; this one is ours to rely on.)
 
+Reads by id inside a unit are answered from what the unit already read or wrote
+(`unit_documents`, kept by store/repository.py) rather than asked again: a unit reads one
+snapshot plus its own writes, so the database would answer the same. A transaction's rules read
+the goals its entries just created, and each rating checks its goal: one round trip each, saved.
+
 Concurrency: snapshot isolation. Two units that write the same document conflict; the second
 writer gets a `WriteConflict` labelled `TransientTransactionError`, its unit is aborted, and
 `run_unit` runs the whole unit again on a fresh snapshot after a short random pause, as MongoDB's
@@ -59,6 +64,10 @@ UNKNOWN_COMMIT = "UnknownTransactionCommitResult"
 COMMIT_ATTEMPTS = 3
 
 _SESSION: ContextVar[AsyncClientSession | None] = ContextVar("fhirgoal_unit", default=None)
+# The current documents the running unit has read or written, by (collection, id); None: known
+# absent. Only the repository fills and reads it (see the module docstring).
+UnitDocuments = dict[tuple[str, str], dict[str, Any] | None]
+_DOCUMENTS: ContextVar[UnitDocuments | None] = ContextVar("fhirgoal_unit_docs", default=None)
 
 
 class RetryUnit(FhirgoalError):
@@ -75,14 +84,22 @@ def in_unit() -> bool:
     return _SESSION.get() is not None
 
 
+def unit_documents() -> UnitDocuments | None:
+    """The documents the running unit has read or written (module docstring), or None outside
+    a unit."""
+    return _DOCUMENTS.get()
+
+
 @contextlib.contextmanager
 def outside_unit() -> Iterator[None]:
     """Run a block outside the current unit: for the server's own idempotent upkeep (indexing
     the audit log) that must neither wait for the unit's commit nor be undone by its abort."""
     token = _SESSION.set(None)
+    documents = _DOCUMENTS.set(None)
     try:
         yield
     finally:
+        _DOCUMENTS.reset(documents)
         _SESSION.reset(token)
 
 
@@ -125,6 +142,7 @@ async def _attempt(
     """One run of the work in a transaction: its result and the key of the session it used."""
     async with client.start_session() as session:
         token = _SESSION.set(session)
+        documents = _DOCUMENTS.set({})  # each attempt reads a fresh snapshot
         try:
             await session.start_transaction()
             try:
@@ -137,6 +155,7 @@ async def _attempt(
             await _commit(session)
             return result, session.session_id["id"]
         finally:
+            _DOCUMENTS.reset(documents)
             _SESSION.reset(token)
 
 

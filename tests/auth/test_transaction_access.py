@@ -40,7 +40,9 @@ async def test_a_patient_token_cannot_write_another_patients_data_through_a_tran
     assert await stored(smart, "Observation", {}) == []
     assert await stored(smart, "Provenance", {}) == []
     events = await stored(smart, "AuditEvent", {})
-    assert [e["subtype"][0]["code"] for e in events] == ["batch"]  # the request's own event
+    # the request's own event, named by the Bundle's type (restful-interaction `transaction`)
+    assert [e["subtype"][0]["code"] for e in events] == ["transaction"]
+    assert events[0]["subtype"][0]["system"] == "http://hl7.org/fhir/restful-interaction"
     assert events[0]["outcome"] == "4"
 
 
@@ -64,3 +66,14 @@ async def test_each_entry_is_audited_as_its_own_interaction(smart: SmartServer) 
     assert sorted(p["target"][0]["reference"] for p in provenances) == sorted(written)
     for record in [*creates, *provenances]:
         smart.service.validator.validate(record)
+
+
+async def test_the_request_event_of_a_batch_says_batch(smart: SmartServer) -> None:
+    bundle = transaction(observation("x"))
+    bundle["type"] = "batch"
+    async with await smart.as_scope("system/*.cruds") as client:
+        response = await client.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    events = await stored(smart, "AuditEvent", {})
+    subtypes = sorted(e["subtype"][0]["code"] for e in events)
+    assert subtypes == ["batch", "create"]  # the request's own event and its entry's

@@ -41,10 +41,15 @@ async def test_goal_status_follows_ratings_written_in_the_same_transaction(
     gid = response.json()["entry"][0]["resource"]["id"]
     goal = (await fhir.client.get(f"/Goal/{gid}")).json()
     assert goal["achievementStatus"]["coding"][0]["code"] == "worsening"
-    assert goal["meta"]["versionId"] == "3"  # the rules' own updates, one per rating
-    # each derived status change leaves a Provenance (clinical/goal_status.py)
+    # the rule decides the goal once, from both ratings, at the end of the transaction: one
+    # derived update (not one per rating: a transaction's intermediate states are no one's)
+    assert goal["meta"]["versionId"] == "2"
+    derived = goal["achievementStatus"]["extension"][0]["extension"]
+    assert [e.get("valueCode") for e in derived if e["url"] == "code"] == ["worsening"]
+    # the derived status change leaves its Provenance (clinical/goal_status.py)
     found = (await fhir.client.get("/Provenance", params={"_total": "accurate"})).json()
-    assert found["total"] >= 1
+    assert found["total"] == 1
+    assert found["entry"][0]["resource"]["target"][0]["reference"] == f"Goal/{gid}/_history/2"
 
 
 async def test_a_rejected_entry_rolls_back_the_rules_derived_writes(fhir: RunningServer) -> None:
@@ -62,3 +67,16 @@ async def test_a_rejected_entry_rolls_back_the_rules_derived_writes(fhir: Runnin
         found = (await fhir.client.get(f"/{rt}", params={"_total": "accurate"})).json()
         assert found["total"] == 0, (rt, found)
     assert (await fhir.client.get("/Goal/_history")).json()["total"] == 0
+
+
+async def test_a_transactions_reads_see_what_the_rules_derived_from_its_writes(
+    fhir: RunningServer,
+) -> None:
+    await fhir.client.put("/Patient/p1", json={"resourceType": "Patient", "id": "p1"})
+    bundle = plan(-2)
+    bundle["entry"].append({"request": {"method": "GET", "url": "Goal?subject=Patient/p1"}})
+    response = await fhir.client.post("", json=bundle)
+    assert response.status_code == 200, response.text
+    found = response.json()["entry"][-1]["resource"]["entry"]
+    assert [e["resource"]["achievementStatus"]["coding"][0]["code"] for e in found] == ["worsening"]
+    assert found[0]["resource"]["meta"]["versionId"] == "2"

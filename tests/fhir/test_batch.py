@@ -3,10 +3,11 @@ with its own status; one failing affects no other)."""
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from tests.conftest import RunningServer
-from tests.helpers import FHIR_JSON, patient
+from tests.helpers import FHIR_JSON, observation, patient, store
 
 MRN = "https://example.org/mrn"
 
@@ -84,3 +85,70 @@ async def test_a_bundle_of_another_type_is_refused(fhir: RunningServer) -> None:
         "resourceType": "Bundle",
         "type": "batch-response",
     }
+
+
+async def test_head_entries_answer_like_get_without_the_resource(fhir: RunningServer) -> None:
+    kept = await store(fhir.client, {"resourceType": "Patient", "id": "h1", "active": True})
+    response = await fhir.client.post(
+        "",
+        json=batch(
+            entry("HEAD", "Patient/h1"),
+            entry("GET", "Patient/h1"),
+            entry("HEAD", "Patient/none"),
+            entry("HEAD", "Patient?active=true"),
+            entry("HEAD", "Patient/h1", ifNoneMatch=f'W/"{kept["meta"]["versionId"]}"'),
+        ),
+        headers=FHIR_JSON,
+    )
+    assert response.status_code == 200, response.text
+    head, get, missing, search, unchanged = response.json()["entry"]
+    assert head["response"]["status"] == "200 OK"
+    assert head["response"]["etag"] == get["response"]["etag"] == 'W/"1"'
+    assert head["response"]["lastModified"] == get["response"]["lastModified"]
+    assert "resource" not in head and get["resource"]["id"] == "h1"
+    assert missing["response"]["status"] == "404 Not Found"
+    assert search["response"]["status"] == "200 OK" and "resource" not in search
+    assert unchanged["response"]["status"] == "304 Not Modified"
+
+
+async def test_system_and_compartment_reads_in_a_batch(fhir: RunningServer) -> None:
+    await store(fhir.client, {"resourceType": "Patient", "id": "c1"})
+    await store(fhir.client, {"resourceType": "Patient", "id": "c2"})
+    for pid in ("c1", "c1", "c2"):
+        await fhir.client.post("/Observation", json=observation(pid), headers=FHIR_JSON)
+    response = await fhir.client.post(
+        "",
+        json=batch(
+            entry("GET", "Patient/c1/Observation"),
+            entry("GET", "Patient/c2/Observation?_summary=count"),
+            entry("GET", "?_type=Patient,Observation&_count=2&_total=accurate"),
+            entry("GET", "_history?_count=1"),
+            entry("GET", "Encounter/e1/Observation"),
+            entry("GET", f"{fhir.base}/?_type=Patient&_total=accurate"),
+        ),
+        headers=FHIR_JSON,
+    )
+    assert response.status_code == 200, response.text
+    c1, c2, system, history, other, absolute = response.json()["entry"]
+    assert c1["resource"]["total"] == 2
+    assert {e["resource"]["subject"]["reference"] for e in c1["resource"]["entry"]} == {
+        "Patient/c1"
+    }
+    assert c1["resource"]["link"][0]["url"].startswith(f"{fhir.base}/Patient/c1/Observation")
+    assert c2["resource"]["total"] == 1
+    assert system["resource"]["type"] == "searchset"
+    assert system["resource"]["total"] == 5 and len(system["resource"]["entry"]) == 2
+    assert "_type=Patient" in system["resource"]["link"][0]["url"]
+    assert history["resource"]["type"] == "history"
+    newest = history["resource"]["entry"]  # the server's own catalog is history too
+    assert len(newest) == 1 and history["resource"]["total"] >= 5
+    assert newest[0]["resource"]["subject"]["reference"] == "Patient/c2"
+    assert other["response"]["status"] == "404 Not Found"
+    assert "Patient compartment" in json.dumps(other["response"]["outcome"])
+    assert absolute["resource"]["total"] == 2
+    # a system-level entry of a transaction runs the same way, after its writes
+    bundle = {**batch(entry("POST", "Patient", patient("Late")), entry("GET", "?_type=Patient&_total=accurate")),
+              "type": "transaction"}  # fmt: skip
+    response = await fhir.client.post("", json=bundle, headers=FHIR_JSON)
+    assert response.status_code == 200, response.text
+    assert response.json()["entry"][1]["resource"]["total"] == 3

@@ -119,6 +119,12 @@ async def test_json_patch_failures_store_nothing(fhir: RunningServer) -> None:
         headers={**JSON_PATCH, "If-Match": 'W/"7"'},
     )
     assert stale.status_code == 412
-    wrong_type = await fhir.client.patch(f"/Patient/{pid}", json=[], headers=FHIR_JSON)
+    # application/fhir+json is a FHIRPath Patch (a Parameters resource): an array is not one
+    not_parameters = await fhir.client.patch(f"/Patient/{pid}", json=[], headers=FHIR_JSON)
+    assert not_parameters.status_code == 400
+    assert "Parameters" in not_parameters.text
+    wrong_type = await fhir.client.patch(
+        f"/Patient/{pid}", content=b"[]", headers={"Content-Type": "application/xml"}
+    )
     assert wrong_type.status_code == 415
     assert (await fhir.client.get(f"/Patient/{pid}")).json()["meta"]["versionId"] == "1"
