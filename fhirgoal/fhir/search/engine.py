@@ -144,6 +144,28 @@ def _after(sort: list[tuple[str, int]], cursor: Cursor, id_op: str = "$gt") -> l
     return runs
 
 
+# The rows equal to the cursor row that the merged first query of a next page may return before
+# the rows after it (`_first_runs_merged`): rows tied on the sort keys, mostly none or a few.
+HEAD_SLACK = 20
+
+
+def _first_runs_merged(sort: list[tuple[str, int]], cursor: Cursor) -> dict[str, Any] | None:
+    """The first two runs of `_after` as one plain conjunction, a superset of them: the rows
+    equal to the cursor row on all but the last sort key and at or beyond it on the last (its
+    run of ties and the run beyond). The rows of it at or before the cursor row are its first
+    rows in the sort order, which the caller drops: a next page sorted by date then costs one
+    query instead of two. None when the last key's value is missing (no `$gte`/`$lte` of null)."""
+    if not sort:
+        return None
+    values = [_db_value(name, v) for (name, _), v in zip(sort, cursor.values, strict=True)]
+    *before, (name, direction) = sort
+    value = values[-1]
+    if value is None:
+        return None
+    same = [{sort[j][0]: values[j]} for j in range(len(before))]
+    return _and(*same, {name: {"$gte" if direction == 1 else "$lte": value}})
+
+
 class SearchEngine:
     def __init__(
         self,
@@ -350,18 +372,27 @@ class SearchEngine:
             ("_id", -1 if backwards else 1)
         ]
         queries = [compiled.filter]
+        wanted = compiled.count + 1
+        rows: list[tuple[Version, dict[str, Any]]] = []
         if cursor is not None:
             if len(cursor.values) != len(sort):
                 raise FhirError("bad-request", "the _cursor does not belong to this _sort")
             # backwards, `order` is already reversed: the rows before the cursor come after it
-            runs = _after(order[:-1], cursor, "$lt" if backwards else "$gt")
+            id_op = "$lt" if backwards else "$gt"
+            runs = _after(order[:-1], cursor, id_op)
             queries = [_and(compiled.filter, run) for run in runs]
-        wanted = compiled.count + 1
-        rows: list[tuple[Version, dict[str, Any]]] = []
+            head = _first_runs_merged(order[:-1], cursor)
+            if head is not None:
+                rows, done = await self._merged_head(
+                    access, rt, _and(compiled.filter, head), order, cursor, id_op, wanted
+                )
+                if done:
+                    queries = queries[2:]
         for query in queries:  # the runs in order, until the page (and one more row) is full
-            rows += await self.repo.find_sorted(access, rt, query, order, wanted - len(rows))
             if len(rows) >= wanted:
                 break
+            rows += await self.repo.find_sorted(access, rt, query, order, wanted - len(rows))
+        rows = rows[:wanted]
         more = len(rows) > compiled.count
         rows = rows[: compiled.count]
         if backwards:
@@ -377,6 +408,35 @@ class SearchEngine:
         has_previous = (more and backwards) or (cursor is not None and not backwards)
         page.next_cursor = after_last if has_next else None
         page.previous_cursor = before_first if has_previous else None
+
+    async def _merged_head(
+        self,
+        access: AccessContext,
+        rt: str,
+        query: dict[str, Any],
+        order: list[tuple[str, int]],
+        cursor: Cursor,
+        id_op: str,
+        wanted: int,
+    ) -> tuple[list[tuple[Version, dict[str, Any]]], bool]:
+        """The first two runs after the cursor in one query (`_first_runs_merged`): the rows it
+        returns that are not after the cursor (equal on every sort key, the id not beyond it)
+        come first in `order` and are dropped. Done (True) unless more than HEAD_SLACK of them
+        filled the fetch; then nothing is kept and the two runs are queried one by one."""
+        limit = wanted + HEAD_SLACK
+        fetched = await self.repo.find_sorted(access, rt, query, order, limit)
+        names = [name for name, _ in order[:-1]]
+
+        def after_cursor(row: tuple[Version, dict[str, Any]]) -> bool:
+            version, keys = row
+            if [_sort_value(keys, f, version) for f in names] != cursor.values:
+                return True
+            return version.id > cursor.id if id_op == "$gt" else version.id < cursor.id
+
+        rows = [row for row in fetched if after_cursor(row)]
+        if len(fetched) < limit or len(rows) >= wanted:
+            return rows, True
+        return [], False
 
     # ---- system level (all types, or those in _type) ------------------------------------------
     async def search_system(
