@@ -52,6 +52,7 @@ from fhirgoal.core.errors import FhirError
 from fhirgoal.core.jsonio import dumps, loads
 from fhirgoal.fhir.instants import instant_text
 from fhirgoal.fhir.search.dates import parse_range
+from fhirgoal.fhir.search.index import local_reference
 from fhirgoal.fhir.search.matching import UnsupportedFilter, matches
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.exports import COMPLETED, FAILED, ExportStore
@@ -296,7 +297,7 @@ class _Export:
         flat, so an index can drive it; an `$or` of them would make the embedded database scan
         the collection for each window), each within the level's compartment. `_since` and
         transactionTime bound the windows the repository reads (store/windows.py)."""
-        compartment = self._compartment()
+        compartment = {} if self._provenance_by_target(rt) else self._compartment()
         filters = await self._type_filters(rt)
         if not filters:
             return [compartment]
@@ -314,6 +315,8 @@ class _Export:
                 self.access, rt, query, self.transaction_time, self.since
             )
             async for batch in batches:
+                if self._provenance_by_target(rt):
+                    batch = await self._targeting_compartments(batch)
                 if seen is not None:
                     batch = [v for v in batch if v.id not in seen]
                     seen.update(v.id for v in batch)
@@ -324,6 +327,36 @@ class _Export:
                     await self.provenance.of(batch)
                 await self.renew()
         return await files.close()
+
+    def _provenance_by_target(self, rt: str) -> bool:
+        """Provenance at the Patient and Group levels, with no `includeAssociatedData`: "the
+        server SHALL include all available Provenance resources whose Provenance.target is a
+        resource in the Patient compartment in a patient level export request" (Bulk Data 2.0.0,
+        export.html, Query Parameters). A Group's export is one of its members' compartments."""
+        by_target = self.job["level"] != "system" and not self.job.get("associated")
+        return rt == "Provenance" and by_target
+
+    async def _targeting_compartments(self, provenances: list[Version]) -> list[Version]:
+        """Those of `provenances` with a `target` in the level's compartments (looked up by id,
+        within the requester's reach: a target it may not search counts as outside)."""
+        targets: dict[str, set[str]] = {}
+        wanted: dict[str, set[str]] = {}
+        for provenance in provenances:
+            found = targets[provenance.id] = set()
+            for reference in (provenance.resource or {}).get("target") or []:
+                local = local_reference(str(reference.get("reference") or ""))
+                if local is not None:
+                    found.add(local)
+                    rt, _, rid = local.partition("/")
+                    wanted.setdefault(rt, set()).add(rid)
+        within: set[str] = set()
+        for rt, ids in sorted(wanted.items()):
+            if not self.svc.conformance.is_stored(rt) or not self.access.allows(rt, "s"):
+                continue
+            query = {"_id": {"$in": sorted(ids)}, **self._compartment()}
+            found_ids = await self.svc.repo.ids(self.access, rt, query, len(ids))
+            within.update(f"{rt}/{rid}" for rid in found_ids)
+        return [p for p in provenances if targets[p.id] & within]
 
     def _elements(self, rt: str) -> list[str] | None:
         """The top-level elements `_elements` keeps of `rt` (None: the whole resource)."""
