@@ -5,13 +5,22 @@ A kick-off (fhir/export.py) queues a job in MongoDB (store/exports.py); `ExportR
 queued jobs of its server process, one at a time, and takes over those whose process died. One
 run writes, as NDJSON files of at most `file_lines` lines stored in chunks of about 512 KB:
 
-- `output`: each requested type's resources, streamed from one database cursor (memory stays
-  constant); the stored JSON text is written through as it is, unless `_elements` asks for a
-  subset (fhir/subsetting.py, tagged SUBSETTED). With `includeAssociatedData`, the Provenance
+- `output`: each requested type's resources, read in database commands of bounded cost
+  (`Repository.scan_bounded`: windows of the last-updated index, or batches of a Group's
+  members; store/windows.py says why one query over a whole type will not do) and streamed to
+  the files (memory stays constant); the stored JSON text is written through as it is, unless
+  `_elements` asks for a subset (fhir/subsetting.py, tagged SUBSETTED). Several `_typeFilter`s
+  of a type are read one after the other (a resource matching two is written once), not ORed
+  into one query that no index could drive. With `includeAssociatedData`, the Provenance
   resources whose `target` is an exported resource: the most recent one of each
   (`LatestProvenanceResources`, by `recorded`) or all of them (`RelevantProvenanceResources`);
   they are then the Provenance output, no Provenance being exported as a type of its own
-  ("other Provenance resources will not be returned").
+  ("other Provenance resources will not be returned"). Without it, Provenance at the Patient
+  and Group levels is the Provenance whose `target` is a resource in the (members')
+  compartments, as Bulk Data 2.0.0 requires of a patient level export (export.html, the note
+  after the Query Parameters: "SHALL include all available Provenance resources whose
+  Provenance.target is a resource in the Patient compartment"); `_since` and `_typeFilter`
+  apply to the Provenance itself.
 - `deleted` (a `_since` export): the resources that matched the request and were deleted after
   `_since`, as transaction Bundles of `DELETE` entries, one Bundle per line. Tombstones are kept
   in the store; the version each deletion removed (from history) decides whether it matched: the
@@ -26,6 +35,8 @@ run writes, as NDJSON files of at most `file_lines` lines stored in chunks of ab
 `transactionTime` is the instant the run started; a resource changed after it is left to the next
 export with `_since=transactionTime` (the spec: the response SHOULD NOT include resources
 modified after that instant), so successive `_since` exports miss nothing, deletions included.
+Every other resource is written exactly once: a window's range of instants is fixed, and an
+update during the run moves a resource past transactionTime, out of every window.
 
 A job that outlives its process (a crash, a restart, another replica taking over a lapsed lease)
 is run again from the start with the access rebuilt by `access_for_owner` (auth/ provides it

@@ -63,6 +63,7 @@ from fhirgoal.store.windows import (
     MemberBatches,
     window_test,
 )
+from fhirgoal.store.write_marks import WriteMarks
 
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
 META_COLLECTION = "fhirgoal_meta"
@@ -161,6 +162,7 @@ class Repository:
         self._collections: dict[str, AsyncCollection[dict[str, Any]]] = {}
         self._logs: dict[str, PendingLog] = {}
         self.claims = ConditionClaims(self.db)
+        self.marks = WriteMarks(self.db)  # which minutes saw writes: hints for bounded walks
         # Types whose collections this process has seen indexed, and the builds under way.
         self._prepared: set[str] = set()
         self._preparing: dict[str, asyncio.Task[None]] = {}
@@ -190,6 +192,7 @@ class Repository:
         index of the pending mark (fhir/hooks.py)."""
         self._pending_types = pending_types
         await self.claims.ensure_indexes()
+        await self.marks.ensure_indexes()
         for rt in await self.present_types(resource_types):
             await self._prepare(rt)
 
@@ -302,6 +305,7 @@ class Repository:
             raise FhirError("forbidden", f"this token may not create that {rt} (out of its scope)")
         doc = _current_doc(version, index)
         await self._prepare(rt)  # outside any transaction: DDL is not part of one
+        await self.marks.note(rt, [version.last_updated])
         session = current_session()
         try:
             if session is None:
@@ -319,6 +323,7 @@ class Repository:
             by_type.setdefault(version.resource_type, []).append(_current_doc(version, index))
         for rt, docs in by_type.items():
             await self._prepare(rt)
+            await self.marks.note(rt, [doc[fields.LAST_UPDATED] for doc in docs])
             try:
                 await self.collection(rt).insert_many(
                     docs, ordered=False, session=current_session()
@@ -350,6 +355,7 @@ class Repository:
                     "forbidden", f"the new content of {rt}/{new.id} is out of this token's scope"
                 )
         await self._prepare(rt)
+        await self.marks.note(rt, [new.last_updated])
         await self.collection(history_collection(previous.resource_type)).replace_one(
             {"_id": f"{previous.id}/{previous.version}"},
             _history_doc(previous),
@@ -496,8 +502,8 @@ class Repository:
                 yield batch
             return
         rest = {key: test for key, test in shaped.items() if key != fields.LAST_UPDATED}
-        windows = LastUpdatedWindows(until, after, target)
-        for low, high in windows:
+        windows = await self._windows(rt, until, after, target)
+        async for low, high in windows:
             # the window first: the embedded database drives the query from the first key
             test = window_test(low, high, shaped.get(fields.LAST_UPDATED))
             cursor = self.collection(rt).find(
@@ -507,6 +513,17 @@ class Repository:
             windows.found(len(batch))
             if batch:
                 yield batch
+
+    async def _windows(
+        self, rt: str, until: datetime, after: datetime | None, target: int
+    ) -> LastUpdatedWindows:
+        async def marks_between(low: datetime, high: datetime) -> list[datetime]:
+            return await self.marks.between(rt, low, high)
+
+        oldest = await self.marks.oldest(rt)
+        return LastUpdatedWindows(
+            until, after, target, marks_between=marks_between, oldest_mark=oldest
+        )
 
     async def _scan_members(
         self,
@@ -572,8 +589,8 @@ class Repository:
         removed version: those deletions are withheld, never widened."""
         await self._settle(rt)
         history = self.collection(history_collection(rt))
-        windows = LastUpdatedWindows(until, after, target)
-        for low, high in windows:
+        windows = await self._windows(rt, until, after, target)
+        async for low, high in windows:
             tombstones = self.collection(rt).find(
                 {fields.LAST_UPDATED: window_test(low, high), fields.DELETED: True},
                 {"_id": 1, fields.VERSION: 1},

@@ -28,7 +28,7 @@ On MongoDB the same commands are each served by the same indexes, so the walk wo
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -38,31 +38,51 @@ EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 # decoded under its lock, so this keeps another request's wait behind an export's command in the
 # tens of milliseconds, while the per-command overhead (~1-2 ms) stays a few percent.
 TARGET_DOCUMENTS = 500
-MAX_GROWTH = 4.0  # how much larger one window (or batch) may be than the one before
+MAX_GROWTH = 2.0  # how much larger one window (or batch) may be than the one before
 FIRST_SPAN = timedelta(seconds=1)
 MIN_SPAN = timedelta(microseconds=1000)  # the instant's precision (BSON dates: milliseconds)
 FIRST_MEMBERS = 8
 MAX_MEMBERS = 500
+MINUTE = timedelta(minutes=1)  # the write marks' grain (store/write_marks.py)
+MARKS_CHUNK = timedelta(days=1)  # marks loaded per lookup: at most 1,440
 _RANGE_OPERATORS = {"$gt", "$gte", "$lt", "$lte"}
+
+
+MarksBetween = Callable[[datetime, datetime], Awaitable[list[datetime]]]
 
 
 @dataclass
 class LastUpdatedWindows:
     """The windows `(low, high]` of the last-updated instant that cover `(floor, until]`, newest
-    first; `found(n)` after each window sizes the next one."""
+    first; `found(n)` after each window sizes the next one.
+
+    With the type's write marks (store/write_marks.py: the minutes that saw writes, down to
+    `oldest_mark`), a window grown over an empty stretch stops at the end of the next marked
+    minute, and the walk enters that minute with a small window again."""
 
     until: datetime
     floor: datetime | None = None  # None: down to the oldest (the last window is open below)
     target: int = TARGET_DOCUMENTS
     span: timedelta = FIRST_SPAN
+    marks_between: MarksBetween | None = None
+    oldest_mark: datetime | None = None
     _found: int | None = field(default=None, init=False)
+    _marks: list[datetime] = field(default_factory=list, init=False)  # loaded, newest first
+    _marks_low: datetime | None = field(default=None, init=False)  # loaded down to here
+    _dense_span: timedelta = field(default=FIRST_SPAN, init=False)
 
-    def __iter__(self) -> Iterator[tuple[datetime | None, datetime]]:
+    async def __aiter__(self) -> AsyncIterator[tuple[datetime | None, datetime]]:
         high = self.until
         bottom = self.floor or EPOCH
         while high > bottom:
             low: datetime | None = high - self.span
             assert low is not None
+            entering = False
+            # the newest marked minute that ends below `high`: a window reaching into it stops
+            # at its end (the next starts small inside it)
+            mark = await self._next_mark(high - MINUTE, bottom)
+            if mark is not None and low < mark + MINUTE:
+                low, entering = mark + MINUTE, True
             if low <= bottom:
                 low = self.floor  # the last window: down to the floor (or open below)
             self._found = None
@@ -70,6 +90,8 @@ class LastUpdatedWindows:
             if low is None:
                 return
             self._grow(self._found)
+            if entering:  # into a marked minute: the span of the last documents seen, or less
+                self.span = min(self.span, FIRST_SPAN, self._dense_span)
             high = low
 
     def found(self, documents: int) -> None:
@@ -81,6 +103,24 @@ class LastUpdatedWindows:
             return
         factor = MAX_GROWTH if found == 0 else min(MAX_GROWTH, self.target / found)
         self.span = max(MIN_SPAN, self.span * factor)
+        if found:
+            self._dense_span = self.span  # what the last documents seen ask for
+
+    async def _next_mark(self, before: datetime, bottom: datetime) -> datetime | None:
+        """The newest marked minute that starts before `before` (None: none above the floor)."""
+        if self.marks_between is None or self.oldest_mark is None:
+            return None
+        while True:
+            while self._marks and self._marks[0] >= before:
+                self._marks.pop(0)
+            if self._marks:
+                return self._marks[0]
+            loaded_low = self._marks_low or self.until + MINUTE
+            if loaded_low <= max(bottom, self.oldest_mark):
+                return None
+            chunk_low = max(loaded_low - MARKS_CHUNK, self.oldest_mark, bottom - MINUTE)
+            self._marks = await self.marks_between(chunk_low, loaded_low)
+            self._marks_low = chunk_low
 
 
 @dataclass
