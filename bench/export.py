@@ -163,7 +163,11 @@ async def read_while(
 
 def percentiles(latencies: list[float]) -> dict[str, float]:
     ordered = sorted(latencies)
-    cut = statistics.quantiles(ordered, n=100) if len(ordered) > 1 else ordered * 99
+    cut = (
+        statistics.quantiles(ordered, n=100, method="inclusive")
+        if len(ordered) > 1
+        else ordered * 99
+    )
     return {
         "reads": len(ordered),
         "p50_ms": round(cut[49] * 1000, 1),

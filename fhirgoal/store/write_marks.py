@@ -10,10 +10,11 @@ one upsert per type per minute, not per write. A walk stops a grown window at th
 marked minute and starts small inside it; below the oldest mark (data written before the marks
 existed) it grows as before.
 
-The marks are hints, never a filter: a lost mark (a crash between the mark and the write is
-harmless, the mark comes first) only costs a walk a larger window. Marks of minutes older than
-the retention of anything are never removed: one document per active minute of each type (about
-half a million a year of continuous writes) is small beside the resources themselves.
+The marks are hints, never a filter: a missing mark (data written before marks existed, or
+by another tool) only costs a walk a larger window; the mark is written before the write, so a
+crash between the two leaves a harmless extra mark. Marks are never removed: one small document
+per active minute of a type (about half a million a year of writes every minute) weighs little
+beside the resources themselves.
 """
 
 from __future__ import annotations

@@ -144,3 +144,14 @@ async def test_marked_walk_reads_everything_once_across_gaps() -> None:
     read, sizes = await _walk(instants, windows)
     assert sorted(read) == sorted(t for t in instants if t > since)
     assert max(sizes) <= 4 * 300
+
+
+async def test_a_sparse_steady_stream_is_not_read_a_minute_at_a_time() -> None:
+    # one write a minute for 30 days, every minute marked: windows follow the density
+    instants = [UNTIL - timedelta(minutes=i, seconds=17) for i in range(43_200)]
+    between, oldest = _marks_of(instants)
+    windows = LastUpdatedWindows(UNTIL, target=500, marks_between=between, oldest_mark=oldest)
+    read, sizes = await _walk(instants, windows)
+    assert len(read) == 43_200
+    assert len(sizes) < 300  # about 43,200 / 500, plus the walk to the epoch
+    assert max(sizes) <= 2 * 500
