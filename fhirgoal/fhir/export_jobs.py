@@ -5,13 +5,22 @@ A kick-off (fhir/export.py) queues a job in MongoDB (store/exports.py); `ExportR
 queued jobs of its server process, one at a time, and takes over those whose process died. One
 run writes, as NDJSON files of at most `file_lines` lines stored in chunks of about 512 KB:
 
-- `output`: each requested type's resources, streamed from one database cursor (memory stays
-  constant); the stored JSON text is written through as it is, unless `_elements` asks for a
-  subset (fhir/subsetting.py, tagged SUBSETTED). With `includeAssociatedData`, the Provenance
+- `output`: each requested type's resources, read in database commands of bounded cost
+  (`Repository.scan_bounded`: windows of the last-updated index, or batches of a Group's
+  members; store/windows.py says why one query over a whole type will not do) and streamed to
+  the files (memory stays constant); the stored JSON text is written through as it is, unless
+  `_elements` asks for a subset (fhir/subsetting.py, tagged SUBSETTED). Several `_typeFilter`s
+  of a type are read one after the other (a resource matching two is written once), not ORed
+  into one query that no index could drive. With `includeAssociatedData`, the Provenance
   resources whose `target` is an exported resource: the most recent one of each
   (`LatestProvenanceResources`, by `recorded`) or all of them (`RelevantProvenanceResources`);
   they are then the Provenance output, no Provenance being exported as a type of its own
-  ("other Provenance resources will not be returned").
+  ("other Provenance resources will not be returned"). Without it, Provenance at the Patient
+  and Group levels is the Provenance whose `target` is a resource in the (members')
+  compartments, as Bulk Data 2.0.0 requires of a patient level export (export.html, the note
+  after the Query Parameters: "SHALL include all available Provenance resources whose
+  Provenance.target is a resource in the Patient compartment"); `_since` and `_typeFilter`
+  apply to the Provenance itself.
 - `deleted` (a `_since` export): the resources that matched the request and were deleted after
   `_since`, as transaction Bundles of `DELETE` entries, one Bundle per line. Tombstones are kept
   in the store; the version each deletion removed (from history) decides whether it matched: the
@@ -26,6 +35,8 @@ run writes, as NDJSON files of at most `file_lines` lines stored in chunks of ab
 `transactionTime` is the instant the run started; a resource changed after it is left to the next
 export with `_since=transactionTime` (the spec: the response SHOULD NOT include resources
 modified after that instant), so successive `_since` exports miss nothing, deletions included.
+Every other resource is written exactly once: a window's range of instants is fixed, and an
+update during the run moves a resource past transactionTime, out of every window.
 
 A job that outlives its process (a crash, a restart, another replica taking over a lapsed lease)
 is run again from the start with the access rebuilt by `access_for_owner` (auth/ provides it
@@ -52,6 +63,7 @@ from fhirgoal.core.errors import FhirError
 from fhirgoal.core.jsonio import dumps, loads
 from fhirgoal.fhir.instants import instant_text
 from fhirgoal.fhir.search.dates import parse_range
+from fhirgoal.fhir.search.index import local_reference
 from fhirgoal.fhir.search.matching import UnsupportedFilter, matches
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.exports import COMPLETED, FAILED, ExportStore
@@ -61,7 +73,6 @@ log = structlog.get_logger(__name__)
 
 NDJSON = "application/fhir+ndjson"
 CHUNK_BYTES = 512 * 1024  # NDJSON text per stored chunk
-PATIENTS_PER_QUERY = 500  # Group members per compartment query
 DELETIONS_PER_BUNDLE = 500  # DELETE entries per line of a `deleted` file
 # includeAssociatedData values (http://hl7.org/fhir/uv/bulkdata/CodeSystem/include-associated-data)
 LATEST_PROVENANCE = "LatestProvenanceResources"
@@ -262,69 +273,61 @@ class _Export:
         }
 
     # ---- what is exported ----------------------------------------------------------------------
-    def _window(self) -> dict[str, Any]:
-        """Changed after `_since` (when given) and no later than transactionTime."""
-        window: dict[str, Any] = {"$lte": self.transaction_time}
-        if self.job.get("since"):
-            window["$gt"] = parse_range(self.job["since"])[0]
-        return window
+    @property
+    def since(self) -> datetime | None:
+        return parse_range(self.job["since"])[0] if self.job.get("since") else None
+
+    async def _type_filters(self, rt: str) -> list[dict[str, Any]]:
+        """The compiled `_typeFilter`s of `rt` (a resource matching any is exported); none when
+        it has none."""
+        return [
+            (await self.svc.engine.compile(self.access, rt, q, self.job["base"])).filter
+            for q in (self.job.get("type_filters") or {}).get(rt) or []
+        ]
 
     async def _type_filter(self, rt: str) -> dict[str, Any] | None:
-        """The `_typeFilter`s of `rt` compiled and ORed, or None when it has none."""
-        type_filters = (self.job.get("type_filters") or {}).get(rt)
-        if not type_filters:
+        """The `_typeFilter`s of `rt` ORed, or None when it has none."""
+        compiled = await self._type_filters(rt)
+        if not compiled:
             return None
-        compiled = [
-            (await self.svc.engine.compile(self.access, rt, q, self.job["base"])).filter
-            for q in type_filters
-        ]
         return compiled[0] if len(compiled) == 1 else {"$or": compiled}
 
-    def _compartments(self) -> list[dict[str, Any] | None]:
-        """The compartment tests of the level: none at the system level; in some patient's
-        compartment at the Patient level; the listed patients', a batch per query, otherwise."""
+    def _compartment(self) -> dict[str, Any]:
+        """The compartment test of the level: none at the system level; in some patient's
+        compartment at the Patient level; in one of the listed patients' otherwise (the
+        repository reads those in batches of members)."""
         if self.job["level"] == "system":
-            return [None]
+            return {}
         patients = self.job.get("patients")
         if patients is None:
-            return [{fields.COMPARTMENT: {"$gt": ""}}]
-        return [
-            {fields.COMPARTMENT: {"$in": patients[i : i + PATIENTS_PER_QUERY]}}
-            for i in range(0, len(patients), PATIENTS_PER_QUERY)
-        ]
+            return {fields.COMPARTMENT: {"$gt": ""}}
+        return {fields.COMPARTMENT: {"$in": patients}}
 
     async def _queries(self, rt: str) -> list[dict[str, Any]]:
-        """The queries whose matches are exported for `rt`: changed after `_since`, the
-        _typeFilters ORed and, at the patient levels, the patients' compartments.
-
-        `transactionTime` is checked on each version read (`_type`), not in the query: on the
-        embedded database an index-driven query decodes every candidate while it holds its
-        store's lock, where a collection scan reads them first and decodes them after (measured
-        at 50,000 Observations: 8.7 against 6.9 s of database CPU, and other requests held up
-        to 14 against 2.8 s). `_since` is selective and stays in the query."""
-        criteria: dict[str, Any] = {}
-        if self.job.get("since"):
-            criteria[fields.LAST_UPDATED] = {"$gt": parse_range(self.job["since"])[0]}
-        type_filter = await self._type_filter(rt)
-        if type_filter is not None:
-            criteria = {"$and": [criteria, type_filter]} if criteria else type_filter
-        return [
-            {"$and": [criteria, compartment]}
-            if criteria and compartment
-            else criteria or compartment or {}
-            for compartment in self._compartments()
-        ]
+        """The queries whose matches are exported for `rt`: one per `_typeFilter` (a filter is
+        flat, so an index can drive it; an `$or` of them would make the embedded database scan
+        the collection for each window), each within the level's compartment. `_since` and
+        transactionTime bound the windows the repository reads (store/windows.py)."""
+        compartment = {} if self._provenance_by_target(rt) else self._compartment()
+        filters = await self._type_filters(rt)
+        if not filters:
+            return [compartment]
+        return [{"$and": [f, compartment]} if compartment else f for f in filters]
 
     async def _type(self, rt: str) -> list[dict[str, Any]]:
         files = _Files(self, rt, rt)
         queries = await self._queries(rt)
-        # ids already written, when a resource can match two queries (in the compartments of
-        # Group members of two batches); one query needs no such memory
+        # ids already written, when a resource can match two queries (two _typeFilters); one
+        # query needs no such memory
         seen: set[str] | None = set() if len(queries) > 1 else None
         elements = self._elements(rt)
         for query in queries:
-            async for batch in self.svc.repo.scan(self.access, rt, query):
-                batch = [v for v in batch if v.last_updated <= self.transaction_time]
+            batches = self.svc.repo.scan_bounded(
+                self.access, rt, query, self.transaction_time, self.since
+            )
+            async for batch in batches:
+                if self._provenance_by_target(rt):
+                    batch = await self._targeting_compartments(batch)
                 if seen is not None:
                     batch = [v for v in batch if v.id not in seen]
                     seen.update(v.id for v in batch)
@@ -333,7 +336,38 @@ class _Export:
                 self.exported += len(batch)
                 if self.provenance is not None and rt != "Provenance":
                     await self.provenance.of(batch)
+                await self.renew()
         return await files.close()
+
+    def _provenance_by_target(self, rt: str) -> bool:
+        """Provenance at the Patient and Group levels, with no `includeAssociatedData`: "the
+        server SHALL include all available Provenance resources whose Provenance.target is a
+        resource in the Patient compartment in a patient level export request" (Bulk Data 2.0.0,
+        export.html, Query Parameters). A Group's export is one of its members' compartments."""
+        by_target = self.job["level"] != "system" and not self.job.get("associated")
+        return rt == "Provenance" and by_target
+
+    async def _targeting_compartments(self, provenances: list[Version]) -> list[Version]:
+        """Those of `provenances` with a `target` in the level's compartments (looked up by id,
+        within the requester's reach: a target it may not search counts as outside)."""
+        targets: dict[str, set[str]] = {}
+        wanted: dict[str, set[str]] = {}
+        for provenance in provenances:
+            found = targets[provenance.id] = set()
+            for reference in (provenance.resource or {}).get("target") or []:
+                local = local_reference(str(reference.get("reference") or ""))
+                if local is not None:
+                    found.add(local)
+                    rt, _, rid = local.partition("/")
+                    wanted.setdefault(rt, set()).add(rid)
+        within: set[str] = set()
+        for rt, ids in sorted(wanted.items()):
+            if not self.svc.conformance.is_stored(rt) or not self.access.allows(rt, "s"):
+                continue
+            query = {"_id": {"$in": sorted(ids)}, **self._compartment()}
+            found_ids = await self.svc.repo.ids(self.access, rt, query, len(ids))
+            within.update(f"{rt}/{rid}" for rid in found_ids)
+        return [p for p in provenances if targets[p.id] & within]
 
     def _elements(self, rt: str) -> list[str] | None:
         """The top-level elements `_elements` keeps of `rt` (None: the whole resource)."""
@@ -353,23 +387,19 @@ class _Export:
     # ---- deleted -------------------------------------------------------------------------------
     async def _deleted(self) -> list[dict[str, Any]]:
         files = _Files(self, "deleted", "Bundle")
-        window = self._window()
         for rt in self.job["types"]:
             type_filter = await self._type_filter(rt)
-            compartments = self._compartments()
-            seen: set[str] | None = set() if len(compartments) > 1 else None
-            for compartment in compartments:
-                removed_versions = self.svc.repo.deleted_since(
-                    self.access, rt, window, compartment or {}, DELETIONS_PER_BUNDLE
-                )
-                async for removed in removed_versions:
-                    if seen is not None:
-                        removed = [v for v in removed if v.id not in seen]
-                        seen.update(v.id for v in removed)
-                    if type_filter is not None:
-                        removed = [v for v in removed if self._matched(v, type_filter)]
-                    if removed:
-                        await files.add(_line_of(self._deletions(removed)))
+            removed_versions = self.svc.repo.deleted_since(
+                self.access, rt, self.transaction_time, self.since, self._compartment()
+            )
+            async for removed in removed_versions:
+                if type_filter is not None:
+                    removed = [v for v in removed if self._matched(v, type_filter)]
+                for start in range(0, len(removed), DELETIONS_PER_BUNDLE):
+                    await files.add(
+                        _line_of(self._deletions(removed[start : start + DELETIONS_PER_BUNDLE]))
+                    )
+                await self.renew()
         return await files.close()
 
     def _matched(self, version: Version, type_filter: dict[str, Any]) -> bool:

@@ -38,7 +38,7 @@ import asyncio
 import heapq
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Protocol
 
@@ -64,6 +64,13 @@ from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import excludes_tombstones, shape
 from fhirgoal.store.units import UnitDocuments, current_session, unit_documents
+from fhirgoal.store.windows import (
+    TARGET_DOCUMENTS,
+    LastUpdatedWindows,
+    MemberBatches,
+    window_test,
+)
+from fhirgoal.store.write_marks import WriteMarks
 
 # Server-wide facts about the stored data, such as the search index format (fhir/reindex.py).
 META_COLLECTION = "fhirgoal_meta"
@@ -75,6 +82,8 @@ _VERSION_ONLY = {"json": 1, "v": 1, "lu": 1, "op": 1, "comp": 1}
 _WITH_SORT_KEYS = {**_VERSION_ONLY, "srt": 1}
 _ANY_VERSION = {**_VERSION_ONLY, "id": 1}  # current or history documents (history ones carry `id`)
 _VERBS = {"u": "update", "d": "delete"}
+# A batch size no bounded command's answer reaches: its documents come back in one reply.
+_ONE_REPLY = 100_000
 # createIndexes answers of two processes building the same new collection's indexes at once: the
 # collection was created by the other (NamespaceExists), or the other's build of the very same
 # index is under way (IndexBuildAlreadyInProgress). Trying again finds them built.
@@ -160,6 +169,7 @@ class Repository:
         self._collections: dict[str, AsyncCollection[dict[str, Any]]] = {}
         self._logs: dict[str, PendingLog] = {}
         self.claims = ConditionClaims(self.db)
+        self.marks = WriteMarks(self.db)  # which minutes saw writes: hints for bounded walks
         # Types whose collections this process has seen indexed, and the builds under way.
         self._prepared: set[str] = set()
         self._preparing: dict[str, asyncio.Task[None]] = {}
@@ -189,6 +199,7 @@ class Repository:
         index of the pending mark (fhir/hooks.py)."""
         self._pending_types = pending_types
         await self.claims.ensure_indexes()
+        await self.marks.ensure_indexes()
         for rt in await self.present_types(resource_types):
             await self._prepare(rt)
 
@@ -340,6 +351,7 @@ class Repository:
             raise FhirError("forbidden", f"this token may not create that {rt} (out of its scope)")
         doc = _current_doc(version, index)
         await self._prepare(rt)  # outside any transaction: DDL is not part of one
+        await self.marks.note(rt, [version.last_updated])
         session = current_session()
         try:
             if session is None:
@@ -361,6 +373,7 @@ class Repository:
             self._written_in_unit(version.resource_type, version.id, None)
         for rt, docs in by_type.items():
             await self._prepare(rt)
+            await self.marks.note(rt, [doc[fields.LAST_UPDATED] for doc in docs])
             try:
                 await self.collection(rt).insert_many(
                     docs, ordered=False, session=current_session()
@@ -392,6 +405,7 @@ class Repository:
                     "forbidden", f"the new content of {rt}/{new.id} is out of this token's scope"
                 )
         await self._prepare(rt)
+        await self.marks.note(rt, [new.last_updated])
         await self.collection(history_collection(previous.resource_type)).replace_one(
             {"_id": f"{previous.id}/{previous.version}"},
             _history_doc(previous),
@@ -488,16 +502,17 @@ class Repository:
         await self._settle(rt)
         return await self.collection(rt).estimated_document_count()
 
-    async def live_versions(self, rt: str, batch_size: int = 500) -> AsyncIterator[list[Version]]:
-        """Every current, non-deleted resource of a type, in batches (for reindexing)."""
-        async for batch in self.scan(UNRESTRICTED, rt, {}, batch_size):
+    async def live_versions(self, rt: str) -> AsyncIterator[list[Version]]:
+        """Every current, non-deleted resource of a type, in batches (for reindexing); one
+        written while the walk runs may be left out (it was indexed by its write)."""
+        async for batch in self.scan_bounded(UNRESTRICTED, rt, {}, datetime.now(UTC)):
             yield batch
 
     async def scan(
         self, access: AccessContext, rt: str, query: dict[str, Any], batch_size: int = 1000
     ) -> AsyncIterator[list[Version]]:
-        """Every live resource matching `query` within the caller's reach, in batches, in no
-        particular order, from one cursor (Bulk Data export: memory stays constant)."""
+        """Every live resource matching a selective `query` (one an index bounds, such as a
+        reference `$in`) within the caller's reach, in batches, from one cursor."""
         await self._settle(rt)
         cursor = self.collection(rt).find(
             _live(access, rt, query), _VERSION_ONLY, batch_size=batch_size
@@ -511,17 +526,118 @@ class Repository:
         if batch:
             yield batch
 
+    async def scan_bounded(
+        self,
+        access: AccessContext,
+        rt: str,
+        query: dict[str, Any],
+        until: datetime,
+        after: datetime | None = None,
+        target: int = TARGET_DOCUMENTS,
+    ) -> AsyncIterator[list[Version]]:
+        """Every live resource matching `query` within the caller's reach whose last update falls
+        in `(after, until]`, in batches, each the answer of one database command whose cost an
+        index bounds (store/windows.py), in no particular order (Bulk Data export).
+
+        A `$in` on the patient compartment drives the query in batches of members; otherwise
+        windows of the last-updated instant do, the rest of the query checked on what a window
+        holds. A resource appears once: a window's range is fixed, and an update moves a resource
+        past `until`; a resource in two members' compartments is kept from its first batch."""
+        await self._settle(rt)
+        shaped = _live(access, rt, query)
+        members = _compartment_members(shaped)
+        if members is not None:
+            async for batch in self._scan_members(rt, shaped, members, until, after, target):
+                yield batch
+            return
+        if window_test(None, until, shaped.get(fields.LAST_UPDATED)) is None or any(
+            key.startswith("$") for key in shaped
+        ):
+            # A logical operator at the top (or an odd test on lu): no index drives it on the
+            # embedded database, each window would scan the collection; one scan does it once.
+            async for batch in self._scan_once(rt, shaped, until, after):
+                yield batch
+            return
+        rest = {key: test for key, test in shaped.items() if key != fields.LAST_UPDATED}
+        windows = await self._windows(rt, until, after, target)
+        async for low, high in windows:
+            # the window first: the embedded database drives the query from the first key
+            test = window_test(low, high, shaped.get(fields.LAST_UPDATED))
+            cursor = self.collection(rt).find(
+                {fields.LAST_UPDATED: test, **rest}, _VERSION_ONLY, batch_size=_ONE_REPLY
+            )
+            batch = [_version(rt, doc) async for doc in cursor]
+            windows.found(len(batch))
+            if batch:
+                yield batch
+
+    async def _windows(
+        self, rt: str, until: datetime, after: datetime | None, target: int
+    ) -> LastUpdatedWindows:
+        async def marks_between(low: datetime, high: datetime) -> list[datetime]:
+            return await self.marks.between(rt, low, high)
+
+        oldest = await self.marks.oldest(rt)
+        return LastUpdatedWindows(
+            until, after, target, marks_between=marks_between, oldest_mark=oldest
+        )
+
+    async def _scan_members(
+        self,
+        rt: str,
+        shaped: dict[str, Any],
+        members: list[str],
+        until: datetime,
+        after: datetime | None,
+        target: int,
+    ) -> AsyncIterator[list[Version]]:
+        window = window_test(after, until, shaped.get(fields.LAST_UPDATED))
+        rest = {
+            k: v for k, v in shaped.items() if k not in (fields.COMPARTMENT, fields.LAST_UPDATED)
+        }
+        seen: set[str] = set()  # a resource may be in the compartments of two batches' members
+        batches = MemberBatches(members, target)
+        for batch_members in batches:
+            query = {fields.COMPARTMENT: {"$in": batch_members}, **rest}
+            if window is not None:
+                query[fields.LAST_UPDATED] = window
+            cursor = self.collection(rt).find(query, _VERSION_ONLY, batch_size=_ONE_REPLY)
+            found = [_version(rt, doc) async for doc in cursor]
+            if window is None:  # an odd test on lu stayed in `rest`: the range is checked here
+                found = [v for v in found if _within(v.last_updated, after, until)]
+            batches.found(len(found))
+            fresh = [v for v in found if v.id not in seen]
+            seen.update(v.id for v in fresh)
+            if fresh:
+                yield fresh
+
+    async def _scan_once(
+        self, rt: str, shaped: dict[str, Any], until: datetime, after: datetime | None
+    ) -> AsyncIterator[list[Version]]:
+        cursor = self.collection(rt).find(shaped, _VERSION_ONLY, batch_size=1000)
+        batch: list[Version] = []
+        async for doc in cursor:
+            version = _version(rt, doc)
+            if _within(version.last_updated, after, until):
+                batch.append(version)
+            if len(batch) >= 1000:
+                yield batch
+                batch = []
+        if batch:
+            yield batch
+
     async def deleted_since(
         self,
         access: AccessContext,
         rt: str,
-        window: dict[str, Any],
+        until: datetime,
+        after: datetime | None,
         before: dict[str, Any],
-        batch_size: int = 1000,
+        target: int = TARGET_DOCUMENTS,
     ) -> AsyncIterator[list[Version]]:
-        """The resources of `rt` whose deletion falls within `window` (a test on the last-updated
-        instant), each as the version the deletion removed (its last live version, from history),
-        in batches (Bulk Data export's `deleted` list).
+        """The resources of `rt` deleted in `(after, until]`, each as the version the deletion
+        removed (its last live version, from history), in batches (Bulk Data export's `deleted`
+        list); the tombstones are found by windows of the last-updated instant (store/windows.py).
 
         A tombstone keeps no search index, so whether a deletion is within the caller's reach,
         and matches `before` (e.g. a compartment test), is decided by the removed version, which
@@ -529,29 +645,22 @@ class Repository:
         what it could see. A condition on any other index field (a granular scope) finds no
         removed version: those deletions are withheld, never widened."""
         await self._settle(rt)
-        tombstones = self.collection(rt).find(
-            shape({fields.LAST_UPDATED: window, fields.DELETED: True}),
-            {"_id": 1, fields.VERSION: 1},
-            batch_size=batch_size,
-        )
         history = self.collection(history_collection(rt))
-        keys: list[str] = []
-
-        async def removed() -> list[Version]:
+        windows = await self._windows(rt, until, after, target)
+        async for low, high in windows:
+            tombstones = self.collection(rt).find(
+                {fields.LAST_UPDATED: window_test(low, high), fields.DELETED: True},
+                {"_id": 1, fields.VERSION: 1},
+                batch_size=_ONE_REPLY,
+            )
+            keys = [f"{doc['_id']}/{doc[fields.VERSION] - 1}" async for doc in tombstones]
+            windows.found(len(keys))
+            if not keys:
+                continue
             query = access.constrain(rt, "s", {"_id": {"$in": keys}, **before})
-            return [_version(rt, doc) async for doc in history.find(query, _ANY_VERSION)]
-
-        async for tombstone in tombstones:
-            keys.append(f"{tombstone['_id']}/{tombstone[fields.VERSION] - 1}")
-            if len(keys) >= batch_size:
-                found = await removed()
-                keys = []
-                if found:
-                    yield found
-        if keys:
-            found = await removed()
-            if found:
-                yield found
+            removed = [_version(rt, doc) async for doc in history.find(query, _ANY_VERSION)]
+            if removed:
+                yield removed
 
     async def pending(
         self, rt: str, older_than: datetime | None = None, limit: int = 10_000
@@ -671,6 +780,23 @@ async def _create_indexes(
 def _id_taken(error: dict[str, Any]) -> bool:
     """A write error saying the document's id is stored already (and no other unique key)."""
     return error.get("code") == 11000 and error.get("keyPattern") == {"_id": 1}
+
+
+def _compartment_members(shaped: dict[str, Any]) -> list[str] | None:
+    """The members when a shaped query is driven by a `$in` (or an equality) on the patient
+    compartment: a Group's members, a patient scope's or a caseload's patients."""
+    if not shaped or next(iter(shaped)) != fields.COMPARTMENT:
+        return None
+    test = shaped[fields.COMPARTMENT]
+    if isinstance(test, str):
+        return [test]
+    if isinstance(test, dict) and set(test) == {"$in"}:
+        return [member for member in test["$in"] if isinstance(member, str)] or None
+    return None
+
+
+def _within(instant: datetime, after: datetime | None, until: datetime) -> bool:
+    return instant <= until and (after is None or instant > after)
 
 
 def _live(access: AccessContext, rt: str, query: dict[str, Any]) -> dict[str, Any]:

@@ -173,6 +173,64 @@ async def test_include_associated_provenance(fhir: RunningServer) -> None:
     )
 
 
+async def provenance_targets(client: httpx.AsyncClient) -> dict[str, set[str]]:
+    """Every stored Provenance (the server's own records of writes too) -> its targets."""
+    body = (await client.get("/Provenance", params={"_count": "1000"})).json()
+    return {
+        e["resource"]["id"]: {
+            "/".join(t["reference"].split("/")[:2]) for t in e["resource"].get("target", [])
+        }
+        for e in body.get("entry", [])
+    }
+
+
+async def test_patient_level_provenance_is_that_of_compartment_resources(
+    fhir: RunningServer,
+) -> None:
+    """Bulk Data 2.0.0 (export.html, Query Parameters): without includeAssociatedData a patient
+    level export SHALL include all Provenance whose target is a resource in the compartment."""
+    await seed(fhir.client)
+    await store(fhir.client, {"resourceType": "Group", "id": "g", "type": "person",
+                              "actual": True, "member": [{"entity": {"reference": "Patient/p1"}}]})  # fmt: skip
+    for resource in (
+        provenance("of-p1-o0", ["Observation/p1-o0/_history/1"], "2026-01-01T10:00:00Z"),
+        provenance("of-p2", ["Observation/p2-o1", "Practitioner/doc"], "2026-01-02T10:00:00Z"),
+        provenance("of-doc", ["Practitioner/doc"], "2026-01-03T10:00:00Z"),
+        provenance("of-p2-itself", ["Patient/p2"], "2026-01-04T10:00:00Z"),
+    ):
+        await store(fhir.client, resource)
+    targets = await provenance_targets(fhir.client)
+    compartments = {
+        "p1": {"Patient/p1", *(f"Observation/p1-o{i}" for i in range(3)), "Observation/p1-height"},
+        "p2": {"Patient/p2", *(f"Observation/p2-o{i}" for i in range(3)), "Observation/p2-height"},
+    }
+    everyone = compartments["p1"] | compartments["p2"]
+
+    def expected(within: set[str]) -> list[str]:
+        return sorted(pid for pid, found in targets.items() if found & within)
+
+    manifest = await run_export(fhir.client, "/Patient/$export", _type="Provenance")
+    exported = sorted(r["id"] for r in (await files(fhir, manifest["output"]))["Provenance"])
+    assert exported == expected(everyone)
+    assert {"of-p1-o0", "of-p2", "of-p2-itself"} <= set(exported)
+    assert "of-doc" not in exported  # its only target is outside every compartment
+    group = await run_export(fhir.client, "/Group/g/$export", _type="Provenance")
+    in_group = sorted(r["id"] for r in (await files(fhir, group["output"]))["Provenance"])
+    assert in_group == expected(compartments["p1"]) and "of-p1-o0" in in_group
+    assert "of-p2" not in in_group
+
+    # _since applies to the Provenance: a new one about an old Observation is exported
+    await clock_past(manifest["transactionTime"])
+    await store(fhir.client, provenance("late", ["Observation/p2-o0"], "2026-02-01T10:00:00Z"))
+    later = await run_export(
+        fhir.client, "/Patient/$export", _type="Observation,Provenance",
+        _since=manifest["transactionTime"],
+    )  # fmt: skip
+    found = await files(fhir, later["output"])
+    assert [r["id"] for r in found["Provenance"]] == ["late"]
+    assert "Observation" not in found  # none changed since
+
+
 async def test_elements_subset_and_tag(fhir: RunningServer) -> None:
     await seed(fhir.client)
     manifest = await run_export(
