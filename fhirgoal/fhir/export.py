@@ -40,6 +40,7 @@ from fhirgoal.fhir.export_jobs import (
     RELEVANT_PROVENANCE,
     ExportRunner,
 )
+from fhirgoal.fhir.groups import resolve_members
 from fhirgoal.fhir.operations import (
     Invocation,
     Level,
@@ -111,7 +112,9 @@ async def kick_off(svc: FhirService, runner: ExportRunner, inv: Invocation) -> O
     if not inv.prefers("respond-async"):
         raise FhirError("bad-request", "$export needs the header 'Prefer: respond-async'")
     lenient = inv.preference("handling") == "lenient"
-    warnings: list[str] = []  # what lenient handling ignored: the manifest's `error` files
+    # the manifest's `error` files: what lenient handling ignored (text), Group members that
+    # cannot be resolved (OperationOutcomes)
+    warnings: list[str | dict[str, Any]] = []
     params = inv.parameters
     _unsupported(inv, lenient, warnings)
     output_format = params.one("_outputFormat")
@@ -131,7 +134,11 @@ async def kick_off(svc: FhirService, runner: ExportRunner, inv: Invocation) -> O
         assert inv.id is not None
         group = (await svc.read(inv.access, "Group", inv.id)).version
         assert group is not None and group.resource is not None
-        patients = _members(group.resource)
+        # Members by reference, and by identifier when it names exactly one Patient; the others
+        # are reported in the manifest's `error` files, never guessed (fhir/groups.py).
+        members = await resolve_members(svc, inv.access, group.resource)
+        patients = members.patients
+        warnings.extend(member.outcome() for member in members.unresolved)
     requested = _patients(params.all("patient"))
     if requested is not None:
         patients = requested if patients is None else [p for p in patients if p in requested]
@@ -170,7 +177,7 @@ async def kick_off(svc: FhirService, runner: ExportRunner, inv: Invocation) -> O
     )
 
 
-def _unsupported(inv: Invocation, lenient: bool, warnings: list[str]) -> None:
+def _unsupported(inv: Invocation, lenient: bool, warnings: list[str | dict[str, Any]]) -> None:
     """Refuse (or, lenient, report) the parameters this server does not support."""
     known = KICK_OFF_PARAMETERS if inv.resource_type else KICK_OFF_PARAMETERS - {"patient"}
     for value in inv.parameters.values:
@@ -190,7 +197,9 @@ def _unsupported(inv: Invocation, lenient: bool, warnings: list[str]) -> None:
         warnings.append(f"ignored: {text}")
 
 
-def _associated_data(inv: Invocation, lenient: bool, warnings: list[str]) -> str | None:
+def _associated_data(
+    inv: Invocation, lenient: bool, warnings: list[str | dict[str, Any]]
+) -> str | None:
     """The includeAssociatedData value that applies: the least restrictive of those asked."""
     asked: set[str] = set()
     for value in inv.parameters.all("includeAssociatedData"):
@@ -217,7 +226,7 @@ def _elements(
     values: list[ParameterValue],
     types: list[str],
     lenient: bool,
-    warnings: list[str],
+    warnings: list[str | dict[str, Any]],
 ) -> dict[str, list[str]] | None:
     """`_elements` as type -> top-level element names ("*": for every type that has it), or
     None when not asked. The spec: `[type].[element]` or `[element]`, root elements only."""
@@ -254,17 +263,6 @@ def _instant(text: str, expression: str) -> datetime:
 def _request_url(inv: Invocation) -> str:
     path = "/".join(p for p in (inv.resource_type, inv.id) if p)
     return f"{inv.base_url}/{path + '/' if path else ''}$export"
-
-
-def _members(group: dict[str, Any]) -> list[str]:
-    """The Group's active Patient members ("Patient/id")."""
-    members = []
-    for member in group.get("member") or []:
-        reference = (member.get("entity") or {}).get("reference", "")
-        if member.get("inactive") is True or not reference.startswith("Patient/"):
-            continue
-        members.append(reference)
-    return sorted(set(members))
 
 
 def _patients(values: list[ParameterValue]) -> list[str] | None:

@@ -251,7 +251,8 @@ class _Export:
         try:
             errors = _Files(self, "error", "OperationOutcome")
             for warning in job.get("warnings") or []:
-                await errors.add(_line_of(_warning(warning)))
+                outcome = warning if isinstance(warning, dict) else _warning(warning)
+                await errors.add(_line_of(outcome))
             for rt in job["types"]:
                 self.current = rt
                 output += await self._type(rt)

@@ -130,6 +130,34 @@ async def test_group_export_is_its_active_members(fhir: RunningServer) -> None:
     assert missing.status_code == 404
 
 
+async def test_group_members_by_identifier_are_resolved_or_reported(fhir: RunningServer) -> None:
+    """A payer's member list may name members by identifier only (R4 Reference.identifier): one
+    that matches exactly one Patient is exported, one that matches none is reported in the
+    manifest's `error` files, never guessed (fhir/groups.py)."""
+    await seed(fhir.client)
+    p2 = (await fhir.client.get("/Patient/p2")).json()
+    member = {"system": "urn:example:payer-member-id", "value": "M-0002"}
+    await store(fhir.client, {**p2, "identifier": [member]})
+    nobody = {**member, "value": "NO-SUCH-MEMBER"}
+    await store(
+        fhir.client,
+        {
+            "resourceType": "Group", "id": "by-identifier", "type": "person", "actual": True,
+            "member": [{"entity": {"identifier": member}}, {"entity": {"identifier": nobody}}],
+        },
+    )  # fmt: skip
+    manifest = await run_export(fhir.client, "/Group/by-identifier/$export")
+    found = await exported(fhir.client, manifest)
+    assert found["Patient"] == ["p2"]
+    assert sorted(found["Observation"]) == [f"p2-o{i}" for i in range(5)] + ["p2-phq"]
+    [error_file] = manifest["error"]
+    [outcome] = await lines(fhir.client, error_file["url"])
+    [issue] = outcome["issue"]
+    assert issue["severity"] == "warning" and issue["code"] == "not-found"
+    assert "NO-SUCH-MEMBER" in issue["diagnostics"]
+    assert issue["expression"] == ["Group.member[1].entity.identifier"]
+
+
 @pytest.mark.parametrize(
     ("path", "params", "headers", "says"),
     [
