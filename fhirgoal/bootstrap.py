@@ -193,6 +193,7 @@ async def close_within(seconds: float, shutdown: Awaitable[None]) -> None:
     """Run `shutdown`, giving up after `seconds` (the database may be gone or hung): what is not
     flushed by then is what the README says a crash can lose (buffered read audits)."""
     try:
-        await asyncio.wait_for(shutdown, seconds)
+        async with asyncio.timeout(seconds):  # not wait_for: see exchange/delivery.py `_sleep`
+            await shutdown
     except (TimeoutError, PyMongoError) as error:
         log.error("shutdown did not finish in time", seconds=seconds, error=repr(error))

@@ -104,8 +104,11 @@ class DeliveryWorker:
 
     async def _sleep(self) -> None:
         poll = self.settings.outbox_poll_seconds
+        # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that
+        # arrives as the wake-up does (gh-86296), and stop() then waits on this loop forever.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._wake.wait(), poll)
+            async with asyncio.timeout(poll):
+                await self._wake.wait()
         self._wake.clear()
 
     async def _upkeep(self) -> None:
@@ -219,7 +222,8 @@ class DeliveryWorker:
     async def _carry_out(self, delivery: SelfDelivery) -> Sent:
         """A handler's own delivery, within the timeout of one request (so within the lease)."""
         try:
-            return await asyncio.wait_for(delivery.run(), self.settings.outbox_timeout_seconds)
+            async with asyncio.timeout(self.settings.outbox_timeout_seconds):
+                return await delivery.run()
         except TimeoutError:
             return Sent(error="no answer in time")
         except httpx.HTTPError as error:

@@ -121,8 +121,10 @@ class ExportRunner:
                 job = None
             if job is None:
                 self._wake.clear()
+                # asyncio.timeout, not wait_for (see exchange/delivery.py `_sleep`)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), self.poll_seconds)
+                    async with asyncio.timeout(self.poll_seconds):
+                        await self._wake.wait()
                 continue
             await self.run(job)
 
