@@ -193,7 +193,8 @@ async def close_within(seconds: float, shutdown: Awaitable[None]) -> None:
     """Run `shutdown`, giving up after `seconds` (the database may be gone or hung): what is not
     flushed by then is what the README says a crash can lose (buffered read audits)."""
     try:
-        async with asyncio.timeout(seconds):  # not wait_for: see exchange/delivery.py `_sleep`
-            await shutdown
+        # wait_for on purpose: the shutdown runs as its own task, so whatever of it does not
+        # give way to cancellation (a hung database) is left behind when the time is up.
+        await asyncio.wait_for(shutdown, seconds)
     except (TimeoutError, PyMongoError) as error:
         log.error("shutdown did not finish in time", seconds=seconds, error=repr(error))
