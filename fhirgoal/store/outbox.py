@@ -222,24 +222,11 @@ class OutboxStore:
         return {"destinations": counts, "errors": last}
 
     async def summary(self, dest: str) -> dict[str, Any]:
-        """One destination's items: counts by state, `failing` (pending after a failed
-        attempt) and the latest error of an item still pending or dead."""
-        counts = dict.fromkeys(STATES, 0)
-        pipeline: list[dict[str, Any]] = [
-            {"$match": {"dest": dest}},
-            {"$group": {"_id": "$state", "n": {"$sum": 1}}},
-        ]
-        async for row in await self.items.aggregate(pipeline):
-            counts[row["_id"]] = row["n"]
-        failing = await self.items.count_documents(
-            {"dest": dest, "state": PENDING, "attempts": {"$gt": 0}}
-        )
-        last = await self.items.find_one(
-            {"dest": dest, "error": {"$exists": True}, "state": {"$in": [PENDING, DEAD]}},
-            {"error": 1, "next": 1},
-            sort=[("next", -1)],
-        )
-        return {**counts, "failing": failing, "error": last["error"] if last else None}
+        """One destination's items as `destination_report` gives them, with only the text of the
+        latest error (`$status` of a Subscription)."""
+        report = await self.destination_report(dest)
+        last = report.pop("last_error")
+        return {**report, "error": last["error"] if last else None}
 
     async def purge(self, before: datetime) -> int:
         """Forget delivered and void items settled before `before` (dead ones stay: a human
