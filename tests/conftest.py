@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -25,6 +26,43 @@ from fhirgoal.serving import server_config
 from fhirgoal.store.embedded import EmbeddedDatabase
 from fhirgoal.store.mongo import connect
 from tests.helpers import wait_until
+
+
+# A test still running after this long prints every asyncio task's stack (pytest-timeout prints
+# only threads', and the tests' servers all run as tasks on the one session loop).
+STALL_DUMP_SECONDS = float(os.environ.get("FHIRGOAL_TEST_STALL_DUMP_SECONDS", "240"))
+
+
+def _awaited_frames(awaitable: Any) -> list[str]:
+    """file:line of each coroutine frame a task is suspended in, outermost first (following
+    `cr_await`; asyncio's own Task.print_stack shows only the outermost frame)."""
+    lines: list[str] = []
+    while awaitable is not None:
+        frame = getattr(awaitable, "cr_frame", None) or getattr(awaitable, "gi_frame", None)
+        if frame is None:
+            lines.append(f"    awaiting {awaitable!r:.200}")
+            break
+        code = frame.f_code
+        lines.append(f"    {code.co_filename}:{frame.f_lineno} in {code.co_name}")
+        awaitable = getattr(awaitable, "cr_await", None) or getattr(awaitable, "gi_yieldfrom", None)
+    return lines
+
+
+def _dump_tasks(nodeid: str) -> None:
+    out = [f"\n=== {nodeid} still running after {STALL_DUMP_SECONDS:.0f} s; asyncio tasks: ==="]
+    for task in asyncio.all_tasks():
+        out.append(f"- {task.get_name()}")
+        out.extend(_awaited_frames(task.get_coro()))
+    print("\n".join(out), file=sys.stderr, flush=True)
+
+
+@pytest.fixture(autouse=True)
+async def _tasks_dumped_if_stalled(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    handle = asyncio.get_running_loop().call_later(
+        STALL_DUMP_SECONDS, _dump_tasks, request.node.nodeid
+    )
+    yield
+    handle.cancel()
 
 
 @pytest.fixture(scope="session")
