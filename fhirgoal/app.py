@@ -36,6 +36,7 @@ from fhirgoal.bootstrap import (
 )
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
+from fhirgoal.core.tasks import stop_task
 from fhirgoal.exchange.delivery import DeliveryWorker
 from fhirgoal.exchange.ehr_install import PullLoop
 from fhirgoal.fhir.conformance import load_conformance
@@ -94,8 +95,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 pulls = ehr_pulls(service)
                 yield
             finally:
-                if sweeper is not None:
-                    sweeper.cancel()
+                await stop_task(sweeper)
                 if pulls is not None:
                     await pulls.stop()
                 if worker is not None:

@@ -27,7 +27,6 @@ from fhirgoal.store.embedded import EmbeddedDatabase
 from fhirgoal.store.mongo import connect
 from tests.helpers import wait_until
 
-
 # A test still running after this long prints every asyncio task's stack (pytest-timeout prints
 # only threads', and the tests' servers all run as tasks on the one session loop).
 STALL_DUMP_SECONDS = float(os.environ.get("FHIRGOAL_TEST_STALL_DUMP_SECONDS", "240"))

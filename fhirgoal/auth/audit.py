@@ -26,7 +26,6 @@ a scope that names them, granted only to a client registered with a scope that n
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, MutableMapping
 from typing import Any
@@ -45,6 +44,7 @@ from fhirgoal.auth.audit_events import (
 )
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.jsonio import dumps
+from fhirgoal.core.tasks import stop_task
 from fhirgoal.fhir.hooks import EntryRecord
 from fhirgoal.fhir.instants import clock_text, now
 from fhirgoal.fhir.service import FhirService
@@ -206,10 +206,7 @@ class Auditor:
 
     async def stop(self) -> None:
         for task in (self._task, self._trickle):
-            if task is not None:
-                task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+            await stop_task(task)
         await self.flush()
 
 

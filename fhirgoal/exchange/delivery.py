@@ -36,6 +36,7 @@ from pymongo.errors import PyMongoError
 
 from fhirgoal.config import Settings
 from fhirgoal.core.errors import FhirError
+from fhirgoal.core.tasks import stop_task
 from fhirgoal.fhir.outbox import Delivery, DeliveryHandler, Outbox, SelfDelivery, Sent, Skip
 from fhirgoal.store.outbox import DEAD, VOID, OutboxItem
 
@@ -83,10 +84,8 @@ class DeliveryWorker:
         self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
+        self._task = None
         if self._client is not None:
             await self._client.aclose()
             self._client = None

@@ -361,15 +361,20 @@ class Puller:
                             UNRESTRICTED, local_rt, criteria, merged, None, sync.base
                         )
             except FhirError as error:
-                if error.status == 412 and again:
-                    return await self._apply(connection, dialect, resource, link, again=False)
-                raise _Held(
-                    "invalid", f"fhirgoal refused {ehr_ref}: {_diagnostics(error)}"
-                ) from None
-            assert outcome.version is not None
-            written = outcome.version
-            local = f"{local_rt}/{written.id}"
-            await sync.links.save(name, local, ehr_ref, written.version, ehr_vid, ehr_at, "ehr")
+                if error.status != 412 or not again:
+                    raise _Held(
+                        "invalid", f"fhirgoal refused {ehr_ref}: {_diagnostics(error)}"
+                    ) from None
+                outcome = None  # changed meanwhile (a local edit, a derived version): read again
+            if outcome is not None:
+                assert outcome.version is not None
+                written = outcome.version
+                local = f"{local_rt}/{written.id}"
+                await sync.links.save(name, local, ehr_ref, written.version, ehr_vid, ehr_at, "ehr")
+        if outcome is None:
+            # once more, outside the lock: asyncio's locks are not re-entrant, and taking this
+            # one again from inside it waited forever
+            return await self._apply(connection, dialect, resource, link, again=False)
         if ehr_ref in self._waiting:  # placed now: no longer waits for a human
             await sync.links.release_all(name, ehr_ref)
         for extra in copies[1:]:

@@ -9,7 +9,6 @@ runs the inbound half (exchange/ehr_inbound.py) every `sync_pull_seconds` in `fh
 from __future__ import annotations
 
 import asyncio
-import contextlib
 
 import httpx
 import structlog
@@ -17,6 +16,7 @@ from pymongo.errors import PyMongoError
 
 from fhirgoal.config import Settings
 from fhirgoal.core.errors import FhirgoalError
+from fhirgoal.core.tasks import stop_task
 from fhirgoal.exchange.ehr_inbound import Puller
 from fhirgoal.exchange.ehr_outbound import EhrDelivery
 from fhirgoal.exchange.ehr_outbound import install as install_outbound
@@ -57,10 +57,8 @@ class PullLoop:
             self._task = asyncio.create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await stop_task(self._task)
+        self._task = None
         await self.sync.close()
 
     async def _run(self) -> None:

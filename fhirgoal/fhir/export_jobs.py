@@ -61,6 +61,7 @@ from fhirgoal.core import fields
 from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError
 from fhirgoal.core.jsonio import dumps, loads
+from fhirgoal.core.tasks import stop_task
 from fhirgoal.fhir.instants import instant_text
 from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.fhir.search.index import local_reference
@@ -107,10 +108,8 @@ class ExportRunner:
         self._task = asyncio.create_task(self._loop())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
+        await stop_task(self._task)
+        self._task = None
 
     async def _loop(self) -> None:
         while True:

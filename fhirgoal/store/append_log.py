@@ -32,7 +32,6 @@ stores nothing twice.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -43,6 +42,7 @@ import structlog
 from pymongo import ASCENDING
 
 from fhirgoal.core.jsonio import dumps, loads_stored
+from fhirgoal.core.tasks import stop_task
 from fhirgoal.store.units import current_session, outside_unit
 
 if TYPE_CHECKING:
@@ -220,8 +220,5 @@ class AppendLog:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await stop_task(self._task)
+        self._task = None

@@ -5,6 +5,7 @@ EHR, once; nothing comes back as an echo; a re-pull changes nothing."""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from fhirgoal.clinical.resources import gas_rating
@@ -196,3 +197,40 @@ async def test_patients_are_matched_by_identifier_only_and_the_rest_waits_for_a_
         local = (await pair.fhirgoal.client.get(f"/Patient/{one['id']}")).json()
         systems = {i["system"] for i in local["identifier"]}
         assert systems == {MRN, f"{pair.connection.base}/Patient"}
+
+
+async def test_a_pull_that_meets_a_local_write_on_its_target_tries_again_and_finishes(
+    mongo_uri: str, monkeypatch: Any
+) -> None:
+    """The EHR's edit of a plan is applied with If-Match on the version the pull read; a local
+    write in between makes that a 412, and the pull reads again and applies it. (Once, that second
+    try took the per-resource lock the first still held, and the pull waited forever.)"""
+    async with ehr_pair(mongo_uri) as pair:
+        made = await _plan_in_ehr(pair)
+        plan_id = made["plan"]["id"]
+        await pair.pull()
+        [plan] = await pair.in_fhirgoal("CarePlan", plan_id)
+        edited = {**made["plan"], "description": "Weekly sessions, CBT-I"}
+        response = await pair.ehr_http.put(f"/CarePlan/{plan_id}", json=edited)
+        assert response.status_code == 200, response.text
+
+        service = pair.service
+        read_current = service.current
+        interfered: list[str] = []
+
+        async def current_then_a_local_write(access: Any, rt: str, rid: str) -> Any:
+            version = await read_current(access, rt, rid)
+            if rt == "CarePlan" and not interfered:  # a clinician's write, just after the read
+                local = {**plan, "title": "Sleep plan"}
+                answer = await pair.fhirgoal.client.put(f"/CarePlan/{plan['id']}", json=local)
+                interfered.append(answer.text)
+                assert answer.status_code == 200, answer.text
+            return version
+
+        monkeypatch.setattr(service, "current", current_then_a_local_write)
+        async with asyncio.timeout(60):
+            report = await pair.pull()
+        assert interfered and report.written >= 1
+        [plan] = await pair.in_fhirgoal("CarePlan", plan_id)
+        assert plan["description"] == "Weekly sessions, CBT-I"
+        assert plan["meta"]["versionId"] == "3"
