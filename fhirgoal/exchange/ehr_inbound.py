@@ -24,7 +24,9 @@ Issue 15. A pull of one connection:
    (`Dialect.restore`, the mapping's `restoreOnInbound`): a round trip of fhirgoal's own goal
    through an EHR that keeps goals as free text neither erases its GAS scale nor rewrites it. A Goal edited in fhirgoal since the versions were last in step, and in the EHR
    too, is a conflict (exchange/conflicts.py): nothing is overwritten.
-4. A resource the dialect cannot map, that refers to a patient fhirgoal does not follow, or that
+4. **Deletions**: the type's history since its cursor shows what the EHR deleted; what fhirgoal
+   copied is deleted here too, unless fhirgoal owns content in it (exchange/ehr_deletions.py).
+5. A resource the dialect cannot map, that refers to a patient fhirgoal does not follow, or that
    fhirgoal refuses (validation) is queued for a human with the reason; the pull goes on.
 
 Each write is an AuditEvent (exchange/ehr_audit.py, DICOM 110107 Import).
@@ -54,6 +56,7 @@ from fhirgoal.exchange.conflicts import raise_conflict
 from fhirgoal.exchange.connections import PULL_TYPES, EhrConnection
 from fhirgoal.exchange.dialect import Dialect, DialectError
 from fhirgoal.exchange.ehr_audit import IMPORT, record, sync_event
+from fhirgoal.exchange.ehr_deletions import InboundDeletions
 from fhirgoal.exchange.ehr_identity import PatientMatcher
 from fhirgoal.exchange.ehr_search import PullError, chunks, search_pages
 from fhirgoal.exchange.ehr_sync import EhrSync, applying
@@ -76,6 +79,7 @@ from fhirgoal.store.repository import Version
 log = structlog.get_logger(__name__)
 
 SHARED_TYPES = frozenset({"Goal"})  # edited on both sides: conflicts are possible
+HISTORY_CURSOR = ":history"  # the cursor of a type's deletions: the newest history entry seen
 # fhirgoal's elements of a Goal (issue 15: GAS scales are fhirgoal's)
 OWNED_GOAL_EXTENSIONS = frozenset(
     {
@@ -113,6 +117,8 @@ class PullReport:
     unchanged: int = 0
     held: int = 0
     conflicts: int = 0
+    deleted: int = 0  # deleted in fhirgoal because the EHR deleted them (ehr_deletions.py)
+    kept: int = 0  # deleted in the EHR, kept in fhirgoal for its content (a Flag says so)
     errors: list[str] = field(default_factory=list)
 
 
@@ -174,6 +180,7 @@ class Puller:
         self.sync = sync
         self.service: FhirService = sync.service
         self._waiting: set[str] = set()  # records of the pages being applied that wait for a human
+        self.deletions = InboundDeletions(sync)
 
     async def pull(
         self, connection: EhrConnection, progress: PullProgress | None = None
@@ -235,6 +242,19 @@ class Puller:
                                 latest = at
             if latest is not None:
                 moved[rt] = instant_text(latest)
+            window = _instant(cursors.get(rt + HISTORY_CURSOR)) or last
+            if window is not None and known:
+                progress.stage(f"{name}: {rt} deleted", None)
+                try:
+                    found = await self.deletions.pull(connection, client, rt, window)
+                except PullError as error:  # the changes stand; deletions are seen next time
+                    report.errors.append(str(error))
+                else:
+                    report.deleted += found.deleted
+                    report.kept += found.kept
+                    report.held += found.held
+                    if found.latest is not None:
+                        moved[rt + HISTORY_CURSOR] = instant_text(found.latest)
         for ehr_id in fresh:
             link = next(p for p in patients if p.ehr_id == ehr_id)
             await links.mark_pulled(name, link.local)
@@ -312,6 +332,10 @@ class Puller:
             or (ehr_at is not None and link.ehr_at is not None and ehr_at <= link.ehr_at)
         ):
             return "unchanged"
+        if link is not None and link.deleted == "fhirgoal":
+            raise _Held(
+                "deleted", f"{ehr_ref} changed in the EHR, but {link.local} was deleted in fhirgoal"
+            )
         target = link.local if link is not None else self._ours(resource)
         try:
             produced = dialect.inbound(resource)
