@@ -362,7 +362,8 @@ def sync_run(
                 f"{connection.name}: pulled {report.fetched} resource(s): {report.written} "
                 f"written, {report.unchanged} unchanged, {report.held} held for a human, "
                 f"{report.conflicts} conflict(s); {report.deleted} deleted as in the EHR, "
-                f"{report.kept} deleted there but kept (Flag); {report.linked} patient(s) linked"
+                f"{report.kept} deleted there but kept (Flag); {report.linked} patient(s) linked, "
+                f"{report.moved} moved to the EHR record that replaced theirs"
             )
             lines += [f"{connection.name}: {error}" for error in report.errors]
         worker = DeliveryWorker(sync.service.outbox, sync.settings)
