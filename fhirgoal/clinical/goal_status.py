@@ -44,6 +44,7 @@ from fhirgoal.store.repository import Version
 
 KEPT_META = ("profile", "security", "tag")  # what a derived-status update keeps of the goal's meta
 
+
 def _rated_goal(resource: dict[str, Any] | None) -> str | None:
     if resource is None or resource.get("resourceType") != "Observation":
         return None

@@ -140,11 +140,15 @@ async def test_the_ehrs_deletions_reach_fhirgoal_except_what_fhirgoal_owns_conte
         # fhirgoal's content: a GAS scale on one goal, a rating of another
         goal = local[scaled["id"]]
         levels = ["None", "One night", "Two nights", "Three nights", "Four nights"]
-        gas = gas_goal(goal["id"], ours["id"], "Sleep through the night", levels)
+        gas = gas_goal(
+            goal["id"], ours["id"], "Sleep through the night", levels, start="2026-09-01"
+        )
         await store(
             pair.fhirgoal.client, {**goal, "extension": gas["extension"], "target": gas["target"]}
         )
-        rating = gas_rating("r1", ours["id"], local[rated["id"]]["id"], 0, "2026-09-01")
+        rating = gas_rating(
+            "r1", ours["id"], local[rated["id"]]["id"], 0, "2026-09-01", performer="Practitioner/t1"
+        )
         await store(pair.fhirgoal.client, rating)
 
         # the EHR deletes all four
