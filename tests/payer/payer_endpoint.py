@@ -18,11 +18,11 @@ from __future__ import annotations
 
 import secrets
 import time
-from urllib.parse import parse_qsl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import parse_qsl
 
 from joserfc import jwt
 from joserfc.errors import JoseError
