@@ -12,19 +12,26 @@ fix, e.g. a mapping that cannot express a resource: after the fix, they go again
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
 import typer
 from pymongo.asynchronous.database import AsyncDatabase
 
-from fhirgoal.cli_support import DataDir, admin, console, database, fail, settings_from
+from fhirgoal.cli_support import (
+    DataDir,
+    admin,
+    check_connection_options,
+    connection_key,
+    console,
+    database,
+    fail,
+    hand_out_jwks,
+    settings_from,
+)
 from fhirgoal.config import BUILTIN_MAPPINGS_DIR, Settings
 from fhirgoal.exchange.connections import (
-    ALGORITHMS,
     DEFAULT_SCOPES,
     DEFAULT_SEND,
     PULL_TYPES,
@@ -32,8 +39,6 @@ from fhirgoal.exchange.connections import (
     EhrConnection,
     EhrConnectionError,
     check_choices,
-    key_from_pem,
-    new_key,
 )
 from fhirgoal.exchange.dialect import DialectError, load_dialect
 from fhirgoal.exchange.mapping import resolve_directory
@@ -99,24 +104,13 @@ def ehr_add(
     data_dir: DataDir = None,
 ) -> None:
     """Add an EHR connection and hand out its public key set (JWKS)."""
-    if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).netloc:
-        fail("--base must be an http(s) URL")
-    if not name.replace("-", "").replace("_", "").isalnum():
-        fail("--name may hold letters, digits, - and _ only")
-    if not all(s.startswith("system/") for s in scopes.split()):
-        fail("--scopes must be system/ scopes (SMART Backend Services)")
+    check_connection_options(name, base, scopes)
     send_kinds, pull_types = _split(send, DEFAULT_SEND), _split(pull, PULL_TYPES)
     try:
         check_choices(send_kinds, pull_types)
-        if key_file is not None:
-            try:
-                key = key_from_pem(key_file.read_bytes())
-            except OSError as error:
-                fail(f"cannot read {key_file}: {error}")
-        else:
-            key = new_key(alg.upper())
     except EhrConnectionError as error:
         fail(str(error))
+    key, key_alg = connection_key(key_file, alg)
     mapping_dir = None
     if mapping is not None:
         folder = resolve_directory(mapping)
@@ -128,9 +122,6 @@ def ehr_add(
             load_dialect(mapping_dir)
         except DialectError as error:
             fail(str(error))
-    key_alg = str(key.alg or ("RS384" if key.as_dict(private=False)["kty"] == "RSA" else "ES384"))
-    if key_alg not in ALGORITHMS:
-        fail(f"the key's algorithm {key_alg} is not one of {', '.join(ALGORITHMS)}")
     settings = settings_from(data_dir=data_dir)
     connection = EhrConnection(
         name=name,
@@ -160,12 +151,7 @@ def ehr_add(
         jwks = admin(data_dir, work)
     except EhrConnectionError as error:
         fail(str(error))
-    text = json.dumps(jwks, indent=2)
-    if jwks_out is not None:
-        jwks_out.write_text(text + "\n")
-        console.print(f"public JWKS written to {jwks_out}")
-    else:
-        typer.echo(text)
+    hand_out_jwks(jwks, jwks_out)
     console.print(
         f"added EHR connection {name}: register client {client_id} at the EHR with this JWKS "
         f"(private_key_jwt, {key_alg}) and the scopes: {connection.scopes}"

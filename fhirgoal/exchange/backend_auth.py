@@ -4,7 +4,7 @@ https://hl7.org/fhir/smart-app-launch/backend-services.html (SMART App Launch 2.
 (JWT client assertions), RFC 6749 section 4.4 (client credentials):
 
 - discovery: the token endpoint comes from `<base>/.well-known/smart-configuration`
-  (`token_endpoint`), read once per client;
+  (`token_endpoint`), read once per client, unless the connection names it (`token_url`);
 - authentication: `private_key_jwt`, a client assertion signed with the client's key (RS384 or
   ES384, the two algorithms SMART requires servers to accept), `iss` = `sub` = the client id,
   `aud` = the token endpoint, `exp` at most five minutes ahead, a `jti` never used before;
@@ -14,7 +14,7 @@ https://hl7.org/fhir/smart-app-launch/backend-services.html (SMART App Launch 2.
   the token, or rotated its keys, before its expiry).
 
 Generic on purpose: a base URL, a client id, a key and scopes; the EHR connections
-(exchange/connections.py) use it, and payer connections can.
+(exchange/connections.py) and the payer connections (evidence/payers/) use it.
 """
 
 from __future__ import annotations
@@ -65,6 +65,7 @@ class BackendServicesClient:
         key: RSAKey | ECKey,
         scopes: str,
         http: httpx.AsyncClient,
+        token_url: str | None = None,
     ) -> None:
         self.base = base.rstrip("/")
         self.client_id = client_id
@@ -72,7 +73,8 @@ class BackendServicesClient:
         self.alg = signing_alg(key)
         self.scopes = scopes
         self.http = http
-        self._token_endpoint: str | None = None
+        # a token endpoint given with the connection spares the discovery
+        self._token_endpoint: str | None = token_url
         self._token: str | None = None
         self._renew_at = 0.0
         self._lock = asyncio.Lock()  # one token request at a time, shared by every caller
