@@ -29,6 +29,7 @@ from fhirgoal.exchange.connections import (
     ConnectionStore,
     EhrConnection,
     EhrConnectionError,
+    check_bulk_export,
     check_choices,
     key_from_pem,
     new_key,
@@ -94,6 +95,14 @@ def ehr_add(
         str | None,
         typer.Option("--patient-system", help="Match patients by this identifier system only."),
     ] = None,
+    bulk: Annotated[
+        str | None,
+        typer.Option(
+            "--bulk",
+            help='Pull many patients at once with the EHR\'s Bulk $export: "patient" '
+            '(Patient/$export narrowed to the followed patients) or "Group/<id>".',
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Add an EHR connection and hand out its public key set (JWKS)."""
@@ -106,6 +115,7 @@ def ehr_add(
     send_kinds, pull_types = _split(send, DEFAULT_SEND), _split(pull, PULL_TYPES)
     try:
         check_choices(send_kinds, pull_types)
+        check_bulk_export(bulk)
         if key_file is not None:
             try:
                 key = key_from_pem(key_file.read_bytes())
@@ -141,6 +151,7 @@ def ehr_add(
         pull=tuple(pull_types),
         mapping=mapping_dir,
         patient_system=patient_system,
+        bulk_export=bulk,
     )
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
@@ -181,7 +192,8 @@ def ehr_list(data_dir: DataDir = None) -> None:
         typer.echo(
             f"{c.name}\t{c.base}\tclient {c.client_id}\t{c.alg} key {c.public_jwk.get('kid')}\t"
             f"send {','.join(c.send)}\tpull {','.join(c.pull)}\t"
-            f"mapping {c.mapping or '(none: fhirgoal FHIR)'}\tscopes {c.scopes}"
+            f"mapping {c.mapping or '(none: fhirgoal FHIR)'}\tscopes {c.scopes}\t"
+            f"bulk {c.bulk_export or 'off'}"
         )
 
 

@@ -77,6 +77,9 @@ class EhrConnection:
     mapping: str | None = None  # a mapping directory (exchange/dialect.py), None: identity
     # Patients are matched by identifiers of this system only (the EHR's MRN, say); None: any
     patient_system: str | None = None
+    # How many patients' records are pulled at once (exchange/ehr_bulk.py): None, searches only;
+    # "patient", Patient/$export narrowed by `patient`; "Group/<id>", that Group's $export
+    bulk_export: str | None = None
     created: datetime | None = None
     sealed: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -152,6 +155,7 @@ def connection_document(
         "pull": list(connection.pull),
         "mapping": connection.mapping,
         "patient_system": connection.patient_system,
+        "bulk_export": connection.bulk_export,
         "created": datetime.now(UTC),
     }
 
@@ -168,6 +172,7 @@ def _connection(doc: dict[str, Any]) -> EhrConnection:
         pull=tuple(doc.get("pull") or PULL_TYPES),
         mapping=doc.get("mapping"),
         patient_system=doc.get("patient_system"),
+        bulk_export=doc.get("bulk_export"),
         created=doc.get("created"),
         sealed=doc["sealed"],
     )
@@ -184,6 +189,15 @@ def check_choices(send: list[str], pull: list[str]) -> None:
         raise EhrConnectionError(
             f"unknown type(s) to pull: {', '.join(unknown)} (known: {', '.join(PULL_TYPES)})"
         )
+
+
+def check_bulk_export(value: str | None) -> None:
+    """A connection's bulk setting: None, "patient" or "Group/<id>"."""
+    if value is None or value == "patient":
+        return
+    kind, _, gid = value.partition("/")
+    if kind != "Group" or not gid or not all(c.isalnum() or c in "-." for c in gid):
+        raise EhrConnectionError('--bulk must be "patient" or "Group/<id>"')
 
 
 class ConnectionStore:
