@@ -38,6 +38,7 @@ from fhirgoal.exchange.connections import (
     ConnectionStore,
     EhrConnection,
     EhrConnectionError,
+    check_bulk_export,
     check_choices,
 )
 from fhirgoal.exchange.dialect import DialectError, load_dialect
@@ -101,6 +102,14 @@ def ehr_add(
         str | None,
         typer.Option("--patient-system", help="Match patients by this identifier system only."),
     ] = None,
+    bulk: Annotated[
+        str | None,
+        typer.Option(
+            "--bulk",
+            help='Pull many patients at once with the EHR\'s Bulk $export: "patient" '
+            '(Patient/$export narrowed to the followed patients) or "Group/<id>".',
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Add an EHR connection and hand out its public key set (JWKS)."""
@@ -108,6 +117,7 @@ def ehr_add(
     send_kinds, pull_types = _split(send, DEFAULT_SEND), _split(pull, PULL_TYPES)
     try:
         check_choices(send_kinds, pull_types)
+        check_bulk_export(bulk)
     except EhrConnectionError as error:
         fail(str(error))
     key, key_alg = connection_key(key_file, alg)
@@ -134,6 +144,7 @@ def ehr_add(
         pull=tuple(pull_types),
         mapping=mapping_dir,
         patient_system=patient_system,
+        bulk_export=bulk,
     )
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
@@ -169,7 +180,8 @@ def ehr_list(data_dir: DataDir = None) -> None:
         typer.echo(
             f"{c.name}\t{c.base}\tclient {c.client_id}\t{c.alg} key {c.public_jwk.get('kid')}\t"
             f"send {','.join(c.send)}\tpull {','.join(c.pull)}\t"
-            f"mapping {c.mapping or '(none: fhirgoal FHIR)'}\tscopes {c.scopes}"
+            f"mapping {c.mapping or '(none: fhirgoal FHIR)'}\tscopes {c.scopes}\t"
+            f"bulk {c.bulk_export or 'off'}"
         )
 
 

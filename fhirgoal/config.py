@@ -229,6 +229,11 @@ class Settings(BaseSettings):
     sync_page_size: int = Field(default=200, ge=1, le=1000)
     # Patients whose pulled resources are written at once (one patient's stay in order).
     sync_pull_concurrency: int = Field(default=8, ge=1)
+    # A connection with a Bulk export setting (`ehr add --bulk`) pulls a group of patients (the
+    # newly followed ones, or the others) of at least this many through one export instead of
+    # searches; an export not finished within sync_bulk_wait_seconds fails the pull.
+    sync_bulk_min_patients: int = Field(default=25, ge=1)
+    sync_bulk_wait_seconds: float = Field(default=900.0, gt=0)
 
     # ---- the clinician web app (/app, fhirgoal/webapp) ----
     # Served under /app by every `fhirgoal serve`; a SMART app that reaches FHIR servers only

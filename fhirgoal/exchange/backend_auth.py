@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -185,3 +185,20 @@ class BackendServicesClient:
                 return response
             token = await self.token(refused=token)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, url: str, *, headers: dict[str, str] | None = None, authorized: bool = True
+    ) -> AsyncIterator[httpx.Response]:
+        """`GET url` with its body left to be read as it comes (a Bulk Data file); with the
+        access token unless `authorized` is False, and on a 401 once more with a new one."""
+        token = await self.token() if authorized else None
+        for renewed in (False, True):
+            sent = dict(headers or {})
+            if token is not None:
+                sent["Authorization"] = f"Bearer {token}"
+            async with self.http.stream("GET", url, headers=sent) as response:
+                if response.status_code != 401 or renewed or token is None:
+                    yield response
+                    return
+            token = await self.token(refused=token)

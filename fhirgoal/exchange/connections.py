@@ -74,6 +74,9 @@ class EhrConnection(BackendConnection):
     mapping: str | None = None  # a mapping directory (exchange/dialect.py), None: identity
     # Patients are matched by identifiers of this system only (the EHR's MRN, say); None: any
     patient_system: str | None = None
+    # How many patients' records are pulled at once (exchange/ehr_bulk.py): None, searches only;
+    # "patient", Patient/$export narrowed by `patient`; "Group/<id>", that Group's $export
+    bulk_export: str | None = None
 
     @classmethod
     def restore(cls, shared: dict[str, Any], stored: dict[str, Any]) -> Self:
@@ -83,6 +86,7 @@ class EhrConnection(BackendConnection):
             pull=tuple(stored.get("pull") or PULL_TYPES),
             mapping=stored.get("mapping"),
             patient_system=stored.get("patient_system"),
+            bulk_export=stored.get("bulk_export"),
         )
 
     def sends(self) -> dict[str, frozenset[tuple[str, str]]]:
@@ -105,6 +109,15 @@ def check_choices(send: list[str], pull: list[str]) -> None:
         raise EhrConnectionError(
             f"unknown type(s) to pull: {', '.join(unknown)} (known: {', '.join(PULL_TYPES)})"
         )
+
+
+def check_bulk_export(value: str | None) -> None:
+    """A connection's bulk setting: None, "patient" or "Group/<id>"."""
+    if value is None or value == "patient":
+        return
+    kind, _, gid = value.partition("/")
+    if kind != "Group" or not gid or not all(c.isalnum() or c in "-." for c in gid):
+        raise EhrConnectionError('--bulk must be "patient" or "Group/<id>"')
 
 
 class ConnectionStore(BackendConnectionStore[EhrConnection]):
@@ -137,6 +150,7 @@ __all__ = [
     "ConnectionStore",
     "EhrConnection",
     "EhrConnectionError",
+    "check_bulk_export",
     "check_choices",
     "key_from_pem",
     "new_key",

@@ -39,6 +39,7 @@ Each write is an AuditEvent (exchange/ehr_audit.py, DICOM 110107 Import).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
@@ -52,6 +53,7 @@ from fhirgoal.exchange.conflicts import raise_conflict
 from fhirgoal.exchange.connections import PULL_TYPES, EhrConnection
 from fhirgoal.exchange.dialect import Dialect, DialectError
 from fhirgoal.exchange.ehr_audit import IMPORT, record, sync_event
+from fhirgoal.exchange.ehr_bulk import BulkJob
 from fhirgoal.exchange.ehr_deletions import InboundDeletions
 from fhirgoal.exchange.ehr_identity import PatientMatcher
 from fhirgoal.exchange.ehr_patient_links import (
@@ -69,6 +71,7 @@ from fhirgoal.exchange.translate import (
     for_sending,
     origin_system,
     parse_reference,
+    patient_of,
     references,
     rewrite_references,
     version_url,
@@ -114,6 +117,7 @@ class PullReport:
     kept: int = 0  # deleted in the EHR, kept in fhirgoal for its content (a Flag says so)
     moved: int = 0  # patient links moved to the EHR record that replaced the one followed
     errors: list[str] = field(default_factory=list)
+    exported: int = 0  # resources read from the EHR's Bulk export files
 
 
 class _Held(Exception):
@@ -169,28 +173,38 @@ class Puller:
         report: PullReport,
         progress: PullProgress,
     ) -> dict[str, str]:
-        name, links = connection.name, self.sync.links
+        name, links, settings = connection.name, self.sync.links, self.sync.settings
         patients = await links.patients(name)
         known = sorted(p.ehr_id for p in patients if p.pulled)
         fresh = sorted(p.ehr_id for p in patients if not p.pulled)
         cursors = await self.sync.store.cursors(name)
-        overlap = timedelta(seconds=self.sync.settings.sync_pull_overlap_seconds)
-        page_size = str(self.sync.settings.sync_page_size)
+        overlap = timedelta(seconds=settings.sync_pull_overlap_seconds)
+        types = [t for t in PULL_TYPES if t in connection.pull]
         moved: dict[str, str] = {}
-        for rt in [t for t in PULL_TYPES if t in connection.pull]:
-            last = _instant(cursors.get(rt))
-            latest = last
-            progress.stage(f"{name}: {rt}", None)
-            groups = [(known, last), (fresh, None)]
-            for ids, since in groups:
-                for chunk in chunks(ids):
-                    key = "_id" if rt == "Patient" else "patient"
-                    values = chunk if rt == "Patient" else [f"Patient/{i}" for i in chunk]
-                    params = [(key, ",".join(values)), ("_count", page_size)]
-                    params.append(("_sort", "_lastUpdated"))
-                    if since is not None:
-                        params.append(("_lastUpdated", f"gt{instant_text(since - overlap)}"))
-                    async for page in search_pages(client, connection, rt, params):
+        exports: dict[int, BulkJob] = {}  # by group: the groups pulled through a Bulk export
+        try:
+            for group, ids in enumerate((known, fresh)):
+                if connection.bulk_export is None or len(ids) < settings.sync_bulk_min_patients:
+                    continue
+                since = _earliest([_instant(cursors.get(t)) for t in types]) if group == 0 else None
+                progress.stage(f"{name}: the EHR's export of {len(ids)} patients", None)
+                exports[group] = job = await BulkJob.start(
+                    client, connection, ids, types, since - overlap if since else None
+                )
+                await job.finished(settings.sync_bulk_wait_seconds)
+                await job.count_errors()
+            for rt in types:
+                last = _instant(cursors.get(rt))
+                latest = last
+                progress.stage(f"{name}: {rt}", None)
+                for group, (ids, since) in enumerate([(known, last), (fresh, None)]):
+                    exported = exports.get(group)
+                    pages = (
+                        exported.pages(rt, settings.sync_page_size)
+                        if exported is not None
+                        else self._searched(client, connection, rt, ids, since, overlap)
+                    )
+                    async for page in pages:
                         report.fetched += len(page)
                         await self._apply_page(connection, dialect, rt, page, report)
                         progress.advance(len(page))
@@ -198,25 +212,57 @@ class Puller:
                             at = _instant((resource.get("meta") or {}).get("lastUpdated"))
                             if at is not None and (latest is None or at > latest):
                                 latest = at
-            if latest is not None:
-                moved[rt] = instant_text(latest)
-            window = _instant(cursors.get(rt + HISTORY_CURSOR)) or last
-            if window is not None and known:
-                progress.stage(f"{name}: {rt} deleted", None)
-                try:
-                    found = await self.deletions.pull(connection, client, rt, window)
-                except PullError as error:  # the changes stand; deletions are seen next time
-                    report.errors.append(str(error))
-                else:
-                    report.deleted += found.deleted
-                    report.kept += found.kept
-                    report.held += found.held
-                    if found.latest is not None:
-                        moved[rt + HISTORY_CURSOR] = instant_text(found.latest)
+                if latest is not None:
+                    moved[rt] = instant_text(latest)
+                window = _instant(cursors.get(rt + HISTORY_CURSOR)) or last
+                if window is not None and known:
+                    progress.stage(f"{name}: {rt} deleted", None)
+                    try:
+                        found = await self.deletions.pull(connection, client, rt, window)
+                    except PullError as error:  # the changes stand; deletions are seen next time
+                        report.errors.append(str(error))
+                    else:
+                        report.deleted += found.deleted
+                        report.kept += found.kept
+                        report.held += found.held
+                        if found.latest is not None:
+                            moved[rt + HISTORY_CURSOR] = instant_text(found.latest)
+        finally:
+            for job in exports.values():
+                report.exported += job.read
+                await job.close()
         for ehr_id in fresh:
             link = next(p for p in patients if p.ehr_id == ehr_id)
             await links.mark_pulled(name, link.local)
         return moved
+
+    def _searched(
+        self,
+        client: BackendServicesClient,
+        connection: EhrConnection,
+        rt: str,
+        ehr_ids: list[str],
+        since: datetime | None,
+        overlap: timedelta,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The pages of `rt` of these patients changed since `since` (all of them: None), by
+        searches of at most IDENTIFIERS_PER_SEARCH patients each."""
+
+        async def pages() -> AsyncIterator[list[dict[str, Any]]]:
+            for chunk in chunks(ehr_ids):
+                key = "_id" if rt == "Patient" else "patient"
+                values = chunk if rt == "Patient" else [f"Patient/{i}" for i in chunk]
+                params = [
+                    (key, ",".join(values)),
+                    ("_count", str(self.sync.settings.sync_page_size)),
+                ]
+                params.append(("_sort", "_lastUpdated"))
+                if since is not None:
+                    params.append(("_lastUpdated", f"gt{instant_text(since - overlap)}"))
+                async for page in search_pages(client, connection, rt, params):
+                    yield page
+
+        return pages()
 
     async def _apply_page(
         self,
@@ -257,7 +303,7 @@ class Puller:
         # writes of concurrent patients share the database's journal syncs (store/batching.py).
         groups: dict[str, list[dict[str, Any]]] = {}
         for resource in page:
-            groups.setdefault(_patient_of(resource), []).append(resource)
+            groups.setdefault(patient_of(resource), []).append(resource)
         slots = asyncio.Semaphore(self.sync.settings.sync_pull_concurrency)
 
         async def in_slot(group: list[dict[str, Any]]) -> None:
@@ -469,15 +515,11 @@ class Puller:
         return "conflict"
 
 
-def _patient_of(resource: dict[str, Any]) -> str:
-    """The patient a pulled resource belongs to (its subject or patient, or itself)."""
-    if resource.get("resourceType") == "Patient":
-        return f"Patient/{resource.get('id')}"
-    for key in ("subject", "patient"):
-        reference = (resource.get(key) or {}).get("reference")
-        if isinstance(reference, str):
-            return reference
-    return f"{resource.get('resourceType')}/{resource.get('id')}"
+def _earliest(instants: list[datetime | None]) -> datetime | None:
+    """The earliest of the cursors; None when a type has none (it is pulled whole)."""
+    if not instants or any(i is None for i in instants):
+        return None
+    return min(i for i in instants if i is not None)
 
 
 def _all_references(value: Any) -> list[str]:

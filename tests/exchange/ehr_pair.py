@@ -99,10 +99,12 @@ class Pair:
         return int(response.json()["total"])
 
 
-async def register_fhirgoal(ehr: SmartServer, jwks: dict[str, Any]) -> None:
+async def register_fhirgoal(
+    ehr: SmartServer, jwks: dict[str, Any], scopes: str = DEFAULT_SCOPES
+) -> None:
     """fhirgoal as a Backend Services client of the EHR, with its public keys."""
     await ehr.app.state.smart.clients.register(
-        Client(client_id=CLIENT_ID, scopes=DEFAULT_SCOPES, jwks=jwks)
+        Client(client_id=CLIENT_ID, scopes=scopes, jwks=jwks)
     )
 
 
@@ -111,6 +113,8 @@ async def ehr_pair(
     mongo_uri: str,
     front: Callable[[str], AbstractAsyncContextManager[Any]] | None = None,
     mapping: str | None = None,
+    bulk_export: str | None = None,
+    scopes: str = DEFAULT_SCOPES,
     **fhirgoal_settings: Any,
 ) -> AsyncIterator[Pair]:
     """The EHR and fhirgoal, connected; `front` puts something with a `base` (a proxy) in front
@@ -130,18 +134,19 @@ async def ehr_pair(
                 name=CONNECTION,
                 base=ehr_base,
                 client_id=CLIENT_ID,
-                scopes=DEFAULT_SCOPES,
+                scopes=scopes,
                 alg="ES384",
                 public_jwk={},
                 mapping=mapping,
                 patient_system=MRN,
+                bulk_export=bulk_export,
             )
             store = ConnectionStore(service.database)
             kek = encryption_key(TEST_KEK, fhirgoal.settings.data_dir)
             await store.add(connection, key, kek)
             stored = await store.get(CONNECTION)
             assert stored is not None
-            await register_fhirgoal(ehr, stored.public_jwks())
+            await register_fhirgoal(ehr, stored.public_jwks(), scopes)
             await sync_of(service).refresh()
             async with await ehr.as_scope("system/*.cruds") as ehr_http:
                 yield Pair(ehr, ehr_http, fhirgoal, stored, in_front)
