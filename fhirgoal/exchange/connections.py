@@ -57,6 +57,9 @@ DEFAULT_SCOPES = (
     "system/Patient.rs system/Encounter.rs system/Condition.rs system/CarePlan.rs "
     "system/Goal.cruds system/Observation.crus system/Flag.crus"
 )
+# What a connection that subscribes (exchange/ehr_subscribe.py) needs besides: it writes its
+# Subscriptions at the EHR.
+SUBSCRIPTION_SCOPE = "system/Subscription.cruds"
 ALGORITHMS = ("ES384", "RS384")
 
 
@@ -77,6 +80,8 @@ class EhrConnection:
     mapping: str | None = None  # a mapping directory (exchange/dialect.py), None: identity
     # Patients are matched by identifiers of this system only (the EHR's MRN, say); None: any
     patient_system: str | None = None
+    # The EHR notifies fhirgoal of changes (a Subscription there, exchange/ehr_subscribe.py)
+    subscribe: bool = False
     created: datetime | None = None
     sealed: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -152,6 +157,7 @@ def connection_document(
         "pull": list(connection.pull),
         "mapping": connection.mapping,
         "patient_system": connection.patient_system,
+        "subscribe": connection.subscribe,
         "created": datetime.now(UTC),
     }
 
@@ -168,6 +174,7 @@ def _connection(doc: dict[str, Any]) -> EhrConnection:
         pull=tuple(doc.get("pull") or PULL_TYPES),
         mapping=doc.get("mapping"),
         patient_system=doc.get("patient_system"),
+        subscribe=bool(doc.get("subscribe")),
         created=doc.get("created"),
         sealed=doc["sealed"],
     )
@@ -202,6 +209,13 @@ class ConnectionStore:
     async def get(self, name: str) -> EhrConnection | None:
         doc = await self.collection.find_one({"_id": name})
         return _connection(doc) if doc else None
+
+    async def set_subscribe(self, name: str, subscribe: bool, scopes: str) -> bool:
+        """Mark the connection as subscribing (or not) with `scopes`; False: no such one."""
+        result = await self.collection.update_one(
+            {"_id": name}, {"$set": {"subscribe": subscribe, "scopes": scopes}}
+        )
+        return result.matched_count == 1
 
     async def remove(self, name: str) -> bool:
         result = await self.collection.delete_one({"_id": name})

@@ -240,6 +240,16 @@ class Puller:
             await links.mark_pulled(name, link.local)
         return moved
 
+    async def apply(
+        self, connection: EhrConnection, rt: str, resources: list[dict[str, Any]]
+    ) -> PullReport:
+        """Apply `resources` of type `rt` read from the EHR outside a pull (a push notification,
+        exchange/ehr_push.py) by the same rules as a pull's page; the counts."""
+        report = PullReport(connection.name)
+        report.fetched = len(resources)
+        await self._apply_page(connection, self.sync.dialect(connection), rt, resources, report)
+        return report
+
     async def _apply_page(
         self,
         connection: EhrConnection,
@@ -275,7 +285,7 @@ class Puller:
         # writes of concurrent patients share the database's journal syncs (store/batching.py).
         groups: dict[str, list[dict[str, Any]]] = {}
         for resource in page:
-            groups.setdefault(_patient_of(resource), []).append(resource)
+            groups.setdefault(patient_of(resource), []).append(resource)
         slots = asyncio.Semaphore(self.sync.settings.sync_pull_concurrency)
 
         async def in_slot(group: list[dict[str, Any]]) -> None:
@@ -475,7 +485,7 @@ class Puller:
         return "conflict"
 
 
-def _patient_of(resource: dict[str, Any]) -> str:
+def patient_of(resource: dict[str, Any]) -> str:
     """The patient a pulled resource belongs to (its subject or patient, or itself)."""
     if resource.get("resourceType") == "Patient":
         return f"Patient/{resource.get('id')}"
@@ -497,4 +507,4 @@ def _diagnostics(error: FhirError) -> str:
     )[:500]
 
 
-__all__ = ["PullError", "PullReport", "Puller", "keep_owned"]
+__all__ = ["PullError", "PullReport", "Puller", "keep_owned", "patient_of"]

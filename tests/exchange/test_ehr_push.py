@@ -1,0 +1,330 @@
+"""Push in (exchange/ehr_subscribe.py, ehr_push.py) between two real fhirgoal servers: the EHR
+(SMART on, a topic-based Subscriptions notifier) and fhirgoal, its Backend Services client, with
+pulls off. fhirgoal subscribes at the EHR; the EHR's notifications reach
+`POST /sync/notify/<connection>` and what they name is applied as a pull would apply it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from fhirgoal.core.jsonio import dumps
+from fhirgoal.exchange.ehr_push_store import PUSH, PUSH_EVENTS
+from fhirgoal.exchange.notifications import STATUS_PROFILE
+from fhirgoal.exchange.subscription_rules import FILTER_CRITERIA, PAYLOAD_CONTENT
+from fhirgoal.store.outbox import OUTBOX
+from tests.exchange.ehr_pair import CONNECTION, Pair, ehr_pair, patient
+from tests.helpers import FHIR_JSON, create, wait_until
+
+GOAL_TOPIC = "https://fhirgoal.org/fhir/SubscriptionTopic/goal-change"
+ENCOUNTER_TOPIC = "https://fhirgoal.org/fhir/SubscriptionTopic/encounter"
+PUSH_ONLY = {"sync_pull_seconds": 0, "sync_push_heartbeat_seconds": 1}
+
+
+def goal(pid: str, text: str) -> dict[str, Any]:
+    return {
+        "resourceType": "Goal",
+        "lifecycleStatus": "active",
+        "description": {"text": text},
+        "subject": {"reference": f"Patient/{pid}"},
+    }
+
+
+async def _followed_with_goal(pair: Pair, mrn: str = "MRN-1") -> dict[str, Any]:
+    """A patient on both sides, a goal in the EHR, fhirgoal subscribed and the first pull done."""
+    ehr_patient = await pair.ehr_create(patient(mrn))
+    local = await create(pair.fhirgoal.client, patient(mrn))
+    made = await pair.ehr_create(goal(ehr_patient["id"], "Sleep through the night"))
+    report = await pair.subscribe()
+    assert report.linked == 1 and report.fresh_patients
+    assert report.covered == {"Goal": GOAL_TOPIC, "Encounter": ENCOUNTER_TOPIC}
+    assert report.uncovered == ["Patient", "Condition", "CarePlan"]
+    await pair.pull()  # the followed patient's records, whole
+    assert len(await pair.in_fhirgoal("Goal", made["id"])) == 1
+    return {"patient": ehr_patient, "local": local, "goal": made}
+
+
+async def _ehr_subscriptions(pair: Pair) -> list[dict[str, Any]]:
+    response = await pair.ehr_http.get("/Subscription")
+    assert response.status_code == 200, response.text
+    return [e["resource"] for e in response.json().get("entry", [])]
+
+
+async def _all_active(pair: Pair) -> bool:
+    subs = await _ehr_subscriptions(pair)
+    return bool(subs) and all(s["status"] == "active" for s in subs)
+
+
+async def _secret(pair: Pair) -> str:
+    """The secret the EHR sends (the test plays the EHR): from its Subscription's header."""
+    [sub, *_] = await _ehr_subscriptions(pair)
+    [header] = sub["channel"]["header"]
+    name, _, value = header.partition(": ")
+    assert name == "Authorization" and value.startswith("Bearer ")
+    return value.removeprefix("Bearer ")
+
+
+def _notification(
+    pair: Pair,
+    sid: str,
+    kind: str,
+    since: int,
+    foci: list[str] = (),  # type: ignore[assignment]
+    numbers: list[int] = (),  # type: ignore[assignment]
+) -> dict[str, Any]:
+    base = pair.connection.base
+    parameters: list[dict[str, Any]] = [
+        {"name": "subscription", "valueReference": {"reference": f"{base}/Subscription/{sid}"}},
+        {"name": "topic", "valueCanonical": GOAL_TOPIC},
+        {"name": "status", "valueCode": "active"},
+        {"name": "type", "valueCode": kind},
+        {"name": "events-since-subscription-start", "valueString": str(since)},
+    ]
+    for number, focus in zip(numbers, foci, strict=True):
+        parameters.append(
+            {
+                "name": "notification-event",
+                "part": [
+                    {"name": "event-number", "valueString": str(number)},
+                    {"name": "focus", "valueReference": {"reference": f"{base}/{focus}"}},
+                ],
+            }
+        )
+    status = {"resourceType": "Parameters", "meta": {"profile": [STATUS_PROFILE]}}
+    return {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [
+            {
+                "fullUrl": "urn:uuid:5d6f0e9c-1f0b-4c57-8d07-9a3b1c2d4e5f",
+                "resource": {**status, "parameter": parameters},
+                "request": {"method": "GET", "url": f"{base}/Subscription/{sid}/$status"},
+                "response": {"status": "200"},
+            }
+        ],
+    }
+
+
+async def _notify(
+    pair: Pair, body: Any, secret: str | None, connection: str = CONNECTION
+) -> httpx.Response:
+    headers = dict(FHIR_JSON)
+    if secret is not None:
+        headers["Authorization"] = f"Bearer {secret}"
+    origin = pair.fhirgoal.base.removesuffix("/fhir")
+    content = body if isinstance(body, bytes) else dumps(body)
+    async with httpx.AsyncClient(timeout=30) as client:
+        return await client.post(
+            f"{origin}/sync/notify/{connection}", content=content, headers=headers
+        )
+
+
+async def _goal_sid(pair: Pair) -> str:
+    state = await pair.push.store.state(CONNECTION)
+    [sid] = [s.id for s in state.subscriptions if s.topic == GOAL_TOPIC]
+    return sid
+
+
+async def test_an_ehr_edit_is_pushed_to_fhirgoal_within_seconds_with_pulls_off(
+    mongo_uri: str,
+) -> None:
+    async with ehr_pair(mongo_uri, subscribe=True, **PUSH_ONLY) as pair:
+        made = await _followed_with_goal(pair)
+        ehr_pid = made["patient"]["id"]
+
+        # the EHR's Subscriptions: one per topic, filtered to the followed patient, id-only,
+        # with the secret as a channel header; fhirgoal keeps only the secret's hash
+        subs = {s["criteria"]: s for s in await _ehr_subscriptions(pair)}
+        assert set(subs) == {GOAL_TOPIC, ENCOUNTER_TOPIC}
+        goal_sub = subs[GOAL_TOPIC]
+        assert goal_sub["_criteria"]["extension"] == [
+            {"url": FILTER_CRITERIA, "valueString": f"Goal?patient=Patient/{ehr_pid}"}
+        ]
+        assert goal_sub["channel"]["endpoint"] == (
+            f"{pair.fhirgoal.base.removesuffix('/fhir')}/sync/notify/{CONNECTION}"
+        )
+        assert goal_sub["channel"]["_payload"]["extension"] == [
+            {"url": PAYLOAD_CONTENT, "valueCode": "id-only"}
+        ]
+        secret = await _secret(pair)
+        kept = await pair.service.database[PUSH].find_one({"_id": CONNECTION})
+        assert kept is not None and secret not in repr(kept)
+        # the handshake made them active
+        await wait_until(lambda: _all_active(pair), within=20, what="the handshakes")
+
+        # an edit in the EHR arrives in fhirgoal, with no pull
+        last_pull = (await pair.sync.store.pull_report(CONNECTION))["last_pull"]
+        edited = {**made["goal"], "description": {"text": "Sleep through the night, 5 nights"}}
+        response = await pair.ehr_http.put(f"/Goal/{made['goal']['id']}", json=edited)
+        assert response.status_code == 200, response.text
+
+        async def arrived() -> bool:
+            [copy] = await pair.in_fhirgoal("Goal", made["goal"]["id"])
+            return bool(copy["description"]["text"] == "Sleep through the night, 5 nights")
+
+        await wait_until(arrived, within=15, what="the EHR's edit in fhirgoal, pushed")
+        assert (await pair.sync.store.pull_report(CONNECTION))["last_pull"] == last_pull
+        assert pair.push.receiver.heard["event-notification"] >= 1
+
+        # a goal made in the EHR for the followed patient arrives too (a create)
+        second = await pair.ehr_create(goal(ehr_pid, "Walk every morning"))
+
+        async def created() -> bool:
+            return len(await pair.in_fhirgoal("Goal", second["id"])) == 1
+
+        await wait_until(created, within=15, what="the EHR's new goal in fhirgoal, pushed")
+
+        # nothing went back to the EHR as an echo: no outbox item for the connection, the
+        # EHR's goal has its own two versions only
+        items = await pair.service.database[OUTBOX].count_documents({"dest": pair.connection.dest})
+        assert items == 0
+        assert await pair.ehr_history("Goal", made["goal"]["id"]) == 2
+
+        # heartbeats (every second here) are heard and ask for no pull
+        heartbeats = pair.push.receiver.heard["heartbeat"]
+        await wait_until(
+            lambda: pair.push.receiver.heard["heartbeat"] > heartbeats,
+            within=20,
+            what="a heartbeat from the EHR",
+        )
+        assert (await pair.push.store.state(CONNECTION)).pull_due is None
+
+        # subscribing again changes nothing at the EHR (same Subscriptions, same secret)
+        again = await pair.subscribe()
+        assert all(a.startswith("unchanged") for a in again.actions)
+        assert await _secret(pair) == secret
+
+
+async def test_a_wrong_secret_is_refused_audited_and_changes_nothing(mongo_uri: str) -> None:
+    async with ehr_pair(mongo_uri, subscribe=True, **PUSH_ONLY) as pair:
+        made = await _followed_with_goal(pair)
+        sid = await _goal_sid(pair)
+        gid = made["goal"]["id"]
+        await wait_until(lambda: _all_active(pair), within=20, what="the handshakes")
+        [before] = await pair.in_fhirgoal("Goal", gid)
+        # changed in the EHR behind fhirgoal's back (straight into its database: no
+        # notification), then "notified" by someone without the secret
+        ehr_goals = pair.ehr.app.state.fhir.database["Goal"]
+        await ehr_goals.update_one({"_id": gid}, {"$set": {"marker": 1}})
+        seen = await pair.push.store.seen(CONNECTION, sid)
+        body = _notification(pair, sid, "event-notification", seen + 1, [f"Goal/{gid}"], [seen + 1])
+
+        missing = await _notify(pair, body, None)
+        assert missing.status_code == 401, missing.text
+        assert missing.headers["www-authenticate"].startswith("Bearer")
+        assert missing.json()["resourceType"] == "OperationOutcome"
+        wrong = await _notify(pair, body, "not-the-secret")
+        assert wrong.status_code == 403, wrong.text
+        assert wrong.json()["issue"][0]["code"] == "forbidden"
+        # the same answer for a connection that does not exist (no oracle for names)
+        secret = await _secret(pair)
+        unknown = await _notify(pair, body, secret, connection="elsewhere")
+        assert unknown.status_code == 403, unknown.text
+
+        [after] = await pair.in_fhirgoal("Goal", gid)
+        assert after["meta"]["versionId"] == before["meta"]["versionId"]
+        assert await pair.push.store.seen(CONNECTION, sid) == seen
+
+        async def audited() -> bool:
+            response = await pair.fhirgoal.client.get(
+                "/AuditEvent",
+                params={"type": "http://dicom.nema.org/resources/ontology/DCM|110113"},
+            )
+            assert response.status_code == 200, response.text
+            found = [e["resource"] for e in response.json().get("entry", [])]
+            return len(found) >= 3 and all(e["outcome"] == "4" for e in found)
+
+        await wait_until(audited, within=20, what="the refusals as AuditEvents")
+
+        # with the secret but a body that is no notification: 400, nothing changes
+        for junk in (
+            b"{not json",
+            {"resourceType": "Bundle", "type": "searchset", "entry": []},
+            {"resourceType": "Bundle", "type": "history", "entry": [{"resource": {}}]},
+            _notification(pair, sid, "gossip", 1),
+        ):
+            bad = await _notify(pair, junk, secret)
+            assert bad.status_code == 400, bad.text
+            assert bad.json()["resourceType"] == "OperationOutcome"
+        too_big = await _notify(pair, b"[" + b" " * (1024 * 1024 + 10) + b"]", secret)
+        assert too_big.status_code == 413, too_big.text
+        [still] = await pair.in_fhirgoal("Goal", gid)
+        assert still["meta"]["versionId"] == before["meta"]["versionId"]
+        assert (await pair.push.store.state(CONNECTION)).pull_due is None
+
+
+async def test_a_gap_in_the_event_numbers_triggers_a_pull(mongo_uri: str) -> None:
+    async with ehr_pair(mongo_uri, subscribe=True, **PUSH_ONLY) as pair:
+        made = await _followed_with_goal(pair)
+        sid = await _goal_sid(pair)
+        await wait_until(lambda: _all_active(pair), within=20, what="the handshakes")
+        # a change no topic covers (a Condition) is only ever pulled
+        condition = await pair.ehr_create(
+            {
+                "resourceType": "Condition",
+                "code": {"text": "Insomnia"},
+                "subject": {"reference": f"Patient/{made['patient']['id']}"},
+            }
+        )
+        assert not await pair.in_fhirgoal("Condition", condition["id"])
+        last_pull = (await pair.sync.store.pull_report(CONNECTION))["last_pull"]
+        # the EHR's heartbeat counts three events more than fhirgoal heard: some were lost
+        seen = await pair.push.store.seen(CONNECTION, sid)
+        response = await _notify(
+            pair, _notification(pair, sid, "heartbeat", seen + 3), await _secret(pair)
+        )
+        assert response.status_code == 200, response.text
+        assert "a pull is queued" in response.json()["issue"][0]["diagnostics"]
+
+        async def pulled() -> bool:
+            return len(await pair.in_fhirgoal("Condition", condition["id"])) == 1
+
+        await wait_until(pulled, within=20, what="the pull the gap asked for")
+        assert (await pair.sync.store.pull_report(CONNECTION))["last_pull"] != last_pull
+        await wait_until(
+            lambda: _no_pull_due(pair), within=10, what="the asked-for pull marked done"
+        )
+        assert await pair.push.store.seen(CONNECTION, sid) == seen + 3
+
+        # an event number that skips one asks for a pull too
+        response = await _notify(
+            pair,
+            _notification(
+                pair,
+                sid,
+                "event-notification",
+                seen + 5,
+                [f"Goal/{made['goal']['id']}"],
+                [seen + 5],
+            ),
+            await _secret(pair),
+        )
+        assert response.status_code == 200, response.text
+        said = response.json()["issue"][0]["diagnostics"]
+        assert f"event {seen + 5} arrived after event {seen + 3}: 1 not heard" in said
+
+
+async def _no_pull_due(pair: Pair) -> bool:
+    return (await pair.push.store.state(CONNECTION)).pull_due is None
+
+
+async def test_a_notification_about_a_patient_not_followed_is_ignored(mongo_uri: str) -> None:
+    async with ehr_pair(mongo_uri, subscribe=True, **PUSH_ONLY) as pair:
+        await _followed_with_goal(pair)
+        sid = await _goal_sid(pair)
+        stranger = await pair.ehr_create(patient("MRN-77", family="Okafor"))
+        theirs = await pair.ehr_create(goal(stranger["id"], "Not fhirgoal's client"))
+        seen = await pair.push.store.seen(CONNECTION, sid)
+        body = _notification(
+            pair, sid, "event-notification", seen + 1, [f"Goal/{theirs['id']}"], [seen + 1]
+        )
+        response = await _notify(pair, body, await _secret(pair))
+        assert response.status_code == 200, response.text
+        assert "1 ignored" in response.json()["issue"][0]["diagnostics"]
+        assert not await pair.in_fhirgoal("Goal", theirs["id"])
+        assert not await pair.in_fhirgoal("Patient", stranger["id"])
+        assert await pair.links.held(CONNECTION) == []
+        assert await pair.push.store.seen(CONNECTION, sid) == seen + 1
+        events = await pair.service.database[PUSH_EVENTS].count_documents({"conn": CONNECTION})
+        assert events >= 1
