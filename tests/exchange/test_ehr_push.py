@@ -5,16 +5,34 @@ pulls off. fhirgoal subscribes at the EHR; the EHR's notifications reach
 
 from __future__ import annotations
 
+import asyncio
+import json
+import subprocess
 from typing import Any
 
 import httpx
 
 from fhirgoal.core.jsonio import dumps
+from fhirgoal.exchange.connections import DEFAULT_SCOPES, SUBSCRIPTION_SCOPE
 from fhirgoal.exchange.ehr_push_store import PUSH, PUSH_EVENTS
+from fhirgoal.exchange.ehr_subscribe import PATIENTS_PER_FILTER, choose_topics, filters_for
 from fhirgoal.exchange.notifications import STATUS_PROFILE
+from fhirgoal.exchange.push_notifications import NotificationError, read_notification
 from fhirgoal.exchange.subscription_rules import FILTER_CRITERIA, PAYLOAD_CONTENT
+from fhirgoal.exchange.topics import load_topics
 from fhirgoal.store.outbox import OUTBOX
-from tests.exchange.ehr_pair import CONNECTION, Pair, ehr_pair, patient
+from tests.auth.conftest import TEST_KEK, run_smart
+from tests.conftest import fresh_settings, running
+from tests.exchange.ehr_pair import (
+    CLIENT_ID,
+    CONNECTION,
+    MRN,
+    Pair,
+    ehr_pair,
+    patient,
+    register_fhirgoal,
+)
+from tests.exchange.test_ehr_cli import cli
 from tests.helpers import FHIR_JSON, create, wait_until
 
 GOAL_TOPIC = "https://fhirgoal.org/fhir/SubscriptionTopic/goal-change"
@@ -281,10 +299,10 @@ async def test_a_gap_in_the_event_numbers_triggers_a_pull(mongo_uri: str) -> Non
             return len(await pair.in_fhirgoal("Condition", condition["id"])) == 1
 
         await wait_until(pulled, within=20, what="the pull the gap asked for")
-        assert (await pair.sync.store.pull_report(CONNECTION))["last_pull"] != last_pull
         await wait_until(
             lambda: _no_pull_due(pair), within=10, what="the asked-for pull marked done"
         )
+        assert (await pair.sync.store.pull_report(CONNECTION))["last_pull"] != last_pull
         assert await pair.push.store.seen(CONNECTION, sid) == seen + 3
 
         # an event number that skips one asks for a pull too
@@ -328,3 +346,174 @@ async def test_a_notification_about_a_patient_not_followed_is_ignored(mongo_uri:
         assert await pair.push.store.seen(CONNECTION, sid) == seen + 1
         events = await pair.service.database[PUSH_EVENTS].count_documents({"conn": CONNECTION})
         assert events >= 1
+
+
+async def test_ehr_subscribe_commands(mongo_uri: str) -> None:
+    settings = fresh_settings(
+        mongo_uri, prefix="fg", sync_pull_seconds=0, key_encryption_key=TEST_KEK
+    )
+    async with run_smart(mongo_uri) as ehr, running(settings) as fhirgoal:
+        db = fhirgoal.settings.db
+
+        async def run(*args: str) -> subprocess.CompletedProcess[str]:
+            # the commands run with the server's settings: its public address included
+            return await asyncio.to_thread(
+                cli, mongo_uri, db, *args, env={"FHIRGOAL_BASE_URL": fhirgoal.base}
+            )
+
+        added = await run(
+            "ehr", "add", "--name", "clinic", "--base", ehr.base, "--client-id", CLIENT_ID,
+            "--patient-system", MRN, "--subscribe",
+        )  # fmt: skip
+        assert added.returncode == 0, added.stderr
+        jwks = json.loads(added.stdout[: added.stdout.rindex("}") + 1])
+        listed = await run("ehr", "list")
+        assert "subscribes" in listed.stdout and SUBSCRIPTION_SCOPE in listed.stdout
+        await register_fhirgoal(ehr, jwks, f"{DEFAULT_SCOPES} {SUBSCRIPTION_SCOPE}")
+        await create(fhirgoal.client, patient("MRN-1"))
+        async with await ehr.as_scope("system/*.cruds") as ehr_http:
+            response = await ehr_http.post("/Patient", json=patient("MRN-1"))
+            assert response.status_code == 201, response.text
+
+            subscribed = await run("ehr", "subscribe", "clinic")
+            assert subscribed.returncode == 0, subscribed.stderr
+            out = " ".join((subscribed.stdout + subscribed.stderr).split())
+            assert f"Goal pushed by topic {GOAL_TOPIC}" in out
+            assert "no topic of the EHR covers Patient, Condition, CarePlan" in out
+            assert (
+                f"notifications to {fhirgoal.base.removesuffix('/fhir')}/sync/notify/clinic" in out
+            )
+            assert out.count("clinic: created Subscription/") == 2
+
+            async def active() -> bool:
+                found = (await ehr_http.get("/Subscription")).json().get("entry", [])
+                return len(found) == 2 and all(e["resource"]["status"] == "active" for e in found)
+
+            # the running server hears the handshakes of a connection the CLI marked
+            await wait_until(active, within=30, what="the handshakes heard by the server")
+            ran = await run("sync", "run", "--ehr", "clinic")
+            assert ran.returncode == 0, ran.stderr
+            assert (
+                " ".join((ran.stdout + ran.stderr).split()).count("clinic: unchanged Subscription/")
+                == 2
+            )
+
+            off = await run("ehr", "subscribe", "clinic", "--off")
+            assert off.returncode == 0, off.stderr
+            assert (await ehr_http.get("/Subscription")).json().get("total", 0) == 0
+            listed = await run("ehr", "list")
+            assert "pulls only" in listed.stdout
+        unknown = await run("ehr", "subscribe", "nowhere")
+        assert unknown.returncode != 0 and "no EHR connection nowhere" in unknown.stderr
+
+
+def test_a_notification_is_read_from_the_backport_shape() -> None:
+    base = "https://ehr.example/fhir"
+    sent = {
+        "resourceType": "Bundle",
+        "type": "history",
+        "entry": [
+            {
+                "resource": {
+                    "resourceType": "Parameters",
+                    "parameter": [
+                        {
+                            "name": "subscription",
+                            "valueReference": {
+                                "reference": "https://inside:8080/r4/Subscription/s1"
+                            },
+                        },
+                        {"name": "status", "valueCode": "error"},
+                        {"name": "type", "valueCode": "event-notification"},
+                        {"name": "events-since-subscription-start", "valueString": "7"},
+                        {
+                            "name": "notification-event",
+                            "part": [
+                                {"name": "event-number", "valueString": "7"},
+                                {
+                                    "name": "focus",
+                                    "valueReference": {
+                                        "reference": "https://inside:8080/r4/Goal/g1/_history/2"
+                                    },
+                                },
+                            ],
+                        },
+                        {"name": "error", "valueCodeableConcept": {"text": "timeouts"}},
+                    ],
+                }
+            },
+            {"fullUrl": f"{base}/Goal/g1"},
+            {"fullUrl": "https://elsewhere.example/fhir/Goal/x"},
+        ],
+    }
+    read = read_notification(sent, base)
+    assert read.subscription == "s1" and read.kind == "event-notification"
+    assert read.numbers == (7,) and read.events_since_start == 7
+    assert read.foci == (("Goal", "g1"),)
+    assert read.lost_something and read.error == "timeouts"
+    # the foci named only in the entries (an EHR that leaves them out of the status)
+    parts = sent["entry"][0]["resource"]["parameter"]  # type: ignore[index]
+    parts[4] = {
+        "name": "notification-event",
+        "part": [{"name": "event-number", "valueString": "8"}],
+    }
+    assert read_notification(sent, base).foci == (("Goal", "g1"),)
+
+
+def test_what_is_not_a_notification_is_a_400() -> None:
+    base = "https://ehr.example/fhir"
+
+    def status(*parameters: dict[str, Any]) -> dict[str, Any]:
+        return {
+            "resourceType": "Bundle",
+            "type": "history",
+            "entry": [{"resource": {"resourceType": "Parameters", "parameter": list(parameters)}}],
+        }
+
+    subscription = {"name": "subscription", "valueReference": {"reference": "Subscription/s"}}
+    for body, said in [
+        ([], "a notification is a Bundle"),
+        ({"resourceType": "Bundle", "type": "transaction"}, "of type history"),
+        ({"resourceType": "Bundle", "type": "history", "entry": []}, "first entry"),
+        (status(), "names no subscription"),
+        (status(subscription), "notification type None"),
+        (
+            status(
+                {"name": "subscription", "valueReference": {"reference": "Patient/1"}},
+                {"name": "type", "valueCode": "heartbeat"},
+            ),
+            "is not a Subscription",
+        ),
+        (
+            status(
+                subscription,
+                {"name": "type", "valueCode": "heartbeat"},
+                {"name": "events-since-subscription-start", "valueString": "-1"},
+            ),
+            "not a whole number",
+        ),
+    ]:
+        try:
+            read_notification(body, base)
+        except NotificationError as error:
+            assert error.status == 400 and said in str(error), (said, str(error))
+        else:
+            raise AssertionError(f"accepted: {body}")
+
+
+def test_topics_are_chosen_per_pulled_type_and_filtered_per_followed_patient() -> None:
+    known = load_topics()
+    offered = sorted(known)
+    chosen, covered, uncovered = choose_topics(
+        ["Patient", "Encounter", "Condition", "Goal", "CarePlan"], offered, known
+    )
+    assert covered == {"Encounter": ENCOUNTER_TOPIC, "Goal": GOAL_TOPIC}
+    assert uncovered == ["Patient", "Condition", "CarePlan"]
+    # a topic the EHR does not offer is not chosen, whatever fhirgoal knows of it
+    assert choose_topics(["Goal"], [ENCOUNTER_TOPIC], known)[2] == ["Goal"]
+    # gas-rating narrows Observation by code (queryCriteria): it never covers a whole type
+    assert choose_topics(["Observation"], offered, known)[1] == {}
+    topic = chosen[GOAL_TOPIC]
+    assert filters_for(topic, ["Goal"], ["p1", "p2"]) == ["Goal?patient=Patient/p1,Patient/p2"]
+    many = [f"p{n}" for n in range(PATIENTS_PER_FILTER + 1)]
+    assert filters_for(topic, ["Goal"], many) == []  # the whole type: others are ignored
