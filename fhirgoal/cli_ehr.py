@@ -316,11 +316,15 @@ def sync_status(data_dir: DataDir = None) -> None:
     pull."""
     from rich.table import Table
 
+    from fhirgoal.exchange.ehr_push_store import PushStore
+
     async def work(sync: Any) -> list[dict[str, Any]]:
         rows = []
+        push = PushStore(sync.service.database)
         for connection in sync.connections:
             report = await sync.service.outbox.store.destination_report(connection.dest)
             pull = await sync.store.pull_report(connection.name)
+            pushed = await push.state(connection.name) if connection.subscribe else None
             rows.append(
                 {
                     "name": connection.name,
@@ -329,6 +333,7 @@ def sync_status(data_dir: DataDir = None) -> None:
                     "conflicts": await sync.links.conflicts(connection.name),
                     "unmatched": await sync.links.held(connection.name),
                     "pull": pull,
+                    "push": pushed,
                 }
             )
         return rows
@@ -373,6 +378,16 @@ def sync_status(data_dir: DataDir = None) -> None:
             outcome = f"failed: {pull['pull_error']}" if pull.get("pull_error") else "ok"
             console.print(
                 f"{row['name']}: last pull {pull['last_pull']:%Y-%m-%d %H:%M:%S} UTC {outcome}"
+            )
+        pushed = row["push"]
+        if pushed is not None:
+            subs = ", ".join(
+                f"Subscription/{s.id} ({', '.join(s.types)})" for s in pushed.subscriptions
+            )
+            due = " (a pull is due: notifications were lost)" if pushed.pull_due else ""
+            console.print(
+                f"{row['name']}: pushed by the EHR through {subs or 'no Subscription yet'}{due}",
+                soft_wrap=True,
             )
     if not rows:
         console.print("no EHR connections (fhirgoal ehr add)")

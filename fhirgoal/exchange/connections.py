@@ -12,7 +12,8 @@ EHR's administrator. Nothing prints the private key.
 What goes out (`send`) is a set of kinds (OUTBOUND_KINDS), what comes in (`pull`) a list of
 resource types, both per connection; the defaults follow issue 15's ownership: the EHR owns
 demographics, encounters, conditions and the care plan, fhirgoal owns GAS scales, ratings and
-measures, both edit goals.
+measures, both edit goals. A connection marked `subscribe` also has the EHR notify fhirgoal of
+changes (push in: exchange/ehr_subscribe.py, ehr_push.py), which needs SUBSCRIPTION_SCOPE.
 """
 
 from __future__ import annotations

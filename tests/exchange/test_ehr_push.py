@@ -398,6 +398,11 @@ async def test_ehr_subscribe_commands(mongo_uri: str) -> None:
                 == 2
             )
 
+            status = await run("sync", "status")
+            assert status.returncode == 0, status.stderr
+            said = " ".join(status.stderr.split())
+            assert "clinic: pushed by the EHR through Subscription/" in said, said
+
             off = await run("ehr", "subscribe", "clinic", "--off")
             assert off.returncode == 0, off.stderr
             assert (await ehr_http.get("/Subscription")).json().get("total", 0) == 0
