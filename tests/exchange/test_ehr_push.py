@@ -32,6 +32,7 @@ from tests.exchange.ehr_pair import (
     patient,
     register_fhirgoal,
 )
+from tests.exchange.ehr_proxy import proxy
 from tests.exchange.test_ehr_cli import cli
 from tests.helpers import FHIR_JSON, create, wait_until
 
@@ -522,3 +523,46 @@ def test_topics_are_chosen_per_pulled_type_and_filtered_per_followed_patient() -
     assert filters_for(topic, ["Goal"], ["p1", "p2"]) == ["Goal?patient=Patient/p1,Patient/p2"]
     many = [f"p{n}" for n in range(PATIENTS_PER_FILTER + 1)]
     assert filters_for(topic, ["Goal"], many) == []  # the whole type: others are ignored
+
+
+async def test_a_notification_that_cannot_be_applied_is_answered_503_and_applied_when_sent_again(
+    mongo_uri: str,
+) -> None:
+    async with ehr_pair(mongo_uri, front=proxy, subscribe=True, **PUSH_ONLY) as pair:
+        made = await _followed_with_goal(pair)
+        sid = await _goal_sid(pair)
+        gid = made["goal"]["id"]
+        await wait_until(lambda: _all_active(pair), within=20, what="the handshakes")
+        # the EHR cannot be read for a while (fhirgoal reaches it through the proxy) when it
+        # notifies an edit: fhirgoal answers 503, and the EHR's outbox retries
+        pair.front.reads_fail = 503
+        edited = {**made["goal"], "description": {"text": "Sleep, then run"}}
+        response = await pair.ehr_http.put(f"/Goal/{gid}", json=edited)
+        assert response.status_code == 200, response.text
+        ehr_outbox = pair.ehr.app.state.fhir.database[OUTBOX]
+
+        async def refused() -> bool:
+            item = await ehr_outbox.find_one(
+                {"dest": f"Subscription/{sid}", "kind": "rest-hook", "ref": f"Goal/{gid}"}
+            )
+            return item is not None and "HTTP 503" in str(item.get("error"))
+
+        await wait_until(refused, within=20, what="the EHR's notification answered 503")
+        [copy] = await pair.in_fhirgoal("Goal", gid)
+        assert copy["description"]["text"] == "Sleep through the night"
+        pair.front.reads_fail = 0
+
+        async def applied() -> bool:
+            [copy] = await pair.in_fhirgoal("Goal", gid)
+            return bool(copy["description"]["text"] == "Sleep, then run")
+
+        await wait_until(applied, within=30, what="the edit, once the EHR's retry got through")
+        [copy] = await pair.in_fhirgoal("Goal", gid)
+        # delivered at least once: the same notification again changes nothing
+        seen = await pair.push.store.seen(CONNECTION, sid)
+        body = _notification(pair, sid, "event-notification", seen, [f"Goal/{gid}"], [seen])
+        again = await _notify(pair, body, await _secret(pair))
+        assert again.status_code == 200, again.text
+        assert "0 written, 1 unchanged" in again.json()["issue"][0]["diagnostics"]
+        [still] = await pair.in_fhirgoal("Goal", gid)
+        assert still["meta"]["versionId"] == copy["meta"]["versionId"]
