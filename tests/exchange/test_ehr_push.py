@@ -184,7 +184,11 @@ async def test_an_ehr_edit_is_pushed_to_fhirgoal_within_seconds_with_pulls_off(
 
         await wait_until(arrived, within=15, what="the EHR's edit in fhirgoal, pushed")
         assert (await pair.sync.store.pull_report(CONNECTION))["last_pull"] == last_pull
-        assert pair.push.receiver.heard["event-notification"] >= 1
+        await wait_until(
+            lambda: pair.push.receiver.heard["event-notification"] >= 1,
+            within=5,
+            what="the notification's answer",  # counted just after its writes are visible
+        )
 
         # a goal made in the EHR for the followed patient arrives too (a create)
         second = await pair.ehr_create(goal(ehr_pid, "Walk every morning"))
@@ -213,6 +217,29 @@ async def test_an_ehr_edit_is_pushed_to_fhirgoal_within_seconds_with_pulls_off(
         again = await pair.subscribe()
         assert all(a.startswith("unchanged") for a in again.actions)
         assert await _secret(pair) == secret
+
+        # a Subscription the EHR lost is made again, with a new secret for both; the old one
+        # is still accepted a while (notifications in flight), the new one too
+        gone = await pair.ehr_http.delete(f"/Subscription/{goal_sub['id']}")
+        assert gone.status_code in (200, 204), gone.text
+        remade = await pair.subscribe()
+        assert any(a.startswith("created") and GOAL_TOPIC in a for a in remade.actions)
+        assert any(a.startswith("updated") and ENCOUNTER_TOPIC in a for a in remade.actions)
+        fresh = await _secret(pair)
+        assert fresh != secret
+        state = await pair.push.store.state(CONNECTION)
+        assert state.accepts(fresh) and state.accepts(secret) and not state.accepts("guess")
+        await wait_until(lambda: _all_active(pair), within=20, what="the new handshake")
+        response = await pair.ehr_http.put(
+            f"/Goal/{second['id']}", json={**second, "description": {"text": "Walk daily"}}
+        )
+        assert response.status_code == 200, response.text
+
+        async def walked() -> bool:
+            [copy] = await pair.in_fhirgoal("Goal", second["id"])
+            return bool(copy["description"]["text"] == "Walk daily")
+
+        await wait_until(walked, within=15, what="an edit through the Subscription made again")
 
 
 async def test_a_wrong_secret_is_refused_audited_and_changes_nothing(mongo_uri: str) -> None:
