@@ -1,10 +1,13 @@
-"""`fhirgoal ehr add|list|remove|subscribe` and `fhirgoal sync status|run|unmatched` (issue 15).
+"""`fhirgoal ehr add|list|remove|subscribe` and `fhirgoal sync status|run|retry|unmatched`
+(issue 15).
 
 An EHR connection (exchange/connections.py) is what fhirgoal needs to be a SMART Backend Services
 client of an EHR (https://hl7.org/fhir/smart-app-launch/backend-services.html): its FHIR base,
 the client id the EHR registered fhirgoal under, a signing key (created here unless one is given)
 and the `system/` scopes; `ehr add` writes the public JWKS for the EHR's administrator to register.
 `sync run` does one pass of both directions and exits; `fhirgoal serve` syncs continuously.
+`sync retry` puts dead deliveries back (exchange/delivery.py parks at once what retrying cannot
+fix, e.g. a mapping that cannot express a resource: after the fix, they go again).
 `ehr subscribe` (or `ehr add --subscribe`) has the EHR notify fhirgoal of changes
 (exchange/ehr_subscribe.py makes the EHR's Subscriptions, exchange/ehr_push.py hears them).
 """
@@ -287,6 +290,7 @@ def ehr_subscribe(
 
 
 STATUS_UNMATCHED_SHOWN = 5  # records waiting for a human listed by `sync status`
+STATUS_DEAD_SHOWN = 5  # dead items listed by `sync status`, the latest first
 
 
 # ---- sync --------------------------------------------------------------------------------------
@@ -329,6 +333,9 @@ def sync_status(data_dir: DataDir = None) -> None:
                 {
                     "name": connection.name,
                     **report,
+                    "dead_items": await sync.service.outbox.store.dead_items(
+                        connection.dest, STATUS_DEAD_SHOWN
+                    ),
                     "links": await sync.links.counts(connection.name),
                     "conflicts": await sync.links.conflicts(connection.name),
                     "unmatched": await sync.links.held(connection.name),
@@ -362,6 +369,19 @@ def sync_status(data_dir: DataDir = None) -> None:
             console.print(
                 f"{row['name']}: last error ({last['ref']}/_history/{last['vid']}): {last['error']}",
                 soft_wrap=True,
+            )
+        for dead in row["dead_items"]:
+            console.print(
+                f"{row['name']}: dead ({dead.get('attempts', 0)} attempt(s)): {dead['_id']}: "
+                f"{dead.get('error', '')}",
+                soft_wrap=True,
+            )
+        if row["dead"] > len(row["dead_items"]):
+            console.print(f"{row['name']}: ... {row['dead']} dead in all")
+        if row["dead"]:
+            console.print(
+                f"{row['name']}: once the cause is fixed: fhirgoal sync retry --ehr {row['name']} "
+                "--all-dead (or --item KEY)"
             )
         for held in row["unmatched"][:STATUS_UNMATCHED_SHOWN]:
             console.print(
@@ -443,8 +463,11 @@ def sync_run(
             lines.append(
                 f"{connection.name}: pulled {report.fetched} resource(s): {report.written} "
                 f"written, {report.unchanged} unchanged, {report.held} held for a human, "
-                f"{report.conflicts} conflict(s); {report.linked} patient(s) linked"
+                f"{report.conflicts} conflict(s); {report.deleted} deleted as in the EHR, "
+                f"{report.kept} deleted there but kept (Flag); {report.linked} patient(s) linked, "
+                f"{report.moved} moved to the EHR record that replaced theirs"
             )
+            lines += [f"{connection.name}: {error}" for error in report.errors]
             if connection.subscribe:
                 try:
                     made = await Subscriber(sync, push).ensure(connection)
@@ -483,3 +506,43 @@ def sync_unmatched(
         typer.echo(f"{row['conn']}\t{row['kind']}\t{row['record']}\t{row['reason']}")
     if not rows:
         console.print("nothing waits for a human")
+
+
+@sync_app.command("retry")
+def sync_retry(
+    ehr: Annotated[str | None, typer.Option("--ehr", help="Only this connection.")] = None,
+    item: Annotated[
+        str | None, typer.Option("--item", help="The dead item's key (fhirgoal sync status).")
+    ] = None,
+    all_dead: Annotated[
+        bool, typer.Option("--all-dead", help="Every dead item (of --ehr, when given).")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Put dead deliveries back: due now, their dead-letter horizon counted from now."""
+    from fhirgoal.store.outbox import OutboxStore
+
+    if (item is None) == (not all_dead):
+        fail("say which: --item KEY or --all-dead")
+    if item is not None and not item.startswith("EhrConnection/"):
+        fail(f"{item} is not the key of an EHR sync item (fhirgoal sync status lists them)")
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> int | None:
+        dest = None
+        if ehr is not None:
+            connection = await ConnectionStore(db).get(ehr)
+            if connection is None:
+                return None
+            dest = connection.dest
+        elif item is None:
+            # every connection's dead items, not a Subscription's
+            names = [c.dest for c in await ConnectionStore(db).list()]
+            return sum([await OutboxStore(db).revive(dest) for dest in names])
+        return await OutboxStore(db).revive(dest, item)
+
+    revived = admin(data_dir, work)
+    if revived is None:
+        fail(f"no EHR connection {ehr}")
+    if item is not None and not revived:
+        fail(f"no dead item {item}" + (f" of EHR connection {ehr}" if ehr else ""))
+    typer.echo(f"{revived} dead item(s) put back; the next delivery pass takes them")

@@ -110,6 +110,12 @@ class BackendServicesClient:
         header = {"alg": self.alg, "typ": "JWT", "kid": self.key.kid}
         return jwt.encode(header, claims, self.key, algorithms=[self.alg])
 
+    async def forget(self, token: str) -> None:
+        """Drop `token` if it is the one kept (a concurrent caller may have renewed it)."""
+        async with self._lock:
+            if self._token == token:
+                self._token = None
+
     async def token(self, refused: str | None = None) -> str:
         """A valid access token: the kept one, or a new one when it is near its expiry or is
         the `refused` one (a caller got 401 with it; a concurrent caller may have renewed it)."""
@@ -157,8 +163,10 @@ class BackendServicesClient:
         content: bytes | None = None,
         params: Sequence[tuple[str, str]] | None = None,
     ) -> httpx.Response:
-        """`method url` with the access token; on a 401 once more with a new token. Transport
-        errors propagate (httpx.HTTPError); token failures raise BackendAuthError."""
+        """`method url` with the access token; on a 401 once more with a new token; after a 403
+        the token is not kept (the scopes it was granted may be what the EHR's administrator
+        has since widened: the next request asks for a new one). Transport errors propagate
+        (httpx.HTTPError); token failures raise BackendAuthError."""
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(list(params))}"
         token = await self.token()
@@ -169,6 +177,8 @@ class BackendServicesClient:
                 headers={**(headers or {}), "Authorization": f"Bearer {token}"},
                 content=content,
             )
+            if response.status_code == 403:
+                await self.forget(token)
             if response.status_code != 401 or renewed:
                 return response
             token = await self.token(refused=token)

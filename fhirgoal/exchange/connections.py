@@ -54,9 +54,10 @@ OUTBOUND_KINDS: dict[str, tuple[str, frozenset[tuple[str, str]]]] = {
 DEFAULT_SEND = tuple(OUTBOUND_KINDS)
 # Pulled in this order, so that what a resource references is usually linked before it.
 PULL_TYPES = ("Patient", "Encounter", "Condition", "Goal", "CarePlan")
+# `d` on what fhirgoal sends: its deletions reach the EHR's copies (exchange/ehr_deletions.py)
 DEFAULT_SCOPES = (
     "system/Patient.rs system/Encounter.rs system/Condition.rs system/CarePlan.rs "
-    "system/Goal.cruds system/Observation.crus system/Flag.crus"
+    "system/Goal.cruds system/Observation.cruds system/Flag.cruds"
 )
 # What a connection that subscribes (exchange/ehr_subscribe.py) needs besides: it writes its
 # Subscriptions at the EHR.

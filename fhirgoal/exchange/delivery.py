@@ -12,7 +12,11 @@ follow RFC 9110 and the usual practice for webhooks):
   it says, up to the same maximum;
 - each request is bounded by `outbox_timeout_seconds`; a timeout is a failed attempt;
 - an item still failing `outbox_dead_after_seconds` after it was recorded (default 7 days, not
-  the minute some servers give up after) is parked as `dead`, for `fhirgoal outbox status`.
+  the minute some servers give up after), or put back (`fhirgoal sync retry`), is parked as
+  `dead`, for `fhirgoal outbox status`;
+- a failure its handler calls `final` (fhir/outbox.py Sent: the receiver rejected the content,
+  a mapping cannot express it) is parked as `dead` at once: retrying for 7 days would change
+  nothing, and the item is visible to a human the same minute.
 
 The worker knows nothing of Subscriptions or EHRs: each item kind has its handler
 (fhir/outbox.py DeliveryHandler), which builds the request and hears the outcome, or carries a
@@ -183,18 +187,25 @@ class DeliveryWorker:
                 at = datetime.now(UTC) + timedelta(seconds=prepared.retry_in)
                 await self.store.retry(item, self.owner, at, prepared.reason, counts=False)
             return
+        final = False
         if isinstance(prepared, SelfDelivery):
-            error, wait, void = await self._carry_out(prepared)
-            if void is not None:
-                await self.store.finish(item, self.owner, VOID, void)
+            sent = await self._carry_out(prepared)
+            if sent.void is not None:
+                await self.store.finish(item, self.owner, VOID, sent.void)
                 return
+            error, wait, final = sent.error, sent.retry_after, sent.final
         else:
             error, wait = await self._send(prepared)
         if error is None:
             if await self.store.delivered(item, self.owner, datetime.now(UTC)):
                 await self._settled(handler, item, None, False)
             return
-        gave_up = await self._failed(item, error, wait)
+        if final:
+            await self.store.finish(item, self.owner, DEAD, error)
+            log.warning("outbox item dead: retrying cannot help", key=item.key, error=error)
+            gave_up = True
+        else:
+            gave_up = await self._failed(item, error, wait)
         await self._settled(handler, item, error, gave_up)
 
     async def _send(self, delivery: Delivery) -> tuple[str | None, float | None]:
@@ -231,7 +242,7 @@ class DeliveryWorker:
     async def _failed(self, item: OutboxItem, error: str, wait: float | None) -> bool:
         """Schedule the next attempt, or park the item as dead; whether it is dead."""
         now = datetime.now(UTC)
-        if (now - item.created).total_seconds() >= self.settings.outbox_dead_after_seconds:
+        if (now - item.since).total_seconds() >= self.settings.outbox_dead_after_seconds:
             await self.store.finish(item, self.owner, DEAD, error)
             log.warning("outbox item dead", key=item.key, attempts=item.attempts + 1, error=error)
             return True

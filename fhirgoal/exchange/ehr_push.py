@@ -22,8 +22,9 @@ address as the security audit is (`FHIRGOAL_SECURITY_AUDIT_BURST`, `..._PER_MINU
   followed patient, applied by the Puller's page application (exchange/ehr_inbound.py: the same
   identity, dialect, ownership, conflict and hold rules, and the writes marked `applying`, so
   none is sent back to the EHR). A focus of a patient fhirgoal does not follow is ignored, as a
-  pull would never have fetched it; a deleted focus is left to the pull (which does not apply
-  deletions either).
+  pull would never have fetched it. A focus the EHR no longer returns (a deletion: its entry's
+  request is a DELETE) asks for a pull, which applies deletions by their rules
+  (exchange/ehr_deletions.py).
 - `handshake`, `heartbeat`, `query-status`: nothing to apply.
 - **Gaps**: per EHR Subscription the highest event number heard is kept. An event whose
   number skips one (`min(numbers) > seen + 1`), or a status whose
@@ -234,9 +235,13 @@ class PushReceiver:
             loads(body, self.sync.settings.max_json_depth), connection.base
         )
         outcome = PushOutcome(notification.kind)
+        missing: list[str] = []
         if notification.kind in EVENT_KINDS and notification.foci:
-            await self._apply(connection, notification, outcome)
+            missing = await self._apply(connection, notification, outcome)
         reason = await self._gap(connection, notification)
+        if reason is None and missing:  # deleted at the EHR: pulls apply deletions
+            reason = f"{', '.join(missing[:5])} not found at the EHR (deleted?)"
+            await self.store.ask_pull(connection.name)
         if reason is not None:
             outcome.pull_asked = reason
             log.info("EHR notification: pull asked for", connection=connection.name, why=reason)
@@ -248,10 +253,12 @@ class PushReceiver:
 
     async def _apply(
         self, connection: EhrConnection, notification: Notification, outcome: PushOutcome
-    ) -> None:
+    ) -> list[str]:
+        """Apply the foci; those the EHR did not return (deleted, most likely)."""
         client = self.sync.client(connection)
         followed = {f"Patient/{p.ehr_id}" for p in await self.sync.links.patients(connection.name)}
         wanted: dict[str, list[str]] = {}
+        missing: list[str] = []
         for rt, rid in notification.foci:
             if rt in connection.pull:
                 wanted.setdefault(rt, []).append(rid)
@@ -270,6 +277,8 @@ class PushReceiver:
                     f"the EHR could not be read ({type(error).__name__}); send it again",
                     headers={"Retry-After": "5"},
                 ) from None
+            returned = {str(r.get("id")) for r in found}
+            missing += [f"{rt}/{rid}" for rid in wanted[rt] if rid not in returned]
             kept = []
             for resource in found:
                 owner = parse_reference(patient_of(resource), connection.base)
@@ -283,6 +292,7 @@ class PushReceiver:
                 outcome.unchanged += report.unchanged
                 outcome.held += report.held
                 outcome.conflicts += report.conflicts
+        return missing
 
     async def _gap(self, connection: EhrConnection, notification: Notification) -> str | None:
         """Why a pull is needed after `notification` (None: it is not), its numbers noted."""

@@ -78,11 +78,15 @@ class Skip(NamedTuple):
 class Sent(NamedTuple):
     """How a delivery that its handler carried out went: delivered (no `error`, no `void`),
     failed (`error`, and any wait a Retry-After asked for), or found to be void after all
-    (`void`: the reason; nothing is left to deliver)."""
+    (`void`: the reason; nothing is left to deliver). A failure that retrying cannot change
+    (the receiver rejected the content, the mapping cannot express it, the scope forbids it) is
+    `final`: the item is parked as dead at once, for a human, instead of retried until the
+    horizon."""
 
     error: str | None = None
     retry_after: float | None = None
     void: str | None = None
+    final: bool = False
 
 
 class SelfDelivery(NamedTuple):

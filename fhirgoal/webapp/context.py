@@ -164,6 +164,21 @@ def handed_over(request: Request) -> Response:
     return pages.html(webapp_of(request).settings, "handed_over.html", 403)
 
 
+FORM_REFUSED = "The form was not sent from this app; try again."
+
+
+async def posted_form(request: Request, key: str) -> tuple[Screen, dict[str, list[str]]] | Response:
+    """The clinician's screen of launch `key` and the form posted to it; or, when the screen is
+    not open here (`closed`) or the form is not this app's (`form_of`), the page to answer with."""
+    screen = screen_of(request, key)
+    if screen is None:
+        return closed(request)
+    posted = await form_of(request, screen.session)
+    if posted is None:
+        return error(request, "Form refused", FORM_REFUSED, 403)
+    return screen, posted
+
+
 async def form_of(request: Request, session: BrowserSession) -> dict[str, list[str]] | None:
     """A url-encoded form body, or None when it is malformed, too large, or lacks the session's
     CSRF token (OWASP synchronizer token: the cookie alone is not proof of intent)."""

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 
 from fastapi import APIRouter, Request, Response
 
-from fhirgoal.webapp.context import closed, error, first, form_of, relaunch, screen_of
+from fhirgoal.webapp.context import error, first, posted_form, relaunch
 from fhirgoal.webapp.fhir_api import FhirCallError, NeedsRelaunch
 
 router = APIRouter(prefix="/app", include_in_schema=False)
@@ -25,14 +25,10 @@ NOTE_LIMIT = 500
 
 @router.post("/c/{key}/flags/{flag_id}")
 async def resolve_flag(request: Request, key: str, flag_id: str) -> Response:
-    screen = screen_of(request, key)
-    if screen is None:
-        return closed(request)
-    posted = await form_of(request, screen.session)
-    if posted is None:
-        return error(
-            request, "Form refused", "The form was not sent from this app; try again.", 403
-        )
+    opened = await posted_form(request, key)
+    if isinstance(opened, Response):
+        return opened
+    screen, posted = opened
     version, note = first(posted, "version"), first(posted, "note")[:NOTE_LIMIT]
     outcome = "resolved"
     try:

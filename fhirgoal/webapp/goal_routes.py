@@ -21,8 +21,8 @@ from fhirgoal.webapp.context import (
     closed,
     error,
     first,
-    form_of,
     patient_banner,
+    posted_form,
     relaunch,
     screen_of,
 )
@@ -87,14 +87,10 @@ async def new_goal(request: Request, key: str) -> Response:
 
 @router.post("/c/{key}/goals/new")
 async def create_goal(request: Request, key: str) -> Response:
-    screen = screen_of(request, key)
-    if screen is None:
-        return closed(request)
-    posted = await form_of(request, screen.session)
-    if posted is None:
-        return error(
-            request, "Form refused", "The form was not sent from this app; try again.", 403
-        )
+    opened = await posted_form(request, key)
+    if isinstance(opened, Response):
+        return opened
+    screen, posted = opened
     form = GoalForm.from_post(posted)
     return await _guarded(request, screen, _create(screen, form))
 
@@ -144,14 +140,10 @@ async def edit_goal(request: Request, key: str, goal_id: str) -> Response:
 
 @router.post("/c/{key}/goals/{goal_id}")
 async def update_goal(request: Request, key: str, goal_id: str) -> Response:
-    screen = screen_of(request, key)
-    if screen is None:
-        return closed(request)
-    posted = await form_of(request, screen.session)
-    if posted is None:
-        return error(
-            request, "Form refused", "The form was not sent from this app; try again.", 403
-        )
+    opened = await posted_form(request, key)
+    if isinstance(opened, Response):
+        return opened
+    screen, posted = opened
 
     async def work() -> Response:
         goal = await screen.api.read(f"Goal/{goal_id}")

@@ -9,7 +9,7 @@ from urllib.parse import quote
 
 from fastapi import APIRouter, Request, Response
 
-from fhirgoal.webapp.context import closed, error, first, form_of, relaunch, screen_of
+from fhirgoal.webapp.context import error, first, posted_form, relaunch
 from fhirgoal.webapp.fhir_api import FhirCallError, NeedsRelaunch
 
 router = APIRouter(prefix="/app", include_in_schema=False)
@@ -18,14 +18,10 @@ REASON_LIMIT = 500
 
 @router.post("/c/{key}/payer-requests/{task_id}")
 async def answer_request(request: Request, key: str, task_id: str) -> Response:
-    screen = screen_of(request, key)
-    if screen is None:
-        return closed(request)
-    posted = await form_of(request, screen.session)
-    if posted is None:
-        return error(
-            request, "Form refused", "The form was not sent from this app; try again.", 403
-        )
+    opened = await posted_form(request, key)
+    if isinstance(opened, Response):
+        return opened
+    screen, posted = opened
     answer, reason = first(posted, "answer"), first(posted, "reason").strip()[:REASON_LIMIT]
     if answer not in ("approve", "reject"):
         return error(request, "Form refused", "Approve or refuse the request.", 400)

@@ -25,14 +25,15 @@ from dataclasses import replace
 from fastapi import APIRouter, Request, Response
 
 from fhirgoal.webapp.context import (
+    FORM_REFUSED,
     Screen,
     client_screen_of,
     closed,
     error,
     first,
     form_of,
+    posted_form,
     relaunch,
-    screen_of,
 )
 from fhirgoal.webapp.fhir_api import FhirCallError, NeedsRelaunch
 from fhirgoal.webapp.session_entry import (
@@ -51,15 +52,13 @@ WHEN = {"ors": "before the session", "srs": "after the session"}
 
 @router.post("/c/{key}/handover")
 async def hand_over(request: Request, key: str) -> Response:
-    screen = screen_of(request, key)
-    if screen is None:
-        return closed(request)
-    posted = await form_of(request, screen.session)
-    instrument = first(posted, "instrument") if posted is not None else ""
-    if posted is None or instrument not in INSTRUMENTS:
-        return error(
-            request, "Form refused", "The form was not sent from this app; try again.", 403
-        )
+    opened = await posted_form(request, key)
+    if isinstance(opened, Response):
+        return opened
+    screen, posted = opened
+    instrument = first(posted, "instrument")
+    if instrument not in INSTRUMENTS:
+        return error(request, "Form refused", FORM_REFUSED, 403)
     screen.session.handover = Handover(key, instrument)
     return Response(status_code=303, headers={"Location": screen.url(f"client/{instrument}")})
 

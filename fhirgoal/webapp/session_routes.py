@@ -26,8 +26,8 @@ from fhirgoal.webapp.context import (
     Screen,
     closed,
     error,
-    form_of,
     patient_banner,
+    posted_form,
     relaunch,
     screen_of,
 )
@@ -131,14 +131,10 @@ def now_instant() -> str:
 
 @router.post("/c/{key}/session")
 async def save_session(request: Request, key: str) -> Response:
-    screen = screen_of(request, key)
-    if screen is None:
-        return closed(request)
-    posted = await form_of(request, screen.session)
-    if posted is None:
-        return error(
-            request, "Form refused", "The form was not sent from this app; try again.", 403
-        )
+    opened = await posted_form(request, key)
+    if isinstance(opened, Response):
+        return opened
+    screen, posted = opened
     form = SessionForm.from_post(posted)
 
     async def work() -> Response:
