@@ -357,7 +357,7 @@ async def _no_pull_due(pair: Pair) -> bool:
 
 async def test_a_notification_about_a_patient_not_followed_is_ignored(mongo_uri: str) -> None:
     async with ehr_pair(mongo_uri, subscribe=True, **PUSH_ONLY) as pair:
-        await _followed_with_goal(pair)
+        made = await _followed_with_goal(pair)
         sid = await _goal_sid(pair)
         stranger = await pair.ehr_create(patient("MRN-77", family="Okafor"))
         theirs = await pair.ehr_create(goal(stranger["id"], "Not fhirgoal's client"))
@@ -374,6 +374,17 @@ async def test_a_notification_about_a_patient_not_followed_is_ignored(mongo_uri:
         assert await pair.push.store.seen(CONNECTION, sid) == seen + 1
         events = await pair.service.database[PUSH_EVENTS].count_documents({"conn": CONNECTION})
         assert events >= 1
+
+        # a followed patient's goal deleted in the EHR: the notification's focus is gone there,
+        # so a pull is asked for, and it applies the deletion (exchange/ehr_deletions.py)
+        await wait_until(lambda: _all_active(pair), within=20, what="the handshakes")
+        deleted = await pair.ehr_http.delete(f"/Goal/{made['goal']['id']}")
+        assert deleted.status_code in (200, 204), deleted.text
+
+        async def gone() -> bool:
+            return not await pair.in_fhirgoal("Goal", made["goal"]["id"])
+
+        await wait_until(gone, within=20, what="the EHR's deletion, through a pull it asked for")
 
 
 async def test_ehr_subscribe_commands(mongo_uri: str) -> None:
