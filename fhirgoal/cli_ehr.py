@@ -1,4 +1,5 @@
-"""`fhirgoal ehr add|list|remove` and `fhirgoal sync status|run|retry|unmatched` (issue 15).
+"""`fhirgoal ehr add|list|remove|subscribe` and `fhirgoal sync status|run|retry|unmatched`
+(issue 15).
 
 An EHR connection (exchange/connections.py) is what fhirgoal needs to be a SMART Backend Services
 client of an EHR (https://hl7.org/fhir/smart-app-launch/backend-services.html): its FHIR base,
@@ -7,6 +8,8 @@ and the `system/` scopes; `ehr add` writes the public JWKS for the EHR's adminis
 `sync run` does one pass of both directions and exits; `fhirgoal serve` syncs continuously.
 `sync retry` puts dead deliveries back (exchange/delivery.py parks at once what retrying cannot
 fix, e.g. a mapping that cannot express a resource: after the fix, they go again).
+`ehr subscribe` (or `ehr add --subscribe`) has the EHR notify fhirgoal of changes
+(exchange/ehr_subscribe.py makes the EHR's Subscriptions, exchange/ehr_push.py hears them).
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from fhirgoal.exchange.connections import (
     DEFAULT_SCOPES,
     DEFAULT_SEND,
     PULL_TYPES,
+    SUBSCRIPTION_SCOPE,
     ConnectionStore,
     EhrConnection,
     EhrConnectionError,
@@ -110,6 +114,14 @@ def ehr_add(
             '(Patient/$export narrowed to the followed patients) or "Group/<id>".',
         ),
     ] = None,
+    subscribe: Annotated[
+        bool,
+        typer.Option(
+            "--subscribe",
+            help="Have the EHR notify fhirgoal of changes (a Subscription there, made by "
+            f"`sync run` or `serve`; adds {SUBSCRIPTION_SCOPE} to the scopes).",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Add an EHR connection and hand out its public key set (JWKS)."""
@@ -133,6 +145,8 @@ def ehr_add(
         except DialectError as error:
             fail(str(error))
     settings = settings_from(data_dir=data_dir)
+    if subscribe:
+        scopes = with_subscription_scope(scopes)
     connection = EhrConnection(
         name=name,
         base=base.rstrip("/"),
@@ -145,6 +159,7 @@ def ehr_add(
         mapping=mapping_dir,
         patient_system=patient_system,
         bulk_export=bulk,
+        subscribe=subscribe,
     )
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
@@ -180,6 +195,7 @@ def ehr_list(data_dir: DataDir = None) -> None:
         typer.echo(
             f"{c.name}\t{c.base}\tclient {c.client_id}\t{c.alg} key {c.public_jwk.get('kid')}\t"
             f"send {','.join(c.send)}\tpull {','.join(c.pull)}\t"
+            f"{'subscribes' if c.subscribe else 'pulls only'}\t"
             f"mapping {c.mapping or '(none: fhirgoal FHIR)'}\tscopes {c.scopes}\t"
             f"bulk {c.bulk_export or 'off'}"
         )
@@ -190,6 +206,7 @@ def ehr_remove(
     name: Annotated[str, typer.Argument(help="The connection's name.")], data_dir: DataDir = None
 ) -> None:
     """Remove a connection: its undelivered items are dropped, its links forgotten."""
+    from fhirgoal.exchange.ehr_push_store import PushStore
     from fhirgoal.exchange.links import LinkStore
     from fhirgoal.store.outbox import OutboxStore
 
@@ -197,6 +214,7 @@ def ehr_remove(
         if not await ConnectionStore(db).remove(name):
             return None
         await LinkStore(db).forget(name)
+        await PushStore(db).forget(name)
         return await OutboxStore(db).void_for(
             f"EhrConnection/{name}", "the EHR connection was removed"
         )
@@ -205,6 +223,68 @@ def ehr_remove(
     if dropped is None:
         fail(f"no EHR connection {name}")
     typer.echo(f"removed EHR connection {name} ({dropped} undelivered item(s) dropped)")
+
+
+def with_subscription_scope(scopes: str) -> str:
+    """`scopes` with the one a subscribing connection needs at the EHR."""
+    parts = scopes.split()
+    if not any(s.startswith(("system/Subscription.", "system/*.")) for s in parts):
+        parts.append(SUBSCRIPTION_SCOPE)
+    return " ".join(parts)
+
+
+@ehr_app.command("subscribe")
+def ehr_subscribe(
+    name: Annotated[str, typer.Argument(help="The connection's name.")],
+    off: Annotated[
+        bool, typer.Option("--off", help="Stop: delete the Subscriptions at the EHR.")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Have the EHR notify fhirgoal of changes: Subscriptions there for the topics that cover
+    what the connection pulls, filtered to the followed patients (or, with --off, none)."""
+    from fhirgoal.exchange.ehr_push_store import PushStore
+    from fhirgoal.exchange.ehr_subscribe import SubscribeError, Subscriber, notify_url
+
+    async def work(sync: Any) -> list[str]:
+        connection = sync.get(name)
+        if connection is None:
+            fail(f"no EHR connection {name}")
+        scopes = connection.scopes if off else with_subscription_scope(connection.scopes)
+        await sync.store.set_subscribe(name, not off, scopes)
+        await sync.refresh()
+        connection = sync.get(name)
+        subscriber = Subscriber(sync, PushStore(sync.service.database))
+        if off:
+            gone = await subscriber.unsubscribe(connection)
+            return [f"{name}: deleted at the EHR: {', '.join(gone) or 'nothing'}; pulls only"]
+        report = await subscriber.ensure(connection)
+        lines = [f"{name}: {action}" for action in report.actions]
+        lines.append(
+            f"{name}: notifications to {notify_url(sync, connection)}; "
+            f"{report.followed} patient(s) followed ({report.linked} linked now)"
+        )
+        for rt, topic in sorted(report.covered.items()):
+            lines.append(f"{name}: {rt} pushed by topic {topic}")
+        if report.uncovered:
+            lines.append(
+                f"{name}: no topic of the EHR covers {', '.join(report.uncovered)}: "
+                "pulled only (FHIRGOAL_SYNC_PULL_SECONDS, `fhirgoal sync run`)"
+            )
+        if not report.followed:
+            lines.append(f"{name}: no patient is followed yet: subscribed once one is")
+        if report.fresh_patients:
+            lines.append(f"{name}: newly followed patients: `fhirgoal sync run --ehr {name}`")
+        lines.append(f"{name}: the EHR must grant client {connection.client_id}: {scopes}")
+        return lines
+
+    with database(settings_from(data_dir=data_dir)) as (settings, _):
+        try:
+            lines = asyncio.run(_with_sync(settings, work))
+        except SubscribeError as error:
+            fail(f"{name}: {error}")
+    for line in lines:
+        console.print(line, soft_wrap=True)
 
 
 STATUS_UNMATCHED_SHOWN = 5  # records waiting for a human listed by `sync status`
@@ -238,11 +318,15 @@ def sync_status(data_dir: DataDir = None) -> None:
     pull."""
     from rich.table import Table
 
+    from fhirgoal.exchange.ehr_push_store import PushStore
+
     async def work(sync: Any) -> list[dict[str, Any]]:
         rows = []
+        push = PushStore(sync.service.database)
         for connection in sync.connections:
             report = await sync.service.outbox.store.destination_report(connection.dest)
             pull = await sync.store.pull_report(connection.name)
+            pushed = await push.state(connection.name) if connection.subscribe else None
             rows.append(
                 {
                     "name": connection.name,
@@ -254,6 +338,7 @@ def sync_status(data_dir: DataDir = None) -> None:
                     "conflicts": await sync.links.conflicts(connection.name),
                     "unmatched": await sync.links.held(connection.name),
                     "pull": pull,
+                    "push": pushed,
                 }
             )
         return rows
@@ -312,6 +397,16 @@ def sync_status(data_dir: DataDir = None) -> None:
             console.print(
                 f"{row['name']}: last pull {pull['last_pull']:%Y-%m-%d %H:%M:%S} UTC {outcome}"
             )
+        pushed = row["push"]
+        if pushed is not None:
+            subs = ", ".join(
+                f"Subscription/{s.id} ({', '.join(s.types)})" for s in pushed.subscriptions
+            )
+            due = " (a pull is due: notifications were lost)" if pushed.pull_due else ""
+            console.print(
+                f"{row['name']}: pushed by the EHR through {subs or 'no Subscription yet'}{due}",
+                soft_wrap=True,
+            )
     if not rows:
         console.print("no EHR connections (fhirgoal ehr add)")
 
@@ -326,6 +421,7 @@ def sync_run(
 
     from fhirgoal.exchange.delivery import DeliveryWorker
     from fhirgoal.exchange.ehr_inbound import Puller
+    from fhirgoal.fhir.instants import now
 
     class Bars:
         def __init__(self, progress: Progress) -> None:
@@ -344,9 +440,14 @@ def sync_run(
             connections = [c for c in connections if c.name == ehr]
             if not connections:
                 fail(f"no EHR connection {ehr}")
+        from fhirgoal.exchange.ehr_push_store import PushStore
+        from fhirgoal.exchange.ehr_subscribe import Subscriber
+
         lines = []
         puller = Puller(sync)
+        push = PushStore(sync.service.database)
         for connection in connections:
+            started = now()
             with Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 console=console, transient=True,
@@ -356,6 +457,7 @@ def sync_run(
                 except Exception as error:  # reported, and the other connections still run
                     lines.append(f"{connection.name}: pull failed: {error}")
                     continue
+            await push.pulled(connection.name, started)  # what notifications asked for
             lines.append(
                 f"{connection.name}: pulled {report.fetched} resource(s): {report.written} "
                 f"written, {report.unchanged} unchanged, {report.held} held for a human, "
@@ -364,6 +466,13 @@ def sync_run(
                 f"{report.moved} moved to the EHR record that replaced theirs"
             )
             lines += [f"{connection.name}: {error}" for error in report.errors]
+            if connection.subscribe:
+                try:
+                    made = await Subscriber(sync, push).ensure(connection)
+                except Exception as error:  # reported, and the rest of the pass still runs
+                    lines.append(f"{connection.name}: subscriptions not made: {error}")
+                else:
+                    lines += [f"{connection.name}: {action}" for action in made.actions]
         worker = DeliveryWorker(sync.service.outbox, sync.settings)
         try:
             for connection in connections:

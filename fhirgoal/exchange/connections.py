@@ -11,7 +11,8 @@ connection's pull progress in the same document.
 What goes out (`send`) is a set of kinds (OUTBOUND_KINDS), what comes in (`pull`) a list of
 resource types, both per connection; the defaults follow issue 15's ownership: the EHR owns
 demographics, encounters, conditions and the care plan, fhirgoal owns GAS scales, ratings and
-measures, both edit goals.
+measures, both edit goals. A connection marked `subscribe` also has the EHR notify fhirgoal of
+changes (push in: exchange/ehr_subscribe.py, ehr_push.py), which needs SUBSCRIPTION_SCOPE.
 """
 
 from __future__ import annotations
@@ -62,6 +63,9 @@ DEFAULT_SCOPES = (
 )
 # The errors of EHR connections are those of any connection (exchange/backend_connections.py).
 EhrConnectionError = BackendConnectionError
+# What a connection that subscribes (exchange/ehr_subscribe.py) needs besides: it writes its
+# Subscriptions at the EHR.
+SUBSCRIPTION_SCOPE = "system/Subscription.cruds"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,6 +81,8 @@ class EhrConnection(BackendConnection):
     # How many patients' records are pulled at once (exchange/ehr_bulk.py): None, searches only;
     # "patient", Patient/$export narrowed by `patient`; "Group/<id>", that Group's $export
     bulk_export: str | None = None
+    # The EHR notifies fhirgoal of changes (a Subscription there, exchange/ehr_subscribe.py)
+    subscribe: bool = False
 
     @classmethod
     def restore(cls, shared: dict[str, Any], stored: dict[str, Any]) -> Self:
@@ -87,6 +93,7 @@ class EhrConnection(BackendConnection):
             mapping=stored.get("mapping"),
             patient_system=stored.get("patient_system"),
             bulk_export=stored.get("bulk_export"),
+            subscribe=bool(stored.get("subscribe")),
         )
 
     def sends(self) -> dict[str, frozenset[tuple[str, str]]]:
@@ -123,6 +130,13 @@ def check_bulk_export(value: str | None) -> None:
 class ConnectionStore(BackendConnectionStore[EhrConnection]):
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
         super().__init__(db, COLLECTION, EhrConnection, "EHR")
+
+    async def set_subscribe(self, name: str, subscribe: bool, scopes: str) -> bool:
+        """Mark the connection as subscribing (or not) with `scopes`; False: no such one."""
+        result = await self.collection.update_one(
+            {"_id": name}, {"$set": {"subscribe": subscribe, "scopes": scopes}}
+        )
+        return result.matched_count == 1
 
     # ---- pull progress ---------------------------------------------------------------------
     async def cursors(self, name: str) -> dict[str, str]:

@@ -264,6 +264,16 @@ class Puller:
 
         return pages()
 
+    async def apply(
+        self, connection: EhrConnection, rt: str, resources: list[dict[str, Any]]
+    ) -> PullReport:
+        """Apply `resources` of type `rt` read from the EHR outside a pull (a push notification,
+        exchange/ehr_push.py) by the same rules as a pull's page; the counts."""
+        report = PullReport(connection.name)
+        report.fetched = len(resources)
+        await self._apply_page(connection, self.sync.dialect(connection), rt, resources, report)
+        return report
+
     async def _apply_page(
         self,
         connection: EhrConnection,
@@ -533,4 +543,4 @@ def _diagnostics(error: FhirError) -> str:
     )[:500]
 
 
-__all__ = ["PullError", "PullReport", "Puller", "keep_owned"]
+__all__ = ["PullError", "PullReport", "Puller", "keep_owned", "patient_of"]

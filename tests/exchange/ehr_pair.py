@@ -15,9 +15,17 @@ import httpx
 from fhirgoal.auth.clients import Client
 from fhirgoal.auth.keys import encryption_key
 from fhirgoal.core.jsonio import dumps
-from fhirgoal.exchange.connections import DEFAULT_SCOPES, ConnectionStore, EhrConnection, new_key
+from fhirgoal.exchange.connections import (
+    DEFAULT_SCOPES,
+    SUBSCRIPTION_SCOPE,
+    ConnectionStore,
+    EhrConnection,
+    new_key,
+)
 from fhirgoal.exchange.ehr_inbound import Puller, PullReport
 from fhirgoal.exchange.ehr_install import sync_of
+from fhirgoal.exchange.ehr_push import PushLoop
+from fhirgoal.exchange.ehr_subscribe import SubscribeReport
 from fhirgoal.exchange.ehr_sync import EhrSync
 from fhirgoal.exchange.links import LinkStore
 from fhirgoal.fhir.service import FhirService
@@ -60,6 +68,16 @@ class Pair:
     @property
     def links(self) -> LinkStore:
         return self.sync.links
+
+    @property
+    def push(self) -> PushLoop:
+        """fhirgoal's push in (exchange/ehr_push.py): its receiver and loop."""
+        push: PushLoop = self.fhirgoal.app.state.ehr_push
+        return push
+
+    async def subscribe(self) -> SubscribeReport:
+        """What `fhirgoal ehr subscribe` does: the EHR's Subscriptions made."""
+        return await self.push.subscriber.ensure(self.connection)
 
     async def pull(self) -> PullReport:
         return await Puller(self.sync).pull(self.connection)
@@ -115,12 +133,14 @@ async def ehr_pair(
     mapping: str | None = None,
     bulk_export: str | None = None,
     scopes: str = DEFAULT_SCOPES,
+    subscribe: bool = False,
     **fhirgoal_settings: Any,
 ) -> AsyncIterator[Pair]:
     """The EHR and fhirgoal, connected; `front` puts something with a `base` (a proxy) in front
     of the EHR, made from the EHR's base: fhirgoal then reaches the EHR through it. `mapping` is
     the connection's mapping folder (exchange/dialect.py; e.g. the built-in example-ehr): the EHR
-    then speaks that dialect. None: the identity dialect."""
+    then speaks that dialect. None: the identity dialect. `subscribe`: the connection is marked
+    to subscribe (push in), with the scope that needs."""
     async with run_smart(mongo_uri) as ehr, AsyncExitStack() as stack:
         ehr_base, in_front = ehr.base, None
         if front is not None:
@@ -130,6 +150,7 @@ async def ehr_pair(
         async with running(fresh_settings(mongo_uri, prefix="fg", **values)) as fhirgoal:
             service: FhirService = fhirgoal.app.state.fhir
             key = new_key("ES384")
+            scopes = f"{DEFAULT_SCOPES} {SUBSCRIPTION_SCOPE}" if subscribe else DEFAULT_SCOPES
             connection = EhrConnection(
                 name=CONNECTION,
                 base=ehr_base,
@@ -140,6 +161,7 @@ async def ehr_pair(
                 mapping=mapping,
                 patient_system=MRN,
                 bulk_export=bulk_export,
+                subscribe=subscribe,
             )
             store = ConnectionStore(service.database)
             kek = encryption_key(TEST_KEK, fhirgoal.settings.data_dir)
