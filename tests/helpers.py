@@ -139,3 +139,27 @@ def wait_until_blocking(
         if time.monotonic() > deadline:
             raise AssertionError(f"not within {within} s: {what or condition}")
         time.sleep(POLL_SECONDS)
+
+
+# How long a test waits for a Bulk export to finish: generous, for a loaded machine (a test
+# checks what an export holds, never how fast it is; bench/export.py does).
+EXPORT_WAIT_SECONDS = 120.0
+
+
+async def export_manifest(
+    client: Any, status_url: str, within: float = EXPORT_WAIT_SECONDS
+) -> dict[str, Any]:
+    """Poll a Bulk export's status URL until its manifest (200); every answer before it must be
+    202 with Retry-After and X-Progress. Fails the test after `within` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        status = await client.get(status_url)
+        if status.status_code == 200:
+            assert "Expires" in status.headers
+            body: dict[str, Any] = status.json()
+            return body
+        assert status.status_code == 202, status.text
+        assert "Retry-After" in status.headers and "X-Progress" in status.headers
+        if time.monotonic() > deadline:
+            raise AssertionError(f"the export did not finish within {within:.0f} s")
+        await asyncio.sleep(POLL_SECONDS)

@@ -12,20 +12,13 @@ import httpx
 from fhirgoal.auth.clients import Client
 from fhirgoal.core.jsonio import loads
 from tests.auth.conftest import AUDIT_CLIENT, SmartServer
-from tests.helpers import observation, patient
+from tests.helpers import export_manifest, observation, patient
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 
 
 async def finished(client: httpx.AsyncClient, status_url: str) -> dict[str, Any]:
-    for _ in range(200):
-        status = await client.get(status_url)
-        if status.status_code == 200:
-            body: dict[str, Any] = status.json()
-            return body
-        assert status.status_code == 202, status.text
-        await asyncio.sleep(0.05)
-    raise AssertionError("the export did not finish")
+    return await export_manifest(client, status_url)
 
 
 async def seed(smart: SmartServer) -> None:

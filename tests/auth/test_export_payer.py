@@ -20,7 +20,7 @@ from fhirgoal.store.exports import ExportStore
 from tests.auth import jose
 from tests.auth.conftest import SmartServer
 from tests.auth.flows import grant, token_request
-from tests.helpers import clock_past, observation, patient, wait_until
+from tests.helpers import clock_past, export_manifest, observation, patient, wait_until
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 PAYER_SCOPES = "system/Patient.rs system/Observation.rs system/Group.rs system/Provenance.rs"
@@ -73,14 +73,7 @@ async def seed(clinic: httpx.AsyncClient) -> None:
 async def export(payer: httpx.AsyncClient, path: str, **params: str) -> dict[str, Any]:
     kick = await payer.get(path, params=params, headers=ASYNC)
     assert kick.status_code == 202, kick.text
-    for _ in range(400):
-        status = await payer.get(kick.headers["Content-Location"])
-        if status.status_code == 200:
-            body: dict[str, Any] = status.json()
-            return body
-        assert status.status_code == 202, status.text
-        await asyncio.sleep(0.05)
-    raise AssertionError("the export did not finish")
+    return await export_manifest(payer, kick.headers["Content-Location"])
 
 
 async def contents(

@@ -4,7 +4,6 @@ searches, parameters, cancel, and a job taken over after its process died."""
 
 from __future__ import annotations
 
-import asyncio
 import json
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -15,7 +14,7 @@ import pytest
 from fhirgoal.core.jsonio import loads
 from fhirgoal.store.exports import RUNNING, ExportStore
 from tests.conftest import RunningServer
-from tests.helpers import issues, observation, patient, store
+from tests.helpers import export_manifest, issues, observation, patient, store
 
 ASYNC = {"Prefer": "respond-async", "Accept": "application/fhir+json"}
 HEIGHT = {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]}
@@ -47,17 +46,9 @@ async def run_export(client: httpx.AsyncClient, path: str, **params: str) -> dic
     kick = await client.get(path, params=params, headers=ASYNC)
     assert kick.status_code == 202, kick.text
     status_url = kick.headers["Content-Location"]
-    for _ in range(200):
-        status = await client.get(status_url)
-        if status.status_code == 200:
-            assert "Expires" in status.headers
-            body: dict[str, Any] = status.json()
-            body["status_url"] = status_url
-            return body
-        assert status.status_code == 202, status.text
-        assert "Retry-After" in status.headers and "X-Progress" in status.headers
-        await asyncio.sleep(0.05)
-    raise AssertionError("the export did not finish")
+    body = await export_manifest(client, status_url)
+    body["status_url"] = status_url
+    return body
 
 
 async def lines(client: httpx.AsyncClient, url: str) -> list[dict[str, Any]]:
@@ -216,10 +207,7 @@ async def test_a_job_whose_process_died_is_taken_over(fhir: RunningServer) -> No
     kick = await fhir.client.get("/$export", params={"_type": "Patient"}, headers=ASYNC)
     status_url = kick.headers["Content-Location"]
     job_id = status_url.rsplit("/", 1)[1]
-    for _ in range(100):  # let it finish, then make it look like a run a dead process left
-        if (await fhir.client.get(status_url)).status_code == 200:
-            break
-        await asyncio.sleep(0.05)
+    await export_manifest(fhir.client, status_url)  # finished; now as a dead process left it
     past = datetime.now(UTC) - timedelta(seconds=5)
     await store.jobs.update_one(
         {"_id": job_id},
@@ -227,14 +215,7 @@ async def test_a_job_whose_process_died_is_taken_over(fhir: RunningServer) -> No
     )
     await store.write_chunk(job_id, 99, "Patient-1.ndjson", 0, b'{"stale":1}\n', past)
     fhir.app.state.exports._wake.set()
-    manifest: dict[str, Any] = {}
-    for _ in range(200):
-        status = await fhir.client.get(status_url)
-        if status.status_code == 200:
-            manifest = status.json()
-            break
-        await asyncio.sleep(0.05)
-    assert manifest, "the lapsed job was not taken over"
+    manifest = await export_manifest(fhir.client, status_url)  # the lapsed job taken over
     job = await store.get(job_id)
     assert job is not None and job["attempts"] == 2 and job["worker"] != "dead"
     found = await exported(fhir.client, manifest)

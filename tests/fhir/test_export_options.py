@@ -6,7 +6,6 @@ NDJSON line is parsed and validated by the server's own validator."""
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import httpx
@@ -16,7 +15,7 @@ from fhirgoal.fhir.subsetting import SUBSETTED
 from fhirgoal.store.exports import ExportStore
 from tests.conftest import RunningServer
 from tests.fhir.test_export import ASYNC, run_export, search_ids
-from tests.helpers import clock_past, issues, observation, patient, store
+from tests.helpers import clock_past, export_manifest, issues, observation, patient, store
 
 HEIGHT = {"coding": [{"system": "http://loinc.org", "code": "8302-2"}]}
 
@@ -267,14 +266,7 @@ async def test_lenient_handling_reports_what_it_ignored(fhir: RunningServer) -> 
     )
     assert kick.status_code == 202, kick.text
     status_url = kick.headers["Content-Location"]
-    manifest: dict[str, Any] = {}
-    for _ in range(200):
-        status = await fhir.client.get(status_url)
-        if status.status_code == 200:
-            manifest = status.json()
-            break
-        await asyncio.sleep(0.05)
-    assert manifest, "the export did not finish"
+    manifest = await export_manifest(fhir.client, status_url)
     errors = (await files(fhir, manifest["error"]))["OperationOutcome"]
     said = [issue["diagnostics"] for outcome in errors for issue in issues(outcome)]
     assert len(said) == 3
