@@ -2,7 +2,7 @@
 concurrent writers.
 
     python bench/sync.py [--patients 500] [--per-patient 20] [--writes 800] [--writers 8]
-                         [--mapping example-ehr]
+                         [--mapping example-ehr] [--bulk patient]
 
 Two `fhirgoal serve` processes on one database process: the EHR (FHIRGOAL_AUTH=smart, fhirgoal
 registered as a Backend Services client with `fhirgoal client register`) and fhirgoal
@@ -20,6 +20,9 @@ registered as a Backend Services client with `fhirgoal client register`) and fhi
 With `--mapping` (a mapping folder, or the name of a built-in one) the connection speaks that
 dialect: every resource goes through the mapping engine both ways (exchange/mapping.py), and the
 delivered totals are looked for in the EHR under the code the mapping gives them.
+
+With `--bulk patient` the connection pulls through the EHR's Bulk Data export (Patient/$export
+narrowed to the followed patients, exchange/ehr_bulk.py) instead of searches.
 
 Everything runs on the same machine: figures are for comparison, not capacity.
 """
@@ -143,7 +146,7 @@ async def main(args: argparse.Namespace) -> dict[str, Any]:
                 dialect = ["--mapping", str(resolve_directory(args.mapping).resolve())]
             cli(db.uri, fg_db, "ehr", "add", "--name", "ehr", "--base", ehr_base,
                 "--client-id", "fhirgoal", "--jwks-out", str(fg_jwks), "--patient-system", MRN,
-                *dialect)  # fmt: skip
+                *dialect, *(["--bulk", args.bulk] if args.bulk else []))  # fmt: skip
             cli(db.uri, ehr_db, "client", "register", "--client-id", "fhirgoal",
                 "--scopes", SCOPES, "--jwks-file", str(fg_jwks))  # fmt: skip
             async with httpx.AsyncClient(timeout=120) as http:
@@ -227,6 +230,7 @@ async def pull(uri: str, db: str, base: str, http: httpx.AsyncClient) -> dict[st
         await client.close()
     return {
         "fetched": first.fetched,
+        "exported": first.exported,
         "written": first.written,
         "linked": first.linked,
         "held": first.held,
@@ -325,5 +329,6 @@ if __name__ == "__main__":
     parser.add_argument("--writes", type=int, default=800)
     parser.add_argument("--writers", type=int, default=8)
     parser.add_argument("--mapping", help="the connection's mapping (folder or built-in name)")
+    parser.add_argument("--bulk", help='pull through the EHR\'s Bulk export: "patient"')
     result = asyncio.run(main(parser.parse_args()))
     print(save_results("sync", result))

@@ -150,7 +150,7 @@ async def ehr_pair(
         async with running(fresh_settings(mongo_uri, prefix="fg", **values)) as fhirgoal:
             service: FhirService = fhirgoal.app.state.fhir
             key = new_key("ES384")
-            scopes = f"{DEFAULT_SCOPES} {SUBSCRIPTION_SCOPE}" if subscribe else DEFAULT_SCOPES
+            scopes = f"{scopes} {SUBSCRIPTION_SCOPE}" if subscribe else scopes
             connection = EhrConnection(
                 name=CONNECTION,
                 base=ehr_base,
