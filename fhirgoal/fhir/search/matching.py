@@ -45,6 +45,49 @@ def matches(doc: dict[str, Any], query: dict[str, Any]) -> bool:
     return True
 
 
+def check(query: dict[str, Any]) -> None:
+    """Raise UnsupportedFilter when `query` uses an operator `matches` does not evaluate.
+    `matches` finds that out only when a document reaches the operator, which one that fails an
+    earlier test never does: a filter to be matched later is checked once, whole, up front."""
+    for key, test in query.items():
+        if key in _LOGICAL:
+            for part in test:
+                check(part)
+        elif key.startswith("$"):
+            raise UnsupportedFilter(key)
+        elif _is_operators(test):
+            _check_operators(test)
+
+
+_LOGICAL = frozenset({"$and", "$or", "$nor"})
+# the operators on a field `_operator` evaluates
+_FIELD_OPERATORS = frozenset(
+    {"$eq", "$ne", "$in", "$nin", "$gt", "$gte", "$lt", "$lte", "$not", "$exists", "$regex"}
+    | {"$elemMatch", "$all"}
+)
+
+
+def _check_operators(test: dict[str, Any]) -> None:
+    for op, arg in test.items():
+        if op not in _FIELD_OPERATORS:
+            raise UnsupportedFilter(op)
+        if op == "$not" and _is_operators(arg):
+            _check_operators(arg)
+        elif op == "$elemMatch":
+            _check_element(arg)
+        elif op == "$all":
+            for part in arg:
+                if isinstance(part, dict) and "$elemMatch" in part:
+                    _check_element(part["$elemMatch"])
+
+
+def _check_element(test: Any) -> None:
+    if _is_operators(test):
+        _check_operators(test)
+    elif isinstance(test, dict):
+        check(test)
+
+
 def _values(value: Any) -> list[Any]:
     """The values a condition on a field considers: an array's elements (and the array)."""
     if value is _MISSING or value is None:
