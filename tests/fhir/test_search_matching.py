@@ -8,7 +8,7 @@ from urllib.parse import parse_qsl
 
 import pytest
 
-from fhirgoal.fhir.search.matching import UnsupportedFilter, matches
+from fhirgoal.fhir.search.matching import UnsupportedFilter, check, matches
 from fhirgoal.store.mongo import connect
 from tests.conftest import RunningServer
 from tests.helpers import create, observation, patient
@@ -58,6 +58,7 @@ async def test_matching_agrees_with_the_database(fhir: RunningServer, query: str
     finally:
         await mongo.close()
     try:
+        check(compiled.filter)  # what the compiler makes is matchable, checked up front too
         found = sorted(doc["_id"] for doc in docs if matches(doc, compiled.filter))
     except UnsupportedFilter as error:
         pytest.fail(f"{query}: {error}")
@@ -75,3 +76,20 @@ def test_array_semantics_follow_mongodb() -> None:
     assert matches(doc, {"missing": {"$exists": False}})
     with pytest.raises(UnsupportedFilter):
         matches(doc, {"$where": "true"})
+
+
+def test_check_finds_an_unsupported_operator_matching_would_skip() -> None:
+    """`matches` meets an operator only on the documents that get that far; `check` looks at the
+    whole filter, wherever the operator hides."""
+    doc = {"tok": ["a"], "num": [1]}
+    for hidden in [
+        {"$and": [{"tok": "zzz"}, {"num": {"$size": 1}}]},
+        {"tok": "zzz", "$expr": {"$eq": [1, 1]}},
+        {"$or": [{"tok": "a"}, {"num": {"$not": {"$mod": [2, 0]}}}]},
+        {"tok": "zzz", "ref": {"$elemMatch": {"$type": "string"}}},
+        {"tok": "zzz", "ref": {"$all": [{"$elemMatch": {"x": {"$where": "1"}}}]}},
+    ]:
+        assert not matches(doc, hidden) or "$or" in hidden  # never reached the operator
+        with pytest.raises(UnsupportedFilter):
+            check(hidden)
+    check({"$nor": [{"num": {"$gte": 2, "$not": {"$in": [3]}}}], "tok": {"$all": ["a"]}})
