@@ -18,6 +18,7 @@ import pytest
 
 from fhirgoal.core.jsonio import loads
 from fhirgoal.demo import write_demo
+from fhirgoal.exchange.subscription_set import SubscriptionSet
 from fhirgoal.store.mongo import connect
 from tests.auth.conftest import SmartServer, run_smart
 from tests.exchange.backport import check_notification, status_of
@@ -117,6 +118,14 @@ def put_ids(hook: Receiver) -> set[str]:
 
 def heard_of(hook: Receiver, task_id: str) -> bool:
     return any(task_id.encode() in r.body or task_id in r.path for r in hook.requests)
+
+
+def running_set(smart: SmartServer) -> SubscriptionSet:
+    """The server's live Subscriptions (its write hook on Subscription)."""
+    (found,) = [
+        h for h in smart.service.hooks.for_type("Subscription") if isinstance(h, SubscriptionSet)
+    ]
+    return found
 
 
 async def payers(smart: SmartServer) -> tuple[Payer, Payer]:
@@ -228,7 +237,12 @@ async def test_a_restarted_server_keeps_the_restriction(mongo_uri: str) -> None:
                 async with await acme.client() as client:
                     sub = await subscribe(client, classic(acme_hook.url, "Task?status=completed"))
                     await settled(client, sub["id"])
+                before = running_set(first).get(sub["id"])
+                assert before is not None
             async with run_smart(mongo_uri, db=database, **FAST) as second:
+                after = running_set(second).get(sub["id"])
+                assert after is not None and after.triggers == before.triggers  # rebuilt alike
+                assert "Organization/acme" in repr(after.triggers["Task"].filter)
                 acme, other = (Payer(p.org, p.client_id, p.key, second) for p in (acme, other))
                 async with await second.as_scope(
                     "system/Subscription.cruds system/Task.rs"
