@@ -36,11 +36,15 @@ could search every resource of the types could write one: it goes on running unr
 
 Stored as BSON bytes: the conditions are MongoDB filters, with `$in` and `$and` as keys (which
 the field names of a stored document should not be) and decimals and instants as values, which
-BSON keeps exactly. Measured against the alternative of a content-addressed side record: that
-costs a second write per Subscription version (and a collector for the records no version uses
-any more), and the version would still need a server-owned field to name its record; what it
-would save, one copy of a large caseload condition shared by many Subscriptions of one user, is
-a few kilobytes (a 500-patient caseload packs to 11 kB).
+BSON keeps exactly. Judged against the alternative, a content-addressed side record: that costs
+a second write per Subscription version, ordered before it, and a collector for the records no
+version names any more, and the version would still need a server-owned field to name its
+record; what it would save is one copy of a large caseload condition shared by several
+Subscriptions of one user (measured: 2.7 kB packed for 50 patients, 27 kB for 500, 274 kB for
+5,000; read back in 0.05, 0.1 and 0.6 ms, once per version loaded), small beside the 16 MB a
+document may hold. What it costs per write: the writer's condition matched after the criteria,
+8 -> 19 us for a payer's `requester` on a Task; a 500-patient caseload's `$in` is tested by
+hashing (fhir/search/matching.py), 15-20 us.
 """
 
 from __future__ import annotations

@@ -4,6 +4,8 @@ compiled filter is tested against every stored document, index fields as stored.
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
@@ -93,3 +95,18 @@ def test_check_finds_an_unsupported_operator_matching_would_skip() -> None:
         with pytest.raises(UnsupportedFilter):
             check(hidden)
     check({"$nor": [{"num": {"$gte": 2, "$not": {"$in": [3]}}}], "tok": {"$all": ["a"]}})
+
+
+def test_a_long_in_list_matches_as_its_values_one_by_one() -> None:
+    """A long `$in` (a caseload's patients in a Subscription's reach) is tested by hashing its
+    strings; it agrees with testing each of its values alone (the direct comparison)."""
+    many: list[Any] = [f"Patient/{i}" for i in range(20)] + [[], 7, Decimal("2.5"), None]
+    values: list[Any] = ["Patient/3", "Patient/30", [], ["Patient/19"], ["x", "Patient/0"], 7]
+    values += [7.0, "7", None, Decimal("2.50"), [Decimal("2.5")], [[]], ["Patient/3x"], True]
+    docs: list[dict[str, Any]] = [*({"f": v} for v in values), {}]
+    for doc in docs:
+        expected = any(matches(doc, {"f": {"$in": [one]}}) for one in many)
+        assert matches(doc, {"f": {"$in": many}}) == expected, doc
+        assert matches(doc, {"f": {"$nin": many}}) == (not expected), doc
+    assert matches({"f": "Patient/3"}, {"f": {"$in": many}})
+    assert not matches({"f": "Patient/30"}, {"f": {"$in": many}})

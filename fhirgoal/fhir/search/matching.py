@@ -114,9 +114,9 @@ def _operator(value: Any, op: str, arg: Any) -> bool:
     if op == "$ne":
         return not any(_equal(v, arg) for v in values)
     if op == "$in":
-        return any(_equal(v, a) for v in values for a in arg)
+        return _in(values, arg)
     if op == "$nin":
-        return not any(_equal(v, a) for v in values for a in arg)
+        return not _in(values, arg)
     if op in ("$gt", "$gte", "$lt", "$lte"):
         return any(_compare(v, op, arg) for v in values)
     if op == "$not":
@@ -137,6 +137,38 @@ def _operator(value: Any, op: str, arg: Any) -> bool:
             for part in arg
         )
     raise UnsupportedFilter(op)
+
+
+# An `$in` over many values (a caseload's patients, hundreds of them, in a Subscription's reach)
+# is tested by hashing rather than by comparing each value: 0.35 ms a test for 500 patients
+# otherwise, paid on every write of the type. The strings of an operand list are kept while the
+# list is (its identity is the key, the list itself held so the identity is not reused); compiled
+# filters are never changed once built.
+_SMALL_IN = 8
+_IN_SETS: dict[int, tuple[Any, frozenset[str], list[Any]]] = {}
+_IN_SETS_MAX = 4096
+
+
+def _in(values: list[Any], operands: Any) -> bool:
+    if len(operands) <= _SMALL_IN:
+        return any(_equal(v, a) for v in values for a in operands)
+    strings, others = _split(operands)
+    # a string equals no operand but a string; anything else equals no string (_equal)
+    return any(
+        (isinstance(v, str) and v in strings) or any(_equal(v, a) for a in others) for v in values
+    )
+
+
+def _split(operands: Any) -> tuple[frozenset[str], list[Any]]:
+    kept = _IN_SETS.get(id(operands))
+    if kept is not None and kept[0] is operands:
+        return kept[1], kept[2]
+    strings = frozenset(a for a in operands if type(a) is str)
+    others = [a for a in operands if type(a) is not str]
+    if len(_IN_SETS) >= _IN_SETS_MAX:
+        _IN_SETS.clear()
+    _IN_SETS[id(operands)] = (operands, strings, others)
+    return strings, others
 
 
 def _element_matches(element: Any, test: Any) -> bool:
