@@ -29,6 +29,7 @@ from fhirgoal.bootstrap import (
     close_within,
     delivery_worker,
     ehr_pulls,
+    ehr_push,
     embedded_database,
     export_runner,
     sweep_pending,
@@ -39,6 +40,7 @@ from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.tasks import stop_task
 from fhirgoal.exchange.delivery import DeliveryWorker
 from fhirgoal.exchange.ehr_install import PullLoop
+from fhirgoal.exchange.ehr_push import PushLoop
 from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.dispatch import InteractionRouter
 from fhirgoal.fhir.export_jobs import ExportRunner
@@ -48,6 +50,7 @@ from fhirgoal.fhir.rest_operations import router as operations_router
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.guard import RequestGuard, install_error_handlers
 from fhirgoal.logs import configure_logging
+from fhirgoal.push_routes import router as push_router
 from fhirgoal.store.mongo import connect
 from fhirgoal.system_routes import router as system_router
 
@@ -77,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             exports: ExportRunner | None = None
             worker: DeliveryWorker | None = None
             pulls: PullLoop | None = None
+            push: PushLoop | None = None
             try:
                 await wait_for_database(client, STARTUP_DATABASE_WAIT)
                 service = app.state.fhir = await build_service(opened, client)
@@ -93,9 +97,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 exports.start()
                 worker = delivery_worker(service, opened)
                 pulls = ehr_pulls(service)
+                push = app.state.ehr_push = ehr_push(service)
                 yield
             finally:
                 await stop_task(sweeper)
+                if push is not None:
+                    await push.stop()
                 if pulls is not None:
                     await pulls.stop()
                 if worker is not None:
@@ -128,6 +135,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
 
     app.include_router(system_router)
+    app.include_router(push_router)  # EHR notifications: the connection's secret, no token
     if settings.auth == "smart":
         from fhirgoal.auth.server import router as smart_router
 

@@ -7,6 +7,8 @@
 - `export_runner`: the Bulk Data export jobs of a serving process.
 - `delivery_worker`: the outbox's delivery worker of a serving process (exchange/delivery.py).
 - `ehr_pulls`: the inbound EHR pulls of a serving process (exchange/ehr_install.py).
+- `ehr_push`: push in of a serving process: the EHRs' notifications, the pulls they ask for and
+  the EHR-side Subscriptions (exchange/ehr_push.py).
 - `wait_for_database`, `sweep_pending`, `close_within`: the lifespan's waits and background work.
 """
 
@@ -32,6 +34,7 @@ from fhirgoal.evidence.install import install_evidence
 from fhirgoal.exchange.delivery import DeliveryWorker
 from fhirgoal.exchange.ehr_install import PullLoop, sync_of
 from fhirgoal.exchange.ehr_install import install as install_ehr_sync
+from fhirgoal.exchange.ehr_push import PushLoop as PushIn
 from fhirgoal.exchange.subscriptions import install as install_subscriptions
 from fhirgoal.fhir import everything, export, validate_operation
 from fhirgoal.fhir.catalog import load_catalog, read_catalog
@@ -131,6 +134,14 @@ def ehr_pulls(service: FhirService) -> PullLoop:
     pulls = PullLoop(sync_of(service))
     pulls.start()
     return pulls
+
+
+def ehr_push(service: FhirService) -> PushIn:
+    """Push in of a serving process (exchange/ehr_push.py), started: its receiver answers
+    `POST /sync/notify/<connection>`."""
+    push = PushIn(sync_of(service))
+    push.start()
+    return push
 
 
 async def export_runner(service: FhirService, settings: Settings) -> ExportRunner:

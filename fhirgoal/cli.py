@@ -2,7 +2,8 @@
 
 With no MONGODB_URI the commands start the embedded database (SecantusDB) on `--data-dir` and stop
 it when they finish; a database already running on that data dir is found and reused
-(cli_support.py). The EHR commands (`ehr`, `sync`) are in cli_ehr.py.
+(cli_support.py). The EHR commands (`ehr`, `sync`) are in cli_ehr.py, the payer commands in
+cli_payer.py.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fhirgoal.app import create_app
 from fhirgoal.auth.loopback import is_loopback
 from fhirgoal.cli_ehr import register as register_ehr_commands
 from fhirgoal.cli_mapping import mapping_app
+from fhirgoal.cli_payer import register as register_payer_commands
 from fhirgoal.cli_support import DataDir, console
 from fhirgoal.cli_support import admin as _admin
 from fhirgoal.cli_support import database as _database
@@ -33,6 +35,7 @@ app = typer.Typer(
     help="fhirgoal: a FHIR R4 server for goals, GAS and session measures.", no_args_is_help=True
 )
 register_ehr_commands(app)  # `fhirgoal ehr ...` and `fhirgoal sync ...` (cli_ehr.py)
+register_payer_commands(app)  # `fhirgoal payer ...` (cli_payer.py)
 
 
 @app.command()

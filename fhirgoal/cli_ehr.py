@@ -1,37 +1,49 @@
-"""`fhirgoal ehr add|list|remove` and `fhirgoal sync status|run|unmatched` (issue 15).
+"""`fhirgoal ehr add|list|remove|subscribe` and `fhirgoal sync status|run|retry|unmatched`
+(issue 15).
 
 An EHR connection (exchange/connections.py) is what fhirgoal needs to be a SMART Backend Services
 client of an EHR (https://hl7.org/fhir/smart-app-launch/backend-services.html): its FHIR base,
 the client id the EHR registered fhirgoal under, a signing key (created here unless one is given)
 and the `system/` scopes; `ehr add` writes the public JWKS for the EHR's administrator to register.
 `sync run` does one pass of both directions and exits; `fhirgoal serve` syncs continuously.
+`sync retry` puts dead deliveries back (exchange/delivery.py parks at once what retrying cannot
+fix, e.g. a mapping that cannot express a resource: after the fix, they go again).
+`ehr subscribe` (or `ehr add --subscribe`) has the EHR notify fhirgoal of changes
+(exchange/ehr_subscribe.py makes the EHR's Subscriptions, exchange/ehr_push.py hears them).
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
-from urllib.parse import urlsplit
 
 import typer
 from pymongo.asynchronous.database import AsyncDatabase
 
-from fhirgoal.cli_support import DataDir, admin, console, database, fail, settings_from
+from fhirgoal.cli_support import (
+    DataDir,
+    admin,
+    check_connection_options,
+    connection_key,
+    console,
+    database,
+    fail,
+    hand_out_jwks,
+    settings_from,
+)
 from fhirgoal.config import BUILTIN_MAPPINGS_DIR, Settings
 from fhirgoal.exchange.connections import (
-    ALGORITHMS,
     DEFAULT_SCOPES,
     DEFAULT_SEND,
     PULL_TYPES,
+    SUBSCRIPTION_SCOPE,
     ConnectionStore,
     EhrConnection,
     EhrConnectionError,
+    check_bulk_export,
     check_choices,
-    key_from_pem,
-    new_key,
 )
 from fhirgoal.exchange.dialect import DialectError, load_dialect
 from fhirgoal.exchange.mapping import resolve_directory
@@ -94,27 +106,33 @@ def ehr_add(
         str | None,
         typer.Option("--patient-system", help="Match patients by this identifier system only."),
     ] = None,
+    bulk: Annotated[
+        str | None,
+        typer.Option(
+            "--bulk",
+            help='Pull many patients at once with the EHR\'s Bulk $export: "patient" '
+            '(Patient/$export narrowed to the followed patients) or "Group/<id>".',
+        ),
+    ] = None,
+    subscribe: Annotated[
+        bool,
+        typer.Option(
+            "--subscribe",
+            help="Have the EHR notify fhirgoal of changes (a Subscription there, made by "
+            f"`sync run` or `serve`; adds {SUBSCRIPTION_SCOPE} to the scopes).",
+        ),
+    ] = False,
     data_dir: DataDir = None,
 ) -> None:
     """Add an EHR connection and hand out its public key set (JWKS)."""
-    if urlsplit(base).scheme not in ("http", "https") or not urlsplit(base).netloc:
-        fail("--base must be an http(s) URL")
-    if not name.replace("-", "").replace("_", "").isalnum():
-        fail("--name may hold letters, digits, - and _ only")
-    if not all(s.startswith("system/") for s in scopes.split()):
-        fail("--scopes must be system/ scopes (SMART Backend Services)")
+    check_connection_options(name, base, scopes)
     send_kinds, pull_types = _split(send, DEFAULT_SEND), _split(pull, PULL_TYPES)
     try:
         check_choices(send_kinds, pull_types)
-        if key_file is not None:
-            try:
-                key = key_from_pem(key_file.read_bytes())
-            except OSError as error:
-                fail(f"cannot read {key_file}: {error}")
-        else:
-            key = new_key(alg.upper())
+        check_bulk_export(bulk)
     except EhrConnectionError as error:
         fail(str(error))
+    key, key_alg = connection_key(key_file, alg)
     mapping_dir = None
     if mapping is not None:
         folder = resolve_directory(mapping)
@@ -126,10 +144,9 @@ def ehr_add(
             load_dialect(mapping_dir)
         except DialectError as error:
             fail(str(error))
-    key_alg = str(key.alg or ("RS384" if key.as_dict(private=False)["kty"] == "RSA" else "ES384"))
-    if key_alg not in ALGORITHMS:
-        fail(f"the key's algorithm {key_alg} is not one of {', '.join(ALGORITHMS)}")
     settings = settings_from(data_dir=data_dir)
+    if subscribe:
+        scopes = with_subscription_scope(scopes)
     connection = EhrConnection(
         name=name,
         base=base.rstrip("/"),
@@ -141,6 +158,8 @@ def ehr_add(
         pull=tuple(pull_types),
         mapping=mapping_dir,
         patient_system=patient_system,
+        bulk_export=bulk,
+        subscribe=subscribe,
     )
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
@@ -158,12 +177,7 @@ def ehr_add(
         jwks = admin(data_dir, work)
     except EhrConnectionError as error:
         fail(str(error))
-    text = json.dumps(jwks, indent=2)
-    if jwks_out is not None:
-        jwks_out.write_text(text + "\n")
-        console.print(f"public JWKS written to {jwks_out}")
-    else:
-        typer.echo(text)
+    hand_out_jwks(jwks, jwks_out)
     console.print(
         f"added EHR connection {name}: register client {client_id} at the EHR with this JWKS "
         f"(private_key_jwt, {key_alg}) and the scopes: {connection.scopes}"
@@ -181,7 +195,9 @@ def ehr_list(data_dir: DataDir = None) -> None:
         typer.echo(
             f"{c.name}\t{c.base}\tclient {c.client_id}\t{c.alg} key {c.public_jwk.get('kid')}\t"
             f"send {','.join(c.send)}\tpull {','.join(c.pull)}\t"
-            f"mapping {c.mapping or '(none: fhirgoal FHIR)'}\tscopes {c.scopes}"
+            f"{'subscribes' if c.subscribe else 'pulls only'}\t"
+            f"mapping {c.mapping or '(none: fhirgoal FHIR)'}\tscopes {c.scopes}\t"
+            f"bulk {c.bulk_export or 'off'}"
         )
 
 
@@ -190,6 +206,7 @@ def ehr_remove(
     name: Annotated[str, typer.Argument(help="The connection's name.")], data_dir: DataDir = None
 ) -> None:
     """Remove a connection: its undelivered items are dropped, its links forgotten."""
+    from fhirgoal.exchange.ehr_push_store import PushStore
     from fhirgoal.exchange.links import LinkStore
     from fhirgoal.store.outbox import OutboxStore
 
@@ -197,6 +214,7 @@ def ehr_remove(
         if not await ConnectionStore(db).remove(name):
             return None
         await LinkStore(db).forget(name)
+        await PushStore(db).forget(name)
         return await OutboxStore(db).void_for(
             f"EhrConnection/{name}", "the EHR connection was removed"
         )
@@ -207,7 +225,70 @@ def ehr_remove(
     typer.echo(f"removed EHR connection {name} ({dropped} undelivered item(s) dropped)")
 
 
+def with_subscription_scope(scopes: str) -> str:
+    """`scopes` with the one a subscribing connection needs at the EHR."""
+    parts = scopes.split()
+    if not any(s.startswith(("system/Subscription.", "system/*.")) for s in parts):
+        parts.append(SUBSCRIPTION_SCOPE)
+    return " ".join(parts)
+
+
+@ehr_app.command("subscribe")
+def ehr_subscribe(
+    name: Annotated[str, typer.Argument(help="The connection's name.")],
+    off: Annotated[
+        bool, typer.Option("--off", help="Stop: delete the Subscriptions at the EHR.")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Have the EHR notify fhirgoal of changes: Subscriptions there for the topics that cover
+    what the connection pulls, filtered to the followed patients (or, with --off, none)."""
+    from fhirgoal.exchange.ehr_push_store import PushStore
+    from fhirgoal.exchange.ehr_subscribe import SubscribeError, Subscriber, notify_url
+
+    async def work(sync: Any) -> list[str]:
+        connection = sync.get(name)
+        if connection is None:
+            fail(f"no EHR connection {name}")
+        scopes = connection.scopes if off else with_subscription_scope(connection.scopes)
+        await sync.store.set_subscribe(name, not off, scopes)
+        await sync.refresh()
+        connection = sync.get(name)
+        subscriber = Subscriber(sync, PushStore(sync.service.database))
+        if off:
+            gone = await subscriber.unsubscribe(connection)
+            return [f"{name}: deleted at the EHR: {', '.join(gone) or 'nothing'}; pulls only"]
+        report = await subscriber.ensure(connection)
+        lines = [f"{name}: {action}" for action in report.actions]
+        lines.append(
+            f"{name}: notifications to {notify_url(sync, connection)}; "
+            f"{report.followed} patient(s) followed ({report.linked} linked now)"
+        )
+        for rt, topic in sorted(report.covered.items()):
+            lines.append(f"{name}: {rt} pushed by topic {topic}")
+        if report.uncovered:
+            lines.append(
+                f"{name}: no topic of the EHR covers {', '.join(report.uncovered)}: "
+                "pulled only (FHIRGOAL_SYNC_PULL_SECONDS, `fhirgoal sync run`)"
+            )
+        if not report.followed:
+            lines.append(f"{name}: no patient is followed yet: subscribed once one is")
+        if report.fresh_patients:
+            lines.append(f"{name}: newly followed patients: `fhirgoal sync run --ehr {name}`")
+        lines.append(f"{name}: the EHR must grant client {connection.client_id}: {scopes}")
+        return lines
+
+    with database(settings_from(data_dir=data_dir)) as (settings, _):
+        try:
+            lines = asyncio.run(_with_sync(settings, work))
+        except SubscribeError as error:
+            fail(f"{name}: {error}")
+    for line in lines:
+        console.print(line, soft_wrap=True)
+
+
 STATUS_UNMATCHED_SHOWN = 5  # records waiting for a human listed by `sync status`
+STATUS_DEAD_SHOWN = 5  # dead items listed by `sync status`, the latest first
 
 
 # ---- sync --------------------------------------------------------------------------------------
@@ -237,19 +318,27 @@ def sync_status(data_dir: DataDir = None) -> None:
     pull."""
     from rich.table import Table
 
+    from fhirgoal.exchange.ehr_push_store import PushStore
+
     async def work(sync: Any) -> list[dict[str, Any]]:
         rows = []
+        push = PushStore(sync.service.database)
         for connection in sync.connections:
             report = await sync.service.outbox.store.destination_report(connection.dest)
             pull = await sync.store.pull_report(connection.name)
+            pushed = await push.state(connection.name) if connection.subscribe else None
             rows.append(
                 {
                     "name": connection.name,
                     **report,
+                    "dead_items": await sync.service.outbox.store.dead_items(
+                        connection.dest, STATUS_DEAD_SHOWN
+                    ),
                     "links": await sync.links.counts(connection.name),
                     "conflicts": await sync.links.conflicts(connection.name),
                     "unmatched": await sync.links.held(connection.name),
                     "pull": pull,
+                    "push": pushed,
                 }
             )
         return rows
@@ -279,6 +368,19 @@ def sync_status(data_dir: DataDir = None) -> None:
                 f"{row['name']}: last error ({last['ref']}/_history/{last['vid']}): {last['error']}",
                 soft_wrap=True,
             )
+        for dead in row["dead_items"]:
+            console.print(
+                f"{row['name']}: dead ({dead.get('attempts', 0)} attempt(s)): {dead['_id']}: "
+                f"{dead.get('error', '')}",
+                soft_wrap=True,
+            )
+        if row["dead"] > len(row["dead_items"]):
+            console.print(f"{row['name']}: ... {row['dead']} dead in all")
+        if row["dead"]:
+            console.print(
+                f"{row['name']}: once the cause is fixed: fhirgoal sync retry --ehr {row['name']} "
+                "--all-dead (or --item KEY)"
+            )
         for held in row["unmatched"][:STATUS_UNMATCHED_SHOWN]:
             console.print(
                 f"{row['name']}: waits for a human: {held['record']} ({held['kind']}): "
@@ -295,6 +397,16 @@ def sync_status(data_dir: DataDir = None) -> None:
             console.print(
                 f"{row['name']}: last pull {pull['last_pull']:%Y-%m-%d %H:%M:%S} UTC {outcome}"
             )
+        pushed = row["push"]
+        if pushed is not None:
+            subs = ", ".join(
+                f"Subscription/{s.id} ({', '.join(s.types)})" for s in pushed.subscriptions
+            )
+            due = " (a pull is due: notifications were lost)" if pushed.pull_due else ""
+            console.print(
+                f"{row['name']}: pushed by the EHR through {subs or 'no Subscription yet'}{due}",
+                soft_wrap=True,
+            )
     if not rows:
         console.print("no EHR connections (fhirgoal ehr add)")
 
@@ -309,6 +421,7 @@ def sync_run(
 
     from fhirgoal.exchange.delivery import DeliveryWorker
     from fhirgoal.exchange.ehr_inbound import Puller
+    from fhirgoal.fhir.instants import now
 
     class Bars:
         def __init__(self, progress: Progress) -> None:
@@ -327,9 +440,14 @@ def sync_run(
             connections = [c for c in connections if c.name == ehr]
             if not connections:
                 fail(f"no EHR connection {ehr}")
+        from fhirgoal.exchange.ehr_push_store import PushStore
+        from fhirgoal.exchange.ehr_subscribe import Subscriber
+
         lines = []
         puller = Puller(sync)
+        push = PushStore(sync.service.database)
         for connection in connections:
+            started = now()
             with Progress(
                 TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                 console=console, transient=True,
@@ -339,11 +457,22 @@ def sync_run(
                 except Exception as error:  # reported, and the other connections still run
                     lines.append(f"{connection.name}: pull failed: {error}")
                     continue
+            await push.pulled(connection.name, started)  # what notifications asked for
             lines.append(
                 f"{connection.name}: pulled {report.fetched} resource(s): {report.written} "
                 f"written, {report.unchanged} unchanged, {report.held} held for a human, "
-                f"{report.conflicts} conflict(s); {report.linked} patient(s) linked"
+                f"{report.conflicts} conflict(s); {report.deleted} deleted as in the EHR, "
+                f"{report.kept} deleted there but kept (Flag); {report.linked} patient(s) linked, "
+                f"{report.moved} moved to the EHR record that replaced theirs"
             )
+            lines += [f"{connection.name}: {error}" for error in report.errors]
+            if connection.subscribe:
+                try:
+                    made = await Subscriber(sync, push).ensure(connection)
+                except Exception as error:  # reported, and the rest of the pass still runs
+                    lines.append(f"{connection.name}: subscriptions not made: {error}")
+                else:
+                    lines += [f"{connection.name}: {action}" for action in made.actions]
         worker = DeliveryWorker(sync.service.outbox, sync.settings)
         try:
             for connection in connections:
@@ -375,3 +504,43 @@ def sync_unmatched(
         typer.echo(f"{row['conn']}\t{row['kind']}\t{row['record']}\t{row['reason']}")
     if not rows:
         console.print("nothing waits for a human")
+
+
+@sync_app.command("retry")
+def sync_retry(
+    ehr: Annotated[str | None, typer.Option("--ehr", help="Only this connection.")] = None,
+    item: Annotated[
+        str | None, typer.Option("--item", help="The dead item's key (fhirgoal sync status).")
+    ] = None,
+    all_dead: Annotated[
+        bool, typer.Option("--all-dead", help="Every dead item (of --ehr, when given).")
+    ] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Put dead deliveries back: due now, their dead-letter horizon counted from now."""
+    from fhirgoal.store.outbox import OutboxStore
+
+    if (item is None) == (not all_dead):
+        fail("say which: --item KEY or --all-dead")
+    if item is not None and not item.startswith("EhrConnection/"):
+        fail(f"{item} is not the key of an EHR sync item (fhirgoal sync status lists them)")
+
+    async def work(db: AsyncDatabase[dict[str, Any]]) -> int | None:
+        dest = None
+        if ehr is not None:
+            connection = await ConnectionStore(db).get(ehr)
+            if connection is None:
+                return None
+            dest = connection.dest
+        elif item is None:
+            # every connection's dead items, not a Subscription's
+            names = [c.dest for c in await ConnectionStore(db).list()]
+            return sum([await OutboxStore(db).revive(dest) for dest in names])
+        return await OutboxStore(db).revive(dest, item)
+
+    revived = admin(data_dir, work)
+    if revived is None:
+        fail(f"no EHR connection {ehr}")
+    if item is not None and not revived:
+        fail(f"no dead item {item}" + (f" of EHR connection {ehr}" if ehr else ""))
+    typer.echo(f"{revived} dead item(s) put back; the next delivery pass takes them")

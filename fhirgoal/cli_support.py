@@ -85,3 +85,60 @@ def admin(
 def fail(message: str) -> NoReturn:
     console.print(f"[red]error:[/red] {message}")
     raise typer.Exit(2)
+
+
+def check_connection_options(
+    name: str, base: str, scopes: str, token_url: str | None = None
+) -> None:
+    """The options every connection (EHR or payer) is added with."""
+    from urllib.parse import urlsplit
+
+    for option, url in (("--base", base), ("--token-url", token_url)):
+        if url is not None and (
+            urlsplit(url).scheme not in ("http", "https") or not urlsplit(url).netloc
+        ):
+            fail(f"{option} must be an http(s) URL")
+    if not name.replace("-", "").replace("_", "").isalnum():
+        fail("--name may hold letters, digits, - and _ only")
+    if not scopes.split() or not all(s.startswith("system/") for s in scopes.split()):
+        fail("--scopes must be system/ scopes (SMART Backend Services)")
+
+
+def connection_key(key_file: Path | None, alg: str) -> tuple[Any, str]:
+    """The signing key of a new connection (EHR or payer) and its algorithm: read from a PEM
+    file, or made here (exchange/backend_connections.py)."""
+    from fhirgoal.exchange.backend_connections import (
+        ALGORITHMS,
+        BackendConnectionError,
+        key_algorithm,
+        key_from_pem,
+        new_key,
+    )
+
+    try:
+        if key_file is not None:
+            try:
+                key = key_from_pem(key_file.read_bytes())
+            except OSError as error:
+                fail(f"cannot read {key_file}: {error}")
+        else:
+            key = new_key(alg.upper())
+    except BackendConnectionError as error:
+        fail(str(error))
+    key_alg = key_algorithm(key)
+    if key_alg not in ALGORITHMS:
+        fail(f"the key's algorithm {key_alg} is not one of {', '.join(ALGORITHMS)}")
+    return key, key_alg
+
+
+def hand_out_jwks(jwks: dict[str, Any], jwks_out: Path | None) -> None:
+    """A connection's public key set, for the other server's administrator: written to
+    `jwks_out`, or printed."""
+    import json
+
+    text = json.dumps(jwks, indent=2)
+    if jwks_out is not None:
+        jwks_out.write_text(text + "\n")
+        console.print(f"public JWKS written to {jwks_out}")
+    else:
+        typer.echo(text)

@@ -229,6 +229,23 @@ class Settings(BaseSettings):
     sync_page_size: int = Field(default=200, ge=1, le=1000)
     # Patients whose pulled resources are written at once (one patient's stay in order).
     sync_pull_concurrency: int = Field(default=8, ge=1)
+    # A connection with a Bulk export setting (`ehr add --bulk`) pulls a group of patients (the
+    # newly followed ones, or the others) of at least this many through one export instead of
+    # searches; an export not finished within sync_bulk_wait_seconds fails the pull.
+    sync_bulk_min_patients: int = Field(default=25, ge=1)
+    sync_bulk_wait_seconds: float = Field(default=900.0, gt=0)
+    # Push in (exchange/ehr_subscribe.py, ehr_push.py): how often a serving process checks the
+    # Subscriptions of each connection marked `subscribe` at its EHR (missing or off: made
+    # again; the followed patients changed: their filters updated) and links new patients.
+    sync_subscribe_check_seconds: float = Field(default=300.0, gt=0)
+    # The heartbeat period asked of the EHR (backport-heartbeat-period); 0: none. A heartbeat
+    # whose event count is ahead of what arrived shows a lost notification (a pull follows).
+    sync_push_heartbeat_seconds: int = Field(default=600, ge=0)
+    # Where the EHR reaches fhirgoal (scheme://host[:port]); unset: the public origin of
+    # FHIRGOAL_BASE_URL. The notification endpoint is <this>/sync/notify/<connection>.
+    sync_notify_base_url: str | None = None
+    # The largest notification body accepted (413 beyond).
+    sync_notify_max_bytes: int = Field(default=1024 * 1024, ge=1024)
 
     # ---- the clinician web app (/app, fhirgoal/webapp) ----
     # Served under /app by every `fhirgoal serve`; a SMART app that reaches FHIR servers only

@@ -42,6 +42,8 @@ from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.repository import Version
 
+KEPT_META = ("profile", "security", "tag")  # what a derived-status update keeps of the goal's meta
+
 
 def _rated_goal(resource: dict[str, Any] | None) -> str | None:
     if resource is None or resource.get("resourceType") != "Observation":
@@ -133,7 +135,13 @@ class GoalStatusHook:
             if change is StatusChange.UNCHANGED and not (decision is None and marked):
                 return
             updated = dict(goal)
-            updated.pop("meta", None)
+            # the server stamps versionId and lastUpdated; what the goal claims (its GAS profile)
+            # and its labels (security: who may see it) stay as they are
+            kept = {k: v for k, v in (goal.get("meta") or {}).items() if k in KEPT_META}
+            if kept:
+                updated["meta"] = kept
+            else:
+                updated.pop("meta", None)
             if decision is None:  # the ratings behind the server's status are gone
                 updated.pop("achievementStatus", None)
                 reason, sources = "no GAS rating left for this goal", []

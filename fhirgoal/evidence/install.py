@@ -1,6 +1,7 @@
 """Plugs the payer evidence into the FHIR service: the `$medical-necessity` operation, with the
-document-signing key it signs with (keys.py), and Da Vinci CDex requests (cdex/): the write rule
-on Task and the clinician's `Task/{id}/$approve` and `$reject`."""
+document-signing key it signs with (keys.py), Da Vinci CDex requests (cdex/): the write rule
+on Task and the clinician's `Task/{id}/$approve` and `$reject`, and submissions to payers
+(payers/): their outbox source and delivery, and `Patient/{id}/$submit-to-payer`."""
 
 from __future__ import annotations
 
@@ -9,6 +10,8 @@ from fhirgoal.evidence.cdex.fulfil import CdexAnswers
 from fhirgoal.evidence.cdex.rule import CdexRequestRule
 from fhirgoal.evidence.keys import DocumentKeys
 from fhirgoal.evidence.operation import MedicalNecessity
+from fhirgoal.evidence.payers.outbox import install as install_payer_outbox
+from fhirgoal.evidence.payers.unsolicited import SubmitToPayer
 from fhirgoal.fhir.operations import Operation
 from fhirgoal.fhir.service import FhirService
 
@@ -27,3 +30,9 @@ def install_evidence(service: FhirService) -> None:
                       definition=f"{FHIRGOAL}/OperationDefinition/Task-{name}")
         )  # fmt: skip
     service.hooks.register_preparer(CdexRequestRule(service))
+    service.operations.register(
+        Operation("submit-to-payer", "instance", "Patient", SubmitToPayer(handler),
+                  affects_state=True,
+                  definition=f"{FHIRGOAL}/OperationDefinition/Patient-submit-to-payer")
+    )  # fmt: skip
+    install_payer_outbox(service)

@@ -81,27 +81,31 @@ async def _store(
     svc: FhirService, call: Invocation, outputs: dict[str, dict[str, Any]]
 ) -> dict[str, dict[str, Any]]:
     """Store every output as one unit of work; the stored versions (with their meta)."""
+    return await svc.in_transaction(lambda: store_outputs(svc, call.access, call.base_url, outputs))
 
-    async def write() -> dict[str, dict[str, Any]]:
-        stored = {}
-        for name, resource in outputs.items():
-            rt, rid = resource["resourceType"], resource["id"]
-            identifier = resource["identifier"]
-            if isinstance(identifier, list):
-                identifier = identifier[0]
-            criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]
-            # A conditional update on the identifier, creating under the id the request derives
-            # (not a PUT to that id, which a caller who cannot see every resource of the type
-            # may not do: core/access.py).
-            body = {k: v for k, v in resource.items() if k != "id"}
-            outcome = await svc.conditional_update(
-                call.access, rt, criteria, body, None, call.base_url, new_id=rid
-            )
-            assert outcome.version is not None and outcome.version.resource is not None
-            stored[name] = outcome.version.resource
-        return stored
 
-    return await svc.in_transaction(write)
+async def store_outputs(
+    svc: FhirService, access: AccessContext, base_url: str, outputs: dict[str, dict[str, Any]]
+) -> dict[str, dict[str, Any]]:
+    """Store every output (in the caller's unit of work); the stored versions (with their
+    meta), by output name."""
+    stored = {}
+    for name, resource in outputs.items():
+        rt, rid = resource["resourceType"], resource["id"]
+        identifier = resource["identifier"]
+        if isinstance(identifier, list):
+            identifier = identifier[0]
+        criteria = [("identifier", f"{identifier['system']}|{identifier['value']}")]
+        # A conditional update on the identifier, creating under the id the request derives
+        # (not a PUT to that id, which a caller who cannot see every resource of the type
+        # may not do: core/access.py).
+        body = {k: v for k, v in resource.items() if k != "id"}
+        outcome = await svc.conditional_update(
+            access, rt, criteria, body, None, base_url, new_id=rid
+        )
+        assert outcome.version is not None and outcome.version.resource is not None
+        stored[name] = outcome.version.resource
+    return stored
 
 
 def _cover(

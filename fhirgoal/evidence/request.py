@@ -46,8 +46,8 @@ class EvidenceRequest:
 
 def parse_request(patient: str, params: Parameters) -> EvidenceRequest:
     params.reject_unknown(KNOWN)
-    start = _date(params.one("start"), "start")
-    end = _date(params.one("end"), "end")
+    start = date_parameter(params.one("start"), "start")
+    end = date_parameter(params.one("end"), "end")
     if start > end:
         raise FhirError("invalid", f"start ({start}) is after end ({end})", "start")
     chosen = params.one("format")
@@ -64,7 +64,8 @@ def parse_request(patient: str, params: Parameters) -> EvidenceRequest:
     )
 
 
-def _date(param: ParameterValue | None, name: str) -> date:
+def date_parameter(param: ParameterValue | None, name: str) -> date:
+    """A required date parameter, exactly YYYY-MM-DD."""
     if param is None:
         raise FhirError("invalid", f"'{name}' (YYYY-MM-DD) is required", name)
     text = param.text()

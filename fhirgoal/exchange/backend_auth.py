@@ -4,7 +4,7 @@ https://hl7.org/fhir/smart-app-launch/backend-services.html (SMART App Launch 2.
 (JWT client assertions), RFC 6749 section 4.4 (client credentials):
 
 - discovery: the token endpoint comes from `<base>/.well-known/smart-configuration`
-  (`token_endpoint`), read once per client;
+  (`token_endpoint`), read once per client, unless the connection names it (`token_url`);
 - authentication: `private_key_jwt`, a client assertion signed with the client's key (RS384 or
   ES384, the two algorithms SMART requires servers to accept), `iss` = `sub` = the client id,
   `aud` = the token endpoint, `exp` at most five minutes ahead, a `jti` never used before;
@@ -14,7 +14,7 @@ https://hl7.org/fhir/smart-app-launch/backend-services.html (SMART App Launch 2.
   the token, or rotated its keys, before its expiry).
 
 Generic on purpose: a base URL, a client id, a key and scopes; the EHR connections
-(exchange/connections.py) use it, and payer connections can.
+(exchange/connections.py) and the payer connections (evidence/payers/) use it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ import asyncio
 import contextlib
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urlencode
 
@@ -65,6 +65,7 @@ class BackendServicesClient:
         key: RSAKey | ECKey,
         scopes: str,
         http: httpx.AsyncClient,
+        token_url: str | None = None,
     ) -> None:
         self.base = base.rstrip("/")
         self.client_id = client_id
@@ -72,7 +73,8 @@ class BackendServicesClient:
         self.alg = signing_alg(key)
         self.scopes = scopes
         self.http = http
-        self._token_endpoint: str | None = None
+        # a token endpoint given with the connection spares the discovery
+        self._token_endpoint: str | None = token_url
         self._token: str | None = None
         self._renew_at = 0.0
         self._lock = asyncio.Lock()  # one token request at a time, shared by every caller
@@ -109,6 +111,12 @@ class BackendServicesClient:
         }
         header = {"alg": self.alg, "typ": "JWT", "kid": self.key.kid}
         return jwt.encode(header, claims, self.key, algorithms=[self.alg])
+
+    async def forget(self, token: str) -> None:
+        """Drop `token` if it is the one kept (a concurrent caller may have renewed it)."""
+        async with self._lock:
+            if self._token == token:
+                self._token = None
 
     async def token(self, refused: str | None = None) -> str:
         """A valid access token: the kept one, or a new one when it is near its expiry or is
@@ -157,8 +165,10 @@ class BackendServicesClient:
         content: bytes | None = None,
         params: Sequence[tuple[str, str]] | None = None,
     ) -> httpx.Response:
-        """`method url` with the access token; on a 401 once more with a new token. Transport
-        errors propagate (httpx.HTTPError); token failures raise BackendAuthError."""
+        """`method url` with the access token; on a 401 once more with a new token; after a 403
+        the token is not kept (the scopes it was granted may be what the EHR's administrator
+        has since widened: the next request asks for a new one). Transport errors propagate
+        (httpx.HTTPError); token failures raise BackendAuthError."""
         if params:
             url = f"{url}{'&' if '?' in url else '?'}{urlencode(list(params))}"
         token = await self.token()
@@ -169,7 +179,26 @@ class BackendServicesClient:
                 headers={**(headers or {}), "Authorization": f"Bearer {token}"},
                 content=content,
             )
+            if response.status_code == 403:
+                await self.forget(token)
             if response.status_code != 401 or renewed:
                 return response
             token = await self.token(refused=token)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    @contextlib.asynccontextmanager
+    async def stream(
+        self, url: str, *, headers: dict[str, str] | None = None, authorized: bool = True
+    ) -> AsyncIterator[httpx.Response]:
+        """`GET url` with its body left to be read as it comes (a Bulk Data file); with the
+        access token unless `authorized` is False, and on a 401 once more with a new one."""
+        token = await self.token() if authorized else None
+        for renewed in (False, True):
+            sent = dict(headers or {})
+            if token is not None:
+                sent["Authorization"] = f"Bearer {token}"
+            async with self.http.stream("GET", url, headers=sent) as response:
+                if response.status_code != 401 or renewed or token is None:
+                    yield response
+                    return
+            token = await self.token(refused=token)

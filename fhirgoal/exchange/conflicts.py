@@ -68,6 +68,45 @@ async def raise_conflict(
     return fid
 
 
+async def raise_deleted_in_ehr(
+    service: FhirService,
+    connection: str,
+    patient: str,
+    local: str,
+    local_vid: int,
+    ehr_url: str,
+    holds: str,
+) -> str:
+    """Raise the Flag of `local`, which the EHR deleted while it `holds` fhirgoal's content (a
+    GAS scale, ratings): nothing was deleted; its id. The same Flag as a conflict of `local`
+    (one open question per resource and connection)."""
+    fid = conflict_flag_id(connection, local)
+    ours = f"{local}/_history/{local_vid}"
+    text = (
+        f"EHR '{connection}' deleted its copy of {local} ({ehr_url}), but {local} holds "
+        f"fhirgoal's {holds}; fhirgoal kept it, nothing was deleted, and it is no longer sent to "
+        f"that EHR. Delete the goal in fhirgoal if it should go."
+    )
+    await raise_flag(
+        service,
+        AlertFlag(
+            id=fid,
+            patient=patient,
+            kind=CONFLICT,
+            display="Goal deleted in an EHR, kept in fhirgoal",
+            text=text,
+            details=(ours, ehr_url),
+            since=instant_text(now()),
+            category="admin",
+        ),
+    )
+    return fid
+
+
+async def settle_deleted(service: FhirService, fid: str, local: str) -> None:
+    await clear_flag(service, fid, instant_text(now()), f"{local} was deleted in fhirgoal too.")
+
+
 async def settle_conflict(service: FhirService, fid: str, local: str, local_vid: int) -> None:
     await clear_flag(
         service, fid, instant_text(now()), f"{local}/_history/{local_vid} was sent to the EHR."

@@ -3,31 +3,34 @@
 One document per connection in the `ehr_connections` collection, named by the connection's name.
 fhirgoal is a SMART Backend Services client of the EHR
 (https://hl7.org/fhir/smart-app-launch/backend-services.html, exchange/backend_auth.py): the
-connection keeps its client id, its `system/` scopes and its signing key. The private key is
-sealed at rest exactly as the authorization server's keys are (auth/keys.py: AES-256-GCM under
-FHIRGOAL_KEY_ENCRYPTION_KEY or the data directory's key file, the record's name as associated
-data); only the public JWK is kept in the clear, and it is what `fhirgoal ehr add` hands the
-EHR's administrator. Nothing prints the private key.
+connection keeps its client id, its `system/` scopes and its signing key, as every connection
+does (exchange/backend_connections.py: the key sealed at rest, only the public JWK in the clear,
+which is what `fhirgoal ehr add` hands the EHR's administrator). The store keeps each
+connection's pull progress in the same document.
 
 What goes out (`send`) is a set of kinds (OUTBOUND_KINDS), what comes in (`pull`) a list of
 resource types, both per connection; the defaults follow issue 15's ownership: the EHR owns
 demographics, encounters, conditions and the care plan, fhirgoal owns GAS scales, ratings and
-measures, both edit goals.
+measures, both edit goals. A connection marked `subscribe` also has the EHR notify fhirgoal of
+changes (push in: exchange/ehr_subscribe.py, ehr_push.py), which needs SUBSCRIPTION_SCOPE.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from datetime import UTC, datetime
-from typing import Any
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, ClassVar, Self
 
-from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, RSAKey
 from pymongo.asynchronous.database import AsyncDatabase
-from pymongo.errors import DuplicateKeyError
 
-from fhirgoal.auth.keys import generate_key, import_key, seal, unseal
-from fhirgoal.core.errors import FhirgoalError
+from fhirgoal.exchange.backend_connections import (
+    ALGORITHMS,
+    BackendConnection,
+    BackendConnectionError,
+    BackendConnectionStore,
+    key_from_pem,
+    new_key,
+)
 
 COLLECTION = "ehr_connections"
 
@@ -53,43 +56,45 @@ OUTBOUND_KINDS: dict[str, tuple[str, frozenset[tuple[str, str]]]] = {
 DEFAULT_SEND = tuple(OUTBOUND_KINDS)
 # Pulled in this order, so that what a resource references is usually linked before it.
 PULL_TYPES = ("Patient", "Encounter", "Condition", "Goal", "CarePlan")
+# `d` on what fhirgoal sends: its deletions reach the EHR's copies (exchange/ehr_deletions.py)
 DEFAULT_SCOPES = (
     "system/Patient.rs system/Encounter.rs system/Condition.rs system/CarePlan.rs "
-    "system/Goal.cruds system/Observation.crus system/Flag.crus"
+    "system/Goal.cruds system/Observation.cruds system/Flag.cruds"
 )
-ALGORITHMS = ("ES384", "RS384")
+# The errors of EHR connections are those of any connection (exchange/backend_connections.py).
+EhrConnectionError = BackendConnectionError
+# What a connection that subscribes (exchange/ehr_subscribe.py) needs besides: it writes its
+# Subscriptions at the EHR.
+SUBSCRIPTION_SCOPE = "system/Subscription.cruds"
 
 
-class EhrConnectionError(FhirgoalError, ValueError):
-    """A connection that cannot be added or used; the message says why."""
+@dataclass(frozen=True, kw_only=True)
+class EhrConnection(BackendConnection):
+    kind: ClassVar[str] = "EhrConnection"
+    sealing: ClassVar[str] = "ehr-connection"
 
-
-@dataclass(frozen=True)
-class EhrConnection:
-    name: str
-    base: str  # the EHR's FHIR base URL
-    client_id: str
-    scopes: str
-    alg: str
-    public_jwk: dict[str, Any]
     send: tuple[str, ...] = DEFAULT_SEND
     pull: tuple[str, ...] = PULL_TYPES
     mapping: str | None = None  # a mapping directory (exchange/dialect.py), None: identity
     # Patients are matched by identifiers of this system only (the EHR's MRN, say); None: any
     patient_system: str | None = None
-    created: datetime | None = None
-    sealed: dict[str, str] = field(default_factory=dict, repr=False)
+    # How many patients' records are pulled at once (exchange/ehr_bulk.py): None, searches only;
+    # "patient", Patient/$export narrowed by `patient`; "Group/<id>", that Group's $export
+    bulk_export: str | None = None
+    # The EHR notifies fhirgoal of changes (a Subscription there, exchange/ehr_subscribe.py)
+    subscribe: bool = False
 
-    @property
-    def dest(self) -> str:
-        """The outbox destination of this connection's items."""
-        return f"EhrConnection/{self.name}"
-
-    def public_jwks(self) -> dict[str, Any]:
-        return {"keys": [self.public_jwk]}
-
-    def private_key(self, kek: bytes) -> RSAKey | ECKey:
-        return import_key(unseal(self.sealed, _aad(self.name), kek))
+    @classmethod
+    def restore(cls, shared: dict[str, Any], stored: dict[str, Any]) -> Self:
+        return cls(
+            **shared,
+            send=tuple(stored.get("send") or DEFAULT_SEND),
+            pull=tuple(stored.get("pull") or PULL_TYPES),
+            mapping=stored.get("mapping"),
+            patient_system=stored.get("patient_system"),
+            bulk_export=stored.get("bulk_export"),
+            subscribe=bool(stored.get("subscribe")),
+        )
 
     def sends(self) -> dict[str, frozenset[tuple[str, str]]]:
         """Per resource type, the codes that go (an empty set: every resource of the type)."""
@@ -98,79 +103,6 @@ class EhrConnection:
             rt, codes = OUTBOUND_KINDS[kind]
             out.setdefault(rt, set()).update(codes)
         return {rt: frozenset(codes) for rt, codes in out.items()}
-
-
-def _aad(name: str) -> str:
-    return f"ehr-connection/{name}"
-
-
-def new_key(alg: str) -> RSAKey | ECKey:
-    if alg not in ALGORITHMS:
-        raise EhrConnectionError(f"the key algorithm must be one of {', '.join(ALGORITHMS)}")
-    return generate_key(alg)
-
-
-def key_from_pem(pem: bytes) -> RSAKey | ECKey:
-    """A private key given as PEM: RSA (RS384) or EC P-384 (ES384), its kid the RFC 7638
-    thumbprint."""
-    key: RSAKey | ECKey | None = None
-    for kind in (RSAKey, ECKey):
-        try:
-            key = kind.import_key(pem)
-            break
-        except (JoseError, ValueError, TypeError):
-            continue
-    if key is None:
-        raise EhrConnectionError("the key file is not an RSA or EC private key in PEM")
-    alg = "RS384"
-    if isinstance(key, ECKey):
-        if key.as_dict(private=False).get("crv") != "P-384":
-            raise EhrConnectionError("an EC key must be on P-384 (ES384)")
-        alg = "ES384"
-    if not key.is_private:
-        raise EhrConnectionError("the key file holds a public key: give the private key")
-    jwk = {**key.as_dict(private=True), "alg": alg, "use": "sig", "kid": key.thumbprint()}
-    return import_key(jwk)
-
-
-def connection_document(
-    connection: EhrConnection, key: RSAKey | ECKey, kek: bytes
-) -> dict[str, Any]:
-    private = key.as_dict(private=True)
-    private.setdefault("kid", key.kid or key.thumbprint())
-    public = import_key(private).as_dict(private=False)
-    public.update({"alg": connection.alg, "use": "sig", "kid": private["kid"]})
-    return {
-        "_id": connection.name,
-        "base": connection.base.rstrip("/"),
-        "client_id": connection.client_id,
-        "scopes": connection.scopes,
-        "alg": connection.alg,
-        "public": public,
-        "sealed": seal(private, _aad(connection.name), kek),
-        "send": list(connection.send),
-        "pull": list(connection.pull),
-        "mapping": connection.mapping,
-        "patient_system": connection.patient_system,
-        "created": datetime.now(UTC),
-    }
-
-
-def _connection(doc: dict[str, Any]) -> EhrConnection:
-    return EhrConnection(
-        name=doc["_id"],
-        base=doc["base"],
-        client_id=doc["client_id"],
-        scopes=doc["scopes"],
-        alg=doc["alg"],
-        public_jwk=doc["public"],
-        send=tuple(doc.get("send") or DEFAULT_SEND),
-        pull=tuple(doc.get("pull") or PULL_TYPES),
-        mapping=doc.get("mapping"),
-        patient_system=doc.get("patient_system"),
-        created=doc.get("created"),
-        sealed=doc["sealed"],
-    )
 
 
 def check_choices(send: list[str], pull: list[str]) -> None:
@@ -186,26 +118,25 @@ def check_choices(send: list[str], pull: list[str]) -> None:
         )
 
 
-class ConnectionStore:
+def check_bulk_export(value: str | None) -> None:
+    """A connection's bulk setting: None, "patient" or "Group/<id>"."""
+    if value is None or value == "patient":
+        return
+    kind, _, gid = value.partition("/")
+    if kind != "Group" or not gid or not all(c.isalnum() or c in "-." for c in gid):
+        raise EhrConnectionError('--bulk must be "patient" or "Group/<id>"')
+
+
+class ConnectionStore(BackendConnectionStore[EhrConnection]):
     def __init__(self, db: AsyncDatabase[dict[str, Any]]) -> None:
-        self.collection = db[COLLECTION]
+        super().__init__(db, COLLECTION, EhrConnection, "EHR")
 
-    async def add(self, connection: EhrConnection, key: RSAKey | ECKey, kek: bytes) -> None:
-        try:
-            await self.collection.insert_one(connection_document(connection, key, kek))
-        except DuplicateKeyError:
-            raise EhrConnectionError(f"a connection named {connection.name!r} exists") from None
-
-    async def list(self) -> list[EhrConnection]:
-        return [_connection(doc) async for doc in self.collection.find({}).sort("_id", 1)]
-
-    async def get(self, name: str) -> EhrConnection | None:
-        doc = await self.collection.find_one({"_id": name})
-        return _connection(doc) if doc else None
-
-    async def remove(self, name: str) -> bool:
-        result = await self.collection.delete_one({"_id": name})
-        return result.deleted_count == 1
+    async def set_subscribe(self, name: str, subscribe: bool, scopes: str) -> bool:
+        """Mark the connection as subscribing (or not) with `scopes`; False: no such one."""
+        result = await self.collection.update_one(
+            {"_id": name}, {"$set": {"subscribe": subscribe, "scopes": scopes}}
+        )
+        return result.matched_count == 1
 
     # ---- pull progress ---------------------------------------------------------------------
     async def cursors(self, name: str) -> dict[str, str]:
@@ -226,3 +157,15 @@ class ConnectionStore:
             {"_id": name}, {"pulled": 1, "last_pull": 1, "pull_error": 1}
         )
         return dict(doc or {})
+
+
+__all__ = [
+    "ALGORITHMS",
+    "ConnectionStore",
+    "EhrConnection",
+    "EhrConnectionError",
+    "check_bulk_export",
+    "check_choices",
+    "key_from_pem",
+    "new_key",
+]

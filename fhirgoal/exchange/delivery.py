@@ -12,7 +12,12 @@ follow RFC 9110 and the usual practice for webhooks):
   it says, up to the same maximum;
 - each request is bounded by `outbox_timeout_seconds`; a timeout is a failed attempt;
 - an item still failing `outbox_dead_after_seconds` after it was recorded (default 7 days, not
-  the minute some servers give up after) is parked as `dead`, for `fhirgoal outbox status`.
+  the minute some servers give up after), or put back (`fhirgoal sync retry`), is parked as
+  `dead`, for `fhirgoal outbox status`;
+- a failure its handler calls `final` (fhir/outbox.py Sent: the receiver rejected the content,
+  a mapping cannot express it) or an item whose destination was removed (`Skip(dead=True)`) is
+  parked as `dead` at once: retrying for 7 days would change nothing, and the item is visible to
+  a human the same minute.
 
 The worker knows nothing of Subscriptions or EHRs: each item kind has its handler
 (fhir/outbox.py DeliveryHandler), which builds the request and hears the outcome, or carries a
@@ -177,24 +182,33 @@ class DeliveryWorker:
             return
         prepared = await handler.prepare(item)
         if isinstance(prepared, Skip):
-            if prepared.retry_in is None:
+            if prepared.dead:
+                await self._dead(item, prepared.reason, "its destination is gone")
+                await self._settled(handler, item, prepared.reason, True)
+            elif prepared.retry_in is None:
                 await self.store.finish(item, self.owner, VOID, prepared.reason)
             else:
                 at = datetime.now(UTC) + timedelta(seconds=prepared.retry_in)
                 await self.store.retry(item, self.owner, at, prepared.reason, counts=False)
             return
+        final = False
         if isinstance(prepared, SelfDelivery):
-            error, wait, void = await self._carry_out(prepared)
-            if void is not None:
-                await self.store.finish(item, self.owner, VOID, void)
+            sent = await self._carry_out(prepared)
+            if sent.void is not None:
+                await self.store.finish(item, self.owner, VOID, sent.void)
                 return
+            error, wait, final = sent.error, sent.retry_after, sent.final
         else:
             error, wait = await self._send(prepared)
         if error is None:
             if await self.store.delivered(item, self.owner, datetime.now(UTC)):
                 await self._settled(handler, item, None, False)
             return
-        gave_up = await self._failed(item, error, wait)
+        if final:
+            await self._dead(item, error, "retrying cannot help")
+            gave_up = True
+        else:
+            gave_up = await self._failed(item, error, wait)
         await self._settled(handler, item, error, gave_up)
 
     async def _send(self, delivery: Delivery) -> tuple[str | None, float | None]:
@@ -228,12 +242,17 @@ class DeliveryWorker:
         except httpx.HTTPError as error:
             return Sent(error=f"{type(error).__name__}: {error}")
 
+    async def _dead(self, item: OutboxItem, error: str, why: str = "past the horizon") -> None:
+        await self.store.finish(item, self.owner, DEAD, error)
+        log.warning(
+            "outbox item dead", key=item.key, attempts=item.attempts + 1, error=error, why=why
+        )
+
     async def _failed(self, item: OutboxItem, error: str, wait: float | None) -> bool:
         """Schedule the next attempt, or park the item as dead; whether it is dead."""
         now = datetime.now(UTC)
-        if (now - item.created).total_seconds() >= self.settings.outbox_dead_after_seconds:
-            await self.store.finish(item, self.owner, DEAD, error)
-            log.warning("outbox item dead", key=item.key, attempts=item.attempts + 1, error=error)
+        if (now - item.since).total_seconds() >= self.settings.outbox_dead_after_seconds:
+            await self._dead(item, error)
             return True
         ceiling = self.settings.outbox_backoff_max_seconds
         if wait is None:

@@ -19,12 +19,18 @@ Issue 15. A pull of one connection:
    conditional update on that identifier (https://hl7.org/fhir/R4/http.html#cond-update), so a
    pull repeated changes nothing. Content equal to what fhirgoal holds writes nothing.
    Ownership (issue 15 defaults): the EHR's version of what it owns replaces fhirgoal's, except
-   the elements fhirgoal owns (a Goal's GAS scale and weights, a Patient's other identifiers and
-   care team), and what the dialect cannot carry, which the dialect restores from fhirgoal's copy
+   the elements fhirgoal owns (exchange/ownership.py: a Goal's GAS scale and weights, fhirgoal's
+   extensions and meta.profile/tag/security, a Patient's other identifiers, care team and
+   Patient.link), and what the dialect cannot carry, which the dialect restores from fhirgoal's copy
    (`Dialect.restore`, the mapping's `restoreOnInbound`): a round trip of fhirgoal's own goal
-   through an EHR that keeps goals as free text neither erases its GAS scale nor rewrites it. A Goal edited in fhirgoal since the versions were last in step, and in the EHR
-   too, is a conflict (exchange/conflicts.py): nothing is overwritten.
-4. A resource the dialect cannot map, that refers to a patient fhirgoal does not follow, or that
+   through an EHR that keeps goals as free text neither erases its GAS scale nor rewrites it.
+   A Goal edited in fhirgoal since the versions were last in step, and in the EHR too, is a
+   conflict (exchange/conflicts.py): nothing is overwritten.
+   A matched Patient says `seealso` the EHR's record (Patient.link); the EHR merging it into
+   another moves fhirgoal's link (exchange/ehr_patient_links.py).
+4. **Deletions**: the type's history since its cursor shows what the EHR deleted; what fhirgoal
+   copied is deleted here too, unless fhirgoal owns content in it (exchange/ehr_deletions.py).
+5. A resource the dialect cannot map, that refers to a patient fhirgoal does not follow, or that
    fhirgoal refuses (validation) is queued for a human with the reason; the pull goes on.
 
 Each write is an AuditEvent (exchange/ehr_audit.py, DICOM 110107 Import).
@@ -33,20 +39,13 @@ Each write is an AuditEvent (exchange/ehr_audit.py, DICOM 110107 Import).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 import structlog
 
-from fhirgoal.clinical.codes import (
-    DERIVED_STATUS_EXTENSION,
-    GAS_EXTENSION,
-    GAS_GOAL_COMPONENT_EXTENSION,
-    GAS_GOAL_MEASURE,
-    GAS_VARIANT_EXTENSION,
-    GAS_WEIGHT_EXTENSION,
-)
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
 from fhirgoal.exchange.backend_auth import BackendServicesClient
@@ -54,15 +53,25 @@ from fhirgoal.exchange.conflicts import raise_conflict
 from fhirgoal.exchange.connections import PULL_TYPES, EhrConnection
 from fhirgoal.exchange.dialect import Dialect, DialectError
 from fhirgoal.exchange.ehr_audit import IMPORT, record, sync_event
+from fhirgoal.exchange.ehr_bulk import BulkJob
+from fhirgoal.exchange.ehr_deletions import InboundDeletions
 from fhirgoal.exchange.ehr_identity import PatientMatcher
+from fhirgoal.exchange.ehr_patient_links import (
+    PatientMoves,
+    replacements,
+    with_ehr_link,
+    without_links,
+)
 from fhirgoal.exchange.ehr_search import PullError, chunks, search_pages
 from fhirgoal.exchange.ehr_sync import EhrSync, applying
 from fhirgoal.exchange.links import Conflict, Link
+from fhirgoal.exchange.ownership import keep_owned
 from fhirgoal.exchange.translate import (
     content,
     for_sending,
     origin_system,
     parse_reference,
+    patient_of,
     references,
     rewrite_references,
     version_url,
@@ -76,16 +85,7 @@ from fhirgoal.store.repository import Version
 log = structlog.get_logger(__name__)
 
 SHARED_TYPES = frozenset({"Goal"})  # edited on both sides: conflicts are possible
-# fhirgoal's elements of a Goal (issue 15: GAS scales are fhirgoal's)
-OWNED_GOAL_EXTENSIONS = frozenset(
-    {
-        GAS_EXTENSION,
-        GAS_WEIGHT_EXTENSION,
-        GAS_VARIANT_EXTENSION,
-        GAS_GOAL_COMPONENT_EXTENSION,
-        DERIVED_STATUS_EXTENSION,
-    }
-)
+HISTORY_CURSOR = ":history"  # the cursor of a type's deletions: the newest history entry seen
 
 
 class PullProgress(Protocol):
@@ -113,7 +113,11 @@ class PullReport:
     unchanged: int = 0
     held: int = 0
     conflicts: int = 0
+    deleted: int = 0  # deleted in fhirgoal because the EHR deleted them (ehr_deletions.py)
+    kept: int = 0  # deleted in the EHR, kept in fhirgoal for its content (a Flag says so)
+    moved: int = 0  # patient links moved to the EHR record that replaced the one followed
     errors: list[str] = field(default_factory=list)
+    exported: int = 0  # resources read from the EHR's Bulk export files
 
 
 class _Held(Exception):
@@ -132,48 +136,13 @@ def _instant(text: Any) -> datetime | None:
         return None
 
 
-def keep_owned(rt: str, current: dict[str, Any] | None, incoming: dict[str, Any]) -> dict[str, Any]:
-    """`incoming` with the elements fhirgoal owns taken from its `current` version."""
-    if current is None:
-        return incoming
-    merged = dict(incoming)
-    if rt == "Goal":
-        mine = [e for e in current.get("extension") or [] if e.get("url") in OWNED_GOAL_EXTENSIONS]
-        theirs = [
-            e for e in incoming.get("extension") or [] if e.get("url") not in OWNED_GOAL_EXTENSIONS
-        ]
-        if mine or theirs:
-            merged["extension"] = theirs + mine
-        gas = [t for t in current.get("target") or [] if _is_gas_target(t)]
-        other = [t for t in incoming.get("target") or [] if not _is_gas_target(t)]
-        if gas or other:
-            merged["target"] = other + gas
-    elif rt == "Patient":
-        # identifiers and care team from elsewhere (caseloads are built from generalPractitioner)
-        ids = list(incoming.get("identifier") or [])
-        ids += [i for i in current.get("identifier") or [] if i not in ids]
-        merged["identifier"] = ids
-        team = list(incoming.get("generalPractitioner") or [])
-        team += [
-            r
-            for r in current.get("generalPractitioner") or []
-            if r not in team and "reference" in r
-        ]
-        if team:
-            merged["generalPractitioner"] = team
-    return merged
-
-
-def _is_gas_target(target: Any) -> bool:
-    codings = ((target or {}).get("measure") or {}).get("coding") or []
-    return any(c.get("code") == GAS_GOAL_MEASURE for c in codings if isinstance(c, dict))
-
-
 class Puller:
     def __init__(self, sync: EhrSync) -> None:
         self.sync = sync
         self.service: FhirService = sync.service
         self._waiting: set[str] = set()  # records of the pages being applied that wait for a human
+        self.deletions = InboundDeletions(sync)
+        self.moves = PatientMoves(sync)
 
     async def pull(
         self, connection: EhrConnection, progress: PullProgress | None = None
@@ -204,28 +173,38 @@ class Puller:
         report: PullReport,
         progress: PullProgress,
     ) -> dict[str, str]:
-        name, links = connection.name, self.sync.links
+        name, links, settings = connection.name, self.sync.links, self.sync.settings
         patients = await links.patients(name)
         known = sorted(p.ehr_id for p in patients if p.pulled)
         fresh = sorted(p.ehr_id for p in patients if not p.pulled)
         cursors = await self.sync.store.cursors(name)
-        overlap = timedelta(seconds=self.sync.settings.sync_pull_overlap_seconds)
-        page_size = str(self.sync.settings.sync_page_size)
+        overlap = timedelta(seconds=settings.sync_pull_overlap_seconds)
+        types = [t for t in PULL_TYPES if t in connection.pull]
         moved: dict[str, str] = {}
-        for rt in [t for t in PULL_TYPES if t in connection.pull]:
-            last = _instant(cursors.get(rt))
-            latest = last
-            progress.stage(f"{name}: {rt}", None)
-            groups = [(known, last), (fresh, None)]
-            for ids, since in groups:
-                for chunk in chunks(ids):
-                    key = "_id" if rt == "Patient" else "patient"
-                    values = chunk if rt == "Patient" else [f"Patient/{i}" for i in chunk]
-                    params = [(key, ",".join(values)), ("_count", page_size)]
-                    params.append(("_sort", "_lastUpdated"))
-                    if since is not None:
-                        params.append(("_lastUpdated", f"gt{instant_text(since - overlap)}"))
-                    async for page in search_pages(client, connection, rt, params):
+        exports: dict[int, BulkJob] = {}  # by group: the groups pulled through a Bulk export
+        try:
+            for group, ids in enumerate((known, fresh)):
+                if connection.bulk_export is None or len(ids) < settings.sync_bulk_min_patients:
+                    continue
+                since = _earliest([_instant(cursors.get(t)) for t in types]) if group == 0 else None
+                progress.stage(f"{name}: the EHR's export of {len(ids)} patients", None)
+                exports[group] = job = await BulkJob.start(
+                    client, connection, ids, types, since - overlap if since else None
+                )
+                await job.finished(settings.sync_bulk_wait_seconds)
+                await job.count_errors()
+            for rt in types:
+                last = _instant(cursors.get(rt))
+                latest = last
+                progress.stage(f"{name}: {rt}", None)
+                for group, (ids, since) in enumerate([(known, last), (fresh, None)]):
+                    exported = exports.get(group)
+                    pages = (
+                        exported.pages(rt, settings.sync_page_size)
+                        if exported is not None
+                        else self._searched(client, connection, rt, ids, since, overlap)
+                    )
+                    async for page in pages:
                         report.fetched += len(page)
                         await self._apply_page(connection, dialect, rt, page, report)
                         progress.advance(len(page))
@@ -233,12 +212,67 @@ class Puller:
                             at = _instant((resource.get("meta") or {}).get("lastUpdated"))
                             if at is not None and (latest is None or at > latest):
                                 latest = at
-            if latest is not None:
-                moved[rt] = instant_text(latest)
+                if latest is not None:
+                    moved[rt] = instant_text(latest)
+                window = _instant(cursors.get(rt + HISTORY_CURSOR)) or last
+                if window is not None and known:
+                    progress.stage(f"{name}: {rt} deleted", None)
+                    try:
+                        found = await self.deletions.pull(connection, client, rt, window)
+                    except PullError as error:  # the changes stand; deletions are seen next time
+                        report.errors.append(str(error))
+                    else:
+                        report.deleted += found.deleted
+                        report.kept += found.kept
+                        report.held += found.held
+                        if found.latest is not None:
+                            moved[rt + HISTORY_CURSOR] = instant_text(found.latest)
+        finally:
+            for job in exports.values():
+                report.exported += job.read
+                await job.close()
         for ehr_id in fresh:
             link = next(p for p in patients if p.ehr_id == ehr_id)
             await links.mark_pulled(name, link.local)
         return moved
+
+    def _searched(
+        self,
+        client: BackendServicesClient,
+        connection: EhrConnection,
+        rt: str,
+        ehr_ids: list[str],
+        since: datetime | None,
+        overlap: timedelta,
+    ) -> AsyncIterator[list[dict[str, Any]]]:
+        """The pages of `rt` of these patients changed since `since` (all of them: None), by
+        searches of at most IDENTIFIERS_PER_SEARCH patients each."""
+
+        async def pages() -> AsyncIterator[list[dict[str, Any]]]:
+            for chunk in chunks(ehr_ids):
+                key = "_id" if rt == "Patient" else "patient"
+                values = chunk if rt == "Patient" else [f"Patient/{i}" for i in chunk]
+                params = [
+                    (key, ",".join(values)),
+                    ("_count", str(self.sync.settings.sync_page_size)),
+                ]
+                params.append(("_sort", "_lastUpdated"))
+                if since is not None:
+                    params.append(("_lastUpdated", f"gt{instant_text(since - overlap)}"))
+                async for page in search_pages(client, connection, rt, params):
+                    yield page
+
+        return pages()
+
+    async def apply(
+        self, connection: EhrConnection, rt: str, resources: list[dict[str, Any]]
+    ) -> PullReport:
+        """Apply `resources` of type `rt` read from the EHR outside a pull (a push notification,
+        exchange/ehr_push.py) by the same rules as a pull's page; the counts."""
+        report = PullReport(connection.name)
+        report.fetched = len(resources)
+        await self._apply_page(connection, self.sync.dialect(connection), rt, resources, report)
+        return report
 
     async def _apply_page(
         self,
@@ -268,6 +302,10 @@ class Puller:
                     events.append(self._event(connection, resource))
                 elif outcome == "conflict":
                     report.conflicts += 1
+                elif outcome == "moved":
+                    report.moved += 1
+                elif outcome == "held":
+                    report.held += 1
                 else:
                     report.unchanged += 1
 
@@ -275,7 +313,7 @@ class Puller:
         # writes of concurrent patients share the database's journal syncs (store/batching.py).
         groups: dict[str, list[dict[str, Any]]] = {}
         for resource in page:
-            groups.setdefault(_patient_of(resource), []).append(resource)
+            groups.setdefault(patient_of(resource), []).append(resource)
         slots = asyncio.Semaphore(self.sync.settings.sync_pull_concurrency)
 
         async def in_slot(group: list[dict[str, Any]]) -> None:
@@ -300,18 +338,26 @@ class Puller:
         link: Link | None,
         again: bool = True,
     ) -> str:
-        """'written', 'unchanged' or 'conflict'; _Held when it cannot be placed."""
+        """'written', 'unchanged', 'conflict', 'moved' (a Patient's link followed the EHR's
+        merge) or 'held'; _Held when it cannot be placed."""
         sync, name = self.sync, connection.name
         rt, eid = resource["resourceType"], str(resource["id"])
         ehr_ref = f"{rt}/{eid}"
         meta = resource.get("meta") or {}
         ehr_vid = str(meta.get("versionId", ""))
         ehr_at = _instant(meta.get("lastUpdated"))
+        if rt == "Patient" and (moved_to := replacements(resource, connection.base)):
+            # the EHR merged this record into another: no longer its content, the link moves
+            return await self.moves.follow(connection, link, moved_to) if link else "unchanged"
         if link is not None and (
             (ehr_vid and ehr_vid == link.ehr_vid)
             or (ehr_at is not None and link.ehr_at is not None and ehr_at <= link.ehr_at)
         ):
             return "unchanged"
+        if link is not None and link.deleted == "fhirgoal":
+            raise _Held(
+                "deleted", f"{ehr_ref} changed in the EHR, but {link.local} was deleted in fhirgoal"
+            )
         target = link.local if link is not None else self._ours(resource)
         try:
             produced = dialect.inbound(resource)
@@ -319,6 +365,8 @@ class Puller:
             raise _Held("mapping", str(error)) from None
         if not produced:
             return "unchanged"
+        # the EHR's Patient.link relate its own records: fhirgoal keeps its own (seealso, below)
+        produced = [without_links(p) if p.get("resourceType") == "Patient" else p for p in produced]
         copies = await self._localize(connection, produced, ehr_ref)
         copies = [
             with_origin(c, connection.base, rt, eid if n == 0 else f"{eid}-{n}", ehr_vid, sync.base)
@@ -336,6 +384,8 @@ class Puller:
                 current = await self.service.current(UNRESTRICTED, local_rt, target.split("/")[1])
             held = current.resource if current is not None and not current.deleted else None
             merged = dialect.restore(keep_owned(local_rt, held, primary), held)
+            if local_rt == "Patient":
+                merged = with_ehr_link(merged, held, connection.base, eid)
             if current is not None and held is not None and content(held) == content(merged):
                 await sync.links.save(
                     name, target or "", ehr_ref, current.version, ehr_vid, ehr_at, "ehr"
@@ -475,15 +525,11 @@ class Puller:
         return "conflict"
 
 
-def _patient_of(resource: dict[str, Any]) -> str:
-    """The patient a pulled resource belongs to (its subject or patient, or itself)."""
-    if resource.get("resourceType") == "Patient":
-        return f"Patient/{resource.get('id')}"
-    for key in ("subject", "patient"):
-        reference = (resource.get(key) or {}).get("reference")
-        if isinstance(reference, str):
-            return reference
-    return f"{resource.get('resourceType')}/{resource.get('id')}"
+def _earliest(instants: list[datetime | None]) -> datetime | None:
+    """The earliest of the cursors; None when a type has none (it is pulled whole)."""
+    if not instants or any(i is None for i in instants):
+        return None
+    return min(i for i in instants if i is not None)
 
 
 def _all_references(value: Any) -> list[str]:
@@ -497,4 +543,4 @@ def _diagnostics(error: FhirError) -> str:
     )[:500]
 
 
-__all__ = ["PullError", "PullReport", "Puller", "keep_owned"]
+__all__ = ["PullError", "PullReport", "Puller", "keep_owned", "patient_of"]

@@ -25,21 +25,26 @@ delivery worker (exchange/delivery.py) hands each item to `EhrDelivery`, which c
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
-import httpx
 import structlog
 
 from fhirgoal.core.access import UNRESTRICTED
-from fhirgoal.core.errors import FhirError
 from fhirgoal.core.jsonio import dumps, loads
 from fhirgoal.exchange.backend_auth import BackendAuthError, BackendServicesClient
 from fhirgoal.exchange.conflicts import CONFLICT, raise_conflict, settle_conflict
 from fhirgoal.exchange.connections import EhrConnection
-from fhirgoal.exchange.delivery import retry_after
 from fhirgoal.exchange.dialect import DialectError
 from fhirgoal.exchange.ehr_audit import EXPORT, record, sync_event
+from fhirgoal.exchange.ehr_deletions import OutboundDeletions
+from fhirgoal.exchange.ehr_http import (
+    FHIR_JSON,
+    Refused,
+    ehr_version,
+    failure,
+    instant,
+    resource_body,
+)
 from fhirgoal.exchange.ehr_sync import EHR_SYNC, EhrSync, applying_from
 from fhirgoal.exchange.links import Conflict, Link
 from fhirgoal.exchange.translate import (
@@ -55,7 +60,6 @@ from fhirgoal.exchange.translate import (
 )
 from fhirgoal.fhir.instants import now
 from fhirgoal.fhir.outbox import SelfDelivery, Sent, Skip, Target, digest
-from fhirgoal.fhir.search.dates import parse_range
 from fhirgoal.store.outbox import OutboxItem
 from fhirgoal.store.repository import Version
 
@@ -68,7 +72,6 @@ SHARED_TYPES = frozenset({"Goal"})
 WAIT_FOR = frozenset({"Goal"})
 NOT_YET_SECONDS = 0.2
 ORPHAN_SECONDS = 120.0
-FHIR_JSON = "application/fhir+json"
 
 
 def _codes(resource: dict[str, Any]) -> set[tuple[str, str]]:
@@ -98,14 +101,26 @@ class EhrOutbox:
     def __init__(self, sync: EhrSync) -> None:
         self.sync = sync
 
+    def follows(self, rt: str) -> bool:
+        """Whether any connection sends `rt` (fhir/outbox.py Outbox.follows)."""
+        return any(rt in connection.sends() for connection in self.sync.connections)
+
     def targets(self, version: Version, index: dict[str, Any]) -> list[Target]:
         connections = self.sync.connections
-        if not connections or version.deleted:
+        if not connections:
             return []
+        came_from = applying_from()
+        if version.deleted:
+            # every connection that sends the type: the delivery finds out from the link whether
+            # the EHR holds a copy (exchange/ehr_deletions.py), and voids the item if not
+            return [
+                Target(EHR_SYNC, connection.dest)
+                for connection in connections
+                if version.resource_type in connection.sends() and connection.name != came_from
+            ]
         resource = version.resource
         if resource is None:
             return []
-        came_from = applying_from()
         found = []
         for connection in connections:
             codes = connection.sends().get(version.resource_type)
@@ -119,58 +134,13 @@ class EhrOutbox:
         return found
 
 
-class _Refused(Exception):
-    """The EHR answered a request with an error (or did not answer)."""
-
-    def __init__(self, sent: Sent) -> None:
-        super().__init__(sent.error)
-        self.sent = sent
-
-
-def _failure(method: str, url: str, response: httpx.Response) -> Sent:
-    reason = f"{method} {url}: HTTP {response.status_code}"
-    try:
-        body = loads(response.content)
-        details = [i.get("diagnostics", "") for i in body.get("issue", []) if isinstance(i, dict)]
-        if any(details):
-            reason += ": " + "; ".join(d for d in details if d)[:500]
-    except FhirError:
-        pass
-    wait = None
-    if response.status_code in (429, 503):
-        wait = retry_after(response.headers.get("retry-after"), datetime.now(UTC))
-    return Sent(error=reason, retry_after=wait)
-
-
-def _ehr_version(response: httpx.Response, body: dict[str, Any] | None) -> tuple[str, str, str]:
-    """(id, versionId, lastUpdated) of what the EHR stored, from the body or the headers."""
-    if body and body.get("id") and (body.get("meta") or {}).get("versionId"):
-        meta = body["meta"]
-        return str(body["id"]), str(meta["versionId"]), str(meta.get("lastUpdated", ""))
-    location = response.headers.get("location") or response.headers.get("content-location") or ""
-    parts = location.rstrip("/").split("/")
-    if "_history" in parts:
-        at = parts.index("_history")
-        return parts[at - 1], parts[at + 1], response.headers.get("last-modified", "")
-    etag = response.headers.get("etag", "").removeprefix("W/").strip('"')
-    return (parts[-1] if parts else ""), etag, ""
-
-
-def _instant(text: str) -> datetime | None:
-    if not text:
-        return None
-    try:
-        return parse_range(text)[0]
-    except FhirError:
-        return None
-
-
 class EhrDelivery:
     """The delivery handler of `ehr-sync` items (fhir/outbox.py DeliveryHandler)."""
 
     def __init__(self, sync: EhrSync) -> None:
         self.sync = sync
         self.service = sync.service
+        self.deletions = OutboundDeletions(sync)
 
     async def refresh(self) -> None:
         await self.sync.refresh()
@@ -189,24 +159,27 @@ class EhrDelivery:
             return Skip(f"the EHR connection {name} was removed")
         rt, _, rid = item.ref.partition("/")
         version = await self.service.stored_version(UNRESTRICTED, rt, rid, item.vid)
-        if version is None or digest(version) != item.digest or version.resource is None:
+        if version is None or digest(version) != item.digest:
             age = (now() - item.created).total_seconds()
             if version is None and age < ORPHAN_SECONDS:
                 return Skip("its version is not stored yet", NOT_YET_SECONDS)
             return Skip("its version was never stored (the write failed)")
-        resource = version.resource
 
         async def run() -> Sent:
+            action = "D" if version.deleted else "U"
             async with self.sync.locks.hold(self.sync.links.key(name, item.ref)):
                 try:
-                    return await self._deliver(connection, version, resource)
-                except _Refused as refused:
+                    if version.deleted:
+                        return await self.deletions.deliver(connection, version)
+                    return await self._deliver(connection, version, version.resource or {})
+                except Refused as refused:
                     sent = refused.sent
                 except BackendAuthError as error:
                     sent = Sent(error=str(error))
                 except DialectError as error:
-                    sent = Sent(error=str(error))
-            await self._audit(connection, version, None, "U", sent.error)
+                    # the mapping cannot express this version: another attempt changes nothing
+                    sent = Sent(error=str(error), final=True)
+            await self._audit(connection, version, None, action, sent.error, sent.final)
             return sent
 
         return SelfDelivery(run)
@@ -217,7 +190,18 @@ class EhrDelivery:
     ) -> Sent:
         sync, name = self.sync, connection.name
         ref = f"{version.resource_type}/{version.id}"
+        current = await self.service.current(UNRESTRICTED, version.resource_type, version.id)
+        if current is not None and current.deleted:
+            # deleted since: its deletion's item carries that over, this version must not make
+            # a copy after it (exchange/ehr_deletions.py)
+            return Sent(void=f"{ref} was deleted in fhirgoal since version {version.version}")
         link = await sync.links.by_local(name, ref)
+        if link is not None and link.deleted == "ehr":
+            return Sent(
+                void=f"{link.ehr} was deleted in EHR {name}; fhirgoal does not make it again"
+            )
+        if link is not None and link.deleted is not None:
+            link = None  # made again in fhirgoal after both copies were deleted: a new copy
         if link is not None and link.local_vid >= version.version:
             return Sent(void=f"the EHR has {ref} version {link.local_vid} already")
         if link is not None and link.conflict and version.version <= link.conflict.local_vid:
@@ -274,7 +258,7 @@ class EhrDelivery:
             stored = stored_or_conflict
         ehr_ref, ehr_vid, ehr_at = stored
         await sync.links.save(
-            name, ref, ehr_ref, version.version, ehr_vid, _instant(ehr_at), "fhirgoal"
+            name, ref, ehr_ref, version.version, ehr_vid, instant(ehr_at), "fhirgoal"
         )
         if link is not None and link.conflict is not None:
             await settle_conflict(self.service, link.conflict.flag, ref, version.version)
@@ -302,13 +286,13 @@ class EhrDelivery:
         }
         response = await client.request("POST", url, headers=headers, content=dumps(copy))
         if response.status_code not in (200, 201):
-            raise _Refused(_failure("POST", url, response))
-        body = self._body(response)
+            raise Refused(failure("POST", url, response))
+        body = resource_body(response)
         if response.status_code == 200 and (body is None or content(body) != content(copy)):
             # an earlier attempt's copy (of an earlier version, or the answer carried no body)
             found = body or await self._find(client, connection, rt, identifier)
             return await self._put(client, connection, rt, str(found["id"]), found, copy)
-        eid, vid, at = _ehr_version(response, body)
+        eid, vid, at = ehr_version(response, body)
         return f"{rt}/{eid}", vid, at
 
     async def _update(
@@ -334,13 +318,13 @@ class EhrDelivery:
             content=dumps({**copy, "id": eid}),
         )
         if response.status_code in (200, 201):
-            return (f"{rt}/{eid}", *_ehr_version(response, self._body(response))[1:])
+            return (f"{rt}/{eid}", *ehr_version(response, resource_body(response))[1:])
         if response.status_code in (404, 410):
             return Sent(void=f"{link.ehr} is gone from EHR {connection.name}")
         if response.status_code not in (409, 412):
-            raise _Refused(_failure("PUT", url, response))
+            raise Refused(failure("PUT", url, response))
         current = await self._read(client, url)
-        _, current_vid, current_at = _ehr_version(response, current)
+        _, current_vid, current_at = ehr_version(response, current)
         if content(current) == content(copy):
             # an earlier attempt applied this version and its answer was lost
             return f"{rt}/{eid}", current_vid, current_at
@@ -388,8 +372,8 @@ class EhrDelivery:
             content=dumps({**copy, "id": eid}),
         )
         if response.status_code not in (200, 201):
-            raise _Refused(_failure("PUT", url, response))
-        return (f"{rt}/{eid}", *_ehr_version(response, self._body(response))[1:])
+            raise Refused(failure("PUT", url, response))
+        return (f"{rt}/{eid}", *ehr_version(response, resource_body(response))[1:])
 
     async def _put_conditional(
         self, client: BackendServicesClient, connection: EhrConnection, copy: dict[str, Any]
@@ -407,7 +391,7 @@ class EhrDelivery:
             params=params,
         )
         if response.status_code not in (200, 201):
-            raise _Refused(_failure("PUT", url, response))
+            raise Refused(failure("PUT", url, response))
 
     async def _find(
         self,
@@ -420,29 +404,19 @@ class EhrDelivery:
         params = [("identifier", f"{identifier['system']}|{identifier['value']}")]
         response = await client.request("GET", url, headers={"Accept": FHIR_JSON}, params=params)
         if response.status_code != 200:
-            raise _Refused(_failure("GET", url, response))
+            raise Refused(failure("GET", url, response))
         bundle = loads(response.content)
         for entry in bundle.get("entry") or []:
             resource = entry.get("resource") or {}
             if resource.get("resourceType") == rt:
                 return dict(resource)
-        raise _Refused(Sent(error=f"GET {url}: the copy the EHR reported is not found"))
+        raise Refused(Sent(error=f"GET {url}: the copy the EHR reported is not found"))
 
     async def _read(self, client: BackendServicesClient, url: str) -> dict[str, Any]:
         response = await client.request("GET", url, headers={"Accept": FHIR_JSON})
         if response.status_code != 200:
-            raise _Refused(_failure("GET", url, response))
+            raise Refused(failure("GET", url, response))
         return dict(loads(response.content))
-
-    @staticmethod
-    def _body(response: httpx.Response) -> dict[str, Any] | None:
-        if not response.content:
-            return None
-        try:
-            body = loads(response.content)
-        except FhirError:
-            return None
-        return dict(body) if isinstance(body, dict) and "resourceType" in body else None
 
     async def _audit(
         self,
@@ -451,6 +425,7 @@ class EhrDelivery:
         ehr_url: str | None,
         action: str,
         error: str | None,
+        final: bool = False,
     ) -> None:
         patient = subject_patient(version.resource or {})
         event = sync_event(
@@ -461,6 +436,7 @@ class EhrDelivery:
             ehr_url,
             f"Patient/{patient}" if patient else None,
             error,
+            final,
         )
         await record(self.service, [event])
 

@@ -100,7 +100,12 @@ class EhrSync:
                 self._kek = encryption_key(self.settings.key_encryption_key, self.settings.data_dir)
             key = connection.private_key(self._kek)
             client = BackendServicesClient(
-                connection.base, connection.client_id, key, connection.scopes, self.http
+                connection.base,
+                connection.client_id,
+                key,
+                connection.scopes,
+                self.http,
+                token_url=connection.token_url,
             )
             self._clients[connection.name] = client
         return client

@@ -6,6 +6,11 @@ with (`ehr` "Goal/e1"), the two versions that were last in step (`local_vid`, `e
 EHR version's `ehr_at`), where it started (`origin`: fhirgoal or ehr) and, for a Goal edited on
 both sides, the `conflict` the clinician has been told about (exchange/conflicts.py). A Patient's
 link is how fhirgoal follows that patient in the EHR; `pulled` says its first full pull is done.
+A deletion (exchange/ehr_deletions.py) is recorded on the link, not by dropping it: `deleted`
+says which side deleted its record ("fhirgoal" or "ehr") and `deleted_at` when the sync saw it;
+a later version on either side (a record made again) moves the link on and clears it. `moved`
+lists the EHR Patients a Patient link followed before the EHR merged them into another
+(exchange/ehr_patient_links.py).
 
 Identity is by identifiers only (issue 15: "never by guesswork"): a link is made when an
 identifier says two records are the same (a Patient's MRN, the identifier the sync gives every
@@ -50,6 +55,7 @@ class Link:
     origin: str  # "fhirgoal" | "ehr"
     pulled: bool = False
     conflict: Conflict | None = None
+    deleted: str | None = None  # the side that deleted its record: "fhirgoal" | "ehr"
 
     @property
     def local_id(self) -> str:
@@ -76,6 +82,7 @@ def _link(doc: dict[str, Any]) -> Link:
         doc.get("origin", "ehr"),
         bool(doc.get("pulled")),
         conflict,
+        doc.get("deleted"),
     )
 
 
@@ -176,9 +183,31 @@ class LinkStore:
             },
             "$setOnInsert": {"origin": origin},
         }
+        update["$unset"] = {"deleted": "", "deleted_at": ""}
         if clear_conflict:
-            update["$unset"] = {"conflict": ""}
+            update["$unset"]["conflict"] = ""
         await self.links.update_one({"_id": self.key(conn, local)}, update, upsert=True)
+
+    async def mark_deleted(self, conn: str, local: str, side: str, ehr_vid: str = "") -> None:
+        """`side` ("fhirgoal" or "ehr") deleted its record of the link (and, when the sync
+        carried the deletion over, the other side's too); `ehr_vid` the EHR's deletion version,
+        when known."""
+        fields: dict[str, Any] = {"deleted": side, "deleted_at": datetime.now(UTC)}
+        if ehr_vid:
+            fields["ehr_vid"] = ehr_vid
+        await self.links.update_one({"_id": self.key(conn, local)}, {"$set": fields})
+
+    async def move(self, conn: str, local: str, ehr: str, replaced: str) -> None:
+        """The EHR merged `replaced` into `ehr`: the link follows `ehr` from now on, fetched whole
+        at the next pull (not yet `pulled`), and remembers `replaced` in `moved`."""
+        await self.links.update_one(
+            {"_id": self.key(conn, local)},
+            {
+                "$set": {"ehr": ehr, "ehr_vid": "", "ehr_at": None, "pulled": False,
+                         "updated": datetime.now(UTC)},
+                "$push": {"moved": {"ehr": replaced, "at": datetime.now(UTC)}},
+            },
+        )  # fmt: skip
 
     async def mark_pulled(self, conn: str, local: str) -> None:
         await self.links.update_one({"_id": self.key(conn, local)}, {"$set": {"pulled": True}})

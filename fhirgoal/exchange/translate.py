@@ -126,3 +126,15 @@ def content(resource: dict[str, Any]) -> dict[str, Any]:
 def supports_identifier(resource: dict[str, Any]) -> bool:
     """Whether the type has a top-level identifier list (every type the sync moves does)."""
     return resource.get("resourceType") not in ("Bundle", "Binary", "Parameters")
+
+
+def patient_of(resource: dict[str, Any]) -> str:
+    """The patient an EHR's resource belongs to: itself, its subject or its patient (the
+    reference as the EHR wrote it); else the resource's own reference."""
+    if resource.get("resourceType") == "Patient":
+        return f"Patient/{resource.get('id')}"
+    for key in ("subject", "patient"):
+        reference = (resource.get(key) or {}).get("reference")
+        if isinstance(reference, str):
+            return reference
+    return f"{resource.get('resourceType')}/{resource.get('id')}"

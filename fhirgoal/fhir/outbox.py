@@ -69,20 +69,27 @@ class Delivery(NamedTuple):
 
 class Skip(NamedTuple):
     """No request for this item: void it (`retry_in` None) or look again in `retry_in` seconds
-    without counting an attempt (its version is not stored yet)."""
+    without counting an attempt (its version is not stored yet); `dead`: nothing can ever deliver
+    it (its destination is gone) and a human must hear of it, so it is parked as dead now rather
+    than voided."""
 
     reason: str
     retry_in: float | None = None
+    dead: bool = False
 
 
 class Sent(NamedTuple):
     """How a delivery that its handler carried out went: delivered (no `error`, no `void`),
     failed (`error`, and any wait a Retry-After asked for), or found to be void after all
-    (`void`: the reason; nothing is left to deliver)."""
+    (`void`: the reason; nothing is left to deliver). A failure that retrying cannot change
+    (the receiver rejected the content for good, the mapping cannot express it, the scope
+    forbids it) is `final`: the item is parked as dead at once, for a human, instead of retried
+    until the horizon."""
 
     error: str | None = None
     retry_after: float | None = None
     void: str | None = None
+    final: bool = False
 
 
 class SelfDelivery(NamedTuple):

@@ -8,7 +8,8 @@ One collection, `fhirgoal_outbox`, one document per item of work:
   kind       what delivers it (exchange/: `rest-hook`, `handshake`, ...)
   dest       the destination ("Subscription/123")
   ref, vid   the resource version that caused it ("Observation/9", 3), and `digest` of its text
-  created    when it was recorded; `attempts`, `next` (the next attempt is due), `error` (the last)
+  created    when it was recorded; `attempts`, `next` (the next attempt is due), `error` (the last);
+             `revived` when a human put a dead item back (its dead-letter horizon starts again)
   state      pending -> delivering (leased: `lease` until, `owner`) -> delivered | dead | void
   event      the event number a topic-based Subscription's notification carries, given before
              its first attempt (store/events.py)
@@ -58,6 +59,12 @@ class OutboxItem:
     attempts: int = 0
     lease: datetime | None = None  # the lease this worker holds, when taken
     event: int | None = None  # its event number, once given (store/events.py)
+    revived: datetime | None = None  # when a human last put it back after it died
+
+    @property
+    def since(self) -> datetime:
+        """Where its dead-letter horizon counts from: recorded, or put back by a human."""
+        return self.revived or self.created
 
     def document(self) -> dict[str, Any]:
         return {
@@ -86,6 +93,7 @@ def outbox_item(doc: dict[str, Any]) -> OutboxItem:
         doc.get("attempts", 0),
         doc.get("lease"),
         doc.get("event"),
+        doc.get("revived"),
     )
 
 
@@ -258,6 +266,31 @@ class OutboxStore:
 
     async def items_for(self, dest: str) -> list[dict[str, Any]]:
         return [doc async for doc in self.items.find({"dest": dest}).sort("created", ASCENDING)]
+
+    async def dead_items(self, dest: str | None = None, limit: int = 0) -> list[dict[str, Any]]:
+        """Dead items (of `dest` only, when given), the latest first."""
+        query: dict[str, Any] = {"state": DEAD}
+        if dest is not None:
+            query["dest"] = dest
+        cursor = self.items.find(query).sort("next", -1)
+        if limit:
+            cursor = cursor.limit(limit)
+        return [doc async for doc in cursor]
+
+    async def revive(self, dest: str | None = None, key: str | None = None) -> int:
+        """Put dead items back (all of `dest`, or the one `key`): pending, due now, attempts from
+        zero, the dead-letter horizon counted from now (`revived`); the last error stays until
+        the next attempt replaces it. How many were put back."""
+        query: dict[str, Any] = {"state": DEAD}
+        if dest is not None:
+            query["dest"] = dest
+        if key is not None:
+            query["_id"] = key
+        at = datetime.now(UTC)
+        result = await self.items.update_many(
+            query, {"$set": {"state": PENDING, "next": at, "revived": at, "attempts": 0}}
+        )
+        return result.modified_count
 
     async def void_for(self, dest: str, reason: str) -> int:
         """Drop the undelivered items of a destination that is gone (a Subscription turned off)."""

@@ -15,9 +15,17 @@ import httpx
 from fhirgoal.auth.clients import Client
 from fhirgoal.auth.keys import encryption_key
 from fhirgoal.core.jsonio import dumps
-from fhirgoal.exchange.connections import DEFAULT_SCOPES, ConnectionStore, EhrConnection, new_key
+from fhirgoal.exchange.connections import (
+    DEFAULT_SCOPES,
+    SUBSCRIPTION_SCOPE,
+    ConnectionStore,
+    EhrConnection,
+    new_key,
+)
 from fhirgoal.exchange.ehr_inbound import Puller, PullReport
 from fhirgoal.exchange.ehr_install import sync_of
+from fhirgoal.exchange.ehr_push import PushLoop
+from fhirgoal.exchange.ehr_subscribe import SubscribeReport
 from fhirgoal.exchange.ehr_sync import EhrSync
 from fhirgoal.exchange.links import LinkStore
 from fhirgoal.fhir.service import FhirService
@@ -61,6 +69,16 @@ class Pair:
     def links(self) -> LinkStore:
         return self.sync.links
 
+    @property
+    def push(self) -> PushLoop:
+        """fhirgoal's push in (exchange/ehr_push.py): its receiver and loop."""
+        push: PushLoop = self.fhirgoal.app.state.ehr_push
+        return push
+
+    async def subscribe(self) -> SubscribeReport:
+        """What `fhirgoal ehr subscribe` does: the EHR's Subscriptions made."""
+        return await self.push.subscriber.ensure(self.connection)
+
     async def pull(self) -> PullReport:
         return await Puller(self.sync).pull(self.connection)
 
@@ -99,10 +117,12 @@ class Pair:
         return int(response.json()["total"])
 
 
-async def register_fhirgoal(ehr: SmartServer, jwks: dict[str, Any]) -> None:
+async def register_fhirgoal(
+    ehr: SmartServer, jwks: dict[str, Any], scopes: str = DEFAULT_SCOPES
+) -> None:
     """fhirgoal as a Backend Services client of the EHR, with its public keys."""
     await ehr.app.state.smart.clients.register(
-        Client(client_id=CLIENT_ID, scopes=DEFAULT_SCOPES, jwks=jwks)
+        Client(client_id=CLIENT_ID, scopes=scopes, jwks=jwks)
     )
 
 
@@ -111,12 +131,16 @@ async def ehr_pair(
     mongo_uri: str,
     front: Callable[[str], AbstractAsyncContextManager[Any]] | None = None,
     mapping: str | None = None,
+    bulk_export: str | None = None,
+    scopes: str = DEFAULT_SCOPES,
+    subscribe: bool = False,
     **fhirgoal_settings: Any,
 ) -> AsyncIterator[Pair]:
     """The EHR and fhirgoal, connected; `front` puts something with a `base` (a proxy) in front
     of the EHR, made from the EHR's base: fhirgoal then reaches the EHR through it. `mapping` is
     the connection's mapping folder (exchange/dialect.py; e.g. the built-in example-ehr): the EHR
-    then speaks that dialect. None: the identity dialect."""
+    then speaks that dialect. None: the identity dialect. `subscribe`: the connection is marked
+    to subscribe (push in), with the scope that needs."""
     async with run_smart(mongo_uri) as ehr, AsyncExitStack() as stack:
         ehr_base, in_front = ehr.base, None
         if front is not None:
@@ -126,22 +150,25 @@ async def ehr_pair(
         async with running(fresh_settings(mongo_uri, prefix="fg", **values)) as fhirgoal:
             service: FhirService = fhirgoal.app.state.fhir
             key = new_key("ES384")
+            scopes = f"{DEFAULT_SCOPES} {SUBSCRIPTION_SCOPE}" if subscribe else DEFAULT_SCOPES
             connection = EhrConnection(
                 name=CONNECTION,
                 base=ehr_base,
                 client_id=CLIENT_ID,
-                scopes=DEFAULT_SCOPES,
+                scopes=scopes,
                 alg="ES384",
                 public_jwk={},
                 mapping=mapping,
                 patient_system=MRN,
+                bulk_export=bulk_export,
+                subscribe=subscribe,
             )
             store = ConnectionStore(service.database)
             kek = encryption_key(TEST_KEK, fhirgoal.settings.data_dir)
             await store.add(connection, key, kek)
             stored = await store.get(CONNECTION)
             assert stored is not None
-            await register_fhirgoal(ehr, stored.public_jwks())
+            await register_fhirgoal(ehr, stored.public_jwks(), scopes)
             await sync_of(service).refresh()
             async with await ehr.as_scope("system/*.cruds") as ehr_http:
                 yield Pair(ehr, ehr_http, fhirgoal, stored, in_front)

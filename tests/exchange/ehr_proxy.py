@@ -1,8 +1,9 @@
 """A real HTTP proxy in front of the EHR server, scriptable to be hostile to fhirgoal's writes:
 each write (POST, PUT) takes the next planned step, which may keep the write from the EHR and
 answer an error (500, 429 with Retry-After), or pass it on and lose the answer (the EHR applied
-it; fhirgoal hears 500, or nothing before its timeout). Reads pass through. Every write is
-recorded with what fhirgoal was answered."""
+it; fhirgoal hears 500, or nothing before its timeout). Reads pass through, unless
+`reads_fail` says what they are answered instead (an EHR that cannot be read for a while). Every
+write is recorded with what fhirgoal was answered."""
 
 from __future__ import annotations
 
@@ -45,6 +46,7 @@ class Proxy:
     base: str = ""  # the FHIR base fhirgoal uses
     plan: list[Step] = field(default_factory=list)
     delay: float = 0.0  # before each write is passed on (a slow EHR)
+    reads_fail: int = 0  # 0: reads pass; else the status every FHIR read (GET) is answered
     writes: list[Write] = field(default_factory=list)
 
 
@@ -58,6 +60,8 @@ async def proxy(
 
     async def forward(request: Request) -> Response:
         body = await request.body()
+        if request.method == "GET" and state.reads_fail and "/fhir/" in request.url.path:
+            return Response(status_code=state.reads_fail)
         write = request.method in ("POST", "PUT")
         step = state.plan.pop(0) if write and state.plan else Step()
         if write and state.delay:

@@ -16,16 +16,19 @@ from tests.exchange.ehr_pair import CLIENT_ID, MRN, patient, register_fhirgoal
 from tests.helpers import create
 
 
-def cli(mongo_uri: str, db: str, *args: str) -> subprocess.CompletedProcess[str]:
-    env = os.environ | {
+def cli(
+    mongo_uri: str, db: str, *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    environment = os.environ | {
         "MONGODB_URI": mongo_uri,
         "FHIRGOAL_DB": db,
         "FHIRGOAL_KEY_ENCRYPTION_KEY": TEST_KEK,
         "COLUMNS": "200",  # rich tables on one line
+        **(env or {}),
     }
     return subprocess.run(
         [sys.executable, "-m", "fhirgoal.cli", *args],
-        env=env,
+        env=environment,
         capture_output=True,
         text=True,
         timeout=120,

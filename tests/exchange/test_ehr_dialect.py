@@ -15,7 +15,12 @@ from decimal import Decimal
 from typing import Any
 
 from fhirgoal.clinical.codes import GAS_EXTENSION
-from fhirgoal.clinical.resources import gas_goal, gas_rating, rating_scale_response
+from fhirgoal.clinical.resources import (
+    GAS_GOAL_PROFILE,
+    gas_goal,
+    gas_rating,
+    rating_scale_response,
+)
 from fhirgoal.config import BUILTIN_MAPPINGS_DIR
 from fhirgoal.exchange.delivery import DeliveryWorker
 from fhirgoal.store.outbox import OUTBOX
@@ -29,6 +34,7 @@ SETTINGS = {"outbox_worker": False, "sync_pull_seconds": 0, "mapping": EXAMPLE_E
 VENDOR = "https://ehr.example.org/fhir/StructureDefinition/"
 FLOWSHEET = "https://ehr.example.org/fhir/CodeSystem/flowsheet-row"
 CPT = "http://www.ama-assn.org/go/cpt"
+RESTRICTED = {"system": "http://terminology.hl7.org/CodeSystem/v3-Confidentiality", "code": "R"}
 GAS_LEVELS = [
     "Panic attacks every day",
     "Four or five a week",
@@ -211,7 +217,10 @@ async def gas_scale_in_fhirgoal(pair: Pair, goal: dict[str, Any]) -> dict[str, A
         importance=2,
         difficulty=3,
     )
-    edited = {**goal, "extension": scaled["extension"], "target": scaled["target"]}
+    # the GAS profile fhirgoal claims, and a label that restricts access (issue 15: kept when
+    # the EHR, which carries neither, edits the goal)
+    meta = {**scaled["meta"], "security": [RESTRICTED]}
+    edited = {**goal, "extension": scaled["extension"], "target": scaled["target"], "meta": meta}
     response = await put(pair.fhirgoal.client, edited)
     assert response.status_code == 200, response.text
     return dict(response.json())
@@ -302,6 +311,8 @@ async def test_ratings_and_totals_reach_the_ehr_in_its_dialect_once_and_nothing_
         edited = (await pair.fhirgoal.client.get(f"/Goal/{goal['id']}")).json()
         assert edited["description"] == {"text": "Fewer panic attacks at work"}
         assert edited["extension"] == after["extension"]  # levels, weight, variant: as they were
+        assert edited["meta"]["profile"] == after["meta"]["profile"] == [GAS_GOAL_PROFILE]
+        assert edited["meta"]["security"] == after["meta"]["security"] == [RESTRICTED]
         assert edited["target"] == after["target"]
         assert edited.get("achievementStatus") == after.get("achievementStatus")
         assert [n for n in edited["note"] if n.get("authorString") == "fhirgoal GAS scale"] == []
@@ -396,7 +407,8 @@ async def test_what_the_dialect_cannot_map_waits_with_the_rule_and_element_named
         [item] = [
             doc async for doc in pair.service.database[OUTBOX].find({"dest": pair.connection.dest})
         ]
-        assert item["state"] == "pending" and item["attempts"] == 1  # failing: retried later
+        # retrying cannot change what the mapping cannot express: dead at once, for a human
+        assert item["state"] == "dead" and item["attempts"] == 1
         assert "goal-out" in item["error"] and "Goal.description.text" in item["error"]
 
         # the rest of the pull and the deliveries went on; `fhirgoal sync status` shows both
@@ -404,4 +416,5 @@ async def test_what_the_dialect_cannot_map_waits_with_the_rule_and_element_named
         assert status.returncode == 0, status.stderr
         out = " ".join((status.stdout + status.stderr).split())
         assert "goal-out" in out and "Goal.description.text" in out
+        assert f"dead (1 attempt(s)): {item['_id']}" in out and "sync retry" in out
         assert f"Condition/{uncoded['id']}" in out and "condition-in" in out

@@ -170,6 +170,7 @@ async def test_capability_statement_lists_operations_and_supported_profiles(
         "everything",
         "export",
         "medical-necessity",
+        "submit-to-payer",
     }
     extract = next(
         o for o in by_type["QuestionnaireResponse"]["operation"] if o["name"] == "extract"

@@ -7,7 +7,8 @@ it, put it in the Task, complete it) is the server's rule, done in one place and
 client that could set `completed` could also set outputs the server never made (rule.py refuses
 both to anyone but this module).
 
-- `$approve` (`start`, `end` optional dates): for an attachment request, runs
+- `$approve` (`start`, `end` optional dates, `sendToPayer` optional boolean): for an attachment
+  request, runs
   `$medical-necessity` (evidence/operation.py) for the period (default: from the request's
   `service-date` input to the day it was authored; without a service date the clinician gives
   `start`) and puts the signed document Bundle and the PDF DocumentReference in the Task as
@@ -16,7 +17,11 @@ both to anyone but this module).
   Contained, as CDex shows it (task-based-approach.html, "Contained Task Outputs"): the payer
   reads its Task and has the data, without any access to the patient's record; the document's
   signature leaves out the Bundle's `id` and `meta`, so the contained copy verifies like any.
-  Status `completed`, `businessStatus` saying who approved it.
+  Status `completed`, `businessStatus` saying who approved it. With `sendToPayer` true (an
+  attachment request from a payer with a connection, evidence/payers/) the same write records
+  the Da Vinci CDex `$submit-attachment` to the payer's endpoint in the outbox (solicited
+  attachments, https://hl7.org/fhir/us/davinci-cdex/attachments.html); a submission the payer
+  could not take (no tracking id, no member id) is refused before anything is written.
 - `$reject` (`reason`, required): status `rejected` with `statusReason.text` (tdr-2).
 
 Both are the clinician's: the caller's token must name a Practitioner or PractitionerRole
@@ -33,12 +38,15 @@ import copy
 from datetime import date
 from typing import Any
 
-from fhirgoal.core.access import AccessContext
+from fhirgoal.core.access import UNRESTRICTED, AccessContext
 from fhirgoal.core.errors import FhirError
 from fhirgoal.evidence.cdex import codes
 from fhirgoal.evidence.cdex.request import CdexRequest, read_request
 from fhirgoal.evidence.cdex.rule import fulfilling, is_cdex_request, resolved_patient
 from fhirgoal.evidence.operation import MedicalNecessity
+from fhirgoal.evidence.payers.connections import PayerConnection, PayerConnectionStore
+from fhirgoal.evidence.payers.outbox import submitting
+from fhirgoal.evidence.payers.submission import check, from_task
 from fhirgoal.evidence.request import EvidenceRequest
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.operations import Invocation, ParameterValue
@@ -55,24 +63,35 @@ class CdexAnswers:
         self.evidence = evidence
 
     async def approve(self, svc: FhirService, call: Invocation) -> Outcome:
-        call.parameters.reject_unknown({"start", "end"})
+        call.parameters.reject_unknown({"start", "end", "sendToPayer"})
+        send = call.parameters.one("sendToPayer")
         current, task = await _open_request(svc, call)
         request = read_request(svc, task, new=False)
         patient = resolved_patient(task)
         assert patient is not None  # rule.py recorded it when the request was accepted
+        payer = await _payer_connection(svc, request) if send and send.boolean() else None
         if request.kind == "attachment":
             contained, outputs = await self._attachments(svc, call, request, patient)
         else:
             contained, outputs = await _data(svc, call, request, patient)
+        approved = f"Approved by {_who(call.access)}"
+        if payer is not None:
+            approved += f"; sent to the payer by $submit-attachment ({payer.name})"
         answered = {
             **task,
             "status": "completed",
-            "businessStatus": {"text": f"Approved by {_who(call.access)}"},
+            "businessStatus": {"text": approved},
             "lastModified": instant_text(now()),
             "contained": [*_kept_contained(task), *contained],
             "output": outputs,
         }
-        return await _write(svc, call, current, answered)
+        if payer is None:
+            return await _write(svc, call, current, answered)
+        member = await svc.current(UNRESTRICTED, "Patient", patient.removeprefix("Patient/"))
+        # refused now, with nothing stored, if the payer could not take it
+        check(from_task(answered, payer, member.resource if member else None))
+        with submitting(payer.name):
+            return await _write(svc, call, current, answered)
 
     async def reject(self, svc: FhirService, call: Invocation) -> Outcome:
         call.parameters.reject_unknown({"reason"})
@@ -125,6 +144,25 @@ class CdexAnswers:
                 "display": f"{document['identifier']['value']} (FHIR document, signed)"}},
         ]  # fmt: skip
         return [document, pdf], outputs
+
+
+async def _payer_connection(svc: FhirService, request: CdexRequest) -> PayerConnection:
+    """The connection of the payer that asked, for `sendToPayer`."""
+    if request.kind != "attachment":
+        raise FhirError(
+            "processing",
+            "a data request is answered in its Task only: sendToPayer is for attachment requests",
+            "sendToPayer",
+        )
+    connection = await PayerConnectionStore(svc.database).for_organization(request.payer)
+    if connection is None:
+        raise FhirError(
+            "processing",
+            f"no payer connection for {request.payer}: an administrator adds one "
+            f"(fhirgoal payer add --organization {request.payer.removeprefix('Organization/')})",
+            "sendToPayer",
+        )
+    return connection
 
 
 async def _open_request(svc: FhirService, call: Invocation) -> tuple[Version, dict[str, Any]]:
