@@ -127,9 +127,9 @@ def fresh_settings(mongo_uri: str, prefix: str = "test", **overrides: Any) -> Se
 
 
 @asynccontextmanager
-async def running(settings: Settings) -> AsyncIterator[RunningServer]:
+async def running(settings: Settings, drop_database: bool = True) -> AsyncIterator[RunningServer]:
     """The app of `settings` served over real HTTP, with a client on its FHIR base; stopped and
-    its database dropped afterwards."""
+    its database dropped afterwards (unless `drop_database` is False: a restart follows)."""
     server, task, port = await start_server(settings)
     base = f"http://127.0.0.1:{port}/fhir"
     try:
@@ -138,9 +138,10 @@ async def running(settings: Settings) -> AsyncIterator[RunningServer]:
     finally:
         server.should_exit = True
         await task
-        mongo = connect(settings.mongodb_uri or "")
-        await mongo.drop_database(settings.db)
-        await mongo.close()
+        if drop_database:
+            mongo = connect(settings.mongodb_uri or "")
+            await mongo.drop_database(settings.db)
+            await mongo.close()
 
 
 @pytest.fixture

@@ -14,6 +14,10 @@ METHOD = "op"  # the interaction that made the version (POST, PUT, PATCH, DELETE
 JSON = "json"  # the resource's exact JSON text
 DELETED = "del"  # a deletion's tombstone (its search index cleared)
 PENDING = "pend"  # after-write hooks not all finished (fhir/hooks.py)
+# Facts the server keeps with a version, beside its search index and never part of the resource
+# (fhir/hooks.py WriteEvent.server_fields: a Subscription's reach). A sub-document by name; not
+# indexed, not searchable, dropped with the version it belongs to.
+SERVER = "srv"
 
 # ---- the search index (fhir/search/index.py) ------------------------------------------------
 TOKEN = "tok"

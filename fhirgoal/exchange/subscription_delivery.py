@@ -20,8 +20,9 @@ Every request carries the channel's headers and an `Idempotency-Key`, the item's
 is at least once, and a receiver that gets a notification twice can tell (for topic-based ones
 by the event number too).
 
-Status (visible as FHIR, on the Subscription and its `$status`): the handshake's success sets
-`active`; `subscription_error_after` failed attempts of one item in a row, or a dead letter, set
+Status (visible as FHIR, on the Subscription and its `$status`), changed by the server as
+`KEEPS_REACH` (the Subscription keeps its writer's reach, exchange/subscription_reach.py): the
+handshake's success sets `active`; `subscription_error_after` failed attempts of one item in a row, or a dead letter, set
 `error` with `Subscription.error` saying why; a later success sets `active` again. The IG
 (errors.html) leaves re-activation to the client, for fear that it would miss notifications
 unawares; here nothing is dropped while the outbox retries (7 days by default), and what is
@@ -40,6 +41,7 @@ from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
 from fhirgoal.core.jsonio import dumps
 from fhirgoal.exchange.notifications import Event, notification
+from fhirgoal.exchange.subscription_reach import KEEPS_REACH
 from fhirgoal.exchange.subscription_rules import Subscription
 from fhirgoal.exchange.subscription_set import HANDSHAKE, HEARTBEAT, SubscriptionSet
 from fhirgoal.fhir.instants import now
@@ -79,8 +81,7 @@ class SubscriptionDelivery:
             # the database before giving the item up.
             stored = await self.service.current(UNRESTRICTED, "Subscription", sid)
             if stored is not None:
-                self.subscriptions.load(stored)
-                sub = self.subscriptions.get(sid)
+                sub = await self.subscriptions.fetch(sid)
             elif (now() - item.created).total_seconds() < ORPHAN_SECONDS:
                 return Skip("its Subscription is not stored yet", NOT_YET_SECONDS)
         return sub if sub is not None else Skip("the Subscription is off or gone")
@@ -186,8 +187,9 @@ class SubscriptionDelivery:
         else:
             resource["error"] = error[:1000]
         try:
+            # the server's own change: the Subscription keeps its writer's reach
             await self.service.update(
-                UNRESTRICTED, "Subscription", sid, resource, f'W/"{current.version}"'
+                KEEPS_REACH, "Subscription", sid, resource, f'W/"{current.version}"'
             )
         except FhirError as failure:
             log.warning("Subscription status not changed", id=sid, error=str(failure))

@@ -7,14 +7,17 @@ and OperationDefinition-backport-subscription-events.html).
   Subscription the caller may read: its status, `events-since-subscription-start`, its `error`
   while it has one, and fhirgoal's own `fhirgoal-delivery` parameter (the profile's slicing is
   open): counts of its notifications in the outbox by state (pending, failing, delivered, dead,
-  void) and the latest error. That is how each delivery's outcome is visible as FHIR: an
+  void) and the latest error; a live Subscription that is not run says why in `error` (its
+  criteria no longer compile, or its writer's reach cannot be established). That is how each delivery's outcome is visible as FHIR: an
   AuditEvent per attempt would cost a journaled write per attempt (more than the attempt's own
   bookkeeping) and bury the one figure a subscriber needs, whether anything is stuck, under
   thousands of records; the counts are one indexed aggregate of the outbox, always current.
 - `GET [base]/Subscription/[id]/$events?eventsSinceNumber=&eventsUntilNumber=&content=`: the
   numbered events the outbox still holds (delivered ones are kept `outbox_retention_seconds`),
   as a notification Bundle of type `query-event`; `content` may ask for less than the
-  Subscription's payload content, never more.
+  Subscription's payload content, never more. The events are those within the reach of the
+  Subscription's writer (exchange/subscription_reach.py) and are read through the caller's
+  access as well: what the caller may not read is left out.
 
 Both read through the caller's access (a Subscription out of reach is not known).
 """
@@ -24,11 +27,10 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
 from fhirgoal.exchange.notifications import Event, least_content, notification, status_parameters
 from fhirgoal.exchange.subscription_rules import CONTENTS, Subscription
-from fhirgoal.exchange.subscription_set import SubscriptionSet
+from fhirgoal.exchange.subscription_set import LIVE_STATUSES, SubscriptionSet
 from fhirgoal.fhir.operations import Invocation, Operation, OperationRegistry
 from fhirgoal.fhir.outbox import digest
 from fhirgoal.fhir.outcome import Outcome
@@ -126,7 +128,14 @@ class SubscriptionOperations:
             sub = Subscription(
                 version.id, version.version, resource.get("status", ""), {}, "", {}, None
             )
-        error = resource.get("error") if resource.get("status") == "error" else None
+        errors = []
+        if resource.get("status") in LIVE_STATUSES:
+            not_run = await self.subscriptions.standing(version.id, version.version)
+            if not_run is not None:
+                errors.append(f"not run: {not_run}")
+        if resource.get("status") == "error" and resource.get("error"):
+            errors.append(str(resource["error"]))
+        error = "; ".join(errors) or None
         return status_parameters(
             base,
             sub,
@@ -161,7 +170,9 @@ class SubscriptionOperations:
         events = []
         for item in await self.counters.numbered(sub.dest, first, last, MAX_EVENTS):
             rt, _, rid = item.ref.partition("/")
-            version = await svc.stored_version(UNRESTRICTED, rt, rid, item.vid)
+            # the events are within the Subscription's writer's reach; read through the
+            # caller's too, who need not be that writer
+            version = await svc.stored_version(inv.access, rt, rid, item.vid)
             if version is not None and digest(version) == item.digest and item.event:
                 events.append(Event(item.event, version))
         bundle = notification(

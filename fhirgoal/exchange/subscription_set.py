@@ -16,14 +16,20 @@ Which writes are events:
   did not match is not (R5's `resultForDelete` of a topic trigger whose `current` test is read
   as "the resource as it last was").
 
+Whom it concerns: each trigger's filter is ANDed with what the Subscription's writer could search
+of the type, a snapshot kept with the version (exchange/subscription_reach.py), so a Subscription
+only ever tells of resources within its writer's reach; one whose reach cannot be established is
+not run, and `$status` says why (`standing`).
+
 The set is loaded at start, kept in step by the hook on this replica and reread every
-`subscription_refresh_seconds` for changes made on others. A `requested` Subscription's version
-causes a handshake item; turning a Subscription `off` (or deleting it) voids what it still had
-to deliver.
+`subscription_refresh_seconds` for changes made on others, each version with the reach kept with
+it. A `requested` Subscription's version causes a handshake item; turning a Subscription `off`
+(or deleting it) voids what it still had to deliver.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -31,6 +37,15 @@ import structlog
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.core.errors import FhirError
+from fhirgoal.exchange.subscription_reach import (
+    KEEPS_REACH,
+    REACH,
+    Unestablished,
+    pack,
+    stored_reach,
+    within,
+    writer_reach,
+)
 from fhirgoal.exchange.subscription_rules import Subscription, SubscriptionReader, Trigger
 from fhirgoal.exchange.topics import Topic
 from fhirgoal.fhir.hooks import WriteEvent
@@ -67,6 +82,8 @@ class SubscriptionSet:
         self.reader = SubscriptionReader(service, settings, topics)
         self._by_id: dict[str, Subscription] = {}
         self._by_type: dict[str, list[tuple[Subscription, Trigger]]] = {}
+        # live-status versions that are not run: id -> (version, why)
+        self._not_run: dict[str, tuple[int, str]] = {}
 
     # ---- the live set ---------------------------------------------------------------------------
     def compile(self, resource: dict[str, Any]) -> Subscription:
@@ -82,13 +99,31 @@ class SubscriptionSet:
             for rt, trigger in sub.triggers.items():
                 self._by_type.setdefault(rt, []).append((sub, trigger))
 
+    def _run(self, version: Version, resource: dict[str, Any]) -> Subscription:
+        """The version as it runs: compiled, and kept within its writer's reach."""
+        sub = self.compile(resource)
+        if version.server is None:  # read without its server fields: nothing to go by
+            raise Unestablished("it was read without the reach kept with it")
+        reach = stored_reach(version.server)
+        if reach is None:  # stored before reaches were kept, by a writer who saw every one
+            return sub
+        return replace(sub, triggers=within(sub.triggers, reach))
+
     def _load_version(self, version: Version) -> None:
-        sub = None
-        if version.resource is not None:
+        sub, why = None, None
+        resource = version.resource
+        if resource is not None:
             try:
-                sub = self.compile(version.resource)
+                sub = self._run(version, resource)
             except FhirError as error:  # stored before a rule changed: leave it alone
-                log.warning("Subscription cannot be run", id=version.id, error=str(error))
+                why = f"its criteria cannot be run: {error}"
+            except Unestablished as error:
+                why = f"the reach of its writer cannot be established ({error})"
+        if why is not None and resource is not None and resource.get("status") in LIVE_STATUSES:
+            log.warning("Subscription not run", id=version.id, version=version.version, why=why)
+            self._not_run[version.id] = (version.version, why)
+        else:
+            self._not_run.pop(version.id, None)
         self._keep(sub, version.id)
 
     async def refresh(self) -> None:
@@ -99,14 +134,21 @@ class SubscriptionSet:
             {"tok": {"$in": [f"status#{s}" for s in LIVE_STATUSES]}},
             [("_id", 1)],
             10_000,
+            server_fields=True,
         )
         seen = {v.id for v in found}
         for version in found:
             known = self._by_id.get(version.id)
-            if known is None or known.version != version.version:
-                self._load_version(version)
+            refused = self._not_run.get(version.id)
+            if known is not None and known.version == version.version:
+                continue
+            if refused is not None and refused[0] == version.version:
+                continue  # not run, and said so once
+            self._load_version(version)
         for sid in [sid for sid in self._by_id if sid not in seen]:
             self._keep(None, sid)
+        for sid in [sid for sid in self._not_run if sid not in seen]:
+            del self._not_run[sid]
 
     def get(self, sid: str) -> Subscription | None:
         return self._by_id.get(sid)
@@ -114,34 +156,69 @@ class SubscriptionSet:
     def live(self) -> list[Subscription]:
         return list(self._by_id.values())
 
-    def load(self, version: Version) -> None:
-        """Take a stored version of a Subscription into the live set (or drop it from there)."""
-        self._load_version(version)
+    async def fetch(self, sid: str) -> Subscription | None:
+        """Take the stored current version of a Subscription, with its reach, into the live set
+        (or drop it from there); None when it is not run."""
+        stored = await self.service.current(UNRESTRICTED, "Subscription", sid, server_fields=True)
+        if stored is None:
+            self._keep(None, sid)
+            self._not_run.pop(sid, None)
+        else:
+            self._load_version(stored)
+        return self._by_id.get(sid)
+
+    async def standing(self, sid: str, vid: int) -> str | None:
+        """Why version `vid` of a live Subscription is not run; None when it is run (or is not
+        live, or not current any more)."""
+        for attempt in range(2):
+            known = self._by_id.get(sid)
+            if known is not None and known.version == vid:
+                return None
+            refused = self._not_run.get(sid)
+            if refused is not None and refused[0] == vid:
+                return refused[1]
+            if attempt == 0:  # written on another replica since this one last looked
+                await self.fetch(sid)
+        return None
 
     # ---- the write hook (fhir/hooks.py) -----------------------------------------------------------
     def interested(self, event: WriteEvent) -> bool:
         return True
 
     async def before_write(self, event: WriteEvent) -> None:
-        if event.resource is not None:
-            subscription = self.compile(event.resource)  # refuses what cannot run, unstored
-            # Notifications are matched against every write, whoever made it, and may carry the
-            # resource (full-resource payloads): only a requester who may search every resource
-            # of the types may subscribe to them, or a Subscription would read past the
-            # caller's scopes or caseload.
-            for rt in subscription.triggers:
-                if not event.access.sees_all(rt, "s"):
-                    raise FhirError(
-                        "forbidden",
-                        "a Subscription may only be written by a client that may search every "
-                        f"{rt} (e.g. system/{rt}.rs)",
-                        "Subscription.criteria",
-                    )
+        if event.resource is None:
+            return
+        subscription = self.compile(event.resource)  # refuses what cannot run, unstored
+        if event.access is KEEPS_REACH:
+            event.server_fields.update(await self._kept_reach(event))
+        else:
+            # Whoever writes it, the reach is that writer's, taken now (never from the resource)
+            reach = writer_reach(event.access, subscription.triggers)
+            event.server_fields[REACH] = pack(reach)
+        event.state[REACH] = True  # the new version's server fields are in the event
+
+    async def _kept_reach(self, event: WriteEvent) -> dict[str, Any]:
+        """The server fields to carry forward from the version a server status change replaces."""
+        previous = event.previous
+        stored = None
+        if previous is not None and not previous.deleted:
+            stored = await self.service.current(
+                UNRESTRICTED, "Subscription", event.id, server_fields=True
+            )
+        if stored is None or previous is None or stored.version != previous.version:
+            raise FhirError(
+                "conflict", f"Subscription/{event.id} changed while its status was being set"
+            )
+        assert stored.server is not None
+        return {REACH: stored.server[REACH]} if REACH in stored.server else {}
 
     async def after_write(self, event: WriteEvent) -> None:
         if event.version is None:
             return
-        self._load_version(event.version)
+        if event.state.get(REACH) or event.version.deleted:
+            self._load_version(replace(event.version, server=dict(event.server_fields)))
+        else:  # run again after a crash (finish_pending): the reach is in the stored version
+            await self.fetch(event.id)
         resource = event.version.resource
         if resource is None or resource.get("status") == "off":
             voided = await self.service.outbox.store.void_for(

@@ -8,6 +8,8 @@ https://hl7.org/fhir/R4/subscription.html and the Subscriptions R5 Backport IG S
   topic and filters, channel, payload content, heartbeat, timeout), or refused (422);
 - exchange/subscription_set.py: the live set, its write hook, and the outbox source that
   matches each write (creates, updates and deletions) in memory;
+- exchange/subscription_reach.py: the writer's search reach, kept with each Subscription
+  version and ANDed into its triggers, so that it only tells of what its writer may search;
 - exchange/subscription_delivery.py: the delivery handler (classic rest-hook requests, topic
   notification Bundles, handshake, heartbeat, status changes);
 - exchange/notifications.py: the IG's notification Bundle and subscription-status Parameters;

@@ -9,7 +9,11 @@ authorization check see the added content. A hook sees every write of its types 
 
 - `before_write`: after the resource passed validation, before anything is stored. It may reject
   the write (raise FhirError) and may plan follow-up work in `event.state`. Nothing is stored when
-  it raises, so a rejected write loses nothing and leaves nothing behind.
+  it raises, so a rejected write loses nothing and leaves nothing behind. It may also give the
+  new version *server fields* (`event.server_fields`): facts the server keeps with the version,
+  in the same stored document as the version itself (so written atomically with it), never part
+  of the resource, so no client can send, see or change them (core/fields.py SERVER; read back
+  with `Version.server`).
 - `after_write`: once the new version is stored. Follow-up writes go through the FhirService
   again, so they are validated, versioned and indexed like any other write.
 
@@ -55,6 +59,8 @@ class WriteEvent:
     hooks: list[WriteHook] = field(default_factory=list)  # the hooks interested in this write
     warnings: list[Issue] = field(default_factory=list)  # accepted, but worth telling the client
     outbox: bool = False  # outbound work was recorded for it (fhir/outbox.py)
+    # kept with the new version by the server, by name (see before_write above); not for deletions
+    server_fields: dict[str, Any] = field(default_factory=dict)
 
     @property
     def deleted(self) -> bool:

@@ -147,10 +147,12 @@ class FhirService:
         """The database the resources live in (auth/ keeps its own collections there)."""
         return self.repo.db
 
-    async def current(self, access: AccessContext, rt: str, rid: str) -> Version | None:
+    async def current(
+        self, access: AccessContext, rt: str, rid: str, server_fields: bool = False
+    ) -> Version | None:
         """The current version (a deletion's tombstone included), or None when unknown or out of
-        the caller's reach."""
-        return await self.repo.current(access, rt, rid)
+        the caller's reach; `server_fields`: with what the hooks kept with it (`Version.server`)."""
+        return await self.repo.current(access, rt, rid, server_fields=server_fields)
 
     async def stored_version(
         self, access: AccessContext, rt: str, rid: str, vid: int
@@ -165,10 +167,11 @@ class FhirService:
         query: dict[str, Any],
         sort: list[tuple[str, int]],
         limit: int,
+        server_fields: bool = False,
     ) -> list[Version]:
         """Live resources matching a compiled filter (`engine.compile(...).filter`, or a test
-        on `_id`)."""
-        return await self.repo.find(access, rt, query, sort, limit)
+        on `_id`); `server_fields`: with what the hooks kept with them (`Version.server`)."""
+        return await self.repo.find(access, rt, query, sort, limit, server_fields)
 
     async def ids_where(
         self, access: AccessContext, rt: str, query: dict[str, Any], limit: int
@@ -414,6 +417,8 @@ class FhirService:
             await self.outbox.store.record(items)
             items = []
         stored = {**index, fields.PENDING: True} if event.hooks and not in_unit() else index
+        if event.server_fields and not version.deleted:
+            stored = {**stored, fields.SERVER: dict(event.server_fields)}
         return stored, items
 
     def _outbox_index(

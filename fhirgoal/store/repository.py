@@ -80,6 +80,7 @@ _INDEX_FORMAT_ID = "search-index"
 # the same 370 Observations; a read by id, 0.43 against 0.57-0.78 ms of database CPU).
 _VERSION_ONLY = {"json": 1, "v": 1, "lu": 1, "op": 1, "comp": 1}
 _WITH_SORT_KEYS = {**_VERSION_ONLY, "srt": 1}
+_WITH_SERVER_FIELDS = {**_VERSION_ONLY, fields.SERVER: 1}
 _ANY_VERSION = {**_VERSION_ONLY, "id": 1}  # current or history documents (history ones carry `id`)
 _VERBS = {"u": "update", "d": "delete"}
 # A batch size no bounded command's answer reaches: its documents come back in one reply.
@@ -125,6 +126,10 @@ class Version:
     # The patients whose compartment held this version ("Patient/id"): kept with history so that
     # patient-scoped access to earlier versions is decided by the version's own compartment.
     comp: tuple[str, ...] = field(default=(), compare=False)
+    # The server fields kept with the current version (core/fields.py SERVER) when the read asked
+    # for them ({} when it has none); None when it did not ask, so that "none stored" and "not
+    # read" cannot be mistaken for each other.
+    server: dict[str, Any] | None = field(default=None, compare=False)
 
     @property
     def deleted(self) -> bool:
@@ -139,10 +144,18 @@ class Version:
         return parsed
 
 
-def _version(resource_type: str, doc: dict[str, Any]) -> Version:
+def _version(resource_type: str, doc: dict[str, Any], server_fields: bool = False) -> Version:
     rid = doc["id"] if "id" in doc else doc["_id"]
+    server = dict(doc.get(fields.SERVER) or {}) if server_fields else None
     return Version(
-        resource_type, rid, doc["v"], doc["lu"], doc["op"], doc.get("json"), comp=_comp(doc)
+        resource_type,
+        rid,
+        doc["v"],
+        doc["lu"],
+        doc["op"],
+        doc.get("json"),
+        comp=_comp(doc),
+        server=server,
     )
 
 
@@ -284,29 +297,37 @@ class Repository:
 
     # ---- single resources ------------------------------------------------------------------
     async def current(
-        self, access: AccessContext, rt: str, rid: str, interaction: str = "r"
+        self,
+        access: AccessContext,
+        rt: str,
+        rid: str,
+        interaction: str = "r",
+        server_fields: bool = False,
     ) -> Version | None:
         """The current version if the caller may `interaction` it; None when unknown or out of
-        reach (the two are indistinguishable on purpose)."""
+        reach (the two are indistinguishable on purpose). `server_fields`: with the server fields
+        kept with it (`Version.server`)."""
         if rt in self._logs:  # `_settle`, without a coroutine on the hottest path
             await self._logs[rt].catch_up()
         extra = access.constrain(rt, interaction, {})
+        projection = _WITH_SERVER_FIELDS if server_fields else _VERSION_ONLY
         session = current_session()
         if session is None:
-            doc = await self.batched.find_by_id(self.collection(rt), rid, extra, _VERSION_ONLY)
-            return _version(rt, doc) if doc else None
+            doc = await self.batched.find_by_id(self.collection(rt), rid, extra, projection)
+            return _version(rt, doc, server_fields) if doc else None
         # a unit of work reads its own snapshot: never batched with other requests, and a
-        # document it has read or written is not asked for again (store/units.py)
-        known = self._unit_documents(rt) if not extra else None
+        # document it has read or written is not asked for again (store/units.py; the unit
+        # keeps the version fields only)
+        known = self._unit_documents(rt) if not extra and not server_fields else None
         if known is not None and (rt, rid) in known:
             doc = known[(rt, rid)]
         else:
             doc = await self.collection(rt).find_one(
-                {"_id": rid, **extra}, _VERSION_ONLY, session=session
+                {"_id": rid, **extra}, projection, session=session
             )
             if known is not None:
                 known[(rt, rid)] = doc
-        return _version(rt, doc) if doc else None
+        return _version(rt, doc, server_fields) if doc else None
 
     def _unit_documents(self, rt: str) -> UnitDocuments | None:
         """The running unit's documents (None outside a unit, and for a type written through an
@@ -426,13 +447,16 @@ class Repository:
         query: dict[str, Any],
         sort: list[tuple[str, int]],
         limit: int,
+        server_fields: bool = False,
     ) -> list[Version]:
+        """`server_fields`: each version with the server fields kept with it (`Version.server`)."""
         await self._settle(rt)
         query = _live(access, rt, query)
+        projection = _WITH_SERVER_FIELDS if server_fields else _VERSION_ONLY
         cursor = self.collection(rt).find(
-            query, _VERSION_ONLY, sort=sort, limit=limit, session=current_session()
+            query, projection, sort=sort, limit=limit, session=current_session()
         )
-        return [_version(rt, doc) async for doc in cursor]
+        return [_version(rt, doc, server_fields) async for doc in cursor]
 
     async def find_sorted(
         self,

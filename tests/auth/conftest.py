@@ -7,6 +7,7 @@ so that scope enforcement can be tested apart from the OAuth flows (which have t
 
 from __future__ import annotations
 
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
@@ -18,7 +19,7 @@ import pytest
 from fastapi import FastAPI
 from pymongo import MongoClient
 
-from fhirgoal.auth.clients import Client
+from fhirgoal.auth.clients import Client, ClientExists
 from fhirgoal.config import Settings
 from fhirgoal.core.access import UNRESTRICTED
 from fhirgoal.fhir.service import FhirService
@@ -88,24 +89,28 @@ class SmartServer:
 
 
 @asynccontextmanager
-async def run_smart(mongo_uri: str, **overrides: Any) -> AsyncIterator[SmartServer]:
-    """A server in `smart` mode (unless `overrides` say otherwise) on its own database, with the
-    test clients registered; stopped and its database dropped afterwards."""
+async def run_smart(
+    mongo_uri: str, drop_database: bool = True, **overrides: Any
+) -> AsyncIterator[SmartServer]:
+    """A server in `smart` mode (unless `overrides` say otherwise) on its own database (or the
+    `db` of `overrides`, for a restart), with the test clients registered; stopped and its
+    database dropped afterwards unless `drop_database` is False."""
     values: dict[str, Any] = {
         "auth": "smart",
         "audit_flush_seconds": 0.1,
         "key_encryption_key": TEST_KEK,
         **overrides,
     }
-    async with running(fresh_settings(mongo_uri, prefix="auth", **values)) as server:
+    settings = fresh_settings(mongo_uri, prefix="auth", **values)
+    async with running(settings, drop_database) as server:
         app: FastAPI = server.app
         if server.settings.auth == "smart":
-            await app.state.smart.clients.register(
-                Client(client_id=TEST_CLIENT, scopes="patient/*.cruds user/*.cruds system/*.cruds")
-            )
-            await app.state.smart.clients.register(
-                Client(client_id=AUDIT_CLIENT, scopes="system/AuditEvent.rs user/AuditEvent.rs")
-            )
+            for client in (
+                Client(client_id=TEST_CLIENT, scopes="patient/*.cruds user/*.cruds system/*.cruds"),
+                Client(client_id=AUDIT_CLIENT, scopes="system/AuditEvent.rs user/AuditEvent.rs"),
+            ):
+                with contextlib.suppress(ClientExists):  # registered before a restart
+                    await app.state.smart.clients.register(client)
         origin = server.base.removesuffix("/fhir")
         yield SmartServer(server.base, origin, server.settings, app, server.client)
 

@@ -128,7 +128,7 @@ async def test_capability_statement_advertises_the_topics_profile_and_operations
     }
     assert topics == {
         f"{TOPICS}/{name}"
-        for name in ("goal-change", "gas-rating", "outcome-measure", "alert", "encounter")
+        for name in ("goal-change", "gas-rating", "outcome-measure", "alert", "encounter", "task")
     }
     assert f"{BACKPORT}/backport-subscription" in entry["supportedProfile"]
     operations = {o["name"]: o["definition"] for o in entry["operation"]}

@@ -4,11 +4,13 @@ compiled filter is tested against every stored document, index fields as stored.
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
 from urllib.parse import parse_qsl
 
 import pytest
 
-from fhirgoal.fhir.search.matching import UnsupportedFilter, matches
+from fhirgoal.fhir.search.matching import UnsupportedFilter, check, matches
 from fhirgoal.store.mongo import connect
 from tests.conftest import RunningServer
 from tests.helpers import create, observation, patient
@@ -58,6 +60,7 @@ async def test_matching_agrees_with_the_database(fhir: RunningServer, query: str
     finally:
         await mongo.close()
     try:
+        check(compiled.filter)  # what the compiler makes is matchable, checked up front too
         found = sorted(doc["_id"] for doc in docs if matches(doc, compiled.filter))
     except UnsupportedFilter as error:
         pytest.fail(f"{query}: {error}")
@@ -75,3 +78,35 @@ def test_array_semantics_follow_mongodb() -> None:
     assert matches(doc, {"missing": {"$exists": False}})
     with pytest.raises(UnsupportedFilter):
         matches(doc, {"$where": "true"})
+
+
+def test_check_finds_an_unsupported_operator_matching_would_skip() -> None:
+    """`matches` meets an operator only on the documents that get that far; `check` looks at the
+    whole filter, wherever the operator hides."""
+    doc = {"tok": ["a"], "num": [1]}
+    for hidden in [
+        {"$and": [{"tok": "zzz"}, {"num": {"$size": 1}}]},
+        {"tok": "zzz", "$expr": {"$eq": [1, 1]}},
+        {"$or": [{"tok": "a"}, {"num": {"$not": {"$mod": [2, 0]}}}]},
+        {"tok": "zzz", "ref": {"$elemMatch": {"$type": "string"}}},
+        {"tok": "zzz", "ref": {"$all": [{"$elemMatch": {"x": {"$where": "1"}}}]}},
+    ]:
+        assert not matches(doc, hidden) or "$or" in hidden  # never reached the operator
+        with pytest.raises(UnsupportedFilter):
+            check(hidden)
+    check({"$nor": [{"num": {"$gte": 2, "$not": {"$in": [3]}}}], "tok": {"$all": ["a"]}})
+
+
+def test_a_long_in_list_matches_as_its_values_one_by_one() -> None:
+    """A long `$in` (a caseload's patients in a Subscription's reach) is tested by hashing its
+    strings; it agrees with testing each of its values alone (the direct comparison)."""
+    many: list[Any] = [f"Patient/{i}" for i in range(20)] + [[], 7, Decimal("2.5"), None]
+    values: list[Any] = ["Patient/3", "Patient/30", [], ["Patient/19"], ["x", "Patient/0"], 7]
+    values += [7.0, "7", None, Decimal("2.50"), [Decimal("2.5")], [[]], ["Patient/3x"], True]
+    docs: list[dict[str, Any]] = [*({"f": v} for v in values), {}]
+    for doc in docs:
+        expected = any(matches(doc, {"f": {"$in": [one]}}) for one in many)
+        assert matches(doc, {"f": {"$in": many}}) == expected, doc
+        assert matches(doc, {"f": {"$nin": many}}) == (not expected), doc
+    assert matches({"f": "Patient/3"}, {"f": {"$in": many}})
+    assert not matches({"f": "Patient/30"}, {"f": {"$in": many}})

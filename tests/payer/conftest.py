@@ -26,10 +26,12 @@ HREX_TEMP = "http://hl7.org/fhir/us/davinci-hrex/CodeSystem/hrex-temp"
 
 
 def payer_scopes(org: str) -> str:
-    """What a payer is registered for: its own requests and its own member lists."""
+    """What a payer is registered for: its own requests (searched to poll them) and its own
+    member lists, and Subscriptions (which tell it of what it may search: its own requests)."""
     return (
-        f"system/Task.cru?requester=Organization/{org} "
-        f"system/Group.cruds?managing-entity=Organization/{org}"
+        f"system/Task.crus?requester=Organization/{org} "
+        f"system/Group.cruds?managing-entity=Organization/{org} "
+        "system/Subscription.cru"
     )
 
 
