@@ -36,7 +36,8 @@ from __future__ import annotations
 
 import asyncio
 import heapq
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from functools import cached_property
@@ -63,6 +64,7 @@ from fhirgoal.store.batching import BatchedCollectionOps, Companion
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
 from fhirgoal.store.planner import excludes_tombstones, shape
+from fhirgoal.store.read_ahead import read_ahead
 from fhirgoal.store.units import UnitDocuments, current_session, unit_documents
 from fhirgoal.store.windows import (
     TARGET_DOCUMENTS,
@@ -534,7 +536,7 @@ class Repository:
         until: datetime,
         after: datetime | None = None,
         target: int = TARGET_DOCUMENTS,
-    ) -> AsyncIterator[list[Version]]:
+    ) -> AsyncGenerator[list[Version], None]:
         """Every live resource matching `query` within the caller's reach whose last update falls
         in `(after, until]`, in batches, each the answer of one database command whose cost an
         index bounds (store/windows.py), in no particular order (Bulk Data export).
@@ -542,13 +544,17 @@ class Repository:
         A `$in` on the patient compartment drives the query in batches of members; otherwise
         windows of the last-updated instant do, the rest of the query checked on what a window
         holds. A resource appears once: a window's range is fixed, and an update moves a resource
-        past `until`; a resource in two members' compartments is kept from its first batch."""
+        past `until`; a resource in two members' compartments is kept from its first batch. The
+        next command is sent before a batch is yielded (store/read_ahead.py), so the database
+        works on it while the caller handles the batch."""
         await self._settle(rt)
         shaped = _live(access, rt, query)
         members = _compartment_members(shaped)
         if members is not None:
-            async for batch in self._scan_members(rt, shaped, members, until, after, target):
-                yield batch
+            member_batches = self._scan_members(rt, shaped, members, until, after, target)
+            async with aclosing(member_batches):  # closed with this walk: nothing left in flight
+                async for batch in member_batches:
+                    yield batch
             return
         if window_test(None, until, shaped.get(fields.LAST_UPDATED)) is None or any(
             key.startswith("$") for key in shaped
@@ -560,16 +566,21 @@ class Repository:
             return
         rest = {key: test for key, test in shaped.items() if key != fields.LAST_UPDATED}
         windows = await self._windows(rt, until, after, target)
-        async for low, high in windows:
+
+        async def window(bounds: tuple[datetime | None, datetime]) -> list[Version]:
             # the window first: the embedded database drives the query from the first key
-            test = window_test(low, high, shaped.get(fields.LAST_UPDATED))
+            test = window_test(*bounds, shaped.get(fields.LAST_UPDATED))
             cursor = self.collection(rt).find(
                 {fields.LAST_UPDATED: test, **rest}, _VERSION_ONLY, batch_size=_ONE_REPLY
             )
-            batch = [_version(rt, doc) async for doc in cursor]
-            windows.found(len(batch))
-            if batch:
-                yield batch
+            return [_version(rt, doc) async for doc in cursor]
+
+        # the next window is read while the caller writes this one (store/read_ahead.py)
+        batches = read_ahead(aiter(windows), window, lambda batch: windows.found(len(batch)))
+        async with aclosing(batches):
+            async for batch in batches:
+                if batch:
+                    yield batch
 
     async def _windows(
         self, rt: str, until: datetime, after: datetime | None, target: int
@@ -590,14 +601,19 @@ class Repository:
         until: datetime,
         after: datetime | None,
         target: int,
-    ) -> AsyncIterator[list[Version]]:
+    ) -> AsyncGenerator[list[Version], None]:
         window = window_test(after, until, shaped.get(fields.LAST_UPDATED))
         rest = {
             k: v for k, v in shaped.items() if k not in (fields.COMPARTMENT, fields.LAST_UPDATED)
         }
         seen: set[str] = set()  # a resource may be in the compartments of two batches' members
-        batches = MemberBatches(members, target)
-        for batch_members in batches:
+        member_batches = MemberBatches(members, target)
+
+        async def plans() -> AsyncIterator[list[str]]:
+            for batch_members in member_batches:
+                yield batch_members
+
+        async def members_of(batch_members: list[str]) -> list[Version]:
             query = {fields.COMPARTMENT: {"$in": batch_members}, **rest}
             if window is not None:
                 query[fields.LAST_UPDATED] = window
@@ -605,11 +621,16 @@ class Repository:
             found = [_version(rt, doc) async for doc in cursor]
             if window is None:  # an odd test on lu stayed in `rest`: the range is checked here
                 found = [v for v in found if _within(v.last_updated, after, until)]
-            batches.found(len(found))
-            fresh = [v for v in found if v.id not in seen]
-            seen.update(v.id for v in fresh)
-            if fresh:
-                yield fresh
+            return found
+
+        # the next batch of members is read while the caller writes this one
+        batches = read_ahead(plans(), members_of, lambda found: member_batches.found(len(found)))
+        async with aclosing(batches):
+            async for found in batches:
+                fresh = [v for v in found if v.id not in seen]
+                seen.update(v.id for v in fresh)
+                if fresh:
+                    yield fresh
 
     async def _scan_once(
         self, rt: str, shaped: dict[str, Any], until: datetime, after: datetime | None
