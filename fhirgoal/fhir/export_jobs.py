@@ -6,7 +6,7 @@ queued jobs of its server process, one at a time, and takes over those whose pro
 run writes, as NDJSON files of at most `file_lines` lines stored in chunks of about 512 KB:
 
 - `output`: each requested type's resources, read in database commands of bounded cost
-  (`Repository.scan_bounded`: windows of the last-updated index, or batches of a Group's
+  (`Repository.list_bounded`: windows of the last-updated index, or batches of a Group's
   members; store/windows.py says why one query over a whole type will not do) and streamed to
   the files (memory stays constant); the stored JSON text is written through as it is, unless
   `_elements` asks for a subset (fhir/subsetting.py, tagged SUBSETTED). Several `_typeFilter`s
@@ -69,7 +69,7 @@ from fhirgoal.fhir.search.index import local_reference
 from fhirgoal.fhir.search.matching import UnsupportedFilter, matches
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.exports import COMPLETED, FAILED, ExportStore
-from fhirgoal.store.repository import Version
+from fhirgoal.store.repository import Listed, Version
 
 log = structlog.get_logger(__name__)
 
@@ -365,7 +365,7 @@ class _Export:
         # query needs no such memory
         seen: set[str] | None = set() if len(queries) > 1 else None
         for query in queries:
-            batches = self.svc.repo.scan_bounded(
+            batches = self.svc.repo.list_bounded(
                 self.access, rt, query, self.transaction_time, self.since
             )
             # closed at once when the run stops (the command read ahead is cancelled)
@@ -375,7 +375,7 @@ class _Export:
         return await files.close()
 
     async def _write(
-        self, rt: str, batch: list[Version], files: _Files, seen: set[str] | None
+        self, rt: str, batch: list[Listed], files: _Files, seen: set[str] | None
     ) -> None:
         """One batch of `rt`'s output (and of its associated Provenance)."""
         if self._provenance_by_target(rt):
@@ -399,7 +399,7 @@ class _Export:
         by_target = self.job["level"] != "system" and not self.job.get("associated")
         return rt == "Provenance" and by_target
 
-    async def _targeting_compartments(self, provenances: list[Version]) -> list[Version]:
+    async def _targeting_compartments(self, provenances: list[Listed]) -> list[Listed]:
         """Those of `provenances` with a `target` in the level's compartments (looked up by id,
         within the requester's reach: a target it may not search counts as outside)."""
         targets: dict[str, set[str]] = {}
@@ -428,7 +428,7 @@ class _Export:
             return None
         return sorted({*requested.get("*", []), *requested.get(rt, [])})
 
-    def _line(self, version: Version, elements: list[str] | None) -> bytes:
+    def _line(self, version: Version | Listed, elements: list[str] | None) -> bytes:
         if elements is None:
             return _line(version.text or "")
         resource = version.resource
@@ -504,7 +504,7 @@ class _AssociatedProvenance:
         self.files = _Files(run, "Provenance", "Provenance")
         self.written: set[str] = set()  # Provenance ids (one may target many exported resources)
 
-    async def of(self, batch: list[Version]) -> None:
+    async def of(self, batch: list[Listed]) -> None:
         targets = {f"{v.resource_type}/{v.id}" for v in batch}
         query = {
             fields.REFERENCE: {"$in": [f"target={t}" for t in sorted(targets)]},

@@ -56,7 +56,11 @@ async def _sent(
         plan = await anext(plans)
     except StopAsyncIteration:
         return None
-    return asyncio.ensure_future(fetch(plan))
+    command = asyncio.ensure_future(fetch(plan))
+    # Let it run up to its first wait, the answer: the command is then on its way. Otherwise it
+    # would start only when the reader next waits, which writing a batch may not do at all.
+    await asyncio.sleep(0)
+    return command
 
 
 def _forget(future: asyncio.Future[Any]) -> None:
