@@ -1,7 +1,8 @@
 """Benchmark Bulk Data export (issue 16): resources per second, the server's memory growth, the
 database's CPU per resource, and how long other requests wait while an export runs.
 
-    python bench/export.py [--patients 500] [--per-patient 100] [--runs 3] [--data-dir DIR]
+    python bench/export.py [--patients 500] [--per-patient 100] [--runs 3] [--rounds 1]
+                           [--baseline OTHER_CHECKOUT] [--data-dir DIR]
 
 Data: the data set of bench/search.py (N patients with 3 Goals and M Observations each: ORS/SRS
 scores and GAS ratings; 50,000 Observations by default), stored straight into the store as the
@@ -22,6 +23,11 @@ the lines), and deletes each job. While each export runs, a reader reads one Obs
 (`GET Observation/{id}`) every 20 ms; its latencies against the same reader's with no export
 running show how long an export holds other requests up. The server's memory: its peak resident
 set (VmHWM) before the first export and after the last, and its resident set sampled every 20 ms.
+
+Rounds (bench/harness.py says why): `--rounds` times, a server of each checkout runs its `--runs`
+exports in turn on the same data (with `--baseline`, another checkout's server first, e.g. the
+main tree's); each figure is reported as its median over the rounds, and this checkout's
+resources per second over the baseline's as the median of the ratios taken within each round.
 
 Targets: at least 5,000 resources/s on the embedded database; peak RSS growth under 100 MB.
 """
@@ -177,7 +183,13 @@ def percentiles(latencies: list[float]) -> dict[str, float]:
 
 
 async def bench(
-    uri: str, database_pid: int | None, patients: int, per_patient: int, runs: int
+    uri: str,
+    database_pid: int | None,
+    patients: int,
+    per_patient: int,
+    runs: int,
+    rounds: int,
+    baseline: Path | None,
 ) -> dict[str, Any]:
     db = f"bench_export_{patients}x{per_patient}"
     client = connect(uri, timeout=60)  # a busy database may answer its monitor late
@@ -192,8 +204,59 @@ async def bench(
         for r in patient_resources(i, per_patient)
         if r["resourceType"] == "Observation"
     ]
+    # each round runs every checkout's server in turn: drift slows them alike within a round
+    checkouts = {"baseline": baseline, "this": CHECKOUT} if baseline else {"this": CHECKOUT}
+    measured: dict[str, list[dict[str, Any]]] = {name: [] for name in checkouts}
+    for round_number in range(rounds):
+        for name, checkout in checkouts.items():
+            result = await measure(uri, database_pid, db, checkout, runs, expected, ids)
+            result["round"] = round_number + 1
+            print(name, json.dumps(result))
+            measured[name].append(result)
+    summary: dict[str, Any] = {
+        "observations": expected,
+        "rounds": rounds,
+        **{name: over_rounds(results) for name, results in measured.items()},
+    }
+    if baseline:
+        summary["baseline_checkout"] = str(baseline)
+        ratios = [
+            this["per_s_median"] / base["per_s_median"]
+            for this, base in zip(measured["this"], measured["baseline"], strict=True)
+        ]
+        summary["per_s_ratio_in_rounds"] = [round(r, 2) for r in ratios]
+        summary["per_s_ratio_median"] = round(statistics.median(ratios), 2)
+    return summary
+
+
+def over_rounds(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """Each figure's median over the rounds, and the rounds' resources per second."""
+    figures = ("per_s_median", "server_cpu_ms_per_1000", "database_cpu_ms_per_1000",
+               "download_per_s", "peak_rss_growth_mb", "rss_sampled_growth_mb")  # fmt: skip
+    merged: dict[str, Any] = {}
+    for figure in figures:
+        found = [r[figure] for r in results if r.get(figure) is not None]
+        if found:
+            merged[figure] = round(statistics.median(found), 1)
+    merged["per_s_rounds"] = [r["per_s_median"] for r in results]
+    merged["peak_rss_growth_mb_max"] = max(r["peak_rss_growth_mb"] for r in results)
+    merged["read_during_export_p99_ms"] = [r["read_during_export"]["p99_ms"] for r in results]
+    merged["read_idle_p99_ms"] = [r["read_idle"]["p99_ms"] for r in results]
+    return merged
+
+
+async def measure(
+    uri: str,
+    database_pid: int | None,
+    db: str,
+    checkout: Path,
+    runs: int,
+    expected: int,
+    ids: list[str],
+) -> dict[str, Any]:
+    """`runs` exports on a server of `checkout` started for them (then stopped)."""
     port = free_port()
-    server = start_server(uri, port, db, cwd=CHECKOUT)  # this checkout's server
+    server = start_server(uri, port, db, cwd=checkout)
     peak_rss = [0.0]
     sampler: asyncio.Task[None] | None = None
     try:
@@ -252,10 +315,16 @@ async def bench(
             sampler.cancel()
         server.terminate()
         server.wait(timeout=30)
+
+    def median_of(key: str) -> float | None:
+        found = [row[key] for row in rows if key in row]
+        return statistics.median(found) if found else None
+
     return {
-        "observations": expected,
         "runs": rows,
         "per_s_median": statistics.median(row["per_s"] for row in rows),
+        "server_cpu_ms_per_1000": median_of("server_cpu_ms_per_1000"),
+        "database_cpu_ms_per_1000": median_of("database_cpu_ms_per_1000"),
         "download_per_s": round(expected / download),
         "read_idle": percentiles(idle),
         "read_during_export": percentiles(during),
@@ -272,13 +341,32 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--patients", type=int, default=500)
     parser.add_argument("--per-patient", type=int, default=100)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="exports per server start")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="server starts of each checkout, interleaved"
+    )
+    parser.add_argument(
+        "--baseline",
+        type=Path,
+        default=None,
+        help="another checkout (e.g. the main tree) whose server runs in turn with this one's",
+    )
     parser.add_argument("--data-dir", type=Path, default=None)
     args = parser.parse_args()
     data_dir = args.data_dir or RESULTS / f"export-data-{args.patients}x{args.per_patient}"
     data_dir.mkdir(parents=True, exist_ok=True)
     with kept_database(data_dir) as db:
-        result = asyncio.run(bench(db.uri, db.pid, args.patients, args.per_patient, args.runs))
+        result = asyncio.run(
+            bench(
+                db.uri,
+                db.pid,
+                args.patients,
+                args.per_patient,
+                args.runs,
+                args.rounds,
+                args.baseline,
+            )
+        )
     print(json.dumps(result, indent=1))
     print(f"results: {save_results('export', result)}")
 

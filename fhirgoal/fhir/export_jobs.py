@@ -6,7 +6,7 @@ queued jobs of its server process, one at a time, and takes over those whose pro
 run writes, as NDJSON files of at most `file_lines` lines stored in chunks of about 512 KB:
 
 - `output`: each requested type's resources, read in database commands of bounded cost
-  (`Repository.scan_bounded`: windows of the last-updated index, or batches of a Group's
+  (`Repository.list_bounded`: windows of the last-updated index, or batches of a Group's
   members; store/windows.py says why one query over a whole type will not do) and streamed to
   the files (memory stays constant); the stored JSON text is written through as it is, unless
   `_elements` asks for a subset (fhir/subsetting.py, tagged SUBSETTED). Several `_typeFilter`s
@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import math
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -68,13 +69,14 @@ from fhirgoal.fhir.search.index import local_reference
 from fhirgoal.fhir.search.matching import UnsupportedFilter, matches
 from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.exports import COMPLETED, FAILED, ExportStore
-from fhirgoal.store.repository import Version
+from fhirgoal.store.repository import Listed, Version
 
 log = structlog.get_logger(__name__)
 
 NDJSON = "application/fhir+ndjson"
 CHUNK_BYTES = 512 * 1024  # NDJSON text per stored chunk
 DELETIONS_PER_BUNDLE = 500  # DELETE entries per line of a `deleted` file
+RENEW_SECONDS = 1.0  # a running export renews its lease (and progress) at most this often
 # includeAssociatedData values (http://hl7.org/fhir/uv/bulkdata/CodeSystem/include-associated-data)
 LATEST_PROVENANCE = "LatestProvenanceResources"
 RELEVANT_PROVENANCE = "RelevantProvenanceResources"
@@ -160,6 +162,8 @@ class ExportRunner:
             job_id, self.worker, COMPLETED, {"output": outcome, "expires": expires}
         ):
             await self.store.keep_until(job_id, expires)
+        else:  # cancelled (or taken over) since the last renewal: its chunks go with it
+            await self.store.discard_run(job_id, job["attempts"])
 
     async def _rebuilt_access(self, job: dict[str, Any]) -> AccessContext | None:
         owner = job.get("owner") or {}
@@ -174,7 +178,12 @@ class _Cancelled(Exception):
 
 class _Files:
     """One output stream of a run: NDJSON lines into stored chunks of about CHUNK_BYTES, split
-    into files `{stem}-{n}.ndjson` of at most `file_lines` lines; `type` is the manifest's."""
+    into files `{stem}-{n}.ndjson` of at most `file_lines` lines; `type` is the manifest's.
+
+    A chunk is stored while the next one fills: one write in flight (a journaled write waits for
+    the disk, ~20 ms a chunk measured, time the export need not stand still for), awaited before
+    the next is sent and by `close`, so a failed write fails the run and memory holds at most two
+    chunks."""
 
     def __init__(self, run: _Export, stem: str, type_: str) -> None:
         self.run = run
@@ -186,6 +195,8 @@ class _Files:
         self.seq = 0
         self.lines = 0
         self.number = 1
+        self.writing: asyncio.Task[None] | None = None
+        run.files.append(self)
 
     @property
     def name(self) -> str:
@@ -201,16 +212,31 @@ class _Files:
             await self._flush()
 
     async def close(self) -> list[dict[str, Any]]:
-        """The file items (type, file, count) of what was written."""
+        """The file items (type, file, count) of what was written (and stored)."""
         await self._close_file()
+        await self._written()
         return self.items
+
+    def abandon(self) -> None:
+        """Stop the write in flight (the run ends without a manifest)."""
+        if self.writing is not None:
+            self.writing.cancel()
+            self.writing = None
+
+    async def _written(self) -> None:
+        if self.writing is not None:
+            writing, self.writing = self.writing, None
+            await writing
 
     async def _flush(self) -> None:
         if self.buffer:
             job = self.run.job
             text = b"".join(self.buffer)
-            await self.run.store.write_chunk(
-                job["_id"], self.run.run_number, self.name, self.seq, text, self.run.expires
+            await self._written()
+            self.writing = asyncio.create_task(
+                self.run.store.write_chunk(
+                    job["_id"], self.run.run_number, self.name, self.seq, text, self.run.expires
+                )
             )
             self.seq += 1
             self.buffer, self.size = [], 0
@@ -238,6 +264,13 @@ class _Export:
         self.transaction_time = datetime.now(UTC)
         self.exported = 0
         self.current = ""
+        self.files: list[_Files] = []  # every output stream of the run
+        self.present: set[str] = set()  # the requested types that have a collection
+        self.renewed = -math.inf  # loop time of the last renewal
+        # at most this long between renewals: the lease outlasts it tenfold, and a cancel is seen
+        # within it (a renewal is a journaled write, ~10 ms measured: one per batch was 1/6 of
+        # an export's time)
+        self.renew_seconds = min(RENEW_SECONDS, runner.lease_seconds / 10)
         associated = job.get("associated")
         self.provenance = (
             _AssociatedProvenance(self, latest_only=associated == LATEST_PROVENANCE)
@@ -254,6 +287,10 @@ class _Export:
             for warning in job.get("warnings") or []:
                 outcome = warning if isinstance(warning, dict) else _warning(warning)
                 await errors.add(_line_of(outcome))
+            # Types never written have no collection: nothing to walk (a walk over an empty type
+            # still costs a few dozen empty windows, and a system export names ~145 types). Asked
+            # after transactionTime: whatever was written before it has its collection by now.
+            self.present = set(await self.svc.repo.present_types(job["types"]))
             for rt in job["types"]:
                 self.current = rt
                 output += await self._type(rt)
@@ -266,6 +303,9 @@ class _Export:
             error = await errors.close()
         except _Cancelled:
             return None
+        finally:
+            for files in self.files:
+                files.abandon()
         return {
             "transactionTime": instant_text(self.transaction_time),
             "run": self.run_number,
@@ -317,29 +357,39 @@ class _Export:
         return [{"$and": [f, compartment]} if compartment else f for f in filters]
 
     async def _type(self, rt: str) -> list[dict[str, Any]]:
+        if rt not in self.present:
+            return []
         files = _Files(self, rt, rt)
         queries = await self._queries(rt)
         # ids already written, when a resource can match two queries (two _typeFilters); one
         # query needs no such memory
         seen: set[str] | None = set() if len(queries) > 1 else None
-        elements = self._elements(rt)
         for query in queries:
-            batches = self.svc.repo.scan_bounded(
+            batches = self.svc.repo.list_bounded(
                 self.access, rt, query, self.transaction_time, self.since
             )
-            async for batch in batches:
-                if self._provenance_by_target(rt):
-                    batch = await self._targeting_compartments(batch)
-                if seen is not None:
-                    batch = [v for v in batch if v.id not in seen]
-                    seen.update(v.id for v in batch)
-                for version in batch:
-                    await files.add(self._line(version, elements))
-                self.exported += len(batch)
-                if self.provenance is not None and rt != "Provenance":
-                    await self.provenance.of(batch)
-                await self.renew()
+            # closed at once when the run stops (the command read ahead is cancelled)
+            async with contextlib.aclosing(batches):
+                async for batch in batches:
+                    await self._write(rt, batch, files, seen)
         return await files.close()
+
+    async def _write(
+        self, rt: str, batch: list[Listed], files: _Files, seen: set[str] | None
+    ) -> None:
+        """One batch of `rt`'s output (and of its associated Provenance)."""
+        if self._provenance_by_target(rt):
+            batch = await self._targeting_compartments(batch)
+        if seen is not None:
+            batch = [v for v in batch if v.id not in seen]
+            seen.update(v.id for v in batch)
+        elements = self._elements(rt)
+        for version in batch:
+            await files.add(self._line(version, elements))
+        self.exported += len(batch)
+        if self.provenance is not None and rt != "Provenance":
+            await self.provenance.of(batch)
+        await self.renew()
 
     def _provenance_by_target(self, rt: str) -> bool:
         """Provenance at the Patient and Group levels, with no `includeAssociatedData`: "the
@@ -349,7 +399,7 @@ class _Export:
         by_target = self.job["level"] != "system" and not self.job.get("associated")
         return rt == "Provenance" and by_target
 
-    async def _targeting_compartments(self, provenances: list[Version]) -> list[Version]:
+    async def _targeting_compartments(self, provenances: list[Listed]) -> list[Listed]:
         """Those of `provenances` with a `target` in the level's compartments (looked up by id,
         within the requester's reach: a target it may not search counts as outside)."""
         targets: dict[str, set[str]] = {}
@@ -378,7 +428,7 @@ class _Export:
             return None
         return sorted({*requested.get("*", []), *requested.get(rt, [])})
 
-    def _line(self, version: Version, elements: list[str] | None) -> bytes:
+    def _line(self, version: Version | Listed, elements: list[str] | None) -> bytes:
         if elements is None:
             return _line(version.text or "")
         resource = version.resource
@@ -389,7 +439,7 @@ class _Export:
     # ---- deleted -------------------------------------------------------------------------------
     async def _deleted(self) -> list[dict[str, Any]]:
         files = _Files(self, "deleted", "Bundle")
-        for rt in self.job["types"]:
+        for rt in (t for t in self.job["types"] if t in self.present):
             type_filter = await self._type_filter(rt)
             removed_versions = self.svc.repo.deleted_since(
                 self.access, rt, self.transaction_time, self.since, self._compartment()
@@ -431,6 +481,12 @@ class _Export:
         }
 
     async def renew(self) -> None:
+        """Extend the lease and record progress, at most every `renew_seconds`; raises
+        _Cancelled when the job is no longer this run's."""
+        now = asyncio.get_running_loop().time()
+        if now - self.renewed < self.renew_seconds:
+            return
+        self.renewed = now
         progress = {"exported": self.exported, "type": self.current}
         if not await self.store.renew(
             self.job["_id"], self.runner.worker, self.runner.lease_seconds, progress
@@ -448,7 +504,7 @@ class _AssociatedProvenance:
         self.files = _Files(run, "Provenance", "Provenance")
         self.written: set[str] = set()  # Provenance ids (one may target many exported resources)
 
-    async def of(self, batch: list[Version]) -> None:
+    async def of(self, batch: list[Listed]) -> None:
         targets = {f"{v.resource_type}/{v.id}" for v in batch}
         query = {
             fields.REFERENCE: {"$in": [f"target={t}" for t in sorted(targets)]},

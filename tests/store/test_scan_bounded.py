@@ -1,4 +1,4 @@
-"""Repository.scan_bounded on the real database: every live resource of the range exactly once,
+"""Repository.scan_bounded (and list_bounded) on the real database: every live resource of the range exactly once,
 read in commands an index bounds (windows of the last-updated instant, or batches of members),
 and `deleted_since` the same way."""
 
@@ -58,9 +58,18 @@ async def load(service: FhirService, count: int, spacing: timedelta) -> list[dat
 
 
 async def batches(service: FhirService, query: dict[str, Any], **options: Any) -> list[list[str]]:
+    """The ids of each batch of the walk; `list_bounded` (ids and texts only) walks the same
+    batches, with the texts `scan_bounded`'s versions hold."""
     until = options.pop("until", START + timedelta(days=1))
     scan = service.repo.scan_bounded(UNRESTRICTED, "Observation", query, until, **options)
-    return [[v.id for v in batch] async for batch in scan]
+    versions = [batch async for batch in scan]
+    listing = service.repo.list_bounded(UNRESTRICTED, "Observation", query, until, **options)
+    listed = [batch async for batch in listing]
+    assert [[(v.id, v.text) for v in batch] for batch in versions] == [
+        [(item.id, item.text) for item in batch] for batch in listed
+    ]
+    assert all(item.resource["id"] == item.id for batch in listed for item in batch)
+    return [[v.id for v in batch] for batch in versions]
 
 
 async def test_windows_read_each_resource_in_range_once_in_bounded_commands(
