@@ -33,6 +33,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from fhirgoal.core.delegation import server_work
 from fhirgoal.core.errors import Issue
 
 if TYPE_CHECKING:
@@ -128,8 +129,11 @@ class HookSet:
             await hook.before_write(event)
 
     async def after(self, event: WriteEvent) -> None:
-        for hook in event.hooks:
-            await hook.after_write(event)
+        # what a rule writes is derived by the server, not the request's user's own write: it
+        # never goes to an EHR with the user's token (core/delegation.py)
+        with server_work():
+            for hook in event.hooks:
+                await hook.after_write(event)
 
     async def after_all(self, events: list[WriteEvent]) -> None:
         """The after-hooks of several writes (a unit of work's), each hook once: a coalescing
@@ -137,13 +141,14 @@ class HookSet:
         hooks: list[WriteHook] = []
         for event in events:
             hooks += [h for h in event.hooks if h not in hooks]
-        for hook in hooks:
-            mine = [e for e in events if hook in e.hooks]
-            if isinstance(hook, CoalescingHook):
-                await hook.after_writes(mine)
-                continue
-            for event in mine:
-                await hook.after_write(event)
+        with server_work():  # derived writes: the server's own (see `after`)
+            for hook in hooks:
+                mine = [e for e in events if hook in e.hooks]
+                if isinstance(hook, CoalescingHook):
+                    await hook.after_writes(mine)
+                    continue
+                for event in mine:
+                    await hook.after_write(event)
 
 
 class EntryRecord(NamedTuple):
