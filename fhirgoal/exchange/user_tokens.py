@@ -57,6 +57,9 @@ from fhirgoal.exchange.connections import EhrConnection
 MAX_HELD = 10_000
 # How long who held an expired token is remembered for the audit of its item.
 FORGET_AFTER_SECONDS = 3600.0
+# How often holding a token also drops the expired ones (the delivery worker's upkeep does too,
+# but a process that runs none must not keep them either).
+PURGE_EVERY_SECONDS = 5.0
 # What refuses a bearer token (RFC 6750 section 3.1): the user's token is not tried again.
 REFUSED = frozenset({401, 403})
 
@@ -89,11 +92,14 @@ class UserTokens:
     def __init__(self, margin_seconds: float) -> None:
         self.margin = margin_seconds
         self._held: OrderedDict[str, tuple[str, UserCredential]] = OrderedDict()
+        self._purged_at = time.monotonic()
 
     def __len__(self) -> int:
         return len(self._held)
 
     def hold(self, key: str, connection: str, credential: UserCredential) -> None:
+        if time.monotonic() - self._purged_at >= PURGE_EVERY_SECONDS:
+            self.purge()
         self._held[key] = (connection, credential)
         self._held.move_to_end(key)
         while len(self._held) > MAX_HELD:
@@ -111,6 +117,7 @@ class UserTokens:
 
     def purge(self) -> None:
         """Drop the tokens that have expired (who they were for stays a while, for the audit)."""
+        self._purged_at = time.monotonic()
         moment = time.time()
         for key, (connection, credential) in list(self._held.items()):
             if credential.expires + FORGET_AFTER_SECONDS < moment:
