@@ -99,9 +99,14 @@ class BearerAuth:
                 await self._refuse_write(auditor, scope, interaction, receive, send)
                 return
         # a user's token from the EHR's authorization server: what EHR sync may write with,
-        # for the writes of this request (core/delegation.py, exchange/user_tokens.py)
+        # for the writes of this request (core/delegation.py, exchange/user_tokens.py); a
+        # request that cannot write needs none
         credential = None
-        if self.delegates and isinstance(authenticator, CachedAuthenticator):
+        if (
+            self.delegates
+            and interaction is not None
+            and isinstance(authenticator, CachedAuthenticator)
+        ):
             credential = user_credential(token, authenticator.claims_of(token, self.fhir_base))
         with acting_for(credential):
             await self._serve(scope, receive, send, context, state, interaction, auditor)

@@ -20,9 +20,9 @@ fhirgoal stays the requestor, the user is named beside it, and `outcomeDesc` say
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
-from fhirgoal.exchange.user_tokens import OnBehalf
 from fhirgoal.fhir.instants import instant_text, now
 from fhirgoal.fhir.service import FhirService
 
@@ -35,6 +35,20 @@ _PATIENT_ROLE = {
     "code": "1",
     "display": "Patient",
 }
+
+
+@dataclass(frozen=True)
+class OnBehalf:
+    """Whom a delivery was for (exchange/user_tokens.py), and how it went: `as_user` when the
+    requests carried the user's token, else `why` fhirgoal's backend token was used."""
+
+    subject: str
+    fhir_user: str | None
+    issuer: str | None
+    as_user: bool
+    why: str | None = None
+
+
 _SOURCE = {
     "observer": {"display": "fhirgoal"},
     "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}],

@@ -40,7 +40,7 @@ from fhirgoal.exchange.backend_auth import BackendAuthError
 from fhirgoal.exchange.conflicts import CONFLICT, raise_conflict, settle_conflict
 from fhirgoal.exchange.connections import EhrConnection
 from fhirgoal.exchange.dialect import DialectError
-from fhirgoal.exchange.ehr_audit import EXPORT, record, sync_event
+from fhirgoal.exchange.ehr_audit import EXPORT, OnBehalf, record, sync_event
 from fhirgoal.exchange.ehr_deletions import OutboundDeletions
 from fhirgoal.exchange.ehr_http import (
     FHIR_JSON,
@@ -64,7 +64,7 @@ from fhirgoal.exchange.translate import (
     version_url,
     with_origin,
 )
-from fhirgoal.exchange.user_tokens import OnBehalf, UserTokenClient, accepts
+from fhirgoal.exchange.user_tokens import UserTokenClient, accepts
 from fhirgoal.fhir.instants import now
 from fhirgoal.fhir.outbox import SelfDelivery, Sent, Skip, Target, digest, item_key
 from fhirgoal.store.outbox import OutboxItem

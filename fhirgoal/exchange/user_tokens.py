@@ -43,7 +43,6 @@ import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from dataclasses import dataclass
 from urllib.parse import urlencode
 
 import httpx
@@ -51,6 +50,7 @@ import httpx
 from fhirgoal.core.delegation import UserCredential
 from fhirgoal.exchange.backend_auth import BackendServicesClient
 from fhirgoal.exchange.connections import EhrConnection
+from fhirgoal.exchange.ehr_audit import OnBehalf
 
 # Items holding a user's token at once, at most (the oldest go first: they fall back to the
 # backend token, which is correct, only less specific).
@@ -72,18 +72,6 @@ def accepts(connection: EhrConnection, credential: UserCredential) -> bool:
         return True
     issuer = connection.user_token_issuer
     return issuer is not None and credential.issuer == issuer
-
-
-@dataclass(frozen=True)
-class OnBehalf:
-    """Whom a delivery was for, and how it went: `as_user` when every request carried the user's
-    token, else `why` the backend token was used."""
-
-    subject: str
-    fhir_user: str | None
-    issuer: str | None
-    as_user: bool
-    why: str | None = None
 
 
 class UserTokens:
