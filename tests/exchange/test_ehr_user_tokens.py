@@ -243,13 +243,20 @@ async def test_a_token_expired_before_delivery_is_not_used_and_the_audit_says_so
         assert report == {"sent": 0, "fell_back": 1}
 
 
+@pytest.mark.parametrize("refusal", [401, 403])
 async def test_a_token_the_ehr_refuses_falls_back_to_the_backend_token_once(
-    mongo_uri: str,
+    mongo_uri: str, refusal: int
 ) -> None:
-    # the patient is outside the clinician's caseload at A: A answers 403 to their token
-    async with clinic(mongo_uri, in_caseload=False) as c, await c.user() as clinician:
+    # 401: A revoked the clinician's tokens after B accepted this one; 403: the patient is
+    # outside the clinician's caseload at A (what B allows is not what A allows)
+    async with (
+        clinic(mongo_uri, in_caseload=refusal == 401) as c,
+        await c.user() as clinician,
+    ):
         goal = gas_goal("g3", c.local_patient, "Calls a friend weekly", LEVELS, start="2026-09-01")  # fmt: skip
         await store(clinician, goal)
+        if refusal == 401:
+            await c.pair.ehr.app.state.auth_runtime.revoke(["sub:dr-lee"])
         assert await c.deliver() == 1
         ehr_goal = await _goal_in_ehr(c, "g3")
         [who] = await c.provenance_in_ehr(ehr_goal)
@@ -257,8 +264,10 @@ async def test_a_token_the_ehr_refuses_falls_back_to_the_backend_token_once(
         [event] = await c.deliveries("Goal/g3")
         assert event["outcome"] == "0"
         assert [a["requestor"] for a in event["agent"]] == [True, False]
-        assert "refused the user's token (HTTP 403)" in event["outcomeDesc"]
+        assert f"refused the user's token (HTTP {refusal})" in event["outcomeDesc"]
         assert len(c.pair.sync.user_tokens) == 0
+        report = await c.pair.sync.store.user_delivery_report(CONNECTION)
+        assert report == {"sent": 0, "fell_back": 1}
 
 
 @pytest.mark.parametrize("why", ["not for the EHR", "off for the connection"])
