@@ -11,7 +11,9 @@ authorization check see the added content. A hook sees every write of its types 
   the write (raise FhirError) and may plan follow-up work in `event.state`. Nothing is stored when
   it raises, so a rejected write loses nothing and leaves nothing behind.
 - `after_write`: once the new version is stored. Follow-up writes go through the FhirService
-  again, so they are validated, versioned and indexed like any other write.
+  again, so they are validated, versioned and indexed like any other write. They are the
+  server's own writes, not the request's user's: they run as `server_work()`
+  (core/delegation.py), so EHR sync never sends them with the user's token.
 
 Inside a unit of work (a transaction Bundle, store/units.py) the after-hooks of the unit's writes
 wait until its writes are done and then run once for all of them (`HookSet.after_all`; the
