@@ -122,6 +122,23 @@ def ehr_add(
             f"`sync run` or `serve`; adds {SUBSCRIPTION_SCOPE} to the scopes).",
         ),
     ] = False,
+    user_tokens: Annotated[
+        bool,
+        typer.Option(
+            "--user-tokens/--no-user-tokens",
+            help="FHIRGOAL_AUTH=external: send what a clinician's request causes with their own "
+            "token when the EHR accepts it (its aud names --base), so the EHR attributes it "
+            "to them; else, and for derived writes, the backend token.",
+        ),
+    ] = True,
+    user_token_issuer: Annotated[
+        str | None,
+        typer.Option(
+            "--user-token-issuer",
+            help="The EHR takes this issuer's user tokens whatever their aud (use theirs "
+            "when the token's iss is this).",
+        ),
+    ] = None,
     data_dir: DataDir = None,
 ) -> None:
     """Add an EHR connection and hand out its public key set (JWKS)."""
@@ -160,6 +177,8 @@ def ehr_add(
         patient_system=patient_system,
         bulk_export=bulk,
         subscribe=subscribe,
+        user_tokens=user_tokens,
+        user_token_issuer=user_token_issuer,
     )
 
     async def work(db: AsyncDatabase[dict[str, Any]]) -> dict[str, Any]:
@@ -184,6 +203,14 @@ def ehr_add(
     )
 
 
+def _user_tokens_policy(connection: EhrConnection) -> str:
+    if not connection.user_tokens:
+        return "off"
+    if connection.user_token_issuer:
+        return f"when aud names the EHR or iss is {connection.user_token_issuer}"
+    return "when aud names the EHR"
+
+
 @ehr_app.command("list")
 def ehr_list(data_dir: DataDir = None) -> None:
     """List the EHR connections (never their private keys)."""
@@ -197,7 +224,8 @@ def ehr_list(data_dir: DataDir = None) -> None:
             f"send {','.join(c.send)}\tpull {','.join(c.pull)}\t"
             f"{'subscribes' if c.subscribe else 'pulls only'}\t"
             f"mapping {c.mapping or '(none: fhirgoal FHIR)'}\tscopes {c.scopes}\t"
-            f"bulk {c.bulk_export or 'off'}"
+            f"bulk {c.bulk_export or 'off'}\t"
+            f"user tokens {_user_tokens_policy(c)}"
         )
 
 
@@ -339,6 +367,7 @@ def sync_status(data_dir: DataDir = None) -> None:
                     "unmatched": await sync.links.held(connection.name),
                     "pull": pull,
                     "push": pushed,
+                    "as_user": await sync.store.user_delivery_report(connection.name),
                 }
             )
         return rows
@@ -346,14 +375,16 @@ def sync_status(data_dir: DataDir = None) -> None:
     with database(settings_from(data_dir=data_dir)) as (settings, _):
         rows = asyncio.run(_with_sync(settings, work))
     table = Table(
-        "connection", "pending", "delivered", "failing", "dead", "linked", "conflicts", "unmatched"
-    )
+        "connection", "pending", "delivered", "as users", "failing", "dead", "linked", "conflicts",
+        "unmatched",
+    )  # fmt: skip
     for row in rows:
         linked = ", ".join(f"{n} {t}" for t, n in sorted(row["links"].items())) or "0"
         table.add_row(
             row["name"],
             str(row["pending"] + row["delivering"]),
             str(row["delivered"]),
+            str(row["as_user"]["sent"]),
             str(row["failing"]),
             str(row["dead"]),
             linked,
@@ -390,6 +421,12 @@ def sync_status(data_dir: DataDir = None) -> None:
         if len(row["unmatched"]) > STATUS_UNMATCHED_SHOWN:
             console.print(
                 f"{row['name']}: ... all of them: fhirgoal sync unmatched --ehr {row['name']}"
+            )
+        fell_back = row["as_user"]["fell_back"]
+        if fell_back:
+            console.print(
+                f"{row['name']}: {fell_back} delivery(s) went with the backend token instead of "
+                "the user's (expired before delivery, or refused by the EHR: see their AuditEvents)"
             )
         pull = row["pull"]
         if pull.get("last_pull"):

@@ -246,6 +246,15 @@ class Settings(BaseSettings):
     sync_notify_base_url: str | None = None
     # The largest notification body accepted (413 beyond).
     sync_notify_max_bytes: int = Field(default=1024 * 1024, ge=1024)
+    # FHIRGOAL_AUTH=external: what a clinician's request writes goes to an EHR with the
+    # clinician's own token while it is valid, when that EHR accepts the token (its `aud`
+    # names the EHR's base, or the connection names its issuer), so the EHR attributes the
+    # write to them; else, and for what rules derive, with the Backend Services token
+    # (exchange/user_tokens.py). On by default: the token goes only to a server it was issued
+    # for, so nothing is handed to anyone who would not already take it from the app.
+    ehr_user_tokens: bool = True
+    # A user's token is not used when it expires within this many seconds.
+    ehr_user_token_margin_seconds: float = Field(default=10.0, ge=0)
 
     # ---- the clinician web app (/app, fhirgoal/webapp) ----
     # Served under /app by every `fhirgoal serve`; a SMART app that reaches FHIR servers only

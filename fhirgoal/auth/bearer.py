@@ -193,6 +193,12 @@ class CachedAuthenticator:
         if self._evictions != before and any(self._evicted.get(k, 0) > before for k in keys):
             raise InvalidToken("the token is revoked")
 
+    def claims_of(self, token: str, base: str) -> dict[str, Any] | None:
+        """The verified claims of a token `authenticate` has just accepted (None when the cache
+        has dropped it since)."""
+        hit = self._cache.get((token, base))
+        return hit.claims if hit is not None else None
+
     async def context_for(self, claims: dict[str, Any]) -> AccessContext:
         """The context of claims verified earlier (a Bulk export resumed after a restart)."""
         return await self._context(claims)

@@ -7,6 +7,10 @@ Opaque tokens go to the issuer's introspection endpoint (RFC 7662,
 https://www.rfc-editor.org/rfc/rfc7662) with this server's client credentials; the answer is cached
 briefly. Either way the `scope`, `patient` and `fhirUser` give the context, as SMART App Launch 2.2
 describes (https://hl7.org/fhir/smart-app-launch/scopes-and-launch-context.html).
+
+A user's token (`user/` or `patient/` scopes, from an app's launch) is also what EHR sync may write
+to the EHR with, for that user (issue 15): `user_credential` makes the credential the request then
+acts for (core/delegation.py, exchange/user_tokens.py). A client's `system/` token is not a user's.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from fhirgoal.auth.external_discovery import DiscoveryUnavailable, ExternalAutho
 from fhirgoal.auth.jwks import JwksCache
 from fhirgoal.auth.tokens import ASYMMETRIC, InvalidToken, looks_like_jwt, verify_jwt
 from fhirgoal.config import Settings
+from fhirgoal.core.delegation import UserCredential
 
 
 class ExternalVerifier:
@@ -109,3 +114,32 @@ class ExternalVerifier:
             if audience not in given:
                 raise InvalidToken("the token has the wrong audience")
         return answer
+
+
+def user_credential(token: str, claims: dict[str, Any] | None) -> UserCredential | None:
+    """The credential of a user's verified token: one with `user/` or `patient/` scopes, an
+    expiry and a subject; None for anything else (a backend client's `system/` token)."""
+    if not claims:
+        return None
+    scope = claims.get("scope")
+    if isinstance(scope, list):
+        scope = " ".join(str(s) for s in scope)
+    if not isinstance(scope, str) or not any(
+        s.startswith(("user/", "patient/")) for s in scope.split()
+    ):
+        return None
+    exp, sub = claims.get("exp"), claims.get("sub")
+    if not isinstance(exp, int | float) or not sub:
+        return None
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    fhir_user = claims.get("fhirUser")
+    issuer = claims.get("iss")
+    return UserCredential(
+        token=token,
+        issuer=str(issuer) if issuer else None,
+        audiences=frozenset(str(a).rstrip("/") for a in audiences),
+        expires=float(exp),
+        subject=str(sub),
+        fhir_user=str(fhir_user) if fhir_user else None,
+    )

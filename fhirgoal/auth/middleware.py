@@ -27,10 +27,12 @@ from fhirgoal.auth.audit_events import (
     classify,
     stored_before_response,
 )
-from fhirgoal.auth.bearer import bearer_token, unauthorized
+from fhirgoal.auth.bearer import CachedAuthenticator, bearer_token, unauthorized
+from fhirgoal.auth.external import user_credential
 from fhirgoal.auth.runtime import AuthRuntime
 from fhirgoal.auth.tokens import InvalidToken
-from fhirgoal.core.access import SERVER_WRITTEN
+from fhirgoal.core.access import SERVER_WRITTEN, AccessContext
+from fhirgoal.core.delegation import acting_for
 from fhirgoal.core.errors import FhirError
 from fhirgoal.guard import error_response
 
@@ -51,6 +53,9 @@ class BearerAuth:
         self.runtime = runtime  # filled in by the lifespan, once the database is connected
         # the `aud` every token must name: configured, never a request's Host (fhir/rest.py)
         self.fhir_base = runtime.settings.public_fhir_base()
+        # external mode: a user's token may be what EHR sync writes with (issue 15)
+        settings = runtime.settings
+        self.delegates = settings.auth == "external" and settings.ehr_user_tokens
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path", "")
@@ -93,6 +98,29 @@ class BearerAuth:
                 # existing event, or a delete that would find none, is still a write attempt
                 await self._refuse_write(auditor, scope, interaction, receive, send)
                 return
+        # a user's token from the EHR's authorization server: what EHR sync may write with,
+        # for the writes of this request (core/delegation.py, exchange/user_tokens.py); a
+        # request that cannot write needs none
+        credential = None
+        if (
+            self.delegates
+            and interaction is not None
+            and isinstance(authenticator, CachedAuthenticator)
+        ):
+            credential = user_credential(token, authenticator.claims_of(token, self.fhir_base))
+        with acting_for(credential):
+            await self._serve(scope, receive, send, context, state, interaction, auditor)
+
+    async def _serve(
+        self,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        context: AccessContext,
+        state: dict[str, Any],
+        interaction: Interaction | None,
+        auditor: Auditor | None,
+    ) -> None:
         if auditor is None:
             await self.app(scope, receive, send)
             return

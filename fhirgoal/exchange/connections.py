@@ -83,6 +83,11 @@ class EhrConnection(BackendConnection):
     bulk_export: str | None = None
     # The EHR notifies fhirgoal of changes (a Subscription there, exchange/ehr_subscribe.py)
     subscribe: bool = False
+    # What a clinician's request causes goes with their own token when the EHR accepts it
+    # (exchange/user_tokens.py): its `aud` names this connection's base, or its `iss` is
+    # `user_token_issuer` (an EHR that takes its issuer's tokens whatever their audience).
+    user_tokens: bool = True
+    user_token_issuer: str | None = None
 
     @classmethod
     def restore(cls, shared: dict[str, Any], stored: dict[str, Any]) -> Self:
@@ -94,6 +99,8 @@ class EhrConnection(BackendConnection):
             patient_system=stored.get("patient_system"),
             bulk_export=stored.get("bulk_export"),
             subscribe=bool(stored.get("subscribe")),
+            user_tokens=bool(stored.get("user_tokens", True)),
+            user_token_issuer=stored.get("user_token_issuer"),
         )
 
     def sends(self) -> dict[str, frozenset[tuple[str, str]]]:
@@ -137,6 +144,18 @@ class ConnectionStore(BackendConnectionStore[EhrConnection]):
             {"_id": name}, {"$set": {"subscribe": subscribe, "scopes": scopes}}
         )
         return result.matched_count == 1
+
+    # ---- deliveries made with a user's token (exchange/user_tokens.py) ----------------------
+    async def count_user_delivery(self, name: str, as_user: bool) -> None:
+        """One more delivery sent with a user's token (`as_user`), or one that held a user's
+        token but went with the backend token (expired, refused)."""
+        field = "as_user.sent" if as_user else "as_user.fell_back"
+        await self.collection.update_one({"_id": name}, {"$inc": {field: 1}})
+
+    async def user_delivery_report(self, name: str) -> dict[str, int]:
+        doc = await self.collection.find_one({"_id": name}, {"as_user": 1})
+        counts = (doc or {}).get("as_user") or {}
+        return {"sent": int(counts.get("sent", 0)), "fell_back": int(counts.get("fell_back", 0))}
 
     # ---- pull progress ---------------------------------------------------------------------
     async def cursors(self, name: str) -> dict[str, str]:

@@ -9,11 +9,18 @@ refused or failed and the delivery is retried, 8 (serious failure) when it is no
 parked as dead for a human (exchange/delivery.py), with the reason in `outcomeDesc`. A
 deletion carried over either way is action D. Stored through the audit log like every
 other AuditEvent (auth/audit.py), searchable as `AuditEvent?type=...|110106`.
+
+A delivery a clinician's request caused (exchange/user_tokens.py) names that user as an agent
+(`who` their `fhirUser`, else their `sub` as an identifier of the token's issuer; `altId` the
+`sub`): the requestor when it was sent with their token, and fhirgoal's Device then is not;
+when fhirgoal's backend token was used instead (the user's had expired, the EHR refused it),
+fhirgoal stays the requestor, the user is named beside it, and `outcomeDesc` says why.
 """
 
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from fhirgoal.fhir.instants import instant_text, now
@@ -28,6 +35,20 @@ _PATIENT_ROLE = {
     "code": "1",
     "display": "Patient",
 }
+
+
+@dataclass(frozen=True)
+class OnBehalf:
+    """Whom a delivery was for (exchange/user_tokens.py), and how it went: `as_user` when the
+    requests carried the user's token, else `why` fhirgoal's backend token was used."""
+
+    subject: str
+    fhir_user: str | None
+    issuer: str | None
+    as_user: bool
+    why: str | None = None
+
+
 _SOURCE = {
     "observer": {"display": "fhirgoal"},
     "type": [{"system": "http://terminology.hl7.org/CodeSystem/security-source-type", "code": "4"}],
@@ -47,11 +68,13 @@ def sync_event(
     channel: str = SUBTYPE_SYSTEM,
     agent: str = "fhirgoal EHR sync",
     where: str = "in EHR",
+    on_behalf: OnBehalf | None = None,
 ) -> dict[str, Any]:
     """`action` C, U, D or E (FHIR audit-event-action); `local` "Goal/1/_history/2"; `ehr_url`
     the other server's version (or endpoint) as an absolute URL; `patient` "Patient/1"; `final`:
     the error will not be retried. `channel` (the subtype's system), `agent` and `where` name the
-    exchange: EHR sync by default, payer submissions (evidence/payers/) name their own."""
+    exchange: EHR sync by default, payer submissions (evidence/payers/) name their own;
+    `on_behalf`: the user whose request caused it, and whether it went with their token."""
     entities: list[dict[str, Any]] = []
     if local:
         entities.append({"what": {"reference": local}})
@@ -67,19 +90,36 @@ def sync_event(
         "action": action,
         "recorded": instant_text(now()),
         "outcome": "0" if error is None else "8" if final else "4",
-        "agent": [
-            {
-                "who": {"reference": "Device/fhirgoal", "display": agent},
-                "requestor": True,
-            }
-        ],
+        "agent": _agents(agent, on_behalf),
         "source": _SOURCE,
         "entity": entities,
     }
+    notes = []
+    if on_behalf is not None and not on_behalf.as_user and on_behalf.why:
+        notes.append(f"sent with fhirgoal's backend token: {on_behalf.why}")
     if error is not None:
         prefix = "not retried (fhirgoal sync retry puts it back): " if final else ""
-        event["outcomeDesc"] = (prefix + error)[:1000]
+        notes.append(prefix + error)
+    if notes:
+        event["outcomeDesc"] = "; ".join(notes)[:1000]
     return event
+
+
+def _agents(display: str, on_behalf: OnBehalf | None) -> list[dict[str, Any]]:
+    device = {"who": {"reference": "Device/fhirgoal", "display": display}, "requestor": True}
+    if on_behalf is None:
+        return [device]
+    who: dict[str, Any]
+    if on_behalf.fhir_user:
+        who = {"reference": on_behalf.fhir_user}
+    else:
+        who = {"identifier": {"value": on_behalf.subject}}
+        if on_behalf.issuer:
+            who["identifier"]["system"] = on_behalf.issuer
+    user = {"who": who, "altId": on_behalf.subject, "requestor": on_behalf.as_user}
+    if on_behalf.as_user:
+        return [user, {**device, "requestor": False}]
+    return [device, user]
 
 
 async def record(service: FhirService, events: list[dict[str, Any]]) -> None:

@@ -19,8 +19,9 @@ section 15):
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Protocol
 
 import httpx
 
@@ -32,6 +33,21 @@ from fhirgoal.fhir.search.dates import parse_range
 
 FHIR_JSON = "application/fhir+json"
 FINAL_STATUSES = frozenset({400, 403, 405, 422})
+
+
+class EhrClient(Protocol):
+    """What makes the sync's requests to an EHR: the connection's Backend Services client
+    (exchange/backend_auth.py), or a user's token for one delivery (exchange/user_tokens.py)."""
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        headers: dict[str, str] | None = None,
+        content: bytes | None = None,
+        params: Sequence[tuple[str, str]] | None = None,
+    ) -> httpx.Response: ...
 
 
 class Refused(Exception):

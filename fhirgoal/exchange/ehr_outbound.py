@@ -21,6 +21,10 @@ delivery worker (exchange/delivery.py) hands each item to `EhrDelivery`, which c
    written over it.
 5. The link records the versions now in step, and an AuditEvent the delivery
    (exchange/ehr_audit.py).
+
+What a clinician's request causes goes with the clinician's own token when the EHR accepts it
+(exchange/user_tokens.py): the source holds the request's token for the items it records, the
+delivery uses it while it is valid and the backend token otherwise.
 """
 
 from __future__ import annotations
@@ -30,15 +34,17 @@ from typing import Any
 import structlog
 
 from fhirgoal.core.access import UNRESTRICTED
+from fhirgoal.core.delegation import UserCredential, user_credential
 from fhirgoal.core.jsonio import dumps, loads
-from fhirgoal.exchange.backend_auth import BackendAuthError, BackendServicesClient
+from fhirgoal.exchange.backend_auth import BackendAuthError
 from fhirgoal.exchange.conflicts import CONFLICT, raise_conflict, settle_conflict
 from fhirgoal.exchange.connections import EhrConnection
 from fhirgoal.exchange.dialect import DialectError
-from fhirgoal.exchange.ehr_audit import EXPORT, record, sync_event
+from fhirgoal.exchange.ehr_audit import EXPORT, OnBehalf, record, sync_event
 from fhirgoal.exchange.ehr_deletions import OutboundDeletions
 from fhirgoal.exchange.ehr_http import (
     FHIR_JSON,
+    EhrClient,
     Refused,
     ehr_version,
     failure,
@@ -58,8 +64,9 @@ from fhirgoal.exchange.translate import (
     version_url,
     with_origin,
 )
+from fhirgoal.exchange.user_tokens import UserTokenClient, accepts
 from fhirgoal.fhir.instants import now
-from fhirgoal.fhir.outbox import SelfDelivery, Sent, Skip, Target, digest
+from fhirgoal.fhir.outbox import SelfDelivery, Sent, Skip, Target, digest, item_key
 from fhirgoal.store.outbox import OutboxItem
 from fhirgoal.store.repository import Version
 
@@ -131,7 +138,27 @@ class EhrOutbox:
             if version.resource_type == "Flag" and is_conflict_flag(resource):
                 continue
             found.append(Target(EHR_SYNC, connection.dest))
+        credential = user_credential()
+        if credential is not None and found:
+            self._hold_user_token(version, credential, found)
         return found
+
+    def _hold_user_token(
+        self, version: Version, credential: UserCredential, found: list[Target]
+    ) -> None:
+        """Keep the request's user token for its items to the connections that accept it."""
+        tokens = self.sync.user_tokens
+        if not credential.valid(tokens.margin):
+            return
+        dests = {target.dest for target in found}
+        accepting = [c for c in self.sync.connections if c.dest in dests and accepts(c, credential)]
+        if not accepting:
+            return
+        ref = f"{version.resource_type}/{version.id}"
+        text_digest = digest(version)
+        for connection in accepting:
+            key = item_key(connection.dest, ref, version.version, text_digest)
+            tokens.hold(key, connection.name, credential)
 
 
 class EhrDelivery:
@@ -144,8 +171,11 @@ class EhrDelivery:
 
     async def refresh(self) -> None:
         await self.sync.refresh()
+        self.sync.user_tokens.purge()
 
     async def settled(self, item: OutboxItem, error: str | None, gave_up: bool) -> None:
+        if error is None or gave_up:
+            self.sync.user_tokens.drop(item.key)
         if gave_up:
             log.warning("EHR sync item dead", key=item.key, error=error)
 
@@ -156,6 +186,7 @@ class EhrDelivery:
             await self.sync.refresh()  # added since the last refresh (the CLI, a replica)
             connection = self.sync.get(name)
         if connection is None:
+            self.sync.user_tokens.drop(item.key)
             return Skip(f"the EHR connection {name} was removed")
         rt, _, rid = item.ref.partition("/")
         version = await self.service.stored_version(UNRESTRICTED, rt, rid, item.vid)
@@ -163,15 +194,22 @@ class EhrDelivery:
             age = (now() - item.created).total_seconds()
             if version is None and age < ORPHAN_SECONDS:
                 return Skip("its version is not stored yet", NOT_YET_SECONDS)
+            self.sync.user_tokens.drop(item.key)
             return Skip("its version was never stored (the write failed)")
 
         async def run() -> Sent:
             action = "D" if version.deleted else "U"
+            client: EhrClient = self.sync.client(connection)
+            credential = self.sync.user_tokens.get(item.key, name)
+            if credential is not None:
+                client = UserTokenClient(credential, self.sync.client(connection), self.sync.user_tokens.margin)  # fmt: skip
             async with self.sync.locks.hold(self.sync.links.key(name, item.ref)):
                 try:
                     if version.deleted:
-                        return await self.deletions.deliver(connection, version)
-                    return await self._deliver(connection, version, version.resource or {})
+                        sent = await self.deletions.deliver(connection, version)
+                    else:
+                        sent = await self._deliver(connection, version, client)
+                    return await self._used(item, connection, client, sent)
                 except Refused as refused:
                     sent = refused.sent
                 except BackendAuthError as error:
@@ -179,16 +217,31 @@ class EhrDelivery:
                 except DialectError as error:
                     # the mapping cannot express this version: another attempt changes nothing
                     sent = Sent(error=str(error), final=True)
-            await self._audit(connection, version, None, action, sent.error, sent.final)
-            return sent
+            on_behalf = client.on_behalf() if isinstance(client, UserTokenClient) else None
+            await self._audit(connection, version, None, action, sent.error, sent.final, on_behalf)
+            return await self._used(item, connection, client, sent)
 
         return SelfDelivery(run)
 
+    async def _used(
+        self, item: OutboxItem, connection: EhrConnection, client: EhrClient, sent: Sent
+    ) -> Sent:
+        """After a delivery: the user's token is dropped once the item is done with or the EHR
+        refused it (kept only for a retry of a transient failure), and counted."""
+        if not isinstance(client, UserTokenClient):
+            return sent
+        if sent.error is None or sent.final or client.fell_back is not None:
+            self.sync.user_tokens.drop(item.key)
+        if sent.error is None and sent.void is None:
+            await self.sync.store.count_user_delivery(connection.name, client.on_behalf().as_user)
+        return sent
+
     # ---- one delivery ----------------------------------------------------------------------
     async def _deliver(
-        self, connection: EhrConnection, version: Version, resource: dict[str, Any]
+        self, connection: EhrConnection, version: Version, client: EhrClient
     ) -> Sent:
         sync, name = self.sync, connection.name
+        resource = version.resource or {}
         ref = f"{version.resource_type}/{version.id}"
         current = await self.service.current(UNRESTRICTED, version.resource_type, version.id)
         if current is not None and current.deleted:
@@ -247,7 +300,6 @@ class EhrDelivery:
             )
             for n, copy in enumerate(mapped)
         ]
-        client = sync.client(connection)
         primary = copies[0]
         if link is None:
             stored = await self._create(client, connection, primary)
@@ -267,11 +319,12 @@ class EhrDelivery:
         action = "C" if link is None else "U"
         ehr_rt, _, ehr_id = ehr_ref.partition("/")
         ehr_url = version_url(connection.base, ehr_rt, ehr_id, ehr_vid)
-        await self._audit(connection, version, ehr_url, action, None)
+        on_behalf = client.on_behalf() if isinstance(client, UserTokenClient) else None
+        await self._audit(connection, version, ehr_url, action, None, on_behalf=on_behalf)
         return Sent()
 
     async def _create(
-        self, client: BackendServicesClient, connection: EhrConnection, copy: dict[str, Any]
+        self, client: EhrClient, connection: EhrConnection, copy: dict[str, Any]
     ) -> tuple[str, str, str]:
         """Conditional create on fhirgoal's identifier: (EHR ref, version, lastUpdated). A copy
         made by an earlier attempt is found, and brought up to this version if it differs."""
@@ -297,7 +350,7 @@ class EhrDelivery:
 
     async def _update(
         self,
-        client: BackendServicesClient,
+        client: EhrClient,
         connection: EhrConnection,
         link: Link,
         version: Version,
@@ -350,7 +403,7 @@ class EhrDelivery:
 
     async def _put(
         self,
-        client: BackendServicesClient,
+        client: EhrClient,
         connection: EhrConnection,
         rt: str,
         eid: str,
@@ -376,7 +429,7 @@ class EhrDelivery:
         return (f"{rt}/{eid}", *ehr_version(response, resource_body(response))[1:])
 
     async def _put_conditional(
-        self, client: BackendServicesClient, connection: EhrConnection, copy: dict[str, Any]
+        self, client: EhrClient, connection: EhrConnection, copy: dict[str, Any]
     ) -> None:
         """A further resource the mapping made: a conditional update on its identifier."""
         rt = copy["resourceType"]
@@ -395,7 +448,7 @@ class EhrDelivery:
 
     async def _find(
         self,
-        client: BackendServicesClient,
+        client: EhrClient,
         connection: EhrConnection,
         rt: str,
         identifier: dict[str, str],
@@ -412,7 +465,7 @@ class EhrDelivery:
                 return dict(resource)
         raise Refused(Sent(error=f"GET {url}: the copy the EHR reported is not found"))
 
-    async def _read(self, client: BackendServicesClient, url: str) -> dict[str, Any]:
+    async def _read(self, client: EhrClient, url: str) -> dict[str, Any]:
         response = await client.request("GET", url, headers={"Accept": FHIR_JSON})
         if response.status_code != 200:
             raise Refused(failure("GET", url, response))
@@ -426,6 +479,7 @@ class EhrDelivery:
         action: str,
         error: str | None,
         final: bool = False,
+        on_behalf: OnBehalf | None = None,
     ) -> None:
         patient = subject_patient(version.resource or {})
         event = sync_event(
@@ -437,6 +491,7 @@ class EhrDelivery:
             f"Patient/{patient}" if patient else None,
             error,
             final,
+            on_behalf=on_behalf,
         )
         await record(self.service, [event])
 

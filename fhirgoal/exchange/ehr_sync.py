@@ -28,6 +28,7 @@ from fhirgoal.exchange.backend_auth import BackendServicesClient
 from fhirgoal.exchange.connections import ConnectionStore, EhrConnection
 from fhirgoal.exchange.dialect import Dialect, load_dialect
 from fhirgoal.exchange.links import LinkLocks, LinkStore
+from fhirgoal.exchange.user_tokens import UserTokens
 from fhirgoal.fhir.service import FhirService
 
 log = structlog.get_logger(__name__)
@@ -63,6 +64,8 @@ class EhrSync:
         self._dialects: dict[str, Dialect] = {}
         self._http: httpx.AsyncClient | None = None
         self._kek: bytes | None = None
+        # the users' tokens of items this process recorded (exchange/user_tokens.py)
+        self.user_tokens = UserTokens(settings.ehr_user_token_margin_seconds)
 
     async def ensure_indexes(self) -> None:
         await self.links.ensure_indexes()

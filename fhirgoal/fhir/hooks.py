@@ -15,7 +15,9 @@ authorization check see the added content. A hook sees every write of its types 
   of the resource, so no client can send, see or change them (core/fields.py SERVER; read back
   with `Version.server`).
 - `after_write`: once the new version is stored. Follow-up writes go through the FhirService
-  again, so they are validated, versioned and indexed like any other write.
+  again, so they are validated, versioned and indexed like any other write. They are the
+  server's own writes, not the request's user's: they run as `server_work()`
+  (core/delegation.py), so EHR sync never sends them with the user's token.
 
 Inside a unit of work (a transaction Bundle, store/units.py) the after-hooks of the unit's writes
 wait until its writes are done and then run once for all of them (`HookSet.after_all`; the
@@ -37,6 +39,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol, runtime_checkable
 
+from fhirgoal.core.delegation import server_work
 from fhirgoal.core.errors import Issue
 
 if TYPE_CHECKING:
@@ -134,8 +137,11 @@ class HookSet:
             await hook.before_write(event)
 
     async def after(self, event: WriteEvent) -> None:
-        for hook in event.hooks:
-            await hook.after_write(event)
+        # what a rule writes is derived by the server, not the request's user's own write: it
+        # never goes to an EHR with the user's token (core/delegation.py)
+        with server_work():
+            for hook in event.hooks:
+                await hook.after_write(event)
 
     async def after_all(self, events: list[WriteEvent]) -> None:
         """The after-hooks of several writes (a unit of work's), each hook once: a coalescing
@@ -143,13 +149,14 @@ class HookSet:
         hooks: list[WriteHook] = []
         for event in events:
             hooks += [h for h in event.hooks if h not in hooks]
-        for hook in hooks:
-            mine = [e for e in events if hook in e.hooks]
-            if isinstance(hook, CoalescingHook):
-                await hook.after_writes(mine)
-                continue
-            for event in mine:
-                await hook.after_write(event)
+        with server_work():  # derived writes: the server's own (see `after`)
+            for hook in hooks:
+                mine = [e for e in events if hook in e.hooks]
+                if isinstance(hook, CoalescingHook):
+                    await hook.after_writes(mine)
+                    continue
+                for event in mine:
+                    await hook.after_write(event)
 
 
 class EntryRecord(NamedTuple):

@@ -134,21 +134,33 @@ async def ehr_pair(
     bulk_export: str | None = None,
     scopes: str = DEFAULT_SCOPES,
     subscribe: bool = False,
+    external: bool = False,
     **fhirgoal_settings: Any,
 ) -> AsyncIterator[Pair]:
     """The EHR and fhirgoal, connected; `front` puts something with a `base` (a proxy) in front
     of the EHR, made from the EHR's base: fhirgoal then reaches the EHR through it. `mapping` is
     the connection's mapping folder (exchange/dialect.py; e.g. the built-in example-ehr): the EHR
     then speaks that dialect. None: the identity dialect. `subscribe`: the connection is marked
-    to subscribe (push in), with the scope that needs."""
+    to subscribe (push in), with the scope that needs. `external`: fhirgoal takes the EHR's
+    tokens (FHIRGOAL_AUTH=external, the EHR's authorization server its issuer), and the EHR may
+    issue tokens for fhirgoal's base (FHIRGOAL_TOKEN_AUDIENCES): an app launched from the EHR
+    with fhirgoal as its FHIR server."""
     async with run_smart(mongo_uri) as ehr, AsyncExitStack() as stack:
         ehr_base, in_front = ehr.base, None
         if front is not None:
             in_front = await stack.enter_async_context(front(ehr.base))
             ehr_base = in_front.base
         values = {**FAST, **fhirgoal_settings}
+        if external:
+            values |= {
+                "auth": "external",
+                "external_issuer": ehr.base,
+                "external_jwks_url": f"{ehr.origin}/auth/jwks",
+            }
         async with running(fresh_settings(mongo_uri, prefix="fg", **values)) as fhirgoal:
             service: FhirService = fhirgoal.app.state.fhir
+            if external:
+                ehr.settings.token_audiences = fhirgoal.base  # read per request
             key = new_key("ES384")
             scopes = f"{scopes} {SUBSCRIPTION_SCOPE}" if subscribe else scopes
             connection = EhrConnection(

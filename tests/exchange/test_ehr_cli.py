@@ -66,7 +66,8 @@ async def test_ehr_and_sync_commands(mongo_uri: str, tmp_path: Path) -> None:
         assert bad.returncode == 2 and "weather" in bad.stderr
         # a built-in mapping by name is kept by name; an unknown one is refused, nothing stored
         dialect = await run("ehr", "add", "--name", "dialect", "--base", ehr.base,
-                            "--client-id", "y", "--mapping", "example-ehr")  # fmt: skip
+                            "--client-id", "y", "--mapping", "example-ehr",
+                            "--no-user-tokens")  # fmt: skip
         assert dialect.returncode == 0, dialect.stderr
         unknown = await run("ehr", "add", "--name", "nowhere", "--base", ehr.base,
                             "--client-id", "z", "--mapping", "no-such-dialect")  # fmt: skip
@@ -77,6 +78,9 @@ async def test_ehr_and_sync_commands(mongo_uri: str, tmp_path: Path) -> None:
         assert '"d"' not in listed.stdout and "sealed" not in listed.stdout
         assert "send goal,phq9" in listed.stdout
         assert "mapping example-ehr" in listed.stdout and "nowhere" not in listed.stdout
+        by_name = {line.split("\t")[0]: line for line in listed.stdout.splitlines()}
+        assert by_name["clinic"].endswith("user tokens when aud names the EHR")
+        assert by_name["dialect"].endswith("user tokens off")
         assert (await run("ehr", "remove", "dialect")).returncode == 0
         await register_fhirgoal(ehr, jwks)
 
