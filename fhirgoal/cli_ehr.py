@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import typer
@@ -24,6 +23,9 @@ from pymongo.asynchronous.database import AsyncDatabase
 
 from fhirgoal.cli_support import (
     DataDir,
+    JwksOut,
+    KeyAlg,
+    KeyFile,
     admin,
     check_connection_options,
     connection_key,
@@ -72,17 +74,9 @@ def ehr_add(
     client_id: Annotated[
         str, typer.Option("--client-id", help="The client id the EHR registered fhirgoal under.")
     ],
-    key_file: Annotated[
-        Path | None,
-        typer.Option("--key-file", help="A private key (PEM, RSA or EC P-384); else one is made."),
-    ] = None,
-    alg: Annotated[
-        str, typer.Option("--alg", help="Algorithm of a key made here: ES384 or RS384.")
-    ] = "ES384",
-    jwks_out: Annotated[
-        Path | None,
-        typer.Option("--jwks-out", help="Write the public JWKS here (else it is printed)."),
-    ] = None,
+    key_file: KeyFile = None,
+    alg: KeyAlg = "ES384",
+    jwks_out: JwksOut = None,
     scopes: Annotated[
         str, typer.Option("--scopes", help="The system/ scopes to ask for, space-separated.")
     ] = DEFAULT_SCOPES,

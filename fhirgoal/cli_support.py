@@ -32,6 +32,16 @@ DataDir = Annotated[
         "--data-dir", help="Where the embedded database keeps its data [FHIRGOAL_DATA_DIR]."
     ),
 ]
+# The options every connection (EHR or payer) is added with, besides its server and scopes.
+KeyFile = Annotated[
+    Path | None,
+    typer.Option("--key-file", help="A private key (PEM, RSA or EC P-384); else one is made."),
+]
+KeyAlg = Annotated[str, typer.Option("--alg", help="Algorithm of a key made here: ES384 or RS384.")]
+JwksOut = Annotated[
+    Path | None,
+    typer.Option("--jwks-out", help="Write the public JWKS here (else it is printed)."),
+]
 
 
 def settings_from(**overrides: object) -> Settings:

@@ -41,6 +41,13 @@ ASSERTION_SECONDS = 240
 RENEW_BEFORE_SECONDS = 30.0
 
 
+def with_query(url: str, params: Sequence[tuple[str, str]] | None) -> str:
+    """`url` with `params` added to its query string."""
+    if not params:
+        return url
+    return f"{url}{'&' if '?' in url else '?'}{urlencode(list(params))}"
+
+
 class BackendAuthError(FhirgoalError, RuntimeError):
     """Discovery or the token request failed; the message says which and why."""
 
@@ -169,8 +176,7 @@ class BackendServicesClient:
         the token is not kept (the scopes it was granted may be what the EHR's administrator
         has since widened: the next request asks for a new one). Transport errors propagate
         (httpx.HTTPError); token failures raise BackendAuthError."""
-        if params:
-            url = f"{url}{'&' if '?' in url else '?'}{urlencode(list(params))}"
+        url = with_query(url, params)
         token = await self.token()
         for renewed in (False, True):
             response = await self.http.request(

@@ -52,18 +52,8 @@ async def raise_conflict(
         f"{_says(local_goal)}; the EHR's says {_says(ehr_goal)}. Edit the goal in fhirgoal to "
         "settle it: that version then goes to the EHR."
     )
-    await raise_flag(
-        service,
-        AlertFlag(
-            id=fid,
-            patient=patient,
-            kind=CONFLICT,
-            display="Goal edited in fhirgoal and in an EHR",
-            text=text,
-            details=(ours, ehr_url),
-            since=instant_text(now()),
-            category="admin",
-        ),
+    await _raise(
+        service, fid, patient, "Goal edited in fhirgoal and in an EHR", text, ours, ehr_url
     )
     return fid
 
@@ -87,20 +77,27 @@ async def raise_deleted_in_ehr(
         f"fhirgoal's {holds}; fhirgoal kept it, nothing was deleted, and it is no longer sent to "
         f"that EHR. Delete the goal in fhirgoal if it should go."
     )
-    await raise_flag(
-        service,
-        AlertFlag(
-            id=fid,
-            patient=patient,
-            kind=CONFLICT,
-            display="Goal deleted in an EHR, kept in fhirgoal",
-            text=text,
-            details=(ours, ehr_url),
-            since=instant_text(now()),
-            category="admin",
-        ),
+    await _raise(
+        service, fid, patient, "Goal deleted in an EHR, kept in fhirgoal", text, ours, ehr_url
     )
     return fid
+
+
+async def _raise(
+    service: FhirService, fid: str, patient: str, display: str, text: str, ours: str, ehr_url: str
+) -> None:
+    """The sync's Flag for a human about one resource of one connection (raised or refreshed)."""
+    flag = AlertFlag(
+        id=fid,
+        patient=patient,
+        kind=CONFLICT,
+        display=display,
+        text=text,
+        details=(ours, ehr_url),
+        since=instant_text(now()),
+        category="admin",
+    )
+    await raise_flag(service, flag)
 
 
 async def settle_deleted(service: FhirService, fid: str, local: str) -> None:

@@ -43,12 +43,11 @@ import dataclasses
 import time
 from collections import OrderedDict
 from collections.abc import Sequence
-from urllib.parse import urlencode
 
 import httpx
 
 from fhirgoal.core.delegation import UserCredential
-from fhirgoal.exchange.backend_auth import BackendServicesClient
+from fhirgoal.exchange.backend_auth import BackendServicesClient, with_query
 from fhirgoal.exchange.connections import EhrConnection
 from fhirgoal.exchange.ehr_audit import OnBehalf
 
@@ -140,10 +139,9 @@ class UserTokenClient:
             if not self.credential.token or not self.credential.valid(self.margin):
                 self.fell_back = "the user's token had expired before delivery"
             else:
-                target = f"{url}{'&' if '?' in url else '?'}{urlencode(list(params))}" if params else url  # fmt: skip
                 response = await self.backend.http.request(
                     method,
-                    target,
+                    with_query(url, params),
                     headers={
                         **(headers or {}),
                         "Authorization": f"Bearer {self.credential.token}",
