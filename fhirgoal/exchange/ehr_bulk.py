@@ -131,7 +131,9 @@ class BulkJob:
             if response.status_code not in (202, 429, 503):
                 raise PullError(f"EHR {name}: the export failed: {_refusal(response)}")
             asked = retry_after(response.headers.get("retry-after"), datetime.now(UTC))
-            wait = min(asked, LONGEST_RETRY_AFTER) if asked is not None else pause
+            # an EHR's Retry-After is believed between FIRST_WAIT (a `0` must not make a poll
+            # loop) and LONGEST_RETRY_AFTER
+            wait = pause if asked is None else min(max(asked, FIRST_WAIT), LONGEST_RETRY_AFTER)
             pause = min(pause * 2, LONGEST_WAIT)
             if loop.time() + wait > deadline:
                 raise PullError(f"EHR {name}: the export did not finish within {within:.0f} s")
