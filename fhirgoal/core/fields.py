@@ -27,6 +27,9 @@ STRING = "str"
 NUMBER = "num"
 DATE_LOW = "dtlo"
 DATE_HIGH = "dthi"
+# `ref` also holds paired keys, a patient and a code or date in one key (store/pairs.py), each
+# starting with this mark, which no reference key starts with (theirs start with a parameter code)
+PAIR_MARK = "^"
 # unindexed: the exact copies (the indexed field's name + "x"), date pairs, sort keys, missing
 TOKEN_EXACT = "tokx"
 REFERENCE_EXACT = "refx"

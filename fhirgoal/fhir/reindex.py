@@ -25,7 +25,8 @@ log = structlog.get_logger(__name__)
 #   2  one coarse indexed key per value, exact keys in unindexed copies; `miss` unindexed
 #   3  `ref` and `comp` indexed compound with the id (core/fields.py SEARCH_INDEXES); no keys
 #      of narrowed reference parameters (`patient`: fhir/search/registry.py)
-INDEX_FORMAT = 3
+#   4  paired keys in `ref`: a patient's compartment with a code or date (store/pairs.py)
+INDEX_FORMAT = 4
 
 
 async def reindex(

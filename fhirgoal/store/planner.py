@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from fhirgoal.core import fields
+
 # Lower is more selective.
 _RANK = {
     "_id": 0,
@@ -34,6 +36,8 @@ _RANK = {
     "comp": 6,
     "lu": 8,
 }
+# A test on paired keys (store/pairs.py): after an id, before everything else, a range included.
+_PAIR_RANK = 0.5
 _RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 _SCALAR_FIELDS = {"_id", "lu", "v", "del", "id"}
 # Indexed fields and their unindexed copies (fhir/search/index.py).
@@ -59,6 +63,19 @@ def servable(field: str, test: Any) -> bool:
     if not isinstance(test, dict):
         return True
     return bool(test) and (set(test) == {"$in"} or set(test) <= _RANGE_OPS)
+
+
+def is_pair_test(test: Any) -> bool:
+    """Is this test on `ref` one on paired keys (store/pairs.py), which only `ref` holds (its
+    copy `refx` does not: the driver of `ref` is therefore always the pair test)?"""
+    if isinstance(test, str):
+        return test.startswith(fields.PAIR_MARK)
+    if isinstance(test, dict) and test and set(test) <= {"$in", *_RANGE_OPS}:
+        values = [v for op, v in test.items() for v in (v if op == "$in" else [v])]
+        return bool(values) and all(
+            isinstance(v, str) and v.startswith(fields.PAIR_MARK) for v in values
+        )
+    return False
 
 
 def _is_range(test: Any) -> bool:
@@ -114,16 +131,18 @@ def shape(query: dict[str, Any]) -> dict[str, Any]:
         tests = by_field.get(field, [])
         drivers = sorted(
             (i for i, test in enumerate(tests) if servable(field, test)),
-            key=lambda i: _is_range(tests[i]),
+            key=lambda i: (not is_pair_test(tests[i]), _is_range(tests[i])),
         )
         if len(tests) > 1 and drivers:
             by_field[field] = [tests[drivers[0]]]
             moved = [test for i, test in enumerate(tests) if i != drivers[0]]
             by_field[copy] = [*by_field.get(copy, []), *moved]
 
-    def order(field: str) -> tuple[int, int, int]:
+    def order(field: str) -> tuple[int, int, float]:
         tests = by_field[field]
         alone = len(tests) == 1 and servable(field, tests[0])
+        if alone and is_pair_test(tests[0]):  # a patient and a code or date in one key
+            return (0, 0, _PAIR_RANK)
         return (0 if alone else 1, int(alone and _is_range(tests[0])), _RANK.get(field, 99))
 
     flat: dict[str, Any] = {}

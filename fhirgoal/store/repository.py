@@ -63,6 +63,7 @@ from fhirgoal.core.jsonio import loads_stored
 from fhirgoal.store.batching import BatchedCollectionOps, Companion
 from fhirgoal.store.claims import ConditionClaims
 from fhirgoal.store.mongo import CODEC_OPTIONS
+from fhirgoal.store.pairs import paired
 from fhirgoal.store.planner import excludes_tombstones, shape
 from fhirgoal.store.read_ahead import read_ahead
 from fhirgoal.store.units import UnitDocuments, current_session, unit_documents
@@ -926,7 +927,7 @@ def _live(access: AccessContext, rt: str, query: dict[str, Any]) -> dict[str, An
     """A search filter as sent: live resources only, narrowed by the caller's access, index-first.
     The `del` test is left out where the index test that drives the query already excludes every
     tombstone (planner.excludes_tombstones)."""
-    shaped = shape(access.constrain(rt, "s", query))
+    shaped = shape(paired(rt, access.constrain(rt, "s", query)))
     if excludes_tombstones(shaped):
         return shaped
     return shape({**shaped, fields.DELETED: _NOT_DELETED})

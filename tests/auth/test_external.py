@@ -95,11 +95,13 @@ async def test_the_jwks_is_cached_and_refetched_once_for_a_new_kid(
     # refused (401, no fetch) until the 1 s refetch interval has passed, then fetched once
     await wait_until(rotated_key_accepted, within=5, what="the rotated key fetched")
     assert host.jwks_hits == 2
-    # a burst of made-up kids within the interval does not hammer the issuer
+    # a burst of made-up kids does not hammer the issuer: at most one fetch per interval begun
+    # (on a loaded machine the burst itself can outlast the interval: CI once saw 4 in 5)
+    started = time.monotonic()
     for _ in range(5):
         async with server.client(ehr_token(server, jose.rsa_key())) as client:
             assert (await client.get("/Patient/pa")).status_code == 401
-    assert host.jwks_hits <= 3
+    assert host.jwks_hits <= 3 + int(time.monotonic() - started)
 
 
 async def test_opaque_tokens_are_introspected(

@@ -226,6 +226,11 @@ class SearchEngine:
                 name = f"{deferred.param}:{deferred.rest}"
             compiled.filter = _and(compiled.filter, clause)
             compiled.used.append((name, deferred.value))
+        # `subject=Patient/1` implies Patient/1's compartment, whose paired keys may drive the
+        # search with a code or date (store/pairs.py)
+        member = self.registry.for_type(rt).paired_member(compiled.filter)
+        if member is not None:
+            compiled.filter = _and(compiled.filter, {fields.COMPARTMENT: member})
         return compiled
 
     async def _in_value_set(self, access: AccessContext, deferred: Deferred) -> dict[str, Any]:
