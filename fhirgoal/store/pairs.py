@@ -1,118 +1,197 @@
-"""Paired keys: a patient and a code or a date in ONE indexed key, for the searches clients send
-most (https://hl7.org/fhir/R4/search.html#combining): a patient's Observations of one code
-(`Observation?subject=Patient/1&code=http://loinc.org|8302-2`, the same in the compartment form
-`Patient/1/Observation?code=...`, or under a patient-scoped SMART token) or since a date
-(`...&date=ge2026-01-01`).
+"""Paired keys: a patient's reference and a code or a date in ONE indexed key, for the searches
+clients send most (https://hl7.org/fhir/R4/search.html#combining): a patient's Observations of a
+code (`Observation?subject=Patient/1&code=http://loinc.org|8302-2`, the compartment form
+`Patient/1/Observation?code=...`, or `Observation?code=...` under a patient-scoped SMART token)
+or since a date (`...&date=ge2026-01-01`).
 
-Each condition alone has an index (`comp`, `ref`, `tok`, `dthi`), but the patient's drives and
+Each condition alone has an index (`ref`, `comp`, `tok`, `dthi`), but the patient's drives, and
 every one of the patient's resources is read to check the other (measured: 50 read for 10
-matches). MongoDB cannot index two array fields in one compound index ("parallel arrays"), and an
-index of their own would cost every write of the type the upkeep of one more multikey index
-(measured on the embedded database: +12-25% database CPU per Observation create, for the same keys
-in a `pair` field of their own). So the pairs are written as extra keys of the reference index
-`ref`, marked apart from every reference key (a reference key starts with a parameter's code, a
-pair with MARK, so no test on reference keys meets a pair):
+matches). MongoDB cannot index two array fields in one compound index ("parallel arrays"), and
+an index of their own would cost every write of the type the upkeep of one more multikey index
+(measured on the embedded database: +12-25% database CPU per Observation create, for the same
+keys in a `pair` field of their own). So the pairs are extra keys of the reference index `ref`,
+marked apart from every reference key (MARK; a reference key starts with a parameter's code):
 
-    ^Patient/1|tok:code#8302-2               MARK, a compartment member | indexed field : its key
-    ^Patient/1|dthi:date|2026-04-01T...      (the high end of each date range, `dthi`)
+    ^subject=Patient/1|tok:code#8302-2                  the reference key | tok : a token key
+    ^subject=Patient/1|tok:code|http://loinc.org|8302-2   (coarse and exact: index.py)
+    ^subject=Patient/1|dthi:date|2026-04-01T00:00...    the high end of each date range
 
-A resource has the key `^Patient/1|tok:code#8302-2` exactly when Patient/1 is in its patient
-compartment and it has the key `code#8302-2`: the pair selects the same resources as the
-compartment condition and the code condition together, and the shaped query sends it in their
-place (the database then drives from it: planner.py). The keys of one member and one field keep
-the order of the field's own keys (a shared prefix), so an equality, `$in` or bounded range on
-`tok`/`dthi` is the same test on the pair once prefixed (a range, which on an array only
-narrows, keeps the compartment condition beside it). Only the high end of a date is paired:
-it serves `ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa` keep driving from the patient.
+written for each reference of the type's compartment parameters (MEMBERS) to a Patient. A
+resource has the key `^subject=Patient/1|tok:code|http://loinc.org|8302-2` exactly when it has
+the reference key and the token key: the pair selects the same resources as the two conditions,
+and the shaped query sends it in their place, with nothing left to check on each document (the
+embedded database costs about as much again for every further condition: measured). The
+compartment form names no reference; it pairs as an `$in` over the compartment's parameters
+(`^subject=Patient/1|...`, `^performer=Patient/1|...`), which again selects exactly its matches.
 
-A search by a reference parameter (`subject=Patient/1`) names no compartment; the search engine
-adds the compartment condition it implies when the parameter is one that puts the resource in the
-compartment (fhir/search/engine.py), and that condition pairs.
+The keys of one reference and one field keep the order of the field's own keys (a shared prefix),
+so an equality, `$in` or bounded range on `tok`/`tokx`/`dthi` is the same test on the pair once
+prefixed. A range on an array only narrows (its bounds may hold for two different keys), so a
+ranged pair keeps the reference condition and the field's exact check beside it. Only the high
+end of a date is paired: it serves `ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa` drive as before.
 
-The pairs are declared per type below (data): each costs every write of that type a few keys.
+The pairs are data: PAIRED below, per type. Each costs every write of that type a few keys.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from fhirgoal.core import fields
 from fhirgoal.store.planner import conditions_of
 
-# The paired parameters of each type: tokens and dates whose searches name a patient most.
-PAIRED: dict[str, tuple[str, ...]] = {
-    "Observation": ("code", "date"),
-    "Condition": ("code",),
-    "DiagnosticReport": ("code", "date"),
+
+@dataclass(frozen=True)
+class Pairing:
+    """`members`: the reference parameters whose stored keys to a Patient put a resource in that
+    patient's compartment (the CompartmentDefinition's, a narrowing replaced by the parameter
+    whose keys it uses: Condition's `patient` by `subject`; a test holds them to it);
+    `params`: the token and date parameters paired with them."""
+
+    members: tuple[str, ...]
+    params: tuple[str, ...]
+
+
+PAIRED: dict[str, Pairing] = {
+    "Observation": Pairing(("subject", "performer"), ("code", "date")),
+    "Condition": Pairing(("subject", "asserter"), ("code",)),
+    "DiagnosticReport": Pairing(("subject",), ("code", "date")),
 }
 MARK = fields.PAIR_MARK
-# The indexed fields whose keys are paired, and the key space of parameter `c` in each (its keys
-# lie between these bounds: fhir/search/index.py).
-_SPACES = {
-    fields.TOKEN: lambda c: (f"{c}#", f"{c}$"),
-    fields.DATE_HIGH: lambda c: (f"{c}|", f"{c}}}"),
-}
+TOKENS = "tok"  # the tag of token keys in a pair, coarse (`code#x`) or exact (`code|sys|x`)
 _RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 # A search naming many codes would need as many pairs: past this, none.
 MAX_PAIRED_KEYS = 200
 
 
-def pair_keys(members: list[str], keys: list[tuple[str, str]]) -> list[str]:
-    """`^member|field:key` for every compartment member and every (indexed field, key)."""
-    return [f"{MARK}{member}|{field}:{key}" for member in members for field, key in keys]
+def pair_keys(references: list[str], keys: list[tuple[str, str]]) -> list[str]:
+    """`^reference|tag:key` for every reference key and every (tag, key)."""
+    return [f"{MARK}{ref}|{tag}:{key}" for ref in references for tag, key in keys]
+
+
+def member_references(pairing: Pairing, refs: set[str] | list[str]) -> list[str]:
+    """The reference keys (`subject=Patient/1`) that put a resource in a patient's compartment."""
+    return [
+        key
+        for key in refs
+        if key.partition("=")[0] in pairing.members and key.partition("=")[2].startswith("Patient/")
+    ]
+
+
+def token_keys(code: str, coarse: set[str], exact: set[str]) -> list[tuple[str, str]]:
+    """The paired token keys of parameter `code`: every coarse key and the exact `code|sys|x`."""
+    return [(TOKENS, k) for k in sorted(coarse)] + [
+        (TOKENS, k) for k in sorted(exact) if k.startswith(f"{code}|")
+    ]
 
 
 def paired(resource_type: str, query: dict[str, Any]) -> dict[str, Any]:
-    """`query` with a pair test in place of the compartment condition and the code or date
-    condition it implies (same matches), or `query` itself when it has no such two."""
-    others = PAIRED.get(resource_type)
-    if not others:
+    """`query` with a pair test in place of the conditions it implies (same matches), or `query`
+    itself when it names no patient with a paired parameter."""
+    pairing = PAIRED.get(resource_type)
+    if pairing is None:
         return query
-    found = _pairing(others, conditions_of(query))
+    conditions = conditions_of(query)
+    found = _pairing(pairing, conditions)
     if found is None:
         return query
     condition, implied = found
-    kept = [{key: test} for n, (key, test) in enumerate(conditions_of(query)) if n not in implied]
+    kept = [{key: test} for n, (key, test) in enumerate(conditions) if n not in implied]
     return {"$and": [condition, *kept]} if kept else condition
 
 
 def _pairing(
-    others: tuple[str, ...], conditions: list[tuple[str, Any]]
+    pairing: Pairing, conditions: list[tuple[str, Any]]
 ) -> tuple[dict[str, Any], set[int]] | None:
-    """The pair test and the positions of the two conditions it implies, or None."""
-    member: tuple[int, str] | None = None
-    equal: list[tuple[int, str, list[str]]] = []
-    ranges: list[tuple[int, str, dict[str, str]]] = []
-    for n, (field, test) in enumerate(conditions):
-        keys = _equal_keys(test)
-        if field == fields.COMPARTMENT and keys is not None and len(keys) == 1:
-            member = member or (n, keys[0])
-        elif field not in _SPACES:
-            continue
-        elif keys is not None and all(_in_space(field, key, others) for key in keys):
-            equal.append((n, field, keys))
-        elif _is_bounded_range(test) and all(_in_space(field, b, others) for b in test.values()):
-            ranges.append((n, field, test))
-    if member is None:
+    """The pair test and the positions of the conditions it implies, or None."""
+    chosen = _patient(pairing, conditions)
+    if chosen is None:
         return None
-    at, patient = member
-    if equal:
-        n, field, keys = min(equal, key=lambda item: len(item[2]))
-        if len(keys) <= MAX_PAIRED_KEYS:
-            keyed = sorted(pair_keys([patient], [(field, k) for k in keys]))
-            return {fields.REFERENCE: {"$in": keyed}}, {at, n}
-    if ranges:
-        # A bare range on an array only narrows (its bounds may hold for two different keys, one
-        # of another patient's pair): the compartment condition stays, and the date's exact
-        # check (`dt`, fhir/search/conditions.py) beside it.
-        n, field, test = ranges[0]
-        prefix = f"{MARK}{patient}|{field}:"
-        return {fields.REFERENCE: {op: prefix + bound for op, bound in test.items()}}, {n}
+    refs, implied = chosen
+    codes = pairing.params
+    exact = _token_test(conditions, fields.TOKEN_EXACT, [f"{c}{s}" for c in codes for s in "|#"])
+    coarse = _token_test(conditions, fields.TOKEN, [f"{c}#" for c in codes])
+    for found in (exact, coarse):
+        if found is not None and len(refs) * len(found[1]) <= MAX_PAIRED_KEYS:
+            n, keys = found
+            implied = {*implied, n}
+            if found is exact and coarse is not None and _coarse_implied(keys, coarse[1]):
+                implied.add(coarse[0])  # every exact key implies its coarse key
+            keyed = sorted(pair_keys(refs, [(TOKENS, k) for k in keys]))
+            return {fields.REFERENCE: {"$in": keyed}}, implied
+    for n, (field, test) in enumerate(conditions):
+        if (
+            field == fields.DATE_HIGH
+            and len(refs) == 1
+            and _is_bounded_range(test)
+            and any(
+                all(f"{c}|" <= bound <= f"{c}}}" for bound in test.values()) for c in pairing.params
+            )
+        ):
+            # a bare range only narrows: the patient's condition and the exact date check (`dt`,
+            # fhir/search/conditions.py) stay beside it
+            prefix = f"{MARK}{refs[0]}|{field}:"
+            return {fields.REFERENCE: {op: prefix + b for op, b in test.items()}}, {n}
     return None
 
 
-def _in_space(field: str, key: str, others: tuple[str, ...]) -> bool:
-    return any(low <= key <= high for low, high in (_SPACES[field](c) for c in others))
+def _patient(
+    pairing: Pairing, conditions: list[tuple[str, Any]]
+) -> tuple[list[str], set[int]] | None:
+    """The reference keys the pair is made of and the conditions they stand for: a member
+    parameter's reference to one Patient (`subject=Patient/1`), with a compartment condition
+    on the same patient (which it implies); or a compartment condition alone, as every member
+    parameter's reference to that patient."""
+    compartment: tuple[int, str] | None = None
+    reference: tuple[int, str] | None = None
+    for n, (field, test) in enumerate(conditions):
+        keys = _equal_keys(test)
+        if keys is None or len(keys) != 1:
+            continue
+        if field == fields.COMPARTMENT and compartment is None:
+            compartment = (n, keys[0])
+        elif field == fields.REFERENCE and reference is None and member_references(pairing, keys):
+            reference = (n, keys[0])
+    if reference is not None:
+        at, key = reference
+        same = compartment is not None and key.partition("=")[2] == compartment[1]
+        return [key], {at, compartment[0]} if same and compartment else {at}
+    if compartment is not None:
+        at, patient = compartment
+        return [f"{member}={patient}" for member in pairing.members], {at}
+    return None
+
+
+def _token_test(
+    conditions: list[tuple[str, Any]], field: str, prefixes: list[str]
+) -> tuple[int, list[str]] | None:
+    """The first equality or `$in` on `field` whose keys are all of paired parameters (the exact
+    copy holds coarse keys too, `code#x`, the key of a value without a system: index.py)."""
+    for n, (name, test) in enumerate(conditions):
+        keys = _equal_keys(test)
+        if name == field and keys is not None and all(_in_spaces(k, prefixes) for k in keys):
+            return n, keys
+    return None
+
+
+def _coarse_implied(exact: list[str], coarse: list[str]) -> bool:
+    """Does having one of the exact keys imply having one of the coarse keys? (`code|sys|x`
+    implies `code#x`; a coarse key in the exact test is itself)."""
+    wanted = set(coarse)
+    for key in exact:
+        if "#" in key.split("|", 1)[0]:
+            found = key
+        else:
+            code, _, rest = key.partition("|")
+            found = f"{code}#{rest.partition('|')[2]}"
+        if found not in wanted:
+            return False
+    return True
+
+
+def _in_spaces(key: str, prefixes: list[str]) -> bool:
+    return any(key.startswith(prefix) for prefix in prefixes)
 
 
 def _equal_keys(test: Any) -> list[str] | None:

@@ -15,7 +15,8 @@ the copy, where they match the same documents (the copy's extra keys have other 
 key a condition on the field names). A bare range moved there becomes an `$elemMatch`, which is
 stricter; conditions.py only ever sends a bare range on such a field beside an exact check that
 implies the `$elemMatch`, so no match is lost. Drivers are ordered equality / `$in` first, then
-ranges, each by the field's rank below.
+ranges, each by the field's rank below. A test on the paired keys of `ref` (store/pairs.py) is
+always `ref`'s driver (its copy holds no pairs) and comes right after an id test.
 """
 
 from __future__ import annotations

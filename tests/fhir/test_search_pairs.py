@@ -85,6 +85,7 @@ async def test_paired_searches_find_what_the_searches_without_pairs_find(
     # the id drives, the pair is tested on each document (as MongoDB may test a multikey range)
     every = ",".join(f"o{n}" for n in range(80))
     forms += [(f"/Patient/{pid}/Observation", [("_id", every)]) for pid in PATIENTS]
+    forms += [("/Observation", [("_id", every), ("subject", f"Patient/{pid}")]) for pid in PATIENTS]
     found: dict[tuple[str, str], list[str]] = {}
     for paired_on in (True, False):
         with monkeypatch.context() as patch:
@@ -98,46 +99,75 @@ async def test_paired_searches_find_what_the_searches_without_pairs_find(
     assert sum(bool(v) for v in found.values()) > len(found) / 3  # not a comparison of empties
 
 
+def observation_table(fhir: RunningServer) -> Any:
+    return SearchRegistry(load_conformance(fhir.settings.conformance_dir)).for_type("Observation")
+
+
 async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
-    table = SearchRegistry(load_conformance(fhir.settings.conformance_dir)).for_type("Observation")
+    table = observation_table(fhir)
     index = table.index_fields({"resourceType": "Observation", "status": "final",
                                 "subject": {"reference": "Patient/p1"},
-                                "performer": {"reference": "Practitioner/d1"},
+                                "performer": [{"reference": "Practitioner/d1"}],
                                 "code": {"coding": [{"system": LOINC, "code": "8302-2"}]},
                                 "effectiveDateTime": "2026-03"})  # fmt: skip
     assert [key for key in index["ref"] if key.startswith("^")] == [
-        "^Patient/p1|dthi:date|2026-04-01T00:00:00.000000Z",
-        "^Patient/p1|tok:code#8302-2",
+        "^subject=Patient/p1|dthi:date|2026-04-01T00:00:00.000000Z",
+        "^subject=Patient/p1|tok:code#8302-2",
+        f"^subject=Patient/p1|tok:code|{LOINC}|8302-2",
     ]
     assert "subject=Patient/p1" in index["ref"]
     assert not [key for key in index["refx"] if key.startswith("^")]  # the copy holds none
     compiler = SearchCompiler(table, 100, 20)
-    for reference in ("subject", "patient"):
-        for search in ([("code", f"{LOINC}|8302-2")], [("date", "ge2026-03-10")], [("date", "gt2026-03")]):  # fmt: skip
-            compiled = compiler.compile([(reference, "Patient/p1"), *search], fhir.base)
-            member = table.paired_member(compiled.filter)
-            assert member == "Patient/p1", search
-            query = {"$and": [compiled.filter, {fields.COMPARTMENT: member}]}
-            sent = shape(pairs.paired("Observation", query))
-            assert driving_field(sent) == "ref" and is_pair_test(sent["ref"]), (search, sent)
-            # the reference condition checked on the copy; no code or date key test beside
-            assert "subject=Patient/p1" in str(sent["refx"]), sent
-            assert not {"tok", "dtlo", "dthi"} & set(sent), (search, sent)
-            # an equality implies the compartment; a range only narrows, so it stays
-            assert (fields.COMPARTMENT in sent) == ("date" in str(search)), sent
-    # only the high end of a date is paired: a search with no range on it has none
-    for search in ([("date", "lt2026-03-10")], [("date", "le2026-03")], [("date", "2026-03")], [("date", "sa2026-03")]):  # fmt: skip
-        compiled = compiler.compile([("patient", "Patient/p1"), *search], fhir.base)
-        query = {"$and": [compiled.filter, {fields.COMPARTMENT: "Patient/p1"}]}
-        assert pairs.paired("Observation", query) == query, search
-    # the performer puts an Observation in a compartment too, but a value is not paired, nor is
-    # a reference to a Group, nor a reference parameter outside the compartment (focus)
-    for search in ([("performer", "Patient/p1"), ("value-quantity", "5")], [("subject", "Group/g1"), ("code", "x")], [("focus", "Patient/p1"), ("code", "x")]):  # fmt: skip
+
+    def sent(search: list[tuple[str, str]], compartment: str | None = None) -> dict[str, Any]:
         compiled = compiler.compile(search, fhir.base)
-        member = table.paired_member(compiled.filter)
-        query = (
-            {"$and": [compiled.filter, {fields.COMPARTMENT: member}]} if member else compiled.filter
-        )
-        assert not any(
-            is_pair_test(t) for _, t in conditions_of(pairs.paired("Observation", query))
-        ), search
+        query = compiled.filter
+        if compartment:  # the compartment form, or a patient-scoped token's condition
+            query = {"$and": [query, {fields.COMPARTMENT: compartment}]}
+        return shape(pairs.paired("Observation", query))
+
+    # a patient and codes: the pair alone, nothing left to check on each document
+    for reference in ("subject", "patient"):
+        for code in (f"{LOINC}|8302-2", "8302-2", f"|8302-2,{LOINC}|29463-7"):
+            query = sent([(reference, "Patient/p1"), ("code", code)])
+            assert list(query) == ["ref"] and is_pair_test(query["ref"]), (code, query)
+        query = sent([(reference, "Patient/p1"), ("code", f"{LOINC}|8302-2")], "Patient/p1")
+        assert query == {"ref": {"$in": [f"^subject=Patient/p1|tok:code|{LOINC}|8302-2"]}}
+    query = sent([("code", f"{LOINC}|8302-2")], "Patient/p1")  # every member parameter
+    assert query == {"ref": {"$in": [f"^performer=Patient/p1|tok:code|{LOINC}|8302-2",
+                                     f"^subject=Patient/p1|tok:code|{LOINC}|8302-2"]}}  # fmt: skip
+    # another patient's token: its compartment condition stays beside the pair
+    query = sent([("subject", "Patient/p1"), ("code", "8302-2")], "Patient/p2")
+    assert is_pair_test(query["ref"]) and query["comp"] == "Patient/p2", query
+    # a date range: the pair narrows, the reference and the exact date check stay
+    for date in ("ge2026-03-10", "gt2026-03"):
+        query = sent([("subject", "Patient/p1"), ("date", date)])
+        assert driving_field(query) == "ref" and is_pair_test(query["ref"]), query
+        assert "subject=Patient/p1" in str(query["refx"]) and "dt" in query, query
+    # no pair: the high end of a date not ranged; a system alone; two member parameters' dates;
+    # a value; a Group; a reference outside the compartment (focus)
+    for search, compartment in [
+        ([("subject", "Patient/p1"), ("date", "lt2026-03-10")], None),
+        ([("subject", "Patient/p1"), ("date", "2026-03")], None),
+        ([("subject", "Patient/p1"), ("code", f"{LOINC}|")], None),
+        ([("date", "ge2026-03-10")], "Patient/p1"),
+        ([("performer", "Patient/p1"), ("value-quantity", "5")], None),
+        ([("subject", "Group/g1"), ("code", "x")], None),
+        ([("focus", "Patient/p1"), ("code", "x")], None),
+    ]:
+        query = sent(search, compartment)
+        assert not any(is_pair_test(t) for _, t in conditions_of(query)), search
+
+
+def test_the_paired_members_are_the_compartment_definitions(fhir: RunningServer) -> None:
+    """PAIRED names, per type, the parameters whose stored reference keys decide the patient
+    compartment: the CompartmentDefinition's, each narrowing by the parameter it narrows."""
+    registry = SearchRegistry(load_conformance(fhir.settings.conformance_dir))
+    for resource_type, pairing in pairs.PAIRED.items():
+        table = registry.for_type(resource_type)
+        stored = set()
+        for code in table.compartment_params:
+            narrowed = table.params[code].references_of
+            stored.add(narrowed[0] if narrowed and narrowed[1] == "Patient" else code)
+        assert set(pairing.members) == stored, resource_type
+        assert all(table.params[code].type in ("token", "date") for code in pairing.params)

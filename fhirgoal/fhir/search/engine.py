@@ -32,7 +32,6 @@ from fhirgoal.fhir.search.query import (
 )
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.subsetting import Subsetter
-from fhirgoal.store import pairs
 from fhirgoal.store.repository import Repository, Version
 
 MAX_CHAIN_MATCHES = 1000  # a chain or _has that selects more is refused, not silently cut
@@ -227,14 +226,6 @@ class SearchEngine:
                 name = f"{deferred.param}:{deferred.rest}"
             compiled.filter = _and(compiled.filter, clause)
             compiled.used.append((name, deferred.value))
-        # `subject=Patient/1` implies Patient/1's compartment, whose paired keys can drive the
-        # search with a code or date (store/pairs.py). Only then is it added: a condition more
-        # costs the embedded database work on every candidate (measured: 4.5 -> 6 ms per page)
-        member = self.registry.for_type(rt).paired_member(compiled.filter)
-        if member is not None:
-            implied = _and(compiled.filter, {fields.COMPARTMENT: member})
-            if pairs.paired(rt, implied) is not implied:
-                compiled.filter = implied
         return compiled
 
     async def _in_value_set(self, access: AccessContext, deferred: Deferred) -> dict[str, Any]:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field, replace
-from functools import cached_property
 from typing import Any
 
 from fhirgoal.core import fields
@@ -39,8 +38,7 @@ from fhirgoal.fhir.search.paths import (
     split_top_level,
     strip_parens,
 )
-from fhirgoal.store.pairs import PAIRED, pair_keys
-from fhirgoal.store.planner import conditions_of
+from fhirgoal.store.pairs import PAIRED, member_references, pair_keys, token_keys
 
 # Parameter types whose values are indexed and searchable today. The others are registered (so
 # strict mode can tell "unsupported" from "unknown") but not yet advertised.
@@ -113,37 +111,6 @@ class TypeParams:
         parent, type_name = param.references_of
         return f"{parent}={target}" if reference_type(target) == type_name else None
 
-    def paired_member(self, query: dict[str, Any]) -> str | None:
-        """The patient ("Patient/1") in whose compartment every match of `query` is, by a
-        reference equality that puts a resource there (`subject=Patient/1` on Observation), when
-        the type has paired keys (store/pairs.py) that this compartment condition can drive."""
-        if self.resource_type not in PAIRED:
-            return None
-        for name, test in conditions_of(query):
-            keys: list[Any] = (
-                test["$in"] if isinstance(test, dict) and set(test) == {"$in"} else [test]
-            )
-            if name != fields.REFERENCE or len(keys) != 1 or not isinstance(keys[0], str):
-                continue
-            code, _, target = keys[0].partition("=")
-            if code in self.member_params and reference_type(target) == "Patient":
-                return target
-        return None
-
-    @cached_property
-    def member_params(self) -> frozenset[str]:
-        """The reference parameters whose stored keys to a Patient put a resource in that
-        patient's compartment: the compartment's own, and the parameters that those narrow
-        (`subject` for Condition's `patient`, whose keys are stored as `subject`'s)."""
-        members = set(self.compartment_params)
-        for code in self.compartment_params:
-            param = self.params.get(code)
-            if param is not None and param.references_of is not None:
-                parent, type_name = param.references_of
-                if type_name == "Patient":
-                    members.add(parent)
-        return frozenset(members)
-
     def index_fields(self, resource: dict[str, Any]) -> dict[str, Any]:
         """Normalized index entries for one resource (stored beside it, see index.py). A
         narrowing (`references_of`) has its `miss`, `srt` and `:identifier` entries, and no
@@ -163,9 +130,10 @@ class TypeParams:
         ranges: list[dict[str, str]] = []
         miss: list[str] = []
         sort_keys: dict[str, str] = {}
-        # the (indexed field, key)s of the type's paired parameters (store/pairs.py)
+        # the (tag, key)s of the type's paired parameters (store/pairs.py)
         paired: list[tuple[str, str]] = []
-        pair_codes = PAIRED.get(self.resource_type, ())
+        pairing = PAIRED.get(self.resource_type)
+        pair_codes = pairing.params if pairing else ()
         for param in self.params.values():
             extractor = param.extractor
             if extractor is None or param.code in SPECIAL or not param.supported:
@@ -188,7 +156,7 @@ class TypeParams:
                 tok |= coarse
                 tokx |= exact
                 if param.code in pair_codes:
-                    paired += [(fields.TOKEN, key) for key in coarse]
+                    paired += token_keys(param.code, coarse, exact)
                 tokx |= identifier_type_entries(param.code, values)
                 text |= token_text_entries(param.code, values)
             elif param.type == "uri":
@@ -227,10 +195,11 @@ class TypeParams:
         compartment = compartment_members(ref | compartment_refs, self.compartment_params)
         if self.in_compartment_as_self and "id" in resource:
             compartment = sorted({*compartment, f"Patient/{resource['id']}"})
+        members = member_references(pairing, ref) if pairing and paired else []
         return {
             fields.TOKEN: sorted(tok),
             # the reference keys and the paired keys (store/pairs.py)
-            fields.REFERENCE: sorted({*ref, *pair_keys(compartment, paired)}),
+            fields.REFERENCE: sorted({*ref, *pair_keys(members, paired)}),
             fields.COMPARTMENT: compartment,
             fields.STRING: sorted(text),
             fields.NUMBER: sorted(num),
