@@ -112,7 +112,15 @@ async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
                                 "effectiveDateTime": "2026-03"})  # fmt: skip
     assert [key for key in index["ref"] if key.startswith("^")] == [
         "^subject=Patient/p1|dthi:date|2026-04-01T00:00:00.000000Z",
-        "^subject=Patient/p1|tok:code#8302-2",
+        f"^subject=Patient/p1|tok:code|{LOINC}|8302-2",
+    ]
+    # the patient reported on themself: the subject's pairs serve the compartment
+    index = table.index_fields({"resourceType": "Observation", "status": "final",
+                                "subject": {"reference": "Patient/p1"},
+                                "performer": [{"reference": "Patient/p1"}, {"reference": "Patient/p2"}],
+                                "code": {"coding": [{"system": LOINC, "code": "8302-2"}]}})  # fmt: skip
+    assert [key for key in index["ref"] if key.startswith("^")] == [
+        f"^performer=Patient/p2|tok:code|{LOINC}|8302-2",
         f"^subject=Patient/p1|tok:code|{LOINC}|8302-2",
     ]
     assert "subject=Patient/p1" in index["ref"]
@@ -128,7 +136,7 @@ async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
 
     # a patient and codes: the pair alone, nothing left to check on each document
     for reference in ("subject", "patient"):
-        for code in (f"{LOINC}|8302-2", "8302-2", f"|8302-2,{LOINC}|29463-7"):
+        for code in (f"{LOINC}|8302-2", f"|8302-2,{LOINC}|29463-7"):
             query = sent([(reference, "Patient/p1"), ("code", code)])
             assert list(query) == ["ref"] and is_pair_test(query["ref"]), (code, query)
         query = sent([(reference, "Patient/p1"), ("code", f"{LOINC}|8302-2")], "Patient/p1")
@@ -137,7 +145,7 @@ async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
     assert query == {"ref": {"$in": [f"^performer=Patient/p1|tok:code|{LOINC}|8302-2",
                                      f"^subject=Patient/p1|tok:code|{LOINC}|8302-2"]}}  # fmt: skip
     # another patient's token: its compartment condition stays beside the pair
-    query = sent([("subject", "Patient/p1"), ("code", "8302-2")], "Patient/p2")
+    query = sent([("subject", "Patient/p1"), ("code", f"{LOINC}|8302-2")], "Patient/p2")
     assert is_pair_test(query["ref"]) and query["comp"] == "Patient/p2", query
     # a date range: the pair narrows, the reference and the exact date check stay
     for date in ("ge2026-03-10", "gt2026-03"):
@@ -150,6 +158,8 @@ async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
         ([("subject", "Patient/p1"), ("date", "lt2026-03-10")], None),
         ([("subject", "Patient/p1"), ("date", "2026-03")], None),
         ([("subject", "Patient/p1"), ("code", f"{LOINC}|")], None),
+        ([("subject", "Patient/p1"), ("code", "8302-2")], None),
+        ([("performer", "Patient/p1"), ("code", f"{LOINC}|8302-2")], None),
         ([("date", "ge2026-03-10")], "Patient/p1"),
         ([("performer", "Patient/p1"), ("value-quantity", "5")], None),
         ([("subject", "Group/g1"), ("code", "x")], None),

@@ -156,7 +156,7 @@ class TypeParams:
                 tok |= coarse
                 tokx |= exact
                 if param.code in pair_codes:
-                    paired += token_keys(param.code, coarse, exact)
+                    paired += token_keys(param.code, exact)
                 tokx |= identifier_type_entries(param.code, values)
                 text |= token_text_entries(param.code, values)
             elif param.type == "uri":
