@@ -43,16 +43,24 @@ def connect(
 ) -> AsyncMongoClient[dict[str, Any]]:
     """An async client with journaled writes; the URI carries topology, TLS and `w`."""
     milliseconds = max(1, int(timeout * 1000))
+    # connectTimeoutMS is also how long the driver's monitor waits for each heartbeat, and a
+    # heartbeat that times out clears the pool, failing every command in flight ("connection is
+    # already closed": seen as 503s at 50,000 Observations while the embedded database was busy
+    # after a bulk load). A busy database is not an unreachable one: the monitor waits as long as
+    # a command may (socket_timeout). A database that is down refuses the connection at once, and
+    # server selection still gives up after `timeout`.
+    connect_ms = milliseconds
     options: dict[str, Any] = {}
     if socket_timeout is not None:
         options["socketTimeoutMS"] = max(1, int(socket_timeout * 1000))
+        connect_ms = max(milliseconds, options["socketTimeoutMS"])
     return AsyncMongoClient(
         uri,
         tz_aware=True,
         type_registry=CODEC_OPTIONS.type_registry,
         journal=journal,
         serverSelectionTimeoutMS=milliseconds,
-        connectTimeoutMS=milliseconds,
+        connectTimeoutMS=connect_ms,
         appname="fhirgoal",
         **options,
     )
