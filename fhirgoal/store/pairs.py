@@ -27,8 +27,8 @@ Only exact token keys (`system|code`, `|code`) are paired: a code without a syst
 drives from the patient as before.
 
 The keys of one reference and one field keep the order of the field's own keys (a shared prefix),
-so an equality, `$in` or bounded range on `tok`/`tokx`/`dthi` is the same test on the pair once
-prefixed. A range on an array only narrows (its bounds may hold for two different keys), so a
+so an equality or `$in` on `tokx`, or a bounded range on `dthi`, is the same test on the pair
+once prefixed. A range on an array only narrows (its bounds may hold for two different keys), so a
 ranged pair keeps the reference condition and the field's exact check beside it. Only the high
 end of a date is paired: it serves `ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa` drive as before.
 
@@ -61,7 +61,7 @@ PAIRED: dict[str, Pairing] = {
     "DiagnosticReport": Pairing(("subject",), ("code", "date")),
 }
 MARK = fields.PAIR_MARK
-TOKENS = "tok"  # the tag of token keys in a pair, coarse (`code#x`) or exact (`code|sys|x`)
+TOKENS = "tok"  # the tag of (exact) token keys in a pair
 _RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
 # A search naming many codes would need as many pairs: past this, none.
 MAX_PAIRED_KEYS = 200
