@@ -179,8 +179,9 @@ def _patient(
 def _token_test(
     conditions: list[tuple[str, Any]], field: str, prefixes: list[str]
 ) -> tuple[int, list[str]] | None:
-    """The first equality or `$in` on `field` whose keys are all of paired parameters (the exact
-    copy holds coarse keys too, `code#x`, the key of a value without a system: index.py)."""
+    """The first equality or `$in` on `field` whose keys all lie under the prefixes: on `tokx`,
+    exact keys of paired parameters (`code|system|x`; a search value without a system has only
+    its coarse key there, `code#x`, which is not paired, so that test pairs with nothing)."""
     for n, (name, test) in enumerate(conditions):
         keys = _equal_keys(test)
         if name == field and keys is not None and all(_in_spaces(k, prefixes) for k in keys):
