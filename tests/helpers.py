@@ -163,3 +163,13 @@ async def export_manifest(
         if time.monotonic() > deadline:
             raise AssertionError(f"the export did not finish within {within:.0f} s")
         await asyncio.sleep(POLL_SECONDS)
+
+
+def finished_encounter(pid: str) -> dict[str, Any]:
+    """A finished ambulatory Encounter of patient `pid` (what the Subscription tests watch)."""
+    return {
+        "resourceType": "Encounter",
+        "status": "finished",
+        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
+        "subject": {"reference": f"Patient/{pid}"},
+    }

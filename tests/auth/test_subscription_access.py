@@ -8,7 +8,6 @@ left to deliver for it."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
 import pytest
 
@@ -18,7 +17,7 @@ from tests.exchange.backport import check_notification
 from tests.exchange.receiver import Receiver, receiver
 from tests.exchange.test_subscriptions import FAST
 from tests.exchange.test_topic_subscriptions import topic_subscription
-from tests.helpers import FHIR_JSON, wait_until
+from tests.helpers import FHIR_JSON, finished_encounter, wait_until
 from tests.payer.test_subscription_reach import classic, settled, subscribe
 
 SUBSCRIPTION = {
@@ -47,15 +46,6 @@ async def test_a_client_that_may_not_search_the_type_cannot_subscribe(smart: Sma
     async with await smart.as_scope("system/Subscription.cruds system/Observation.rs") as ehr:
         created = await ehr.post("/Subscription", json=SUBSCRIPTION, headers=FHIR_JSON)
         assert created.status_code == 201, created.text
-
-
-def encounter(pid: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Encounter",
-        "status": "finished",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-        "subject": {"reference": f"Patient/{pid}"},
-    }
 
 
 def heard(hook: Receiver) -> set[str]:
@@ -98,7 +88,9 @@ async def test_caseload_and_patient_scoped_subscriptions_tell_of_their_reach_onl
         watcher = await subscribe(admin, classic(everything.url, criteria))
         await settled(admin, mine["id"], theirs["id"], watcher["id"])
         for pid in ("pa", "pb", "stranger"):
-            created = await admin.post("/Encounter", json=encounter(pid), headers=FHIR_JSON)
+            created = await admin.post(
+                "/Encounter", json=finished_encounter(pid), headers=FHIR_JSON
+            )
             assert created.status_code == 201, created.text
 
         async def all_heard() -> bool:

@@ -6,8 +6,6 @@ older release (or damage) would have left them."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import pytest
 
 from fhirgoal.auth.scopes import parse_scopes
@@ -18,19 +16,10 @@ from fhirgoal.store.mongo import connect
 from tests.conftest import fresh_settings, running
 from tests.exchange.receiver import receiver
 from tests.exchange.test_subscriptions import FAST
-from tests.helpers import create, patient, wait_until
+from tests.helpers import create, finished_encounter, patient, wait_until
 from tests.payer.test_subscription_reach import classic, delivery, settled
 
 ENCOUNTER = "Encounter?status=finished"
-
-
-def finished(pid: str) -> dict[str, Any]:
-    return {
-        "resourceType": "Encounter",
-        "status": "finished",
-        "class": {"system": "http://terminology.hl7.org/CodeSystem/v3-ActCode", "code": "AMB"},
-        "subject": {"reference": f"Patient/{pid}"},
-    }
 
 
 async def test_old_subscriptions_run_and_unreadable_reaches_fail_closed(mongo_uri: str) -> None:
@@ -58,7 +47,7 @@ async def test_old_subscriptions_run_and_unreadable_reaches_fail_closed(mongo_ur
                 await mongo.close()
             async with running(settings) as second:
                 pid = (await create(second.client, patient()))["id"]
-                encounter = await create(second.client, finished(pid))
+                encounter = await create(second.client, finished_encounter(pid))
 
                 async def old_heard() -> bool:
                     return any(encounter["id"] in r.path for r in old.accepted)

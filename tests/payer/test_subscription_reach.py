@@ -23,7 +23,7 @@ from fhirgoal.store.mongo import connect
 from tests.auth.conftest import SmartServer, run_smart
 from tests.exchange.backport import check_notification, status_of
 from tests.exchange.receiver import Receiver, receiver
-from tests.exchange.test_subscriptions import FAST
+from tests.exchange.test_subscriptions import FAST, subscription
 from tests.exchange.test_topic_subscriptions import topic_subscription
 from tests.helpers import FHIR_JSON, JSON_PATCH, wait_until
 from tests.payer.conftest import (
@@ -39,14 +39,7 @@ FULL = {"payload": "application/fhir+json"}  # classic: a PUT of the resource
 
 
 def classic(endpoint: str, criteria: str, **resource: Any) -> dict[str, Any]:
-    return {
-        "resourceType": "Subscription",
-        "status": "requested",
-        "reason": "my requests",
-        "criteria": criteria,
-        "channel": {"type": "rest-hook", "endpoint": endpoint, **FULL},
-        **resource,
-    }
+    return {**subscription(endpoint, criteria, **FULL), "reason": "my requests", **resource}
 
 
 @pytest.fixture
