@@ -222,7 +222,10 @@ class SearchEngine:
                 clause = await self._has(access, rt, deferred, base_url, depth)
                 name = f"_has:{deferred.target_types[0]}:{deferred.param}:{deferred.rest}"
             else:
-                clause = await self._in_value_set(access, deferred)
+                table = self.registry.for_type(rt)
+                clause = table.spread(
+                    table.params[deferred.param], await self._in_value_set(access, deferred)
+                )
                 name = f"{deferred.param}:{deferred.rest}"
             compiled.filter = _and(compiled.filter, clause)
             compiled.used.append((name, deferred.value))

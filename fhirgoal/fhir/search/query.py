@@ -282,11 +282,11 @@ class SearchCompiler:
     ) -> dict[str, Any]:
         """The condition of one parameter's values. A narrowing (registry.py `references_of`:
         `patient` = `subject` to a Patient) stores no reference keys of its own: it is answered
-        from the other parameter's."""
+        from the other parameter's; a union (`combo-code`) from its parts' (unions.py)."""
         if modifier == "missing":
             missing = conditions.missing(param, values)  # `true`: its `miss` entry, kept
             if param.references_of is None or values == ["true"]:
-                return missing
+                return self.table.spread(param, missing)
             # a reference of the other parameter drives; `miss` says whether one is to the type
             parent = self.table.params[param.references_of[0]]
             present = conditions.missing(parent, values)
@@ -300,7 +300,7 @@ class SearchCompiler:
                 lambda target: self.table.reference_key(param.code, target),
             )
         builder = _BUILDERS[param.type]
-        return builder(param, modifier, values)
+        return self.table.spread(param, builder(param, modifier, values))
 
     def _result_parameter(self, name: str, value: str, result: CompiledSearch) -> None:
         if name == "_count":

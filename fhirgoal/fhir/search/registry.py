@@ -14,6 +14,7 @@ from typing import Any
 
 from fhirgoal.core import fields
 from fhirgoal.fhir.conformance import Conformance
+from fhirgoal.fhir.search import unions
 from fhirgoal.fhir.search.index import (
     compartment_members,
     composite_entries,
@@ -86,6 +87,12 @@ class SearchParam:
     # Its reference keys are not stored; a search for it is answered from the other's
     # (_link_narrowings, TypeParams.reference_key).
     references_of: tuple[str, str] | None = None
+    # A union: the parameters (of the same type) whose values, together, are exactly this one's
+    # (`combo-code` = `code | component-code`). It stores no keys but its sort key; a condition
+    # on it is rewritten onto theirs (unions.py, _link_unions).
+    union_of: tuple[str, ...] = ()
+    # composite parameters: each component's expression, relative to the composite's nodes
+    component_expressions: tuple[str, ...] = ()
 
     @property
     def supported(self) -> bool:
@@ -101,6 +108,8 @@ class TypeParams:
     params: dict[str, SearchParam] = field(default_factory=dict)
     compartment_params: list[str] = field(default_factory=list)
     in_compartment_as_self: bool = False
+    # union code -> its parts' codes (SearchParam.union_of), for unions.spread
+    unions: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     def reference_key(self, code: str, target: str) -> str | None:
         """The stored key of reference parameter `code` pointing at `target` ("Type/id"), None
@@ -111,10 +120,19 @@ class TypeParams:
         parent, type_name = param.references_of
         return f"{parent}={target}" if reference_type(target) == type_name else None
 
+    def spread(self, param: SearchParam, condition: dict[str, Any]) -> dict[str, Any]:
+        """A condition compiled for `param`, onto the keys that are stored: a union's (or a
+        composite's driving union's) keys are its parts' (unions.py)."""
+        named = [code for code in (param.code, param.driver) if code in self.unions]
+        if not named:
+            return condition
+        return unions.spread(condition, {code: self.unions[code] for code in named})
+
     def index_fields(self, resource: dict[str, Any]) -> dict[str, Any]:
         """Normalized index entries for one resource (stored beside it, see index.py). A
         narrowing (`references_of`) has its `miss`, `srt` and `:identifier` entries, and no
-        reference keys: the other parameter's hold them."""
+        reference keys: the other parameter's hold them. A union (`union_of`) has only its
+        sort key, the smallest of its parts'."""
         tok: set[str] = set()
         ref: set[str] = set()
         # the narrowings' references: the compartment is decided by them too
@@ -138,6 +156,8 @@ class TypeParams:
             extractor = param.extractor
             if extractor is None or param.code in SPECIAL or not param.supported:
                 continue  # not indexed (e.g. a composite of three parts)
+            if param.union_of:
+                continue  # its parts' keys are its keys
             values = extractor(resource)
             if not values:
                 miss.append(param.code)
@@ -192,6 +212,10 @@ class TypeParams:
                 ranges += pairs
                 if param.code in pair_codes:  # the high end only (store/pairs.py)
                     paired += [(fields.DATE_HIGH, key) for key in hi]
+        for code, parts in self.unions.items():
+            part_keys = [sort_keys[part] for part in parts if part in sort_keys]
+            if part_keys and self.params[code].type in SORTABLE_TYPES:
+                sort_keys[code] = min(part_keys)
         compartment = compartment_members(ref | compartment_refs, self.compartment_params)
         if self.in_compartment_as_self and "id" in resource:
             compartment = sorted({*compartment, f"Patient/{resource['id']}"})
@@ -233,6 +257,7 @@ class SearchRegistry:
                 self._link_composite(definition)
         for table in self.types.values():
             _link_narrowings(table)
+            _link_unions(table)
 
     def _add(self, definition: dict[str, Any]) -> None:
         bases = definition.get("base", [])
@@ -258,6 +283,9 @@ class SearchRegistry:
                 targets=tuple(definition.get("target", [])),
                 documentation=documentation_for(definition.get("description", ""), resource_type),
                 components=components,
+                component_expressions=tuple(
+                    c["expression"] for c in definition.get("component", [])
+                ),
             )
 
     def _link_composite(self, definition: dict[str, Any]) -> None:
@@ -299,10 +327,7 @@ def _link_narrowings(table: TypeParams) -> None:
     `subject.where(resolve() is Patient)`, on ~20 types). Their reference keys are then not
     stored: each indexed key costs every write database CPU, and makes documents larger.
 
-    Unions (Observation `combo-code` = `code | component-code`) are left alone: a range over
-    their keys (`combo-value-quantity=gt5`, a system-only token, `:missing`) would have to be
-    two ranges over their parts' keys, an `$or`, for which the embedded database scans the
-    collection (store/planner.py).
+    Unions (Observation `combo-code` = `code | component-code`) are _link_unions'.
     """
     for code, param in table.params.items():
         if param.type != "reference" or not param.supported:
@@ -322,3 +347,56 @@ def _link_narrowings(table: TypeParams) -> None:
             ):
                 table.params[code] = replace(param, references_of=(other_code, type_name))
                 break
+
+
+# Parameter types a union may have: those whose every condition unions.spread rewrites.
+UNION_TYPES = {"token", "quantity", "composite"}
+
+
+def _link_unions(table: TypeParams) -> None:
+    """Mark, from the SearchParameter expressions alone, the parameters whose values are the
+    union of other parameters' of the same type (unions.py): each branch of the expression for
+    this type is a branch of one of theirs, and theirs hold no other (`combo-code` =
+    `Observation.code | Observation.component.code` = `code` | `component-code`). A composite's
+    parts have the same components (types and relative expressions) over its nodes, and every
+    one of them drives from a token parameter (a pair's coarse key is stored under the driver
+    then, never under the composite's code, so the union's driver stands in for them). Parts are
+    never unions themselves: a union stores no keys to rewrite onto."""
+    rt = table.resource_type
+
+    def branches(param: SearchParam) -> frozenset[str]:
+        return frozenset(branches_for_type(param.expression, rt))
+
+    def alike(union: SearchParam, part: SearchParam) -> bool:
+        if union.type != "composite":
+            return True
+        return (
+            [kind for kind, _ in part.components] == [kind for kind, _ in union.components]
+            and part.component_expressions == union.component_expressions
+            and union.driver is not None
+            and part.driver is not None
+        )
+
+    candidates = [
+        p
+        for p in table.params.values()
+        if p.type in UNION_TYPES and p.supported and p.code not in SPECIAL and p.extractor
+    ]
+    for union in sorted(candidates, key=lambda p: (len(branches(p)), p.code)):
+        own = branches(union)
+        if len(own) < 2:
+            continue
+        parts = [
+            p
+            for p in candidates
+            if p.code != union.code
+            and p.type == union.type
+            and p.code not in table.unions
+            and branches(p)
+            and branches(p) < own
+            and alike(union, p)
+        ]
+        if parts and frozenset().union(*map(branches, parts)) == own:
+            codes = tuple(sorted(p.code for p in parts))
+            table.params[union.code] = replace(union, union_of=codes)
+            table.unions[union.code] = codes
