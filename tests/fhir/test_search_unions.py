@@ -20,6 +20,7 @@ import pytest
 from fhirgoal import bootstrap
 from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.search import registry as registry_module
+from fhirgoal.fhir.search.matching import matches
 from fhirgoal.fhir.search.query import SearchCompiler
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.search.unions import UnionFormError, spread
@@ -224,6 +225,33 @@ def test_a_union_condition_is_sent_over_its_parts_keys(fhir: RunningServer) -> N
         {"tok": {"$in": ["code#8480-6", "component-code#8480-6"]}},
         {"tokx": {"$in": ["code-value-concept|#8480-6$#pos", "component-code-value-concept|#8480-6$#pos"]}}]}  # fmt: skip
     assert "combo" not in json.dumps(sent("combo-value-quantity", "ne5||mg"))
+
+
+def test_a_subscription_matches_a_union_as_before(fhir: RunningServer) -> None:
+    """A Subscription's criteria are matched in memory against a version's index fields
+    (fhir/search/matching.py): through the parts' keys as it was through the union's own."""
+    conformance = load_conformance(fhir.settings.conformance_dir)
+    ours = SearchRegistry(conformance).for_type("Observation")
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(registry_module, "_link_unions", lambda table: None)
+        theirs = SearchRegistry(conformance).for_type("Observation")
+    rng = random.Random(5)
+    bodies = [observation(rng, n) for n in range(60)]
+    sides = [
+        (SearchCompiler(table, 100, 20), [table.index_fields(body) for body in bodies])
+        for table in (ours, theirs)
+    ]
+    matched = 0
+    for search in SEARCHES:
+        if any(name.endswith((":in", ":not-in")) for name, _ in search):
+            continue  # a ValueSet read first: not a Subscription's matter
+        found = [
+            [matches(doc, compiler.compile(search, fhir.base).filter) for doc in docs]
+            for compiler, docs in sides
+        ]
+        assert found[0] == found[1], search
+        matched += any(found[0])
+    assert matched > len(SEARCHES) * 0.6
 
 
 def test_an_unknown_condition_form_on_a_union_is_refused() -> None:
