@@ -28,9 +28,13 @@ drives from the patient as before.
 
 The keys of one reference and one field keep the order of the field's own keys (a shared prefix),
 so an equality or `$in` on `tokx`, or a bounded range on `dthi`, is the same test on the pair
-once prefixed. A range on an array only narrows (its bounds may hold for two different keys), so a
-ranged pair keeps the reference condition and the field's exact check beside it. Only the high
-end of a date is paired: it serves `ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa` drive as before.
+once prefixed. A bare range on an array only narrows (its bounds may hold for two different keys:
+MongoDB matches an Observation of the patient from last year, whose pair is below the range, by
+its `subject=` key, above it), so a ranged pair is sent twice: the bare range drives, and the same
+range as one key's `$elemMatch` on `ref` (store/planner.py keeps it there) makes it exact; it
+stands in for the reference, the compartment and the exact date check (`dt`), which cost the
+embedded database a pass each (measured below). Only the high end of a date is paired: it serves
+`ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa` drive as before.
 
 The pairs are data: PAIRED below, per type. Each costs every write of that type a few keys.
 """
@@ -130,19 +134,50 @@ def _pairing(
         keyed = sorted(pair_keys(refs, [(TOKENS, k) for k in keys]))
         return {fields.REFERENCE: {"$in": keyed}}, implied
     for n, (field, test) in enumerate(conditions):
-        if (
-            field == fields.DATE_HIGH
-            and len(refs) == 1
-            and _is_bounded_range(test)
-            and any(
-                all(f"{c}|" <= bound <= f"{c}}}" for bound in test.values()) for c in pairing.params
-            )
-        ):
-            # a bare range only narrows: the patient's condition and the exact date check (`dt`,
-            # fhir/search/conditions.py) stay beside it
+        code = _date_param(test, pairing.params) if field == fields.DATE_HIGH else None
+        if code is not None and len(refs) == 1:
+            # a bare range only narrows (its bounds may hold for two keys): the same range as
+            # one key's `$elemMatch` makes it exact, and stands in for the reference, the
+            # compartment and the exact date check (`dt`, fhir/search/conditions.py)
             prefix = f"{MARK}{refs[0]}|{field}:"
-            return {fields.REFERENCE: {op: prefix + b for op, b in test.items()}}, {n}
+            ranged = {op: prefix + bound for op, bound in test.items()}
+            implied = {*implied, n, *_date_checks(conditions, code, test)}
+            return {
+                "$and": [
+                    {fields.REFERENCE: ranged},
+                    {fields.REFERENCE: {"$elemMatch": ranged}},
+                ]
+            }, implied
     return None
+
+
+def _date_param(test: Any, codes: tuple[str, ...]) -> str | None:
+    """The paired date parameter whose `dthi` keys a bounded range lies within, if any."""
+    if not _is_bounded_range(test):
+        return None
+    return next(
+        (c for c in codes if all(f"{c}|" <= bound <= f"{c}}}" for bound in test.values())), None
+    )
+
+
+def _date_checks(conditions: list[tuple[str, Any]], code: str, test: dict[str, str]) -> set[int]:
+    """The positions of the exact checks (`dt`) of the same high-end comparison as the range
+    on `dthi` keys `test`: `{p: date, hi: {$gt: q}}` beside `{$gt: date|q, $lt: date}}`,
+    `{p: date, hi: {$lte: q}}` beside `{$gte: date|, $lte: date|q}` (conditions.py)."""
+    open_ends = {("$gte", f"{code}|"), ("$lt", f"{code}}}")}
+    found = set()
+    for n, (field, check) in enumerate(conditions):
+        body = check.get("$elemMatch") if isinstance(check, dict) else None
+        if field != fields.DATES or not isinstance(body, dict) or set(body) != {"p", "hi"}:
+            continue
+        high = body["hi"]
+        if body["p"] != code or not isinstance(high, dict) or len(high) != 1:
+            continue
+        [(op, value)] = high.items()
+        others = {(o, b) for o, b in test.items() if o != op}
+        if test.get(op) == f"{code}|{value}" and others <= open_ends and len(others) == 1:
+            found.add(n)
+    return found
 
 
 def _patient(

@@ -149,11 +149,21 @@ async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
     # another patient's token: its compartment condition stays beside the pair
     query = sent([("subject", "Patient/p1"), ("code", f"{LOINC}|8302-2")], "Patient/p2")
     assert is_pair_test(query["ref"]) and query["comp"] == "Patient/p2", query
-    # a date range: the pair narrows, the reference and the exact date check stay
-    for date in ("ge2026-03-10", "gt2026-03"):
-        query = sent([("subject", "Patient/p1"), ("date", date)])
-        assert driving_field(query) == "ref" and is_pair_test(query["ref"]), query
-        assert "subject=Patient/p1" in str(query["refx"]) and "dt" in query, query
+    # a date range: the pair's range drives, the same range as one key's $elemMatch makes it
+    # exact (a multikey range is not, on MongoDB): nothing else is checked
+    for date, (low, high) in {
+        "ge2026-03-10": (("$gt", "date|2026-03-10T00:00:00.000000Z"), ("$lt", "date}")),
+        "gt2026-03": (("$gt", "date|2026-04-01T00:00:00.000000Z"), ("$lt", "date}")),
+        "eb2026-03-10": (("$gte", "date|"), ("$lte", "date|2026-03-10T00:00:00.000000Z")),
+    }.items():
+        keyed = {op: f"^subject=Patient/p1|dthi:{bound}" for op, bound in (low, high)}
+        for compartment in (None, "Patient/p1"):
+            query = sent([("subject", "Patient/p1"), ("date", date)], compartment)
+            assert query == {"ref": keyed, "$and": [{"ref": {"$elemMatch": keyed}}]}, query
+            assert driving_field(query) == "ref"
+    # a second date condition stays, checked
+    query = sent([("subject", "Patient/p1"), ("date", "ge2026-03-10"), ("date", "lt2026-04")])
+    assert is_pair_test(query["ref"]) and "dtlo" in query and "lo" in str(query["dt"]), query
     # no pair: the high end of a date not ranged; a system alone; two member parameters' dates;
     # a value; a Group; a reference outside the compartment (focus)
     for search, compartment in [
