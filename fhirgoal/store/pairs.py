@@ -33,7 +33,7 @@ MongoDB matches an Observation of the patient from last year, whose pair is belo
 its `subject=` key, above it), so a ranged pair is sent twice: the bare range drives, and the same
 range as one key's `$elemMatch` on `ref` (store/planner.py keeps it there) makes it exact; it
 stands in for the reference, the compartment and the exact date check (`dt`), which cost the
-embedded database a pass each (measured below). Only the high end of a date is paired: it serves
+embedded database a pass each (measured above). Only the high end of a date is paired: it serves
 `ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa` drive as before.
 
 The pairs are data: PAIRED below, per type. Each costs every write of that type a few keys.
