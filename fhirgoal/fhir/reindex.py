@@ -26,8 +26,8 @@ log = structlog.get_logger(__name__)
 #   3  `ref` and `comp` indexed compound with the id (core/fields.py SEARCH_INDEXES); no keys
 #      of narrowed reference parameters (`patient`: fhir/search/registry.py)
 #   4  paired keys in `ref`: a patient's compartment with a code or date (store/pairs.py)
-#   5  no keys of union parameters (`combo-code`: fhir/search/unions.py) but their sort keys
-#      (format 4 documents answer alike, and carry the unions' keys as dead weight)
+#   5  no keys of union parameters (`combo-code`: fhir/search/unions.py) but their sort keys;
+#      the date pairs also in `refx`, for a ranged pair's exact check (store/pairs.py)
 INDEX_FORMAT = 5
 
 

@@ -31,9 +31,10 @@ so an equality or `$in` on `tokx`, or a bounded range on `dthi`, is the same tes
 once prefixed. A bare range on an array only narrows (its bounds may hold for two different keys:
 MongoDB matches an Observation of the patient from last year, whose pair is below the range, by
 its `subject=` key, above it), so a ranged pair is sent twice: the bare range drives, and the same
-range as one key's `$elemMatch` on `ref` (store/planner.py keeps it there) makes it exact; it
-stands in for the reference, the compartment and the exact date check (`dt`), which cost the
-embedded database a pass each (measured above). Only the high end of a date is paired: it serves
+range as one key's `$elemMatch` makes it exact. That check is made on the copy `refx`, which
+holds the date pairs for it (`ranged_pairs`; on `ref` the embedded database would scan); it stands in for
+the reference, the compartment and the exact date check (`dt`), which cost the embedded database
+a pass each (measured: 4.5 -> 3.55 ms for a page of 20, the pair alone 3.0). Only the high end of a date is paired: it serves
 `ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa` drive as before.
 
 The pairs are data: PAIRED below, per type. Each costs every write of that type a few keys.
@@ -74,6 +75,13 @@ MAX_PAIRED_KEYS = 200
 def pair_keys(references: list[str], keys: list[tuple[str, str]]) -> list[str]:
     """`^reference|tag:key` for every reference key and every (tag, key)."""
     return [f"{MARK}{ref}|{tag}:{key}" for ref in references for tag, key in keys]
+
+
+def ranged_pairs(keys: list[str]) -> list[str]:
+    """The pairs a search compares by range (the dates'), which the copy `refx` holds too: the
+    exact check of a ranged pair is made there (the embedded database scans the collection for
+    an `$elemMatch` on the indexed `ref`: measured, 3.5 ms -> 360 ms for a page of 20)."""
+    return [key for key in keys if f"|{fields.DATE_HIGH}:" in key]
 
 
 def member_references(pairing: Pairing, refs: set[str] | list[str]) -> list[str]:
@@ -137,8 +145,9 @@ def _pairing(
         code = _date_param(test, pairing.params) if field == fields.DATE_HIGH else None
         if code is not None and len(refs) == 1:
             # a bare range only narrows (its bounds may hold for two keys): the same range as
-            # one key's `$elemMatch` makes it exact, and stands in for the reference, the
-            # compartment and the exact date check (`dt`, fhir/search/conditions.py)
+            # one key's `$elemMatch` makes it exact (store/planner.py checks it on `refx`), and
+            # stands in for the reference, the compartment and the exact date check (`dt`,
+            # fhir/search/conditions.py)
             prefix = f"{MARK}{refs[0]}|{field}:"
             ranged = {op: prefix + bound for op, bound in test.items()}
             implied = {*implied, n, *_date_checks(conditions, code, test)}

@@ -16,8 +16,8 @@ key a condition on the field names). A bare range moved there becomes an `$elemM
 stricter; conditions.py only ever sends a bare range on such a field beside an exact check that
 implies the `$elemMatch`, so no match is lost. Drivers are ordered equality / `$in` first, then
 ranges, each by the field's rank below. A test on the paired keys of `ref` (store/pairs.py) is
-always `ref`'s driver (its copy holds no pairs) and comes right after an id test; a range of
-paired keys checked on one key (`$elemMatch`) stays on `ref` too, under the trailing `$and`.
+always `ref`'s driver and comes right after an id test; its copy `refx` holds the date pairs
+only, for the exact check of a ranged pair (an `$elemMatch`, which moves there as any other).
 """
 
 from __future__ import annotations
@@ -68,8 +68,8 @@ def servable(field: str, test: Any) -> bool:
 
 
 def is_pair_test(test: Any) -> bool:
-    """Is this test on `ref` one on paired keys (store/pairs.py), which only `ref` holds (its
-    copy `refx` does not: the driver of `ref` is therefore always the pair test)?"""
+    """Is this test on `ref` one on paired keys (store/pairs.py)? It is always `ref`'s driver:
+    its copy `refx` holds no token pairs, and a date pair's range is checked there exactly."""
     if isinstance(test, str):
         return test.startswith(fields.PAIR_MARK)
     if isinstance(test, dict) and test and set(test) <= {"$in", *_RANGE_OPS}:
@@ -78,13 +78,6 @@ def is_pair_test(test: Any) -> bool:
             isinstance(v, str) and v.startswith(fields.PAIR_MARK) for v in values
         )
     return False
-
-
-def is_pair_check(test: Any) -> bool:
-    """Is this test on `ref` one key's range of paired keys (`$elemMatch`, store/pairs.py)? It
-    stays on `ref` (its copy holds no pairs), beside the driver, as a residual check."""
-    body = test.get("$elemMatch") if isinstance(test, dict) and len(test) == 1 else None
-    return isinstance(body, dict) and _is_range(body) and is_pair_test(body)
 
 
 def _is_range(test: Any) -> bool:
@@ -138,9 +131,6 @@ def shape(query: dict[str, Any]) -> dict[str, Any]:
             by_field.setdefault(key, []).append(test)
     for field, copy in COPIES.items():
         tests = by_field.get(field, [])
-        if field == fields.REFERENCE and any(map(is_pair_check, tests)):
-            logical += [{field: test} for test in tests if is_pair_check(test)]
-            tests = by_field[field] = [test for test in tests if not is_pair_check(test)]
         drivers = sorted(
             (i for i, test in enumerate(tests) if servable(field, test)),
             key=lambda i: (not is_pair_test(tests[i]), _is_range(tests[i])),

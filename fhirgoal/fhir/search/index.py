@@ -26,7 +26,8 @@ SEARCH_INDEXES):
   dtlo/dthi  "date|2026-03-01T00:00:00.000000Z": the low and high ends of each date range
 
 Unindexed:
-  refx  ref (a second condition on references is checked there while the first drives)
+  refx  ref (a second condition on references is checked there while the first drives), but
+        of its paired keys (store/pairs.py) only the dates', for a ranged pair's exact check
   tokx  tok, plus "code|http://loinc.org|1234", "code||1234" (explicitly no system),
         "code@http://loinc.org" (system only), "identifier:of-type|type-system|type-code|value",
         "performer:identifier|system|v", and composite token pairs with systems ("P||s|a$|t|b")

@@ -39,7 +39,7 @@ from fhirgoal.fhir.search.paths import (
     split_top_level,
     strip_parens,
 )
-from fhirgoal.store.pairs import PAIRED, member_references, pair_keys, token_keys
+from fhirgoal.store.pairs import PAIRED, member_references, pair_keys, ranged_pairs, token_keys
 
 # Parameter types whose values are indexed and searchable today. The others are registered (so
 # strict mode can tell "unsupported" from "unknown") but not yet advertised.
@@ -220,10 +220,11 @@ class TypeParams:
         if self.in_compartment_as_self and "id" in resource:
             compartment = sorted({*compartment, f"Patient/{resource['id']}"})
         members = member_references(pairing, ref) if pairing and paired else []
+        paired_keys = pair_keys(members, paired)
         return {
             fields.TOKEN: sorted(tok),
             # the reference keys and the paired keys (store/pairs.py)
-            fields.REFERENCE: sorted({*ref, *pair_keys(members, paired)}),
+            fields.REFERENCE: sorted({*ref, *paired_keys}),
             fields.COMPARTMENT: compartment,
             fields.STRING: sorted(text),
             fields.NUMBER: sorted(num),
@@ -233,7 +234,8 @@ class TypeParams:
             fields.MISSING: miss,
             fields.SORT_KEYS: sort_keys,
             # unindexed copies: every key, coarse and exact (index.py)
-            fields.REFERENCE_EXACT: sorted(ref),
+            # ... and the date pairs, for the exact check of a ranged pair (store/pairs.py)
+            fields.REFERENCE_EXACT: sorted({*ref, *ranged_pairs(paired_keys)}),
             fields.TOKEN_EXACT: sorted(tok | tokx),
             fields.STRING_EXACT: sorted(text | strx),
             fields.NUMBER_EXACT: sorted(num | numx),
