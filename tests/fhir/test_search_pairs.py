@@ -18,7 +18,7 @@ from fhirgoal.fhir.conformance import load_conformance
 from fhirgoal.fhir.search.query import SearchCompiler
 from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.store import pairs
-from fhirgoal.store.planner import conditions_of, driving_field, is_pair_test, shape
+from fhirgoal.store.planner import conditions_of, driving_field, is_pair_test, servable, shape
 from tests.conftest import RunningServer
 from tests.fhir.r4_examples import raw_examples
 from tests.helpers import FHIR_JSON, store
@@ -137,7 +137,12 @@ async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
         query = compiled.filter
         if compartment:  # the compartment form, or a patient-scoped token's condition
             query = {"$and": [query, {fields.COMPARTMENT: compartment}]}
-        return shape(pairs.paired("Observation", query))
+        shaped = shape(pairs.paired("Observation", query))
+        # the embedded database scans the collection for any other test of an indexed field
+        # (an `$elemMatch` on `ref`: 360 ms instead of 3.5 for a page of 20 of 5,000)
+        for field, test in conditions_of(shaped):
+            assert field not in fields.INDEX_FIELDS or servable(field, test), (search, shaped)
+        return shaped
 
     # a patient and codes: the pair alone, nothing left to check on each document
     for reference in ("subject", "patient"):
