@@ -25,9 +25,14 @@ run: $(STAMP)
 run-open: $(STAMP)
 	FHIRGOAL_AUTH=off $(BIN)/fhirgoal serve --host 127.0.0.1 --port 8080 --data-dir ./fhirgoal-data --demo
 
+# The tests run in parallel processes (pytest-xdist), each with its own embedded database. They
+# mostly wait on HTTP and the database, so one process more than the cores (2 cores: 3 processes,
+# ~20 minutes; ~38 serially). TEST_JOBS=0 runs them in this process.
+TEST_JOBS ?= $(shell $(PYTHON) -c 'import os; print(min(6, len(os.sched_getaffinity(0)) + 1))')
+
 test: $(STAMP)
 	scripts/system_packages.sh
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_JOBS)
 
 lint: $(STAMP)
 	$(BIN)/ruff check fhirgoal tests bench scripts
