@@ -21,8 +21,11 @@ condition compiled for a union is rewritten here onto its parts' keys (`spread`)
 - a range checked on one key (`$elemMatch`, the exact checks): any part's range (`$or`), and
   its negation (`$not`, the `ne` prefix): no part's range;
 - a bare range on an indexed field (a driver, which only narrows and is always sent beside an
-  exact check): one range covering every part's (their keys are contiguous per code), since the
-  embedded database drives a query from one range, not from two;
+  exact check): one range from the lowest part's low bound to the highest part's high bound,
+  since the embedded database drives a query from one range, not from two (an `$or` scans). It
+  holds whatever keys sort between the parts' (`combo-value-quantity=gt5` drives from
+  `component-value-quantity` above 5 up to every `value-quantity`), so a ranged union search
+  reads more candidates than the same search on one part; equality searches read none extra;
 - `miss` (`:missing=true`): every part missing.
 
 The sort key of a union (`srt`) is still stored: the smallest of its parts', taken from their
@@ -138,8 +141,7 @@ def _per_part(body: dict[str, Any], unions: Unions) -> list[dict[str, Any]]:
 
 
 def _covering(body: dict[str, Any], unions: Unions) -> dict[str, Any]:
-    """One range holding each part's range: the lowest low bound and the highest high bound
-    (keys of one code are contiguous, so nothing of a part's range is left out)."""
+    """One range holding each part's range: the lowest low bound and the highest high bound."""
     ranges = _per_part(body, unions)
     covering: dict[str, Any] = {}
     for op in body:
