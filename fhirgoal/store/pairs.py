@@ -32,10 +32,11 @@ once prefixed. A bare range on an array only narrows (its bounds may hold for tw
 MongoDB matches an Observation of the patient from last year, whose pair is below the range, by
 its `subject=` key, above it), so a ranged pair is sent twice: the bare range drives, and the same
 range as one key's `$elemMatch` makes it exact. That check is made on the copy `refx`, which
-holds the date pairs for it (`ranged_pairs`; on `ref` the embedded database would scan); it stands in for
-the reference, the compartment and the exact date check (`dt`), which cost the embedded database
-a pass each (measured: 4.5 -> 3.55 ms for a page of 20, the pair alone 3.0). Only the high end of a date is paired: it serves
-`ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa` drive as before.
+holds the date pairs for it (`ranged_pairs`; on `ref` the embedded database would scan); it
+stands in for the reference, the compartment and the exact date check (`dt`), which cost the
+embedded database a pass each (measured: 4.5 -> 3.55 ms for a page of 20, the pair alone 3.0).
+Only the high end of a date is paired: it serves `ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa`
+drive as before.
 
 The pairs are data: PAIRED below, per type. Each costs every write of that type a few keys.
 """
@@ -77,11 +78,11 @@ def pair_keys(references: list[str], keys: list[tuple[str, str]]) -> list[str]:
     return [f"{MARK}{ref}|{tag}:{key}" for ref in references for tag, key in keys]
 
 
-def ranged_pairs(keys: list[str]) -> list[str]:
+def ranged_pairs(references: list[str], keys: list[tuple[str, str]]) -> list[str]:
     """The pairs a search compares by range (the dates'), which the copy `refx` holds too: the
     exact check of a ranged pair is made there (the embedded database scans the collection for
     an `$elemMatch` on the indexed `ref`: measured, 3.5 ms -> 360 ms for a page of 20)."""
-    return [key for key in keys if f"|{fields.DATE_HIGH}:" in key]
+    return pair_keys(references, [(tag, key) for tag, key in keys if tag == fields.DATE_HIGH])
 
 
 def member_references(pairing: Pairing, refs: set[str] | list[str]) -> list[str]:

@@ -220,11 +220,10 @@ class TypeParams:
         if self.in_compartment_as_self and "id" in resource:
             compartment = sorted({*compartment, f"Patient/{resource['id']}"})
         members = member_references(pairing, ref) if pairing and paired else []
-        paired_keys = pair_keys(members, paired)
         return {
             fields.TOKEN: sorted(tok),
             # the reference keys and the paired keys (store/pairs.py)
-            fields.REFERENCE: sorted({*ref, *paired_keys}),
+            fields.REFERENCE: sorted({*ref, *pair_keys(members, paired)}),
             fields.COMPARTMENT: compartment,
             fields.STRING: sorted(text),
             fields.NUMBER: sorted(num),
@@ -235,7 +234,7 @@ class TypeParams:
             fields.SORT_KEYS: sort_keys,
             # unindexed copies: every key, coarse and exact (index.py)
             # ... and the date pairs, for the exact check of a ranged pair (store/pairs.py)
-            fields.REFERENCE_EXACT: sorted({*ref, *ranged_pairs(paired_keys)}),
+            fields.REFERENCE_EXACT: sorted({*ref, *ranged_pairs(members, paired)}),
             fields.TOKEN_EXACT: sorted(tok | tokx),
             fields.STRING_EXACT: sorted(text | strx),
             fields.NUMBER_EXACT: sorted(num | numx),
