@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import json
 import random
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from decimal import Decimal
 from typing import Any
 
@@ -26,6 +26,7 @@ from fhirgoal.fhir.search.registry import SearchRegistry
 from fhirgoal.fhir.search.unions import UnionFormError, spread
 from tests.conftest import RunningServer, fresh_settings, running
 from tests.fhir.r4_examples import raw_examples
+from tests.fhir.test_search_pairs import observation_table
 from tests.helpers import put, store
 
 LOINC = "http://loinc.org"
@@ -119,58 +120,53 @@ async def found(fhir: RunningServer, path: str, params: list[tuple[str, str]]) -
     return [e["resource"]["id"] for e in response.json().get("entry", [])]
 
 
-@contextmanager
-def unions_unlinked(patch: pytest.MonkeyPatch) -> Iterator[None]:
-    """A server started inside stores and searches union parameters as any other."""
-    with patch.context() as scoped:
-        scoped.setattr(registry_module, "_link_unions", lambda table: None)
-        scoped.setattr(bootstrap, "search_registry", SearchRegistry)
-        yield
+@pytest.fixture
+async def oracle(fhir: RunningServer, mongo_uri: str) -> AsyncIterator[RunningServer]:
+    """A second server (started after `fhir`) whose registry does not link the unions: it
+    stores and searches union parameters as any other."""
+    async with AsyncExitStack() as stack:
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(registry_module, "_link_unions", lambda table: None)
+            patch.setattr(bootstrap, "search_registry", SearchRegistry)
+            server = await stack.enter_async_context(
+                running(fresh_settings(mongo_uri, prefix="oracle"))
+            )
+        yield server
 
 
 async def test_union_searches_find_what_they_found_with_keys_of_their_own(
-    fhir: RunningServer, mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+    fhir: RunningServer, oracle: RunningServer
 ) -> None:
     rng = random.Random(23)
     bodies = [observation(rng, n) for n in range(90)]
     value_set = {"resourceType": "ValueSet", "id": "bp", "url": "http://example.org/vs/bp",
                  "status": "active", "compose": {"include": [
                      {"system": LOINC, "concept": [{"code": "8480-6"}, {"code": "8462-4"}]}]}}  # fmt: skip
-    with unions_unlinked(monkeypatch):
-        oracle_server = running(fresh_settings(mongo_uri, prefix="oracle"))
-        oracle = await oracle_server.__aenter__()
-    try:
-        assert not oracle.app.state.fhir.registry.for_type("Observation").unions
-        assert fhir.app.state.fhir.registry.for_type("Observation").unions
-        for server in (fhir, oracle):
-            for pid in ("p1", "p2"):
-                await store(server.client, {"resourceType": "Patient", "id": pid})
-            await store(server.client, value_set)
-            for body in bodies:
-                await store(server.client, body)
-            for n in range(0, 90, 11):  # deleted resources match nothing
-                assert (await server.client.delete(f"/Observation/o{n}")).status_code in (200, 204)
-        searches = [("/Observation", s) for s in SEARCHES]
-        searches += [("/Observation", [("_sort", f"{s},_id")]) for s in SORTS]
-        searches += [("/Observation", [("combo-code", "8480-6"), ("_sort", f"{s},-_id")]) for s in SORTS]  # fmt: skip
-        searches += [("/Patient/p1/Observation", s) for s in SEARCHES[:6] + SEARCHES[-4:]]
-        searches += [("/Patient", [("_has:Observation:subject:combo-code-value-quantity", "8480-6$gt100")])]  # fmt: skip
-        searches += [("/Patient", [("_has:Observation:subject:combo-code", f"{LOINC}|85354-9")])]
-        nonempty = 0
-        for path, search in searches:
-            ours, theirs = await found(fhir, path, search), await found(oracle, path, search)
-            sorted_search = any(name == "_sort" for name, _ in search)
-            if not sorted_search:
-                ours, theirs = sorted(ours), sorted(theirs)
-            assert ours == theirs, (path, search)
-            nonempty += bool(ours) and len(ours) < 80
-        assert nonempty > len(searches) * 0.6  # not a comparison of empties or of everything
-    finally:
-        await oracle_server.__aexit__(None, None, None)
-
-
-def observation_table(fhir: RunningServer) -> Any:
-    return SearchRegistry(load_conformance(fhir.settings.conformance_dir)).for_type("Observation")
+    assert not oracle.app.state.fhir.registry.for_type("Observation").unions
+    assert fhir.app.state.fhir.registry.for_type("Observation").unions
+    for server in (fhir, oracle):
+        for pid in ("p1", "p2"):
+            await store(server.client, {"resourceType": "Patient", "id": pid})
+        await store(server.client, value_set)
+        for body in bodies:
+            await store(server.client, body)
+        for n in range(0, 90, 11):  # deleted resources match nothing
+            assert (await server.client.delete(f"/Observation/o{n}")).status_code in (200, 204)
+    searches = [("/Observation", s) for s in SEARCHES]
+    searches += [("/Observation", [("_sort", f"{s},_id")]) for s in SORTS]
+    searches += [("/Observation", [("combo-code", "8480-6"), ("_sort", f"{s},-_id")]) for s in SORTS]  # fmt: skip
+    searches += [("/Patient/p1/Observation", s) for s in SEARCHES[:6] + SEARCHES[-4:]]
+    searches += [("/Patient", [("_has:Observation:subject:combo-code-value-quantity", "8480-6$gt100")])]  # fmt: skip
+    searches += [("/Patient", [("_has:Observation:subject:combo-code", f"{LOINC}|85354-9")])]
+    nonempty = 0
+    for path, search in searches:
+        ours, theirs = await found(fhir, path, search), await found(oracle, path, search)
+        sorted_search = any(name == "_sort" for name, _ in search)
+        if not sorted_search:
+            ours, theirs = sorted(ours), sorted(theirs)
+        assert ours == theirs, (path, search)
+        nonempty += bool(ours) and len(ours) < 80
+    assert nonempty > len(searches) * 0.6  # not a comparison of empties or of everything
 
 
 def test_the_unions_found_are_observations_combo_parameters(fhir: RunningServer) -> None:
@@ -270,56 +266,48 @@ def test_an_unknown_condition_form_on_a_union_is_refused() -> None:
 
 
 async def test_the_r4_example_observations_are_found_alike_through_unions(
-    fhir: RunningServer, mongo_uri: str, monkeypatch: pytest.MonkeyPatch
+    fhir: RunningServer, oracle: RunningServer
 ) -> None:
     """Content we did not write: every R4 example Observation the server takes, searched by
     each of its codes, values and component pairs through the unions, as with their own keys."""
     examples = [
         body for body in raw_examples().values() if json.loads(body).get("resourceType") == "Observation"
     ]  # fmt: skip
-    with unions_unlinked(monkeypatch):
-        oracle_server = running(fresh_settings(mongo_uri, prefix="oracle"))
-        oracle = await oracle_server.__aenter__()
-    try:
-        taken: list[dict[str, Any]] = []
-        for body in examples:
-            resource = json.loads(body)
-            if "id" not in resource:
-                continue
-            answers = [
-                (await put(server.client, resource)).status_code for server in (fhir, oracle)
-            ]
-            assert answers[0] == answers[1], resource["id"]
-            if answers[0] in (200, 201):
-                taken.append(resource)
-        assert len(taken) > 60
-        searches: set[tuple[str, str]] = set()
-        for resource in taken:
-            nodes = [resource, *resource.get("component", [])]
-            for node in nodes:
-                for coding in node.get("code", {}).get("coding", []):
-                    code = coding.get("code")
-                    searches |= {
-                        ("combo-code", code),
-                        ("combo-code", f"{coding.get('system', '')}|{code}"),
-                    }
-                    value = node.get("valueQuantity", {}).get("value")
-                    if value is not None:
-                        searches |= {("combo-value-quantity", f"ge{value}"),
-                                     ("combo-code-value-quantity", f"{code}${value}"),
-                                     ("combo-code-value-quantity", f"{code}$lt{value}")}  # fmt: skip
-                    for concept in node.get("valueCodeableConcept", {}).get("coding", []):
-                        searches.add(("combo-code-value-concept", f"{code}${concept.get('code')}"))
-                        searches.add(("combo-value-concept", concept.get("code")))
-                for coding in node.get("dataAbsentReason", {}).get("coding", []):
-                    searches.add(("combo-data-absent-reason", coding.get("code")))
-        assert len(searches) > 150
-        nonempty = 0
-        for name, value in sorted(searches):
-            ours = sorted(await found(fhir, "/Observation", [(name, value)]))
-            theirs = sorted(await found(oracle, "/Observation", [(name, value)]))
-            assert ours == theirs, (name, value)
-            nonempty += bool(ours)
-        assert nonempty > len(searches) * 0.8  # most name a value one of them has
-    finally:
-        await oracle_server.__aexit__(None, None, None)
+    taken: list[dict[str, Any]] = []
+    for body in examples:
+        resource = json.loads(body)
+        if "id" not in resource:
+            continue
+        answers = [(await put(server.client, resource)).status_code for server in (fhir, oracle)]
+        assert answers[0] == answers[1], resource["id"]
+        if answers[0] in (200, 201):
+            taken.append(resource)
+    assert len(taken) > 60
+    searches: set[tuple[str, str]] = set()
+    for resource in taken:
+        nodes = [resource, *resource.get("component", [])]
+        for node in nodes:
+            for coding in node.get("code", {}).get("coding", []):
+                code = coding.get("code")
+                searches |= {
+                    ("combo-code", code),
+                    ("combo-code", f"{coding.get('system', '')}|{code}"),
+                }
+                value = node.get("valueQuantity", {}).get("value")
+                if value is not None:
+                    searches |= {("combo-value-quantity", f"ge{value}"),
+                                 ("combo-code-value-quantity", f"{code}${value}"),
+                                 ("combo-code-value-quantity", f"{code}$lt{value}")}  # fmt: skip
+                for concept in node.get("valueCodeableConcept", {}).get("coding", []):
+                    searches.add(("combo-code-value-concept", f"{code}${concept.get('code')}"))
+                    searches.add(("combo-value-concept", concept.get("code")))
+            for coding in node.get("dataAbsentReason", {}).get("coding", []):
+                searches.add(("combo-data-absent-reason", coding.get("code")))
+    assert len(searches) > 150
+    nonempty = 0
+    for name, value in sorted(searches):
+        ours = sorted(await found(fhir, "/Observation", [(name, value)]))
+        theirs = sorted(await found(oracle, "/Observation", [(name, value)]))
+        assert ours == theirs, (name, value)
+        nonempty += bool(ours)
+    assert nonempty > len(searches) * 0.8  # most name a value one of them has
