@@ -6,8 +6,9 @@ first key is the most selective condition an index can serve on its own (an id, 
 token, ...): MongoDB's planner considers every key anyway, and the embedded SecantusDB drives a
 query from the first key whose clause is an equality, a pure `$in` or a pure range, and scans the
 collection for anything else (including any top-level `$and`/`$or`, and any `hint`, which it turns
-into a full index scan: measured, see the closing notes of the search issue). Further conditions on
-the same field are merged as `$all: [{$elemMatch: ...}]`, negations as `$nin` / `$not`.
+into a full index scan: measured, see the closing notes of the search issue). A one-value `$in` is
+sent as the equality, which SecantusDB checks for less. Further conditions on the same field are
+merged as `$all: [{$elemMatch: ...}]`, negations as `$nin` / `$not`.
 
 A field with an unindexed copy (`ref`/`refx`, `tok`/`tokx`, ...: the copy holds every
 key of the field, and more) keeps ONE servable condition as its driver and moves the others to
@@ -91,10 +92,22 @@ def _element_test(test: Any) -> dict[str, Any]:
     return {"$eq": test}
 
 
+def _as_equality(test: Any) -> Any:
+    """A one-value `$in` of a string as that string: the same matches (on an array field either
+    is "some element equals it"), and the embedded database's equality path costs it less per
+    candidate than its `$in` path (a patient's page of 20 of 50 Observations, in-process: 3.26 ->
+    3.03 ms)."""
+    if isinstance(test, dict) and set(test) == {"$in"} and len(test["$in"]) == 1:
+        (value,) = test["$in"]
+        if isinstance(value, str):
+            return value
+    return test
+
+
 def _merge(field: str, tests: list[Any]) -> tuple[Any, list[dict[str, Any]]]:
     """One test for a field, plus conditions that could not be merged into it."""
     if len(tests) == 1:
-        return tests[0], []
+        return _as_equality(tests[0]), []
     leftovers: list[dict[str, Any]] = []
     if field in _SCALAR_FIELDS:
         merged: dict[str, Any] = {}

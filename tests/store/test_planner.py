@@ -10,8 +10,23 @@ LIVE = {"del": {"$ne": True}}
 def test_one_condition_per_indexed_field_keeps_its_field_and_leads_by_rank() -> None:
     query = {"$and": [{"tok": {"$in": ["code#x"]}}, {"ref": {"$in": ["patient=Patient/1"]}}, LIVE]}
     flat = shape(query)
-    assert flat == {"ref": {"$in": ["patient=Patient/1"]}, "tok": {"$in": ["code#x"]}, **LIVE}
+    assert flat == {"ref": "patient=Patient/1", "tok": "code#x", **LIVE}
+    assert list(flat) == ["ref", "tok", "del"]
     assert driving_field(query) == "ref"
+
+
+def test_a_one_value_in_is_sent_as_its_equality_and_nothing_else_is() -> None:
+    """The same matches either way; the embedded database checks an equality for less."""
+    assert shape({"ref": {"$in": ["subject=Patient/1"]}}) == {"ref": "subject=Patient/1"}
+    assert shape({"_id": {"$in": ["a"]}}) == {"_id": "a"}
+    several = {"$in": ["code#a", "code#b"]}
+    assert shape({"tok": several}) == {"tok": several}
+    assert shape({"_id": {"$in": []}}) == {"_id": {"$in": []}}  # matches nothing: stays so
+    assert shape({"comp": {"$in": [[]]}}) == {"comp": {"$in": [[]]}}  # an empty array, not a key
+    assert shape({"tok": {"$in": [{"$gt": "x"}]}}) == {"tok": {"$in": [{"$gt": "x"}]}}
+    # the one further condition moved to a copy is the copy's only test: an equality there too
+    flat = shape({"tok": {"$in": ["code#a"]}, "$and": [{"tok": {"$in": ["status#final"]}}]})
+    assert flat == {"tok": "code#a", "tokx": "status#final"}
 
 
 def test_further_conditions_on_a_field_with_a_copy_move_to_the_copy() -> None:
@@ -26,7 +41,7 @@ def test_further_conditions_on_a_field_with_a_copy_move_to_the_copy() -> None:
         ]
     }
     flat = shape(query)
-    assert next(iter(flat)) == "tok" and flat["tok"] == {"$in": ["status#final"]}  # not the range
+    assert next(iter(flat)) == "tok" and flat["tok"] == "status#final"  # not the range
     assert flat["tokx"] == {
         "$nin": ["category#x"],
         "$all": [
