@@ -28,7 +28,9 @@ log = structlog.get_logger(__name__)
 #   4  paired keys in `ref`: a patient's compartment with a code or date (store/pairs.py)
 #   5  no keys of union parameters (`combo-code`: fhir/search/unions.py) but their sort keys;
 #      the date pairs also in `refx`, for a ranged pair's exact check (store/pairs.py)
-INDEX_FORMAT = 5
+#   6  the low ends of dates paired too (`dtlo:`), for `lt`/`le`/`sa` and keyset pages sorted
+#      newest first (store/pairs.py)
+INDEX_FORMAT = 6
 
 
 async def reindex(

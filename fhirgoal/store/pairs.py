@@ -14,6 +14,7 @@ marked apart from every reference key (MARK; a reference key starts with a param
 
     ^subject=Patient/1|tok:code|http://loinc.org|8302-2   the reference key | tok : exact token
     ^subject=Patient/1|dthi:date|2026-04-01T00:00...    the high end of each date range
+    ^subject=Patient/1|dtlo:date|2026-03-01T00:00...    and its low end
 
 written for each reference of the type's compartment parameters (Pairing.members) to a Patient,
 the first parameter's always, another's when the first does not name the same patient. A
@@ -27,16 +28,24 @@ Only exact token keys (`system|code`, `|code`) are paired: a code without a syst
 drives from the patient as before.
 
 The keys of one reference and one field keep the order of the field's own keys (a shared prefix),
-so an equality or `$in` on `tokx`, or a bounded range on `dthi`, is the same test on the pair
-once prefixed. A bare range on an array only narrows (its bounds may hold for two different keys:
-MongoDB matches an Observation of the patient from last year, whose pair is below the range, by
-its `subject=` key, above it), so a ranged pair is sent twice: the bare range drives, and the same
-range as one key's `$elemMatch` makes it exact. That check is made on the copy `refx`, which
-holds the date pairs for it (`ranged_pairs`; on `ref` the embedded database would scan); it
-stands in for the reference, the compartment and the exact date check (`dt`), which cost the
-embedded database a pass each (measured: 4.5 -> 3.55 ms for a page of 20, the pair alone 3.0).
-Only the high end of a date is paired: it serves `ge`, `gt` and `eb`; `lt`, `le`, `eq`, `sa`
-drive as before.
+so an equality or `$in` on `tokx`, or a bounded range on `dthi` or `dtlo`, is the same test on
+the pair once prefixed. A bare range on an array only narrows (its bounds may hold for two
+different keys: MongoDB matches an Observation of the patient from last year, whose pair is below
+the range, by its `subject=` key, above it), so a ranged pair is sent twice: the bare range
+drives, and the same range as one key's `$elemMatch` makes it exact. That check is made on the
+copy `refx`, which holds the date pairs for it (`ranged_pairs`; on `ref` the embedded database
+would scan); it stands in for the reference, the compartment and the exact date check (`dt`),
+which cost the embedded database a pass each (measured: 4.5 -> 3.55 ms for a page of 20, the pair
+alone 3.0). High ends serve `ge`, `gt` and `eb`; low ends `lt`, `le` and `sa` (`eq` and `ap`
+drive from the low end and keep their exact check; `ne` drives as before).
+
+Low ends also serve the next pages of a patient's resources sorted by a paired date, newest first
+(`_sort=-date`, fhir/search/engine.py keyset paging): such a page asks for the rows whose sort key
+(`srt.date`, the smallest low end) is before the last one's, `{srt.date: {$lt|$lte: X}}`, which
+holds exactly when some low end is: the pair range `dtlo:date|` .. `dtlo:date|X`, so the page
+reads the rows that remain instead of every one of the patient's (measured: the second page of 20
+of 50, in-process, 5.2 -> ms). (An ascending sort's `$gt` on the smallest low end is not "some low
+end is after", so it is not paired.)
 
 The pairs are data: PAIRED below, per type. Each costs every write of that type a few keys.
 """
@@ -55,17 +64,23 @@ class Pairing:
     """`members`: the reference parameters whose stored keys to a Patient put a resource in that
     patient's compartment (the CompartmentDefinition's, a narrowing replaced by the parameter
     whose keys it uses: Condition's `patient` by `subject`; a test holds them to it);
-    `params`: the token and date parameters paired with them."""
+    `tokens` and `dates`: the token and date parameters paired with them."""
 
     members: tuple[str, ...]
-    params: tuple[str, ...]
+    tokens: tuple[str, ...]
+    dates: tuple[str, ...] = ()
+
+    @property
+    def params(self) -> tuple[str, ...]:
+        return (*self.tokens, *self.dates)
 
 
 PAIRED: dict[str, Pairing] = {
-    "Observation": Pairing(("subject", "performer"), ("code", "date")),
+    "Observation": Pairing(("subject", "performer"), ("code",), ("date",)),
     "Condition": Pairing(("subject", "asserter"), ("code",)),
-    "DiagnosticReport": Pairing(("subject",), ("code", "date")),
+    "DiagnosticReport": Pairing(("subject",), ("code",), ("date",)),
 }
+DATE_ENDS = (fields.DATE_LOW, fields.DATE_HIGH)  # the tags of date pairs: the fields' names
 MARK = fields.PAIR_MARK
 TOKENS = "tok"  # the tag of (exact) token keys in a pair
 _RANGE_OPS = {"$gt", "$gte", "$lt", "$lte"}
@@ -82,7 +97,7 @@ def ranged_pairs(references: list[str], keys: list[tuple[str, str]]) -> list[str
     """The pairs a search compares by range (the dates'), which the copy `refx` holds too: the
     exact check of a ranged pair is made there (the embedded database scans the collection for
     an `$elemMatch` on the indexed `ref`: measured, 3.5 ms -> 360 ms for a page of 20)."""
-    return pair_keys(references, [(tag, key) for tag, key in keys if tag == fields.DATE_HIGH])
+    return pair_keys(references, [(tag, key) for tag, key in keys if tag in DATE_ENDS])
 
 
 def member_references(pairing: Pairing, refs: set[str] | list[str]) -> list[str]:
@@ -132,18 +147,18 @@ def _pairing(
     if chosen is None:
         return None
     refs, implied = chosen
-    codes = pairing.params
-    exact = _token_test(conditions, fields.TOKEN_EXACT, [f"{c}|" for c in codes])
+    exact = _token_test(conditions, fields.TOKEN_EXACT, [f"{c}|" for c in pairing.tokens])
     if exact is not None and len(refs) * len(exact[1]) <= MAX_PAIRED_KEYS:
         n, keys = exact
         implied = {*implied, n}
-        coarse = _token_test(conditions, fields.TOKEN, [f"{c}#" for c in codes])
+        coarse = _token_test(conditions, fields.TOKEN, [f"{c}#" for c in pairing.tokens])
         if coarse is not None and _coarse_implied(keys, coarse[1]):
             implied.add(coarse[0])  # every exact key implies its coarse key
         keyed = sorted(pair_keys(refs, [(TOKENS, k) for k in keys]))
         return {fields.REFERENCE: {"$in": keyed}}, implied
     for n, (field, test) in enumerate(conditions):
-        code = _date_param(test, pairing.params) if field == fields.DATE_HIGH else None
+        field, test = _as_low_end_range(field, test, pairing.dates)
+        code = _date_param(test, pairing.dates) if field in DATE_ENDS else None
         if code is not None and len(refs) == 1:
             # a bare range only narrows (its bounds may hold for two keys): the same range as
             # one key's `$elemMatch` makes it exact (store/planner.py checks it on `refx`), and
@@ -151,7 +166,7 @@ def _pairing(
             # fhir/search/conditions.py)
             prefix = f"{MARK}{refs[0]}|{field}:"
             ranged = {op: prefix + bound for op, bound in test.items()}
-            implied = {*implied, n, *_date_checks(conditions, code, test)}
+            implied = {*implied, n, *_date_checks(conditions, code, field, test)}
             return {
                 "$and": [
                     {fields.REFERENCE: ranged},
@@ -161,8 +176,21 @@ def _pairing(
     return None
 
 
+def _as_low_end_range(field: str, test: Any, dates: tuple[str, ...]) -> tuple[str, Any]:
+    """A keyset page's `{srt.date: {$lt|$lte: X}}` on a paired date's sort key (its smallest
+    low end) as the same test on its low ends, `{dtlo: {$gte: date|, $lt|$lte: date|X}}` (some
+    low end is before X exactly when the smallest is); any other condition as it is."""
+    code = field.removeprefix(f"{fields.SORT_KEYS}.")
+    if code == field or code not in dates or not isinstance(test, dict) or len(test) != 1:
+        return field, test
+    [(op, value)] = test.items()
+    if op not in ("$lt", "$lte") or not isinstance(value, str):
+        return field, test
+    return fields.DATE_LOW, {"$gte": f"{code}|", op: f"{code}|{value}"}
+
+
 def _date_param(test: Any, codes: tuple[str, ...]) -> str | None:
-    """The paired date parameter whose `dthi` keys a bounded range lies within, if any."""
+    """The paired date parameter whose `dthi` or `dtlo` keys a bounded range lies within."""
     if not _is_bounded_range(test):
         return None
     return next(
@@ -170,20 +198,24 @@ def _date_param(test: Any, codes: tuple[str, ...]) -> str | None:
     )
 
 
-def _date_checks(conditions: list[tuple[str, Any]], code: str, test: dict[str, str]) -> set[int]:
-    """The positions of the exact checks (`dt`) of the same high-end comparison as the range
-    on `dthi` keys `test`: `{p: date, hi: {$gt: q}}` beside `{$gt: date|q, $lt: date}}`,
-    `{p: date, hi: {$lte: q}}` beside `{$gte: date|, $lte: date|q}` (conditions.py)."""
+def _date_checks(
+    conditions: list[tuple[str, Any]], code: str, end_field: str, test: dict[str, str]
+) -> set[int]:
+    """The positions of the exact checks (`dt`) of the same comparison of one end as the range
+    `test` on that end's keys (`end_field`, `dthi` or `dtlo`): `{p: date, hi: {$gt: q}}` beside
+    `{$gt: date|q, $lt: date}}` on `dthi`, `{p: date, lo: {$lt: q}}` beside `{$gte: date|,
+    $lt: date|q}` on `dtlo` (conditions.py)."""
+    end = "hi" if end_field == fields.DATE_HIGH else "lo"
     open_ends = {("$gte", f"{code}|"), ("$lt", f"{code}}}")}
     found = set()
     for n, (field, check) in enumerate(conditions):
         body = check.get("$elemMatch") if isinstance(check, dict) else None
-        if field != fields.DATES or not isinstance(body, dict) or set(body) != {"p", "hi"}:
+        if field != fields.DATES or not isinstance(body, dict) or set(body) != {"p", end}:
             continue
-        high = body["hi"]
-        if body["p"] != code or not isinstance(high, dict) or len(high) != 1:
+        bound = body[end]
+        if body["p"] != code or not isinstance(bound, dict) or len(bound) != 1:
             continue
-        [(op, value)] = high.items()
+        [(op, value)] = bound.items()
         others = {(o, b) for o, b in test.items() if o != op}
         if test.get(op) == f"{code}|{value}" and others <= open_ends and len(others) == 1:
             found.add(n)

@@ -101,6 +101,67 @@ async def test_paired_searches_find_what_the_searches_without_pairs_find(
     assert sum(bool(v) for v in found.values()) > len(found) / 3  # not a comparison of empties
 
 
+async def walk(fhir: RunningServer, path: str, params: list[tuple[str, str]]) -> list[list[str]]:
+    """The ids of every page, in order, following the next links to the end and then the
+    previous links back to the first (which must give the same pages)."""
+    response = await fhir.client.get(path, params=params)
+    pages: list[list[str]] = []
+    bundles = []
+    while True:
+        assert response.status_code == 200, response.text
+        bundle = response.json()
+        bundles.append(bundle)
+        pages.append([e["resource"]["id"] for e in bundle.get("entry", [])])
+        links = {link["relation"]: link["url"] for link in bundle["link"]}
+        if "next" not in links:
+            break
+        response = await fhir.client.get(links["next"])
+    back = [pages[-1]]
+    bundle = bundles[-1]
+    while True:
+        links = {link["relation"]: link["url"] for link in bundle["link"]}
+        if "previous" not in links:
+            break
+        response = await fhir.client.get(links["previous"])
+        assert response.status_code == 200, response.text
+        bundle = response.json()
+        back.append([e["resource"]["id"] for e in bundle.get("entry", [])])
+    assert back[::-1] == pages, (path, params)
+    return pages
+
+
+async def test_keyset_pages_sorted_by_date_are_those_without_pairs(
+    fhir: RunningServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The next pages of a patient's Observations newest first drive from the low ends' pairs
+    (`srt.date` before the last row's); every page, forwards and back, is the oracle's. Dates
+    repeat (ties on the sort key cross page boundaries) and some rows have none (last)."""
+    rng = random.Random(29)
+    for pid in PATIENTS:
+        await store(fhir.client, {"resourceType": "Patient", "id": pid})
+    for n in range(60):
+        await store(fhir.client, observation(rng, n))
+    for n in range(0, 60, 9):
+        assert (await fhir.client.delete(f"/Observation/o{n}")).status_code in (200, 204)
+    searches = [[("_sort", "-date")], [("_sort", "date")], [("_sort", "-date,-code")],
+                [("_sort", "-date"), ("date", "ge2026-03-01")], [("_sort", "-date"), ("code", "8302-2")]]  # fmt: skip
+    forms = [("/Observation", [("subject", f"Patient/{pid}")]) for pid in PATIENTS]
+    forms += [(f"/Patient/{pid}/Observation", []) for pid in PATIENTS]
+    found: dict[str, list[list[str]]] = {}
+    for paired_on in (True, False):
+        with monkeypatch.context() as patch:
+            if not paired_on:
+                patch.delitem(pairs.PAIRED, "Observation")
+            for path, form in forms:
+                for search in searches:
+                    for count in ("2", "5"):
+                        params = [*form, *search, ("_count", count)]
+                        got = await walk(fhir, path, params)
+                        key = f"{path} {params}"
+                        assert found.setdefault(key, got) == got, (paired_on, key)
+    assert sum(len(pages) > 2 for pages in found.values()) > len(found) / 2  # pages, not one
+
+
 def observation_table(fhir: RunningServer) -> Any:
     return SearchRegistry(load_conformance(fhir.settings.conformance_dir)).for_type("Observation")
 
@@ -114,11 +175,13 @@ async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
                                 "effectiveDateTime": "2026-03"})  # fmt: skip
     assert [key for key in index["ref"] if key.startswith("^")] == [
         "^subject=Patient/p1|dthi:date|2026-04-01T00:00:00.000000Z",
+        "^subject=Patient/p1|dtlo:date|2026-03-01T00:00:00.000000Z",
         f"^subject=Patient/p1|tok:code|{LOINC}|8302-2",
     ]
     # the copy holds the date pairs (for a ranged pair's exact check), not the token pairs
     assert [key for key in index["refx"] if key.startswith("^")] == [
-        "^subject=Patient/p1|dthi:date|2026-04-01T00:00:00.000000Z"
+        "^subject=Patient/p1|dthi:date|2026-04-01T00:00:00.000000Z",
+        "^subject=Patient/p1|dtlo:date|2026-03-01T00:00:00.000000Z",
     ]
     # the patient reported on themself: the subject's pairs serve the compartment
     index = table.index_fields({"resourceType": "Observation", "status": "final",
@@ -159,12 +222,15 @@ async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
     assert is_pair_test(query["ref"]) and query["comp"] == "Patient/p2", query
     # a date range: the pair's range drives, the same range as one key's $elemMatch on the
     # copy makes it exact (a multikey range is not, on MongoDB): nothing else is checked
-    for date, (low, high) in {
-        "ge2026-03-10": (("$gt", "date|2026-03-10T00:00:00.000000Z"), ("$lt", "date}")),
-        "gt2026-03": (("$gt", "date|2026-04-01T00:00:00.000000Z"), ("$lt", "date}")),
-        "eb2026-03-10": (("$gte", "date|"), ("$lte", "date|2026-03-10T00:00:00.000000Z")),
+    for date, (end, low, high) in {
+        "ge2026-03-10": ("dthi", ("$gt", "date|2026-03-10T00:00:00.000000Z"), ("$lt", "date}")),
+        "gt2026-03": ("dthi", ("$gt", "date|2026-04-01T00:00:00.000000Z"), ("$lt", "date}")),
+        "eb2026-03-10": ("dthi", ("$gte", "date|"), ("$lte", "date|2026-03-10T00:00:00.000000Z")),
+        "lt2026-03-10": ("dtlo", ("$gte", "date|"), ("$lt", "date|2026-03-10T00:00:00.000000Z")),
+        "le2026-03": ("dtlo", ("$gte", "date|"), ("$lt", "date|2026-04-01T00:00:00.000000Z")),
+        "sa2026-03": ("dtlo", ("$gte", "date|2026-04-01T00:00:00.000000Z"), ("$lt", "date}")),
     }.items():
-        keyed = {op: f"^subject=Patient/p1|dthi:{bound}" for op, bound in (low, high)}
+        keyed = {op: f"^subject=Patient/p1|{end}:{bound}" for op, bound in (low, high)}
         for compartment in (None, "Patient/p1"):
             query = sent([("subject", "Patient/p1"), ("date", date)], compartment)
             assert query == {"ref": keyed, "refx": {"$elemMatch": keyed}}, query
@@ -172,11 +238,33 @@ async def test_pair_keys_and_the_plan(fhir: RunningServer) -> None:
     # a second date condition stays, checked
     query = sent([("subject", "Patient/p1"), ("date", "ge2026-03-10"), ("date", "lt2026-04")])
     assert is_pair_test(query["ref"]) and "dtlo" in query and "lo" in str(query["dt"]), query
-    # no pair: the high end of a date not ranged; a system alone; two member parameters' dates;
-    # a value; a Group; a reference outside the compartment (focus)
+    # eq compares both ends: the low end's pair drives, the exact check of both stays
+    query = sent([("subject", "Patient/p1"), ("date", "2026-03")])
+    assert is_pair_test(query["ref"]) and "dtlo:" in str(query["ref"]) and "hi" in str(query["dt"])
+    # a keyset page sorted newest first: "the smallest low end before X" is "some low end before
+    # X", the low ends' pair range (fhir/search/engine.py sends it beside the patient)
+    moment = "2026-03-01T00:00:00.000000Z"
+    for op in ("$lt", "$lte"):
+        query = shape(
+            pairs.paired("Observation", {"ref": "subject=Patient/p1", "srt.date": {op: moment}})
+        )
+        keyed = {
+            "$gte": "^subject=Patient/p1|dtlo:date|",
+            op: f"^subject=Patient/p1|dtlo:date|{moment}",
+        }
+        assert query == {"ref": keyed, "refx": {"$elemMatch": keyed}}, query
+    # ... but not "the smallest after X" (an ascending page), nor a token's sort key
+    for key, test in [
+        ("srt.date", {"$gt": moment}),
+        ("srt.date", {"$gte": moment}),
+        ("srt.code", {"$lt": "x"}),
+        ("srt.date", {"$lt": moment, "$gt": "2020"}),
+    ]:
+        query = pairs.paired("Observation", {"ref": "subject=Patient/p1", key: test})
+        assert query == {"ref": "subject=Patient/p1", key: test}, query
+    # no pair: two member parameters' dates; a system alone; a value; a Group; a reference
+    # outside the compartment (focus)
     for search, compartment in [
-        ([("subject", "Patient/p1"), ("date", "lt2026-03-10")], None),
-        ([("subject", "Patient/p1"), ("date", "2026-03")], None),
         ([("subject", "Patient/p1"), ("code", f"{LOINC}|")], None),
         ([("subject", "Patient/p1"), ("code", "8302-2")], None),
         ([("performer", "Patient/p1"), ("code", f"{LOINC}|8302-2")], None),

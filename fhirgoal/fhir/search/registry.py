@@ -151,7 +151,7 @@ class TypeParams:
         # the (tag, key)s of the type's paired parameters (store/pairs.py)
         paired: list[tuple[str, str]] = []
         pairing = PAIRED.get(self.resource_type)
-        pair_codes = pairing.params if pairing else ()
+        pair_tokens, pair_dates = (pairing.tokens, pairing.dates) if pairing else ((), ())
         for param in self.params.values():
             extractor = param.extractor
             if extractor is None or param.code in SPECIAL or not param.supported:
@@ -175,7 +175,7 @@ class TypeParams:
                 coarse, exact = token_entries(param.code, values)
                 tok |= coarse
                 tokx |= exact
-                if param.code in pair_codes:
+                if param.code in pair_tokens:
                     paired += token_keys(param.code, exact)
                 tokx |= identifier_type_entries(param.code, values)
                 text |= token_text_entries(param.code, values)
@@ -210,7 +210,8 @@ class TypeParams:
                 lows |= lo
                 highs |= hi
                 ranges += pairs
-                if param.code in pair_codes:  # the high end only (store/pairs.py)
+                if param.code in pair_dates:  # both ends (store/pairs.py)
+                    paired += [(fields.DATE_LOW, key) for key in lo]
                     paired += [(fields.DATE_HIGH, key) for key in hi]
         for code, parts in self.unions.items():
             part_keys = [sort_keys[part] for part in parts if part in sort_keys]
