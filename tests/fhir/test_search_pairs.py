@@ -315,6 +315,7 @@ async def test_the_r4_examples_are_found_alike_with_and_without_pairs(
         values = [("code", f"{c.get('system', '')}|{c['code']}") for c in codings if "code" in c]
         if "date" in pairs.PAIRED[rt].params:
             values += [("date", "ge2000-01-01"), ("date", "gt2012-09-17")]
+            values += [("date", "lt2013-04-03"), ("date", "le2012-09-17"), ("date", "sa2000")]
         for patient in patients:
             for value in values:
                 searches.add((rt, f"/{patient}/{rt}", (value,)))
