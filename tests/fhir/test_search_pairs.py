@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Awaitable, Callable, Mapping
+from functools import partial
 from typing import Any
 
 import pytest
@@ -64,6 +66,25 @@ async def ids(fhir: RunningServer, path: str, params: list[tuple[str, str]]) -> 
     return sorted(e["resource"]["id"] for e in response.json().get("entry", []))
 
 
+async def alike_without_pairs(
+    monkeypatch: pytest.MonkeyPatch,
+    types: list[str],
+    asks: Mapping[str, Callable[[], Awaitable[Any]]],
+) -> dict[str, Any]:
+    """Each answer as the server gives it with pairs, then with the types' pairs taken out of
+    PAIRED (the oracle): they must agree. The answers, by key."""
+    found: dict[str, Any] = {}
+    for paired_on in (True, False):
+        with monkeypatch.context() as patch:
+            if not paired_on:
+                for rt in types:
+                    patch.delitem(pairs.PAIRED, rt)
+            for key, ask in asks.items():
+                got = await ask()
+                assert found.setdefault(key, got) == got, (paired_on, key)
+    return found
+
+
 async def test_paired_searches_find_what_the_searches_without_pairs_find(
     fhir: RunningServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -88,16 +109,12 @@ async def test_paired_searches_find_what_the_searches_without_pairs_find(
     every = ",".join(f"o{n}" for n in range(80))
     forms += [(f"/Patient/{pid}/Observation", [("_id", every)]) for pid in PATIENTS]
     forms += [("/Observation", [("_id", every), ("subject", f"Patient/{pid}")]) for pid in PATIENTS]
-    found: dict[tuple[str, str], list[str]] = {}
-    for paired_on in (True, False):
-        with monkeypatch.context() as patch:
-            if not paired_on:
-                patch.delitem(pairs.PAIRED, "Observation")
-            for path, form in forms:
-                for search in searches:
-                    key = (path + str(form), str(search))
-                    got = await ids(fhir, path, [*form, *search])
-                    assert found.setdefault(key, got) == got, (paired_on, path, form, search)
+    asks = {
+        f"{path} {form} {search}": partial(ids, fhir, path, [*form, *search])
+        for path, form in forms
+        for search in searches
+    }
+    found = await alike_without_pairs(monkeypatch, ["Observation"], asks)
     assert sum(bool(v) for v in found.values()) > len(found) / 3  # not a comparison of empties
 
 
@@ -147,18 +164,14 @@ async def test_keyset_pages_sorted_by_date_are_those_without_pairs(
                 [("_sort", "-date"), ("date", "ge2026-03-01")], [("_sort", "-date"), ("code", "8302-2")]]  # fmt: skip
     forms = [("/Observation", [("subject", f"Patient/{pid}")]) for pid in PATIENTS]
     forms += [(f"/Patient/{pid}/Observation", []) for pid in PATIENTS]
-    found: dict[str, list[list[str]]] = {}
-    for paired_on in (True, False):
-        with monkeypatch.context() as patch:
-            if not paired_on:
-                patch.delitem(pairs.PAIRED, "Observation")
-            for path, form in forms:
-                for search in searches:
-                    for count in ("2", "5"):
-                        params = [*form, *search, ("_count", count)]
-                        got = await walk(fhir, path, params)
-                        key = f"{path} {params}"
-                        assert found.setdefault(key, got) == got, (paired_on, key)
+    asks = {
+        f"{path} {params}": partial(walk, fhir, path, params)
+        for path, form in forms
+        for search in searches
+        for count in ("2", "5")
+        for params in [[*form, *search, ("_count", count)]]
+    }
+    found = await alike_without_pairs(monkeypatch, ["Observation"], asks)
     assert sum(len(pages) > 2 for pages in found.values()) > len(found) / 2  # pages, not one
 
 
@@ -321,13 +334,9 @@ async def test_the_r4_examples_are_found_alike_with_and_without_pairs(
                 searches.add((rt, f"/{patient}/{rt}", (value,)))
                 searches.add((rt, f"/{rt}", (("subject", patient), value)))
     assert len(stored) > 50 and len(searches) > 150, (len(stored), len(searches))
-    found: dict[tuple[str, tuple[tuple[str, str], ...]], list[str]] = {}
-    for paired_on in (True, False):
-        with monkeypatch.context() as patch:
-            if not paired_on:
-                for rt in list(pairs.PAIRED):
-                    patch.delitem(pairs.PAIRED, rt)
-            for _rt, path, params in sorted(searches):
-                got = await ids(fhir, path, list(params))
-                assert found.setdefault((path, params), got) == got, (paired_on, path, params)
+    asks = {
+        f"{path} {params}": partial(ids, fhir, path, list(params))
+        for _rt, path, params in sorted(searches)
+    }
+    found = await alike_without_pairs(monkeypatch, list(pairs.PAIRED), asks)
     assert sum(bool(v) for v in found.values()) > len(found) / 2
