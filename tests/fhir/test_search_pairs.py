@@ -98,6 +98,7 @@ async def test_paired_searches_find_what_the_searches_without_pairs_find(
     searches = [[("code", v)] for v in CODE_SEARCHES]
     searches += [[("date", v) for v in values] for values in DATE_SEARCHES]
     searches += [[("code", "8302-2"), ("date", "ge2026-03-01")], [("code:missing", "false")]]
+    searches += [[("date:missing", "false")], [("date:missing", "true")]]
     searches += [
         [("code", "8302-2"), ("_sort", "-date")],
         [("date", "gt2026-03"), ("_sort", "date")],
