@@ -70,8 +70,8 @@ from fhirgoal.fhir.service import FhirService
 from fhirgoal.store.mongo import connect
 
 LOAD_TASKS = 8
-SEARCH_NAMES = ["patient", "patient-paged", "compartment", "code", "date-range", "date-sort", "date-sort-2",
-                "revinclude", "count"]  # fmt: skip
+SEARCH_NAMES = ["patient", "patient-paged", "compartment", "code", "date-range", "date-sort",
+                "date-sort-2", "revinclude", "count"]  # fmt: skip
 
 
 VITALS = ["29463-7", "8867-4", "8310-5", "9279-1"]  # weight, heart rate, temperature, breaths

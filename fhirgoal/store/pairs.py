@@ -71,10 +71,6 @@ class Pairing:
     tokens: tuple[str, ...]
     dates: tuple[str, ...] = ()
 
-    @property
-    def params(self) -> tuple[str, ...]:
-        return (*self.tokens, *self.dates)
-
 
 PAIRED: dict[str, Pairing] = {
     "Observation": Pairing(("subject", "performer"), ("code",), ("date",)),
